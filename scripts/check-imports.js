@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// Enforces the direction of dependencies between domains (CONVENTIONS.md).
+// Each rule: a domain, what it must not import, and why.
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import path from "node:path";
+
+const root = path.resolve(import.meta.dirname, "..", "src");
+const RULES = [
+  {
+    from: "agent",
+    banned: ["control", "replicator", "launch", "console", "cli", "better-sqlite3", "pg", "kysely"],
+    why: "the agent ships alone to source servers",
+  },
+  {
+    from: "wire",
+    banned: ["control", "replicator", "agent", "store", "cli"],
+    why: "the protocol is shared by both ends",
+  },
+  {
+    from: "store",
+    banned: ["control", "replicator", "agent", "launch", "cli", "wire"],
+    why: "the repository knows nothing of who writes it",
+  },
+  {
+    from: "base",
+    banned: ["store", "wire", "agent", "replicator", "control", "launch", "net", "cli"],
+    why: "base is below every domain",
+  },
+  { from: "net", banned: ["control", "replicator", "store", "cli"], why: "net is shared by the agent" },
+];
+
+function walk(dir) {
+  return readdirSync(dir).flatMap((n) => {
+    const p = path.join(dir, n);
+    return statSync(p).isDirectory() ? walk(p) : p.endsWith(".ts") ? [p] : [];
+  });
+}
+
+const problems = [];
+let files = [];
+try {
+  files = walk(root);
+} catch {
+  process.exit(0);
+}
+for (const file of files) {
+  const domain = path.relative(root, file).split(path.sep)[0];
+  const rules = RULES.filter((r) => r.from === domain);
+  if (rules.length === 0) continue;
+  const text = readFileSync(file, "utf8");
+  for (const m of text.matchAll(/(?:from|import)\s*\(?\s*["']([^"']+)["']/g)) {
+    const spec = m[1];
+    let target;
+    if (spec.startsWith(".")) {
+      target = path.relative(root, path.resolve(path.dirname(file), spec)).split(path.sep)[0];
+      // Reaching into another domain's files rather than its index.ts is also refused.
+      const rel = path.relative(root, path.resolve(path.dirname(file), spec));
+      const parts = rel.split(path.sep);
+      if (target !== domain && parts.length > 2 && !rel.startsWith("..")) {
+        problems.push(
+          `${path.relative(root, file)}: imports ${spec}; import another domain through its index.ts`,
+        );
+      }
+    } else {
+      target = spec.startsWith("@") ? spec.split("/").slice(0, 2).join("/") : spec.split("/")[0];
+    }
+    for (const r of rules) {
+      if (r.banned.includes(target))
+        problems.push(`${path.relative(root, file)}: imports ${spec} — ${r.why}`);
+    }
+  }
+}
+if (problems.length) {
+  console.error(problems.join("\n"));
+  process.exit(1);
+}

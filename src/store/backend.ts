@@ -1,0 +1,42 @@
+/**
+ * The storage a repository sits on. Names are slash-separated relative paths
+ * ("chunks/ab/abcd…", "pits/…", "config"); every verb is safe to retry.
+ *
+ * Contract (test/store/backend-contract.ts checks every implementation):
+ * - put(name, data): atomic and idempotent. After it resolves the object is
+ *   durable and readers see either nothing or all of `data`, never a part.
+ *   Putting the same name again replaces it whole (content-addressed callers
+ *   only ever put the same bytes under one name).
+ * - get(name, range?): the object's bytes, or the byte range [offset,
+ *   offset+length) of it. A missing object throws code STORE_OBJECT_MISSING.
+ * - stat(name): size and modification time, or undefined when absent.
+ * - list(prefix): every object whose name starts with prefix, in no set order.
+ *   Temporary files of interrupted puts are never listed.
+ * - delete(name): idempotent; deleting a missing object is not an error.
+ *
+ * Errors carry `retryable` when the backend knows a retry may help; the retry
+ * decorator never retries anything else.
+ */
+export interface ObjectInfo {
+  name: string;
+  size: number;
+  /** Last modification, milliseconds since the epoch, as the backend records it. */
+  mtimeMs: number;
+}
+
+export interface BackendProperties {
+  /** put() of an existing name replaces it atomically (rename, or S3 PUT). */
+  atomicReplace: boolean;
+  /** A human-readable location for messages, never containing credentials. */
+  location: string;
+}
+
+export interface Backend {
+  readonly properties: BackendProperties;
+  put(name: string, data: Uint8Array): Promise<void>;
+  get(name: string, range?: { offset: number; length: number }): Promise<Buffer>;
+  stat(name: string): Promise<ObjectInfo | undefined>;
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  delete(name: string): Promise<void>;
+  close(): Promise<void>;
+}

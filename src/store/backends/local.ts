@@ -1,0 +1,176 @@
+import { randomBytes } from "node:crypto";
+import { constants, promises as fs } from "node:fs";
+import path from "node:path";
+import { LifeboatError, isRetryable } from "../../base/index.js";
+import type { Backend, ObjectInfo } from "../backend.js";
+import { missing } from "./memory.js";
+
+const TMP_DIR = "tmp";
+
+/**
+ * A repository in a local directory. put() writes a temporary file under
+ * tmp/, fsyncs it, renames it into place and fsyncs the target directory, so
+ * a crash at any instant leaves either the old state or the whole new object.
+ * Leftover temporary files are never listed and `store gc` removes them.
+ */
+export class LocalBackend implements Backend {
+  readonly properties;
+  private readonly knownDirs = new Set<string>();
+
+  constructor(private readonly root: string) {
+    this.properties = { atomicReplace: true, location: path.resolve(root) };
+  }
+
+  private file(name: string): string {
+    if (name.includes("..") || name.startsWith("/") || name.includes("\\")) {
+      throw new LifeboatError("STORE_BAD_NAME", `refusing object name ${JSON.stringify(name)}`);
+    }
+    return path.join(this.root, name);
+  }
+
+  private async ensureDir(dir: string): Promise<void> {
+    if (this.knownDirs.has(dir)) return;
+    await fs.mkdir(dir, { recursive: true });
+    this.knownDirs.add(dir);
+  }
+
+  async put(name: string, data: Uint8Array): Promise<void> {
+    const target = this.file(name);
+    const tmpDir = path.join(this.root, TMP_DIR);
+    const tmp = path.join(tmpDir, `${randomBytes(8).toString("hex")}.tmp`);
+    try {
+      await this.ensureDir(tmpDir);
+      await this.ensureDir(path.dirname(target));
+      const fh = await fs.open(tmp, "wx", 0o640);
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fs.rename(tmp, target);
+      await syncDir(path.dirname(target));
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      throw wrap(err, `writing ${name}`, this.properties.location);
+    }
+  }
+
+  async get(name: string, range?: { offset: number; length: number }): Promise<Buffer> {
+    const file = this.file(name);
+    try {
+      if (!range) return await fs.readFile(file);
+      const fh = await fs.open(file, "r");
+      try {
+        const buf = Buffer.alloc(range.length);
+        const { bytesRead } = await fh.read(buf, 0, range.length, range.offset);
+        return buf.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") throw missing(name, this.properties.location);
+      throw wrap(err, `reading ${name}`, this.properties.location);
+    }
+  }
+
+  async stat(name: string): Promise<ObjectInfo | undefined> {
+    try {
+      const st = await fs.stat(this.file(name));
+      return { name, size: st.size, mtimeMs: st.mtimeMs };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw wrap(err, `examining ${name}`, this.properties.location);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const slash = prefix.lastIndexOf("/");
+    const base = slash < 0 ? "" : prefix.slice(0, slash);
+    yield* this.walk(base, prefix);
+  }
+
+  private async *walk(rel: string, prefix: string): AsyncIterable<ObjectInfo> {
+    let entries;
+    try {
+      entries = await fs.readdir(path.join(this.root, rel), { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+      throw wrap(err, `listing ${rel || "/"}`, this.properties.location);
+    }
+    for (const e of entries) {
+      const name = rel ? `${rel}/${e.name}` : e.name;
+      if (name === TMP_DIR) continue;
+      if (e.isDirectory()) {
+        if (prefix.startsWith(`${name}/`) || name.startsWith(prefix) || prefix === "")
+          yield* this.walk(name, prefix);
+      } else if (e.isFile() && name.startsWith(prefix)) {
+        const info = await this.stat(name);
+        if (info) yield info;
+      }
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    try {
+      await fs.rm(this.file(name), { force: true });
+    } catch (err) {
+      throw wrap(err, `deleting ${name}`, this.properties.location);
+    }
+  }
+
+  /** Removes temporary files of interrupted puts older than `olderThanMs` (epoch ms). */
+  async removeStaleTemporaries(olderThanMs: number): Promise<number> {
+    const dir = path.join(this.root, TMP_DIR);
+    let removed = 0;
+    let names: string[];
+    try {
+      names = await fs.readdir(dir);
+    } catch {
+      return 0;
+    }
+    for (const n of names) {
+      const st = await fs.stat(path.join(dir, n)).catch(() => undefined);
+      if (st && st.mtimeMs < olderThanMs) {
+        await fs.rm(path.join(dir, n), { force: true });
+        removed++;
+      }
+    }
+    return removed;
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function wrap(err: unknown, what: string, location: string): LifeboatError {
+  if (err instanceof LifeboatError) return err;
+  const code = (err as NodeJS.ErrnoException).code ?? "";
+  if (code === "ENOSPC") {
+    return new LifeboatError("STORE_NO_SPACE", `no space left ${what} in ${location}`, {
+      hint: "free space on the repository's filesystem or run `lifeboat store gc`",
+      cause: err,
+    });
+  }
+  if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
+    return new LifeboatError("STORE_ACCESS_DENIED", `permission denied ${what} in ${location}`, {
+      hint: "check the repository directory's owner and mode",
+      cause: err,
+    });
+  }
+  return new LifeboatError("STORE_IO", `I/O error ${what} in ${location}: ${(err as Error).message}`, {
+    hint: "check the repository's disk and filesystem",
+    cause: err,
+    retryable: isRetryable(err),
+  });
+}
