@@ -38,5 +38,11 @@ export interface Backend {
   stat(name: string): Promise<ObjectInfo | undefined>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(name: string): Promise<void>;
+  /**
+   * Optional: removes leftovers of interrupted puts last touched before
+   * `olderThanMs` (epoch ms) and returns how many. Backends whose puts leave
+   * nothing behind (S3) do not have it.
+   */
+  sweepTemporaries?(olderThanMs: number): Promise<number>;
   close(): Promise<void>;
 }

@@ -120,7 +120,7 @@ export class LocalBackend implements Backend {
   }
 
   /** Removes temporary files of interrupted puts older than `olderThanMs` (epoch ms). */
-  async removeStaleTemporaries(olderThanMs: number): Promise<number> {
+  async sweepTemporaries(olderThanMs: number): Promise<number> {
     const dir = path.join(this.root, TMP_DIR);
     let removed = 0;
     let names: string[];

@@ -1,0 +1,18 @@
+/**
+ * The only module that reads the process environment. Values are read once,
+ * validated and frozen; commands receive them as plain data.
+ */
+export interface Environment {
+  keyFile: string | undefined;
+  logLevel: string;
+  /** Standard error is a terminal: show progress. */
+  interactive: boolean;
+}
+
+export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Readonly<Environment> {
+  return Object.freeze({
+    keyFile: env.LIFEBOAT_KEY_FILE || undefined,
+    logLevel: env.LIFEBOAT_LOG_LEVEL || "warn",
+    interactive: Boolean(process.stderr.isTTY) && env.CI !== "true",
+  });
+}

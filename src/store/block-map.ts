@@ -1,0 +1,179 @@
+import { LifeboatError } from "../base/index.js";
+import type { Repository } from "./repository.js";
+
+/**
+ * A disk at one moment is a block map: the ids of its chunks, in order, held
+ * in a tree of content-addressed pages. A leaf page (level 0) lists up to
+ * `fanout` chunk ids; a page at level L lists the ids of up to `fanout` pages
+ * at level L-1. The all-zero id (ZERO_ID) stands for a chunk of zeros or, in a
+ * higher page, a whole subtree of zeros, which is never stored.
+ *
+ * Because pages are named by their content, two PITs of a disk share every
+ * page under which nothing changed: a new PIT after k changed chunks writes at
+ * most k pages per level, whatever the disk's size. The shape of the tree
+ * depends only on the disk's chunk count, so building a map from scratch and
+ * updating an older one give the same root for the same content.
+ *
+ * Page layout: version (u8 = 1) | level (u8) | 0 (u16) | count (u32 LE) | count × 32-byte ids.
+ */
+export const ID_LEN = 32;
+export const ZERO_ID: Buffer = Buffer.alloc(ID_LEN);
+const PAGE_HEADER = 8;
+
+export interface BlockMapRef {
+  /** Hex id of the root page, or null when every chunk is zero. */
+  root: string | null;
+  /** Number of page levels (1 = the root is a leaf). */
+  depth: number;
+  chunkCount: number;
+}
+
+export function depthFor(chunkCount: number, fanout: number): number {
+  let depth = 1;
+  let span = fanout;
+  while (span < chunkCount) {
+    span *= fanout;
+    depth++;
+  }
+  return depth;
+}
+
+export function isZeroId(id: Uint8Array): boolean {
+  return ZERO_ID.equals(id);
+}
+
+export function encodePage(level: number, entries: readonly Uint8Array[]): Buffer {
+  const out = Buffer.alloc(PAGE_HEADER + entries.length * ID_LEN);
+  out[0] = 1;
+  out[1] = level;
+  out.writeUInt32LE(entries.length, 4);
+  entries.forEach((e, i) => out.set(e, PAGE_HEADER + i * ID_LEN));
+  return out;
+}
+
+export function decodePage(page: Buffer, fanout: number): { level: number; entries: Buffer[] } {
+  const count = page.length >= PAGE_HEADER ? page.readUInt32LE(4) : -1;
+  if (page[0] !== 1 || count < 0 || count > fanout || page.length !== PAGE_HEADER + count * ID_LEN) {
+    throw new LifeboatError("STORE_PAGE_INVALID", "a block-map page is malformed", {
+      hint: "run `lifeboat store verify --read-data`",
+    });
+  }
+  const entries: Buffer[] = [];
+  for (let i = 0; i < count; i++) entries.push(page.subarray(PAGE_HEADER + i * ID_LEN, PAGE_HEADER + (i + 1) * ID_LEN));
+  return { level: page[1] ?? 0, entries };
+}
+
+/**
+ * Builds a block map from chunk ids pushed in disk order. Pages are written as
+ * levels fill; `known` (ids as latin1 strings) skips pages already stored.
+ */
+export class BlockMapBuilder {
+  private readonly levels: Buffer[][];
+  private readonly depth: number;
+  private pushed = 0;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly chunkCount: number,
+    private readonly known?: Set<string>,
+  ) {
+    this.depth = depthFor(chunkCount, repo.config.pageFanout);
+    this.levels = Array.from({ length: this.depth }, () => []);
+  }
+
+  async push(id: Uint8Array): Promise<void> {
+    if (this.pushed >= this.chunkCount) throw new Error("block map: more chunks pushed than the disk holds");
+    this.pushed++;
+    await this.add(0, Buffer.from(id));
+  }
+
+  private async add(level: number, id: Buffer): Promise<void> {
+    const entries = this.levels[level]!;
+    entries.push(id);
+    if (entries.length === this.repo.config.pageFanout && level < this.depth - 1) {
+      await this.add(level + 1, await this.flush(level));
+    }
+  }
+
+  private async flush(level: number): Promise<Buffer> {
+    const entries = this.levels[level]!;
+    this.levels[level] = [];
+    if (entries.every(isZeroId)) return ZERO_ID;
+    return this.repo.putPage(encodePage(level, entries), this.known);
+  }
+
+  async finish(): Promise<BlockMapRef> {
+    if (this.pushed !== this.chunkCount) {
+      throw new Error(`block map: ${this.pushed} chunks pushed, disk has ${this.chunkCount}`);
+    }
+    if (this.chunkCount === 0) return { root: null, depth: 0, chunkCount: 0 };
+    for (let level = 0; level < this.depth - 1; level++) {
+      if (this.levels[level]!.length > 0) await this.add(level + 1, await this.flush(level));
+    }
+    const root = await this.flush(this.depth - 1);
+    return { root: isZeroId(root) ? null : root.toString("hex"), depth: this.depth, chunkCount: this.chunkCount };
+  }
+}
+
+/** Calls `visit` for every non-zero chunk in disk order; `onPage` sees every page id (for verify and GC). */
+export async function walkBlockMap(
+  repo: Repository,
+  ref: BlockMapRef,
+  visit: (index: number, id: Buffer) => void | Promise<void>,
+  onPage?: (id: Buffer, level: number) => void | Promise<void>,
+): Promise<void> {
+  if (ref.root === null) return;
+  const fanout = repo.config.pageFanout;
+  const rec = async (id: Buffer, level: number, start: number): Promise<void> => {
+    if (onPage) await onPage(id, level);
+    const { entries } = decodePage(await repo.getPage(id), fanout);
+    const span = fanout ** level;
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      if (isZeroId(e)) continue;
+      const s = start + i * span;
+      if (level === 0) await visit(s, e);
+      else await rec(e, level - 1, s);
+    }
+  };
+  await rec(Buffer.from(ref.root, "hex"), ref.depth - 1, 0);
+}
+
+/**
+ * A new block map equal to `ref` with the chunks at the given indexes
+ * replaced. Writes only the pages on the paths to changed chunks.
+ */
+export async function updateBlockMap(
+  repo: Repository,
+  ref: BlockMapRef,
+  changes: ReadonlyMap<number, Uint8Array>,
+  known?: Set<string>,
+): Promise<BlockMapRef> {
+  const fanout = repo.config.pageFanout;
+  for (const i of changes.keys()) {
+    if (!Number.isInteger(i) || i < 0 || i >= ref.chunkCount) throw new RangeError(`chunk index ${i} out of range`);
+  }
+  if (changes.size === 0 || ref.chunkCount === 0) return ref;
+  const sorted = [...changes.entries()].sort((a, b) => a[0] - b[0]);
+  const rec = async (id: Buffer, level: number, start: number, items: [number, Uint8Array][]): Promise<Buffer> => {
+    const span = fanout ** level;
+    const count = Math.min(fanout, Math.ceil((ref.chunkCount - start) / span));
+    const entries = isZeroId(id)
+      ? Array.from({ length: count }, () => ZERO_ID)
+      : decodePage(await repo.getPage(id), fanout).entries.slice();
+    let j = 0;
+    while (j < items.length) {
+      const slot = Math.floor((items[j]![0] - start) / span);
+      let k = j;
+      while (k < items.length && Math.floor((items[k]![0] - start) / span) === slot) k++;
+      const group = items.slice(j, k);
+      entries[slot] =
+        level === 0 ? Buffer.from(group[group.length - 1]![1]) : await rec(entries[slot]!, level - 1, start + slot * span, group);
+      j = k;
+    }
+    if (entries.every(isZeroId)) return ZERO_ID;
+    return repo.putPage(encodePage(level, entries), known);
+  };
+  const root = await rec(ref.root ? Buffer.from(ref.root, "hex") : ZERO_ID, ref.depth - 1, 0, sorted);
+  return { ...ref, root: isZeroId(root) ? null : root.toString("hex") };
+}

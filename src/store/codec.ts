@@ -1,0 +1,109 @@
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { Compressor, Decompressor } from "zstd-napi";
+import { LifeboatError } from "../base/index.js";
+
+/**
+ * Every object in the repository (chunk, block-map page, PIT, metadata) is
+ * stored as
+ *
+ *   header (8 bytes) | nonce (12) | AES-256-GCM ciphertext | tag (16)
+ *
+ * header = "LBOB" | format version (1) | kind | flags | 0. The header and the
+ * object's name are the GCM additional data, so an object cannot be moved to
+ * another name or have its kind or flags changed without failing
+ * authentication. The plaintext is zstd-compressed when that makes it smaller
+ * (flag bit 0). docs/format.md describes the layout.
+ */
+export const OBJECT_FORMAT_VERSION = 1;
+const MAGIC = Buffer.from("LBOB", "latin1");
+const HEADER_LEN = 8;
+const NONCE_LEN = 12;
+const TAG_LEN = 16;
+export const OBJECT_OVERHEAD = HEADER_LEN + NONCE_LEN + TAG_LEN;
+const FLAG_ZSTD = 1;
+
+export const ObjectKind = { chunk: 1, page: 2, pit: 3, meta: 4 } as const;
+export type ObjectKind = (typeof ObjectKind)[keyof typeof ObjectKind];
+
+/** One per thread: zstd contexts are reused across calls. */
+export class ObjectCodec {
+  private readonly compressor = new Compressor();
+  private readonly decompressor = new Decompressor();
+
+  constructor(
+    private readonly encryptionKey: Buffer,
+    compressionLevel = 1,
+  ) {
+    this.compressor.setParameters({ compressionLevel });
+  }
+
+  encode(name: string, kind: ObjectKind, plaintext: Uint8Array): Buffer {
+    let body: Uint8Array = plaintext;
+    let flags = 0;
+    if (plaintext.length > 0) {
+      const z = this.compressor.compress(plaintext);
+      if (z.length < plaintext.length) {
+        body = z;
+        flags |= FLAG_ZSTD;
+      }
+    }
+    const header = Buffer.from([...MAGIC, OBJECT_FORMAT_VERSION, kind, flags, 0]);
+    const nonce = randomBytes(NONCE_LEN);
+    const cipher = createCipheriv("aes-256-gcm", this.encryptionKey, nonce);
+    cipher.setAAD(Buffer.concat([header, Buffer.from(name, "utf8")]));
+    const out = Buffer.allocUnsafe(HEADER_LEN + NONCE_LEN + body.length + TAG_LEN);
+    header.copy(out, 0);
+    nonce.copy(out, HEADER_LEN);
+    const n = cipher.update(body).copy(out, HEADER_LEN + NONCE_LEN);
+    cipher.final();
+    cipher.getAuthTag().copy(out, HEADER_LEN + NONCE_LEN + n);
+    return out;
+  }
+
+  /** Decrypts and decompresses; throws STORE_OBJECT_* errors naming the object on any damage. */
+  decode(name: string, expected: ObjectKind, data: Uint8Array): Buffer {
+    const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (buf.length === 0) throw damaged("STORE_OBJECT_EMPTY", name, "is empty (zero bytes)");
+    if (buf.length < OBJECT_OVERHEAD) {
+      throw damaged("STORE_OBJECT_TRUNCATED", name, `is truncated (${buf.length} bytes)`);
+    }
+    if (!buf.subarray(0, 4).equals(MAGIC)) throw damaged("STORE_OBJECT_CORRUPT", name, "has no Lifeboat header");
+    const version = buf[4] ?? 0;
+    if (version > OBJECT_FORMAT_VERSION) {
+      throw new LifeboatError(
+        "STORE_FORMAT_TOO_NEW",
+        `object ${name} has format version ${version}; this Lifeboat reads up to ${OBJECT_FORMAT_VERSION}`,
+        { hint: "upgrade Lifeboat to read this repository" },
+      );
+    }
+    const kind = buf[5];
+    if (kind !== expected) throw damaged("STORE_OBJECT_CORRUPT", name, `has kind ${kind}, expected ${expected}`);
+    const flags = buf[6] ?? 0;
+    const header = buf.subarray(0, HEADER_LEN);
+    const nonce = buf.subarray(HEADER_LEN, HEADER_LEN + NONCE_LEN);
+    const tag = buf.subarray(buf.length - TAG_LEN);
+    const body = buf.subarray(HEADER_LEN + NONCE_LEN, buf.length - TAG_LEN);
+    let plain: Buffer;
+    try {
+      const decipher = createDecipheriv("aes-256-gcm", this.encryptionKey, nonce);
+      decipher.setAAD(Buffer.concat([header, Buffer.from(name, "utf8")]));
+      decipher.setAuthTag(tag);
+      plain = Buffer.concat([decipher.update(body), decipher.final()]);
+    } catch (err) {
+      throw damaged("STORE_OBJECT_CORRUPT", name, "fails authentication (damaged, or written with another key)", err);
+    }
+    if ((flags & FLAG_ZSTD) === 0) return plain;
+    try {
+      return this.decompressor.decompress(plain);
+    } catch (err) {
+      throw damaged("STORE_OBJECT_CORRUPT", name, "does not decompress", err);
+    }
+  }
+}
+
+export function damaged(code: string, name: string, what: string, cause?: unknown): LifeboatError {
+  return new LifeboatError(code, `object ${name} ${what}`, {
+    hint: "run `lifeboat store verify --read-data` to list the PITs and byte ranges it affects",
+    cause,
+  });
+}

@@ -1,0 +1,38 @@
+/**
+ * store: the repository — where the recovery site keeps every disk of every
+ * protected server, and the part that must never lose data.
+ *
+ * Words: a *chunk* is a fixed-size block of a disk, named by the SHA-256 of
+ * its bytes (its id); a *page* is a node of a *block map*, the tree of chunk
+ * ids that describes one disk at one moment; a *PIT* names a server's disks'
+ * block-map roots at one consistency point. Every object is compressed,
+ * encrypted and authenticated (codec.ts); its layout is in docs/format.md.
+ */
+export type { Backend, BackendProperties, ObjectInfo } from "./backend.js";
+export { LocalBackend } from "./backends/local.js";
+export { MemoryBackend } from "./backends/memory.js";
+export { runBackendChecks } from "./backend-checks.js";
+export { type BlockMapRef, BlockMapBuilder, updateBlockMap, walkBlockMap, ZERO_ID } from "./block-map.js";
+export { DEFAULT_CHUNK_SIZE, type RepositoryConfig } from "./config.js";
+export { exportDisk, type ExportResult } from "./export.js";
+export { collectGarbage, type GcReport, withGcLock } from "./gc.js";
+export { importDisks, type ImportStats, loadKnownIds } from "./import.js";
+export { type KeyFile, defaultKeyPath, generateKeyFile, readKeyFile, writeKeyFile } from "./keys.js";
+export { newRepositoryId } from "./config.js";
+export { openBackend, openRepository } from "./open-store.js";
+export {
+  CONSISTENCY_LEVELS,
+  type ConsistencyLevel,
+  type Pit,
+  type PitDisk,
+  deletePit,
+  listPits,
+  readPit,
+  resolvePit,
+  writePit,
+} from "./pit.js";
+export { Repository } from "./repository.js";
+export { repositoryStats, type StoreStats } from "./stats.js";
+export { verifyRepository, type VerifyReport } from "./verify.js";
+export { forgetPits, type ForgetReport } from "./forget.js";
+export { DEFAULT_RETENTION, parseRetention } from "./retention.js";

@@ -1,0 +1,16 @@
+import { createHmac } from "node:crypto";
+
+/**
+ * Object names in the backend. Chunks and block-map pages are named by a keyed
+ * hash of their id, spread over 256 directories; PITs, locks and GC state have
+ * plain names (they reveal only how many there are).
+ */
+export const CONFIG_NAME = "config";
+export const PREFIX = { chunks: "chunks/", pages: "pages/", pits: "pits/", locks: "locks/", gc: "gc/" } as const;
+
+export function keyedName(namingKey: Buffer, prefix: string, id: Uint8Array): string {
+  const h = createHmac("sha256", namingKey).update(id).digest("hex");
+  return `${prefix}${h.slice(0, 2)}/${h}`;
+}
+
+export const pitName = (pitId: string) => `${PREFIX.pits}${pitId}`;

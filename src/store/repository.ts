@@ -1,0 +1,135 @@
+import { createHash } from "node:crypto";
+import { LifeboatError, type Clock, systemClock } from "../base/index.js";
+import type { Backend } from "./backend.js";
+import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
+import {
+  DEFAULT_CHUNK_SIZE,
+  REPOSITORY_FORMAT,
+  type RepositoryConfig,
+  readConfig,
+  validateChunkSize,
+} from "./config.js";
+import { type KeyFile, type RepositoryKeys, deriveKeys, keyCheck } from "./keys.js";
+import { CONFIG_NAME, PREFIX, keyedName } from "./names.js";
+
+export const PAGE_FANOUT = 256;
+
+export function sha256(data: Uint8Array): Buffer {
+  return createHash("sha256").update(data).digest();
+}
+
+/**
+ * An open repository: its config, its keys and typed access to its objects.
+ * Every read is checked — chunks and pages against their id, everything
+ * against its authentication tag — so a caller never sees damaged data.
+ */
+export class Repository {
+  readonly codec: ObjectCodec;
+  private readonly pageCache = new Map<string, Buffer>();
+
+  private constructor(
+    readonly backend: Backend,
+    readonly config: RepositoryConfig,
+    readonly keys: RepositoryKeys,
+    readonly keyFile: KeyFile,
+    readonly clock: Clock,
+  ) {
+    this.codec = new ObjectCodec(keys.encryptionKey, config.compression.level);
+  }
+
+  static async create(
+    backend: Backend,
+    keyFile: KeyFile,
+    opts: { chunkSize?: number; compressionLevel?: number; clock?: Clock } = {},
+  ): Promise<Repository> {
+    const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    validateChunkSize(chunkSize);
+    if (await backend.stat(CONFIG_NAME)) {
+      throw new LifeboatError("STORE_EXISTS", `a repository already exists at ${backend.properties.location}`, {
+        hint: "use it as it is, or choose another location; nothing was changed",
+      });
+    }
+    const keys = deriveKeys(keyFile);
+    const clock = opts.clock ?? systemClock;
+    const config: RepositoryConfig = {
+      lifeboatRepository: REPOSITORY_FORMAT,
+      id: keyFile.repositoryId,
+      createdAt: new Date(clock.now()).toISOString(),
+      chunkSize,
+      pageFanout: PAGE_FANOUT,
+      compression: { algorithm: "zstd", level: opts.compressionLevel ?? 1 },
+      keyCheck: keyCheck(keys),
+    };
+    await backend.put(CONFIG_NAME, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    return new Repository(backend, config, keys, keyFile, clock);
+  }
+
+  static async open(backend: Backend, keyFile: KeyFile, opts: { clock?: Clock } = {}): Promise<Repository> {
+    const config = await readConfig(backend);
+    const keys = deriveKeys(keyFile);
+    if (keyFile.repositoryId !== config.id || keyCheck(keys) !== config.keyCheck) {
+      throw new LifeboatError("KEY_MISMATCH", `the key file does not belong to repository ${config.id}`, {
+        hint: `use the key created for this repository (default ~/.config/lifeboat/keys/${config.id}.key) or its escrow copy`,
+      });
+    }
+    return new Repository(backend, config, keys, keyFile, opts.clock ?? systemClock);
+  }
+
+  chunkName(id: Uint8Array): string {
+    return keyedName(this.keys.namingKey, PREFIX.chunks, id);
+  }
+
+  pageName(id: Uint8Array): string {
+    return keyedName(this.keys.namingKey, PREFIX.pages, id);
+  }
+
+  /** Reads a chunk and checks that its plaintext hashes to `id`. */
+  async getChunk(id: Uint8Array): Promise<Buffer> {
+    const name = this.chunkName(id);
+    return this.decodeVerified(name, ObjectKind.chunk, id, await this.backend.get(name));
+  }
+
+  decodeVerified(name: string, kind: ObjectKind, id: Uint8Array, data: Buffer): Buffer {
+    const plain = this.codec.decode(name, kind, data);
+    if (!sha256(plain).equals(id)) {
+      throw damaged("STORE_CHUNK_MISMATCH", name, `decrypts but does not match its id ${Buffer.from(id).toString("hex")}`);
+    }
+    return plain;
+  }
+
+  /** Stores a block-map page unless `known` says it is already there; returns its id. */
+  async putPage(plain: Buffer, known?: Set<string>): Promise<Buffer> {
+    const id = sha256(plain);
+    const key = id.toString("latin1");
+    if (known?.has(key)) return id;
+    const name = this.pageName(id);
+    await this.backend.put(name, this.codec.encode(name, ObjectKind.page, plain));
+    known?.add(key);
+    return id;
+  }
+
+  async getPage(id: Uint8Array): Promise<Buffer> {
+    const key = Buffer.from(id).toString("latin1");
+    const hit = this.pageCache.get(key);
+    if (hit) return hit;
+    const name = this.pageName(id);
+    const plain = this.decodeVerified(name, ObjectKind.page, id, await this.backend.get(name));
+    if (this.pageCache.size > 4096) this.pageCache.clear();
+    this.pageCache.set(key, plain);
+    return plain;
+  }
+
+  async putMeta(name: string, value: unknown, kind: ObjectKind = ObjectKind.meta): Promise<void> {
+    const plain = Buffer.from(JSON.stringify(value));
+    await this.backend.put(name, this.codec.encode(name, kind, plain));
+  }
+
+  async getMeta<T>(name: string, kind: ObjectKind = ObjectKind.meta): Promise<T> {
+    const data = await this.backend.get(name);
+    return JSON.parse(this.codec.decode(name, kind, data).toString("utf8")) as T;
+  }
+
+  async close(): Promise<void> {
+    await this.backend.close();
+  }
+}

@@ -1,0 +1,43 @@
+import { PREFIX } from "./names.js";
+import { listPits } from "./pit.js";
+import type { Repository } from "./repository.js";
+
+export interface StoreStats {
+  repositoryId: string;
+  location: string;
+  chunkSize: number;
+  pits: number;
+  servers: { name: string; pits: number; latest: string | null; logicalBytes: number }[];
+  objects: { chunks: number; pages: number; other: number };
+  storedBytes: { chunks: number; pages: number; other: number; total: number };
+}
+
+/** Counts objects and bytes by kind, and PITs by server. Reads listings and PITs, never chunk data. */
+export async function repositoryStats(repo: Repository): Promise<StoreStats> {
+  const objects = { chunks: 0, pages: 0, other: 0 };
+  const storedBytes = { chunks: 0, pages: 0, other: 0, total: 0 };
+  for await (const o of repo.backend.list("")) {
+    const kind = o.name.startsWith(PREFIX.chunks) ? "chunks" : o.name.startsWith(PREFIX.pages) ? "pages" : "other";
+    objects[kind]++;
+    storedBytes[kind] += o.size;
+    storedBytes.total += o.size;
+  }
+  const pits = await listPits(repo);
+  const byServer = new Map<string, StoreStats["servers"][number]>();
+  for (const p of pits) {
+    const s = byServer.get(p.server) ?? { name: p.server, pits: 0, latest: null, logicalBytes: 0 };
+    s.pits++;
+    s.latest = p.id;
+    s.logicalBytes = p.disks.reduce((n, d) => n + d.sizeBytes, 0);
+    byServer.set(p.server, s);
+  }
+  return {
+    repositoryId: repo.config.id,
+    location: repo.backend.properties.location,
+    chunkSize: repo.config.chunkSize,
+    pits: pits.length,
+    servers: [...byServer.values()],
+    objects,
+    storedBytes,
+  };
+}

@@ -1,0 +1,110 @@
+import os from "node:os";
+import { Worker } from "node:worker_threads";
+import { LifeboatError } from "../base/index.js";
+import type { RepositoryKeys } from "./keys.js";
+
+export type WorkerRequest =
+  | { type: "scan"; batch: number; buffer: ArrayBuffer; length: number; chunkSize: number }
+  | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
+  | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer };
+
+export type WorkerResponse =
+  | { type: "scanned"; batch: number; ids: ArrayBuffer }
+  | { type: "encoded"; batch: number; objects: { index: number; name: string; data: ArrayBuffer }[] }
+  | { type: "decoded"; req: number; plain: ArrayBuffer }
+  | { type: "failed"; req: number; code: string; message: string; hint: string };
+
+interface Pending {
+  resolve(v: WorkerResponse): void;
+  reject(e: unknown): void;
+}
+
+/**
+ * One chunk worker per core. A batch (a run of consecutive chunks read from a
+ * disk) is scanned by one worker, which keeps it until the main thread says
+ * which of its chunks are new and must be encoded. Buffers move between
+ * threads by transfer, never by copy.
+ */
+export class WorkerPool {
+  private readonly workers: Worker[] = [];
+  private readonly pending = new Map<string, Pending>();
+  private readonly owner = new Map<number, Worker>();
+  private nextBatch = 0;
+  private nextReq = 0;
+  private rr = 0;
+  private failure: unknown;
+
+  constructor(keys: RepositoryKeys, compressionLevel: number, size = Math.max(1, os.availableParallelism())) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(new URL("./chunk-worker.js", import.meta.url), {
+        workerData: {
+          encryptionKey: new Uint8Array(keys.encryptionKey),
+          namingKey: new Uint8Array(keys.namingKey),
+          compressionLevel,
+        },
+      });
+      w.on("message", (msg: WorkerResponse) => this.settle(msg));
+      w.on("error", (err) => this.fail(err));
+      this.workers.push(w);
+    }
+  }
+
+  private settle(msg: WorkerResponse): void {
+    const key = msg.type === "scanned" || msg.type === "encoded" ? `${msg.type}:${msg.batch}` : `req:${msg.req}`;
+    const p = this.pending.get(key);
+    this.pending.delete(key);
+    if (!p) return;
+    if (msg.type === "failed") p.reject(new LifeboatError(msg.code, msg.message, { hint: msg.hint }));
+    else p.resolve(msg);
+  }
+
+  private fail(err: unknown): void {
+    this.failure = err;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  private send(w: Worker, key: string, msg: WorkerRequest, transfer: ArrayBuffer[]): Promise<WorkerResponse> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.pending.set(key, { resolve, reject });
+      w.postMessage(msg, transfer);
+    });
+  }
+
+  private pick(): Worker {
+    const w = this.workers[this.rr++ % this.workers.length]!;
+    return w;
+  }
+
+  /** Hashes each chunk of `buffer` (ownership moves to the worker); zero chunks get the all-zero id. */
+  async scan(buffer: Buffer, chunkSize: number): Promise<{ batch: number; ids: Buffer }> {
+    const batch = this.nextBatch++;
+    const w = this.pick();
+    this.owner.set(batch, w);
+    const ab = buffer.buffer as ArrayBuffer;
+    if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length) throw new Error("scan needs a buffer of its own");
+    const r = await this.send(w, `scanned:${batch}`, { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize }, [ab]);
+    return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
+  }
+
+  /** Compresses and encrypts the given chunks of a scanned batch, and frees the batch. */
+  async encode(batch: number, chunks: { index: number; id: Uint8Array }[]): Promise<{ index: number; name: string; data: Buffer }[]> {
+    const w = this.owner.get(batch)!;
+    this.owner.delete(batch);
+    const r = await this.send(w, `encoded:${batch}`, { type: "encode", batch, chunks }, []);
+    return (r as Extract<WorkerResponse, { type: "encoded" }>).objects.map((o) => ({ ...o, data: Buffer.from(o.data) }));
+  }
+
+  /** Decrypts, decompresses and checks a chunk object against its id. */
+  async decode(name: string, id: Uint8Array, data: Buffer): Promise<Buffer> {
+    const req = this.nextReq++;
+    const ab = data.buffer.slice(data.byteOffset, data.byteOffset + data.length) as ArrayBuffer;
+    const r = await this.send(this.pick(), `req:${req}`, { type: "decode", req, name, id, data: ab }, [ab]);
+    return Buffer.from((r as { plain: ArrayBuffer }).plain);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
