@@ -14,7 +14,12 @@ export interface CliContext {
 export function contextOf(cmd: Command): CliContext {
   const g = cmd.optsWithGlobals<{ json?: boolean; debug?: boolean }>();
   const env = readEnvironment();
-  return { json: Boolean(g.json), debug: Boolean(g.debug), env, logger: createLogger(g.debug ? "debug" : env.logLevel) };
+  return {
+    json: Boolean(g.json),
+    debug: Boolean(g.debug),
+    env,
+    logger: createLogger(g.debug ? "debug" : env.logLevel),
+  };
 }
 
 export function requireOption<T>(value: T | undefined, flag: string): T {
@@ -50,14 +55,19 @@ export async function withRepo<T>(
 export function parseIntOption(value: string, flag: string): number {
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n < 0) {
-    throw new LifeboatError("USAGE", `${flag} wants a whole number, got ${JSON.stringify(value)}`, { exitCode: 2 });
+    throw new LifeboatError("USAGE", `${flag} wants a whole number, got ${JSON.stringify(value)}`, {
+      exitCode: 2,
+    });
   }
   return n;
 }
 
 export function parseSize(value: string, flag: string): number {
   const m = /^(\d+)\s*([kmg]i?b?)?$/i.exec(value.trim());
-  if (!m) throw new LifeboatError("USAGE", `${flag} wants a size such as 1MiB, got ${JSON.stringify(value)}`, { exitCode: 2 });
+  if (!m)
+    throw new LifeboatError("USAGE", `${flag} wants a size such as 1MiB, got ${JSON.stringify(value)}`, {
+      exitCode: 2,
+    });
   const unit = (m[2] ?? "").toLowerCase()[0];
   const mult = unit === "k" ? 1024 : unit === "m" ? 1024 ** 2 : unit === "g" ? 1024 ** 3 : 1;
   return Number(m[1]) * mult;

@@ -40,22 +40,32 @@ export function demoCommand(): Command {
           const repo = await Repository.create(backend, generateKeyFile(newRepositoryId()));
           let t = Date.now();
           const first = await importDisks(repo, { server: "demo-server", disks: [image] });
-          say(`2. imported it as PIT ${first.pit.id} in ${((Date.now() - t) / 1000).toFixed(2)}s: ${first.stats.newChunks} chunks, ${formatBytes(first.stats.storedBytes)} stored, ${formatBytes(first.stats.zeroBytes)} of zeros not stored`);
+          say(
+            `2. imported it as PIT ${first.pit.id} in ${((Date.now() - t) / 1000).toFixed(2)}s: ${first.stats.newChunks} chunks, ${formatBytes(first.stats.storedBytes)} stored, ${formatBytes(first.stats.zeroBytes)} of zeros not stored`,
+          );
           const fh = await fs.open(image, "r+");
-          for (let i = 0; i < 10; i++) await fh.write(randomBytes(4096), 0, 4096, i * 20 * 1024 * 1024 + 4096);
+          for (let i = 0; i < 10; i++)
+            await fh.write(randomBytes(4096), 0, 4096, i * 20 * 1024 * 1024 + 4096);
           await fh.close();
           t = Date.now();
           const second = await importDisks(repo, { server: "demo-server", disks: [image] });
-          say(`3. changed 10 blocks and imported again as PIT ${second.pit.id} in ${((Date.now() - t) / 1000).toFixed(2)}s: only ${second.stats.newChunks} new chunks (${formatBytes(second.stats.storedBytes)})`);
+          say(
+            `3. changed 10 blocks and imported again as PIT ${second.pit.id} in ${((Date.now() - t) / 1000).toFixed(2)}s: only ${second.stats.newChunks} new chunks (${formatBytes(second.stats.storedBytes)})`,
+          );
           const report = await verifyRepository(repo, { readData: true });
-          say(`4. verify --read-data: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`);
+          say(
+            `4. verify --read-data: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`,
+          );
           const out = path.join(dir, "restored.img");
           t = Date.now();
           await exportDisk(repo, second.pit, 0, out);
           const same = (await fs.readFile(out)).equals(await fs.readFile(image));
-          say(`5. exported the latest PIT in ${((Date.now() - t) / 1000).toFixed(2)}s: ${same ? "byte-identical to the source" : "DIFFERENT from the source"}`);
+          say(
+            `5. exported the latest PIT in ${((Date.now() - t) / 1000).toFixed(2)}s: ${same ? "byte-identical to the source" : "DIFFERENT from the source"}`,
+          );
           await repo.close();
-          if (!report.ok || !same) throw new LifeboatError("DEMO_FAILED", "the round trip did not come back identical");
+          if (!report.ok || !same)
+            throw new LifeboatError("DEMO_FAILED", "the round trip did not come back identical");
         } finally {
           if (o.keep) say(`kept ${dir}`);
           else await fs.rm(dir, { recursive: true, force: true });
@@ -69,7 +79,11 @@ async function writeDemoImage(file: string, size: number): Promise<void> {
   const fh = await fs.open(file, "w");
   try {
     const stripe = 8 << 20;
-    const text = Buffer.from("Lifeboat demo log line: replication ok, lag 2s, backlog 0 bytes\n".repeat(stripe / 64).slice(0, stripe));
+    const text = Buffer.from(
+      "Lifeboat demo log line: replication ok, lag 2s, backlog 0 bytes\n"
+        .repeat(stripe / 64)
+        .slice(0, stripe),
+    );
     for (let off = 0, i = 0; off < size; off += stripe, i++) {
       const kind = i % 3;
       if (kind === 0) await fh.write(randomBytes(stripe), 0, stripe, off);

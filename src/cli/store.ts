@@ -41,8 +41,7 @@ type Handler<O> = (ctx: CliContext, opts: O, cmd: Command) => Promise<number | v
 /** Wraps a handler so it gets its context; the exit code travels back through `run`. */
 export function action<O>(handler: Handler<O>) {
   return async function (this: Command) {
-    const cmd = this;
-    const code = await handler(contextOf(cmd), cmd.opts() as O, cmd);
+    const code = await handler(contextOf(this), this.opts() as O, this);
     if (typeof code === "number") process.exitCode = code;
   };
 }
@@ -50,10 +49,15 @@ export function action<O>(handler: Handler<O>) {
 const repoOptions = (c: Command) =>
   c
     .option("--repo <location>", "repository: a directory or s3://bucket/prefix?endpoint=...")
-    .option("--key-file <file>", "repository key (default: LIFEBOAT_KEY_FILE, then ~/.config/lifeboat/keys/<id>.key)");
+    .option(
+      "--key-file <file>",
+      "repository key (default: LIFEBOAT_KEY_FILE, then ~/.config/lifeboat/keys/<id>.key)",
+    );
 
 export function storeCommand(): Command {
-  const store = new Command("store").description("work with a repository directly: init, import, export, verify, gc");
+  const store = new Command("store").description(
+    "work with a repository directly: init, import, export, verify, gc",
+  );
 
   repoOptions(store.command("init").description("create a repository and its key"))
     .option("--chunk-size <size>", "chunk size, a power of two from 64KiB to 16MiB", "1MiB")
@@ -69,12 +73,18 @@ export function storeCommand(): Command {
           await writeKeyFile(keyPath, key);
           let repo: Repository;
           try {
-            repo = await Repository.create(backend, key, { chunkSize: parseSize(o.chunkSize, "--chunk-size") });
+            repo = await Repository.create(backend, key, {
+              chunkSize: parseSize(o.chunkSize, "--chunk-size"),
+            });
           } catch (err) {
             await fs.rm(keyPath, { force: true });
             throw err;
           }
-          if (ctx.json) printJson({ repository: { id, location: backend.properties.location, chunkSize: repo.config.chunkSize }, keyFile: keyPath });
+          if (ctx.json)
+            printJson({
+              repository: { id, location: backend.properties.location, chunkSize: repo.config.chunkSize },
+              keyFile: keyPath,
+            });
           else {
             printLines([backend.properties.location, keyPath]);
             process.stderr.write(
@@ -88,7 +98,9 @@ export function storeCommand(): Command {
       }),
     );
 
-  repoOptions(store.command("import").description("read whole disks (image files or block devices) into one PIT"))
+  repoOptions(
+    store.command("import").description("read whole disks (image files or block devices) into one PIT"),
+  )
     .requiredOption("--server <name>", "source server the disks belong to")
     .option("--disk <path>", "raw image or block device (repeat for several disks, in order)", collect, [])
     .option("--consistency <level>", `consistency level to record: ${CONSISTENCY_LEVELS.join(", ")}`, "none")
@@ -121,7 +133,9 @@ export function storeCommand(): Command {
       }),
     );
 
-  repoOptions(store.command("export").description("write one disk of a PIT to a file (sparse) or block device"))
+  repoOptions(
+    store.command("export").description("write one disk of a PIT to a file (sparse) or block device"),
+  )
     .requiredOption("--pit <id>", "PIT id, or latest")
     .option("--server <name>", "server (needed with --pit latest)")
     .requiredOption("--disk <index>", "disk index, from 0")
@@ -129,7 +143,10 @@ export function storeCommand(): Command {
     .action(
       action<RepoOpts & { pit: string; server?: string; disk: string; out: string }>(async (ctx, o) => {
         if (o.pit === "latest" && !o.server) {
-          throw new LifeboatError("USAGE", "--pit latest needs --server", { hint: "give --server NAME", exitCode: 2 });
+          throw new LifeboatError("USAGE", "--pit latest needs --server", {
+            hint: "give --server NAME",
+            exitCode: 2,
+          });
         }
         const index = parseIntOption(o.disk, "--disk");
         await withRepo(ctx, o, async (repo) => {
@@ -142,7 +159,10 @@ export function storeCommand(): Command {
           progress.done();
           const seconds = (Date.now() - started) / 1000;
           if (ctx.json) printJson({ pit: pit.id, disk: index, ...result, seconds });
-          else printLines([`${result.path}: ${formatBytes(result.sizeBytes)} (${formatBytes(result.dataBytes)} data) from PIT ${pit.id} in ${seconds.toFixed(1)}s`]);
+          else
+            printLines([
+              `${result.path}: ${formatBytes(result.sizeBytes)} (${formatBytes(result.dataBytes)} data) from PIT ${pit.id} in ${seconds.toFixed(1)}s`,
+            ]);
         });
       }),
     );
@@ -162,11 +182,14 @@ export function storeCommand(): Command {
           else {
             printLines([
               `${report.pits} PITs, ${report.chunks} chunks, ${report.pages} pages; ${report.referencedChunks} chunks referenced${report.readData ? `, ${formatBytes(report.bytesRead)} read` : ""}`,
-              ...(report.transientErrors ? [`${report.transientErrors} read(s) failed once and then succeeded (transient, not damage)`] : []),
+              ...(report.transientErrors
+                ? [`${report.transientErrors} read(s) failed once and then succeeded (transient, not damage)`]
+                : []),
               ...report.damage.flatMap((d) => [
                 `DAMAGED ${d.kind} ${d.object} [${d.code}]: ${d.message}`,
                 ...d.affects.map(
-                  (a) => `  affects PIT ${a.pit} (${a.server}) disk ${a.disk} bytes ${a.ranges.map(([s, e]) => `${s}-${e - 1}`).join(", ")}`,
+                  (a) =>
+                    `  affects PIT ${a.pit} (${a.server}) disk ${a.disk} bytes ${a.ranges.map(([s, e]) => `${s}-${e - 1}`).join(", ")}`,
                 ),
               ]),
               report.ok ? "no damage found" : `${report.damage.length} damaged object(s)`,
@@ -177,7 +200,11 @@ export function storeCommand(): Command {
       ),
     );
 
-  repoOptions(store.command("gc").description("delete objects no PIT references (safe while imports and replication run)"))
+  repoOptions(
+    store
+      .command("gc")
+      .description("delete objects no PIT references (safe while imports and replication run)"),
+  )
     .option("--dry-run", "say what would be deleted, delete nothing")
     .option("--safety-margin <duration>", "keep objects written this recently", "60s")
     .action(
@@ -207,7 +234,10 @@ export function storeCommand(): Command {
       action<RepoOpts & { server?: string; retention?: string; dryRun?: boolean }>(async (ctx, o) =>
         withRepo(ctx, o, async (repo) => {
           const policy = o.retention ? parseRetention(o.retention) : DEFAULT_RETENTION;
-          const report = await forgetPits(repo, policy, { ...(o.server ? { server: o.server } : {}), dryRun: Boolean(o.dryRun) });
+          const report = await forgetPits(repo, policy, {
+            ...(o.server ? { server: o.server } : {}),
+            dryRun: Boolean(o.dryRun),
+          });
           if (ctx.json) printJson(report);
           else
             printLines(
@@ -229,13 +259,20 @@ export function storeCommand(): Command {
           printLines([
             `repository ${s.repositoryId} at ${s.location} (chunk size ${formatBytes(s.chunkSize)})`,
             `${s.pits} PITs; ${s.objects.chunks} chunks, ${s.objects.pages} pages; ${formatBytes(s.storedBytes.total)} stored`,
-            ...s.servers.map((v) => `  ${v.name}: ${v.pits} PITs, latest ${v.latest}, ${formatBytes(v.logicalBytes)} of disks`),
+            ...s.servers.map(
+              (v) =>
+                `  ${v.name}: ${v.pits} PITs, latest ${v.latest}, ${formatBytes(v.logicalBytes)} of disks`,
+            ),
           ]);
       }),
     ),
   );
 
-  repoOptions(store.command("reindex").description("rebuild the PIT catalog (an SQLite database) from the repository alone"))
+  repoOptions(
+    store
+      .command("reindex")
+      .description("rebuild the PIT catalog (an SQLite database) from the repository alone"),
+  )
     .requiredOption("--db <file>", "SQLite database file to (re)build")
     .action(
       action<RepoOpts & { db: string }>(async (ctx, o) =>
@@ -293,7 +330,12 @@ export function storeCommand(): Command {
           const r = await runBackendChecks(backend);
           const failed = r.checks.filter((c) => !c.ok);
           if (ctx.json) printJson(r);
-          else printLines(r.checks.map((c) => `${c.ok ? "ok  " : "FAIL"} ${c.name} (${c.ms} ms)${c.detail ? `: ${c.detail}` : ""}`));
+          else
+            printLines(
+              r.checks.map(
+                (c) => `${c.ok ? "ok  " : "FAIL"} ${c.name} (${c.ms} ms)${c.detail ? `: ${c.detail}` : ""}`,
+              ),
+            );
           return failed.length ? 1 : 0;
         } finally {
           await backend.close();

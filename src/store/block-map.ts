@@ -59,7 +59,8 @@ export function decodePage(page: Buffer, fanout: number): { level: number; entri
     });
   }
   const entries: Buffer[] = [];
-  for (let i = 0; i < count; i++) entries.push(page.subarray(PAGE_HEADER + i * ID_LEN, PAGE_HEADER + (i + 1) * ID_LEN));
+  for (let i = 0; i < count; i++)
+    entries.push(page.subarray(PAGE_HEADER + i * ID_LEN, PAGE_HEADER + (i + 1) * ID_LEN));
   return { level: page[1] ?? 0, entries };
 }
 
@@ -111,7 +112,11 @@ export class BlockMapBuilder {
       if (this.levels[level]!.length > 0) await this.add(level + 1, await this.flush(level));
     }
     const root = await this.flush(this.depth - 1);
-    return { root: isZeroId(root) ? null : root.toString("hex"), depth: this.depth, chunkCount: this.chunkCount };
+    return {
+      root: isZeroId(root) ? null : root.toString("hex"),
+      depth: this.depth,
+      chunkCount: this.chunkCount,
+    };
   }
 }
 
@@ -151,11 +156,17 @@ export async function updateBlockMap(
 ): Promise<BlockMapRef> {
   const fanout = repo.config.pageFanout;
   for (const i of changes.keys()) {
-    if (!Number.isInteger(i) || i < 0 || i >= ref.chunkCount) throw new RangeError(`chunk index ${i} out of range`);
+    if (!Number.isInteger(i) || i < 0 || i >= ref.chunkCount)
+      throw new RangeError(`chunk index ${i} out of range`);
   }
   if (changes.size === 0 || ref.chunkCount === 0) return ref;
   const sorted = [...changes.entries()].sort((a, b) => a[0] - b[0]);
-  const rec = async (id: Buffer, level: number, start: number, items: [number, Uint8Array][]): Promise<Buffer> => {
+  const rec = async (
+    id: Buffer,
+    level: number,
+    start: number,
+    items: [number, Uint8Array][],
+  ): Promise<Buffer> => {
     const span = fanout ** level;
     const count = Math.min(fanout, Math.ceil((ref.chunkCount - start) / span));
     const entries = isZeroId(id)
@@ -168,7 +179,9 @@ export async function updateBlockMap(
       while (k < items.length && Math.floor((items[k]![0] - start) / span) === slot) k++;
       const group = items.slice(j, k);
       entries[slot] =
-        level === 0 ? Buffer.from(group[group.length - 1]![1]) : await rec(entries[slot]!, level - 1, start + slot * span, group);
+        level === 0
+          ? Buffer.from(group[group.length - 1]![1])
+          : await rec(entries[slot]!, level - 1, start + slot * span, group);
       j = k;
     }
     if (entries.every(isZeroId)) return ZERO_ID;

@@ -48,7 +48,10 @@ function handle(msg: WorkerRequest): void {
       for (let i = 0; i < n; i++) {
         const c = chunkAt(batch, i);
         if (c.equals(zeros.subarray(0, c.length))) continue; // stays all-zero: the ZERO_ID
-        createHash("sha256").update(c).digest().copy(view, i * 32);
+        createHash("sha256")
+          .update(c)
+          .digest()
+          .copy(view, i * 32);
       }
       reply({ type: "scanned", batch: msg.batch, ids }, [ids]);
       return;
@@ -74,7 +77,11 @@ function handle(msg: WorkerRequest): void {
         const plain = codec.decode(msg.name, ObjectKind.chunk, new Uint8Array(msg.data));
         const got = createHash("sha256").update(plain).digest();
         if (!got.equals(Buffer.from(msg.id))) {
-          throw damaged("STORE_CHUNK_MISMATCH", msg.name, `decrypts but does not match its id ${Buffer.from(msg.id).toString("hex")}`);
+          throw damaged(
+            "STORE_CHUNK_MISMATCH",
+            msg.name,
+            `decrypts but does not match its id ${Buffer.from(msg.id).toString("hex")}`,
+          );
         }
         const ab = ownedArrayBuffer(plain);
         reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);

@@ -67,7 +67,8 @@ export class ObjectCodec {
     if (buf.length < OBJECT_OVERHEAD) {
       throw damaged("STORE_OBJECT_TRUNCATED", name, `is truncated (${buf.length} bytes)`);
     }
-    if (!buf.subarray(0, 4).equals(MAGIC)) throw damaged("STORE_OBJECT_CORRUPT", name, "has no Lifeboat header");
+    if (!buf.subarray(0, 4).equals(MAGIC))
+      throw damaged("STORE_OBJECT_CORRUPT", name, "has no Lifeboat header");
     const version = buf[4] ?? 0;
     if (version > OBJECT_FORMAT_VERSION) {
       throw new LifeboatError(
@@ -77,7 +78,8 @@ export class ObjectCodec {
       );
     }
     const kind = buf[5];
-    if (kind !== expected) throw damaged("STORE_OBJECT_CORRUPT", name, `has kind ${kind}, expected ${expected}`);
+    if (kind !== expected)
+      throw damaged("STORE_OBJECT_CORRUPT", name, `has kind ${kind}, expected ${expected}`);
     const flags = buf[6] ?? 0;
     const header = buf.subarray(0, HEADER_LEN);
     const nonce = buf.subarray(HEADER_LEN, HEADER_LEN + NONCE_LEN);
@@ -90,7 +92,12 @@ export class ObjectCodec {
       decipher.setAuthTag(tag);
       plain = Buffer.concat([decipher.update(body), decipher.final()]);
     } catch (err) {
-      throw damaged("STORE_OBJECT_CORRUPT", name, "fails authentication (damaged, or written with another key)", err);
+      throw damaged(
+        "STORE_OBJECT_CORRUPT",
+        name,
+        "fails authentication (damaged, or written with another key)",
+        err,
+      );
     }
     if ((flags & FLAG_ZSTD) === 0) return plain;
     try {

@@ -43,9 +43,13 @@ export async function readConfig(backend: Backend): Promise<RepositoryConfig> {
     raw = await backend.get(CONFIG_NAME);
   } catch (err) {
     if (err instanceof LifeboatError && err.code === "STORE_OBJECT_MISSING") {
-      throw new LifeboatError("STORE_NOT_A_REPOSITORY", `no Lifeboat repository at ${backend.properties.location}`, {
-        hint: "check --repo, or create one with `lifeboat store init`",
-      });
+      throw new LifeboatError(
+        "STORE_NOT_A_REPOSITORY",
+        `no Lifeboat repository at ${backend.properties.location}`,
+        {
+          hint: "check --repo, or create one with `lifeboat store init`",
+        },
+      );
     }
     throw err;
   }
@@ -53,14 +57,22 @@ export async function readConfig(backend: Backend): Promise<RepositoryConfig> {
   try {
     cfg = JSON.parse(raw.toString("utf8")) as Partial<RepositoryConfig>;
   } catch {
-    throw new LifeboatError("STORE_CONFIG_CORRUPT", `the repository config at ${backend.properties.location} is damaged`, {
-      hint: "restore the `config` object from a copy of the repository",
-    });
+    throw new LifeboatError(
+      "STORE_CONFIG_CORRUPT",
+      `the repository config at ${backend.properties.location} is damaged`,
+      {
+        hint: "restore the `config` object from a copy of the repository",
+      },
+    );
   }
   if (typeof cfg.lifeboatRepository !== "number") {
-    throw new LifeboatError("STORE_NOT_A_REPOSITORY", `no Lifeboat repository at ${backend.properties.location}`, {
-      hint: "check --repo",
-    });
+    throw new LifeboatError(
+      "STORE_NOT_A_REPOSITORY",
+      `no Lifeboat repository at ${backend.properties.location}`,
+      {
+        hint: "check --repo",
+      },
+    );
   }
   if (cfg.lifeboatRepository > REPOSITORY_FORMAT) {
     throw new LifeboatError(

@@ -24,7 +24,8 @@ export async function openDiskSource(path: string): Promise<DiskSource> {
   try {
     const st = await handle.stat();
     if (st.isFile()) return { path, size: st.size, isBlockDevice: false, handle };
-    if (st.isBlockDevice()) return { path, size: await blockDeviceSize(st.rdev), isBlockDevice: true, handle };
+    if (st.isBlockDevice())
+      return { path, size: await blockDeviceSize(st.rdev), isBlockDevice: true, handle };
     throw new LifeboatError("DISK_UNREADABLE", `${path} is neither a file nor a block device`, {
       hint: "give a raw image file or a block device",
       exitCode: 2,

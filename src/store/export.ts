@@ -46,7 +46,9 @@ export async function exportDisk(
   const st = await fs.stat(out).catch(() => undefined);
   const toDevice = st?.isBlockDevice() ?? false;
   if (st && !toDevice && !st.isFile()) {
-    throw new LifeboatError("EXPORT_BAD_TARGET", `${out} is neither a file nor a block device`, { exitCode: 2 });
+    throw new LifeboatError("EXPORT_BAD_TARGET", `${out} is neither a file nor a block device`, {
+      exitCode: 2,
+    });
   }
   const target = toDevice ? out : `${out}.lifeboat-partial`;
   const fh = await fs.open(target, toDevice ? "r+" : "w", 0o600);
@@ -54,7 +56,7 @@ export async function exportDisk(
   const limiter = new Limiter(opts.concurrency ?? 8);
   const result: ExportResult = { path: out, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
   const tasks = new Set<Promise<void>>();
-  let failure: unknown;
+  let failure: Error | undefined;
   let zeroFrom = 0; // on a device, zero chunks must be written explicitly
   const zeros = toDevice ? Buffer.alloc(disk.chunkSize) : Buffer.alloc(0);
   const writeZeros = async (from: number, to: number) => {
@@ -65,11 +67,16 @@ export async function exportDisk(
   };
   try {
     if (toDevice) {
-      const size = (await fh.stat()).size || (await import("./disk-source.js").then((m) => m.blockDeviceSize(st!.rdev)));
+      const size =
+        (await fh.stat()).size || (await import("./disk-source.js").then((m) => m.blockDeviceSize(st!.rdev)));
       if (size < disk.sizeBytes) {
-        throw new LifeboatError("EXPORT_TARGET_TOO_SMALL", `${out} holds ${size} bytes, the disk needs ${disk.sizeBytes}`, {
-          exitCode: 2,
-        });
+        throw new LifeboatError(
+          "EXPORT_TARGET_TOO_SMALL",
+          `${out} holds ${size} bytes, the disk needs ${disk.sizeBytes}`,
+          {
+            exitCode: 2,
+          },
+        );
       }
     } else {
       await fh.truncate(disk.sizeBytes);
@@ -113,8 +120,8 @@ export async function exportDisk(
   }
 }
 
-function chunkError(err: unknown, pit: Pit, disk: PitDisk, i: number, off: number): unknown {
-  if (!(err instanceof LifeboatError)) return err;
+function chunkError(err: unknown, pit: Pit, disk: PitDisk, i: number, off: number): Error {
+  if (!(err instanceof LifeboatError)) return err instanceof Error ? err : new Error(String(err));
   const end = Math.min(disk.sizeBytes, off + disk.chunkSize);
   return new LifeboatError(
     err.code,

@@ -5,7 +5,11 @@ import { type RetentionPolicy, planRetention } from "./retention.js";
 
 export interface ForgetReport {
   dryRun: boolean;
-  servers: { server: string; keep: { id: string; reasons: string[] }[]; forget: { id: string; ageMs: number }[] }[];
+  servers: {
+    server: string;
+    keep: { id: string; reasons: string[] }[];
+    forget: { id: string; ageMs: number }[];
+  }[];
   forgotten: number;
 }
 

@@ -83,9 +83,12 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     };
     const round = repo.clock.now();
     const objects: ObjectInfo[] = [];
-    for (const prefix of [PREFIX.chunks, PREFIX.pages]) for await (const o of repo.backend.list(prefix)) objects.push(o);
+    for (const prefix of [PREFIX.chunks, PREFIX.pages])
+      for await (const o of repo.backend.list(prefix)) objects.push(o);
     report.objects = objects.length;
-    const writers = (await listLocks(repo)).filter((l) => l.kind === "writer" && !isStale(repo, l, opts.staleLockMs));
+    const writers = (await listLocks(repo)).filter(
+      (l) => l.kind === "writer" && !isStale(repo, l, opts.staleLockMs),
+    );
     const oldestKnowledge = Math.min(Infinity, ...writers.map((w) => w.knownSince));
     const reachable = await markReachable(repo, report);
     const previous = await readCandidates(repo);
@@ -93,9 +96,12 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     const unreferenced = objects.filter((o) => !reachable.has(o.name));
     report.unreferenced = unreferenced.length;
     const prevNames = previous && previous.createdMs <= round ? new Set(previous.names) : new Set<string>();
-    const deletable = (o: ObjectInfo, roundMs: number) => o.mtimeMs < roundMs - margin && oldestKnowledge > roundMs;
+    const deletable = (o: ObjectInfo, roundMs: number) =>
+      o.mtimeMs < roundMs - margin && oldestKnowledge > roundMs;
     const doomed = unreferenced.filter(
-      (o) => deletable(o, round) || (previous !== undefined && prevNames.has(o.name) && deletable(o, previous.createdMs)),
+      (o) =>
+        deletable(o, round) ||
+        (previous !== undefined && prevNames.has(o.name) && deletable(o, previous.createdMs)),
     );
     const doomedSet = new Set(doomed);
     const survivors = unreferenced.filter((o) => !doomedSet.has(o));
@@ -109,9 +115,14 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     if (!opts.dryRun) {
       const limiter = new Limiter(16);
       await Promise.all(doomed.map((o) => limiter.run(() => repo.backend.delete(o.name))));
-      await repo.putMeta(CANDIDATES, { createdMs: round, names: survivors.map((o) => o.name) } satisfies Candidates);
+      await repo.putMeta(CANDIDATES, {
+        createdMs: round,
+        names: survivors.map((o) => o.name),
+      } satisfies Candidates);
       if (repo.backend.sweepTemporaries) {
-        report.temporariesRemoved = await repo.backend.sweepTemporaries(round - (opts.temporaryAgeMs ?? 3_600_000));
+        report.temporariesRemoved = await repo.backend.sweepTemporaries(
+          round - (opts.temporaryAgeMs ?? 3_600_000),
+        );
       }
     }
     report.deleted = doomed.length;
@@ -157,7 +168,11 @@ async function readCandidates(repo: Repository): Promise<Candidates | undefined>
 }
 
 /** Forgetting PITs happens under the GC lock and discards the candidate list (see above). */
-export async function withGcLock<T>(repo: Repository, purpose: string, fn: (lock: RepositoryLock) => Promise<T>): Promise<T> {
+export async function withGcLock<T>(
+  repo: Repository,
+  purpose: string,
+  fn: (lock: RepositoryLock) => Promise<T>,
+): Promise<T> {
   const lock = await acquireLock(repo, "gc", purpose);
   lock.keepAlive();
   try {

@@ -3,7 +3,14 @@ import { BlockMapBuilder, isZeroId, walkBlockMap } from "./block-map.js";
 import { Limiter } from "./limiter.js";
 import { openDiskSource } from "./disk-source.js";
 import { acquireLock } from "./locks.js";
-import { type ConsistencyLevel, type Pit, type PitDisk, listPits, validateServerName, writePit } from "./pit.js";
+import {
+  type ConsistencyLevel,
+  type Pit,
+  type PitDisk,
+  listPits,
+  validateServerName,
+  writePit,
+} from "./pit.js";
 import type { Repository } from "./repository.js";
 import { WorkerPool } from "./worker-pool.js";
 
@@ -67,7 +74,10 @@ export async function loadKnownIds(repo: Repository, pits: Pit[]): Promise<Known
  * Hashing, compression and encryption run on one worker thread per core.
  * The PIT is written only after every object it names is durable.
  */
-export async function importDisks(repo: Repository, opts: ImportOptions): Promise<{ pit: Pit; stats: ImportStats }> {
+export async function importDisks(
+  repo: Repository,
+  opts: ImportOptions,
+): Promise<{ pit: Pit; stats: ImportStats }> {
   validateServerName(opts.server);
   if (opts.disks.length === 0) {
     throw new LifeboatError("USAGE", "no disk given", { hint: "give --disk PATH (repeatable)", exitCode: 2 });
@@ -82,7 +92,14 @@ export async function importDisks(repo: Repository, opts: ImportOptions): Promis
   const lock = await acquireLock(repo, "writer", `import ${opts.server}`);
   lock.keepAlive();
   const pool = new WorkerPool(repo.keys, repo.config.compression.level);
-  const stats: ImportStats = { bytesRead: 0, zeroBytes: 0, chunks: 0, newChunks: 0, dedupChunks: 0, storedBytes: 0 };
+  const stats: ImportStats = {
+    bytesRead: 0,
+    zeroBytes: 0,
+    chunks: 0,
+    newChunks: 0,
+    dedupChunks: 0,
+    storedBytes: 0,
+  };
   try {
     const known = await loadKnownIds(repo, await listPits(repo));
     const disks: PitDisk[] = [];
@@ -159,7 +176,7 @@ async function importOne(
     return ids;
   };
 
-  for (let offset = 0; offset < src.size; ) {
+  for (let offset = 0; offset < src.size;) {
     while (inflight.length >= readAhead) await drainOne();
     const length = Math.min(batchBytes, src.size - offset);
     const buf = Buffer.allocUnsafeSlow(length);
@@ -167,9 +184,13 @@ async function importOne(
     while (got < length) {
       const { bytesRead } = await src.handle.read(buf, got, length - got, offset + got);
       if (bytesRead === 0) {
-        throw new LifeboatError("DISK_UNREADABLE", `disk ${src.path} ended at byte ${offset + got}, expected ${src.size}`, {
-          hint: "the disk shrank while it was read; retry",
-        });
+        throw new LifeboatError(
+          "DISK_UNREADABLE",
+          `disk ${src.path} ended at byte ${offset + got}, expected ${src.size}`,
+          {
+            hint: "the disk shrank while it was read; retry",
+          },
+        );
       }
       got += bytesRead;
     }
@@ -183,4 +204,3 @@ async function importOne(
   while (inflight.length > 0) await drainOne();
   return builder.finish();
 }
-

@@ -91,7 +91,11 @@ export async function readKeyFile(file: string): Promise<KeyFile> {
 }
 
 /** Writes a key file (0600, parent 0700) with write-then-rename; refuses to replace an existing one. */
-export async function writeKeyFile(file: string, key: KeyFile, opts: { overwrite?: boolean } = {}): Promise<void> {
+export async function writeKeyFile(
+  file: string,
+  key: KeyFile,
+  opts: { overwrite?: boolean } = {},
+): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   if (!opts.overwrite) {
     const exists = await fs.stat(file).then(

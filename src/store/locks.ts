@@ -64,7 +64,11 @@ export class RepositoryLock {
   }
 }
 
-export async function acquireLock(repo: Repository, kind: LockRecord["kind"], purpose: string): Promise<RepositoryLock> {
+export async function acquireLock(
+  repo: Repository,
+  kind: LockRecord["kind"],
+  purpose: string,
+): Promise<RepositoryLock> {
   const now = repo.clock.now();
   const record: LockRecord = {
     id: `${kind}-${now.toString(36)}-${randomBytes(6).toString("hex")}`,
@@ -79,13 +83,23 @@ export async function acquireLock(repo: Repository, kind: LockRecord["kind"], pu
   const lock = new RepositoryLock(repo, record);
   await repo.putMeta(lock.name, record);
   if (kind === "gc") {
-    const others = (await listLocks(repo)).filter((l) => l.kind === "gc" && l.id !== record.id && !isStale(repo, l));
-    if (others.some((o) => o.createdMs < record.createdMs || (o.createdMs === record.createdMs && o.id < record.id))) {
+    const others = (await listLocks(repo)).filter(
+      (l) => l.kind === "gc" && l.id !== record.id && !isStale(repo, l),
+    );
+    if (
+      others.some(
+        (o) => o.createdMs < record.createdMs || (o.createdMs === record.createdMs && o.id < record.id),
+      )
+    ) {
       await lock.release();
       const o = others[0]!;
-      throw new LifeboatError("STORE_LOCKED", `garbage collection is already running (pid ${o.pid} on ${o.host})`, {
-        hint: "wait for it to finish; a lock of a dead process is broken automatically",
-      });
+      throw new LifeboatError(
+        "STORE_LOCKED",
+        `garbage collection is already running (pid ${o.pid} on ${o.host})`,
+        {
+          hint: "wait for it to finish; a lock of a dead process is broken automatically",
+        },
+      );
     }
   }
   return lock;

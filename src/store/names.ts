@@ -6,7 +6,13 @@ import { createHmac } from "node:crypto";
  * plain names (they reveal only how many there are).
  */
 export const CONFIG_NAME = "config";
-export const PREFIX = { chunks: "chunks/", pages: "pages/", pits: "pits/", locks: "locks/", gc: "gc/" } as const;
+export const PREFIX = {
+  chunks: "chunks/",
+  pages: "pages/",
+  pits: "pits/",
+  locks: "locks/",
+  gc: "gc/",
+} as const;
 
 export function keyedName(namingKey: Buffer, prefix: string, id: Uint8Array): string {
   const h = createHmac("sha256", namingKey).update(id).digest("hex");

@@ -13,7 +13,10 @@ import { Repository } from "./repository.js";
  * cross-cutting decorators are stacked (today: retry with backoff for
  * transient errors). Everything that opens a repository goes through here.
  */
-export async function openBackend(location: string, opts: { logger?: Logger; clock?: Clock } = {}): Promise<Backend> {
+export async function openBackend(
+  location: string,
+  opts: { logger?: Logger; clock?: Clock } = {},
+): Promise<Backend> {
   let raw: Backend;
   if (location.startsWith("s3://")) raw = await openS3Backend(location);
   else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location)) {

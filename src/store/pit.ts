@@ -67,7 +67,9 @@ export async function writePit(repo: Repository, draft: NewPit): Promise<Pit> {
     disks: draft.disks,
     labels: draft.labels,
   };
-  const id = sha256(Buffer.from(JSON.stringify(body))).toString("hex").slice(0, 24);
+  const id = sha256(Buffer.from(JSON.stringify(body)))
+    .toString("hex")
+    .slice(0, 24);
   const pit: Pit = { ...body, id };
   await repo.putMeta(pitName(id), pit, ObjectKind.pit);
   return pit;
@@ -90,7 +92,9 @@ export async function readPit(repo: Repository, id: string): Promise<Pit> {
     return await repo.getMeta<Pit>(pitName(id), ObjectKind.pit);
   } catch (err) {
     if (err instanceof LifeboatError && err.code === "STORE_OBJECT_MISSING") {
-      throw new LifeboatError("PIT_NOT_FOUND", `PIT ${id} does not exist`, { hint: "list PITs with `lifeboat pits list`" });
+      throw new LifeboatError("PIT_NOT_FOUND", `PIT ${id} does not exist`, {
+        hint: "list PITs with `lifeboat pits list`",
+      });
     }
     throw err;
   }
@@ -128,9 +132,13 @@ export async function resolvePit(repo: Repository, ref: string, server?: string)
   const pits = await listPits(repo, server ? { server } : {});
   const latest = pits.sort((a, b) => a.seq - b.seq || a.timeMs - b.timeMs).at(-1);
   if (!latest) {
-    throw new LifeboatError("PIT_NOT_FOUND", `no PIT${server ? ` for server ${server}` : ""} in the repository`, {
-      hint: "list PITs with `lifeboat pits list`",
-    });
+    throw new LifeboatError(
+      "PIT_NOT_FOUND",
+      `no PIT${server ? ` for server ${server}` : ""} in the repository`,
+      {
+        hint: "list PITs with `lifeboat pits list`",
+      },
+    );
   }
   return latest;
 }

@@ -40,14 +40,18 @@ export class Repository {
   static async create(
     backend: Backend,
     keyFile: KeyFile,
-    opts: { chunkSize?: number; compressionLevel?: number; clock?: Clock } = {},
+    opts: { chunkSize?: number; compressionLevel?: number; pageFanout?: number; clock?: Clock } = {},
   ): Promise<Repository> {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     validateChunkSize(chunkSize);
     if (await backend.stat(CONFIG_NAME)) {
-      throw new LifeboatError("STORE_EXISTS", `a repository already exists at ${backend.properties.location}`, {
-        hint: "use it as it is, or choose another location; nothing was changed",
-      });
+      throw new LifeboatError(
+        "STORE_EXISTS",
+        `a repository already exists at ${backend.properties.location}`,
+        {
+          hint: "use it as it is, or choose another location; nothing was changed",
+        },
+      );
     }
     const keys = deriveKeys(keyFile);
     const clock = opts.clock ?? systemClock;
@@ -56,7 +60,7 @@ export class Repository {
       id: keyFile.repositoryId,
       createdAt: new Date(clock.now()).toISOString(),
       chunkSize,
-      pageFanout: PAGE_FANOUT,
+      pageFanout: opts.pageFanout ?? PAGE_FANOUT,
       compression: { algorithm: "zstd", level: opts.compressionLevel ?? 1 },
       keyCheck: keyCheck(keys),
     };
@@ -92,7 +96,11 @@ export class Repository {
   decodeVerified(name: string, kind: ObjectKind, id: Uint8Array, data: Buffer): Buffer {
     const plain = this.codec.decode(name, kind, data);
     if (!sha256(plain).equals(id)) {
-      throw damaged("STORE_CHUNK_MISMATCH", name, `decrypts but does not match its id ${Buffer.from(id).toString("hex")}`);
+      throw damaged(
+        "STORE_CHUNK_MISMATCH",
+        name,
+        `decrypts but does not match its id ${Buffer.from(id).toString("hex")}`,
+      );
     }
     return plain;
   }

@@ -17,7 +17,11 @@ export async function repositoryStats(repo: Repository): Promise<StoreStats> {
   const objects = { chunks: 0, pages: 0, other: 0 };
   const storedBytes = { chunks: 0, pages: 0, other: 0, total: 0 };
   for await (const o of repo.backend.list("")) {
-    const kind = o.name.startsWith(PREFIX.chunks) ? "chunks" : o.name.startsWith(PREFIX.pages) ? "pages" : "other";
+    const kind = o.name.startsWith(PREFIX.chunks)
+      ? "chunks"
+      : o.name.startsWith(PREFIX.pages)
+        ? "pages"
+        : "other";
     objects[kind]++;
     storedBytes[kind] += o.size;
     storedBytes.total += o.size;

@@ -58,8 +58,14 @@ export async function verifyRepository(
   const sizes = new Map<string, number>();
   let chunks = 0;
   let pages = 0;
-  for await (const o of repo.backend.list(PREFIX.chunks)) (sizes.set(o.name, o.size), chunks++);
-  for await (const o of repo.backend.list(PREFIX.pages)) (sizes.set(o.name, o.size), pages++);
+  for await (const o of repo.backend.list(PREFIX.chunks)) {
+    sizes.set(o.name, o.size);
+    chunks++;
+  }
+  for await (const o of repo.backend.list(PREFIX.pages)) {
+    sizes.set(o.name, o.size);
+    pages++;
+  }
   const report: VerifyReport = {
     ok: true,
     readData: Boolean(opts.readData),
@@ -135,7 +141,12 @@ export async function verifyRepository(
       if (disk.root === null) continue;
       const walk = async (id: Buffer, level: number, start: number): Promise<void> => {
         const span = repo.config.pageFanout ** level;
-        const where = { pit, disk, start, span: Math.min(span * repo.config.pageFanout, disk.chunkCount - start) };
+        const where = {
+          pit,
+          disk,
+          start,
+          span: Math.min(span * repo.config.pageFanout, disk.chunkCount - start),
+        };
         const name = repo.pageName(id);
         referencedPages.add(name);
         if (!checkStructure(name, "page", where)) return;
@@ -162,7 +173,9 @@ export async function verifyRepository(
     }
   }
   report.referencedChunks = referenced.size;
-  report.unreferencedObjects = [...sizes.keys()].filter((n) => !referenced.has(n) && !referencedPages.has(n)).length;
+  report.unreferencedObjects = [...sizes.keys()].filter(
+    (n) => !referenced.has(n) && !referencedPages.has(n),
+  ).length;
 
   // Pass 2: read every referenced chunk.
   if (opts.readData) {
@@ -215,7 +228,11 @@ export async function verifyRepository(
 }
 
 /** Walks a disk's chunks, skipping pages that cannot be read (verify reports those). */
-async function walkChunks(repo: Repository, disk: PitDisk, visit: (index: number, name: string) => void): Promise<void> {
+async function walkChunks(
+  repo: Repository,
+  disk: PitDisk,
+  visit: (index: number, name: string) => void,
+): Promise<void> {
   if (disk.root === null) return;
   const fanout = repo.config.pageFanout;
   const rec = async (id: Buffer, level: number, start: number): Promise<void> => {

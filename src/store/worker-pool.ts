@@ -32,7 +32,7 @@ export class WorkerPool {
   private nextBatch = 0;
   private nextReq = 0;
   private rr = 0;
-  private failure: unknown;
+  private failure: Error | undefined;
 
   constructor(keys: RepositoryKeys, compressionLevel: number, size = Math.max(1, os.availableParallelism())) {
     for (let i = 0; i < size; i++) {
@@ -50,7 +50,8 @@ export class WorkerPool {
   }
 
   private settle(msg: WorkerResponse): void {
-    const key = msg.type === "scanned" || msg.type === "encoded" ? `${msg.type}:${msg.batch}` : `req:${msg.req}`;
+    const key =
+      msg.type === "scanned" || msg.type === "encoded" ? `${msg.type}:${msg.batch}` : `req:${msg.req}`;
     const p = this.pending.get(key);
     this.pending.delete(key);
     if (!p) return;
@@ -58,7 +59,7 @@ export class WorkerPool {
     else p.resolve(msg);
   }
 
-  private fail(err: unknown): void {
+  private fail(err: Error): void {
     this.failure = err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
@@ -83,17 +84,29 @@ export class WorkerPool {
     const w = this.pick();
     this.owner.set(batch, w);
     const ab = buffer.buffer as ArrayBuffer;
-    if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length) throw new Error("scan needs a buffer of its own");
-    const r = await this.send(w, `scanned:${batch}`, { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize }, [ab]);
+    if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length)
+      throw new Error("scan needs a buffer of its own");
+    const r = await this.send(
+      w,
+      `scanned:${batch}`,
+      { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize },
+      [ab],
+    );
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }
 
   /** Compresses and encrypts the given chunks of a scanned batch, and frees the batch. */
-  async encode(batch: number, chunks: { index: number; id: Uint8Array }[]): Promise<{ index: number; name: string; data: Buffer }[]> {
+  async encode(
+    batch: number,
+    chunks: { index: number; id: Uint8Array }[],
+  ): Promise<{ index: number; name: string; data: Buffer }[]> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
     const r = await this.send(w, `encoded:${batch}`, { type: "encode", batch, chunks }, []);
-    return (r as Extract<WorkerResponse, { type: "encoded" }>).objects.map((o) => ({ ...o, data: Buffer.from(o.data) }));
+    return (r as Extract<WorkerResponse, { type: "encoded" }>).objects.map((o) => ({
+      ...o,
+      data: Buffer.from(o.data),
+    }));
   }
 
   /** Decrypts, decompresses and checks a chunk object against its id. */

@@ -87,6 +87,7 @@ export class LocalBackend implements Backend {
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     const slash = prefix.lastIndexOf("/");
     const base = slash < 0 ? "" : prefix.slice(0, slash);
+    if (base === TMP_DIR || base.startsWith(`${TMP_DIR}/`)) return; // temporaries are never listed
     yield* this.walk(base, prefix);
   }
 

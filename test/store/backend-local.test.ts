@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { mkdtemp, mkdir, rm, utimes, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import type { ObjectInfo } from "../../src/store/backend.js";
+import { LocalBackend } from "../../src/store/backends/local.js";
+import { backendContract } from "./backend-contract.js";
+
+async function tempDir(): Promise<string> {
+  return mkdtemp(path.join(os.tmpdir(), "lifeboat-local-"));
+}
+
+backendContract("LocalBackend", async () => {
+  const dir = await tempDir();
+  const backend = new LocalBackend(dir);
+  return {
+    backend,
+    cleanup: async () => {
+      await backend.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+void describe("LocalBackend interrupted puts", () => {
+  let dir: string;
+  let backend: LocalBackend;
+  beforeEach(async () => {
+    dir = await tempDir();
+    backend = new LocalBackend(dir);
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const list = async (prefix: string): Promise<ObjectInfo[]> => {
+    const out: ObjectInfo[] = [];
+    for await (const o of backend.list(prefix)) out.push(o);
+    return out;
+  };
+
+  // A crash between writing the temporary file and renaming it leaves the file in tmp/.
+  const leaveTemporary = async (name: string, ageMs: number): Promise<string> => {
+    await mkdir(path.join(dir, "tmp"), { recursive: true });
+    const file = path.join(dir, "tmp", name);
+    await writeFile(file, "half an object");
+    const when = new Date(Date.now() - ageMs);
+    await utimes(file, when, when);
+    return file;
+  };
+
+  void it("never lists the temporary file of an interrupted put", async () => {
+    await backend.put("chunks/ab/abcd", Buffer.from("whole"));
+    await leaveTemporary("0123456789abcdef.tmp", 0);
+    assert.deepEqual(
+      (await list("")).map((o) => o.name),
+      ["chunks/ab/abcd"],
+    );
+    assert.deepEqual(await list("t"), []);
+  });
+
+  void it("never lists temporaries under a prefix that starts with tmp/", async () => {
+    await leaveTemporary("0123456789abcdef.tmp", 0);
+    assert.deepEqual(await list("tmp/"), []);
+  });
+
+  void it("sweepTemporaries removes old temporaries and keeps fresh ones", async () => {
+    const old = await leaveTemporary("old.tmp", 2 * 3600_000);
+    const fresh = await leaveTemporary("fresh.tmp", 0);
+    const removed = await backend.sweepTemporaries(Date.now() - 3600_000);
+    assert.equal(removed, 1);
+    await assert.rejects(utimes(old, new Date(), new Date()), { code: "ENOENT" });
+    await utimes(fresh, new Date(), new Date());
+  });
+});

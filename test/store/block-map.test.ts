@@ -1,0 +1,99 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { BlockMapBuilder, ZERO_ID, updateBlockMap, walkBlockMap } from "../../src/store/index.js";
+import type { Repository } from "../../src/store/index.js";
+import { countingBackend, newRepository } from "../support/repo.js";
+import { MemoryBackend } from "../../src/store/index.js";
+
+const id = (n: number) => (n === 0 ? ZERO_ID : createHash("sha256").update(String(n)).digest());
+
+async function build(repo: Repository, model: number[]) {
+  const b = new BlockMapBuilder(repo, model.length);
+  for (const n of model) await b.push(id(n));
+  return b.finish();
+}
+
+// A model disk: an array of small numbers standing for chunk contents (0 = zero chunk).
+const modelArb = fc.array(fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 20 })), {
+  minLength: 0,
+  maxLength: 300,
+});
+
+const seed = process.env.LIFEBOAT_SEED ? Number(process.env.LIFEBOAT_SEED) : undefined;
+const params = { numRuns: 60, ...(seed !== undefined ? { seed } : {}) };
+
+void describe("block map", () => {
+  void it("reads back exactly what was built, for any content and a deep tree (fanout 4)", async () => {
+    await fc.assert(
+      fc.asyncProperty(modelArb, async (model) => {
+        const repo = await newRepository({ pageFanout: 4 });
+        const ref = await build(repo, model);
+        const seen = new Map<number, Buffer>();
+        await walkBlockMap(repo, ref, (i, cid) => void seen.set(i, Buffer.from(cid)));
+        model.forEach((n, i) => assert.deepEqual(seen.get(i) ?? ZERO_ID, id(n), `chunk ${i}`));
+        assert.equal(
+          ref.root === null,
+          model.every((n) => n === 0),
+        );
+      }),
+      params,
+    );
+  });
+
+  void it("updating a map gives the same root as building the changed disk from scratch", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        modelArb.filter((m) => m.length > 0),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 20 })), { maxLength: 30 }),
+        async (model, edits) => {
+          const repo = await newRepository({ pageFanout: 4 });
+          const before = await build(repo, model);
+          const changed = [...model];
+          const changes = new Map<number, Buffer>();
+          for (const [pos, n] of edits) {
+            const i = pos % model.length;
+            changed[i] = n;
+            changes.set(i, id(n));
+          }
+          const updated = await updateBlockMap(repo, before, changes);
+          const rebuilt = await build(repo, changed);
+          assert.deepEqual(updated, rebuilt);
+        },
+      ),
+      params,
+    );
+  });
+
+  void it("a new map after 10 changed chunks of a 1 GiB disk writes a handful of pages", async () => {
+    const backend = countingBackend(new MemoryBackend());
+    const repo = await newRepository({ backend, chunkSize: 1 << 20 });
+    const chunkCount = 1024; // 1 GiB of 1 MiB chunks
+    const model = Array.from({ length: chunkCount }, (_, i) => (i % 3 === 0 ? 0 : i + 1));
+    const base = await build(repo, model);
+    backend.puts.length = 0;
+    const changes = new Map<number, Buffer>();
+    for (let k = 0; k < 10; k++) changes.set(k * 101 + 7, id(5000 + k));
+    const next = await updateBlockMap(repo, base, changes);
+    assert.notEqual(next.root, base.root);
+    // 1024 entries in pages of 256: 4 leaves and a root; 10 changes touch every leaf at most once.
+    assert.ok(backend.puts.length <= 5, `wrote ${backend.puts.length} pages`);
+    assert.ok(backend.puts.every((n) => n.startsWith("pages/")));
+  });
+
+  void it("all-zero disks and all-zero subtrees store no pages", async () => {
+    const backend = countingBackend(new MemoryBackend());
+    const repo = await newRepository({ backend, pageFanout: 4 });
+    const ref = await build(
+      repo,
+      Array.from({ length: 100 }, () => 0),
+    );
+    assert.equal(ref.root, null);
+    assert.equal(backend.puts.filter((n) => n.startsWith("pages/")).length, 0);
+    const sparse = await build(repo, [...Array.from({ length: 63 }, () => 0), 1]);
+    // Only the path to the one non-zero chunk: depth 3 with fanout 4 for 64 chunks.
+    assert.equal(sparse.depth, 3);
+    assert.equal(backend.puts.filter((n) => n.startsWith("pages/")).length, 3);
+  });
+});

@@ -1,0 +1,66 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { describe, it } from "node:test";
+import { ObjectCodec, ObjectKind, OBJECT_OVERHEAD } from "../../src/store/codec.js";
+
+const codec = new ObjectCodec(randomBytes(32), 1);
+const name = "chunks/ab/abcdef";
+
+function rejects(fn: () => unknown, code: string) {
+  assert.throws(fn, (e: { code?: string }) => e.code === code);
+}
+
+void describe("object codec", () => {
+  void it("round-trips compressible, incompressible and empty payloads", () => {
+    for (const plain of [Buffer.alloc(100_000, 7), randomBytes(70_000), Buffer.alloc(0)]) {
+      const enc = codec.encode(name, ObjectKind.chunk, plain);
+      assert.deepEqual(codec.decode(name, ObjectKind.chunk, enc), plain);
+    }
+  });
+
+  void it("compresses what compresses and never expands by more than the fixed overhead", () => {
+    assert.ok(codec.encode(name, ObjectKind.chunk, Buffer.alloc(1 << 20, 1)).length < 1000);
+    const random = randomBytes(1 << 16);
+    assert.equal(codec.encode(name, ObjectKind.chunk, random).length, random.length + OBJECT_OVERHEAD);
+  });
+
+  void it("detects a flipped bit anywhere in the object", () => {
+    const enc = codec.encode(name, ObjectKind.chunk, randomBytes(4096));
+    for (const pos of [9, 20, enc.length >> 1, enc.length - 1]) {
+      const bad = Buffer.from(enc);
+      bad[pos]! ^= 0x10;
+      rejects(() => codec.decode(name, ObjectKind.chunk, bad), "STORE_OBJECT_CORRUPT");
+    }
+  });
+
+  void it("binds an object to its name and kind", () => {
+    const enc = codec.encode(name, ObjectKind.chunk, randomBytes(100));
+    rejects(() => codec.decode("chunks/ab/other", ObjectKind.chunk, enc), "STORE_OBJECT_CORRUPT");
+    rejects(() => codec.decode(name, ObjectKind.page, enc), "STORE_OBJECT_CORRUPT");
+  });
+
+  void it("names empty, truncated and foreign objects as such", () => {
+    rejects(() => codec.decode(name, ObjectKind.chunk, Buffer.alloc(0)), "STORE_OBJECT_EMPTY");
+    const enc = codec.encode(name, ObjectKind.chunk, randomBytes(100));
+    rejects(() => codec.decode(name, ObjectKind.chunk, enc.subarray(0, 20)), "STORE_OBJECT_TRUNCATED");
+    rejects(
+      () => codec.decode(name, ObjectKind.chunk, enc.subarray(0, enc.length - 5)),
+      "STORE_OBJECT_CORRUPT",
+    );
+    rejects(() => codec.decode(name, ObjectKind.chunk, Buffer.alloc(100, 1)), "STORE_OBJECT_CORRUPT");
+  });
+
+  void it("refuses an object from a newer format version with a clear error", () => {
+    const enc = codec.encode(name, ObjectKind.chunk, randomBytes(100));
+    enc[4] = 9;
+    rejects(() => codec.decode(name, ObjectKind.chunk, enc), "STORE_FORMAT_TOO_NEW");
+  });
+
+  void it("refuses another key", () => {
+    const enc = codec.encode(name, ObjectKind.chunk, randomBytes(100));
+    rejects(
+      () => new ObjectCodec(randomBytes(32)).decode(name, ObjectKind.chunk, enc),
+      "STORE_OBJECT_CORRUPT",
+    );
+  });
+});
