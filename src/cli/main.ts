@@ -1,4 +1,5 @@
 import { Command, CommanderError } from "commander";
+import { LifeboatError } from "../base/index.js";
 import { demoCommand } from "./demo.js";
 import { reportError } from "./output.js";
 import { pitsCommand } from "./pits.js";
@@ -10,17 +11,21 @@ import { storeCommand } from "./store.js";
  * one JSON object on stderr with --json; stack traces only with --debug.
  */
 export async function main(argv: string[]): Promise<number> {
+  const json = argv.includes("--json");
   const program = new Command("lifeboat")
     .description("Lifeboat: disaster recovery for servers you cannot afford to lose")
     .option("--json", "print one JSON document on stdout")
     .option("--debug", "show stack traces and debug logs")
-    .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
     .showHelpAfterError();
   program.addCommand(storeCommand());
   program.addCommand(pitsCommand());
   program.addCommand(demoCommand());
-  for (const c of allCommands(program)) c.exitOverride().allowExcessArguments(false);
+  for (const c of allCommands(program)) {
+    // With --json, usage errors are printed once, as JSON, below.
+    c.exitOverride()
+      .allowExcessArguments(false)
+      .configureOutput({ writeErr: (s) => void (json ? undefined : process.stderr.write(s)) });
+  }
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === "number" ? process.exitCode : 0;
@@ -32,10 +37,16 @@ export async function main(argv: string[]): Promise<number> {
         err.code === "commander.version"
       )
         return 0;
+      if (json) {
+        const message = err.message.replace(/^error: /, "");
+        reportError(new LifeboatError("USAGE", message, { hint: "see --help", exitCode: 2 }), {
+          json,
+          debug: false,
+        });
+      }
       return 2;
     }
-    const argvJson = argv.includes("--json");
-    return reportError(err, { json: argvJson, debug: argv.includes("--debug") });
+    return reportError(err, { json, debug: argv.includes("--debug") });
   }
 }
 

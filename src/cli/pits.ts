@@ -1,5 +1,5 @@
 import { Command } from "commander";
-import { listPits } from "../store/index.js";
+import { type DamagedPit, listPits } from "../store/index.js";
 import { withRepo } from "./context.js";
 import { formatBytes, printJson, printLines } from "./output.js";
 import { action } from "./store.js";
@@ -15,8 +15,11 @@ export function pitsCommand(): Command {
     .action(
       action<{ repo?: string; keyFile?: string; server?: string }>(async (ctx, o) =>
         withRepo(ctx, o, async (repo) => {
-          const list = await listPits(repo, o.server ? { server: o.server } : {});
-          if (ctx.json) printJson({ pits: list });
+          const damaged: DamagedPit[] = [];
+          const list = await listPits(repo, { ...(o.server ? { server: o.server } : {}), damaged });
+          for (const d of damaged)
+            process.stderr.write(`warning: PIT ${d.id} cannot be read [${d.code}]: ${d.message}\n`);
+          if (ctx.json) printJson({ pits: list, damaged });
           else
             printLines(
               list.map(

@@ -140,31 +140,35 @@ export function storeCommand(): Command {
     .option("--server <name>", "server (needed with --pit latest)")
     .requiredOption("--disk <index>", "disk index, from 0")
     .requiredOption("--out <file>", "output image file or block device")
+    .option("--force", "overwrite --out if it exists (a block device is always overwritten whole)")
     .action(
-      action<RepoOpts & { pit: string; server?: string; disk: string; out: string }>(async (ctx, o) => {
-        if (o.pit === "latest" && !o.server) {
-          throw new LifeboatError("USAGE", "--pit latest needs --server", {
-            hint: "give --server NAME",
-            exitCode: 2,
+      action<RepoOpts & { pit: string; server?: string; disk: string; out: string; force?: boolean }>(
+        async (ctx, o) => {
+          if (o.pit === "latest" && !o.server) {
+            throw new LifeboatError("USAGE", "--pit latest needs --server", {
+              hint: "give --server NAME",
+              exitCode: 2,
+            });
+          }
+          const index = parseIntOption(o.disk, "--disk");
+          await withRepo(ctx, o, async (repo) => {
+            const pit = await resolvePit(repo, o.pit, o.server);
+            const progress = new Progress(ctx.env.interactive, "export");
+            const started = Date.now();
+            const result = await exportDisk(repo, pit, index, path.resolve(o.out), {
+              onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
+              overwrite: Boolean(o.force),
+            });
+            progress.done();
+            const seconds = (Date.now() - started) / 1000;
+            if (ctx.json) printJson({ pit: pit.id, disk: index, ...result, seconds });
+            else
+              printLines([
+                `${result.path}: ${formatBytes(result.sizeBytes)} (${formatBytes(result.dataBytes)} data) from PIT ${pit.id} in ${seconds.toFixed(1)}s`,
+              ]);
           });
-        }
-        const index = parseIntOption(o.disk, "--disk");
-        await withRepo(ctx, o, async (repo) => {
-          const pit = await resolvePit(repo, o.pit, o.server);
-          const progress = new Progress(ctx.env.interactive, "export");
-          const started = Date.now();
-          const result = await exportDisk(repo, pit, index, path.resolve(o.out), {
-            onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
-          });
-          progress.done();
-          const seconds = (Date.now() - started) / 1000;
-          if (ctx.json) printJson({ pit: pit.id, disk: index, ...result, seconds });
-          else
-            printLines([
-              `${result.path}: ${formatBytes(result.sizeBytes)} (${formatBytes(result.dataBytes)} data) from PIT ${pit.id} in ${seconds.toFixed(1)}s`,
-            ]);
-        });
-      }),
+        },
+      ),
     );
 
   repoOptions(store.command("verify").description("check the repository; --read-data reads every chunk"))
@@ -218,8 +222,8 @@ export function storeCommand(): Command {
           else
             printLines([
               `${report.pits} PITs reach ${report.reachable} of ${report.objects} objects`,
-              `${report.dryRun ? "would delete" : "deleted"} ${report.deleted} unreferenced object(s), ${formatBytes(report.deletedBytes)}`,
-              ...(report.kept ? [`kept ${report.kept} unreferenced object(s): ${report.keptReason}`] : []),
+              `${report.dryRun ? "would move" : "moved"} ${report.trashed} unreferenced object(s) to the trash; ${report.dryRun ? "would put back" : "put back"} ${report.restored}; ${report.dryRun ? "would delete" : "deleted"} ${report.deleted} (${formatBytes(report.deletedBytes)}) for good`,
+              ...(report.waitingReason ? [report.waitingReason] : []),
               ...(report.staleLocksBroken ? [`broke ${report.staleLocksBroken} stale lock(s)`] : []),
             ]);
         }),
@@ -302,14 +306,17 @@ export function storeCommand(): Command {
     .description("install an escrow copy of a repository's key after checking it opens the repository")
     .option("--repo <location>", "repository the key belongs to")
     .requiredOption("--in <file>", "the escrow copy")
-    .option("--key-file <file>", "where to install it (default ~/.config/lifeboat/keys/<id>.key)")
+    .option(
+      "--key-file <file>",
+      "where to install it (default: LIFEBOAT_KEY_FILE, then ~/.config/lifeboat/keys/<id>.key)",
+    )
     .action(
       action<RepoOpts & { in: string }>(async (ctx, o) => {
         const copy = await readKeyFile(path.resolve(o.in));
         const backend = await openBackend(requireOption(o.repo, "--repo"), { logger: ctx.logger });
         try {
           await Repository.open(backend, copy); // proves the key matches
-          const dest = path.resolve(o.keyFile ?? defaultKeyPath(copy.repositoryId));
+          const dest = path.resolve(o.keyFile ?? ctx.env.keyFile ?? defaultKeyPath(copy.repositoryId));
           await writeKeyFile(dest, copy);
           if (ctx.json) printJson({ repositoryId: copy.repositoryId, keyFile: dest });
           else printLines([dest]);

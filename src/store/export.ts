@@ -40,13 +40,20 @@ export async function exportDisk(
   pit: Pit,
   index: number,
   out: string,
-  opts: { onProgress?: (p: ExportProgress) => void; concurrency?: number } = {},
+  opts: { onProgress?: (p: ExportProgress) => void; concurrency?: number; overwrite?: boolean } = {},
 ): Promise<ExportResult> {
   const disk = pitDisk(pit, index);
   const st = await fs.stat(out).catch(() => undefined);
   const toDevice = st?.isBlockDevice() ?? false;
   if (st && !toDevice && !st.isFile()) {
     throw new LifeboatError("EXPORT_BAD_TARGET", `${out} is neither a file nor a block device`, {
+      hint: "give a path for a new image file, or a block device",
+      exitCode: 2,
+    });
+  }
+  if (st && !opts.overwrite) {
+    throw new LifeboatError("EXPORT_TARGET_EXISTS", `${out} exists; export would overwrite it`, {
+      hint: "choose a new path, or add --force to overwrite it (all data on it is replaced)",
       exitCode: 2,
     });
   }
@@ -91,7 +98,7 @@ export async function exportDisk(
           const name = repo.chunkName(id);
           const off = i * disk.chunkSize;
           try {
-            const plain = await pool.decode(name, id, await repo.backend.get(name));
+            const plain = await pool.decode(name, id, await repo.getObject(name));
             await fh.write(plain, 0, plain.length, off);
             result.dataBytes += plain.length;
             result.chunks++;

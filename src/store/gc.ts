@@ -2,38 +2,43 @@ import { LifeboatError } from "../base/index.js";
 import type { ObjectInfo } from "./backend.js";
 import { walkBlockMap } from "./block-map.js";
 import { Limiter } from "./limiter.js";
-import { type RepositoryLock, acquireLock, breakStaleLocks, isStale, listLocks } from "./locks.js";
-import { PREFIX } from "./names.js";
-import { listPits } from "./pit.js";
+import { type LockRecord, acquireLock, breakStaleLocks, isStale, listLocks } from "./locks.js";
+import { PREFIX, trashName } from "./names.js";
+import { type Pit, listPits } from "./pit.js";
 import type { Repository } from "./repository.js";
 
 /**
- * Garbage collection: mark and sweep that is safe while writers run.
+ * Garbage collection that is safe while writers run, in two steps: an
+ * unreferenced chunk or page is first moved to the trash, and deleted for
+ * good only by a later run.
  *
- * The danger is a writer that skips storing a chunk because it believes the
- * repository has it, while GC deletes that chunk as unreferenced. Writers
- * therefore trust only chunks named by PITs they read after their lock's
- * `knownSince`, or chunks they wrote themselves since (locks.ts). PITs are
- * forgotten only under the GC lock, and forgetting discards the candidate
- * list, so between two GC runs the set of PITs only grows.
+ * The danger is a writer that references a chunk GC is removing: it learned
+ * of the chunk from a PIT that has since been forgotten, or wrote it before
+ * GC listed it. Moving rather than deleting makes that harmless: readers fall
+ * back to the trash (Repository.getObject), and every run puts back whatever a
+ * PIT references. A trashed object is deleted only when no PIT references it
+ * and every live writer started after it was trashed. Such a writer cannot
+ * know the object from a PIT: forgetting PITs happens under the GC lock and
+ * first puts back everything any PIT references (`restoreReferenced`), so a
+ * PIT it read that named the object would still exist and the object would be
+ * referenced. Nor can it know it from its own writes: anything it wrote lives
+ * under the object's own name, not in the trash.
  *
- * A run at time T:
- *  1. lists every chunk and page, then the live writer locks, then the PITs,
- *     and marks what the PITs reach (an unreadable page aborts the run:
- *     reachability unknown means nothing may be deleted);
- *  2. deletes an unreferenced object X when, for the round R in which X was
- *     found unreferenced (the previous run, or this one), X was last written
- *     before R minus the safety margin and every live writer learned what
- *     exists after R. Such a writer cannot know X from a PIT (none references
- *     X since R, and PITs only grew) nor from its own writes (X is older);
- *  3. records what is still unreferenced as the next run's candidates.
- * With no writer running, one run deletes everything unreferenced and old
- * enough; under continuous replication the second run does. Deleting is
- * idempotent, so a run interrupted at any point converges when repeated.
+ * A run:
+ *  1. lists chunks, pages and the trash, then the live writer locks, then the
+ *     PITs, and marks what the PITs reach (an unreadable PIT or page stops the
+ *     run: when reachability is unknown nothing may be removed);
+ *  2. puts back trashed objects that are referenced;
+ *  3. deletes trashed objects that are unreferenced, were trashed more than
+ *     the safety margin ago, and are older than every live writer;
+ *  4. moves to the trash unreferenced objects written before the safety margin
+ *     and before every live writer started.
+ * Every step is idempotent, so a run interrupted anywhere converges when
+ * repeated. Objects of a writer still running are never touched.
  */
 export interface GcOptions {
   dryRun?: boolean;
-  /** Objects written less than this long before a round are kept (clock skew between hosts and backend). */
+  /** Margin for clock differences between hosts and the backend (default one minute). */
   safetyMarginMs?: number;
   staleLockMs?: number;
   /** Temporary files of interrupted writes older than this are removed. */
@@ -45,98 +50,41 @@ export interface GcReport {
   pits: number;
   objects: number;
   reachable: number;
-  unreferenced: number;
+  /** Unreferenced objects moved to the trash by this run. */
+  trashed: number;
+  /** Trashed objects a PIT references again, put back. */
+  restored: number;
+  /** Trashed objects deleted for good, and their bytes. */
   deleted: number;
   deletedBytes: number;
-  /** Unreferenced objects kept for now, and why. */
-  kept: number;
-  keptReason: string | null;
+  /** Objects left in the trash for a later run, and why. */
+  inTrash: number;
+  waitingReason: string | null;
   staleLocksBroken: number;
   temporariesRemoved: number;
 }
 
-interface Candidates {
-  createdMs: number;
-  names: string[];
-}
-
-const CANDIDATES = `${PREFIX.gc}candidates`;
 export const DEFAULT_SAFETY_MARGIN_MS = 60_000;
 
-export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Promise<GcReport> {
-  const margin = opts.safetyMarginMs ?? DEFAULT_SAFETY_MARGIN_MS;
-  const lock = opts.dryRun ? undefined : await acquireLock(repo, "gc", "gc");
-  lock?.keepAlive();
-  try {
-    const report: GcReport = {
-      dryRun: Boolean(opts.dryRun),
-      pits: 0,
-      objects: 0,
-      reachable: 0,
-      unreferenced: 0,
-      deleted: 0,
-      deletedBytes: 0,
-      kept: 0,
-      keptReason: null,
-      staleLocksBroken: opts.dryRun ? 0 : (await breakStaleLocks(repo, opts.staleLockMs)).length,
-      temporariesRemoved: 0,
-    };
-    const round = repo.clock.now();
-    const objects: ObjectInfo[] = [];
-    for (const prefix of [PREFIX.chunks, PREFIX.pages])
-      for await (const o of repo.backend.list(prefix)) objects.push(o);
-    report.objects = objects.length;
-    const writers = (await listLocks(repo)).filter(
-      (l) => l.kind === "writer" && !isStale(repo, l, opts.staleLockMs),
-    );
-    const oldestKnowledge = Math.min(Infinity, ...writers.map((w) => w.knownSince));
-    const reachable = await markReachable(repo, report);
-    const previous = await readCandidates(repo);
-
-    const unreferenced = objects.filter((o) => !reachable.has(o.name));
-    report.unreferenced = unreferenced.length;
-    const prevNames = previous && previous.createdMs <= round ? new Set(previous.names) : new Set<string>();
-    const deletable = (o: ObjectInfo, roundMs: number) =>
-      o.mtimeMs < roundMs - margin && oldestKnowledge > roundMs;
-    const doomed = unreferenced.filter(
-      (o) =>
-        deletable(o, round) ||
-        (previous !== undefined && prevNames.has(o.name) && deletable(o, previous.createdMs)),
-    );
-    const doomedSet = new Set(doomed);
-    const survivors = unreferenced.filter((o) => !doomedSet.has(o));
-    report.kept = survivors.length;
-    if (survivors.length > 0) {
-      report.keptReason =
-        writers.length > 0
-          ? `${writers.length} writer(s) running; unreferenced objects are deleted by the next run after they refresh`
-          : `written within the safety margin (${margin} ms); deleted by a later run`;
-    }
-    if (!opts.dryRun) {
-      const limiter = new Limiter(16);
-      await Promise.all(doomed.map((o) => limiter.run(() => repo.backend.delete(o.name))));
-      await repo.putMeta(CANDIDATES, {
-        createdMs: round,
-        names: survivors.map((o) => o.name),
-      } satisfies Candidates);
-      if (repo.backend.sweepTemporaries) {
-        report.temporariesRemoved = await repo.backend.sweepTemporaries(
-          round - (opts.temporaryAgeMs ?? 3_600_000),
-        );
-      }
-    }
-    report.deleted = doomed.length;
-    report.deletedBytes = doomed.reduce((n, o) => n + o.size, 0);
-    return report;
-  } finally {
-    await lock?.release();
-  }
+interface Marked {
+  pits: Pit[];
+  reachable: Set<string>;
+  live: Map<string, ObjectInfo>;
+  trash: Map<string, ObjectInfo>; // keyed by the original name
 }
 
-async function markReachable(repo: Repository, report: GcReport): Promise<Set<string>> {
-  const reachable = new Set<string>();
+/** Lists objects, then writer locks, then PITs (this order matters, see above), and marks. */
+async function mark(repo: Repository, staleLockMs?: number): Promise<Marked & { writers: LockRecord[] }> {
+  const live = new Map<string, ObjectInfo>();
+  const trash = new Map<string, ObjectInfo>();
+  for (const prefix of [PREFIX.chunks, PREFIX.pages])
+    for await (const o of repo.backend.list(prefix)) live.set(o.name, o);
+  for await (const o of repo.backend.list(PREFIX.trash)) trash.set(o.name.slice(PREFIX.trash.length), o);
+  const writers = (await listLocks(repo)).filter(
+    (l) => l.kind === "writer" && !isStale(repo, l, staleLockMs),
+  );
   const pits = await listPits(repo);
-  report.pits = pits.length;
+  const reachable = new Set<string>();
   for (const pit of pits) {
     for (const disk of pit.disks) {
       try {
@@ -149,37 +97,101 @@ async function markReachable(repo: Repository, report: GcReport): Promise<Set<st
       } catch (err) {
         throw new LifeboatError(
           "STORE_GC_ABORTED",
-          `garbage collection stopped: disk ${disk.index} of PIT ${pit.id} cannot be read; nothing was deleted`,
-          { hint: "run `lifeboat store verify` and repair the repository first", cause: err },
+          `garbage collection stopped: disk ${disk.index} of PIT ${pit.id} cannot be read; nothing was removed`,
+          { hint: "run `lifeboat store verify` and repair or forget the damaged PIT first", cause: err },
         );
       }
     }
   }
-  report.reachable = reachable.size;
-  return reachable;
+  return { pits, reachable, live, trash, writers };
 }
 
-async function readCandidates(repo: Repository): Promise<Candidates | undefined> {
-  try {
-    return await repo.getMeta<Candidates>(CANDIDATES);
-  } catch {
-    return undefined; // absent or unreadable: start a new round
+/** Puts back trashed objects that a PIT references; returns how many. */
+async function restoreReferenced(repo: Repository, m: Marked, dryRun: boolean): Promise<number> {
+  const limiter = new Limiter(16);
+  const back = [...m.trash.keys()].filter((name) => m.reachable.has(name));
+  if (!dryRun) {
+    await Promise.all(
+      back.map((name) =>
+        limiter.run(async () => {
+          if (!m.live.has(name)) await repo.backend.put(name, await repo.backend.get(trashName(name)));
+          await repo.backend.delete(trashName(name));
+        }),
+      ),
+    );
   }
+  for (const name of back) m.trash.delete(name);
+  return back.length;
 }
 
-/** Forgetting PITs happens under the GC lock and discards the candidate list (see above). */
-export async function withGcLock<T>(
-  repo: Repository,
-  purpose: string,
-  fn: (lock: RepositoryLock) => Promise<T>,
-): Promise<T> {
-  const lock = await acquireLock(repo, "gc", purpose);
-  lock.keepAlive();
+export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Promise<GcReport> {
+  const margin = opts.safetyMarginMs ?? DEFAULT_SAFETY_MARGIN_MS;
+  const dryRun = Boolean(opts.dryRun);
+  const lock = dryRun ? undefined : await acquireLock(repo, "gc", "gc");
+  lock?.keepAlive();
   try {
-    const result = await fn(lock);
-    await repo.backend.delete(CANDIDATES);
-    return result;
+    const staleLocksBroken = dryRun ? 0 : (await breakStaleLocks(repo, opts.staleLockMs)).length;
+    const round = repo.clock.now();
+    const m = await mark(repo, opts.staleLockMs);
+    const oldestWriter = Math.min(Infinity, ...m.writers.map((w) => w.createdMs));
+    const restored = await restoreReferenced(repo, m, dryRun);
+
+    const doomed = [...m.trash].filter(
+      ([name, t]) =>
+        !m.reachable.has(name) && t.mtimeMs < round - margin && t.mtimeMs + margin < oldestWriter,
+    );
+    const toTrash = [...m.live.values()].filter(
+      (o) =>
+        !m.reachable.has(o.name) &&
+        !m.trash.has(o.name) &&
+        o.mtimeMs < Math.min(round - margin, oldestWriter),
+    );
+    const limiter = new Limiter(16);
+    if (!dryRun) {
+      await Promise.all(doomed.map(([name]) => limiter.run(() => repo.backend.delete(trashName(name)))));
+      await Promise.all(
+        toTrash.map((o) =>
+          limiter.run(async () => {
+            await repo.backend.put(trashName(o.name), await repo.backend.get(o.name));
+            await repo.backend.delete(o.name);
+          }),
+        ),
+      );
+    }
+    const temporariesRemoved =
+      !dryRun && repo.backend.sweepTemporaries
+        ? await repo.backend.sweepTemporaries(round - (opts.temporaryAgeMs ?? 3_600_000))
+        : 0;
+    const inTrash = m.trash.size - doomed.length + toTrash.length;
+    return {
+      dryRun,
+      pits: m.pits.length,
+      objects: m.live.size,
+      reachable: m.reachable.size,
+      trashed: toTrash.length,
+      restored,
+      deleted: doomed.length,
+      deletedBytes: doomed.reduce((n, [, t]) => n + t.size, 0),
+      inTrash,
+      waitingReason:
+        inTrash === 0
+          ? null
+          : m.writers.length > 0
+            ? `${inTrash} object(s) stay in the trash until the ${m.writers.length} running writer(s) finish and a later run`
+            : `${inTrash} object(s) stay in the trash for at least the safety margin (${margin} ms); a later run deletes them`,
+      staleLocksBroken,
+      temporariesRemoved,
+    };
   } finally {
-    await lock.release();
+    await lock?.release();
   }
+}
+
+/**
+ * Puts back every trashed object that a PIT references. Forgetting PITs calls
+ * it, under the GC lock, after choosing what to forget and before deleting
+ * (the invariant the deletion rule above relies on).
+ */
+export async function restoreAllReferenced(repo: Repository): Promise<number> {
+  return restoreReferenced(repo, await mark(repo), false);
 }

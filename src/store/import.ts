@@ -1,3 +1,4 @@
+import path from "node:path";
 import { LifeboatError } from "../base/index.js";
 import { BlockMapBuilder, isZeroId, walkBlockMap } from "./block-map.js";
 import { Limiter } from "./limiter.js";
@@ -101,11 +102,17 @@ export async function importDisks(
     storedBytes: 0,
   };
   try {
-    const known = await loadKnownIds(repo, await listPits(repo));
+    const known = await loadKnownIds(repo, await listPits(repo, { damaged: [] }));
     const disks: PitDisk[] = [];
     for (const [index, src] of sources.entries()) {
       const ref = await importOne(repo, pool, src, index, known, stats, opts);
-      disks.push({ index, source: src.path, sizeBytes: src.size, chunkSize: repo.config.chunkSize, ...ref });
+      disks.push({
+        index,
+        source: path.resolve(src.path),
+        sizeBytes: src.size,
+        chunkSize: repo.config.chunkSize,
+        ...ref,
+      });
     }
     const pit = await writePit(repo, {
       server: opts.server,

@@ -15,7 +15,7 @@ export { runBackendChecks } from "./backend-checks.js";
 export { type BlockMapRef, BlockMapBuilder, updateBlockMap, walkBlockMap, ZERO_ID } from "./block-map.js";
 export { DEFAULT_CHUNK_SIZE, type RepositoryConfig } from "./config.js";
 export { exportDisk, type ExportResult } from "./export.js";
-export { collectGarbage, type GcReport, withGcLock } from "./gc.js";
+export { collectGarbage, type GcReport } from "./gc.js";
 export { importDisks, type ImportStats, loadKnownIds } from "./import.js";
 export { type KeyFile, defaultKeyPath, generateKeyFile, readKeyFile, writeKeyFile } from "./keys.js";
 export { newRepositoryId } from "./config.js";
@@ -23,6 +23,7 @@ export { openBackend, openRepository } from "./open-store.js";
 export {
   CONSISTENCY_LEVELS,
   type ConsistencyLevel,
+  type DamagedPit,
   type Pit,
   type PitDisk,
   deletePit,

@@ -6,11 +6,12 @@ import type { Repository } from "./repository.js";
 
 /**
  * Locks coordinate writers (imports, replication sessions) with garbage
- * collection. A writer's lock records `knownSince`: the moment after which it
- * learned which chunks exist (by reading the PITs). A writer only skips
- * storing a chunk it learned of from a PIT read after `knownSince`, or one it
- * wrote itself since then; GC uses this to know which unreferenced objects a
- * live writer might still be about to reference (see gc.ts).
+ * collection. A writer holds a lock from before it reads the PITs (to learn
+ * which chunks exist) until its PIT is written; GC reads the writers'
+ * `createdMs` to know which trashed objects a live writer might still
+ * reference (gc.ts). A long-running writer (a replication session) should
+ * end its lock and take a new one from time to time, forgetting what it knew,
+ * so that GC can make progress.
  *
  * A lock is refreshed while held. It is stale when its holder is a process on
  * this host that no longer exists, or when it has not been refreshed for
@@ -23,7 +24,6 @@ export interface LockRecord {
   pid: number;
   createdMs: number;
   refreshedMs: number;
-  knownSince: number;
   purpose: string;
 }
 
@@ -51,9 +51,9 @@ export class RepositoryLock {
     this.timer.unref();
   }
 
-  async refresh(update: Partial<Pick<LockRecord, "knownSince">> = {}): Promise<void> {
+  async refresh(): Promise<void> {
     if (this.released) return;
-    Object.assign(this.record, update, { refreshedMs: this.repo.clock.now() });
+    this.record.refreshedMs = this.repo.clock.now();
     await this.repo.putMeta(this.name, this.record);
   }
 
@@ -77,7 +77,6 @@ export async function acquireLock(
     pid: process.pid,
     createdMs: now,
     refreshedMs: now,
-    knownSince: now,
     purpose,
   };
   const lock = new RepositoryLock(repo, record);

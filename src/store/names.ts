@@ -11,8 +11,11 @@ export const PREFIX = {
   pages: "pages/",
   pits: "pits/",
   locks: "locks/",
-  gc: "gc/",
+  trash: "trash/",
 } as const;
+
+/** Where GC moves an unreferenced chunk or page before it is deleted for good. */
+export const trashName = (name: string) => `${PREFIX.trash}${name}`;
 
 export function keyedName(namingKey: Buffer, prefix: string, id: Uint8Array): string {
   const h = createHmac("sha256", namingKey).update(id).digest("hex");

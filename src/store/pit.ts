@@ -77,7 +77,8 @@ export async function writePit(repo: Repository, draft: NewPit): Promise<Pit> {
 
 async function nextSeq(repo: Repository, server: string): Promise<number> {
   let max = 0;
-  for (const p of await listPits(repo)) if (p.server === server && p.seq > max) max = p.seq;
+  for (const p of await listPits(repo, { server, damaged: [] }))
+    if (p.server === server && p.seq > max) max = p.seq;
   return max + 1;
 }
 
@@ -100,8 +101,22 @@ export async function readPit(repo: Repository, id: string): Promise<Pit> {
   }
 }
 
-/** Every PIT in the repository, oldest first (by server, then sequence). */
-export async function listPits(repo: Repository, opts: { server?: string } = {}): Promise<Pit[]> {
+export interface DamagedPit {
+  id: string;
+  code: string;
+  message: string;
+}
+
+/**
+ * Every PIT in the repository, oldest first (by server, then sequence). A PIT
+ * object that cannot be read throws, unless the caller collects such PITs in
+ * `damaged` (then the readable ones are returned): GC must stop on one, while
+ * listing, importing and statistics go on and say so.
+ */
+export async function listPits(
+  repo: Repository,
+  opts: { server?: string; damaged?: DamagedPit[] } = {},
+): Promise<Pit[]> {
   const ids: string[] = [];
   for await (const o of repo.backend.list(PREFIX.pits)) ids.push(o.name.slice(PREFIX.pits.length));
   const pits: Pit[] = [];
@@ -109,8 +124,14 @@ export async function listPits(repo: Repository, opts: { server?: string } = {})
   await Promise.all(
     Array.from({ length: 8 }, async () => {
       for (let id = queue.pop(); id !== undefined; id = queue.pop()) {
-        const pit = await readPit(repo, id);
-        if (!opts.server || pit.server === opts.server) pits.push(pit);
+        try {
+          const pit = await readPit(repo, id);
+          if (!opts.server || pit.server === opts.server) pits.push(pit);
+        } catch (err) {
+          if (!opts.damaged || (err instanceof LifeboatError && err.code === "PIT_NOT_FOUND")) throw err;
+          const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_IO", String(err));
+          opts.damaged.push({ id, code: e.code, message: e.message });
+        }
       }
     }),
   );
@@ -129,7 +150,7 @@ export async function resolvePit(repo: Repository, ref: string, server?: string)
     }
     return pit;
   }
-  const pits = await listPits(repo, server ? { server } : {});
+  const pits = await listPits(repo, { ...(server ? { server } : {}), damaged: [] });
   const latest = pits.sort((a, b) => a.seq - b.seq || a.timeMs - b.timeMs).at(-1);
   if (!latest) {
     throw new LifeboatError(

@@ -10,7 +10,7 @@ import {
   validateChunkSize,
 } from "./config.js";
 import { type KeyFile, type RepositoryKeys, deriveKeys, keyCheck } from "./keys.js";
-import { CONFIG_NAME, PREFIX, keyedName } from "./names.js";
+import { CONFIG_NAME, PREFIX, keyedName, trashName } from "./names.js";
 
 export const PAGE_FANOUT = 256;
 
@@ -87,10 +87,28 @@ export class Repository {
     return keyedName(this.keys.namingKey, PREFIX.pages, id);
   }
 
+  /**
+   * The stored bytes of a chunk or page. An object that GC moved to the trash
+   * while a writer still referenced it is read from there (the next GC run
+   * puts it back; gc.ts explains when this happens).
+   */
+  async getObject(name: string): Promise<Buffer> {
+    try {
+      return await this.backend.get(name);
+    } catch (err) {
+      if (!(err instanceof LifeboatError && err.code === "STORE_OBJECT_MISSING")) throw err;
+      try {
+        return await this.backend.get(trashName(name));
+      } catch {
+        throw err;
+      }
+    }
+  }
+
   /** Reads a chunk and checks that its plaintext hashes to `id`. */
   async getChunk(id: Uint8Array): Promise<Buffer> {
     const name = this.chunkName(id);
-    return this.decodeVerified(name, ObjectKind.chunk, id, await this.backend.get(name));
+    return this.decodeVerified(name, ObjectKind.chunk, id, await this.getObject(name));
   }
 
   decodeVerified(name: string, kind: ObjectKind, id: Uint8Array, data: Buffer): Buffer {
@@ -121,7 +139,7 @@ export class Repository {
     const hit = this.pageCache.get(key);
     if (hit) return hit;
     const name = this.pageName(id);
-    const plain = this.decodeVerified(name, ObjectKind.page, id, await this.backend.get(name));
+    const plain = this.decodeVerified(name, ObjectKind.page, id, await this.getObject(name));
     if (this.pageCache.size > 4096) this.pageCache.clear();
     this.pageCache.set(key, plain);
     return plain;

@@ -19,14 +19,14 @@
  *   `everyMs` aligned to the epoch, `floor(timeMs / everyMs)`, and the newest
  *   PIT of each bucket is kept. Newest is by `timeMs`, then `seq`, then `id`.
  *
- * Why these rules are safe to apply again and again. A PIT that is not the
- * newest of its bucket is outranked by one that is at least as young, so it
- * is eligible exactly when its rival is; the winner of a bucket is therefore
- * "the newest PIT of the bucket, while young enough", whatever else is in the
- * set. From that (checked by test/store/retention.test.ts):
- * - A PIT kept at `now` is kept at any earlier `now`: stepping the clock back
- *   never forgets more, and re-planning the kept set at the same or an earlier
- *   `now` forgets nothing.
+ * Why these rules are safe to apply again and again. A PIT's rivals in its
+ * bucket are at least as young as it is, so they are eligible whenever it is;
+ * a tier therefore keeps "the newest PIT of each bucket, while young enough",
+ * whatever else is in the set. From that (checked by
+ * test/store/retention.test.ts):
+ * - For the same PITs, a PIT kept at `now` is kept at any earlier `now`:
+ *   stepping the clock back never forgets more, and re-planning the kept set
+ *   at the same or an earlier `now` forgets nothing.
  * - Calls repeated while PITs arrive and forgotten ones are deleted, with `now`
  *   stepping either way: for every tier and bucket, the newest PIT ever
  *   written to it survives while it is young enough against the highest `now`

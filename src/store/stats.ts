@@ -1,5 +1,5 @@
 import { PREFIX } from "./names.js";
-import { listPits } from "./pit.js";
+import { type DamagedPit, listPits } from "./pit.js";
 import type { Repository } from "./repository.js";
 
 export interface StoreStats {
@@ -7,6 +7,8 @@ export interface StoreStats {
   location: string;
   chunkSize: number;
   pits: number;
+  /** PIT objects that cannot be read (`store verify` tells more). */
+  damagedPits: DamagedPit[];
   servers: { name: string; pits: number; latest: string | null; logicalBytes: number }[];
   objects: { chunks: number; pages: number; other: number };
   storedBytes: { chunks: number; pages: number; other: number; total: number };
@@ -26,7 +28,8 @@ export async function repositoryStats(repo: Repository): Promise<StoreStats> {
     storedBytes[kind] += o.size;
     storedBytes.total += o.size;
   }
-  const pits = await listPits(repo);
+  const damaged: DamagedPit[] = [];
+  const pits = await listPits(repo, { damaged });
   const byServer = new Map<string, StoreStats["servers"][number]>();
   for (const p of pits) {
     const s = byServer.get(p.server) ?? { name: p.server, pits: 0, latest: null, logicalBytes: 0 };
@@ -40,6 +43,7 @@ export async function repositoryStats(repo: Repository): Promise<StoreStats> {
     location: repo.backend.properties.location,
     chunkSize: repo.config.chunkSize,
     pits: pits.length,
+    damagedPits: damaged,
     servers: [...byServer.values()],
     objects,
     storedBytes,

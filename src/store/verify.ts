@@ -31,6 +31,8 @@ export interface VerifyReport {
   pages: number;
   referencedChunks: number;
   unreferencedObjects: number;
+  /** Objects in GC's trash (deleted for good by a later `store gc` unless a PIT references them). */
+  inTrash: number;
   bytesRead: number;
   /** Reads that failed and then succeeded when tried again: not damage. */
   transientErrors: number;
@@ -66,6 +68,13 @@ export async function verifyRepository(
     sizes.set(o.name, o.size);
     pages++;
   }
+  // Objects GC moved to the trash are still readable (and put back by the next GC if referenced).
+  let inTrash = 0;
+  for await (const o of repo.backend.list(PREFIX.trash)) {
+    const original = o.name.slice(PREFIX.trash.length);
+    if (!sizes.has(original)) sizes.set(original, o.size);
+    inTrash++;
+  }
   const report: VerifyReport = {
     ok: true,
     readData: Boolean(opts.readData),
@@ -74,6 +83,7 @@ export async function verifyRepository(
     pages,
     referencedChunks: 0,
     unreferencedObjects: 0,
+    inTrash,
     bytesRead: 0,
     transientErrors: 0,
     damage: [],
@@ -128,7 +138,7 @@ export async function verifyRepository(
       return await repo.getPage(id);
     } catch (first) {
       try {
-        const again = repo.decodeVerified(name, ObjectKind.page, id, await repo.backend.get(name));
+        const again = repo.decodeVerified(name, ObjectKind.page, id, await repo.getObject(name));
         report.transientErrors++;
         return again;
       } catch {
@@ -189,7 +199,7 @@ export async function verifyRepository(
           limiter.run(async () => {
             if (damaged.has(name)) return;
             const attempt = async () => {
-              const data = await repo.backend.get(name);
+              const data = await repo.getObject(name);
               report.bytesRead += data.length;
               await pool.decode(name, id, data);
             };

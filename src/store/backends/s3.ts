@@ -318,6 +318,7 @@ function redactUrl(url: string): string {
 function badUrl(url: string, why: string): LifeboatError {
   return new LifeboatError("STORE_BAD_URL", `bad S3 URL ${redactUrl(url)}: ${why}`, {
     hint: `write it as ${ACCEPTED_URL}`,
+    exitCode: 2,
   });
 }
 
