@@ -60,7 +60,7 @@ export function storeCommand(): Command {
   );
 
   repoOptions(store.command("init").description("create a repository and its key"))
-    .option("--chunk-size <size>", "chunk size, a power of two from 64KiB to 16MiB", "1MiB")
+    .option("--chunk-size <size>", "chunk size, a power of two from 16KiB to 16MiB", "64KiB")
     .action(
       action<RepoOpts & { chunkSize: string }>(async (ctx, o) => {
         const location = requireOption(o.repo, "--repo");

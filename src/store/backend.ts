@@ -3,8 +3,9 @@
  * ("chunks/ab/abcd…", "pits/…", "config"); every verb is safe to retry.
  *
  * Contract (test/store/backend-contract.ts checks every implementation):
- * - put(name, data): atomic and idempotent. After it resolves the object is
- *   durable and readers see either nothing or all of `data`, never a part.
+ * - put(name, data): atomic and idempotent. After it resolves readers see
+ *   either nothing or all of `data`, never a part; it is durable once
+ *   flush() has resolved (at once on backends without flush).
  *   Putting the same name again replaces it whole (content-addressed callers
  *   only ever put the same bytes under one name).
  * - get(name, range?): the object's bytes, or the byte range [offset,
@@ -44,5 +45,12 @@ export interface Backend {
    * nothing behind (S3) do not have it.
    */
   sweepTemporaries?(olderThanMs: number): Promise<number>;
+  /**
+   * Optional: makes every put that has resolved durable. Backends whose puts
+   * are durable when they resolve (S3) do not have it. Callers flush before
+   * writing an object that refers to others (a PIT) and before deleting the
+   * source of a copy.
+   */
+  flush?(): Promise<void>;
   close(): Promise<void>;
 }

@@ -8,7 +8,7 @@ import { createHash, createHmac } from "node:crypto";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
-import type { WorkerRequest, WorkerResponse } from "./worker-pool.js";
+import { type WorkerRequest, type WorkerResponse, transferable } from "./worker-pool.js";
 
 const { encryptionKey, namingKey, compressionLevel } = workerData as {
   encryptionKey: Uint8Array;
@@ -22,13 +22,6 @@ let zeros = Buffer.alloc(0);
 
 function reply(msg: WorkerResponse, transfer: ArrayBuffer[] = []): void {
   parentPort!.postMessage(msg, transfer);
-}
-
-/** The buffer's memory as a transferable ArrayBuffer, copied only when it shares a larger one. */
-function ownedArrayBuffer(b: Buffer): ArrayBuffer {
-  const ab = b.buffer as ArrayBuffer;
-  if (b.byteOffset === 0 && ab.byteLength === b.length) return ab;
-  return ab.slice(b.byteOffset, b.byteOffset + b.length);
 }
 
 function chunkAt(b: { data: Buffer; chunkSize: number }, i: number): Buffer {
@@ -64,7 +57,7 @@ function handle(msg: WorkerRequest): void {
         const h = createHmac("sha256", nameKey).update(Buffer.from(id)).digest("hex");
         const name = `chunks/${h.slice(0, 2)}/${h}`;
         const data = codec.encode(name, ObjectKind.chunk, chunkAt(batch, index));
-        return { index, name, data: ownedArrayBuffer(data) };
+        return { index, name, data: transferable(data) };
       });
       reply(
         { type: "encoded", batch: msg.batch, objects },
@@ -74,16 +67,8 @@ function handle(msg: WorkerRequest): void {
     }
     case "decode": {
       try {
-        const plain = codec.decode(msg.name, ObjectKind.chunk, new Uint8Array(msg.data));
-        const got = createHash("sha256").update(plain).digest();
-        if (!got.equals(Buffer.from(msg.id))) {
-          throw damaged(
-            "STORE_CHUNK_MISMATCH",
-            msg.name,
-            `decrypts but does not match its id ${Buffer.from(msg.id).toString("hex")}`,
-          );
-        }
-        const ab = ownedArrayBuffer(plain);
+        const plain = decodeChunk(msg.name, msg.id, msg.data);
+        const ab = transferable(plain);
         reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
       } catch (err) {
         const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
@@ -91,7 +76,47 @@ function handle(msg: WorkerRequest): void {
       }
       return;
     }
+    case "decodeRun": {
+      try {
+        const out = Buffer.alloc(msg.length);
+        for (const it of msg.items) {
+          try {
+            decodeChunk(it.name, it.id, it.data).copy(out, it.slot * msg.chunkSize);
+          } catch (err) {
+            const e =
+              err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
+            reply({
+              type: "failed",
+              req: msg.req,
+              code: e.code,
+              message: e.message,
+              hint: e.hint,
+              slot: it.slot,
+            });
+            return;
+          }
+        }
+        const ab = transferable(out);
+        reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
+      } catch (err) {
+        reply({ type: "failed", req: msg.req, code: "INTERNAL", message: String(err), hint: "" });
+      }
+      return;
+    }
   }
+}
+
+function decodeChunk(name: string, id: Uint8Array, data: ArrayBuffer): Buffer {
+  const plain = codec.decode(name, ObjectKind.chunk, new Uint8Array(data));
+  const got = createHash("sha256").update(plain).digest();
+  if (!got.equals(Buffer.from(id))) {
+    throw damaged(
+      "STORE_CHUNK_MISMATCH",
+      name,
+      `decrypts but does not match its id ${Buffer.from(id).toString("hex")}`,
+    );
+  }
+  return plain;
 }
 
 parentPort!.on("message", (msg: WorkerRequest) => handle(msg));

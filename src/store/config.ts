@@ -9,8 +9,8 @@ import { CONFIG_NAME } from "./names.js";
  * right one without revealing either.
  */
 export const REPOSITORY_FORMAT = 1;
-export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
-export const MIN_CHUNK_SIZE = 64 * 1024;
+export const DEFAULT_CHUNK_SIZE = 64 * 1024;
+export const MIN_CHUNK_SIZE = 16 * 1024;
 export const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
 
 export interface RepositoryConfig {

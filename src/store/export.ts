@@ -1,6 +1,7 @@
 import { promises as fs } from "node:fs";
 import { LifeboatError } from "../base/index.js";
 import { walkBlockMap } from "./block-map.js";
+import { blockDeviceSize } from "./disk-source.js";
 import { Limiter } from "./limiter.js";
 import type { Pit, PitDisk } from "./pit.js";
 import type { Repository } from "./repository.js";
@@ -29,11 +30,18 @@ export function pitDisk(pit: Pit, index: number): PitDisk {
   return disk;
 }
 
+/** Chunks per run: a run is fetched, decoded by one worker and written together. */
+const RUN_BYTES = 8 << 20;
+
 /**
  * Writes one disk of a PIT to a file (sparse where zero) or a block device.
  * Every chunk is checked against its id. A file is written under a temporary
  * name and renamed only when complete and synced, so a failed export never
  * leaves something that looks like a finished image.
+ *
+ * The disk is cut into runs of consecutive chunks; for each run the chunk
+ * objects are fetched concurrently, one worker decodes and checks them into a
+ * single buffer, and the non-zero stretches are written at their offsets.
  */
 export async function exportDisk(
   repo: Repository,
@@ -60,22 +68,61 @@ export async function exportDisk(
   const target = toDevice ? out : `${out}.lifeboat-partial`;
   const fh = await fs.open(target, toDevice ? "r+" : "w", 0o600);
   const pool = new WorkerPool(repo.keys, repo.config.compression.level);
-  const limiter = new Limiter(opts.concurrency ?? 8);
+  const fetches = new Limiter(opts.concurrency ?? 32);
+  const runs = new Limiter(4);
   const result: ExportResult = { path: out, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
   const tasks = new Set<Promise<void>>();
   let failure: Error | undefined;
-  let zeroFrom = 0; // on a device, zero chunks must be written explicitly
-  const zeros = toDevice ? Buffer.alloc(disk.chunkSize) : Buffer.alloc(0);
-  const writeZeros = async (from: number, to: number) => {
-    for (let i = from; i < to; i++) {
-      const off = i * disk.chunkSize;
-      await fh.write(zeros, 0, Math.min(disk.chunkSize, disk.sizeBytes - off), off);
+  const cs = disk.chunkSize;
+  const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
+  let done = 0;
+
+  const writeRun = async (first: number, items: { slot: number; id: Buffer }[]) => {
+    const count = Math.min(perRun, disk.chunkCount - first);
+    const length = Math.min(count * cs, disk.sizeBytes - first * cs);
+    const fetched = await Promise.all(
+      items.map((it) =>
+        fetches.run(async () => {
+          const name = repo.chunkName(it.id);
+          return { slot: it.slot, id: it.id, name, data: await repo.getObject(name) };
+        }),
+      ),
+    );
+    const plain = await pool.decodeRun(length, cs, fetched);
+    if (toDevice) await fh.write(plain, 0, length, first * cs);
+    else {
+      // Only the stretches that hold data: zero chunks stay holes.
+      let s = 0;
+      while (s < items.length) {
+        let e = s;
+        while (e + 1 < items.length && items[e + 1]!.slot === items[e]!.slot + 1) e++;
+        const from = items[s]!.slot * cs;
+        const to = Math.min(length, (items[e]!.slot + 1) * cs);
+        await fh.write(plain, from, to - from, first * cs + from);
+        s = e + 1;
+      }
     }
+    result.chunks += items.length;
+    result.dataBytes += items.reduce((n, it) => n + Math.min(cs, length - it.slot * cs), 0);
+    done += length;
+    opts.onProgress?.({ bytesDone: done, bytesTotal: disk.sizeBytes });
   };
+
+  const dispatch = async (first: number, items: { slot: number; id: Buffer }[]) => {
+    if (failure) throw failure;
+    await runs.waitForSlot();
+    const task = runs
+      .run(() => writeRun(first, items))
+      .catch((err: unknown) => {
+        failure ??= chunkError(err, pit, disk, first, items);
+      })
+      .finally(() => tasks.delete(task));
+    tasks.add(task);
+  };
+
   try {
     if (toDevice) {
-      const size =
-        (await fh.stat()).size || (await import("./disk-source.js").then((m) => m.blockDeviceSize(st!.rdev)));
+      const size = (await fh.stat()).size || (await blockDeviceSize(st!.rdev));
       if (size < disk.sizeBytes) {
         throw new LifeboatError(
           "EXPORT_TARGET_TOO_SMALL",
@@ -88,31 +135,24 @@ export async function exportDisk(
     } else {
       await fh.truncate(disk.sizeBytes);
     }
+    let runStart = 0;
+    let items: { slot: number; id: Buffer }[] = [];
+    const flushUntil = async (index: number) => {
+      // Dispatch every run before the one holding `index` (empty runs matter only on devices).
+      while (index >= runStart + perRun) {
+        if (items.length > 0 || toDevice) await dispatch(runStart, items);
+        items = [];
+        runStart += perRun;
+      }
+    };
     await walkBlockMap(repo, disk, async (i, id) => {
-      if (failure) throw failure;
-      if (toDevice && i > zeroFrom) await writeZeros(zeroFrom, i);
-      zeroFrom = i + 1;
-      await limiter.waitForSlot();
-      const task = limiter
-        .run(async () => {
-          const name = repo.chunkName(id);
-          const off = i * disk.chunkSize;
-          try {
-            const plain = await pool.decode(name, id, await repo.getObject(name));
-            await fh.write(plain, 0, plain.length, off);
-            result.dataBytes += plain.length;
-            result.chunks++;
-            opts.onProgress?.({ bytesDone: off + plain.length, bytesTotal: disk.sizeBytes });
-          } catch (err) {
-            failure ??= chunkError(err, pit, disk, i, off);
-          }
-        })
-        .finally(() => tasks.delete(task));
-      tasks.add(task);
+      await flushUntil(i);
+      items.push({ slot: i - runStart, id: Buffer.from(id) });
     });
+    await flushUntil(disk.chunkCount);
+    if (items.length > 0 || (toDevice && runStart < disk.chunkCount)) await dispatch(runStart, items);
     await Promise.all(tasks);
     if (failure) throw failure;
-    if (toDevice) await writeZeros(zeroFrom, disk.chunkCount);
     await fh.sync();
     await fh.close();
     if (!toDevice) await fs.rename(target, out);
@@ -127,8 +167,11 @@ export async function exportDisk(
   }
 }
 
-function chunkError(err: unknown, pit: Pit, disk: PitDisk, i: number, off: number): Error {
+function chunkError(err: unknown, pit: Pit, disk: PitDisk, first: number, items: { slot: number }[]): Error {
   if (!(err instanceof LifeboatError)) return err instanceof Error ? err : new Error(String(err));
+  const slot = (err as { slot?: number }).slot ?? items[0]?.slot ?? 0;
+  const i = first + slot;
+  const off = i * disk.chunkSize;
   const end = Math.min(disk.sizeBytes, off + disk.chunkSize);
   return new LifeboatError(
     err.code,

@@ -115,10 +115,11 @@ async function restoreReferenced(repo: Repository, m: Marked, dryRun: boolean): 
       back.map((name) =>
         limiter.run(async () => {
           if (!m.live.has(name)) await repo.backend.put(name, await repo.backend.get(trashName(name)));
-          await repo.backend.delete(trashName(name));
         }),
       ),
     );
+    await repo.flush(); // the copies are durable before the trash goes
+    await Promise.all(back.map((name) => limiter.run(() => repo.backend.delete(trashName(name)))));
   }
   for (const name of back) m.trash.delete(name);
   return back.length;
@@ -151,12 +152,11 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       await Promise.all(doomed.map(([name]) => limiter.run(() => repo.backend.delete(trashName(name)))));
       await Promise.all(
         toTrash.map((o) =>
-          limiter.run(async () => {
-            await repo.backend.put(trashName(o.name), await repo.backend.get(o.name));
-            await repo.backend.delete(o.name);
-          }),
+          limiter.run(async () => repo.backend.put(trashName(o.name), await repo.backend.get(o.name))),
         ),
       );
+      await repo.flush(); // the trash copies are durable before the originals go
+      await Promise.all(toTrash.map((o) => limiter.run(() => repo.backend.delete(o.name))));
     }
     const temporariesRemoved =
       !dryRun && repo.backend.sweepTemporaries

@@ -65,6 +65,7 @@ export class Repository {
       keyCheck: keyCheck(keys),
     };
     await backend.put(CONFIG_NAME, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    await backend.flush?.();
     return new Repository(backend, config, keys, keyFile, clock);
   }
 
@@ -153,6 +154,11 @@ export class Repository {
   async getMeta<T>(name: string, kind: ObjectKind = ObjectKind.meta): Promise<T> {
     const data = await this.backend.get(name);
     return JSON.parse(this.codec.decode(name, kind, data).toString("utf8")) as T;
+  }
+
+  /** Makes every object written so far durable (Backend.flush). */
+  async flush(): Promise<void> {
+    await this.backend.flush?.();
   }
 
   async close(): Promise<void> {

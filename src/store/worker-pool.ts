@@ -6,13 +6,20 @@ import type { RepositoryKeys } from "./keys.js";
 export type WorkerRequest =
   | { type: "scan"; batch: number; buffer: ArrayBuffer; length: number; chunkSize: number }
   | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
-  | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer };
+  | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
+  | {
+      type: "decodeRun";
+      req: number;
+      length: number;
+      chunkSize: number;
+      items: { slot: number; name: string; id: Uint8Array; data: ArrayBuffer }[];
+    };
 
 export type WorkerResponse =
   | { type: "scanned"; batch: number; ids: ArrayBuffer }
   | { type: "encoded"; batch: number; objects: { index: number; name: string; data: ArrayBuffer }[] }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
-  | { type: "failed"; req: number; code: string; message: string; hint: string };
+  | { type: "failed"; req: number; code: string; message: string; hint: string; slot?: number };
 
 interface Pending {
   resolve(v: WorkerResponse): void;
@@ -55,8 +62,10 @@ export class WorkerPool {
     const p = this.pending.get(key);
     this.pending.delete(key);
     if (!p) return;
-    if (msg.type === "failed") p.reject(new LifeboatError(msg.code, msg.message, { hint: msg.hint }));
-    else p.resolve(msg);
+    if (msg.type === "failed") {
+      const err = new LifeboatError(msg.code, msg.message, { hint: msg.hint });
+      p.reject(msg.slot === undefined ? err : Object.assign(err, { slot: msg.slot }));
+    } else p.resolve(msg);
   }
 
   private fail(err: Error): void {
@@ -112,12 +121,39 @@ export class WorkerPool {
   /** Decrypts, decompresses and checks a chunk object against its id. */
   async decode(name: string, id: Uint8Array, data: Buffer): Promise<Buffer> {
     const req = this.nextReq++;
-    const ab = data.buffer.slice(data.byteOffset, data.byteOffset + data.length) as ArrayBuffer;
+    const ab = transferable(data);
     const r = await this.send(this.pick(), `req:${req}`, { type: "decode", req, name, id, data: ab }, [ab]);
+    return Buffer.from((r as { plain: ArrayBuffer }).plain);
+  }
+
+  /**
+   * Decodes and checks the chunks of a run of `length` bytes, placing chunk
+   * `slot` at slot × chunkSize in one buffer (missing slots stay zero).
+   */
+  async decodeRun(
+    length: number,
+    chunkSize: number,
+    items: { slot: number; name: string; id: Uint8Array; data: Buffer }[],
+  ): Promise<Buffer> {
+    const req = this.nextReq++;
+    const moved = items.map((i) => ({ slot: i.slot, name: i.name, id: i.id, data: transferable(i.data) }));
+    const r = await this.send(
+      this.pick(),
+      `req:${req}`,
+      { type: "decodeRun", req, length, chunkSize, items: moved },
+      moved.map((m) => m.data),
+    );
     return Buffer.from((r as { plain: ArrayBuffer }).plain);
   }
 
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+/** The buffer's memory as a transferable ArrayBuffer, copied only when it shares a larger one. */
+export function transferable(b: Buffer): ArrayBuffer {
+  const ab = b.buffer as ArrayBuffer;
+  if (b.byteOffset === 0 && ab.byteLength === b.length && !(ab instanceof SharedArrayBuffer)) return ab;
+  return ab.slice(b.byteOffset, b.byteOffset + b.length);
 }

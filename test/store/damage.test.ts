@@ -50,7 +50,9 @@ void describe("damage is found, named and never exported", () => {
   const affectsChunk5 = (report: Awaited<ReturnType<typeof verifyRepository>>) => {
     const d = report.damage.find((x) => x.object === victim.name);
     assert.ok(d, `damage names ${victim.name}`);
-    assert.deepEqual(d.affects, [{ pit: pit.id, server: "app01", disk: 0, ranges: [[5 * CHUNK, 6 * CHUNK]] }]);
+    assert.deepEqual(d.affects, [
+      { pit: pit.id, server: "app01", disk: 0, ranges: [[5 * CHUNK, 6 * CHUNK]] },
+    ]);
     return d;
   };
 
@@ -111,7 +113,17 @@ void describe("damage is found, named and never exported", () => {
     await fs.writeFile(victim.file, data);
     const run = spawnSync(
       process.execPath,
-      [path.join(root, "bin/lifeboat.js"), "store", "verify", "--repo", repoDir, "--key-file", keyFile, "--read-data", "--json"],
+      [
+        path.join(root, "bin/lifeboat.js"),
+        "store",
+        "verify",
+        "--repo",
+        repoDir,
+        "--key-file",
+        keyFile,
+        "--read-data",
+        "--json",
+      ],
       { encoding: "utf8" },
     );
     assert.equal(run.status, 3, run.stderr);

@@ -41,10 +41,13 @@ export class FaultyBackend implements Backend {
   private corruptions: Corruption[] = [];
   /** Passed through unfaulted when the wrapped backend has it. */
   declare readonly sweepTemporaries?: (olderThanMs: number) => Promise<number>;
+  declare readonly flush?: () => Promise<void>;
 
   constructor(readonly inner: Backend) {
     const sweep = inner.sweepTemporaries?.bind(inner);
     if (sweep) this.sweepTemporaries = sweep;
+    const flush = inner.flush?.bind(inner);
+    if (flush) this.flush = flush;
   }
 
   get properties(): Backend["properties"] {

@@ -1,24 +1,45 @@
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
+import { promisify } from "node:util";
 import { LifeboatError, isRetryable } from "../../base/index.js";
 import type { Backend, ObjectInfo } from "../backend.js";
 import { missing } from "./memory.js";
+
+const execFileAsync = promisify(execFile);
 
 const TMP_DIR = "tmp";
 
 /**
  * A repository in a local directory. put() writes a temporary file under
- * tmp/, fsyncs it, renames it into place and fsyncs the target directory, so
- * a crash at any instant leaves either the old state or the whole new object.
+ * tmp/ and renames it into place, so a reader or a crashed process never
+ * sees part of an object. Durability is batched: flush() syncs the whole
+ * filesystem once (syncfs, through `sync --file-system`) instead of two
+ * fsyncs per object, which on these disks cost about a millisecond each. An
+ * object renamed into place but not yet flushed may be lost or empty after a
+ * power failure; that is harmless because nothing refers to an object before
+ * a flush (callers flush before writing a PIT). With `syncEachPut` every put
+ * fsyncs the file and its directory before it resolves.
  * Leftover temporary files are never listed and `store gc` removes them.
  */
 export class LocalBackend implements Backend {
   readonly properties;
   private readonly knownDirs = new Set<string>();
 
-  constructor(private readonly root: string) {
+  constructor(
+    private readonly root: string,
+    private readonly opts: { syncEachPut?: boolean } = {},
+  ) {
     this.properties = { atomicReplace: true, location: path.resolve(root) };
+  }
+
+  async flush(): Promise<void> {
+    try {
+      await execFileAsync("sync", ["--file-system", this.root]);
+    } catch (err) {
+      throw wrap(err, "flushing", this.properties.location);
+    }
   }
 
   private file(name: string): string {
@@ -44,12 +65,12 @@ export class LocalBackend implements Backend {
       const fh = await fs.open(tmp, "wx", 0o640);
       try {
         await fh.writeFile(data);
-        await fh.sync();
+        if (this.opts.syncEachPut) await fh.sync();
       } finally {
         await fh.close();
       }
       await fs.rename(tmp, target);
-      await syncDir(path.dirname(target));
+      if (this.opts.syncEachPut) await syncDir(path.dirname(target));
     } catch (err) {
       await fs.rm(tmp, { force: true }).catch(() => undefined);
       throw wrap(err, `writing ${name}`, this.properties.location);

@@ -16,7 +16,7 @@ export interface RetryOptions {
 }
 
 export interface RetryEvent {
-  verb: "put" | "get" | "stat" | "list" | "delete" | "sweepTemporaries";
+  verb: "put" | "get" | "stat" | "list" | "delete" | "sweepTemporaries" | "flush";
   /** The object name, or the prefix for list. */
   name: string;
   /** The attempt that failed, from 1. */
@@ -52,6 +52,7 @@ class RetryingBackend implements Backend {
   private readonly random: () => number;
   /** Present only when the wrapped backend has it, as the interface says. */
   declare readonly sweepTemporaries?: (olderThanMs: number) => Promise<number>;
+  declare readonly flush?: () => Promise<void>;
 
   constructor(
     private readonly inner: Backend,
@@ -72,6 +73,8 @@ class RetryingBackend implements Backend {
     if (sweep) {
       this.sweepTemporaries = (olderThanMs) => this.retry("sweepTemporaries", "", () => sweep(olderThanMs));
     }
+    const flush = inner.flush?.bind(inner);
+    if (flush) this.flush = () => this.retry("flush", "", flush);
   }
 
   get properties(): Backend["properties"] {

@@ -1,0 +1,14 @@
+import type { Migration } from "kysely";
+import { initial } from "./0001-initial.js";
+
+/**
+ * Every migration this build knows, keyed by name. Names sort in the order
+ * they apply ("0001_initial", "0002_...") and are never reused or renamed:
+ * the database records the names it has run (table kysely_migration), and a
+ * database that has run a name this build does not know is refused as newer
+ * (DB_SCHEMA_TOO_NEW). Provided as an object rather than read from a folder so
+ * the code can be bundled into one file.
+ */
+export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
+  "0001_initial": initial,
+});

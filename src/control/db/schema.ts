@@ -1,0 +1,240 @@
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from "kysely";
+
+/**
+ * The control plane's tables, as kysely sees them. One schema for SQLite and
+ * PostgreSQL, so the column types are the ones both store the same way:
+ *
+ * - ids are text the application generates (no autoincrement: its semantics
+ *   differ between the two, and a PostgreSQL sequence hands out numbers in an
+ *   order that commits do not follow);
+ * - times are integer milliseconds since the epoch (`bigint` columns; the
+ *   PostgreSQL pool parses int8 into a JavaScript number);
+ * - JSON is text in columns named `*_json`: callers JSON.stringify and parse;
+ * - flags are integers 0/1 (SQLite has no boolean type);
+ * - closed sets (roles, states) are text; the TypeScript types below say which
+ *   values are allowed. They are not CHECK constraints on purpose: adding a
+ *   value to a CHECK in SQLite means rebuilding the table.
+ *
+ * The migration in migrations/0001-initial.ts creates exactly these columns; a
+ * change here needs a new migration (never an edit of an applied one).
+ */
+export interface Schema {
+  api_keys: ApiKeysTable;
+  install_tokens: InstallTokensTable;
+  servers: ServersTable;
+  certificates: CertificatesTable;
+  registrations: RegistrationsTable;
+  replicators: ReplicatorsTable;
+  settings: SettingsTable;
+  pits: PitsTable;
+  jobs: JobsTable;
+  job_log: JobLogTable;
+  events: EventsTable;
+  audit_log: AuditLogTable;
+  leases: LeasesTable;
+}
+
+export type ApiKeyRole = "admin" | "operator" | "viewer";
+export type InstallTokenRole = "agent" | "replicator";
+export type CertificateRole = "agent" | "replicator" | "server";
+export type SettingsKind = "replication" | "launch";
+
+/** Operator API keys. Only a hash of the key is stored; `id` is the public part shown in listings. */
+export interface ApiKeysTable {
+  id: string;
+  name: string;
+  role: ApiKeyRole;
+  /** Unique: the lookup on every request. */
+  key_hash: string;
+  created_at: number;
+  created_by: string | null;
+  revoked_at: number | null;
+  last_used_at: number | null;
+}
+
+/**
+ * Install tokens: `id` is the public prefix of the token, the secret part is
+ * stored hashed. A token is usable while uses_count < uses_allowed, now <
+ * expires_at and revoked_at is null.
+ */
+export interface InstallTokensTable {
+  id: string;
+  secret_hash: string;
+  role: InstallTokenRole;
+  uses_allowed: number;
+  uses_count: Generated<number>;
+  expires_at: number;
+  /** The server name an agent registering with this token gets (null: the agent says). */
+  server_name: string | null;
+  created_by: string;
+  created_at: number;
+  revoked_at: number | null;
+}
+
+/** Protected source servers. `name` is unique, also after decommissioning (rename to reuse it). */
+export interface ServersTable {
+  id: string;
+  name: string;
+  hostname: string | null;
+  /** A DRS state name (INITIAL_SYNC, CONTINUOUS, RESCAN, ...); the agent reports it. */
+  state: string;
+  lag_seconds: number | null;
+  backlog_bytes: number | null;
+  last_seen_at: number | null;
+  inventory_json: string | null;
+  /** References replicators.id; set to null if that replicator row is deleted. */
+  replicator_id: string | null;
+  /** References install_tokens.id; set to null if that token row is deleted. */
+  token_id: string | null;
+  registered_at: number;
+  decommissioned_at: number | null;
+}
+
+/** Certificates the control plane's CA issued, for revocation and listing. */
+export interface CertificatesTable {
+  /** Hex serial number, as the certificate carries it. */
+  serial: string;
+  role: CertificateRole;
+  /** A server id, replicator id or the control plane's own name. */
+  subject_id: string;
+  /** SHA-256 of the subject public key info, hex. */
+  public_key_fingerprint: string;
+  not_before: number;
+  not_after: number;
+  revoked_at: number | null;
+  token_id: string | null;
+}
+
+/**
+ * One row per (token, key pair) that registered: a retried registration with
+ * the same token and the same public key finds its row and gets the same
+ * subject and certificate back instead of spending another token use.
+ */
+export interface RegistrationsTable {
+  token_id: string;
+  public_key_fingerprint: string;
+  subject_id: string;
+  certificate_serial: string;
+  created_at: number;
+}
+
+export interface ReplicatorsTable {
+  id: string;
+  name: string;
+  /** Where agents send data (host:port), as the replicator advertised it. */
+  address: string;
+  capacity_json: Generated<string>;
+  state: string;
+  last_seen_at: number | null;
+  registered_at: number;
+  /** 1: takes no new servers (being drained); 0: normal. */
+  drained: ColumnType<0 | 1, 0 | 1 | undefined, 0 | 1>;
+}
+
+/** Replication and launch settings: scope "default" is the template, otherwise a server id. */
+export interface SettingsTable {
+  scope: string;
+  kind: SettingsKind;
+  json: string;
+  updated_at: number;
+  updated_by: string;
+}
+
+/** The PIT catalog: a cache of the repository's PIT objects, rebuildable from the repository. */
+export interface PitsTable {
+  /** The PIT object's id in the repository (24 hex digits). */
+  id: string;
+  repository_id: string;
+  /** Null when the catalog was rebuilt from a repository whose server is not (or no longer) registered. */
+  server_id: string | null;
+  server_name: string;
+  seq: number;
+  time_ms: number;
+  consistency: "application" | "filesystem" | "crash" | "none";
+  disks_json: string;
+  labels_json: Generated<string>;
+}
+
+export type JobType = "drill" | "recovery" | "failback" | (string & {});
+export type JobState = "pending" | "running" | "succeeded" | "failed" | "terminated" | (string & {});
+
+export interface JobsTable {
+  id: string;
+  type: JobType;
+  state: JobState;
+  server_ids_json: string;
+  params_json: string;
+  result_json: string | null;
+  created_at: number;
+  created_by: string;
+  /** The control-plane instance (or worker) running the job. */
+  claimed_by: string | null;
+  claimed_at: number | null;
+  finished_at: number | null;
+}
+
+/** A job's step-by-step log: seq counts from 1 within a job. Rows go when their job is deleted. */
+export interface JobLogTable {
+  job_id: string;
+  seq: number;
+  at: number;
+  level: "debug" | "info" | "warn" | "error";
+  message: string;
+}
+
+/**
+ * State changes for consoles and watchers. seq is assigned by appendEvent()
+ * under the append lock, so it grows in commit order: a reader that asks for
+ * "seq > last seen" never misses an event.
+ */
+export interface EventsTable {
+  seq: number;
+  at: number;
+  type: string;
+  server_id: string | null;
+  payload_json: string;
+}
+
+/** The hash-chained audit log (src/control/audit.ts). Append only. */
+export interface AuditLogTable {
+  seq: number;
+  at: number;
+  actor: string;
+  action: string;
+  target: string;
+  source: string;
+  result: string;
+  details_json: string;
+  prev_hash: string;
+  hash: string;
+}
+
+/** Named leases for work that must run on one control-plane instance at a time (leases.ts). */
+export interface LeasesTable {
+  name: string;
+  holder: string;
+  expires_at: number;
+}
+
+export type ApiKey = Selectable<ApiKeysTable>;
+export type NewApiKey = Insertable<ApiKeysTable>;
+export type InstallToken = Selectable<InstallTokensTable>;
+export type NewInstallToken = Insertable<InstallTokensTable>;
+export type Server = Selectable<ServersTable>;
+export type NewServer = Insertable<ServersTable>;
+export type ServerUpdate = Updateable<ServersTable>;
+export type Certificate = Selectable<CertificatesTable>;
+export type NewCertificate = Insertable<CertificatesTable>;
+export type Registration = Selectable<RegistrationsTable>;
+export type Replicator = Selectable<ReplicatorsTable>;
+export type NewReplicator = Insertable<ReplicatorsTable>;
+export type Settings = Selectable<SettingsTable>;
+export type PitRow = Selectable<PitsTable>;
+export type NewPitRow = Insertable<PitsTable>;
+export type Job = Selectable<JobsTable>;
+export type NewJob = Insertable<JobsTable>;
+export type JobUpdate = Updateable<JobsTable>;
+export type JobLogLine = Selectable<JobLogTable>;
+export type EventRow = Selectable<EventsTable>;
+export type AuditRecord = Selectable<AuditLogTable>;
+export type Lease = Selectable<LeasesTable>;
