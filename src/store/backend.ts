@@ -52,5 +52,12 @@ export interface Backend {
    * source of a copy.
    */
   flush?(): Promise<void>;
+  /**
+   * Optional: creates the object only if no object of that name exists, as
+   * one atomic step; resolves true when it created it, false when the name
+   * was taken. Locks that must exclude each other use it; without it they
+   * fall back to a weaker write-then-list protocol (locks.ts).
+   */
+  putIfAbsent?(name: string, data: Uint8Array): Promise<boolean>;
   close(): Promise<void>;
 }

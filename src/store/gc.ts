@@ -29,8 +29,9 @@ import type { Repository } from "./repository.js";
  *     PITs, and marks what the PITs reach (an unreadable PIT or page stops the
  *     run: when reachability is unknown nothing may be removed);
  *  2. puts back trashed objects that are referenced;
- *  3. deletes trashed objects that are unreferenced, were trashed more than
- *     the safety margin ago, and are older than every live writer;
+ *  3. deletes trashed objects that are unreferenced, whose originals were gone
+ *     more than the safety margin ago (the end of the run that trashed them),
+ *     and every live writer started after that;
  *  4. moves to the trash unreferenced objects written before the safety margin
  *     and before every live writer started.
  * Every step is idempotent, so a run interrupted anywhere converges when
@@ -65,6 +66,26 @@ export interface GcReport {
 }
 
 export const DEFAULT_SAFETY_MARGIN_MS = 60_000;
+
+/**
+ * When each run's trashing began and ended: an object copied to the trash
+ * early in a run that stalled before deleting the originals was still in use
+ * until the run's end, and a writer that started in between may have stored
+ * it again (so its deletion waits for writers younger than the end).
+ */
+const ROUNDS = `${PREFIX.gcState}rounds`;
+interface Round {
+  startMs: number;
+  completedMs: number;
+}
+
+async function readRounds(repo: Repository): Promise<Round[]> {
+  try {
+    return (await repo.getMeta<{ rounds: Round[] }>(ROUNDS)).rounds;
+  } catch {
+    return []; // absent or unreadable: every trashed object counts as trashed now
+  }
+}
 
 interface Marked {
   pits: Pit[];
@@ -137,15 +158,21 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
     const oldestWriter = Math.min(Infinity, ...m.writers.map((w) => w.createdMs));
     const restored = await restoreReferenced(repo, m, dryRun);
 
-    const doomed = [...m.trash].filter(
-      ([name, t]) =>
-        !m.reachable.has(name) && t.mtimeMs < round - margin && t.mtimeMs + margin < oldestWriter,
-    );
+    const rounds = await readRounds(repo);
+    // When the original was gone: the end of the round that trashed it, as recorded; unknown
+    // (a run that stopped half way) counts as now, which only delays the deletion.
+    const goneAt = (t: ObjectInfo) =>
+      rounds.find((r) => r.startMs - margin <= t.mtimeMs && t.mtimeMs <= r.completedMs + margin)
+        ?.completedMs ?? round;
+    const doomed = [...m.trash].filter(([name, t]) => {
+      const gone = goneAt(t);
+      // A trashed object whose original is back in place is re-trashed below instead.
+      return (
+        !m.reachable.has(name) && !m.live.has(name) && gone < round - margin && gone + margin < oldestWriter
+      );
+    });
     const toTrash = [...m.live.values()].filter(
-      (o) =>
-        !m.reachable.has(o.name) &&
-        !m.trash.has(o.name) &&
-        o.mtimeMs < Math.min(round - margin, oldestWriter),
+      (o) => !m.reachable.has(o.name) && o.mtimeMs < Math.min(round - margin, oldestWriter),
     );
     const limiter = new Limiter(16);
     if (!dryRun) {
@@ -157,12 +184,24 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       );
       await repo.flush(); // the trash copies are durable before the originals go
       await Promise.all(toTrash.map((o) => limiter.run(() => repo.backend.delete(o.name))));
+      // This run's record also covers trash that no recorded run explains (a run that died half
+      // way): those originals were gone by now at the latest, so a later run may delete them.
+      const unexplained = [...m.trash.values()].filter((t) => goneAt(t) === round).map((t) => t.mtimeMs);
+      const startMs = Math.min(round, ...unexplained);
+      const oldestTrash = Math.min(round, ...[...m.trash.values()].map((t) => t.mtimeMs));
+      const kept = rounds.filter((r) => r.completedMs + margin >= oldestTrash - margin);
+      await repo.putMeta(ROUNDS, {
+        rounds: [...kept, { startMs, completedMs: repo.clock.now() }].slice(-100),
+      });
     }
     const temporariesRemoved =
       !dryRun && repo.backend.sweepTemporaries
         ? await repo.backend.sweepTemporaries(round - (opts.temporaryAgeMs ?? 3_600_000))
         : 0;
-    const inTrash = m.trash.size - doomed.length + toTrash.length;
+    const stillTrashed = new Set(m.trash.keys());
+    for (const [name] of doomed) stillTrashed.delete(name);
+    for (const o of toTrash) stillTrashed.add(o.name);
+    const inTrash = stillTrashed.size;
     return {
       dryRun,
       pits: m.pits.length,

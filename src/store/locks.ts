@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import os from "node:os";
 import { LifeboatError } from "../base/index.js";
+import { ObjectKind } from "./codec.js";
 import { PREFIX } from "./names.js";
 import type { Repository } from "./repository.js";
 
@@ -37,11 +38,8 @@ export class RepositoryLock {
   constructor(
     private readonly repo: Repository,
     readonly record: LockRecord,
+    readonly name: string = `${PREFIX.locks}${record.id}`,
   ) {}
-
-  get name(): string {
-    return `${PREFIX.locks}${this.record.id}`;
-  }
 
   /** Starts refreshing in the background until released. */
   keepAlive(intervalMs = LOCK_REFRESH_MS): void {
@@ -64,6 +62,28 @@ export class RepositoryLock {
   }
 }
 
+/** The one name every GC and forget run competes for, where the backend can create exclusively. */
+const GC_LOCK = `${PREFIX.locks}gc`;
+
+function locked(o: LockRecord): LifeboatError {
+  return new LifeboatError(
+    "STORE_LOCKED",
+    `garbage collection is already running (pid ${o.pid} on ${o.host}, ${o.purpose})`,
+    {
+      hint: "wait for it to finish; a lock of a dead process is broken automatically",
+    },
+  );
+}
+
+/**
+ * Takes a lock. Writer locks never exclude anything. A `gc` lock excludes
+ * every other `gc` lock: where the backend can create an object exclusively
+ * (putIfAbsent) every run creates the same name, `locks/gc`, and exactly one
+ * succeeds; a stale holder's lock is removed and the attempt repeated once.
+ * Elsewhere each run writes its own lock, lists the others and gives way to
+ * an older one — which two runs starting within a listing's latency can both
+ * pass, so on such backends run one GC at a time.
+ */
 export async function acquireLock(
   repo: Repository,
   kind: LockRecord["kind"],
@@ -79,36 +99,54 @@ export async function acquireLock(
     refreshedMs: now,
     purpose,
   };
+  if (kind === "gc" && repo.backend.putIfAbsent) {
+    const create = repo.backend.putIfAbsent.bind(repo.backend);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const data = repo.codec.encode(GC_LOCK, ObjectKind.meta, Buffer.from(JSON.stringify(record)));
+      if (await create(GC_LOCK, data)) return new RepositoryLock(repo, record, GC_LOCK);
+      let holder: LockRecord;
+      try {
+        holder = await repo.getMeta<LockRecord>(GC_LOCK);
+      } catch (err) {
+        if (err instanceof LifeboatError && err.code === "STORE_OBJECT_MISSING") continue; // released meanwhile
+        throw err;
+      }
+      // A retried create whose first attempt landed finds its own lock.
+      if (holder.id === record.id) return new RepositoryLock(repo, record, GC_LOCK);
+      if (!isStale(repo, holder)) throw locked(holder);
+      await repo.backend.delete(GC_LOCK);
+    }
+    throw new LifeboatError(
+      "STORE_LOCKED",
+      "another process took the garbage-collection lock at the same moment",
+      {
+        hint: "try again",
+      },
+    );
+  }
   const lock = new RepositoryLock(repo, record);
   await repo.putMeta(lock.name, record);
   if (kind === "gc") {
     const others = (await listLocks(repo)).filter(
       (l) => l.kind === "gc" && l.id !== record.id && !isStale(repo, l),
     );
-    if (
-      others.some(
-        (o) => o.createdMs < record.createdMs || (o.createdMs === record.createdMs && o.id < record.id),
-      )
-    ) {
+    const older = others.find(
+      (o) => o.createdMs < record.createdMs || (o.createdMs === record.createdMs && o.id < record.id),
+    );
+    if (older) {
       await lock.release();
-      const o = others[0]!;
-      throw new LifeboatError(
-        "STORE_LOCKED",
-        `garbage collection is already running (pid ${o.pid} on ${o.host})`,
-        {
-          hint: "wait for it to finish; a lock of a dead process is broken automatically",
-        },
-      );
+      throw locked(older);
     }
   }
   return lock;
 }
 
-export async function listLocks(repo: Repository): Promise<LockRecord[]> {
-  const out: LockRecord[] = [];
+/** Every lock in the repository, with the name of its object. */
+export async function listLocks(repo: Repository): Promise<(LockRecord & { name: string })[]> {
+  const out: (LockRecord & { name: string })[] = [];
   for await (const o of repo.backend.list(PREFIX.locks)) {
     try {
-      out.push(await repo.getMeta<LockRecord>(o.name));
+      out.push({ ...(await repo.getMeta<LockRecord>(o.name)), name: o.name });
     } catch (err) {
       // A lock deleted between listing and reading is simply gone.
       if (!(err instanceof LifeboatError && err.code === "STORE_OBJECT_MISSING")) throw err;
@@ -134,6 +172,6 @@ function processAlive(pid: number): boolean {
 /** Deletes locks whose holders are gone; returns what it removed. */
 export async function breakStaleLocks(repo: Repository, staleAfterMs = LOCK_STALE_MS): Promise<LockRecord[]> {
   const stale = (await listLocks(repo)).filter((l) => isStale(repo, l, staleAfterMs));
-  for (const l of stale) await repo.backend.delete(`${PREFIX.locks}${l.id}`);
+  for (const l of stale) await repo.backend.delete(l.name);
   return stale;
 }

@@ -12,6 +12,7 @@ export const PREFIX = {
   pits: "pits/",
   locks: "locks/",
   trash: "trash/",
+  gcState: "gc/",
 } as const;
 
 /** Where GC moves an unreferenced chunk or page before it is deleted for good. */

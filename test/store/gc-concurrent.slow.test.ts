@@ -418,7 +418,8 @@ void describe("gc rules", () => {
     assert.equal(second.waitingReason, null);
     assert.deepEqual(await trashed(sb.repo), []);
     assert.equal(afterwards.objects.chunks + afterwards.objects.pages, first.reachable);
-    assert.equal(afterwards.storedBytes.total, between.storedBytes.total - second.deletedBytes);
+    assert.equal(afterwards.storedBytes.trash, between.storedBytes.trash - second.deletedBytes);
+    assert.equal(afterwards.storedBytes.trash, 0);
     assert.ok(second.deletedBytes > 0);
     await assertVerifies(sb.repo, "after gc");
     await assertPitsRestore(sb.repo, sb.images, sb.dir);
@@ -532,39 +533,30 @@ void describe("gc rules", () => {
     await sb.repo.close();
   });
 
-  void it(
-    "a gc run stalled between trashing and deleting does not lose what an import stored meanwhile",
-    {
-      todo:
-        "src/store/gc.ts: a run that stalls longer than the safety margin between copying an object to the trash " +
-        "and deleting the original deletes what an import started meanwhile stored again; the next run then deletes " +
-        "the trash copy, as that import started after the copy was made",
-    },
-    async () => {
-      const MARGIN = 100;
-      const sb = await withForgottenPit("stalled-gc");
-      await sleep(MARGIN);
-      // Run 1 copies the forgotten PIT's objects to the trash, then stalls before deleting the originals.
-      const stalled = await sb.open({ gate: (verb, n) => verb === "delete" && !n.startsWith("locks/") });
-      const run1 = gc(stalled, MARGIN);
-      await (stalled.backend as GatedBackend).reached;
-      await sleep(MARGIN + 20);
-      // An import starts, stores the forgotten image's chunks again, and stops just before writing its PIT.
-      const importer = await sb.open({ gate: (verb, n) => verb === "put" && n.startsWith("pits/") });
-      const importing = importImage(importer, "srv", sb.forgottenImage);
-      await (importer.backend as GatedBackend).reached;
-      (stalled.backend as GatedBackend).open();
-      await run1;
-      // Run 2, while the import is still running.
-      await sleep(MARGIN + 20);
-      await gc(sb.repo, MARGIN);
-      (importer.backend as GatedBackend).open();
-      const pit = await importing;
-      await assertVerifies(sb.repo, "after the import finished");
-      await assertPitsRestore(sb.repo, new Map([...sb.images, [pit.id, sb.forgottenImage]]), sb.dir);
-      await Promise.all([stalled.close(), importer.close(), sb.repo.close()]);
-    },
-  );
+  void it("a gc run stalled between trashing and deleting does not lose what an import stored meanwhile", async () => {
+    const MARGIN = 100;
+    const sb = await withForgottenPit("stalled-gc");
+    await sleep(MARGIN);
+    // Run 1 copies the forgotten PIT's objects to the trash, then stalls before deleting the originals.
+    const stalled = await sb.open({ gate: (verb, n) => verb === "delete" && !n.startsWith("locks/") });
+    const run1 = gc(stalled, MARGIN);
+    await (stalled.backend as GatedBackend).reached;
+    await sleep(MARGIN + 20);
+    // An import starts, stores the forgotten image's chunks again, and stops just before writing its PIT.
+    const importer = await sb.open({ gate: (verb, n) => verb === "put" && n.startsWith("pits/") });
+    const importing = importImage(importer, "srv", sb.forgottenImage);
+    await (importer.backend as GatedBackend).reached;
+    (stalled.backend as GatedBackend).open();
+    await run1;
+    // Run 2, while the import is still running.
+    await sleep(MARGIN + 20);
+    await gc(sb.repo, MARGIN);
+    (importer.backend as GatedBackend).open();
+    const pit = await importing;
+    await assertVerifies(sb.repo, "after the import finished");
+    await assertPitsRestore(sb.repo, new Map([...sb.images, [pit.id, sb.forgottenImage]]), sb.dir);
+    await Promise.all([stalled.close(), importer.close(), sb.repo.close()]);
+  });
 
   void it("gc and forget refuse to run while the GC lock is held, and change nothing", async () => {
     const sb = await withForgottenPit("gc-locked");
@@ -606,53 +598,36 @@ void describe("gc rules", () => {
     await sb.repo.close();
   });
 
-  void it(
-    "a gc on a host whose clock is behind still finds a GC lock already held",
-    {
-      todo:
-        "src/store/locks.ts acquireLock yields only to gc locks with an earlier createdMs, so a lock taken later " +
-        "by a host whose clock is behind (or whose put landed late) ignores the one already held",
-    },
-    async () => {
-      const sb = await withForgottenPit("gc-skew");
-      const ahead = await sb.open({ clockOffsetMs: 5_000 });
-      const lock = await acquireLock(ahead, "gc", "test: forget on a host whose clock runs 5 s ahead");
-      try {
-        await assert.rejects(gc(sb.repo), (err) => isLifeboatError(err, "STORE_LOCKED"));
-      } finally {
-        await lock.release();
-      }
-      assert.deepEqual(await trashed(sb.repo), [], "gc ran under the held lock");
-      await ahead.close();
-      await sb.repo.close();
-    },
-  );
+  void it("a gc on a host whose clock is behind still finds a GC lock already held", async () => {
+    const sb = await withForgottenPit("gc-skew");
+    const ahead = await sb.open({ clockOffsetMs: 5_000 });
+    const lock = await acquireLock(ahead, "gc", "test: forget on a host whose clock runs 5 s ahead");
+    try {
+      await assert.rejects(gc(sb.repo), (err) => isLifeboatError(err, "STORE_LOCKED"));
+    } finally {
+      await lock.release();
+    }
+    assert.deepEqual(await trashed(sb.repo), [], "gc ran under the held lock");
+    await ahead.close();
+    await sb.repo.close();
+  });
 
-  void it(
-    "of two gc runs started together, at most one runs",
-    {
-      todo:
-        "src/store/locks.ts acquireLock: a run whose listing misses the other's lock goes ahead, and the other, " +
-        "which sees it, goes ahead too unless that lock has an earlier createdMs (or the same and a smaller id); " +
-        "both ran in 1-2 of 20 tries in about half the runs",
-    },
-    async () => {
-      const sb = await withForgottenPit("gc-race");
-      const other = await sb.open();
-      const outcomes: string[] = [];
-      for (let i = 0; i < 20; i++) {
-        const results = await Promise.allSettled([sb.repo, other].map((r) => gc(r)));
-        for (const r of results) {
-          if (r.status === "rejected" && !isLifeboatError(r.reason, "STORE_LOCKED")) throw r.reason;
-        }
-        outcomes.push(results.map((r) => (r.status === "fulfilled" ? "ran" : "locked")).join("+"));
+  void it("of two gc runs started together, at most one runs", async () => {
+    const sb = await withForgottenPit("gc-race");
+    const other = await sb.open();
+    const outcomes: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const results = await Promise.allSettled([sb.repo, other].map((r) => gc(r)));
+      for (const r of results) {
+        if (r.status === "rejected" && !isLifeboatError(r.reason, "STORE_LOCKED")) throw r.reason;
       }
-      const both = outcomes.filter((o) => o === "ran+ran").length;
-      assert.equal(both, 0, `both gc runs ran in ${both} of 20 tries: ${outcomes.join(", ")}`);
-      await other.close();
-      await sb.repo.close();
-    },
-  );
+      outcomes.push(results.map((r) => (r.status === "fulfilled" ? "ran" : "locked")).join("+"));
+    }
+    const both = outcomes.filter((o) => o === "ran+ran").length;
+    assert.equal(both, 0, `both gc runs ran in ${both} of 20 tries: ${outcomes.join(", ")}`);
+    await other.close();
+    await sb.repo.close();
+  });
 });
 
 type GatedVerb = "put" | "list" | "delete";
@@ -670,6 +645,7 @@ class GatedBackend implements Backend {
   /** The optional verbs are passed through, unheld, when the wrapped backend has them. */
   readonly sweepTemporaries?: (olderThanMs: number) => Promise<number>;
   readonly flush?: () => Promise<void>;
+  readonly putIfAbsent?: (name: string, data: Uint8Array) => Promise<boolean>;
 
   constructor(
     private readonly inner: Backend,
@@ -679,6 +655,7 @@ class GatedBackend implements Backend {
     const optional = inner as Backend & { flush?: () => Promise<void> };
     if (optional.sweepTemporaries) this.sweepTemporaries = optional.sweepTemporaries.bind(inner);
     if (optional.flush) this.flush = optional.flush.bind(inner);
+    if (inner.putIfAbsent) this.putIfAbsent = inner.putIfAbsent.bind(inner);
   }
   open(): void {
     this.release();

@@ -42,12 +42,15 @@ export class FaultyBackend implements Backend {
   /** Passed through unfaulted when the wrapped backend has it. */
   declare readonly sweepTemporaries?: (olderThanMs: number) => Promise<number>;
   declare readonly flush?: () => Promise<void>;
+  declare readonly putIfAbsent?: (name: string, data: Uint8Array) => Promise<boolean>;
 
   constructor(readonly inner: Backend) {
     const sweep = inner.sweepTemporaries?.bind(inner);
     if (sweep) this.sweepTemporaries = sweep;
     const flush = inner.flush?.bind(inner);
     if (flush) this.flush = flush;
+    const create = inner.putIfAbsent?.bind(inner);
+    if (create) this.putIfAbsent = create;
   }
 
   get properties(): Backend["properties"] {

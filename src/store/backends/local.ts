@@ -77,6 +77,25 @@ export class LocalBackend implements Backend {
     }
   }
 
+  async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
+    const target = this.file(name);
+    const tmpDir = path.join(this.root, TMP_DIR);
+    const tmp = path.join(tmpDir, `${randomBytes(8).toString("hex")}.tmp`);
+    try {
+      await this.ensureDir(tmpDir);
+      await this.ensureDir(path.dirname(target));
+      await fs.writeFile(tmp, data, { mode: 0o640, flag: "wx" });
+      // link(2) fails when the target exists: the whole object appears at once, or not at all.
+      await fs.link(tmp, target);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+      throw wrap(err, `creating ${name}`, this.properties.location);
+    } finally {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+    }
+  }
+
   async get(name: string, range?: { offset: number; length: number }): Promise<Buffer> {
     const file = this.file(name);
     try {

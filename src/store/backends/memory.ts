@@ -13,6 +13,12 @@ export class MemoryBackend implements Backend {
     return Promise.resolve();
   }
 
+  putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
+    if (this.objects.has(name)) return Promise.resolve(false);
+    this.objects.set(name, { data: Buffer.from(data), mtimeMs: this.clock.now() });
+    return Promise.resolve(true);
+  }
+
   get(name: string, range?: { offset: number; length: number }): Promise<Buffer> {
     const o = this.objects.get(name);
     if (!o) return Promise.reject(missing(name, this.properties.location));

@@ -16,7 +16,7 @@ export interface RetryOptions {
 }
 
 export interface RetryEvent {
-  verb: "put" | "get" | "stat" | "list" | "delete" | "sweepTemporaries" | "flush";
+  verb: "put" | "get" | "stat" | "list" | "delete" | "sweepTemporaries" | "flush" | "putIfAbsent";
   /** The object name, or the prefix for list. */
   name: string;
   /** The attempt that failed, from 1. */
@@ -53,6 +53,7 @@ class RetryingBackend implements Backend {
   /** Present only when the wrapped backend has it, as the interface says. */
   declare readonly sweepTemporaries?: (olderThanMs: number) => Promise<number>;
   declare readonly flush?: () => Promise<void>;
+  declare readonly putIfAbsent?: (name: string, data: Uint8Array) => Promise<boolean>;
 
   constructor(
     private readonly inner: Backend,
@@ -75,6 +76,8 @@ class RetryingBackend implements Backend {
     }
     const flush = inner.flush?.bind(inner);
     if (flush) this.flush = () => this.retry("flush", "", flush);
+    const create = inner.putIfAbsent?.bind(inner);
+    if (create) this.putIfAbsent = (name, data) => this.retry("putIfAbsent", name, () => create(name, data));
   }
 
   get properties(): Backend["properties"] {

@@ -97,6 +97,30 @@ export class S3Backend implements Backend {
     return this.keyPrefix + name;
   }
 
+  /**
+   * A conditional PutObject (If-None-Match: *), which AWS S3, MinIO and
+   * recent Ceph RGW honour. s3rver ignores the condition and overwrites.
+   */
+  async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
+    const Key = this.key(name);
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key,
+          Body: data,
+          ContentLength: data.length,
+          IfNoneMatch: "*",
+        }),
+      );
+      return true;
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (e.name === "PreconditionFailed" || e.$metadata?.httpStatusCode === 412) return false;
+      throw mapS3Error(err, `creating ${name}`, this.properties.location);
+    }
+  }
+
   async put(name: string, data: Uint8Array): Promise<void> {
     const Key = this.key(name);
     try {
