@@ -30,6 +30,14 @@ export interface BackendProperties {
   atomicReplace: boolean;
   /** A human-readable location for messages, never containing credentials. */
   location: string;
+  /**
+   * Set when every object is a plain file at `<localRoot>/<name>` that bulk
+   * readers and writers in worker threads may use directly: read it, or
+   * create it with the same protocol as put (a temporary file under
+   * `tmp/`, renamed into place) followed by flush(). Fault injection and other
+   * decorators that must see every call leave it unset.
+   */
+  localRoot?: string;
 }
 
 export interface Backend {

@@ -31,7 +31,7 @@ export function pitDisk(pit: Pit, index: number): PitDisk {
 }
 
 /** Chunks per run: a run is fetched, decoded by one worker and written together. */
-const RUN_BYTES = 8 << 20;
+const RUN_BYTES = 4 << 20;
 
 /**
  * Writes one disk of a PIT to a file (sparse where zero) or a block device.
@@ -80,15 +80,26 @@ export async function exportDisk(
   const writeRun = async (first: number, items: { slot: number; id: Buffer }[]) => {
     const count = Math.min(perRun, disk.chunkCount - first);
     const length = Math.min(count * cs, disk.sizeBytes - first * cs);
-    const fetched = await Promise.all(
-      items.map((it) =>
-        fetches.run(async () => {
-          const name = repo.chunkName(it.id);
-          return { slot: it.slot, id: it.id, name, data: await repo.getObject(name) };
-        }),
-      ),
-    );
-    const plain = await pool.decodeRun(length, cs, fetched);
+    const root = repo.backend.properties.localRoot;
+    const plain = root
+      ? await pool.readRun(
+          root,
+          length,
+          cs,
+          items.map((it) => ({ slot: it.slot, id: it.id, name: repo.chunkName(it.id) })),
+        )
+      : await pool.decodeRun(
+          length,
+          cs,
+          await Promise.all(
+            items.map((it) =>
+              fetches.run(async () => {
+                const name = repo.chunkName(it.id);
+                return { slot: it.slot, id: it.id, name, data: await repo.getObject(name) };
+              }),
+            ),
+          ),
+        );
     if (toDevice) await fh.write(plain, 0, length, first * cs);
     else {
       // Only the stretches that hold data: zero chunks stay holes.

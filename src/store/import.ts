@@ -37,7 +37,7 @@ export interface ImportOptions {
   consistency?: ConsistencyLevel;
   labels?: Record<string, string>;
   onProgress?: (p: ImportProgress) => void;
-  /** Reads in flight; each is `batchBytes` of memory (default 6). */
+  /** Reads in flight; each is `batchBytes` of memory (default 4). */
   readAhead?: number;
   batchBytes?: number;
   /** Object writes in flight (default 16). */
@@ -141,8 +141,8 @@ async function importOne(
   const chunkSize = repo.config.chunkSize;
   const chunkCount = Math.ceil(src.size / chunkSize);
   const builder = new BlockMapBuilder(repo, chunkCount, known.pages);
-  const batchBytes = Math.max(chunkSize, Math.floor((opts.batchBytes ?? 8 << 20) / chunkSize) * chunkSize);
-  const readAhead = opts.readAhead ?? 6;
+  const batchBytes = Math.max(chunkSize, Math.floor((opts.batchBytes ?? 4 << 20) / chunkSize) * chunkSize);
+  const readAhead = opts.readAhead ?? 4;
   const writes = new Limiter(opts.writeConcurrency ?? 16);
   const inflight: Promise<Buffer>[] = [];
 
@@ -170,13 +170,14 @@ async function importOne(
       known.chunks.add(key);
       toEncode.push({ index: i, id: Buffer.from(id) });
     }
-    const objects = await pool.encode(batch, toEncode);
+    const root = repo.backend.properties.localRoot;
+    const objects = await pool.encode(batch, toEncode, root);
     await Promise.all(
       objects.map((o) =>
         writes.run(async () => {
-          await repo.backend.put(o.name, o.data);
+          if (o.data) await repo.backend.put(o.name, o.data); // else the worker stored it
           stats.newChunks++;
-          stats.storedBytes += o.data.length;
+          stats.storedBytes += o.size;
         }),
       ),
     );

@@ -5,7 +5,7 @@ import type { RepositoryKeys } from "./keys.js";
 
 export type WorkerRequest =
   | { type: "scan"; batch: number; buffer: ArrayBuffer; length: number; chunkSize: number }
-  | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
+  | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[]; root?: string }
   | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
   | {
       type: "decodeRun";
@@ -13,11 +13,23 @@ export type WorkerRequest =
       length: number;
       chunkSize: number;
       items: { slot: number; name: string; id: Uint8Array; data: ArrayBuffer }[];
+    }
+  | {
+      type: "readRun";
+      req: number;
+      length: number;
+      chunkSize: number;
+      root: string;
+      items: { slot: number; name: string; id: Uint8Array }[];
     };
 
 export type WorkerResponse =
   | { type: "scanned"; batch: number; ids: ArrayBuffer }
-  | { type: "encoded"; batch: number; objects: { index: number; name: string; data: ArrayBuffer }[] }
+  | {
+      type: "encoded";
+      batch: number;
+      objects: { index: number; name: string; size: number; data?: ArrayBuffer }[];
+    }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
   | { type: "failed"; req: number; code: string; message: string; hint: string; slot?: number };
 
@@ -74,10 +86,29 @@ export class WorkerPool {
     this.pending.clear();
   }
 
-  private send(w: Worker, key: string, msg: WorkerRequest, transfer: ArrayBuffer[]): Promise<WorkerResponse> {
+  /** `failKey`: where a "failed" reply for this request arrives, when not under `key`. */
+  private send(
+    w: Worker,
+    key: string,
+    msg: WorkerRequest,
+    transfer: ArrayBuffer[],
+    failKey?: string,
+  ): Promise<WorkerResponse> {
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      this.pending.set(key, { resolve, reject });
+      const settle = {
+        resolve: (v: WorkerResponse) => {
+          if (failKey) this.pending.delete(failKey);
+          resolve(v);
+        },
+        reject: (e: unknown) => {
+          this.pending.delete(key);
+          if (failKey) this.pending.delete(failKey);
+          reject(e);
+        },
+      };
+      this.pending.set(key, settle);
+      if (failKey) this.pending.set(failKey, settle);
       w.postMessage(msg, transfer);
     });
   }
@@ -105,16 +136,24 @@ export class WorkerPool {
   }
 
   /** Compresses and encrypts the given chunks of a scanned batch, and frees the batch. */
+  /**
+   * With `root` (a local repository), the worker also writes the objects and
+   * returns no data; otherwise the encoded objects come back to be put.
+   */
   async encode(
     batch: number,
     chunks: { index: number; id: Uint8Array }[],
-  ): Promise<{ index: number; name: string; data: Buffer }[]> {
+    root?: string,
+  ): Promise<{ index: number; name: string; size: number; data?: Buffer }[]> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
-    const r = await this.send(w, `encoded:${batch}`, { type: "encode", batch, chunks }, []);
+    const msg: WorkerRequest = { type: "encode", batch, chunks, ...(root ? { root } : {}) };
+    const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
     return (r as Extract<WorkerResponse, { type: "encoded" }>).objects.map((o) => ({
-      ...o,
-      data: Buffer.from(o.data),
+      index: o.index,
+      name: o.name,
+      size: o.size,
+      ...(o.data ? { data: Buffer.from(o.data) } : {}),
     }));
   }
 
@@ -142,6 +181,27 @@ export class WorkerPool {
       `req:${req}`,
       { type: "decodeRun", req, length, chunkSize, items: moved },
       moved.map((m) => m.data),
+    );
+    return Buffer.from((r as { plain: ArrayBuffer }).plain);
+  }
+
+  /**
+   * As decodeRun, but the worker reads each chunk's file itself from a local
+   * repository at `root` (falling back to the trash), sparing the main thread
+   * thousands of small asynchronous reads.
+   */
+  async readRun(
+    root: string,
+    length: number,
+    chunkSize: number,
+    items: { slot: number; name: string; id: Uint8Array }[],
+  ): Promise<Buffer> {
+    const req = this.nextReq++;
+    const r = await this.send(
+      this.pick(),
+      `req:${req}`,
+      { type: "readRun", req, length, chunkSize, root, items },
+      [],
     );
     return Buffer.from((r as { plain: ArrayBuffer }).plain);
   }

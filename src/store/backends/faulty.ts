@@ -54,7 +54,8 @@ export class FaultyBackend implements Backend {
   }
 
   get properties(): Backend["properties"] {
-    return this.inner.properties;
+    // No direct file access: every read must pass through the faults.
+    return { ...this.inner.properties, localRoot: undefined };
   }
 
   /**

@@ -31,7 +31,7 @@ export class LocalBackend implements Backend {
     private readonly root: string,
     private readonly opts: { syncEachPut?: boolean } = {},
   ) {
-    this.properties = { atomicReplace: true, location: path.resolve(root) };
+    this.properties = { atomicReplace: true, location: path.resolve(root), localRoot: path.resolve(root) };
   }
 
   async flush(): Promise<void> {

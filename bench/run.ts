@@ -1,0 +1,190 @@
+/**
+ * The benchmark: lifeboat against restic, borg and an rsync copy on the same
+ * images, in one run. `npm run bench` builds, then runs this.
+ *
+ *   --only lifeboat|peers   run one side only
+ *   --size-gib N            image size (default 2)
+ *   --quick                 256 MiB image, for smoke checks
+ *   --keep                  keep bench/work/repos/ (repositories, keys) after the run
+ *   --rebuild-image         regenerate the images even if cached
+ *
+ * Full default runs write bench/results/latest.{json,md} (committed); partial
+ * runs (--quick, another size, --only) write bench/work/results/ instead, so a
+ * smoke check never replaces the published figures.
+ */
+import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { lifeboatReady, lifeboatSuite, type LifeboatOutcome } from "./lifeboat.js";
+import { ensureImages, sizeFromArgs } from "./make-image.js";
+import {
+  borgSuite,
+  makeSecrets,
+  requireTimeBinary,
+  resticSuite,
+  rsyncSuite,
+  type StepResult,
+  type SuiteContext,
+} from "./peers.js";
+import { METHOD, compare, machineFacts, renderMarkdown, type BenchResults } from "./report.js";
+import {
+  GiB,
+  RESULTS,
+  WORK,
+  Interrupted,
+  log,
+  removeTree,
+  requireRoot,
+  since,
+  trapInterrupts,
+} from "./sys.js";
+
+interface Options {
+  only: "lifeboat" | "peers" | null;
+  sizeBytes: number;
+  quick: boolean;
+  keep: boolean;
+  rebuildImage: boolean;
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      only: { type: "string" },
+      "size-gib": { type: "string" },
+      quick: { type: "boolean" },
+      keep: { type: "boolean" },
+      "rebuild-image": { type: "boolean" },
+    },
+  });
+  const only = values.only ?? null;
+  if (only !== null && only !== "lifeboat" && only !== "peers") {
+    throw new Error(`--only must be lifeboat or peers, got ${only}`);
+  }
+  return {
+    only,
+    sizeBytes: sizeFromArgs(values),
+    quick: values.quick ?? false,
+    keep: values.keep ?? false,
+    rebuildImage: values["rebuild-image"] ?? false,
+  };
+}
+
+/** Runs one suite; a failing peer is reported, not fatal, so the others still get measured. */
+function guarded<T>(name: string, notes: string[], fn: () => T): T | null {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof Interrupted) throw err;
+    const msg = err instanceof Error ? err.message : String(err);
+    log(`${name} failed: ${msg}`);
+    notes.push(`${name} failed: ${msg.split("\n")[0]}`);
+    return null;
+  }
+}
+
+function runSuites(
+  opts: Options,
+  ctx: SuiteContext,
+  notes: string[],
+): { steps: StepResult[]; lifeboat: LifeboatOutcome | null } {
+  const steps: StepResult[] = [];
+  let lifeboat: LifeboatOutcome | null = null;
+  if (opts.only !== "peers") {
+    if (lifeboatReady()) {
+      lifeboat = guarded("lifeboat", notes, () => lifeboatSuite(ctx));
+      if (lifeboat) steps.push(...lifeboat.steps);
+    } else {
+      notes.push(
+        "lifeboat was not measured: `node bin/lifeboat.js store import --help` does not offer --disk yet.",
+      );
+    }
+  }
+  if (opts.only !== "lifeboat") {
+    const peers: [string, () => StepResult[]][] = [
+      ["restic", () => resticSuite(ctx)],
+      ["borg", () => borgSuite(ctx, { name: "borg" })],
+      ["borg-fixed4m", () => borgSuite(ctx, { name: "borg-fixed4m", chunker: "fixed,4194304" })],
+      ["rsync", () => rsyncSuite(ctx)],
+    ];
+    for (const [name, suite] of peers) steps.push(...(guarded(name, notes, suite) ?? []));
+  }
+  return { steps, lifeboat };
+}
+
+/** The lifeboat settings worth stating, read back from the repository (defaults change as lifeboat evolves). */
+function lifeboatMethod(lifeboat: LifeboatOutcome | null): string[] {
+  const chunk = lifeboat?.stats.initial.chunkSize;
+  return typeof chunk === "number"
+    ? [`lifeboat: \`store init\` defaults, ${chunk / 1024} KiB chunks, zstd + AES-GCM.`]
+    : [];
+}
+
+/** Writes through a temporary file so a crash never leaves half a results file. */
+function writeAtomically(file: string, text: string): void {
+  writeFileSync(file + ".tmp", text);
+  renameSync(file + ".tmp", file);
+}
+
+function main(): number {
+  const opts = parseOptions();
+  requireRoot("The benchmark");
+  trapInterrupts();
+  requireTimeBinary();
+  const start = performance.now();
+
+  const images = ensureImages(opts.sizeBytes, { rebuild: opts.rebuildImage });
+
+  const repos = path.join(WORK, "repos");
+  removeTree(repos);
+  mkdirSync(repos, { recursive: true });
+  const ctx: SuiteContext = {
+    base: images.base,
+    changed: images.changed,
+    imageBytes: opts.sizeBytes,
+    repos,
+    secrets: makeSecrets(path.join(repos, "secrets")),
+  };
+  const notes: string[] = [];
+  if (images.description.contents.os.source.includes("fallback"))
+    notes.push(images.description.contents.os.note);
+  let outcome: ReturnType<typeof runSuites>;
+  try {
+    outcome = runSuites(opts, ctx, notes);
+  } finally {
+    if (opts.keep) log(`repositories kept in ${repos}`);
+    else removeTree(repos);
+  }
+
+  const results: BenchResults = {
+    generatedAt: new Date().toISOString(),
+    options: { sizeBytes: opts.sizeBytes, only: opts.only, quick: opts.quick },
+    method: [...METHOD, ...lifeboatMethod(outcome.lifeboat)],
+    machine: machineFacts(),
+    image: images.description,
+    imageGeneratedThisRun: images.fresh,
+    runSeconds: Math.round(since(start)),
+    steps: outcome.steps,
+    comparisons: compare(outcome.steps),
+    lifeboatStats: outcome.lifeboat?.stats ?? null,
+    notes,
+  };
+  const partial = opts.only !== null || opts.sizeBytes !== 2 * GiB;
+  const dir = partial ? path.join(WORK, "results") : RESULTS;
+  mkdirSync(dir, { recursive: true });
+  const markdown = renderMarkdown(results);
+  writeAtomically(path.join(dir, "latest.json"), JSON.stringify(results, null, 2) + "\n");
+  writeAtomically(path.join(dir, "latest.md"), markdown);
+  console.log(markdown);
+  log(`results written to ${path.relative(process.cwd(), dir) || dir}/latest.{json,md}`);
+
+  const failed = notes.some((n) => n.includes("failed")) || outcome.steps.some((s) => s.verified === false);
+  return failed ? 1 : 0;
+}
+
+try {
+  process.exitCode = main();
+} catch (err) {
+  console.error(err instanceof Error ? err.message : err);
+  process.exitCode = err instanceof Interrupted ? 130 : 1;
+}
