@@ -104,7 +104,7 @@ export class WorkerPool {
         reject: (e: unknown) => {
           this.pending.delete(key);
           if (failKey) this.pending.delete(failKey);
-          reject(e);
+          reject(e instanceof Error ? e : new Error(String(e)));
         },
       };
       this.pending.set(key, settle);
