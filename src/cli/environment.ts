@@ -4,6 +4,8 @@
  */
 export interface Environment {
   keyFile: string | undefined;
+  /** LIFEBOAT_API_KEY_FILE: the operator's API key file when --api-key-file is not given. */
+  apiKeyFile: string | undefined;
   logLevel: string;
   /** Standard error is a terminal: show progress. */
   interactive: boolean;
@@ -12,6 +14,7 @@ export interface Environment {
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Readonly<Environment> {
   return Object.freeze({
     keyFile: env.LIFEBOAT_KEY_FILE || undefined,
+    apiKeyFile: env.LIFEBOAT_API_KEY_FILE || undefined,
     logLevel: env.LIFEBOAT_LOG_LEVEL || "warn",
     interactive: Boolean(process.stderr.isTTY) && env.CI !== "true",
   });

@@ -20,6 +20,10 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand(storeCommand());
   program.addCommand(pitsCommand());
   program.addCommand(demoCommand());
+  program.addCommand((await import("./server.js")).serverCommand());
+  program.addCommand((await import("./token.js")).tokenCommand());
+  program.addCommand((await import("./servers.js")).serversCommand());
+  program.addCommand((await import("./audit.js")).auditCommand());
   for (const c of allCommands(program)) {
     // With --json, usage errors are printed once, as JSON, below.
     c.exitOverride()

@@ -27,11 +27,16 @@ const CATALOG = path.join(ROOT, "docs", "errors.md");
 const CONSTRUCTED = /LifeboatError\(\s*"([A-Z][A-Z0-9_]*)"/g;
 /** The same for the damage helper: `damaged(`, optional whitespace, a quoted code. */
 const DAMAGED = /damaged\(\s*"([A-Z][A-Z0-9_]*)"/g;
+/** The HTTP layer's helper: `httpError(status, "CODE"` (the status may be a variable). */
+const HTTP = /httpError\(\s*[\w.]+,\s*"([A-Z][A-Z0-9_]*)"/g;
+/** An error body built in place: `code: "CODE"`. */
+const BODY = /\bcode:\s*"([A-Z][A-Z0-9_]*)"/g;
 /**
  * Any string literal made of a domain prefix, an underscore and more upper-case
  * words; digits are allowed after the prefix (STORE_S3_NO_BUCKET).
  */
-const PREFIXED = /"((?:STORE|KEY|DISK|PIT|EXPORT|RETENTION|DEMO)_[A-Z0-9_]+)"/g;
+const PREFIXED =
+  /"((?:STORE|KEY|DISK|PIT|EXPORT|RETENTION|DEMO|DB|NET|FILE|TOKEN|AUTH|REQUEST|SERVER|CONFIG|API)_[A-Z0-9_]+)"/g;
 /** A catalog row: a line that starts with a table cell holding one code in backticks. */
 const ROW = /^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|/gm;
 
@@ -48,7 +53,7 @@ function codesInSources(): Map<string, Set<string>> {
   const found = new Map<string, Set<string>>();
   for (const file of sourceFiles(SRC)) {
     const text = readFileSync(file, "utf8");
-    for (const re of [CONSTRUCTED, DAMAGED, PREFIXED]) {
+    for (const re of [CONSTRUCTED, DAMAGED, HTTP, BODY, PREFIXED]) {
       for (const m of text.matchAll(re)) {
         const code = m[1]!;
         const files = found.get(code) ?? new Set<string>();

@@ -1,0 +1,55 @@
+import { Command } from "commander";
+import { type ApiOpts, apiOptions, withApi } from "./api-client.js";
+import { printJson, printLines } from "./output.js";
+import { action } from "./store.js";
+
+interface ServerView {
+  id: string;
+  name: string;
+  state: string;
+  online: boolean;
+  lagSeconds: number | null;
+  backlogBytes: number | null;
+  lastSeenAt: string | null;
+}
+
+/** `lifeboat servers list|show`: protected servers, over the API (any role). */
+export function serversCommand(): Command {
+  const servers = new Command("servers").description("protected source servers");
+  apiOptions(servers.command("list").description("list servers")).action(
+    action<ApiOpts>(async (ctx, o) => {
+      const r = await withApi(ctx, o, (api) => api.call<{ servers: ServerView[] }>("/api/v1/servers"));
+      if (ctx.json) printJson({ servers: r.servers });
+      else
+        printLines(
+          r.servers.map((s) =>
+            [
+              s.id,
+              s.name,
+              s.state,
+              s.online ? "online" : "offline",
+              s.lagSeconds === null ? "-" : `lag ${s.lagSeconds}s`,
+            ].join("\t"),
+          ),
+        );
+    }),
+  );
+  apiOptions(
+    servers.command("show").description("one server, by id or name").argument("<server>", "id or name"),
+  ).action(
+    action<ApiOpts>(async (ctx, o, cmd) => {
+      const key = cmd.args[0]!;
+      const s = await withApi(ctx, o, (api) =>
+        api.call<ServerView & Record<string, unknown>>(`/api/v1/servers/${encodeURIComponent(key)}`),
+      );
+      if (ctx.json) printJson(s);
+      else
+        printLines(
+          Object.entries(s).map(
+            ([k, v]) => `${k}: ${typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)}`,
+          ),
+        );
+    }),
+  );
+  return servers;
+}

@@ -1,0 +1,151 @@
+import type { FastifyReply, FastifyRequest } from "fastify";
+import type { TLSSocket } from "node:tls";
+import type { Clock } from "../base/index.js";
+import { type ClientRole, verifyClientCertificate } from "../net/index.js";
+import { type ApiKeyRole, type Database } from "./db/index.js";
+import { httpError } from "./http-error.js";
+import { hashSecret, splitSecret } from "./secrets.js";
+
+/**
+ * Who is asking. Operators come with `Authorization: Bearer <API key>`;
+ * agents and replicators with a client certificate on the TLS connection.
+ */
+export type Actor =
+  | { kind: "apikey"; id: string; role: ApiKeyRole; name: string }
+  | { kind: "client"; role: ClientRole; subjectId: string; serial: string }
+  | { kind: "anonymous" };
+
+declare module "fastify" {
+  interface FastifyRequest {
+    actor: Actor;
+  }
+}
+
+export function actorName(actor: Actor): string {
+  switch (actor.kind) {
+    case "apikey":
+      return `apikey:${actor.id}`;
+    case "client":
+      return `${actor.role}:${actor.subjectId}`;
+    default:
+      return "anonymous";
+  }
+}
+
+/** admin > operator > viewer: a route names the least role it needs. */
+const RANK: Record<ApiKeyRole, number> = { viewer: 0, operator: 1, admin: 2 };
+
+/**
+ * onRequest hook: the request carries a current API key of at least `least`.
+ * 401 AUTH_REQUIRED (none), 401 AUTH_INVALID (unknown or revoked key),
+ * 403 AUTH_FORBIDDEN (role too low). It runs as an onRequest hook, so a
+ * refused request's body is never read.
+ */
+export function requireOperator(database: Database, clock: Clock, least: ApiKeyRole) {
+  return async (request: FastifyRequest, _reply: FastifyReply): Promise<void> => {
+    await authenticateOperator(request, database, clock);
+    const actor = request.actor;
+    if (actor.kind !== "apikey")
+      throw httpError(401, "AUTH_REQUIRED", "this route needs an API key", BEARER_HINT);
+    if (RANK[actor.role] < RANK[least]) {
+      throw httpError(
+        403,
+        "AUTH_FORBIDDEN",
+        `API key ${actor.id} has role ${actor.role}; this needs ${least}`,
+        "use a key with a higher role",
+      );
+    }
+  };
+}
+
+const BEARER_HINT = "send `Authorization: Bearer <key>` (lifeboat ... --api-key-file F)";
+
+async function authenticateOperator(
+  request: FastifyRequest,
+  database: Database,
+  clock: Clock,
+): Promise<void> {
+  const header = request.headers.authorization;
+  if (header === undefined) throw httpError(401, "AUTH_REQUIRED", "this route needs an API key", BEARER_HINT);
+  const m = /^Bearer\s+(\S+)$/i.exec(header);
+  const parts = m ? splitSecret(m[1]!) : undefined;
+  if (parts === undefined) throw httpError(401, "AUTH_INVALID", "the API key is malformed", BEARER_HINT);
+  const row = await database.db
+    .selectFrom("api_keys")
+    .select(["id", "role", "name", "revoked_at"])
+    .where("key_hash", "=", hashSecret(parts.secret))
+    .executeTakeFirst();
+  if (row === undefined || row.id !== parts.id || row.revoked_at !== null) {
+    throw httpError(
+      401,
+      "AUTH_INVALID",
+      "the API key is unknown or revoked",
+      "ask an admin for a current key",
+    );
+  }
+  request.actor = { kind: "apikey", id: row.id, role: row.role, name: row.name };
+  await database.db
+    .updateTable("api_keys")
+    .set({ last_used_at: clock.now() })
+    .where("id", "=", row.id)
+    .execute();
+}
+
+/** True when the certificates table says `serial` was revoked (or does not know it). */
+export async function isRevoked(database: Database, serial: string): Promise<boolean> {
+  const row = await database.db
+    .selectFrom("certificates")
+    .select("revoked_at")
+    .where("serial", "=", serial)
+    .executeTakeFirst();
+  return row === undefined || row.revoked_at !== null;
+}
+
+/** onRequest hook: a valid, current, unrevoked client certificate of `role` (401/403 otherwise). */
+export function requireClient(database: Database, clock: Clock, caPem: string, role: ClientRole) {
+  return async (request: FastifyRequest): Promise<void> => {
+    const socket = request.raw.socket as TLSSocket;
+    if (typeof socket.getPeerCertificate !== "function") {
+      throw httpError(
+        401,
+        "NET_CLIENT_CERT_REQUIRED",
+        "this route needs a client certificate over TLS",
+        "connect over HTTPS with the agent's certificate",
+      );
+    }
+    const identity = await verifyClientCertificate(socket, {
+      caPem,
+      clock,
+      isRevoked: (s) => isRevoked(database, s),
+    });
+    if (identity.role !== role) {
+      throw httpError(
+        403,
+        "AUTH_FORBIDDEN",
+        `a ${identity.role} certificate cannot use this route`,
+        "use the right identity",
+      );
+    }
+    request.actor = {
+      kind: "client",
+      role: identity.role,
+      subjectId: identity.subjectId,
+      serial: identity.serial,
+    };
+  };
+}
+
+/** onRequest hook: an API key of any role, or an agent certificate. */
+export function requireOperatorOrAgent(database: Database, clock: Clock, caPem: string) {
+  const operator = requireOperator(database, clock, "viewer");
+  const agent = requireClient(database, clock, caPem, "agent");
+  return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (request.headers.authorization !== undefined) return operator(request, reply);
+    const socket = request.raw.socket as TLSSocket;
+    const hasCert =
+      typeof socket.getPeerCertificate === "function" &&
+      Object.keys(socket.getPeerCertificate() ?? {}).length > 0;
+    if (hasCert) return agent(request);
+    throw httpError(401, "AUTH_REQUIRED", "this route needs an API key or an agent certificate", BEARER_HINT);
+  };
+}

@@ -1,0 +1,95 @@
+import type { FastifyInstance } from "fastify";
+import { readFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { type Clock, type Logger, createLogger, systemClock } from "../base/index.js";
+import { assertPrivateFile, serverTlsOptions } from "../net/index.js";
+import { buildApp } from "./app.js";
+import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
+import { migrateToLatest, openDatabase } from "./db/index.js";
+
+export interface RunningServer {
+  app: FastifyInstance;
+  /** Where it listens (port resolved when the config said 0). */
+  host: string;
+  port: number;
+  url: string;
+  /** Stops listening, lets requests in flight finish, closes the database. Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  clock?: Clock;
+  logger?: Logger;
+  /** Overrides the config's listen address (tests: "127.0.0.1:0"). */
+  listen?: string;
+  /** Close on SIGTERM and SIGINT (default true). */
+  handleSignals?: boolean;
+}
+
+/**
+ * `lifeboat server start`: loads the config, refuses to start while a key
+ * file is open to others (FILE_MODE_INSECURE naming the file), migrates the
+ * database, and listens with TLS 1.3 (client certificates asked for, not
+ * required). Logs are pino JSON. SIGTERM closes gracefully.
+ */
+export async function startServer(
+  source: string | ControlConfig,
+  opts: StartOptions = {},
+): Promise<RunningServer> {
+  const config = typeof source === "string" ? await loadConfig(dataPaths(source).config) : source;
+  const logger = opts.logger ?? createLogger("info", "lifeboat-server");
+  const clock = opts.clock ?? systemClock;
+  const p = dataPaths(config.dataDir);
+  for (const [file, what] of [
+    [p.caKey, "CA private key"],
+    [p.serverKey, "server private key"],
+    [p.signingKey, "signing private key"],
+    [p.repoKey, "repository key"],
+    [p.adminApiKey, "admin API key"],
+  ] as const) {
+    await assertPrivateFile(file, what);
+  }
+  const [caCert, caKey, serverCert, serverKey] = await Promise.all(
+    [p.caCert, p.caKey, p.serverCert, p.serverKey].map((f) => readFile(f, "utf8")),
+  );
+  const database = await openDatabase(config.databaseUrl, { logger });
+  let app: FastifyInstance;
+  try {
+    await migrateToLatest(database);
+    app = await buildApp({
+      database,
+      config,
+      ca: { certPem: caCert!, keyPem: caKey! },
+      clock,
+      logger,
+      https: serverTlsOptions({ certPem: serverCert!, keyPem: serverKey!, caPem: caCert! }),
+    });
+    const listen = opts.listen ?? config.listen;
+    const m = /^\[?(.*?)\]?:(\d+)$/.exec(listen)!;
+    await app.listen({ host: m[1]!, port: Number(m[2]) });
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
+  const address = app.server.address() as AddressInfo;
+  let closing: Promise<void> | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info({ signal }, "shutting down");
+    void close();
+  };
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      process.removeListener("SIGTERM", onSignal);
+      process.removeListener("SIGINT", onSignal);
+      await app.close();
+      await database.close();
+      logger.info("server stopped");
+    })());
+  if (opts.handleSignals !== false) {
+    process.once("SIGTERM", onSignal);
+    process.once("SIGINT", onSignal);
+  }
+  const host = address.address.includes(":") ? `[${address.address}]` : address.address;
+  logger.info({ address: `${host}:${address.port}`, database: database.location }, "listening");
+  return { app, host: address.address, port: address.port, url: `https://${host}:${address.port}`, close };
+}
