@@ -275,9 +275,12 @@ export function storeCommand(): Command {
   repoOptions(
     store
       .command("reindex")
-      .description("rebuild the PIT catalog (an SQLite database) from the repository alone"),
+      .description("rebuild the PIT catalog of a control-plane database from the repository alone"),
   )
-    .requiredOption("--db <file>", "SQLite database file to (re)build")
+    .requiredOption(
+      "--db <url>",
+      "control-plane database: an SQLite file or postgres:// URL (created if new)",
+    )
     .action(
       action<RepoOpts & { db: string }>(async (ctx, o) =>
         withRepo(ctx, o, async (repo) => {

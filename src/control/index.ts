@@ -28,4 +28,5 @@ export {
   TOKEN_MAX_TTL_SECONDS,
 } from "./tokens.js";
 export { type AuditVerification, verifyAudit } from "./audit.js";
-export { openDatabase } from "./db/index.js";
+export { migrateToLatest, openDatabase } from "./db/index.js";
+export { rebuildPitCatalog } from "./catalog.js";

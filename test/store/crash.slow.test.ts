@@ -16,6 +16,7 @@ import { decodePage } from "../../src/store/block-map.js";
 import { ObjectKind } from "../../src/store/codec.js";
 import { type Repository, listPits, openRepository, walkBlockMap } from "../../src/store/index.js";
 import type { LockRecord } from "../../src/store/locks.js";
+import { mix, prngU32 as prng, seedFromEnv } from "../support/images.js";
 
 const ROOT = path.resolve(import.meta.dirname, "../../..");
 const BIN = path.join(ROOT, "bin", "lifeboat.js");
@@ -31,29 +32,6 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 const SEED = seedFromEnv();
 console.log(`crash: seed ${SEED} (replay with LIFEBOAT_SEED=${SEED})`);
-
-function seedFromEnv(): number {
-  const raw = process.env.LIFEBOAT_SEED;
-  if (raw === undefined || raw === "") return Math.floor(Math.random() * 2 ** 31);
-  const seed = Number(raw);
-  if (!Number.isSafeInteger(seed)) throw new Error(`LIFEBOAT_SEED must be an integer, got ${raw}`);
-  return seed;
-}
-
-/** mulberry32: a small, fast 32-bit PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
-const mix = (a: number, b: number) =>
-  (Math.imul(a ^ 0x9e3779b9, 0x85ebca6b) + Math.imul(b, 0xc2b2ae35)) >>> 0;
 
 /**
  * A disk image of 1 MiB slots (the repository's chunk size): random,

@@ -12,6 +12,7 @@ import {
   type RetentionPolicy,
   type RetentionTier,
 } from "../../src/store/retention.js";
+import { seedFromEnv } from "../support/images.js";
 
 const SEC = 1_000;
 const MIN = 60 * SEC;
@@ -22,14 +23,6 @@ const WEEK = 7 * DAY;
 // Randomized runs share one seed, printed here; LIFEBOAT_SEED=<seed> replays them.
 const SEED = seedFromEnv();
 console.log(`retention properties: seed ${SEED} (replay with LIFEBOAT_SEED=${SEED})`);
-
-function seedFromEnv(): number {
-  const raw = process.env.LIFEBOAT_SEED;
-  if (raw === undefined || raw === "") return Math.floor(Math.random() * 2 ** 31);
-  const seed = Number(raw);
-  if (!Number.isSafeInteger(seed)) throw new Error(`LIFEBOAT_SEED must be an integer, got ${raw}`);
-  return seed;
-}
 
 /**
  * fc.assert with the shared seed. `shrinkForMs` bounds the whole run: a

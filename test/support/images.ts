@@ -1,20 +1,34 @@
 import { promises as fs } from "node:fs";
 
-/** A small seeded PRNG (mulberry32): tests that draw random data print the seed and replay from it. */
-export function prng(seed: number): () => number {
+/** mulberry32: a small, fast PRNG of 32-bit unsigned integers. */
+export function prngU32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return (t ^ (t >>> 14)) >>> 0;
   };
 }
 
-export function seedFromEnv(fallback = Date.now() % 1_000_000): number {
-  const s = process.env.LIFEBOAT_SEED;
-  return s ? Number(s) : fallback;
+/** The same generator as numbers in [0, 1). Tests that draw random data print the seed and replay from it. */
+export function prng(seed: number): () => number {
+  const next = prngU32(seed);
+  return () => next() / 4294967296;
+}
+
+/** Two numbers mixed into one seed. */
+export const mix = (a: number, b: number) =>
+  (Math.imul(a ^ 0x9e3779b9, 0x85ebca6b) + Math.imul(b, 0xc2b2ae35)) >>> 0;
+
+/** LIFEBOAT_SEED when set (an integer), else a fresh random seed. */
+export function seedFromEnv(): number {
+  const raw = process.env.LIFEBOAT_SEED;
+  if (raw === undefined || raw === "") return Math.floor(Math.random() * 2 ** 31);
+  const seed = Number(raw);
+  if (!Number.isSafeInteger(seed)) throw new Error(`LIFEBOAT_SEED must be an integer, got ${raw}`);
+  return seed;
 }
 
 export function randomBuffer(rand: () => number, length: number): Buffer {

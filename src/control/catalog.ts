@@ -1,0 +1,39 @@
+import type { Repository } from "../store/index.js";
+import { listPits } from "../store/index.js";
+import type { Database } from "./db/index.js";
+
+/**
+ * Rebuilds the control plane's PIT catalog from the repository alone — the
+ * recovery site must survive losing its database. In one transaction the
+ * repository's rows are replaced, so readers see the old catalog or the new
+ * one. PITs are matched to registered servers by name.
+ */
+export async function rebuildPitCatalog(
+  database: Database,
+  repo: Repository,
+): Promise<{ pits: number; servers: number; repositoryId: string }> {
+  const pits = await listPits(repo, { damaged: [] });
+  const repositoryId = repo.config.id;
+  await database.db.transaction().execute(async (tx) => {
+    const servers = await tx.selectFrom("servers").select(["id", "name"]).execute();
+    const byName = new Map(servers.map((s) => [s.name, s.id]));
+    await tx.deleteFrom("pits").where("repository_id", "=", repositoryId).execute();
+    for (const p of pits) {
+      await tx
+        .insertInto("pits")
+        .values({
+          id: p.id,
+          repository_id: repositoryId,
+          server_id: byName.get(p.server) ?? null,
+          server_name: p.server,
+          seq: p.seq,
+          time_ms: p.timeMs,
+          consistency: p.consistency,
+          disks_json: JSON.stringify(p.disks),
+          labels_json: JSON.stringify(p.labels),
+        })
+        .execute();
+    }
+  });
+  return { pits: pits.length, servers: new Set(pits.map((p) => p.server)).size, repositoryId };
+}
