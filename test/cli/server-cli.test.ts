@@ -12,7 +12,7 @@ import path from "node:path";
 import { after, before, it } from "node:test";
 import { startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../../src/net/index.js";
-import { forEachDatabase } from "../support/databases.js";
+import { forEachDatabase, connectionUrl } from "../support/databases.js";
 import { captureLogger } from "../control/helpers.js";
 
 const ROOT = path.resolve(import.meta.dirname, "../../..");
@@ -54,7 +54,7 @@ forEachDatabase("server CLI", (open, dialect) => {
       "--data-dir",
       dir,
       "--db",
-      database.location,
+      await connectionUrl(database),
       "--hostname",
       "127.0.0.1",
       "--json",
@@ -175,7 +175,7 @@ forEachDatabase("server CLI", (open, dialect) => {
       "--data-dir",
       dir,
       "--db",
-      database.location,
+      await connectionUrl(database),
       "--listen",
       "127.0.0.1:0",
       "--show-key",

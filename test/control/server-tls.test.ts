@@ -6,7 +6,7 @@ import { after, before, it } from "node:test";
 import { initServer } from "../../src/control/init.js";
 import { startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../../src/net/index.js";
-import { forEachDatabase } from "../support/databases.js";
+import { forEachDatabase, connectionUrl } from "../support/databases.js";
 import { captureLogger } from "./helpers.js";
 
 let tmp = "";
@@ -22,7 +22,7 @@ forEachDatabase("control plane over mutual TLS", (open, dialect) => {
     const database = await open();
     const dataDir = path.join(tmp, `${dialect}-flow`);
     // The server uses the test's database (a file for SQLite), so the test can revoke in it.
-    const init = await initServer({ dataDir, databaseUrl: database.location });
+    const init = await initServer({ dataDir, databaseUrl: await connectionUrl(database) });
     const { logger, logs } = captureLogger();
     const server = await startServer(dataDir, { listen: "127.0.0.1:0", logger, handleSignals: false });
     const caPem = await readFile(path.join(dataDir, "ca.pem"), "utf8");

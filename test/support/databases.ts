@@ -116,6 +116,16 @@ export async function postgresUrlFor(database: string): Promise<string> {
   return (await postgresServer()).urlFor(database);
 }
 
+/**
+ * A URL that opens the same database again, with its credentials (a
+ * Database's `location` has the password removed): for tests that hand the
+ * database to a server or a CLI process.
+ */
+export async function connectionUrl(database: Database): Promise<string> {
+  if (database.dialect === "sqlite") return database.location;
+  return postgresUrlFor(decodeURIComponent(new URL(database.location).pathname.slice(1)));
+}
+
 export type PostgresAvailability =
   { ok: true; how: "env" | "private-cluster" } | { ok: false; reason: string };
 
