@@ -24,6 +24,7 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand((await import("./token.js")).tokenCommand());
   program.addCommand((await import("./servers.js")).serversCommand());
   program.addCommand((await import("./audit.js")).auditCommand());
+  program.addCommand((await import("./settings.js")).settingsCommand());
   for (const c of allCommands(program)) {
     // With --json, usage errors are printed once, as JSON, below.
     c.exitOverride()

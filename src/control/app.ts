@@ -93,6 +93,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   tokenRoutes(app, ctx);
   registerRoutes(app, ctx);
   serverRoutes(app, ctx);
+  (await import("./routes/settings.js")).settingsRoutes(app, ctx);
   return app;
 }
 

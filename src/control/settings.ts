@@ -1,0 +1,171 @@
+import { z } from "zod";
+import type { Database, SettingsKind } from "./db/index.js";
+
+/** A Database or, inside a transaction, `{ db: trx }`. */
+export type SettingsDb = Pick<Database, "db">;
+import { httpError } from "./http-error.js";
+import { parseRetention } from "../store/index.js";
+
+/**
+ * Replication and launch settings. Three layers, later wins, field by field:
+ * the built-in defaults here, the template (settings row with scope
+ * "default"), and a server's own override (scope = the server id). Rows hold
+ * only the fields they override; a field present in a row wins even when its
+ * value is null (for bandwidthMbps, null is "unlimited").
+ */
+export const SETTINGS_KINDS = ["replication", "launch"] as const satisfies readonly SettingsKind[];
+export type SettingsSource = "builtin" | "default" | "server";
+
+const retention = z
+  .string()
+  .min(1)
+  .max(200)
+  .superRefine((v, ctx) => {
+    try {
+      parseRetention(v);
+    } catch (err) {
+      ctx.addIssue({ code: "custom", message: err instanceof Error ? err.message : String(err) });
+    }
+  });
+const shortText = z.string().min(1).max(4096);
+
+export const replicationSettingsSchema = z.strictObject({
+  /** Megabits per second; null: unlimited. */
+  bandwidthMbps: z.number().positive().max(1_000_000).nullable(),
+  pitIntervalMinutes: z.number().int().min(1).max(1440),
+  /** As parseRetention reads it: "10m:1h,1h:24h,1d:7d". */
+  retention,
+  consistency: z.enum(["application", "filesystem", "crash"]),
+  preFreezeHook: shortText.nullable(),
+  postThawHook: shortText.nullable(),
+  replicatorId: z.string().min(1).max(64).nullable(),
+  tags: z.array(z.string().min(1).max(64)).max(64),
+});
+export const launchSettingsSchema = z.strictObject({
+  target: z.enum(["image", "block", "qemu", "command"]),
+  bootProfile: z.string().min(1).max(64),
+  outputDir: shortText.nullable(),
+  postLaunchChecks: z.array(shortText).max(64),
+});
+export type ReplicationSettings = z.infer<typeof replicationSettingsSchema>;
+export type LaunchSettings = z.infer<typeof launchSettingsSchema>;
+
+export const SETTINGS_SCHEMAS = {
+  replication: replicationSettingsSchema,
+  launch: launchSettingsSchema,
+} as const;
+/** An override: any subset of the fields. */
+export const OVERRIDE_SCHEMAS = {
+  replication: replicationSettingsSchema.partial(),
+  launch: launchSettingsSchema.partial(),
+} as const;
+
+export const BUILTIN_SETTINGS: { replication: ReplicationSettings; launch: LaunchSettings } = {
+  replication: {
+    bandwidthMbps: null,
+    pitIntervalMinutes: 10,
+    retention: "10m:1h,1h:24h,1d:7d",
+    consistency: "filesystem",
+    preFreezeHook: null,
+    postThawHook: null,
+    replicatorId: null,
+    tags: [],
+  },
+  launch: { target: "image", bootProfile: "generic", outputDir: null, postLaunchChecks: [] },
+};
+
+export type Override = Record<string, unknown>;
+
+export interface EffectiveSettings {
+  settings: Record<string, unknown>;
+  /** For every field, the layer its value came from. */
+  sources: Record<string, SettingsSource>;
+}
+
+/** The stored override of `scope` ("default" or a server id), {} when there is none. */
+export async function readOverride(db: SettingsDb, scope: string, kind: SettingsKind): Promise<Override> {
+  const row = await db.db
+    .selectFrom("settings")
+    .select("json")
+    .where("scope", "=", scope)
+    .where("kind", "=", kind)
+    .executeTakeFirst();
+  if (row === undefined) return {};
+  const parsed = OVERRIDE_SCHEMAS[kind].safeParse(JSON.parse(row.json));
+  // A field stored by an older version that no longer validates is ignored, not fatal.
+  if (parsed.success) return parsed.data;
+  const raw = JSON.parse(row.json) as Override;
+  const keep: Override = {};
+  for (const [k, v] of Object.entries(raw))
+    if (OVERRIDE_SCHEMAS[kind].safeParse({ [k]: v }).success) keep[k] = v;
+  return keep;
+}
+
+/** Built-ins, then the template, then the server's override (serverId null: the template alone). */
+export async function effectiveSettings(
+  db: SettingsDb,
+  serverId: string | null,
+  kind: SettingsKind,
+): Promise<EffectiveSettings> {
+  const settings: Record<string, unknown> = { ...BUILTIN_SETTINGS[kind] };
+  const sources: Record<string, SettingsSource> = {};
+  for (const k of Object.keys(settings)) sources[k] = "builtin";
+  const layers: [SettingsSource, Override][] = [["default", await readOverride(db, "default", kind)]];
+  if (serverId !== null) layers.push(["server", await readOverride(db, serverId, kind)]);
+  for (const [source, override] of layers)
+    for (const [k, v] of Object.entries(override)) {
+      if (!(k in settings)) continue;
+      settings[k] = v;
+      sources[k] = source;
+    }
+  return { settings, sources };
+}
+
+/**
+ * Applies a patch to an override: a field set to null is removed (the layer
+ * below shows through); for bandwidthMbps, "unlimited" stores null. Throws
+ * 400 REQUEST_INVALID naming the first invalid field.
+ */
+export function applyPatch(kind: SettingsKind, current: Override, patch: Override): Override {
+  const next: Override = { ...current };
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete next[k];
+    else if (kind === "replication" && k === "bandwidthMbps" && v === "unlimited") next[k] = null;
+    else next[k] = v;
+  }
+  const parsed = OVERRIDE_SCHEMAS[kind].safeParse(next);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const field = issue.path.length > 0 ? `body.${issue.path.map(String).join(".")}` : "body";
+    throw httpError(
+      400,
+      "REQUEST_INVALID",
+      `${field}: ${issue.message}`,
+      "fix the request; the API is described at /api/v1/openapi.json",
+    );
+  }
+  return parsed.data;
+}
+
+/** Writes (or, for an empty override, deletes) the row of `scope`. */
+export async function writeOverride(
+  db: SettingsDb,
+  scope: string,
+  kind: SettingsKind,
+  override: Override,
+  updatedBy: string,
+  now: number,
+): Promise<void> {
+  if (Object.keys(override).length === 0) {
+    await db.db.deleteFrom("settings").where("scope", "=", scope).where("kind", "=", kind).execute();
+    return;
+  }
+  const json = JSON.stringify(override);
+  await db.db
+    .insertInto("settings")
+    .values({ scope, kind, json, updated_at: now, updated_by: updatedBy })
+    .onConflict((oc) =>
+      oc.columns(["scope", "kind"]).doUpdateSet({ json, updated_at: now, updated_by: updatedBy }),
+    )
+    .execute();
+}
