@@ -55,13 +55,20 @@ export class LocalBackend implements Backend {
     this.knownDirs.add(dir);
   }
 
-  async put(name: string, data: Uint8Array): Promise<void> {
+  /** A fresh temporary name under tmp/ (its directory and the target's exist afterwards). */
+  private async temporaryFor(name: string): Promise<{ tmp: string; target: string }> {
     const target = this.file(name);
     const tmpDir = path.join(this.root, TMP_DIR);
-    const tmp = path.join(tmpDir, `${randomBytes(8).toString("hex")}.tmp`);
+    await this.ensureDir(tmpDir);
+    await this.ensureDir(path.dirname(target));
+    return { tmp: path.join(tmpDir, `${randomBytes(8).toString("hex")}.tmp`), target };
+  }
+
+  async put(name: string, data: Uint8Array): Promise<void> {
+    let tmp: string | undefined;
     try {
-      await this.ensureDir(tmpDir);
-      await this.ensureDir(path.dirname(target));
+      const t = await this.temporaryFor(name);
+      tmp = t.tmp;
       const fh = await fs.open(tmp, "wx", 0o640);
       try {
         await fh.writeFile(data);
@@ -69,30 +76,28 @@ export class LocalBackend implements Backend {
       } finally {
         await fh.close();
       }
-      await fs.rename(tmp, target);
-      if (this.opts.syncEachPut) await syncDir(path.dirname(target));
+      await fs.rename(tmp, t.target);
+      if (this.opts.syncEachPut) await syncDir(path.dirname(t.target));
     } catch (err) {
-      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      if (tmp) await fs.rm(tmp, { force: true }).catch(() => undefined);
       throw wrap(err, `writing ${name}`, this.properties.location);
     }
   }
 
   async putIfAbsent(name: string, data: Uint8Array): Promise<boolean> {
-    const target = this.file(name);
-    const tmpDir = path.join(this.root, TMP_DIR);
-    const tmp = path.join(tmpDir, `${randomBytes(8).toString("hex")}.tmp`);
+    let tmp: string | undefined;
     try {
-      await this.ensureDir(tmpDir);
-      await this.ensureDir(path.dirname(target));
+      const t = await this.temporaryFor(name);
+      tmp = t.tmp;
       await fs.writeFile(tmp, data, { mode: 0o640, flag: "wx" });
       // link(2) fails when the target exists: the whole object appears at once, or not at all.
-      await fs.link(tmp, target);
+      await fs.link(tmp, t.target);
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
       throw wrap(err, `creating ${name}`, this.properties.location);
     } finally {
-      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      if (tmp) await fs.rm(tmp, { force: true }).catch(() => undefined);
     }
   }
 
