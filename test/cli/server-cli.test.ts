@@ -14,6 +14,7 @@ import { startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../../src/net/index.js";
 import { forEachDatabase, connectionUrl } from "../support/databases.js";
 import { captureLogger } from "../control/helpers.js";
+import { runLifeboat } from "../support/cli.js";
 
 const ROOT = path.resolve(import.meta.dirname, "../../..");
 const BIN = path.join(ROOT, "bin", "lifeboat.js");
@@ -26,22 +27,8 @@ after(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-function lifeboat(
-  args: string[],
-  extraEnv: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { HOME: tmp, ...extraEnv };
-  for (const [k, v] of Object.entries(process.env))
-    if (!k.startsWith("LIFEBOAT_") && k !== "HOME") env[k] = v;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: tmp, env });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
+function lifeboat(args: string[], extraEnv: Record<string, string> = {}): ReturnType<typeof runLifeboat> {
+  return runLifeboat(args, tmp, extraEnv);
 }
 
 forEachDatabase("server CLI", (open, dialect) => {

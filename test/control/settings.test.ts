@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -11,25 +10,10 @@ import { effectiveSettings } from "../../src/control/settings.js";
 import { parseAssignments } from "../../src/cli/settings.js";
 import { connectionUrl, forEachDatabase } from "../support/databases.js";
 import { T0, type TestApp, captureLogger, testApp } from "./helpers.js";
+import { runLifeboat } from "../support/cli.js";
 
-const BIN = path.resolve(import.meta.dirname, "../../../bin/lifeboat.js");
-
-function lifeboat(
-  args: string[],
-  home: string,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { HOME: home };
-  for (const [k, v] of Object.entries(process.env))
-    if (!k.startsWith("LIFEBOAT_") && k !== "HOME") env[k] = v;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: home, env });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
+function lifeboat(args: string[], home: string): ReturnType<typeof runLifeboat> {
+  return runLifeboat(args, home);
 }
 
 interface View {
