@@ -127,7 +127,7 @@ export function storeCommand(): Command {
           else
             printLines([
               `PIT ${pit.id} (${pit.server} #${pit.seq}, ${pit.consistency}): ${pit.disks.length} disk(s), ${formatBytes(stats.bytesRead)} read in ${seconds.toFixed(1)}s`,
-              `  new chunks ${stats.newChunks} (${formatBytes(stats.storedBytes)} stored), already present ${stats.dedupChunks}, zero ${formatBytes(stats.zeroBytes)}`,
+              `  new chunks ${stats.newChunks} (${formatBytes(stats.storedBytes)} stored in ${stats.packs} packs), already present ${stats.dedupChunks}, zero ${formatBytes(stats.zeroBytes)}`,
             ]);
         });
       }),
@@ -185,7 +185,7 @@ export function storeCommand(): Command {
           if (ctx.json) printJson(report);
           else {
             printLines([
-              `${report.pits} PITs, ${report.chunks} chunks, ${report.pages} pages; ${report.referencedChunks} chunks referenced${report.readData ? `, ${formatBytes(report.bytesRead)} read` : ""}`,
+              `${report.pits} PITs, ${report.packs} packs, ${report.pages} pages; ${report.referencedChunks} chunks referenced${report.readData ? `, ${formatBytes(report.bytesRead)} read` : ""}`,
               ...(report.transientErrors
                 ? [`${report.transientErrors} read(s) failed once and then succeeded (transient, not damage)`]
                 : []),
@@ -262,7 +262,7 @@ export function storeCommand(): Command {
         else
           printLines([
             `repository ${s.repositoryId} at ${s.location} (chunk size ${formatBytes(s.chunkSize)})`,
-            `${s.pits} PITs; ${s.objects.chunks} chunks, ${s.objects.pages} pages; ${formatBytes(s.storedBytes.total)} stored`,
+            `${s.pits} PITs; ${s.objects.packs} packs, ${s.objects.pages} pages; ${formatBytes(s.storedBytes.total)} stored`,
             ...s.servers.map(
               (v) =>
                 `  ${v.name}: ${v.pits} PITs, latest ${v.latest}, ${formatBytes(v.logicalBytes)} of disks`,

@@ -2,11 +2,12 @@ import { LifeboatError } from "../base/index.js";
 import type { Repository } from "./repository.js";
 
 /**
- * A disk at one moment is a block map: the ids of its chunks, in order, held
- * in a tree of content-addressed pages. A leaf page (level 0) lists up to
- * `fanout` chunk ids; a page at level L lists the ids of up to `fanout` pages
- * at level L-1. The all-zero id (ZERO_ID) stands for a chunk of zeros or, in a
- * higher page, a whole subtree of zeros, which is never stored.
+ * A disk at one moment is a block map: its chunks, in order, held in a tree
+ * of content-addressed pages. A leaf page (level 0) lists up to `fanout`
+ * chunk entries — the chunk's id and where it is stored (pack, offset,
+ * length); a page at level L lists the ids of up to `fanout` pages at level
+ * L-1. An entry whose id is all zeros (ZERO_ID) stands for a chunk of zeros
+ * or, in a higher page, a whole subtree of zeros, which is never stored.
  *
  * Because pages are named by their content, two PITs of a disk share every
  * page under which nothing changed: a new PIT after k changed chunks writes at
@@ -14,11 +15,49 @@ import type { Repository } from "./repository.js";
  * depends only on the disk's chunk count, so building a map from scratch and
  * updating an older one give the same root for the same content.
  *
- * Page layout: version (u8 = 1) | level (u8) | 0 (u16) | count (u32 LE) | count × 32-byte ids.
+ * Page layout: version (u8 = 1) | level (u8) | 0 (u16) | count (u32 LE) |
+ * count entries. A leaf entry is id (32) | pack id (16) | offset (u32 LE) |
+ * length (u32 LE), 56 bytes; a higher entry is a page id, 32 bytes.
  */
 export const ID_LEN = 32;
+export const PACK_ID_LEN = 16;
+export const LEAF_ENTRY_LEN = ID_LEN + PACK_ID_LEN + 8;
 export const ZERO_ID: Buffer = Buffer.alloc(ID_LEN);
+/** The leaf entry of a chunk of zeros. */
+export const ZERO_ENTRY: Buffer = Buffer.alloc(LEAF_ENTRY_LEN);
 const PAGE_HEADER = 8;
+
+/** Where a chunk's stored object lies: a byte range of a pack (pack.ts). */
+export interface ChunkLocation {
+  pack: Buffer;
+  offset: number;
+  length: number;
+}
+
+export function leafEntry(id: Uint8Array, loc: ChunkLocation): Buffer {
+  const e = Buffer.alloc(LEAF_ENTRY_LEN);
+  e.set(id, 0);
+  e.set(loc.pack, ID_LEN);
+  e.writeUInt32LE(loc.offset, ID_LEN + PACK_ID_LEN);
+  e.writeUInt32LE(loc.length, ID_LEN + PACK_ID_LEN + 4);
+  return e;
+}
+
+/** The chunk id of a leaf entry. */
+export function entryId(e: Uint8Array): Buffer {
+  return Buffer.from(e.buffer, e.byteOffset, ID_LEN);
+}
+
+export function entryLocation(e: Uint8Array): ChunkLocation {
+  const b = Buffer.from(e.buffer, e.byteOffset, LEAF_ENTRY_LEN);
+  return {
+    pack: b.subarray(ID_LEN, ID_LEN + PACK_ID_LEN),
+    offset: b.readUInt32LE(ID_LEN + PACK_ID_LEN),
+    length: b.readUInt32LE(ID_LEN + PACK_ID_LEN + 4),
+  };
+}
+
+const entryLen = (level: number) => (level === 0 ? LEAF_ENTRY_LEN : ID_LEN);
 
 export interface BlockMapRef {
   /** Hex id of the root page, or null when every chunk is zero. */
@@ -38,34 +77,41 @@ export function depthFor(chunkCount: number, fanout: number): number {
   return depth;
 }
 
+/** True for the zero id, and for an entry (leaf or higher) that stands for zeros. */
 export function isZeroId(id: Uint8Array): boolean {
-  return ZERO_ID.equals(id);
+  return ZERO_ID.equals(id.subarray(0, ID_LEN));
 }
 
 export function encodePage(level: number, entries: readonly Uint8Array[]): Buffer {
-  const out = Buffer.alloc(PAGE_HEADER + entries.length * ID_LEN);
+  const len = entryLen(level);
+  const out = Buffer.alloc(PAGE_HEADER + entries.length * len);
   out[0] = 1;
   out[1] = level;
   out.writeUInt32LE(entries.length, 4);
-  entries.forEach((e, i) => out.set(e, PAGE_HEADER + i * ID_LEN));
+  entries.forEach((e, i) => {
+    if (e.length !== len)
+      throw new Error(`block map: a level-${level} entry has ${e.length} bytes, not ${len}`);
+    out.set(e, PAGE_HEADER + i * len);
+  });
   return out;
 }
 
 export function decodePage(page: Buffer, fanout: number): { level: number; entries: Buffer[] } {
   const count = page.length >= PAGE_HEADER ? page.readUInt32LE(4) : -1;
-  if (page[0] !== 1 || count < 0 || count > fanout || page.length !== PAGE_HEADER + count * ID_LEN) {
+  const len = entryLen(page[1] ?? 0);
+  if (page[0] !== 1 || count < 0 || count > fanout || page.length !== PAGE_HEADER + count * len) {
     throw new LifeboatError("STORE_PAGE_INVALID", "a block-map page is malformed", {
       hint: "run `lifeboat store verify --read-data`",
     });
   }
   const entries: Buffer[] = [];
   for (let i = 0; i < count; i++)
-    entries.push(page.subarray(PAGE_HEADER + i * ID_LEN, PAGE_HEADER + (i + 1) * ID_LEN));
+    entries.push(page.subarray(PAGE_HEADER + i * len, PAGE_HEADER + (i + 1) * len));
   return { level: page[1] ?? 0, entries };
 }
 
 /**
- * Builds a block map from chunk ids pushed in disk order. Pages are written as
+ * Builds a block map from leaf entries pushed in disk order. Pages are written as
  * levels fill; `known` (ids as latin1 strings) skips pages already stored.
  */
 export class BlockMapBuilder {
@@ -82,10 +128,10 @@ export class BlockMapBuilder {
     this.levels = Array.from({ length: this.depth }, () => []);
   }
 
-  async push(id: Uint8Array): Promise<void> {
+  async push(entry: Uint8Array): Promise<void> {
     if (this.pushed >= this.chunkCount) throw new Error("block map: more chunks pushed than the disk holds");
     this.pushed++;
-    await this.add(0, Buffer.from(id));
+    await this.add(0, isZeroId(entry) ? ZERO_ENTRY : Buffer.from(entry));
   }
 
   private async add(level: number, id: Buffer): Promise<void> {
@@ -120,11 +166,14 @@ export class BlockMapBuilder {
   }
 }
 
-/** Calls `visit` for every non-zero chunk in disk order; `onPage` sees every page id (for verify and GC). */
+/**
+ * Calls `visit` with the leaf entry of every non-zero chunk in disk order;
+ * `onPage` sees every page id (for verify and GC).
+ */
 export async function walkBlockMap(
   repo: Repository,
   ref: BlockMapRef,
-  visit: (index: number, id: Buffer) => void | Promise<void>,
+  visit: (index: number, entry: Buffer) => void | Promise<void>,
   onPage?: (id: Buffer, level: number) => void | Promise<void>,
 ): Promise<void> {
   if (ref.root === null) return;
@@ -145,7 +194,7 @@ export async function walkBlockMap(
 }
 
 /**
- * A new block map equal to `ref` with the chunks at the given indexes
+ * A new block map equal to `ref` with the leaf entries at the given indexes
  * replaced. Writes only the pages on the paths to changed chunks.
  */
 export async function updateBlockMap(
@@ -170,7 +219,7 @@ export async function updateBlockMap(
     const span = fanout ** level;
     const count = Math.min(fanout, Math.ceil((ref.chunkCount - start) / span));
     const entries = isZeroId(id)
-      ? Array.from({ length: count }, () => ZERO_ID)
+      ? Array.from({ length: count }, () => (level === 0 ? ZERO_ENTRY : ZERO_ID))
       : decodePage(await repo.getPage(id), fanout).entries.slice();
     let j = 0;
     while (j < items.length) {
@@ -180,7 +229,7 @@ export async function updateBlockMap(
       const group = items.slice(j, k);
       entries[slot] =
         level === 0
-          ? Buffer.from(group[group.length - 1]![1])
+          ? leafOrZero(group[group.length - 1]![1])
           : await rec(entries[slot]!, level - 1, start + slot * span, group);
       j = k;
     }
@@ -189,4 +238,10 @@ export async function updateBlockMap(
   };
   const root = await rec(ref.root ? Buffer.from(ref.root, "hex") : ZERO_ID, ref.depth - 1, 0, sorted);
   return { ...ref, root: isZeroId(root) ? null : root.toString("hex") };
+}
+
+function leafOrZero(e: Uint8Array): Buffer {
+  if (isZeroId(e)) return ZERO_ENTRY;
+  if (e.length !== LEAF_ENTRY_LEN) throw new Error(`block map: a leaf entry has ${e.length} bytes`);
+  return Buffer.from(e);
 }

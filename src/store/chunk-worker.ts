@@ -4,12 +4,13 @@
  * verification. The main thread keeps I/O and bookkeeping; one worker runs per
  * core. Messages are described in worker-pool.ts.
  */
-import { createHash, createHmac, randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { createHash, createHmac } from "node:crypto";
+import { open } from "node:fs/promises";
 import path from "node:path";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
+import { packStretches } from "./pack.js";
 import { type WorkerRequest, type WorkerResponse, transferable } from "./worker-pool.js";
 
 const { encryptionKey, namingKey, compressionLevel } = workerData as {
@@ -60,24 +61,21 @@ function handle(msg: WorkerRequest): void {
         const name = `chunks/${h.slice(0, 2)}/${h}`;
         return { index, name, data: codec.encode(name, ObjectKind.chunk, chunkAt(batch, index)) };
       });
-      if (msg.root) void storeLocally(msg.batch, msg.root, objects);
-      else {
-        const moved = objects.map((o) => ({
-          index: o.index,
-          name: o.name,
-          size: o.data.length,
-          data: transferable(o.data),
-        }));
-        reply(
-          { type: "encoded", batch: msg.batch, objects: moved },
-          moved.map((o) => o.data),
-        );
-      }
+      const moved = objects.map((o) => ({
+        index: o.index,
+        name: o.name,
+        size: o.data.length,
+        data: transferable(o.data),
+      }));
+      reply(
+        { type: "encoded", batch: msg.batch, objects: moved },
+        moved.map((o) => o.data),
+      );
       return;
     }
     case "decode": {
       try {
-        const plain = decodeChunk(msg.name, msg.id, msg.data);
+        const plain = decodeChunk(msg.name, msg.id, new Uint8Array(msg.data));
         const ab = transferable(plain);
         reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
       } catch (err) {
@@ -94,66 +92,51 @@ function handle(msg: WorkerRequest): void {
   }
 }
 
-const madeDirs = new Set<string>();
-
-/**
- * Writes encoded chunks straight into a local repository with the local
- * backend's protocol (a temporary file under tmp/, renamed into place; the
- * writer flushes before its PIT), so the main thread never handles them.
- */
-async function storeLocally(
-  batch: number,
-  root: string,
-  objects: { index: number; name: string; data: Buffer }[],
-) {
-  try {
-    await Promise.all(
-      objects.map(async (o) => {
-        const dir = path.join(root, path.dirname(o.name));
-        if (!madeDirs.has(dir)) {
-          await mkdir(dir, { recursive: true });
-          await mkdir(path.join(root, "tmp"), { recursive: true });
-          madeDirs.add(dir);
-        }
-        const tmp = path.join(root, "tmp", `${randomBytes(8).toString("hex")}.tmp`);
-        await writeFile(tmp, o.data, { mode: 0o640, flag: "wx" });
-        await rename(tmp, path.join(root, o.name));
-      }),
-    );
-    reply({
-      type: "encoded",
-      batch,
-      objects: objects.map((o) => ({ index: o.index, name: o.name, size: o.data.length })),
-    });
-  } catch (err) {
-    reply({
-      type: "failed",
-      req: -1 - batch,
-      code: "STORE_IO",
-      message: `writing chunks: ${String(err)}`,
-      hint: "check the repository's disk",
-    });
-  }
-}
-
 /**
  * Decodes a run of chunks into one buffer. With a local root the worker reads
- * the chunk files itself, all of a run at once, so many reads are in flight
- * on a cold cache without the main thread touching each file.
+ * the packs itself — one read for each stretch of chunks that lie next to
+ * each other in a pack, as a sequential import leaves them — so the main
+ * thread never handles the stored bytes.
  */
 async function decodeRun(msg: Extract<WorkerRequest, { type: "decodeRun" | "readRun" }>): Promise<void> {
   const out = Buffer.alloc(msg.length);
   let failed: { err: unknown; slot: number } | undefined;
-  await Promise.all(
-    msg.items.map(async (it) => {
-      try {
-        const data = "data" in it ? it.data : await readObject((msg as { root: string }).root, it.name);
-        decodeChunk(it.name, it.id, data).copy(out, it.slot * msg.chunkSize);
-      } catch (err) {
-        if (!failed || it.slot < failed.slot) failed = { err, slot: it.slot };
-      }
-    }),
-  );
+  const fail = (err: unknown, slot: number) => {
+    if (!failed || slot < failed.slot) failed = { err, slot };
+  };
+  const decodeInto = (it: { slot: number; name: string; id: Uint8Array }, data: Uint8Array) => {
+    try {
+      decodeChunk(it.name, it.id, data).copy(out, it.slot * msg.chunkSize);
+    } catch (err) {
+      fail(err, it.slot);
+    }
+  };
+  if (msg.type === "decodeRun") {
+    for (const it of msg.items) decodeInto(it, new Uint8Array(it.data));
+  } else {
+    await Promise.all(
+      packStretches(msg.items).map(async (group) => {
+        const first = group[0]!;
+        const last = group[group.length - 1]!;
+        let data: Buffer;
+        try {
+          data = await readRange(
+            msg.root,
+            first.pack,
+            first.offset,
+            last.offset + last.length - first.offset,
+          );
+        } catch (err) {
+          fail(err, first.slot);
+          return;
+        }
+        for (const it of group) {
+          const at = it.offset - first.offset;
+          decodeInto(it, data.subarray(at, Math.min(data.length, at + it.length)));
+        }
+      }),
+    );
+  }
   if (failed) {
     const e =
       failed.err instanceof LifeboatError
@@ -173,27 +156,38 @@ async function decodeRun(msg: Extract<WorkerRequest, { type: "decodeRun" | "read
   reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
 }
 
-/** A chunk object's bytes from a local repository, or from its trash (see gc.ts). */
-async function readObject(root: string, name: string): Promise<ArrayBuffer> {
-  let b: Buffer;
+/** Bytes of a pack in a local repository, or of its copy in the trash (see gc.ts). */
+async function readRange(root: string, name: string, offset: number, length: number): Promise<Buffer> {
+  let fh;
   try {
-    b = await readFile(path.join(root, name));
+    fh = await open(path.join(root, name), "r");
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT")
       throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
     try {
-      b = await readFile(path.join(root, "trash", name));
+      fh = await open(path.join(root, "trash", name), "r");
     } catch {
       throw new LifeboatError("STORE_OBJECT_MISSING", `object ${name} is missing from ${root}`, {
         hint: "run `lifeboat store verify` to see which PITs are affected",
       });
     }
   }
-  return transferable(b);
+  try {
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+      if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
+      got += bytesRead;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    await fh.close();
+  }
 }
 
-function decodeChunk(name: string, id: Uint8Array, data: ArrayBuffer): Buffer {
-  const plain = codec.decode(name, ObjectKind.chunk, new Uint8Array(data));
+function decodeChunk(name: string, id: Uint8Array, data: Uint8Array): Buffer {
+  const plain = codec.decode(name, ObjectKind.chunk, data);
   const got = createHash("sha256").update(plain).digest();
   if (!got.equals(Buffer.from(id))) {
     throw damaged(

@@ -22,7 +22,7 @@ const TAG_LEN = 16;
 export const OBJECT_OVERHEAD = HEADER_LEN + NONCE_LEN + TAG_LEN;
 const FLAG_ZSTD = 1;
 
-export const ObjectKind = { chunk: 1, page: 2, pit: 3, meta: 4 } as const;
+export const ObjectKind = { chunk: 1, page: 2, pit: 3, meta: 4, packIndex: 5 } as const;
 export type ObjectKind = (typeof ObjectKind)[keyof typeof ObjectKind];
 
 /** One per thread: zstd contexts are reused across calls. */

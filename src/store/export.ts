@@ -1,8 +1,10 @@
 import { promises as fs } from "node:fs";
 import { LifeboatError } from "../base/index.js";
-import { walkBlockMap } from "./block-map.js";
+import { entryId, entryLocation, walkBlockMap } from "./block-map.js";
 import { blockDeviceSize } from "./disk-source.js";
 import { Limiter } from "./limiter.js";
+import { packName } from "./names.js";
+import { packStretches } from "./pack.js";
 import type { Pit, PitDisk } from "./pit.js";
 import type { Repository } from "./repository.js";
 import { WorkerPool } from "./worker-pool.js";
@@ -40,8 +42,9 @@ const RUN_BYTES = 4 << 20;
  * leaves something that looks like a finished image.
  *
  * The disk is cut into runs of consecutive chunks; for each run the chunk
- * objects are fetched concurrently, one worker decodes and checks them into a
- * single buffer, and the non-zero stretches are written at their offsets.
+ * objects are read from their packs (one read per stretch of neighbours), one
+ * worker decodes and checks them into a single buffer, and the non-zero
+ * stretches are written at their offsets.
  */
 export async function exportDisk(
   repo: Repository,
@@ -77,29 +80,44 @@ export async function exportDisk(
   const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
   let done = 0;
 
-  const writeRun = async (first: number, items: { slot: number; id: Buffer }[]) => {
+  const writeRun = async (first: number, items: { slot: number; entry: Buffer }[]) => {
     const count = Math.min(perRun, disk.chunkCount - first);
     const length = Math.min(count * cs, disk.sizeBytes - first * cs);
     const root = repo.backend.properties.localRoot;
-    const plain = root
-      ? await pool.readRun(
-          root,
-          length,
-          cs,
-          items.map((it) => ({ slot: it.slot, id: it.id, name: repo.chunkName(it.id) })),
-        )
-      : await pool.decodeRun(
-          length,
-          cs,
-          await Promise.all(
-            items.map((it) =>
-              fetches.run(async () => {
-                const name = repo.chunkName(it.id);
-                return { slot: it.slot, id: it.id, name, data: await repo.getObject(name) };
-              }),
-            ),
-          ),
-        );
+    const located = items.map((it) => {
+      const id = entryId(it.entry);
+      const loc = entryLocation(it.entry);
+      return {
+        slot: it.slot,
+        id,
+        name: repo.chunkName(id),
+        pack: packName(loc.pack),
+        offset: loc.offset,
+        length: loc.length,
+      };
+    });
+    let plain: Buffer;
+    if (root) plain = await pool.readRun(root, length, cs, located);
+    else {
+      // One ranged read per stretch of neighbouring chunks, then cut into chunk objects.
+      const fetched = await Promise.all(
+        packStretches(located).map((group) =>
+          fetches.run(async () => {
+            const first = group[0]!;
+            const last = group[group.length - 1]!;
+            const data = await repo.getObject(first.pack, {
+              offset: first.offset,
+              length: last.offset + last.length - first.offset,
+            });
+            return group.map((it) => {
+              const at = it.offset - first.offset;
+              return { slot: it.slot, id: it.id, name: it.name, data: data.subarray(at, at + it.length) };
+            });
+          }),
+        ),
+      );
+      plain = await pool.decodeRun(length, cs, fetched.flat());
+    }
     if (toDevice) await fh.write(plain, 0, length, first * cs);
     else {
       // Only the stretches that hold data: zero chunks stay holes.
@@ -119,7 +137,7 @@ export async function exportDisk(
     opts.onProgress?.({ bytesDone: done, bytesTotal: disk.sizeBytes });
   };
 
-  const dispatch = async (first: number, items: { slot: number; id: Buffer }[]) => {
+  const dispatch = async (first: number, items: { slot: number; entry: Buffer }[]) => {
     if (failure) throw failure;
     await runs.waitForSlot();
     const task = runs
@@ -147,7 +165,7 @@ export async function exportDisk(
       await fh.truncate(disk.sizeBytes);
     }
     let runStart = 0;
-    let items: { slot: number; id: Buffer }[] = [];
+    let items: { slot: number; entry: Buffer }[] = [];
     const flushUntil = async (index: number) => {
       // Dispatch every run before the one holding `index` (empty runs matter only on devices).
       while (index >= runStart + perRun) {
@@ -156,9 +174,9 @@ export async function exportDisk(
         runStart += perRun;
       }
     };
-    await walkBlockMap(repo, disk, async (i, id) => {
+    await walkBlockMap(repo, disk, async (i, entry) => {
       await flushUntil(i);
-      items.push({ slot: i - runStart, id: Buffer.from(id) });
+      items.push({ slot: i - runStart, entry: Buffer.from(entry) });
     });
     await flushUntil(disk.chunkCount);
     if (items.length > 0 || (toDevice && runStart < disk.chunkCount)) await dispatch(runStart, items);

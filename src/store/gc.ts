@@ -1,20 +1,21 @@
 import { LifeboatError } from "../base/index.js";
 import type { ObjectInfo } from "./backend.js";
-import { walkBlockMap } from "./block-map.js";
+import { entryLocation, walkBlockMap } from "./block-map.js";
 import { Limiter } from "./limiter.js";
 import { type LockRecord, acquireLock, breakStaleLocks, isStale, listLocks } from "./locks.js";
-import { PREFIX, trashName } from "./names.js";
+import { PREFIX, packName, trashName } from "./names.js";
 import { type Pit, listPits } from "./pit.js";
 import type { Repository } from "./repository.js";
 
 /**
  * Garbage collection that is safe while writers run, in two steps: an
- * unreferenced chunk or page is first moved to the trash, and deleted for
- * good only by a later run.
+ * unreferenced pack or page is first moved to the trash, and deleted for
+ * good only by a later run. A pack is unreferenced when no PIT references
+ * any chunk in it; a pack some of whose chunks are still used is kept whole.
  *
- * The danger is a writer that references a chunk GC is removing: it learned
- * of the chunk from a PIT that has since been forgotten, or wrote it before
- * GC listed it. Moving rather than deleting makes that harmless: readers fall
+ * The danger is a writer that references a pack GC is removing: it learned
+ * of a chunk in it from a PIT that has since been forgotten, or wrote it
+ * before GC listed it. Moving rather than deleting makes that harmless: readers fall
  * back to the trash (Repository.getObject), and every run puts back whatever a
  * PIT references. A trashed object is deleted only when no PIT references it
  * and every live writer started after it was trashed. Such a writer cannot
@@ -25,7 +26,7 @@ import type { Repository } from "./repository.js";
  * under the object's own name, not in the trash.
  *
  * A run:
- *  1. lists chunks, pages and the trash, then the live writer locks, then the
+ *  1. lists packs, pages and the trash, then the live writer locks, then the
  *     PITs, and marks what the PITs reach (an unreadable PIT or page stops the
  *     run: when reachability is unknown nothing may be removed);
  *  2. puts back trashed objects that are referenced;
@@ -98,7 +99,7 @@ interface Marked {
 async function mark(repo: Repository, staleLockMs?: number): Promise<Marked & { writers: LockRecord[] }> {
   const live = new Map<string, ObjectInfo>();
   const trash = new Map<string, ObjectInfo>();
-  for (const prefix of [PREFIX.chunks, PREFIX.pages])
+  for (const prefix of [PREFIX.packs, PREFIX.pages])
     for await (const o of repo.backend.list(prefix)) live.set(o.name, o);
   for await (const o of repo.backend.list(PREFIX.trash)) trash.set(o.name.slice(PREFIX.trash.length), o);
   const writers = (await listLocks(repo)).filter(
@@ -112,7 +113,7 @@ async function mark(repo: Repository, staleLockMs?: number): Promise<Marked & { 
         await walkBlockMap(
           repo,
           disk,
-          (_i, id) => void reachable.add(repo.chunkName(id)),
+          (_i, e) => void reachable.add(packName(entryLocation(e).pack)),
           (id) => void reachable.add(repo.pageName(id)),
         );
       } catch (err) {

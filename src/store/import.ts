@@ -1,7 +1,6 @@
 import path from "node:path";
 import { LifeboatError } from "../base/index.js";
-import { BlockMapBuilder, isZeroId, walkBlockMap } from "./block-map.js";
-import { Limiter } from "./limiter.js";
+import { BlockMapBuilder, ZERO_ENTRY, entryId, isZeroId, leafEntry, walkBlockMap } from "./block-map.js";
 import { openDiskSource } from "./disk-source.js";
 import { acquireLock } from "./locks.js";
 import {
@@ -12,6 +11,7 @@ import {
   validateServerName,
   writePit,
 } from "./pit.js";
+import { PackWriter } from "./pack.js";
 import type { Repository } from "./repository.js";
 import { WorkerPool } from "./worker-pool.js";
 
@@ -29,6 +29,7 @@ export interface ImportStats {
   newChunks: number;
   dedupChunks: number;
   storedBytes: number;
+  packs: number;
 }
 
 export interface ImportOptions {
@@ -40,28 +41,32 @@ export interface ImportOptions {
   /** Reads in flight; each is `batchBytes` of memory (default 4). */
   readAhead?: number;
   batchBytes?: number;
-  /** Object writes in flight (default 16). */
+  /** Pack stores in flight (default 2); each holds up to `packBytes` of memory. */
   writeConcurrency?: number;
+  /** Target pack size (default 16 MiB). */
+  packBytes?: number;
 }
 
 /**
- * Ids already in the repository that a writer may skip storing: everything
- * the PITs it read reference, plus what it wrote itself (see locks.ts for why
- * nothing else may be trusted while GC runs).
+ * Chunks and pages already in the repository that a writer may skip storing:
+ * everything the PITs it read reference, plus what it wrote itself (see
+ * locks.ts for why nothing else may be trusted while GC runs). Chunks map
+ * their id (latin1) to their leaf entry, or, while this writer is still
+ * storing them, to a promise of it.
  */
 export interface KnownIds {
-  chunks: Set<string>;
+  chunks: Map<string, Buffer | Promise<Buffer>>;
   pages: Set<string>;
 }
 
 export async function loadKnownIds(repo: Repository, pits: Pit[]): Promise<KnownIds> {
-  const known: KnownIds = { chunks: new Set(), pages: new Set() };
+  const known: KnownIds = { chunks: new Map(), pages: new Set() };
   for (const pit of pits) {
     for (const d of pit.disks) {
       await walkBlockMap(
         repo,
         d,
-        (_i, id) => void known.chunks.add(id.toString("latin1")),
+        (_i, e) => void known.chunks.set(entryId(e).toString("latin1"), Buffer.from(e)),
         (id) => void known.pages.add(id.toString("latin1")),
       );
     }
@@ -72,8 +77,9 @@ export async function loadKnownIds(repo: Repository, pits: Pit[]): Promise<Known
 /**
  * Reads whole disks sequentially and makes one PIT of them. Chunks the
  * repository already holds are not stored again; zero chunks are not stored.
- * Hashing, compression and encryption run on one worker thread per core.
- * The PIT is written only after every object it names is durable.
+ * Hashing, compression and encryption run on one worker thread per core;
+ * new chunks go into packs (pack.ts). The PIT is written only after every
+ * object it names is durable.
  */
 export async function importDisks(
   repo: Repository,
@@ -100,6 +106,7 @@ export async function importDisks(
     newChunks: 0,
     dedupChunks: 0,
     storedBytes: 0,
+    packs: 0,
   };
   try {
     const known = await loadKnownIds(repo, await listPits(repo, { damaged: [] }));
@@ -143,18 +150,29 @@ async function importOne(
   const builder = new BlockMapBuilder(repo, chunkCount, known.pages);
   const batchBytes = Math.max(chunkSize, Math.floor((opts.batchBytes ?? 4 << 20) / chunkSize) * chunkSize);
   const readAhead = opts.readAhead ?? 4;
-  const writes = new Limiter(opts.writeConcurrency ?? 16);
+  const packs = new PackWriter(repo, opts.packBytes, opts.writeConcurrency ?? 2);
+  // Each batch resolves to the ids of its chunks, in order (zero chunks have the zero id).
   const inflight: Promise<Buffer>[] = [];
 
   const drainOne = async () => {
     const ids = await inflight.shift()!;
-    for (let i = 0; i < ids.length; i += 32) await builder.push(ids.subarray(i, i + 32));
+    for (let i = 0; i < ids.length; i += 32) {
+      const id = ids.subarray(i, i + 32);
+      if (isZeroId(id)) {
+        await builder.push(ZERO_ENTRY);
+        continue;
+      }
+      // Placed by now, or being placed by a batch that claimed it first (possibly a later one).
+      const entry = known.chunks.get(id.toString("latin1"));
+      if (!entry) throw new Error("import: a chunk is in no batch");
+      await builder.push(await entry);
+    }
   };
 
   const processBatch = async (buf: Buffer): Promise<Buffer> => {
     const length = buf.length; // the buffer moves to a worker
     const { batch, ids } = await pool.scan(buf, chunkSize);
-    const toEncode: { index: number; id: Buffer }[] = [];
+    const toEncode: { index: number; id: Buffer; placed: Deferred<Buffer> }[] = [];
     for (let i = 0; i * 32 < ids.length; i++) {
       const id = ids.subarray(i * 32, i * 32 + 32);
       stats.chunks++;
@@ -167,20 +185,27 @@ async function importOne(
         stats.dedupChunks++;
         continue;
       }
-      known.chunks.add(key);
-      toEncode.push({ index: i, id: Buffer.from(id) });
+      const placed = deferred<Buffer>();
+      known.chunks.set(key, placed.promise);
+      toEncode.push({ index: i, id: Buffer.from(id), placed });
     }
-    const root = repo.backend.properties.localRoot;
-    const objects = await pool.encode(batch, toEncode, root);
-    await Promise.all(
-      objects.map((o) =>
-        writes.run(async () => {
-          if (o.data) await repo.backend.put(o.name, o.data); // else the worker stored it
-          stats.newChunks++;
-          stats.storedBytes += o.size;
-        }),
-      ),
-    );
+    try {
+      const objects = await pool.encode(
+        batch,
+        toEncode.map(({ index, id }) => ({ index, id })),
+      );
+      for (const [k, o] of objects.entries()) {
+        const { id, placed } = toEncode[k]!;
+        const entry = leafEntry(id, await packs.add(id, o.data));
+        known.chunks.set(id.toString("latin1"), entry);
+        placed.resolve(entry);
+        stats.newChunks++;
+        stats.storedBytes += o.size;
+      }
+    } catch (err) {
+      for (const t of toEncode) t.placed.reject(err);
+      throw err;
+    }
     return ids;
   };
 
@@ -210,5 +235,24 @@ async function importOne(
     opts.onProgress?.({ disk: index, path: src.path, bytesDone: offset, bytesTotal: src.size });
   }
   while (inflight.length > 0) await drainOne();
+  await packs.finish();
+  stats.packs += packs.packs;
   return builder.finish();
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(v: T): void;
+  reject(e: unknown): void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // the batch that claimed it reports the failure
+  return { promise, resolve, reject };
 }

@@ -12,7 +12,19 @@ export type { Backend, BackendProperties, ObjectInfo } from "./backend.js";
 export { LocalBackend } from "./backends/local.js";
 export { MemoryBackend } from "./backends/memory.js";
 export { runBackendChecks } from "./backend-checks.js";
-export { type BlockMapRef, BlockMapBuilder, updateBlockMap, walkBlockMap, ZERO_ID } from "./block-map.js";
+export {
+  type BlockMapRef,
+  type ChunkLocation,
+  BlockMapBuilder,
+  entryId,
+  entryLocation,
+  leafEntry,
+  updateBlockMap,
+  walkBlockMap,
+  ZERO_ENTRY,
+  ZERO_ID,
+} from "./block-map.js";
+export { PackWriter, readPackIndex } from "./pack.js";
 export { DEFAULT_CHUNK_SIZE, type RepositoryConfig } from "./config.js";
 export { exportDisk, type ExportResult } from "./export.js";
 export { collectGarbage, type GcReport } from "./gc.js";

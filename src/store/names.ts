@@ -1,13 +1,16 @@
 import { createHmac } from "node:crypto";
 
 /**
- * Object names in the backend. Chunks and block-map pages are named by a keyed
- * hash of their id, spread over 256 directories; PITs, locks and GC state have
- * plain names (they reveal only how many there are).
+ * Object names in the backend. Block-map pages are named by a keyed hash of
+ * their id, packs by a random id, both spread over 256 directories; PITs,
+ * locks and GC state have plain names (they reveal only how many there are).
+ * A chunk is not an object of its own: it lies in a pack, and its keyed name
+ * (`chunks/…`) is what its encryption authenticates and what messages show.
  */
 export const CONFIG_NAME = "config";
 export const PREFIX = {
   chunks: "chunks/",
+  packs: "packs/",
   pages: "pages/",
   pits: "pits/",
   locks: "locks/",
@@ -15,7 +18,7 @@ export const PREFIX = {
   gcState: "gc/",
 } as const;
 
-/** Where GC moves an unreferenced chunk or page before it is deleted for good. */
+/** Where GC moves an unreferenced pack or page before it is deleted for good. */
 export const trashName = (name: string) => `${PREFIX.trash}${name}`;
 
 export function keyedName(namingKey: Buffer, prefix: string, id: Uint8Array): string {
@@ -24,3 +27,8 @@ export function keyedName(namingKey: Buffer, prefix: string, id: Uint8Array): st
 }
 
 export const pitName = (pitId: string) => `${PREFIX.pits}${pitId}`;
+
+export function packName(packId: Uint8Array): string {
+  const h = Buffer.from(packId).toString("hex");
+  return `${PREFIX.packs}${h.slice(0, 2)}/${h}`;
+}

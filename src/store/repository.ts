@@ -10,7 +10,8 @@ import {
   validateChunkSize,
 } from "./config.js";
 import { type KeyFile, type RepositoryKeys, deriveKeys, keyCheck } from "./keys.js";
-import { CONFIG_NAME, PREFIX, keyedName, trashName } from "./names.js";
+import { type ChunkLocation, entryId, entryLocation } from "./block-map.js";
+import { CONFIG_NAME, PREFIX, keyedName, packName, trashName } from "./names.js";
 
 export const PAGE_FANOUT = 256;
 
@@ -84,32 +85,42 @@ export class Repository {
     return keyedName(this.keys.namingKey, PREFIX.chunks, id);
   }
 
+  packName(packId: Uint8Array): string {
+    return packName(packId);
+  }
+
   pageName(id: Uint8Array): string {
     return keyedName(this.keys.namingKey, PREFIX.pages, id);
   }
 
   /**
-   * The stored bytes of a chunk or page. An object that GC moved to the trash
-   * while a writer still referenced it is read from there (the next GC run
-   * puts it back; gc.ts explains when this happens).
+   * The stored bytes of a pack or page, or a byte range of them. An object
+   * that GC moved to the trash while a writer still referenced it is read
+   * from there (the next GC run puts it back; gc.ts explains when this happens).
    */
-  async getObject(name: string): Promise<Buffer> {
+  async getObject(name: string, range?: { offset: number; length: number }): Promise<Buffer> {
     try {
-      return await this.backend.get(name);
+      return await this.backend.get(name, range);
     } catch (err) {
       if (!(err instanceof LifeboatError && err.code === "STORE_OBJECT_MISSING")) throw err;
       try {
-        return await this.backend.get(trashName(name));
+        return await this.backend.get(trashName(name), range);
       } catch {
         throw err;
       }
     }
   }
 
-  /** Reads a chunk and checks that its plaintext hashes to `id`. */
-  async getChunk(id: Uint8Array): Promise<Buffer> {
-    const name = this.chunkName(id);
-    return this.decodeVerified(name, ObjectKind.chunk, id, await this.getObject(name));
+  /** The encoded object of a chunk, cut from its pack. */
+  async getChunkObject(loc: ChunkLocation): Promise<Buffer> {
+    return this.getObject(packName(loc.pack), { offset: loc.offset, length: loc.length });
+  }
+
+  /** Reads the chunk of a block-map leaf entry and checks that its plaintext hashes to its id. */
+  async readChunk(entry: Uint8Array): Promise<Buffer> {
+    const id = entryId(entry);
+    const data = await this.getChunkObject(entryLocation(entry));
+    return this.decodeVerified(this.chunkName(id), ObjectKind.chunk, id, data);
   }
 
   decodeVerified(name: string, kind: ObjectKind, id: Uint8Array, data: Buffer): Buffer {

@@ -10,18 +10,18 @@ export interface StoreStats {
   /** PIT objects that cannot be read (`store verify` tells more). */
   damagedPits: DamagedPit[];
   servers: { name: string; pits: number; latest: string | null; logicalBytes: number }[];
-  /** `trash`: chunks and pages GC has taken out of use, deleted by a later run unless referenced again. */
-  objects: { chunks: number; pages: number; trash: number; other: number };
-  storedBytes: { chunks: number; pages: number; trash: number; other: number; total: number };
+  /** `trash`: packs and pages GC has taken out of use, deleted by a later run unless referenced again. */
+  objects: { packs: number; pages: number; trash: number; other: number };
+  storedBytes: { packs: number; pages: number; trash: number; other: number; total: number };
 }
 
 /** Counts objects and bytes by kind, and PITs by server. Reads listings and PITs, never chunk data. */
 export async function repositoryStats(repo: Repository): Promise<StoreStats> {
-  const objects = { chunks: 0, pages: 0, trash: 0, other: 0 };
-  const storedBytes = { chunks: 0, pages: 0, trash: 0, other: 0, total: 0 };
+  const objects = { packs: 0, pages: 0, trash: 0, other: 0 };
+  const storedBytes = { packs: 0, pages: 0, trash: 0, other: 0, total: 0 };
   for await (const o of repo.backend.list("")) {
-    const kind = o.name.startsWith(PREFIX.chunks)
-      ? "chunks"
+    const kind = o.name.startsWith(PREFIX.packs)
+      ? "packs"
       : o.name.startsWith(PREFIX.pages)
         ? "pages"
         : o.name.startsWith(PREFIX.trash)

@@ -1,8 +1,9 @@
 import { LifeboatError } from "../base/index.js";
-import { decodePage, isZeroId } from "./block-map.js";
+import { decodePage, entryId, entryLocation, isZeroId } from "./block-map.js";
 import { OBJECT_OVERHEAD, ObjectKind } from "./codec.js";
 import { Limiter } from "./limiter.js";
-import { PREFIX } from "./names.js";
+import { PREFIX, packName } from "./names.js";
+import { packStretches, readPackIndex, stretchRange } from "./pack.js";
 import { type Pit, type PitDisk, readPit } from "./pit.js";
 import type { Repository } from "./repository.js";
 import { WorkerPool } from "./worker-pool.js";
@@ -16,8 +17,9 @@ export interface Affected {
 }
 
 export interface Damage {
+  /** A chunk's keyed name (its bytes lie in a pack, named in the message), or a pack, page or PIT object. */
   object: string;
-  kind: "chunk" | "page" | "pit";
+  kind: "chunk" | "pack" | "page" | "pit";
   code: string;
   message: string;
   affects: Affected[];
@@ -27,7 +29,7 @@ export interface VerifyReport {
   ok: boolean;
   readData: boolean;
   pits: number;
-  chunks: number;
+  packs: number;
   pages: number;
   referencedChunks: number;
   unreferencedObjects: number;
@@ -48,8 +50,9 @@ interface Occurrence {
 
 /**
  * Checks what the format promises (docs/format.md): every PIT decodes, every
- * page and chunk a PIT references exists and is not truncated; with
- * `readData`, every referenced chunk decrypts and hashes to its id. Damage is
+ * page a PIT references exists and decodes, every chunk lies inside a pack
+ * that exists; with `readData`, every referenced chunk decrypts and hashes to
+ * its id, and every referenced pack's own index is readable. Damage is
  * reported with the PITs, disks and byte ranges it affects. An object whose
  * read fails once and succeeds when tried again counts as a transient error.
  */
@@ -58,11 +61,11 @@ export async function verifyRepository(
   opts: { readData?: boolean; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<VerifyReport> {
   const sizes = new Map<string, number>();
-  let chunks = 0;
+  let packs = 0;
   let pages = 0;
-  for await (const o of repo.backend.list(PREFIX.chunks)) {
+  for await (const o of repo.backend.list(PREFIX.packs)) {
     sizes.set(o.name, o.size);
-    chunks++;
+    packs++;
   }
   for await (const o of repo.backend.list(PREFIX.pages)) {
     sizes.set(o.name, o.size);
@@ -79,7 +82,7 @@ export async function verifyRepository(
     ok: true,
     readData: Boolean(opts.readData),
     pits: 0,
-    chunks,
+    packs,
     pages,
     referencedChunks: 0,
     unreferencedObjects: 0,
@@ -118,17 +121,20 @@ export async function verifyRepository(
   report.pits = pits.length;
 
   // Pass 1: walk every tree; check pages fully and chunks structurally.
-  const referenced = new Map<string, Buffer>(); // chunk name -> id
-  const referencedPages = new Set<string>();
-  const checkStructure = (name: string, kind: Damage["kind"], where: Occurrence): boolean => {
+  const referenced = new Map<string, ChunkRef>(); // chunk key (pack@offset) -> where and what
+  const referencedNames = new Set<string>(); // packs and pages
+  const checkStructure = (name: string, kind: Damage["kind"], where: Occurrence, need = 1): boolean => {
     const size = sizes.get(name);
     const problem =
       size === undefined
         ? new LifeboatError("STORE_OBJECT_MISSING", `object ${name} is missing`)
         : size === 0
           ? new LifeboatError("STORE_OBJECT_EMPTY", `object ${name} is empty (zero bytes)`)
-          : size < OBJECT_OVERHEAD
-            ? new LifeboatError("STORE_OBJECT_TRUNCATED", `object ${name} is truncated (${size} bytes)`)
+          : size < Math.max(need, OBJECT_OVERHEAD)
+            ? new LifeboatError(
+                "STORE_OBJECT_TRUNCATED",
+                `object ${name} is truncated (${size} bytes, a chunk lies up to byte ${need})`,
+              )
             : undefined;
     if (problem) addDamage(name, kind, problem, where);
     return !problem;
@@ -158,7 +164,7 @@ export async function verifyRepository(
           span: Math.min(span * repo.config.pageFanout, disk.chunkCount - start),
         };
         const name = repo.pageName(id);
-        referencedPages.add(name);
+        referencedNames.add(name);
         if (!checkStructure(name, "page", where)) return;
         let entries: Buffer[];
         try {
@@ -174,46 +180,72 @@ export async function verifyRepository(
             await walk(e, level - 1, start + i * span);
             continue;
           }
-          const cname = repo.chunkName(e);
-          referenced.set(cname, e);
-          checkStructure(cname, "chunk", { pit, disk, start: start + i, span: 1 });
+          const ref = chunkRef(repo, e);
+          referenced.set(ref.key, ref);
+          referencedNames.add(ref.pack);
+          checkStructure(ref.pack, "pack", { pit, disk, start: start + i, span: 1 }, ref.offset + ref.length);
         }
       };
       await walk(Buffer.from(disk.root, "hex"), disk.depth - 1, 0);
     }
   }
   report.referencedChunks = referenced.size;
-  report.unreferencedObjects = [...sizes.keys()].filter(
-    (n) => !referenced.has(n) && !referencedPages.has(n),
-  ).length;
+  report.unreferencedObjects = [...sizes.keys()].filter((n) => !referencedNames.has(n)).length;
 
-  // Pass 2: read every referenced chunk.
+  // Pass 2: read every referenced chunk, a pack at a time, and every referenced pack's index.
   if (opts.readData) {
     const pool = new WorkerPool(repo.keys, repo.config.compression.level);
-    const limiter = new Limiter(8);
+    const limiter = new Limiter(4);
     let done = 0;
     const failedChunks = new Map<string, unknown>();
+    const byPack = new Map<string, ChunkRef[]>();
+    for (const ref of referenced.values()) {
+      if (damaged.has(ref.pack)) continue;
+      const list = byPack.get(ref.pack) ?? [];
+      list.push(ref);
+      byPack.set(ref.pack, list);
+    }
+    const checkChunk = async (ref: ChunkRef, data: Buffer | undefined) => {
+      const attempt = async (bytes: Buffer | undefined) => {
+        const obj = bytes ?? (await repo.getObject(ref.pack, { offset: ref.offset, length: ref.length }));
+        report.bytesRead += obj.length;
+        await pool.decode(ref.name, ref.id, obj);
+      };
+      try {
+        await attempt(data);
+      } catch (first) {
+        try {
+          await attempt(undefined); // read it alone, afresh
+          report.transientErrors++;
+        } catch {
+          failedChunks.set(ref.key, first);
+        }
+      }
+      opts.onProgress?.(++done, referenced.size);
+    };
     try {
       await Promise.all(
-        [...referenced].map(([name, id]) =>
+        [...byPack].map(([pack, refs]) =>
           limiter.run(async () => {
-            if (damaged.has(name)) return;
-            const attempt = async () => {
-              const data = await repo.getObject(name);
-              report.bytesRead += data.length;
-              await pool.decode(name, id, data);
-            };
             try {
-              await attempt();
+              await readPackIndex(repo, pack);
             } catch (first) {
-              try {
-                await attempt();
-                report.transientErrors++;
-              } catch {
-                failedChunks.set(name, first);
-              }
+              await readPackIndex(repo, pack).then(
+                () => void report.transientErrors++,
+                () => addDamage(pack, "pack", first),
+              );
             }
-            opts.onProgress?.(++done, referenced.size);
+            for (const group of packStretches(refs)) {
+              const span = stretchRange(group);
+              // On a failed read each chunk is then read alone.
+              const data = await repo.getObject(pack, span).catch(() => undefined);
+              await Promise.all(
+                group.map((ref) => {
+                  const at = ref.offset - span.offset;
+                  return checkChunk(ref, data?.subarray(at, at + ref.length));
+                }),
+              );
+            }
           }),
         ),
       );
@@ -224,9 +256,12 @@ export async function verifyRepository(
       // Pass 3: find where the damaged chunks are used.
       for (const pit of pits) {
         for (const disk of pit.disks) {
-          await walkChunks(repo, disk, (index, name) => {
-            const err = failedChunks.get(name);
-            if (err !== undefined) addDamage(name, "chunk", err, { pit, disk, start: index, span: 1 });
+          await walkChunks(repo, disk, (index, entry) => {
+            const ref = chunkRef(repo, entry);
+            const err = failedChunks.get(ref.key);
+            if (err !== undefined) {
+              addDamage(ref.name, "chunk", located(err, ref), { pit, disk, start: index, span: 1 });
+            }
           });
         }
       }
@@ -237,11 +272,48 @@ export async function verifyRepository(
   return report;
 }
 
+interface ChunkRef {
+  key: string;
+  id: Buffer;
+  /** The chunk's keyed name, which its encryption authenticates. */
+  name: string;
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+function chunkRef(repo: Repository, entry: Buffer): ChunkRef {
+  const id = Buffer.from(entryId(entry));
+  const loc = entryLocation(entry);
+  const pack = packName(loc.pack);
+  return {
+    key: `${pack}@${loc.offset}`,
+    id,
+    name: repo.chunkName(id),
+    pack,
+    offset: loc.offset,
+    length: loc.length,
+  };
+}
+
+/** The error, its message saying where in which pack the chunk lies. */
+function located(err: unknown, ref: ChunkRef): LifeboatError {
+  const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_IO", String(err));
+  return new LifeboatError(
+    e.code,
+    `${e.message} (bytes ${ref.offset}-${ref.offset + ref.length - 1} of ${ref.pack})`,
+    {
+      hint: e.hint,
+      cause: e,
+    },
+  );
+}
+
 /** Walks a disk's chunks, skipping pages that cannot be read (verify reports those). */
 async function walkChunks(
   repo: Repository,
   disk: PitDisk,
-  visit: (index: number, name: string) => void,
+  visit: (index: number, entry: Buffer) => void,
 ): Promise<void> {
   if (disk.root === null) return;
   const fanout = repo.config.pageFanout;
@@ -257,7 +329,7 @@ async function walkChunks(
       const e = entries[i]!;
       if (isZeroId(e)) continue;
       if (level > 0) await rec(e, level - 1, start + i * span);
-      else visit(start + i, repo.chunkName(e));
+      else visit(start + i, e);
     }
   };
   await rec(Buffer.from(disk.root, "hex"), disk.depth - 1, 0);

@@ -5,7 +5,7 @@ import type { RepositoryKeys } from "./keys.js";
 
 export type WorkerRequest =
   | { type: "scan"; batch: number; buffer: ArrayBuffer; length: number; chunkSize: number }
-  | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[]; root?: string }
+  | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
   | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
   | {
       type: "decodeRun";
@@ -20,7 +20,8 @@ export type WorkerRequest =
       length: number;
       chunkSize: number;
       root: string;
-      items: { slot: number; name: string; id: Uint8Array }[];
+      /** `name`: the chunk's keyed name; `pack`: the pack object holding it at [offset, offset+length). */
+      items: { slot: number; name: string; id: Uint8Array; pack: string; offset: number; length: number }[];
     };
 
 export type WorkerResponse =
@@ -28,7 +29,7 @@ export type WorkerResponse =
   | {
       type: "encoded";
       batch: number;
-      objects: { index: number; name: string; size: number; data?: ArrayBuffer }[];
+      objects: { index: number; name: string; size: number; data: ArrayBuffer }[];
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
   | { type: "failed"; req: number; code: string; message: string; hint: string; slot?: number };
@@ -135,25 +136,20 @@ export class WorkerPool {
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }
 
-  /** Compresses and encrypts the given chunks of a scanned batch, and frees the batch. */
-  /**
-   * With `root` (a local repository), the worker also writes the objects and
-   * returns no data; otherwise the encoded objects come back to be put.
-   */
+  /** Compresses and encrypts the given chunks of a scanned batch (in order), and frees the batch. */
   async encode(
     batch: number,
     chunks: { index: number; id: Uint8Array }[],
-    root?: string,
-  ): Promise<{ index: number; name: string; size: number; data?: Buffer }[]> {
+  ): Promise<{ index: number; name: string; size: number; data: Buffer }[]> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
-    const msg: WorkerRequest = { type: "encode", batch, chunks, ...(root ? { root } : {}) };
+    const msg: WorkerRequest = { type: "encode", batch, chunks };
     const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
     return (r as Extract<WorkerResponse, { type: "encoded" }>).objects.map((o) => ({
       index: o.index,
       name: o.name,
       size: o.size,
-      ...(o.data ? { data: Buffer.from(o.data) } : {}),
+      data: Buffer.from(o.data),
     }));
   }
 
@@ -186,15 +182,15 @@ export class WorkerPool {
   }
 
   /**
-   * As decodeRun, but the worker reads each chunk's file itself from a local
-   * repository at `root` (falling back to the trash), sparing the main thread
-   * thousands of small asynchronous reads.
+   * As decodeRun, but the worker reads the chunks from their packs itself, in
+   * a local repository at `root` (falling back to the trash), one read per
+   * stretch of neighbouring chunks.
    */
   async readRun(
     root: string,
     length: number,
     chunkSize: number,
-    items: { slot: number; name: string; id: Uint8Array }[],
+    items: Extract<WorkerRequest, { type: "readRun" }>["items"],
   ): Promise<Buffer> {
     const req = this.nextReq++;
     const r = await this.send(

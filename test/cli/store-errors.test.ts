@@ -420,8 +420,8 @@ void describe("lifeboat store: JSON output and key escrow", { concurrency: 4 }, 
     const r = await ok(["store", "stats", "--json", ...repoArgs()]);
     const s = JSON.parse(r.stdout) as {
       pits: number;
-      objects: { chunks: number; pages: number; other: number };
-      storedBytes: { chunks: number; pages: number; other: number; total: number };
+      objects: { packs: number; pages: number; other: number };
+      storedBytes: { packs: number; pages: number; other: number; total: number };
     };
     assert.equal(s.pits, 2);
     const files = (await readdir(repoA(), { recursive: true, withFileTypes: true })).filter((e) =>
@@ -429,15 +429,15 @@ void describe("lifeboat store: JSON output and key escrow", { concurrency: 4 }, 
     );
     const under = (dir: string) =>
       files.filter((f) => path.relative(repoA(), f.parentPath).split(path.sep)[0] === dir);
-    assert.equal(s.objects.chunks, under("chunks").length);
+    assert.equal(s.objects.packs, under("packs").length);
     assert.equal(s.objects.pages, under("pages").length);
-    assert.ok(s.objects.chunks > 0 && s.objects.pages > 0);
+    assert.ok(s.objects.packs > 0 && s.objects.pages > 0);
     let total = 0;
     for (const f of files)
       if (!path.relative(repoA(), f.parentPath).startsWith("tmp"))
         total += (await stat(path.join(f.parentPath, f.name))).size;
     assert.equal(s.storedBytes.total, total);
-    assert.equal(s.storedBytes.chunks + s.storedBytes.pages + s.storedBytes.other, total);
+    assert.equal(s.storedBytes.packs + s.storedBytes.pages + s.storedBytes.other, total);
   });
 
   void it("store key export then key import into a fresh path gives a key that opens the repository", async () => {

@@ -2,12 +2,23 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { BlockMapBuilder, ZERO_ID, updateBlockMap, walkBlockMap } from "../../src/store/index.js";
+import {
+  BlockMapBuilder,
+  ZERO_ENTRY,
+  leafEntry,
+  updateBlockMap,
+  walkBlockMap,
+} from "../../src/store/index.js";
 import type { Repository } from "../../src/store/index.js";
 import { countingBackend, newRepository } from "../support/repo.js";
 import { MemoryBackend } from "../../src/store/index.js";
 
-const id = (n: number) => (n === 0 ? ZERO_ID : createHash("sha256").update(String(n)).digest());
+// The leaf entry of model chunk n: its id and a location made up from it.
+const id = (n: number) => {
+  if (n === 0) return ZERO_ENTRY;
+  const h = createHash("sha256").update(String(n)).digest();
+  return leafEntry(h, { pack: h.subarray(0, 16), offset: n * 1000, length: 500 + n });
+};
 
 async function build(repo: Repository, model: number[]) {
   const b = new BlockMapBuilder(repo, model.length);
@@ -32,7 +43,7 @@ void describe("block map", () => {
         const ref = await build(repo, model);
         const seen = new Map<number, Buffer>();
         await walkBlockMap(repo, ref, (i, cid) => void seen.set(i, Buffer.from(cid)));
-        model.forEach((n, i) => assert.deepEqual(seen.get(i) ?? ZERO_ID, id(n), `chunk ${i}`));
+        model.forEach((n, i) => assert.deepEqual(seen.get(i) ?? ZERO_ENTRY, id(n), `chunk ${i}`));
         assert.equal(
           ref.root === null,
           model.every((n) => n === 0),

@@ -14,7 +14,14 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { decodePage } from "../../src/store/block-map.js";
 import { ObjectKind } from "../../src/store/codec.js";
-import { type Repository, listPits, openRepository, walkBlockMap } from "../../src/store/index.js";
+import {
+  type Repository,
+  entryLocation,
+  listPits,
+  openRepository,
+  walkBlockMap,
+} from "../../src/store/index.js";
+import { decodePackIndex } from "../../src/store/pack.js";
 import type { LockRecord } from "../../src/store/locks.js";
 import { mix, prngU32 as prng, seedFromEnv } from "../support/images.js";
 
@@ -140,7 +147,7 @@ async function assertEveryObjectWhole(
   repo: Repository,
   repoDir: string,
 ): Promise<{ chunks: number; pages: number }> {
-  const counts = { chunks: 0, pages: 0 };
+  const counts = { chunks: 0, pages: 0 }; // chunks inside packs
   const contentNamed = (name: string, kind: ObjectKind, data: Buffer, nameOf: (id: Buffer) => string) => {
     const plain = repo.codec.decode(name, kind, data);
     assert.equal(nameOf(createHash("sha256").update(plain).digest()), name, "content vs name");
@@ -151,9 +158,13 @@ async function assertEveryObjectWhole(
     const name = file.startsWith("trash/") ? file.slice("trash/".length) : file; // a trashed object keeps its name
     const top = name.split("/")[0];
     try {
-      if (top === "chunks") {
-        contentNamed(name, ObjectKind.chunk, data, (id) => repo.chunkName(id));
-        counts.chunks++;
+      if (top === "packs") {
+        for (const e of decodePackIndex(repo, name, data)) {
+          const chunkName = repo.chunkName(e.id);
+          const obj = data.subarray(e.offset, e.offset + e.length);
+          contentNamed(chunkName, ObjectKind.chunk, obj, (id) => repo.chunkName(id));
+          counts.chunks++;
+        }
       } else if (top === "pages") {
         decodePage(
           contentNamed(name, ObjectKind.page, data, (id) => repo.pageName(id)),
@@ -188,13 +199,13 @@ async function unreferencedLive(repo: Repository): Promise<string[]> {
       await walkBlockMap(
         repo,
         d,
-        (_i, id) => void reachable.add(repo.chunkName(id)),
+        (_i, e) => void reachable.add(repo.packName(entryLocation(e).pack)),
         (id) => void reachable.add(repo.pageName(id)),
       );
     }
   }
   const out: string[] = [];
-  for (const prefix of ["chunks/", "pages/"]) {
+  for (const prefix of ["packs/", "pages/"]) {
     for await (const o of repo.backend.list(prefix)) if (!reachable.has(o.name)) out.push(o.name);
   }
   return out;

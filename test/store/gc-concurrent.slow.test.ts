@@ -27,8 +27,10 @@ import {
   type KeyFile,
   LocalBackend,
   type Pit,
+  PackWriter,
   Repository,
   collectGarbage,
+  entryLocation,
   exportDisk,
   forgetPits,
   generateKeyFile,
@@ -139,7 +141,7 @@ async function reachableNames(repo: Repository): Promise<Set<string>> {
       await walkBlockMap(
         repo,
         d,
-        (_i, id) => void reachable.add(repo.chunkName(id)),
+        (_i, e) => void reachable.add(repo.packName(entryLocation(e).pack)),
         (id) => void reachable.add(repo.pageName(id)),
       );
     }
@@ -150,7 +152,7 @@ async function reachableNames(repo: Repository): Promise<Set<string>> {
 /** Chunks and pages (outside the trash) that no PIT reaches, computed independently of gc.ts. */
 async function unreferencedNames(repo: Repository): Promise<string[]> {
   const reachable = await reachableNames(repo);
-  const live = [...(await list(repo.backend, "chunks/")), ...(await list(repo.backend, "pages/"))];
+  const live = [...(await list(repo.backend, "packs/")), ...(await list(repo.backend, "pages/"))];
   return live
     .map((o) => o.name)
     .filter((n) => !reachable.has(n))
@@ -230,12 +232,14 @@ function deadPid(): number {
   return r.pid;
 }
 
-/** Stores an unreferenced chunk, as a writer does before its PIT exists. */
+/** Stores an unreferenced chunk (in a pack of its own), as a writer does before its PIT exists; returns the pack. */
 async function putOrphanChunk(repo: Repository, content: string): Promise<string> {
   const plain = Buffer.from(content);
-  const name = repo.chunkName(createHash("sha256").update(plain).digest());
-  await repo.backend.put(name, repo.codec.encode(name, ObjectKind.chunk, plain));
-  return name;
+  const id = createHash("sha256").update(plain).digest();
+  const packs = new PackWriter(repo);
+  const loc = await packs.add(id, repo.codec.encode(repo.chunkName(id), ObjectKind.chunk, plain));
+  await packs.finish();
+  return repo.packName(loc.pack);
 }
 
 // ---------------------------------------------------------------------------
@@ -379,13 +383,10 @@ void describe("gc rules", () => {
     assert.equal(first.deleted, 0);
     assert.equal(first.inTrash, sb.unreferenced.length);
     assert.match(first.waitingReason ?? "", /safety margin/);
-    assert.equal(
-      first.reachable,
-      initially.objects.chunks + initially.objects.pages - sb.unreferenced.length,
-    );
+    assert.equal(first.reachable, initially.objects.packs + initially.objects.pages - sb.unreferenced.length);
     assert.deepEqual(await trashed(sb.repo), sb.unreferenced);
     assert.deepEqual(await unreferencedNames(sb.repo), []);
-    assert.equal(between.objects.chunks + between.objects.pages, first.reachable);
+    assert.equal(between.objects.packs + between.objects.pages, first.reachable);
 
     await sleep(5);
     const second = await gc(sb.repo);
@@ -395,7 +396,7 @@ void describe("gc rules", () => {
     assert.equal(second.inTrash, 0);
     assert.equal(second.waitingReason, null);
     assert.deepEqual(await trashed(sb.repo), []);
-    assert.equal(afterwards.objects.chunks + afterwards.objects.pages, first.reachable);
+    assert.equal(afterwards.objects.packs + afterwards.objects.pages, first.reachable);
     assert.equal(afterwards.storedBytes.trash, between.storedBytes.trash - second.deletedBytes);
     assert.equal(afterwards.storedBytes.trash, 0);
     assert.ok(second.deletedBytes > 0);
@@ -445,7 +446,7 @@ void describe("gc rules", () => {
 
   void it("a referenced object found in the trash is still read, and the next run puts it back", async () => {
     const sb = await withForgottenPit("restore");
-    const reachable = [...(await reachableNames(sb.repo))].filter((n) => n.startsWith("chunks/")).slice(0, 3);
+    const reachable = [...(await reachableNames(sb.repo))].filter((n) => n.startsWith("packs/")).slice(0, 3);
     for (const name of reachable) {
       await sb.repo.backend.put(`trash/${name}`, await sb.repo.backend.get(name));
       await sb.repo.backend.delete(name);
@@ -564,7 +565,7 @@ void describe("gc rules", () => {
 
   void it("a second gc started while a gc run is in progress fails with STORE_LOCKED", async () => {
     const sb = await withForgottenPit("gc-running");
-    const slow = await sb.open({ gate: (verb, p) => verb === "list" && p === "chunks/" });
+    const slow = await sb.open({ gate: (verb, p) => verb === "list" && p === "packs/" });
     const first = gc(slow);
     await (slow.backend as GatedBackend).reached; // the first run holds the lock and is listing chunks
     await assert.rejects(gc(sb.repo), (err) => isLifeboatError(err, "STORE_LOCKED"));

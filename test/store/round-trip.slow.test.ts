@@ -36,7 +36,7 @@ void describe("repository round trip (256 MiB image)", () => {
     assert.ok(first.stats.zeroBytes >= 80 * MiB, "zero regions are not stored");
     const stats1 = await repositoryStats(repo);
     // A third of the image is random: it cannot be stored in less; text compresses to almost nothing.
-    assert.ok(stats1.storedBytes.chunks < 100 * MiB, `stored ${stats1.storedBytes.chunks}`);
+    assert.ok(stats1.storedBytes.packs < 100 * MiB, `stored ${stats1.storedBytes.packs}`);
 
     const out = path.join(dir, "out.img");
     await exportDisk(repo, first.pit, 0, out);
@@ -49,7 +49,7 @@ void describe("repository round trip (256 MiB image)", () => {
     assert.equal(second.stats.newChunks, 0);
     assert.equal(second.pit.seq, first.pit.seq + 1);
     assert.equal(second.pit.disks[0]!.root, first.pit.disks[0]!.root, "same content, same block-map root");
-    const dataPuts = backend.puts.filter((n) => n.startsWith("chunks/") || n.startsWith("pages/"));
+    const dataPuts = backend.puts.filter((n) => n.startsWith("packs/") || n.startsWith("pages/"));
     assert.deepEqual(dataPuts, [], "an unchanged image stores no chunk and no page");
     assert.equal(backend.puts.filter((n) => n.startsWith("pits/")).length, 1);
   });
