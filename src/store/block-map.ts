@@ -245,3 +245,44 @@ function leafOrZero(e: Uint8Array): Buffer {
   if (e.length !== LEAF_ENTRY_LEN) throw new Error(`block map: a leaf entry has ${e.length} bytes`);
   return Buffer.from(e);
 }
+
+/** The leaf entry of one chunk (ZERO_ENTRY for a zero chunk), reading one page per level. */
+export async function readEntry(repo: Repository, ref: BlockMapRef, index: number): Promise<Buffer> {
+  if (!Number.isInteger(index) || index < 0 || index >= ref.chunkCount)
+    throw new RangeError(`chunk index ${index} out of range`);
+  if (ref.root === null) return ZERO_ENTRY;
+  const fanout = repo.config.pageFanout;
+  let id: Buffer = Buffer.from(ref.root, "hex");
+  for (let level = ref.depth - 1; ; level--) {
+    const { entries } = decodePage(await repo.getPage(id), fanout);
+    const span = fanout ** level;
+    const e = entries[Math.floor(index / span) % fanout];
+    if (!e || isZeroId(e)) return ZERO_ENTRY;
+    if (level === 0) return Buffer.from(e);
+    id = e;
+  }
+}
+
+/**
+ * The block map of the same disk grown or shrunk to `chunkCount` chunks (new
+ * chunks are zeros). Rebuilds the tree, since its shape depends on the count;
+ * pages that come out the same are not stored again.
+ */
+export async function resizeBlockMap(
+  repo: Repository,
+  ref: BlockMapRef,
+  chunkCount: number,
+  known?: Set<string>,
+): Promise<BlockMapRef> {
+  if (chunkCount === ref.chunkCount) return ref;
+  const builder = new BlockMapBuilder(repo, chunkCount, known);
+  let next = 0;
+  await walkBlockMap(repo, ref, async (i, e) => {
+    if (i >= chunkCount) return;
+    for (; next < i; next++) await builder.push(ZERO_ENTRY);
+    await builder.push(e);
+    next = i + 1;
+  });
+  for (; next < chunkCount; next++) await builder.push(ZERO_ENTRY);
+  return builder.finish();
+}

@@ -4,6 +4,7 @@ import { entryLocation, walkBlockMap } from "./block-map.js";
 import { Limiter } from "./limiter.js";
 import { type LockRecord, acquireLock, breakStaleLocks, isStale, listLocks } from "./locks.js";
 import { PREFIX, packName, trashName } from "./names.js";
+import { listHeads } from "./head.js";
 import { type Pit, listPits } from "./pit.js";
 import type { Repository } from "./repository.js";
 
@@ -27,7 +28,7 @@ import type { Repository } from "./repository.js";
  *
  * A run:
  *  1. lists packs, pages and the trash, then the live writer locks, then the
- *     PITs, and marks what the PITs reach (an unreadable PIT or page stops the
+ *     PITs and replicas' heads, and marks what they reach (an unreadable PIT or page stops the
  *     run: when reachability is unknown nothing may be removed);
  *  2. puts back trashed objects that are referenced;
  *  3. deletes trashed objects that are unreferenced, whose originals were gone
@@ -107,7 +108,12 @@ async function mark(repo: Repository, staleLockMs?: number): Promise<Marked & { 
   );
   const pits = await listPits(repo);
   const reachable = new Set<string>();
-  for (const pit of pits) {
+  // Replicas' heads are roots too (head.ts); a head is described like a PIT for the messages below.
+  const roots = [
+    ...pits.map((p) => ({ what: `PIT ${p.id}`, disks: p.disks })),
+    ...(await listHeads(repo)).map((h) => ({ what: `the replica head of ${h.server}`, disks: h.disks })),
+  ];
+  for (const pit of roots) {
     for (const disk of pit.disks) {
       try {
         await walkBlockMap(
@@ -119,7 +125,7 @@ async function mark(repo: Repository, staleLockMs?: number): Promise<Marked & { 
       } catch (err) {
         throw new LifeboatError(
           "STORE_GC_ABORTED",
-          `garbage collection stopped: disk ${disk.index} of PIT ${pit.id} cannot be read; nothing was removed`,
+          `garbage collection stopped: disk ${disk.index} of ${pit.what} cannot be read; nothing was removed`,
           { hint: "run `lifeboat store verify` and repair or forget the damaged PIT first", cause: err },
         );
       }

@@ -18,17 +18,23 @@ export {
   BlockMapBuilder,
   entryId,
   entryLocation,
+  isZeroId,
   leafEntry,
+  readEntry,
+  resizeBlockMap,
   updateBlockMap,
   walkBlockMap,
   ZERO_ENTRY,
   ZERO_ID,
 } from "./block-map.js";
 export { PackWriter, readPackIndex } from "./pack.js";
+export { type Head, deleteHead, listHeads, readHead, writeHead } from "./head.js";
+export { acquireLock, type RepositoryLock } from "./locks.js";
 export { DEFAULT_CHUNK_SIZE, type RepositoryConfig } from "./config.js";
 export { exportDisk, type ExportResult } from "./export.js";
 export { collectGarbage, type GcReport } from "./gc.js";
-export { importDisks, type ImportStats, loadKnownIds } from "./import.js";
+export { importDisks, type ImportStats } from "./import.js";
+export { ChunkIngest, type KnownIds, loadKnownIds } from "./ingest.js";
 export { type KeyFile, defaultKeyPath, generateKeyFile, readKeyFile, writeKeyFile } from "./keys.js";
 export { newRepositoryId } from "./config.js";
 export { openBackend, openRepository } from "./open-store.js";

@@ -13,6 +13,7 @@ export const PREFIX = {
   packs: "packs/",
   pages: "pages/",
   pits: "pits/",
+  heads: "heads/",
   locks: "locks/",
   trash: "trash/",
   gcState: "gc/",

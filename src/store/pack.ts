@@ -47,6 +47,7 @@ export class PackWriter {
   private packId = randomBytes(PACK_ID_LEN);
   private readonly stores: Limiter;
   private readonly running = new Set<Promise<void>>();
+  private readonly storing = new Set<string>();
   private failure: Error | undefined;
   /** Packs stored so far and their bytes. */
   packs = 0;
@@ -74,6 +75,11 @@ export class PackWriter {
     return loc;
   }
 
+  /** True while the pack `packId` is being filled or stored (its chunks cannot be read yet). */
+  holds(packId: Uint8Array): boolean {
+    return this.packId.equals(packId) || this.storing.has(Buffer.from(packId).toString("hex"));
+  }
+
   /** Stores the pack being filled (if any) and waits for every store; rethrows the first failure. */
   async finish(): Promise<void> {
     await this.seal();
@@ -92,6 +98,8 @@ export class PackWriter {
     this.parts = [];
     this.index = [];
     this.size = 0;
+    this.storing.add(this.packId.toString("hex"));
+    const stored = this.packId.toString("hex");
     this.packId = randomBytes(PACK_ID_LEN);
     await this.stores.waitForSlot();
     const task = this.stores
@@ -105,7 +113,10 @@ export class PackWriter {
           this.failure ??= err instanceof Error ? err : new Error(String(err));
         },
       )
-      .finally(() => this.running.delete(task));
+      .finally(() => {
+        this.running.delete(task);
+        this.storing.delete(stored);
+      });
     this.running.add(task);
   }
 }

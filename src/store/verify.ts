@@ -2,6 +2,7 @@ import { LifeboatError } from "../base/index.js";
 import { decodePage, entryId, entryLocation, isZeroId } from "./block-map.js";
 import { OBJECT_OVERHEAD, ObjectKind } from "./codec.js";
 import { Limiter } from "./limiter.js";
+import { listHeads } from "./head.js";
 import { PREFIX, packName } from "./names.js";
 import { packStretches, readPackIndex, stretchRange } from "./pack.js";
 import { type Pit, type PitDisk, readPit } from "./pit.js";
@@ -119,6 +120,21 @@ export async function verifyRepository(
     }
   }
   report.pits = pits.length;
+  // Replicas' heads are checked like PITs; damage to one is reported against `head:SERVER`.
+  const roots: Pit[] = [...pits];
+  for (const h of await listHeads(repo)) {
+    roots.push({
+      format: 1,
+      id: `head:${h.server}`,
+      server: h.server,
+      seq: h.appliedSeq,
+      time: new Date(h.timeMs).toISOString(),
+      timeMs: h.timeMs,
+      consistency: "none",
+      disks: h.disks,
+      labels: {},
+    });
+  }
 
   // Pass 1: walk every tree; check pages fully and chunks structurally.
   const referenced = new Map<string, ChunkRef>(); // chunk key (pack@offset) -> where and what
@@ -152,7 +168,7 @@ export async function verifyRepository(
       }
     }
   };
-  for (const pit of pits) {
+  for (const pit of roots) {
     for (const disk of pit.disks) {
       if (disk.root === null) continue;
       const walk = async (id: Buffer, level: number, start: number): Promise<void> => {
@@ -254,7 +270,7 @@ export async function verifyRepository(
     }
     if (failedChunks.size > 0) {
       // Pass 3: find where the damaged chunks are used.
-      for (const pit of pits) {
+      for (const pit of roots) {
         for (const disk of pit.disks) {
           await walkChunks(repo, disk, (index, entry) => {
             const ref = chunkRef(repo, entry);

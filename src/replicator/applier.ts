@@ -1,0 +1,299 @@
+import { randomBytes } from "node:crypto";
+import { LifeboatError } from "../base/index.js";
+import {
+  type BlockMapRef,
+  ChunkIngest,
+  type ConsistencyLevel,
+  type Head,
+  type Pit,
+  type PitDisk,
+  type Repository,
+  type RepositoryLock,
+  acquireLock,
+  entryLocation,
+  isZeroId,
+  listPits,
+  loadKnownIds,
+  readEntry,
+  readHead,
+  resizeBlockMap,
+  updateBlockMap,
+  writeHead,
+  writePit,
+} from "../store/index.js";
+
+export interface ReplicaDisk {
+  index: number;
+  sizeBytes: number;
+  /** Device path or image file on the source server. */
+  source: string;
+}
+
+interface DiskState {
+  meta: ReplicaDisk;
+  ref: BlockMapRef;
+  /** Leaf entries written since the last checkpoint, by chunk index. */
+  pending: Map<number, Buffer>;
+}
+
+/**
+ * Applies a server's replication stream to its replica in the repository:
+ * whole chunks and byte ranges are written into the disks' block maps,
+ * `checkpoint` makes everything applied so far durable as the server's head
+ * (head.ts) together with the stream position it reached, and `makePit`
+ * turns the head into a PIT at a consistency point.
+ *
+ * Writes may be issued without waiting (up to `maxInFlight` chunk runs are
+ * hashed, compressed and encrypted at once); they take effect in the order
+ * they were issued. Nothing is durable, and nothing may be acknowledged to
+ * the sender, before the checkpoint that follows it has resolved.
+ */
+export class ReplicaApplier {
+  private chain: Promise<void> = Promise.resolve();
+  private failure: Error | undefined;
+  private inFlight = 0;
+  private readonly slotWaiters: (() => void)[] = [];
+  private head: Head;
+
+  private constructor(
+    readonly repo: Repository,
+    readonly server: string,
+    private readonly disks: Map<number, DiskState>,
+    private readonly ingest: ChunkIngest,
+    private readonly lock: RepositoryLock,
+    head: Head,
+    private readonly maxInFlight: number,
+  ) {
+    this.head = head;
+  }
+
+  /**
+   * Opens the replica of `server` with the given disks, starting from its
+   * head, else its latest PIT, else empty disks. A disk whose size changed is
+   * grown (new space reads as zeros) or shrunk; a disk not in the head starts
+   * empty. Holds a writer lock until closed.
+   */
+  static async open(
+    repo: Repository,
+    server: string,
+    disks: ReplicaDisk[],
+    opts: { packBytes?: number; maxInFlight?: number } = {},
+  ): Promise<ReplicaApplier> {
+    const lock = await acquireLock(repo, "writer", `replica of ${server}`);
+    lock.keepAlive();
+    try {
+      const pits = await listPits(repo, { damaged: [] });
+      const head = await readHead(repo, server);
+      const latest = pits.filter((p) => p.server === server).at(-1);
+      const base: PitDisk[] = head?.disks ?? latest?.disks ?? [];
+      const known = await loadKnownIds(repo, [...pits, ...(head ? [head.disks] : [])]);
+      const chunkSize = repo.config.chunkSize;
+      const states = new Map<number, DiskState>();
+      for (const d of disks) {
+        const chunkCount = Math.ceil(d.sizeBytes / chunkSize);
+        const prior = base.find((b) => b.index === d.index && b.chunkSize === chunkSize);
+        const ref = prior
+          ? await resizeBlockMap(repo, prior, chunkCount, known.pages)
+          : await resizeBlockMap(repo, { root: null, depth: 0, chunkCount: 0 }, chunkCount, known.pages);
+        states.set(d.index, { meta: d, ref, pending: new Map() });
+      }
+      const ingest = new ChunkIngest(repo, known, opts.packBytes ? { packBytes: opts.packBytes } : {});
+      const start: Head = head ?? {
+        format: 1,
+        server,
+        disks: [],
+        appliedSeq: 0,
+        timeMs: repo.clock.now(),
+        session: "",
+      };
+      return new ReplicaApplier(repo, server, states, ingest, lock, start, opts.maxInFlight ?? 4);
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  /** The stream position the durable head contains: the sender resumes after it. */
+  get appliedSeq(): number {
+    return this.head.appliedSeq;
+  }
+
+  /**
+   * Writes whole chunks: `data` starts at a chunk boundary and holds whole
+   * chunks (the disk's last chunk may be short). Resolves once the write is
+   * queued; errors surface on a later call or at the checkpoint.
+   */
+  async writeChunks(diskIndex: number, offset: number, data: Uint8Array): Promise<void> {
+    this.check();
+    const disk = this.disk(diskIndex);
+    const cs = this.repo.config.chunkSize;
+    const end = offset + data.length;
+    if (offset % cs !== 0 || (end % cs !== 0 && end !== disk.meta.sizeBytes) || end > disk.meta.sizeBytes) {
+      throw new LifeboatError(
+        "REPLICA_BAD_WRITE",
+        `a write of ${data.length} bytes at ${offset} is not whole chunks of disk ${diskIndex}`,
+        { hint: "the sender must write whole chunks here; send partial chunks as byte ranges" },
+      );
+    }
+    if (data.length === 0) return;
+    await this.slot();
+    const own = Buffer.allocUnsafeSlow(data.length); // moves to a worker
+    own.set(data);
+    const entries = this.ingest.run(own);
+    entries.catch(() => undefined); // handled in the chain below
+    this.enqueue(async () => {
+      try {
+        const first = offset / cs;
+        for (const [i, e] of (await entries).entries()) disk.pending.set(first + i, e);
+      } finally {
+        this.release();
+      }
+    });
+  }
+
+  /**
+   * Writes an arbitrary byte range (a small write, a discard as zeros): each
+   * chunk it touches is read, patched and stored again, so only the range
+   * itself needs to travel.
+   */
+  async writeBytes(diskIndex: number, offset: number, data: Uint8Array): Promise<void> {
+    this.check();
+    const disk = this.disk(diskIndex);
+    if (offset < 0 || offset + data.length > disk.meta.sizeBytes) {
+      throw new LifeboatError(
+        "REPLICA_BAD_WRITE",
+        `a write of ${data.length} bytes at ${offset} runs past the end of disk ${diskIndex} (${disk.meta.sizeBytes} bytes)`,
+        { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
+      );
+    }
+    const bytes = Buffer.from(data); // a copy: the caller may reuse its buffer
+    this.enqueue(async () => {
+      const cs = this.repo.config.chunkSize;
+      for (let pos = offset; pos < offset + bytes.length;) {
+        const index = Math.floor(pos / cs);
+        const chunkStart = index * cs;
+        const chunkLen = Math.min(cs, disk.meta.sizeBytes - chunkStart);
+        const until = Math.min(chunkStart + chunkLen, offset + bytes.length);
+        const content = Buffer.allocUnsafeSlow(chunkLen);
+        if (pos === chunkStart && until === chunkStart + chunkLen) content.fill(0);
+        else (await this.chunkContent(disk, index)).copy(content);
+        bytes.copy(content, pos - chunkStart, pos - offset, until - offset);
+        const [entry] = await this.ingest.run(content);
+        disk.pending.set(index, entry!);
+        pos = until;
+      }
+    });
+  }
+
+  /** The bytes of a chunk as applied so far. */
+  private async chunkContent(disk: DiskState, index: number): Promise<Buffer> {
+    const entry = disk.pending.get(index) ?? (await readEntry(this.repo, disk.ref, index));
+    const cs = this.repo.config.chunkSize;
+    if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
+    // A chunk written since the last checkpoint may sit in a pack not stored yet.
+    if (this.ingest.packs.holds(entryLocation(entry).pack)) await this.ingest.finish();
+    return this.repo.readChunk(entry);
+  }
+
+  /**
+   * Makes everything applied so far durable as the server's head, recording
+   * that the stream up to `seq` is in it. After it resolves the sender may
+   * forget every frame up to `seq`.
+   */
+  async checkpoint(seq: number): Promise<Head> {
+    await this.settle();
+    await this.ingest.finish();
+    const disks: PitDisk[] = [];
+    for (const d of [...this.disks.values()].sort((a, b) => a.meta.index - b.meta.index)) {
+      if (d.pending.size > 0) {
+        d.ref = await updateBlockMap(this.repo, d.ref, d.pending, this.ingest.known.pages);
+        d.pending.clear();
+      }
+      disks.push({
+        index: d.meta.index,
+        source: d.meta.source,
+        sizeBytes: d.meta.sizeBytes,
+        chunkSize: this.repo.config.chunkSize,
+        ...d.ref,
+      });
+    }
+    this.head = await writeHead(this.repo, {
+      server: this.server,
+      disks,
+      appliedSeq: seq,
+      timeMs: this.repo.clock.now(),
+      session: this.head.session || randomBytes(8).toString("hex"),
+    });
+    return this.head;
+  }
+
+  /** Checkpoints at `seq` and records the head as a PIT of the given consistency. */
+  async makePit(opts: {
+    seq: number;
+    consistency: ConsistencyLevel;
+    timeMs?: number;
+    labels?: Record<string, string>;
+  }): Promise<Pit> {
+    const head = await this.checkpoint(opts.seq);
+    return writePit(this.repo, {
+      server: this.server,
+      timeMs: opts.timeMs ?? this.repo.clock.now(),
+      consistency: opts.consistency,
+      disks: head.disks,
+      labels: { madeBy: "replicator", ...opts.labels },
+    });
+  }
+
+  /** Ingest statistics of this session (chunks seen, new, deduplicated, bytes stored). */
+  get stats() {
+    return { ...this.ingest.stats, packs: this.ingest.packs.packs };
+  }
+
+  /** Stops without a checkpoint: what was applied since the last one is not part of the head. */
+  async close(): Promise<void> {
+    await this.chain.catch(() => undefined);
+    await this.ingest.finish().catch(() => undefined);
+    await this.ingest.close();
+    await this.lock.release();
+  }
+
+  private disk(index: number): DiskState {
+    const d = this.disks.get(index);
+    if (!d) {
+      throw new LifeboatError("REPLICA_NO_SUCH_DISK", `server ${this.server} has no disk ${index}`, {
+        hint: "the sender must announce every disk when the session starts",
+      });
+    }
+    return d;
+  }
+
+  private check(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  private enqueue(step: () => Promise<void>): void {
+    this.chain = this.chain.then(async () => {
+      if (this.failure) return;
+      try {
+        await step();
+      } catch (err) {
+        this.failure = err instanceof Error ? err : new Error(String(err));
+      }
+    });
+  }
+
+  private async settle(): Promise<void> {
+    await this.chain;
+    this.check();
+  }
+
+  private async slot(): Promise<void> {
+    while (this.inFlight >= this.maxInFlight) await new Promise<void>((r) => this.slotWaiters.push(r));
+    this.inFlight++;
+  }
+
+  private release(): void {
+    this.inFlight--;
+    this.slotWaiters.shift()?.();
+  }
+}
