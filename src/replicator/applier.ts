@@ -166,23 +166,32 @@ export class ReplicaApplier {
         { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
       );
     }
+    await this.slot();
     const bytes = Buffer.from(data); // a copy: the caller may reuse its buffer
     this.enqueue(async () => {
-      const cs = this.repo.config.chunkSize;
-      for (let pos = offset; pos < offset + bytes.length;) {
-        const index = Math.floor(pos / cs);
-        const chunkStart = index * cs;
-        const chunkLen = Math.min(cs, disk.meta.sizeBytes - chunkStart);
-        const until = Math.min(chunkStart + chunkLen, offset + bytes.length);
-        const content = Buffer.allocUnsafeSlow(chunkLen);
-        if (pos === chunkStart && until === chunkStart + chunkLen) content.fill(0);
-        else (await this.chunkContent(disk, index)).copy(content);
-        bytes.copy(content, pos - chunkStart, pos - offset, until - offset);
-        const [entry] = await this.ingest.run(content);
-        disk.pending.set(index, entry!);
-        pos = until;
+      try {
+        await this.patch(disk, offset, bytes);
+      } finally {
+        this.release();
       }
     });
+  }
+
+  private async patch(disk: DiskState, offset: number, bytes: Buffer): Promise<void> {
+    const cs = this.repo.config.chunkSize;
+    for (let pos = offset; pos < offset + bytes.length;) {
+      const index = Math.floor(pos / cs);
+      const chunkStart = index * cs;
+      const chunkLen = Math.min(cs, disk.meta.sizeBytes - chunkStart);
+      const until = Math.min(chunkStart + chunkLen, offset + bytes.length);
+      const content = Buffer.allocUnsafeSlow(chunkLen);
+      if (pos === chunkStart && until === chunkStart + chunkLen) content.fill(0);
+      else (await this.chunkContent(disk, index)).copy(content);
+      bytes.copy(content, pos - chunkStart, pos - offset, until - offset);
+      const [entry] = await this.ingest.run(content);
+      disk.pending.set(index, entry!);
+      pos = until;
+    }
   }
 
   /** The bytes of a chunk as applied so far. */

@@ -1,4 +1,3 @@
-import { ObjectKind } from "./codec.js";
 import { PREFIX } from "./names.js";
 import { type PitDisk, validateServerName } from "./pit.js";
 import type { Repository } from "./repository.js";
