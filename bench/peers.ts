@@ -11,7 +11,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import { randomBytes } from "node:crypto";
 import { loadavg } from "node:os";
 import path from "node:path";
-import { WORK, dirBytes, dropCaches, log, run, since, type RunOptions, type RunResult } from "./sys.js";
+import { WORK, dirBytes, log, prepareCache, run, since, type RunOptions, type RunResult } from "./sys.js";
 
 const TIME = "/usr/bin/time";
 /** Name of the disk inside every peer's backup. */
@@ -65,13 +65,14 @@ export function requireTimeBinary(): void {
 }
 
 /**
- * Runs a command under GNU time with a cold page cache. Wall time is taken
+ * Runs a command under GNU time with a cold page cache (or a warm one, see
+ * sys.ts prepareCache). Wall time is taken
  * here with a monotonic clock (time's %e has 10 ms resolution); peak RSS is
  * time's %M, the largest resident set of the command or any child it waited for.
  */
 export function timed(cmd: string, args: readonly string[], opts: RunOptions = {}): Measurement {
   const report = path.join(WORK, `.time-${process.pid}.txt`);
-  dropCaches();
+  prepareCache();
   const load1 = loadavg()[0] ?? 0;
   const start = performance.now();
   try {

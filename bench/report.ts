@@ -38,7 +38,7 @@ export interface Comparison {
 
 export interface BenchResults {
   generatedAt: string;
-  options: { sizeBytes: number; only: string | null; quick: boolean };
+  options: { sizeBytes: number; only: string | null; quick: boolean; cache: "cold" | "warm" };
   method: string[];
   machine: MachineFacts;
   image: ImageDescription;

@@ -121,6 +121,33 @@ export function dropCaches(): void {
   writeFileSync("/proc/sys/vm/drop_caches", "3\n");
 }
 
+/**
+ * Where every timed step starts: `cold` drops the page cache (reads come from
+ * the disk, as after a reboot); `warm` first reads the given files and trees
+ * whole, so every tool reads its input from memory and the step measures
+ * what the tool itself costs (CPU, threads, writes), not the disk.
+ */
+let cache: { mode: "cold" } | { mode: "warm"; paths: string[] } = { mode: "cold" };
+
+export function setCacheMode(mode: "cold" | "warm", warmPaths: string[] = []): void {
+  cache = mode === "cold" ? { mode } : { mode, paths: warmPaths };
+}
+
+export function cacheMode(): "cold" | "warm" {
+  return cache.mode;
+}
+
+export function prepareCache(): void {
+  if (cache.mode === "cold") {
+    dropCaches();
+    return;
+  }
+  run("sync", []);
+  for (const p of cache.paths) {
+    if (existsSync(p)) run("sh", ["-c", 'find "$1" -type f -exec cat {} + > /dev/null', "sh", p]);
+  }
+}
+
 /** Apparent and allocated size of a directory tree in bytes (`du -sb`, `du -sB1`). */
 export function dirBytes(dir: string): number {
   if (!existsSync(dir)) return 0;
