@@ -41,7 +41,8 @@ export interface PackIndexEntry {
  * they fall behind, so memory stays bounded.
  */
 export class PackWriter {
-  private parts: Buffer[] = [];
+  /** The pack being filled: its bytes so far are buf[0, size). */
+  private buf: Buffer = Buffer.alloc(0);
   private index: Buffer[] = [];
   private size = 0;
   private packId = randomBytes(PACK_ID_LEN);
@@ -68,7 +69,8 @@ export class PackWriter {
     e.set(id, 0);
     e.writeUInt32LE(loc.offset, ID_LEN);
     e.writeUInt32LE(loc.length, ID_LEN + 4);
-    this.parts.push(encoded);
+    this.reserve(encoded.length);
+    this.buf.set(encoded, this.size);
     this.index.push(e);
     this.size += encoded.length;
     if (this.size >= this.targetBytes) await this.seal();
@@ -87,15 +89,28 @@ export class PackWriter {
     if (this.failure !== undefined) throw this.failure;
   }
 
+  /** Makes room for `more` bytes after the pack's current end (one buffer per pack, grown rarely). */
+  private reserve(more: number): void {
+    if (this.size + more <= this.buf.length) return;
+    const next = Buffer.allocUnsafeSlow(
+      Math.max(this.targetBytes + 64 * 1024, 2 * this.buf.length, this.size + more),
+    );
+    this.buf.copy(next, 0, 0, this.size);
+    this.buf = next;
+  }
+
   private async seal(): Promise<void> {
-    if (this.parts.length === 0) return;
+    if (this.index.length === 0) return;
     const name = packName(this.packId);
     const index = this.repo.codec.encode(name, ObjectKind.packIndex, Buffer.concat(this.index));
     const trailer = Buffer.alloc(TRAILER_LEN);
     trailer.writeUInt32LE(index.length, 0);
     PACK_MAGIC.copy(trailer, 4);
-    const data = Buffer.concat([...this.parts, index, trailer]);
-    this.parts = [];
+    this.reserve(index.length + TRAILER_LEN);
+    index.copy(this.buf, this.size);
+    trailer.copy(this.buf, this.size + index.length);
+    const data = this.buf.subarray(0, this.size + index.length + TRAILER_LEN);
+    this.buf = Buffer.alloc(0); // the next pack gets a buffer of its own: this one is being stored
     this.index = [];
     this.size = 0;
     this.storing.add(this.packId.toString("hex"));
