@@ -194,6 +194,57 @@ export class ReplicaApplier {
     }
   }
 
+  /** Whether the replica can reuse a stored chunk with this id (a sender may then send only the id). */
+  holds(id: Uint8Array): boolean {
+    return this.ingest.known.chunks.has(Buffer.from(id).toString("latin1"));
+  }
+
+  /**
+   * Writes the chunk at a chunk-aligned offset as a copy of a chunk the
+   * replica already holds (see `holds`): nothing but the id travels.
+   */
+  async writeKnownChunk(diskIndex: number, offset: number, id: Uint8Array): Promise<void> {
+    this.check();
+    const disk = this.disk(diskIndex);
+    const cs = this.repo.config.chunkSize;
+    if (offset % cs !== 0 || offset >= disk.meta.sizeBytes) {
+      throw new LifeboatError(
+        "REPLICA_BAD_WRITE",
+        `a chunk reference at ${offset} is not at a chunk of disk ${diskIndex}`,
+        { hint: "the sender must refer to whole chunks" },
+      );
+    }
+    const known = this.ingest.known.chunks.get(Buffer.from(id).toString("latin1"));
+    if (!known) {
+      throw new LifeboatError(
+        "REPLICA_UNKNOWN_CHUNK",
+        `the sender referred to chunk ${Buffer.from(id).toString("hex")}, which this replica does not hold`,
+        { hint: "the sender must send the chunk's bytes; it resends them after reconnecting" },
+      );
+    }
+    await this.slot();
+    this.enqueue(async () => {
+      try {
+        disk.pending.set(offset / cs, Buffer.from(await known));
+      } finally {
+        this.release();
+      }
+    });
+  }
+
+  /**
+   * The SHA-256 of a chunk as applied so far, once every write issued before
+   * has taken effect (the zero id for a chunk of zeros). A sender that patched
+   * a chunk compares it with the hash it expects.
+   */
+  async chunkId(diskIndex: number, offset: number): Promise<Buffer> {
+    const disk = this.disk(diskIndex);
+    await this.settle();
+    const index = Math.floor(offset / this.repo.config.chunkSize);
+    const entry = disk.pending.get(index) ?? (await readEntry(this.repo, disk.ref, index));
+    return Buffer.from(entry.subarray(0, 32));
+  }
+
   /** The bytes of a chunk as applied so far. */
   private async chunkContent(disk: DiskState, index: number): Promise<Buffer> {
     const entry = disk.pending.get(index) ?? (await readEntry(this.repo, disk.ref, index));

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -131,6 +132,28 @@ void describe("replica applier", () => {
     expect.fill(9, SIZE + MiB, SIZE + MiB + 100);
     assert.deepEqual(await exported(repo, pit), expect);
     await b.close();
+  });
+
+  void it("a chunk the replica holds is written by its id alone; chunk ids follow patches", async () => {
+    const repo = await newRepository({ dir: path.join(dir, "r5"), chunkSize: CHUNK });
+    const a = await open(repo);
+    await a.writeChunks(0, 0, model.subarray(0, CHUNK));
+    const id = await a.chunkId(0, 0);
+    assert.equal(id.toString("hex"), createHash("sha256").update(model.subarray(0, CHUNK)).digest("hex"));
+    assert.equal(a.holds(id), true);
+    await a.writeKnownChunk(0, 10 * CHUNK, id);
+    await a.writeBytes(0, 10 * CHUNK + 5, Buffer.from("patched"));
+    const expect = Buffer.from(model.subarray(0, CHUNK));
+    expect.write("patched", 5);
+    assert.deepEqual(await a.chunkId(0, 10 * CHUNK), createHash("sha256").update(expect).digest());
+    const unknown = createHash("sha256").update("never stored").digest();
+    assert.equal(a.holds(unknown), false);
+    await assert.rejects(a.writeKnownChunk(0, 0, unknown), { code: "REPLICA_UNKNOWN_CHUNK" });
+    const pit = await a.makePit({ seq: 1, consistency: "none" });
+    const image = await exported(repo, pit);
+    assert.deepEqual(image.subarray(10 * CHUNK, 11 * CHUNK), expect);
+    assert.deepEqual(image.subarray(0, CHUNK), model.subarray(0, CHUNK));
+    await a.close();
   });
 
   void it("refuses writes that are not whole chunks, past the end, or to an unknown disk", async () => {
