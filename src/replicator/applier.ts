@@ -194,6 +194,11 @@ export class ReplicaApplier {
     }
   }
 
+  /** The size in bytes of one of the replica's disks. */
+  diskSize(diskIndex: number): number {
+    return this.disk(diskIndex).meta.sizeBytes;
+  }
+
   /** Whether the replica can reuse a stored chunk with this id (a sender may then send only the id). */
   holds(id: Uint8Array): boolean {
     return this.ingest.known.chunks.has(Buffer.from(id).toString("latin1"));

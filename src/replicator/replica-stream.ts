@@ -1,0 +1,223 @@
+import { Decompressor } from "zstd-napi";
+import { LifeboatError } from "../base/index.js";
+import type { ConsistencyLevel, Pit } from "../store/index.js";
+import type { ReplicaApplier } from "./applier.js";
+
+/** One whole block of a BLOCKS message: its bytes (raw or a zstd frame), or only its hash. */
+export interface IncomingBlock {
+  encoding: "raw" | "zstd" | "ref" | "zero";
+  sha256: Buffer;
+  data: Buffer;
+}
+
+/** What the replication stream carries, as the replicator applies it (the wire's sequenced messages). */
+export type IncomingMessage =
+  | { type: "BLOCKS"; disk: number; offset: number; kind: "blocks"; blocks: IncomingBlock[] }
+  | {
+      type: "BLOCKS";
+      disk: number;
+      offset: number;
+      kind: "patch";
+      sha256: Buffer;
+      patches: { at: number; data: Buffer }[];
+    }
+  | {
+      type: "POINT";
+      pointId: string;
+      consistency: ConsistencyLevel;
+      takenAt: number;
+      disks: { index: number; sizeBytes: number }[];
+    };
+
+export interface ReplicaStreamOptions {
+  /** A checkpoint runs at most this long after the first write it covers (default 1 s). */
+  commitIntervalMs?: number;
+  /** ...or as soon as this many bytes arrived since the last one (default 64 MiB). */
+  commitBytes?: number;
+  /** Every message up to `seq` is durable: the sender may forget it (send the ACK). */
+  onDurable(seq: number): void;
+  /** A consistency point became a PIT. */
+  onPit?(pointId: string, seq: number, pit: Pit): void;
+  /** A checkpoint failed: the connection must close; the sender resends what was not acknowledged. */
+  onFailure(err: Error): void;
+}
+
+/**
+ * Applies a server's replication stream to its replica with group commit:
+ * messages are applied as they arrive (in order), and a checkpoint — packs
+ * stored, block maps updated, the head written and synced — makes a whole
+ * batch durable at once, after which `onDurable` reports the highest
+ * sequence number it covers. A consistency point is a checkpoint that also
+ * writes a PIT. Nothing is reported durable that a crash could lose.
+ *
+ * A message that fails to apply closes the stream for good, since it may have
+ * changed the replica in part: the replicator drops the applier without a
+ * checkpoint and the next connection starts again from the head.
+ */
+export class ReplicaStream {
+  private readonly decompressor = new Decompressor();
+  private appliedSeq: number;
+  private durableSeq: number;
+  private bytesSinceCommit = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private committing: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    private readonly applier: ReplicaApplier,
+    private readonly opts: ReplicaStreamOptions,
+  ) {
+    this.appliedSeq = applier.appliedSeq;
+    this.durableSeq = applier.appliedSeq;
+  }
+
+  /** The last sequence number the replica holds durably (where a resumed stream continues). */
+  get lastDurable(): number {
+    return this.durableSeq;
+  }
+
+  /**
+   * Applies message `seq` (which must follow the last one applied). Resolves
+   * when it is applied, not when it is durable: `onDurable` says that.
+   */
+  async apply(msg: IncomingMessage, seq: number): Promise<void> {
+    if (this.closed) {
+      throw new LifeboatError("REPLICA_CLOSED", "the replica stream is closed", {
+        hint: "the sender reconnects and resumes after the last acknowledged message",
+      });
+    }
+    try {
+      await this.applyOne(msg, seq);
+    } catch (err) {
+      // What this message did in part must never become durable: no checkpoint runs from now on,
+      // and the replica is reopened from its head for the next connection.
+      this.closed = true;
+      if (this.timer) clearTimeout(this.timer);
+      throw err;
+    }
+  }
+
+  private async applyOne(msg: IncomingMessage, seq: number): Promise<void> {
+    if (seq !== this.appliedSeq + 1) {
+      throw new LifeboatError("REPLICA_OUT_OF_ORDER", `message ${seq} arrived after ${this.appliedSeq}`, {
+        hint: "the sender must resume after the last acknowledged message",
+      });
+    }
+    if (msg.type === "POINT") {
+      this.appliedSeq = seq;
+      await this.point(msg, seq);
+      return;
+    }
+    const cs = this.applier.repo.config.chunkSize;
+    if (msg.kind === "patch") {
+      for (const p of msg.patches) await this.applier.writeBytes(msg.disk, msg.offset + p.at, p.data);
+      const got = await this.applier.chunkId(msg.disk, msg.offset);
+      if (!got.equals(msg.sha256)) {
+        throw new LifeboatError(
+          "REPLICA_DIVERGED",
+          `after patching, block ${msg.offset / cs} of disk ${msg.disk} does not hash to what the sender has`,
+          { hint: "the sender must send the whole block (a rescan of the disk repairs every such block)" },
+        );
+      }
+      this.count(
+        seq,
+        msg.patches.reduce((n, p) => n + p.data.length, 0),
+      );
+      return;
+    }
+    let offset = msg.offset;
+    let bytes = 0;
+    for (const b of msg.blocks) {
+      if (b.encoding === "ref") await this.applier.writeKnownChunk(msg.disk, offset, b.sha256);
+      else {
+        const data =
+          b.encoding === "zero"
+            ? Buffer.alloc(this.chunkLength(msg.disk, offset))
+            : b.encoding === "zstd"
+              ? this.decompressor.decompress(b.data)
+              : b.data;
+        await this.applier.writeChunks(msg.disk, offset, data);
+        bytes += data.length;
+      }
+      offset += cs;
+    }
+    this.count(seq, bytes);
+  }
+
+  /** Ends the stream; what was applied and not checkpointed is not durable, and was never reported so. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.committing.catch(() => undefined);
+  }
+
+  /** Checkpoints now (also used when the sender asks for an ACK, e.g. at the end of initial sync). */
+  async commit(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    const seq = this.appliedSeq;
+    this.bytesSinceCommit = 0;
+    this.committing = this.committing.then(async () => {
+      if (seq <= this.durableSeq || this.closed) return;
+      await this.applier.checkpoint(seq);
+      this.durableSeq = seq;
+      this.opts.onDurable(seq);
+    });
+    try {
+      await this.committing;
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      this.committing = Promise.resolve(); // the next connection starts afresh from the head
+      this.opts.onFailure(e);
+      throw e;
+    }
+  }
+
+  private chunkLength(disk: number, offset: number): number {
+    const cs = this.applier.repo.config.chunkSize;
+    const size = this.applier.diskSize(disk);
+    return Math.max(0, Math.min(cs, size - offset));
+  }
+
+  private count(seq: number, bytes: number): void {
+    this.appliedSeq = seq;
+    this.bytesSinceCommit += bytes;
+    if (this.bytesSinceCommit >= (this.opts.commitBytes ?? 64 << 20)) {
+      void this.commit().catch(() => undefined); // reported through onFailure
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        void this.commit().catch(() => undefined);
+      }, this.opts.commitIntervalMs ?? 1000);
+      this.timer.unref();
+    }
+  }
+
+  private async point(msg: Extract<IncomingMessage, { type: "POINT" }>, seq: number): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.bytesSinceCommit = 0;
+    let pit: Pit | undefined;
+    this.committing = this.committing.then(async () => {
+      pit = await this.applier.makePit({
+        seq,
+        consistency: msg.consistency,
+        timeMs: msg.takenAt,
+        labels: { point: msg.pointId },
+      });
+      this.durableSeq = seq;
+      this.opts.onDurable(seq);
+    });
+    try {
+      await this.committing;
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      this.committing = Promise.resolve();
+      this.opts.onFailure(e);
+      throw e;
+    }
+    this.opts.onPit?.(msg.pointId, seq, pit!);
+  }
+}

@@ -1,0 +1,137 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Compressor } from "zstd-napi";
+import { ReplicaApplier } from "../../src/replicator/applier.js";
+import { type IncomingMessage, ReplicaStream } from "../../src/replicator/replica-stream.js";
+import { type Pit, exportDisk, readHead } from "../../src/store/index.js";
+import { prng, randomBuffer } from "../support/images.js";
+import { newRepository, tempDir } from "../support/repo.js";
+
+const CHUNK = 64 * 1024;
+const SIZE = 64 * CHUNK;
+const sha = (b: Buffer) => createHash("sha256").update(b).digest();
+
+void describe("replica stream", () => {
+  let dir: string;
+  before(async () => {
+    dir = await tempDir();
+  });
+  after(() => fs.rm(dir, { recursive: true, force: true }));
+
+  void it("applies blocks of every encoding and patches, acknowledges only after checkpoints, makes PITs", async () => {
+    const repo = await newRepository({ dir: path.join(dir, "r1"), chunkSize: CHUNK });
+    const applier = await ReplicaApplier.open(repo, "app01", [
+      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+    ]);
+    const durable: number[] = [];
+    const pits: Pit[] = [];
+    const stream = new ReplicaStream(applier, {
+      commitIntervalMs: 60_000, // only size and points commit in this test
+      commitBytes: 8 * CHUNK,
+      onDurable: (seq) => durable.push(seq),
+      onPit: (_id, _seq, pit) => pits.push(pit),
+      onFailure: (err) => assert.fail(err),
+    });
+    const rand = prng(9);
+    const disk = Buffer.alloc(SIZE);
+    const blocks = (offset: number, n: number): IncomingMessage => {
+      const list = [];
+      for (let i = 0; i < n; i++) {
+        const b = randomBuffer(rand, CHUNK);
+        if (i % 2 === 1) b.fill(0x41, 0, CHUNK / 2); // half text: compresses
+        b.copy(disk, offset + i * CHUNK);
+        const z = new Compressor().compress(b);
+        list.push(
+          i % 2 === 0
+            ? { encoding: "raw" as const, sha256: sha(b), data: b }
+            : { encoding: "zstd" as const, sha256: sha(b), data: z },
+        );
+      }
+      return { type: "BLOCKS", disk: 0, offset, kind: "blocks", blocks: list };
+    };
+    await stream.apply(blocks(0, 4), 1);
+    assert.equal(durable.length, 0, "nothing is durable before a checkpoint");
+    await stream.apply(blocks(4 * CHUNK, 4), 2);
+    await stream.apply(blocks(8 * CHUNK, 4), 3); // past 8 chunks of data: a checkpoint starts
+    await stream.commit();
+    assert.ok(durable.includes(2) || durable.includes(3), JSON.stringify(durable));
+    assert.equal(durable.at(-1), 3);
+    assert.equal((await readHead(repo, "app01"))?.appliedSeq, 3);
+
+    // A block by reference, a zero block, a patch.
+    disk.copy(disk, 20 * CHUNK, 0, CHUNK);
+    const ref: IncomingMessage = {
+      type: "BLOCKS",
+      disk: 0,
+      offset: 20 * CHUNK,
+      kind: "blocks",
+      blocks: [
+        { encoding: "ref", sha256: sha(disk.subarray(0, CHUNK)), data: Buffer.alloc(0) },
+        { encoding: "zero", sha256: sha(Buffer.alloc(CHUNK)), data: Buffer.alloc(0) },
+      ],
+    };
+    disk.fill(0, 21 * CHUNK, 22 * CHUNK);
+    await stream.apply(ref, 4);
+    disk.write("hello", 5 * CHUNK + 100);
+    await stream.apply(
+      {
+        type: "BLOCKS",
+        disk: 0,
+        offset: 5 * CHUNK,
+        kind: "patch",
+        sha256: sha(disk.subarray(5 * CHUNK, 6 * CHUNK)),
+        patches: [{ at: 100, data: Buffer.from("hello") }],
+      },
+      5,
+    );
+    await stream.apply(
+      { type: "POINT", pointId: "p-1", consistency: "filesystem", takenAt: 1_700_000_000_000, disks: [] },
+      6,
+    );
+    assert.equal(durable.at(-1), 6);
+    assert.equal(pits.length, 1);
+    assert.equal(pits[0]!.consistency, "filesystem");
+    assert.equal(pits[0]!.timeMs, 1_700_000_000_000);
+    const out = path.join(dir, "out.img");
+    await exportDisk(repo, pits[0]!, 0, out);
+    assert.ok((await fs.readFile(out)).equals(disk), "the PIT holds exactly what was sent");
+
+    // A patch whose result differs from the sender's block is refused; so is a gap.
+    await assert.rejects(
+      stream.apply(
+        {
+          type: "BLOCKS",
+          disk: 0,
+          offset: 0,
+          kind: "patch",
+          sha256: Buffer.alloc(32, 1),
+          patches: [{ at: 0, data: Buffer.from("x") }],
+        },
+        7,
+      ),
+      { code: "REPLICA_DIVERGED" },
+    );
+    await assert.rejects(stream.apply(blocks(0, 1), 8), { code: "REPLICA_CLOSED" });
+    await stream.close();
+    await applier.close();
+    // The failed patch never became durable: the head is still the PIT's state.
+    assert.equal((await readHead(repo, "app01"))?.appliedSeq, 6);
+  });
+
+  void it("refuses a message out of order", async () => {
+    const repo = await newRepository({ chunkSize: CHUNK });
+    const applier = await ReplicaApplier.open(repo, "app02", [
+      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+    ]);
+    const stream = new ReplicaStream(applier, { onDurable: () => undefined, onFailure: () => undefined });
+    await assert.rejects(
+      stream.apply({ type: "BLOCKS", disk: 0, offset: 0, kind: "blocks", blocks: [] }, 2),
+      { code: "REPLICA_OUT_OF_ORDER" },
+    );
+    await stream.close();
+    await applier.close();
+  });
+});
