@@ -61,16 +61,16 @@ function handle(msg: WorkerRequest): void {
         const name = `chunks/${h.slice(0, 2)}/${h}`;
         return { index, name, data: codec.encode(name, ObjectKind.chunk, chunkAt(batch, index)) };
       });
-      const moved = objects.map((o) => ({
-        index: o.index,
-        name: o.name,
-        size: o.data.length,
-        data: transferable(o.data),
-      }));
-      reply(
-        { type: "encoded", batch: msg.batch, objects: moved },
-        moved.map((o) => o.data),
-      );
+      // One buffer for the batch: one transfer, and one allocation for the main thread to free.
+      const all = Buffer.allocUnsafeSlow(objects.reduce((n, o) => n + o.data.length, 0));
+      let at = 0;
+      const placed = objects.map((o) => {
+        o.data.copy(all, at);
+        at += o.data.length;
+        return { index: o.index, name: o.name, offset: at - o.data.length, size: o.data.length };
+      });
+      const data = all.buffer as ArrayBuffer;
+      reply({ type: "encoded", batch: msg.batch, objects: placed, data }, [data]);
       return;
     }
     case "decode": {

@@ -29,7 +29,9 @@ export type WorkerResponse =
   | {
       type: "encoded";
       batch: number;
-      objects: { index: number; name: string; size: number; data: ArrayBuffer }[];
+      /** Each object is bytes [offset, offset + size) of `data`. */
+      objects: { index: number; name: string; offset: number; size: number }[];
+      data: ArrayBuffer;
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
   | { type: "failed"; req: number; code: string; message: string; hint: string; slot?: number };
@@ -145,11 +147,12 @@ export class WorkerPool {
     this.owner.delete(batch);
     const msg: WorkerRequest = { type: "encode", batch, chunks };
     const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
-    return (r as Extract<WorkerResponse, { type: "encoded" }>).objects.map((o) => ({
+    const { objects, data } = r as Extract<WorkerResponse, { type: "encoded" }>;
+    return objects.map((o) => ({
       index: o.index,
       name: o.name,
       size: o.size,
-      data: Buffer.from(o.data),
+      data: Buffer.from(data, o.offset, o.size),
     }));
   }
 
