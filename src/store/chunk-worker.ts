@@ -69,7 +69,7 @@ function handle(msg: WorkerRequest): void {
         at += o.data.length;
         return { index: o.index, name: o.name, offset: at - o.data.length, size: o.data.length };
       });
-      const data = all.buffer as ArrayBuffer;
+      const data = all.buffer;
       reply({ type: "encoded", batch: msg.batch, objects: placed, data }, [data]);
       return;
     }
