@@ -23,6 +23,7 @@ import {
   type AgentSessionOptions,
   type DiskInfo,
   type HeartbeatSettings,
+  type ServerConnection,
   type StreamHandlers,
   type WindowLimits,
   WireServer,
@@ -52,7 +53,7 @@ export interface TestWireServer {
 
 export async function startWireServer(opts: {
   ca?: CaCredentials;
-  handlers: (peerId: string) => StreamHandlers;
+  handlers: (peerId: string, connection: ServerConnection) => StreamHandlers;
   window?: WindowLimits;
   heartbeat?: HeartbeatSettings;
   versions?: number[];
@@ -65,7 +66,7 @@ export async function startWireServer(opts: {
   });
   app.get("/healthz", () => ({ ok: true }));
   const wire = new WireServer({
-    accept: (_hello, peer) => opts.handlers(peer.id),
+    accept: (_hello, peer, connection) => opts.handlers(peer.id, connection),
     ...(opts.window ? { window: opts.window } : {}),
     ...(opts.heartbeat ? { heartbeat: opts.heartbeat } : {}),
     ...(opts.versions ? { versions: opts.versions } : {}),
@@ -132,6 +133,7 @@ export async function startProxy(targetPort: number): Promise<TestProxy> {
     accepted: 0,
     cut: () => {
       for (const p of pairs) {
+        p.frozen = false;
         p.a.resetAndDestroy();
         p.b.resetAndDestroy();
       }
@@ -153,6 +155,8 @@ export async function startProxy(targetPort: number): Promise<TestProxy> {
     a.on("data", (d: Buffer) => void (pair.frozen || b.write(d)));
     b.on("data", (d: Buffer) => void (pair.frozen || a.write(d)));
     const end = () => {
+      // A frozen pair is a black hole: one side closing is not passed on either.
+      if (pair.frozen) return;
       pairs.delete(pair);
       a.destroy();
       b.destroy();
