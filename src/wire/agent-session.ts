@@ -12,6 +12,7 @@ import type {
   Welcome,
   WireMessage,
 } from "./messages.js";
+import { MAX_PENDING_QUERIES } from "./frame.js";
 import { PROTOCOL_VERSIONS } from "./negotiate.js";
 import { ReliableSender, type WindowLimits } from "./sender.js";
 
@@ -60,7 +61,7 @@ export class AgentSession {
   private stopped: LifeboatError | undefined;
   private readonly queries = new Map<
     number,
-    { resolve(have: boolean[]): void; reject(err: unknown): void }
+    { count: number; resolve(have: boolean[]): void; reject(err: unknown): void }
   >();
   private nextQuery = 1;
   private wake: (() => void) | undefined;
@@ -98,10 +99,13 @@ export class AgentSession {
     const channel = this.channel;
     if (!channel || channel.closed)
       return Promise.reject(connectionClosed("not connected to the replicator"));
+    if (this.queries.size >= MAX_PENDING_QUERIES) {
+      return Promise.reject(new RangeError(`at most ${MAX_PENDING_QUERIES} have() calls may be outstanding`));
+    }
     const id = this.nextQuery;
     this.nextQuery = (this.nextQuery % 0xffffffff) + 1;
     return new Promise((resolve, reject) => {
-      this.queries.set(id, { resolve, reject });
+      this.queries.set(id, { count: hashes.length, resolve, reject });
       channel.send({ type: "HAVE_QUERY", id, hashes });
     });
   }
@@ -251,6 +255,11 @@ export class AgentSession {
       case "HAVE": {
         const q = this.queries.get(msg.id);
         if (!q) throw protocolError(`HAVE for query ${msg.id}, which was not asked`);
+        if (msg.have.length !== q.count) {
+          throw protocolError(
+            `HAVE answers ${msg.have.length} hashes; query ${msg.id} asked about ${q.count}`,
+          );
+        }
         this.queries.delete(msg.id);
         q.resolve(msg.have);
         return;

@@ -53,8 +53,9 @@ const MiB = 1024 * KiB;
 /** Largest block a disk may declare, and most blocks in one BLOCKS frame. */
 export const MAX_BLOCK_SIZE = 1 * MiB;
 export const MAX_BLOCKS_PER_FRAME = 64;
-/** Hashes in one HAVE_QUERY. */
+/** Hashes in one HAVE_QUERY, and HAVE_QUERYs a connection may have unanswered. */
 export const MAX_HAVE_HASHES = 1024;
+export const MAX_PENDING_QUERIES = 64;
 
 /**
  * Hard payload limit per frame type. The decoder refuses a header announcing

@@ -28,8 +28,10 @@ export interface ReceiverConnection {
  * queue never holds more than the window the receiver announced, so a peer
  * that ignores the window is refused rather than buffered.
  *
- * ACKs are cumulative and coalesced: one when the queue runs empty, and one
- * every `ackEvery` applied frames while it does not.
+ * ACKs are cumulative and coalesced: one when the queue runs empty, and
+ * while it does not, one every quarter window (of frames or of bytes,
+ * whichever comes first), so a busy receiver never lets the sender's window
+ * run dry waiting for an ACK.
  */
 export class ReliableReceiver {
   private applied: number;
@@ -39,7 +41,9 @@ export class ReliableReceiver {
   private conn: ReceiverConnection | undefined;
   private running: Promise<void> | undefined;
   private sinceAck = 0;
+  private bytesSinceAck = 0;
   private readonly ackEvery: number;
+  private readonly ackEveryBytes: number;
 
   constructor(
     private readonly apply: ApplyFn,
@@ -49,6 +53,7 @@ export class ReliableReceiver {
     this.applied = opts.lastApplied ?? 0;
     this.queued = this.applied;
     this.ackEvery = opts.ackEvery ?? Math.max(1, Math.floor(window.frames / 4));
+    this.ackEveryBytes = Math.max(1, Math.floor(window.bytes / 4));
   }
 
   /** Highest sequence number applied (durable). */
@@ -127,8 +132,15 @@ export class ReliableReceiver {
         this.queuedBytes -= next.size;
       }
       this.sinceAck++;
-      if (this.conn && (this.queue.length === 0 || this.sinceAck >= this.ackEvery)) {
+      this.bytesSinceAck += next.size;
+      if (
+        this.conn &&
+        (this.queue.length === 0 ||
+          this.sinceAck >= this.ackEvery ||
+          this.bytesSinceAck >= this.ackEveryBytes)
+      ) {
         this.sinceAck = 0;
+        this.bytesSinceAck = 0;
         this.conn.ack(this.applied);
       }
     }

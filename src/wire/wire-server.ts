@@ -8,7 +8,7 @@ import type { Command, Hello, PointDone, SequencedMessage, Welcome } from "./mes
 import { PROTOCOL_VERSIONS, chooseVersion } from "./negotiate.js";
 import { type ReceiverConnection, ReliableReceiver } from "./receiver.js";
 import type { WindowLimits } from "./sender.js";
-import { MAX_BLOCKS_PER_FRAME } from "./frame.js";
+import { MAX_BLOCKS_PER_FRAME, MAX_PENDING_QUERIES } from "./frame.js";
 
 /** Who is at the other end, as the listener's authorization established it. */
 export interface WirePeer {
@@ -121,6 +121,7 @@ export class WireServer {
     let stream: Stream | undefined;
     let handlers: StreamHandlers | undefined;
     let hello: Hello | undefined;
+    let pendingQueries = 0;
     let endedWith!: (err: LifeboatError) => void;
     const closed = new Promise<LifeboatError>((r) => (endedWith = r));
     const receiverConn: ReceiverConnection = {
@@ -159,14 +160,20 @@ export class WireServer {
               stream.receiver.accept(frame.seq, msg, frame.payload.length);
               return;
             case "HAVE_QUERY": {
+              if (pendingQueries >= MAX_PENDING_QUERIES) {
+                throw protocolError(`more than ${MAX_PENDING_QUERIES} HAVE_QUERYs unanswered`);
+              }
+              pendingQueries++;
               const ask = handlers.have?.(msg.hashes) ?? Promise.resolve(msg.hashes.map(() => false));
               ask.then(
-                (have) =>
+                (have) => {
+                  pendingQueries--;
                   channel.send({
                     type: "HAVE",
                     id: msg.id,
                     have: msg.hashes.map((_, i) => have[i] === true),
-                  }),
+                  });
+                },
                 (err: unknown) => channel.fail(err),
               );
               return;
