@@ -7,6 +7,7 @@ import { seedFromEnv } from "../support/images.js";
 import { BLOCK_SIZES, CONSISTENCY_LEVELS, type WireMessage } from "../../src/wire/index.js";
 
 export const SEED = seedFromEnv();
+console.log(`wire properties: seed ${SEED} (replay with LIFEBOAT_SEED=${SEED})`);
 
 export function check<Ts extends [unknown, ...unknown[]]>(
   prop: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>,
