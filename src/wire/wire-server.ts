@@ -136,13 +136,12 @@ export class WireServer {
           if (msg.type === "HELLO") {
             if (hello) throw protocolError("a second HELLO");
             hello = msg;
-            this.greet(channel, msg, conn, receiverConn).then(
-              (s) => {
-                stream = s.stream;
-                handlers = s.handlers;
-              },
-              (err: unknown) => channel.fail(err),
-            );
+            // bind() runs before WELCOME is written: frames that follow it find the stream.
+            const bind = (s: Stream, h: StreamHandlers) => {
+              stream = s;
+              handlers = h;
+            };
+            this.greet(channel, msg, conn, receiverConn, bind).catch((err: unknown) => channel.fail(err));
             return;
           }
           if (!stream || !handlers || !hello)
@@ -222,7 +221,8 @@ export class WireServer {
     hello: Hello,
     conn: ServerConnection,
     receiverConn: ReceiverConnection,
-  ): Promise<{ stream: Stream; handlers: StreamHandlers }> {
+    bind: (stream: Stream, handlers: StreamHandlers) => void,
+  ): Promise<void> {
     const version = chooseVersion(this.opts.versions ?? PROTOCOL_VERSIONS, hello.versions);
     const handlers = await this.opts.accept(hello, conn.peer, conn);
     if (channel.closed) throw sessionClosed();
@@ -251,8 +251,8 @@ export class WireServer {
       heartbeatMs: this.heartbeat.intervalMs,
       heartbeatMisses: this.heartbeat.misses,
     };
+    bind(s, handlers);
     channel.send({ ...welcome, type: "WELCOME" });
-    return { stream: s, handlers };
   }
 
   private newStream(peerId: string, handlers: StreamHandlers): Stream {
