@@ -29,6 +29,7 @@ export {
   sameFingerprint,
 } from "./fingerprint.js";
 export { serverTlsOptions } from "./server-tls.js";
+export { checkPinnedServer } from "./pinned-ca.js";
 export { type ClientCertError, verifyClientCertificate } from "./verify-client.js";
 export { type ApiDispatcherOptions, createApiDispatcher } from "./api-dispatcher.js";
 export { type FetchJsonOptions, fetchJson } from "./fetch-json.js";

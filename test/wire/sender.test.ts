@@ -1,0 +1,124 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { LifeboatError, isLifeboatError } from "../../src/base/index.js";
+import {
+  type OutgoingFrame,
+  ReliableSender,
+  type SequencedMessage,
+  encodeMessage,
+} from "../../src/wire/index.js";
+
+function point(n: number, pad = 0): SequencedMessage {
+  return {
+    type: "POINT",
+    pointId: `p${n}${"x".repeat(pad)}`.slice(0, 64),
+    consistency: "none",
+    takenAt: n,
+    disks: [{ index: 0, sizeBytes: 1 }],
+  };
+}
+
+/** Lets queued continuations run. */
+const settle = () => new Promise((r) => setImmediate(r));
+
+void describe("reliable sender", () => {
+  void it("makes send wait while the window is full, and lets waiters in in call order as ACKs arrive", async () => {
+    const s = new ReliableSender({ frames: 3, bytes: 1 << 20 });
+    const written: number[] = [];
+    s.attach((f) => void written.push(f.seq), 0);
+    assert.deepEqual(await Promise.all([s.send(point(1)), s.send(point(2)), s.send(point(3))]), [1, 2, 3]);
+    const order: number[] = [];
+    const fourth = s.send(point(4)).then((seq) => order.push(seq));
+    const fifth = s.send(point(5)).then((seq) => order.push(seq));
+    await settle();
+    assert.deepEqual(order, [], "no room: both wait");
+    assert.deepEqual(written, [1, 2, 3]);
+    s.ack(1);
+    await settle();
+    assert.deepEqual(order, [4], "one slot: the first waiter");
+    s.ack(3);
+    await Promise.all([fourth, fifth]);
+    assert.deepEqual(order, [4, 5]);
+    assert.deepEqual(written, [1, 2, 3, 4, 5]);
+    assert.deepEqual(s.inFlight.frames, 2);
+  });
+
+  void it("bounds bytes too, and lets a message larger than the window through alone", async () => {
+    const size = encodeMessage(point(1)).payload.length;
+    const s = new ReliableSender({ frames: 100, bytes: 2 * size + 1 });
+    s.attach(() => {}, 0);
+    await s.send(point(1));
+    await s.send(point(2));
+    assert.equal(s.inFlight.bytes, 2 * size);
+    let third = false;
+    const p3 = s.send(point(3)).then(() => (third = true));
+    await settle();
+    assert.equal(third, false, "waits: a third would exceed the window's bytes");
+    s.ack(1);
+    await p3;
+    const big = new ReliableSender({ frames: 10, bytes: 10 });
+    big.attach(() => {}, 0);
+    assert.equal(await big.send(point(1)), 1, "alone in an empty window");
+    let second = false;
+    const p = big.send(point(2)).then(() => (second = true));
+    await settle();
+    assert.equal(second, false);
+    big.ack(1);
+    await p;
+  });
+
+  void it("resends only what follows the receiver's last ACK on a new connection, flagged as resent", async () => {
+    const s = new ReliableSender({ frames: 10, bytes: 1 << 20 });
+    s.attach(() => {}, 0);
+    for (let i = 1; i <= 6; i++) await s.send(point(i));
+    s.ack(2);
+    s.detach();
+    await s.send(point(7)); // kept while disconnected
+    const again: [number, boolean][] = [];
+    s.attach((f: OutgoingFrame, resent) => void again.push([f.seq, resent]), 4);
+    assert.deepEqual(again, [
+      [5, true],
+      [6, true],
+      [7, true],
+    ]);
+    assert.equal(s.lastAcked, 4);
+    assert.deepEqual(s.inFlight.frames, 3);
+    assert.throws(
+      () => s.attach(() => {}, 3),
+      (e) => isLifeboatError(e, "WIRE_PROTOCOL"),
+      "going back is refused",
+    );
+  });
+
+  void it("renumbers kept frames for a stream the receiver does not know", async () => {
+    const s = new ReliableSender({ frames: 10, bytes: 1 << 20 });
+    s.attach(() => {}, 0);
+    for (let i = 1; i <= 5; i++) await s.send(point(i));
+    s.ack(3);
+    const waiting = s.whenAcked(5);
+    s.detach();
+    s.restart();
+    await assert.rejects(waiting, (e) => isLifeboatError(e, "WIRE_STREAM_RESET"));
+    const seqs: number[] = [];
+    s.attach((f) => void seqs.push(f.seq), 0);
+    assert.deepEqual(seqs, [1, 2]);
+    assert.equal(await s.send(point(6)), 3);
+  });
+
+  void it("refuses an ACK beyond what was sent, and fails waiters on close", async () => {
+    const s = new ReliableSender({ frames: 1, bytes: 1 << 20 });
+    s.attach(() => {}, 0);
+    await s.send(point(1));
+    assert.throws(
+      () => s.ack(2),
+      (e) => isLifeboatError(e, "WIRE_PROTOCOL"),
+    );
+    s.ack(0); // stale, ignored
+    const blocked = s.send(point(2));
+    const acked = s.whenAcked(1);
+    s.close(new LifeboatError("WIRE_SESSION_CLOSED", "closed"));
+    await assert.rejects(blocked, (e) => isLifeboatError(e, "WIRE_SESSION_CLOSED"));
+    await assert.rejects(acked, (e) => isLifeboatError(e, "WIRE_SESSION_CLOSED"));
+    await assert.rejects(s.send(point(3)), (e) => isLifeboatError(e, "WIRE_SESSION_CLOSED"));
+  });
+});
