@@ -1,0 +1,9 @@
+/**
+ * agent: what runs on a source server. Words: a *disk* is a block device or
+ * image file being replicated; a *dirty range* is a byte range written,
+ * discarded or zeroed since it was last read; the *tracker* learns dirty
+ * ranges from the kernel's block trace events; a *freeze* holds a disk's
+ * filesystems still while a consistency point is read.
+ */
+export { DiskReader, type ByteRange, type OpenDiskOptions } from "./reader.js";
+export { deviceNumbers, kernelDev, blockDeviceSizeBytes } from "./block-device.js";
