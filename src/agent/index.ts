@@ -7,3 +7,10 @@
  */
 export { DiskReader, type ByteRange, type OpenDiskOptions } from "./reader.js";
 export { deviceNumbers, kernelDev, blockDeviceSizeBytes } from "./block-device.js";
+export {
+  TraceTracker,
+  type TraceTrackerOptions,
+  type TracedRange,
+  type TracedOp,
+  type TraceLoss,
+} from "./trace.js";

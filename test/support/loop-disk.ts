@@ -203,3 +203,15 @@ export async function deviceOffsetOf(file: string, fileOffset: number): Promise<
   }
   throw new Error(`filefrag: offset ${fileOffset} of ${file} is not mapped\n${stdout}`);
 }
+
+/** The device byte ranges holding `file`'s data (from `filefrag -v`). */
+export async function deviceExtentsOf(file: string): Promise<{ offset: number; length: number }[]> {
+  const { stdout } = await run("filefrag", ["-v", file]);
+  const bs = /blocksize of (\d+)/.exec(stdout) ?? /blocks of (\d+) bytes/.exec(stdout);
+  if (!bs) throw new Error(`filefrag: no block size in\n${stdout}`);
+  const blockSize = Number(bs[1]);
+  return [...stdout.matchAll(/^\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):/gm)].map((m) => ({
+    offset: Number(m[1]) * blockSize,
+    length: (Number(m[2]) - Number(m[1]) + 1) * blockSize,
+  }));
+}
