@@ -14,3 +14,12 @@ export {
   type TracedOp,
   type TraceLoss,
 } from "./trace.js";
+export { DirtySet, type DirtySetOptions } from "./dirty-set.js";
+export {
+  loadDirtySet,
+  saveDirtySet,
+  encodeDirtySet,
+  decodeDirtySet,
+  type LoadedDirtySet,
+  type DirtySetFileStatus,
+} from "./dirty-set-file.js";
