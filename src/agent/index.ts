@@ -23,3 +23,11 @@ export {
   type LoadedDirtySet,
   type DirtySetFileStatus,
 } from "./dirty-set-file.js";
+export {
+  mountedFilesystems,
+  diskAndPartitionDevs,
+  withFrozen,
+  type MountedFilesystem,
+  type FreezeOptions,
+  type FreezeResult,
+} from "./freeze.js";

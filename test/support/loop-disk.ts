@@ -10,7 +10,7 @@
  */
 import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, promises as fs, rmSync, statSync } from "node:fs";
+import { mkdtempSync, promises as fs, readFileSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { TestContext } from "node:test";
@@ -71,7 +71,8 @@ export async function createLoopDisk(opts: LoopDiskOptions = {}): Promise<LoopDi
     live.delete(entry);
     if (entry.mountPoint) {
       await run("fsfreeze", ["-u", entry.mountPoint]).catch(() => undefined);
-      await umountWithRetry(entry.mountPoint);
+      // Whatever a test mounted below the disk's directory (bind mounts) goes first, deepest first.
+      for (const m of mountsUnder(dir)) await umountWithRetry(m);
     }
     if (entry.device) await run("losetup", ["-d", entry.device]).catch(() => undefined);
     await fs.rm(dir, { recursive: true, force: true });
@@ -123,6 +124,15 @@ export async function loopDiskForTest(t: TestContext, opts: LoopDiskOptions = {}
   const disk = await createLoopDisk(opts);
   t.after(() => disk.cleanup());
   return disk;
+}
+
+function mountsUnder(dir: string): string[] {
+  const info = readFileSync("/proc/self/mountinfo", "utf8");
+  return info
+    .split("\n")
+    .map((l) => l.split(" ")[4])
+    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(dir + "/")))
+    .sort((a, b) => b.length - a.length);
 }
 
 async function umountWithRetry(mnt: string): Promise<void> {
