@@ -31,3 +31,14 @@ export {
   type FreezeOptions,
   type FreezeResult,
 } from "./freeze.js";
+export {
+  discoverBlockDevices,
+  discoverHost,
+  parseOsRelease,
+  sniffFormat,
+  type BlockDeviceInfo,
+  type PartitionInfo,
+  type MountEntry,
+  type HostInfo,
+  type DiscoveryOptions,
+} from "./discovery.js";
