@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync, promises as fs } from "node:fs";
 import path from "node:path";
 import { describe, it, type TestContext } from "node:test";
@@ -138,6 +138,45 @@ void describe("TraceTracker", () => {
     );
     await second.tracker.stop();
     await second.tracker.stop();
+    assert.equal(existsSync(dir), false);
+  });
+
+  void it("starts after an agent killed with SIGKILL left its instance behind", async (t) => {
+    if (!requireCapability(t, "root", "loop", "tracefs")) return;
+    const disk = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
+    const name = `lifeboat-test-${process.pid}-${disk.minor}-crash`;
+    const index = path.resolve(import.meta.dirname, "../../src/agent/index.js");
+    const script = `
+      const { TraceTracker } = await import(${JSON.stringify(index)});
+      const t = await TraceTracker.start({ device: ${JSON.stringify(disk.device)}, instanceName: ${JSON.stringify(name)},
+        onRanges: () => {}, onLost: () => {} });
+      process.stdout.write(t.instanceDir + "\\n");
+      setInterval(() => {}, 1000);`;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const exited = new Promise((r) => child.on("exit", r));
+    const dir = await new Promise<string>((resolve, reject) => {
+      child.stdout.on("data", (d: Buffer) => resolve(d.toString().trim()));
+      child.on("exit", () => reject(new Error("the child exited before starting its tracker")));
+    });
+    child.kill("SIGKILL");
+    await exited;
+    assert.ok(existsSync(dir), "a killed agent leaves its instance");
+
+    const ranges: TracedRange[] = [];
+    const tracker = await TraceTracker.start({
+      device: disk.device,
+      instanceName: name,
+      onRanges: (r) => ranges.push(...r),
+      onLost: () => {},
+    });
+    t.after(() => tracker.stop());
+    assert.equal(tracker.instanceDir, dir);
+    await run("dd", ["if=/dev/urandom", `of=${disk.device}`, "bs=4k", "count=1", "seek=3", "oflag=direct"]);
+    await tracker.drain();
+    assert.deepEqual(ranges, [{ sector: 24, sectors: 8, op: "write" }]);
+    await tracker.stop();
     assert.equal(existsSync(dir), false);
   });
 
