@@ -4,8 +4,8 @@
  * cache can return blocks older than what the filesystem has written
  * (DESIGN.md, "Facts"); an O_DIRECT read goes to the device.
  *
- * Memory is bounded: one aligned buffer of `chunkSize` bytes per reader,
- * reused for every read.
+ * Memory is bounded: `depth` aligned buffers of `chunkSize` bytes per
+ * reader (8 MiB by default), reused for every read.
  */
 import { constants, promises as fs } from "node:fs";
 import { createRequire } from "node:module";
@@ -25,15 +25,17 @@ export interface ByteRange {
 }
 
 export interface OpenDiskOptions {
-  /** Bytes per read and size of the one buffer (default 4 MiB; rounded up to the alignment). */
+  /** Bytes per read and size of each buffer (default 4 MiB; rounded up to the alignment). */
   chunkSize?: number;
+  /** Reads in flight, one buffer each (default 2): memory is depth × chunkSize. */
+  depth?: number;
   logger?: Logger;
 }
 
 const PAGE = 4096;
 
 export class DiskReader {
-  private readonly buf: Buffer;
+  private readonly bufs: Buffer[];
   private closed = false;
 
   private constructor(
@@ -49,8 +51,11 @@ export class DiskReader {
     /** Offsets and lengths of device reads are multiples of this. */
     readonly alignment: number,
     chunkSize: number,
+    depth: number,
   ) {
-    this.buf = directIo.getAlignedBuffer(chunkSize, Math.max(alignment, PAGE));
+    this.bufs = Array.from({ length: depth }, () =>
+      directIo.getAlignedBuffer(chunkSize, Math.max(alignment, PAGE)),
+    );
   }
 
   /**
@@ -104,12 +109,13 @@ export class DiskReader {
       bufferedReason,
       alignment,
       chunk,
+      Math.max(1, Math.floor(opts.depth ?? 2)),
     );
   }
 
   /** Bytes per device read (the buffer's size). */
   get chunkSize(): number {
-    return this.buf.length;
+    return this.bufs[0]!.length;
   }
 
   /** A copy of `length` bytes at `offset` (any alignment; the range must lie inside the disk). */
@@ -126,51 +132,81 @@ export class DiskReader {
 
   /**
    * Reads each range in order in pieces of at most `chunkSize` bytes, calling
-   * `onData(offset, data)` for each piece; ranges may have any alignment (the
-   * device is read aligned, the piece trimmed). `data` is a view of the
-   * reader's one buffer: it is valid until the promise `onData` returns
-   * settles, so copy what must outlive it. Ranges must lie inside the disk.
+   * `onData(offset, data)` for each piece, in order; ranges may have any
+   * alignment (the device is read aligned, the piece trimmed). Up to `depth`
+   * reads are in flight, so the device works while `onData` does. `data` is
+   * a view of one of the reader's buffers: it is valid until the promise
+   * `onData` returns settles, so copy what must outlive it. Ranges must lie
+   * inside the disk (checked before anything is read).
    */
   async readRanges(
     ranges: Iterable<ByteRange>,
     onData: (offset: number, data: Buffer) => void | Promise<void>,
   ): Promise<void> {
     if (this.closed) throw new Error(`reader of ${this.path} is closed`);
-    const a = this.alignment;
-    for (const r of ranges) {
+    const list = [...ranges];
+    for (const r of list)
       if (r.offset < 0 || r.length < 0 || r.offset + r.length > this.size)
         throw new LifeboatError(
           "DISK_RANGE_OUTSIDE",
           `range ${r.offset}+${r.length} lies outside disk ${this.path} of ${this.size} bytes`,
           { hint: "the disk may have shrunk; rescan its size" },
         );
-      let pos = r.offset;
-      const end = r.offset + r.length;
-      while (pos < end) {
-        const start = pos - (pos % a);
-        const want = Math.min(this.buf.length, roundUp(end, a) - start);
-        const got = await this.readAt(start, want);
-        const from = pos - start;
-        const to = Math.min(got, end - start);
-        if (to <= from)
+    const pieces = this.pieces(list);
+    type Done = { piece: Piece; buf: Buffer; got: number };
+    const inflight: Promise<Done>[] = [];
+    let issued = 0;
+    const issue = (): void => {
+      const n = pieces.next();
+      if (n.done) return;
+      const buf = this.bufs[issued++ % this.bufs.length]!;
+      const p = this.readAt(buf, n.value.start, n.value.want).then((got) => ({ piece: n.value, buf, got }));
+      p.catch(() => undefined); // awaited below; this only keeps an early failure from going unhandled
+      inflight.push(p);
+    };
+    try {
+      for (let i = 0; i < this.bufs.length; i++) issue();
+      while (inflight.length) {
+        const { piece, buf, got } = await inflight.shift()!;
+        const from = piece.pos - piece.start;
+        const to = piece.next - piece.start;
+        if (got < to)
           throw new LifeboatError(
             "DISK_UNREADABLE",
-            `disk ${this.path} ended at ${start + got} bytes, before ${end} (it shrank while being read?)`,
+            `disk ${this.path} ended at ${piece.start + got} bytes, before ${piece.end} (it shrank while being read?)`,
             { hint: "rescan the disk's size and read again" },
           );
-        await onData(pos, this.buf.subarray(from, to));
-        pos = start + to;
+        await onData(piece.pos, buf.subarray(from, to));
+        issue();
+      }
+    } finally {
+      await Promise.allSettled(inflight);
+    }
+  }
+
+  /** The aligned device reads that cover the ranges, in order. */
+  private *pieces(ranges: ByteRange[]): Generator<Piece> {
+    const a = this.alignment;
+    const chunk = this.bufs[0]!.length;
+    for (const r of ranges) {
+      const end = r.offset + r.length;
+      for (let pos = r.offset; pos < end;) {
+        const start = pos - (pos % a);
+        const want = Math.min(chunk, roundUp(end, a) - start);
+        const next = Math.min(start + want, end);
+        yield { start, want, pos, end, next };
+        pos = next;
       }
     }
   }
 
-  /** One read into the buffer; returns the bytes read (short only at the end of the disk). */
-  private async readAt(position: number, length: number): Promise<number> {
+  /** One read into `buf`; returns the bytes read (short only at the end of the disk). */
+  private async readAt(buf: Buffer, position: number, length: number): Promise<number> {
     let done = 0;
     while (done < length) {
       let n: number;
       try {
-        ({ bytesRead: n } = await this.handle.read(this.buf, done, length - done, position + done));
+        ({ bytesRead: n } = await this.handle.read(buf, done, length - done, position + done));
       } catch (err) {
         throw unreadable(this.path, err, `at byte ${position + done}`);
       }
@@ -187,6 +223,16 @@ export class DiskReader {
     this.closed = true;
     await this.handle.close();
   }
+}
+
+interface Piece {
+  /** Aligned device offset and length of the read. */
+  start: number;
+  want: number;
+  /** The part of a range it serves: [pos, next), inside a range ending at `end`. */
+  pos: number;
+  next: number;
+  end: number;
 }
 
 function roundUp(n: number, a: number): number {
