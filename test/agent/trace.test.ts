@@ -99,6 +99,26 @@ void describe("TraceTracker", () => {
         assert.equal(cov[s], 1, `sector ${s} of the deleted file was not traced as discarded`);
   });
 
+  void it("traces write-zeroes and discards issued to the device", async (t) => {
+    if (!requireCapability(t, "root", "loop", "tracefs")) return;
+    const disk = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
+    const { tracker, ranges } = await track(t, disk);
+    // BLKZEROOUT becomes REQ_OP_WRITE_ZEROES on a loop device (rwbs "N"); BLKDISCARD is "D".
+    await run("blkdiscard", ["-z", "-o", String(1 << 20), "-l", String(1 << 20), disk.device]);
+    await run("blkdiscard", ["-o", String(4 << 20), "-l", String(2 << 20), disk.device]);
+    await tracker.drain();
+    const sectors = disk.sizeBytes / SECTOR;
+    const zeroed = coverage(ranges, sectors, ["write-zeroes", "write"]);
+    const discarded = coverage(ranges, sectors, ["discard"]);
+    for (let s = (1 << 20) / SECTOR; s < (2 << 20) / SECTOR; s++) assert.equal(zeroed[s], 1, `sector ${s}`);
+    for (let s = (4 << 20) / SECTOR; s < (6 << 20) / SECTOR; s++)
+      assert.equal(discarded[s], 1, `sector ${s}`);
+    assert.ok(
+      ranges.some((r) => r.op === "write-zeroes"),
+      `the zero-out went as write-zeroes: ${JSON.stringify(ranges)}`,
+    );
+  });
+
   void it("signals lost events when a burst overruns a tiny buffer", async (t) => {
     if (!requireCapability(t, "root", "loop", "tracefs")) return;
     const disk = await loopDiskForTest(t, { sizeMiB: 64, ext4: false });
