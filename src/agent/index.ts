@@ -23,14 +23,8 @@ export {
   type LoadedDirtySet,
   type DirtySetFileStatus,
 } from "./dirty-set-file.js";
-export {
-  mountedFilesystems,
-  diskAndPartitionDevs,
-  withFrozen,
-  type MountedFilesystem,
-  type FreezeOptions,
-  type FreezeResult,
-} from "./freeze.js";
+export { withFrozen, type FreezeOptions, type FreezeResult } from "./freeze.js";
+export { mountedFilesystems, diskAndPartitionDevs, type MountedFilesystem } from "./mounted-filesystems.js";
 export {
   discoverBlockDevices,
   discoverHost,

@@ -83,6 +83,26 @@ void describe("freeze", () => {
     assert.equal((await fs.stat(path.join(mp, "during-freeze"))).size, 4096);
   });
 
+  void it("freezes every filesystem given, together", async (t) => {
+    if (!requireCapability(t, "root", "loop", "fsfreeze")) return;
+    const a = await loopDiskForTest(t, { sizeMiB: 32 });
+    const b = await loopDiskForTest(t, { sizeMiB: 32 });
+    const both = [...(await mountedFilesystems(a.device)), ...(await mountedFilesystems(b.device))];
+    const writers: ReturnType<typeof writer>[] = [];
+    const res = await withFrozen(both, async () => {
+      writers.push(writer(a.mountPoint!, "a"), writer(b.mountPoint!, "b"));
+      const done = writers.map((w) => w.done.then(() => "done"));
+      return Promise.race([...done, sleep(500).then(() => "blocked")]);
+    });
+    assert.equal(res.value, "blocked");
+    assert.deepEqual(
+      res.frozen.map((f) => f.mountPoint),
+      [a.mountPoint, b.mountPoint],
+    );
+    assert.ok(res.frozenMs > 0);
+    assert.deepEqual(await Promise.all(writers.map((w) => w.done)), [0, 0]);
+  });
+
   void it("thaws at the cap and says so", async (t) => {
     if (!requireCapability(t, "root", "loop", "fsfreeze")) return;
     const disk = await loopDiskForTest(t, { sizeMiB: 32 });
