@@ -18,6 +18,25 @@ export function sysfsDir(major: number, minor: number): string {
   return `/sys/dev/block/${major}:${minor}`;
 }
 
+/** The device numbers of a disk's partitions, from sysfs (none for a partition or an unpartitioned disk). */
+export async function partitionNumbers(
+  major: number,
+  minor: number,
+): Promise<{ major: number; minor: number }[]> {
+  const dir = sysfsDir(major, minor);
+  const out: { major: number; minor: number }[] = [];
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    const isPartition = await fs
+      .access(`${dir}/${name}/partition`)
+      .then(() => true)
+      .catch(() => false);
+    const dev = isPartition ? await fs.readFile(`${dir}/${name}/dev`, "utf8").catch(() => null) : null;
+    const m = dev ? /^(\d+):(\d+)/.exec(dev.trim()) : null;
+    if (m) out.push({ major: Number(m[1]), minor: Number(m[2]) });
+  }
+  return out;
+}
+
 /** Size in bytes from sysfs, which counts 512-byte sectors whatever the device's block size. */
 export async function blockDeviceSizeBytes(major: number, minor: number): Promise<number> {
   const text = await fs.readFile(`${sysfsDir(major, minor)}/size`, "utf8");

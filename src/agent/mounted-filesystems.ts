@@ -4,7 +4,7 @@
  */
 import { promises as fs } from "node:fs";
 import { LifeboatError } from "../base/index.js";
-import { deviceNumbers, sysfsDir } from "./block-device.js";
+import { deviceNumbers, partitionNumbers } from "./block-device.js";
 
 /** A filesystem mounted from a disk or one of its partitions. */
 export interface MountedFilesystem {
@@ -38,15 +38,7 @@ export async function diskAndPartitionDevs(device: string): Promise<string[]> {
     });
   const { major, minor } = deviceNumbers(st.rdev);
   const devs = [`${major}:${minor}`];
-  const dir = sysfsDir(major, minor);
-  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
-    const dev = await fs.readFile(`${dir}/${name}/dev`, "utf8").catch(() => null);
-    const isPartition = await fs
-      .access(`${dir}/${name}/partition`)
-      .then(() => true)
-      .catch(() => false);
-    if (dev && isPartition) devs.push(dev.trim());
-  }
+  for (const p of await partitionNumbers(major, minor)) devs.push(`${p.major}:${p.minor}`);
   return devs;
 }
 
