@@ -14,8 +14,9 @@
  *     `saveDirtySet(file, set, { cleanShutdown: true })`.
  *
  * Format (little-endian): "LBDIRTY1", u8 version 1, u8 clean flag, u16 0,
- * u32 block size, u32 level, u64 disk size, u32 options (max ranges per block),
- * u32 max partial blocks, u64 max bitmap bytes, u32 n + n bytes of the bitmap
+ * u32 block size, u32 level, u64 disk size, u32 max ranges per block, u32
+ * max partial blocks, u64 max bitmap bytes, f64 time of the oldest write (ms
+ * since the epoch, -1 for none), u32 n + n bytes of the bitmap
  * raw-deflated, u32 count of partial blocks, each u64 block + u16 pairs + u32
  * pairs; then the SHA-256 of everything before it. Writes go to a temporary
  * name, are fsynced, renamed over the file, and the directory is fsynced.
@@ -41,9 +42,9 @@ export interface LoadedDirtySet {
 }
 
 export function encodeDirtySet(set: DirtySet, cleanShutdown: boolean): Buffer {
-  const { level, bits, partial } = set.exportState();
+  const { level, bits, partial, since } = set.exportState();
   const o = set.options;
-  const head = Buffer.alloc(8 + 4 + 4 + 4 + 8 + 4 + 4 + 8);
+  const head = Buffer.alloc(8 + 4 + 4 + 4 + 8 + 4 + 4 + 8 + 8);
   let at = MAGIC.copy(head, 0);
   at = head.writeUInt8(VERSION, at);
   at = head.writeUInt8(cleanShutdown ? 1 : 0, at);
@@ -53,7 +54,8 @@ export function encodeDirtySet(set: DirtySet, cleanShutdown: boolean): Buffer {
   at = head.writeBigUInt64LE(BigInt(set.diskSize), at);
   at = head.writeUInt32LE(o.maxRangesPerBlock!, at);
   at = head.writeUInt32LE(o.maxPartialBlocks!, at);
-  head.writeBigUInt64LE(BigInt(Math.min(o.maxBitmapBytes!, Number.MAX_SAFE_INTEGER)), at);
+  at = head.writeBigUInt64LE(BigInt(Math.min(o.maxBitmapBytes!, Number.MAX_SAFE_INTEGER)), at);
+  head.writeDoubleLE(since ?? -1, at);
   const packed = deflateRawSync(bits);
   const parts: Buffer[] = [head, u32(packed.length), packed, u32(partial.size)];
   for (const [block, r] of partial) {
@@ -69,7 +71,7 @@ export function encodeDirtySet(set: DirtySet, cleanShutdown: boolean): Buffer {
 
 /** Decodes a stored set; throws a plain Error saying what is wrong (loadDirtySet turns it into `corrupt`). */
 export function decodeDirtySet(buf: Buffer): { set: DirtySet; cleanShutdown: boolean } {
-  if (buf.length < 32 + 44) throw new Error("file too short");
+  if (buf.length < 32 + 52) throw new Error("file too short");
   const body = buf.subarray(0, buf.length - 32);
   if (
     !createHash("sha256")
@@ -87,7 +89,9 @@ export function decodeDirtySet(buf: Buffer): { set: DirtySet; cleanShutdown: boo
   const maxRangesPerBlock = body.readUInt32LE(28);
   const maxPartialBlocks = body.readUInt32LE(32);
   const maxBitmapBytes = Number(body.readBigUInt64LE(36));
-  let at = 44;
+  const sinceRaw = body.readDoubleLE(44);
+  const since = sinceRaw >= 0 ? sinceRaw : null;
+  let at = 52;
   const n = body.readUInt32LE(at);
   const bits = new Uint8Array(inflateRawSync(body.subarray(at + 4, at + 4 + n)));
   at += 4 + n;
@@ -108,7 +112,7 @@ export function decodeDirtySet(buf: Buffer): { set: DirtySet; cleanShutdown: boo
     partial.set(block, r);
   }
   if (at !== body.length) throw new Error("trailing bytes");
-  return { set: DirtySet.fromState(opts, { level, bits, partial }), cleanShutdown };
+  return { set: DirtySet.fromState(opts, { level, bits, partial, since }), cleanShutdown };
 }
 
 /** Reads a dirty-set file. Never throws for a missing or damaged file: those are statuses. */

@@ -35,6 +35,14 @@ export interface DirtySetOptions {
   maxRangesPerBlock?: number;
 }
 
+/** @internal what the file codec stores. */
+export interface DirtySetState {
+  level: number;
+  bits: Uint8Array;
+  partial: Map<number, number[]>;
+  since: number | null;
+}
+
 type Limits = Required<Omit<DirtySetOptions, "diskSize">>;
 
 const DEFAULTS: Limits = {
@@ -53,6 +61,7 @@ export class DirtySet {
   /** Block index → sorted, disjoint, non-adjacent [start, end) pairs relative to the block. */
   private partial = new Map<number, number[]>();
   private readonly limits: Limits;
+  private since: number | null = null;
 
   constructor(opts: DirtySetOptions) {
     this.limits = { ...DEFAULTS, ...stripUndefined(opts) };
@@ -82,11 +91,24 @@ export class DirtySet {
     return this.partial.size === 0 && this.bits.every((b) => b === 0);
   }
 
-  /** Marks `length` bytes at `offset` dirty (clipped to the disk). */
-  add(offset: number, length: number): void {
+  /**
+   * When the oldest write in the set happened (ms since the epoch, as the
+   * callers of `add` gave it), or null: the replication lag is now minus this.
+   */
+  get dirtySince(): number | null {
+    return this.since;
+  }
+
+  /**
+   * Marks `length` bytes at `offset` dirty (clipped to the disk). `at`, when
+   * given, is when the write was seen (from the caller's Clock); the oldest
+   * is kept as `dirtySince`.
+   */
+  add(offset: number, length: number, at?: number): void {
     const end = Math.min(offset + length, this.diskSize);
     offset = Math.max(0, offset);
     if (end <= offset) return;
+    if (at !== undefined) this.since = this.since === null ? at : Math.min(this.since, at);
     const B = this.blockSize;
     const b0 = Math.floor(offset / B);
     const b1 = Math.floor((end - 1) / B);
@@ -105,8 +127,8 @@ export class DirtySet {
   }
 
   /** Marks 512-byte sectors dirty, as the trace reports them. */
-  addSectors(sector: number, count: number): void {
-    this.add(sector * 512, count * 512);
+  addSectors(sector: number, count: number, at?: number): void {
+    this.add(sector * 512, count * 512, at);
   }
 
   /** The dirty bytes as sorted, disjoint, non-adjacent ranges inside the disk. */
@@ -160,14 +182,16 @@ export class DirtySet {
     taken.level = this.level;
     taken.bits = this.bits;
     taken.partial = this.partial;
+    taken.since = this.since;
     this.bits = new Uint8Array(this.bits.length);
     this.partial = new Map();
+    this.since = null;
     return taken;
   }
 
   /** Adds everything `other` holds (a set taken earlier whose pass failed, or one loaded from disk). */
   merge(other: DirtySet): void {
-    for (const r of other.extents()) this.add(r.offset, r.length);
+    for (const r of other.extents()) this.add(r.offset, r.length, other.since ?? undefined);
   }
 
   /** Doubles the granule, halving the bitmap; every dirty byte stays dirty. */
@@ -190,19 +214,17 @@ export class DirtySet {
   }
 
   /** @internal state for the file codec. */
-  exportState(): { level: number; bits: Uint8Array; partial: Map<number, number[]> } {
-    return { level: this.level, bits: this.bits, partial: this.partial };
+  exportState(): DirtySetState {
+    return { level: this.level, bits: this.bits, partial: this.partial, since: this.since };
   }
 
   /** @internal rebuilds a set from the file codec's state (validated there). */
-  static fromState(
-    opts: DirtySetOptions,
-    state: { level: number; bits: Uint8Array; partial: Map<number, number[]> },
-  ): DirtySet {
+  static fromState(opts: DirtySetOptions, state: DirtySetState): DirtySet {
     const s = new DirtySet({ ...opts, maxBitmapBytes: Infinity });
     s.level = state.level;
     s.bits = state.bits;
     s.partial = state.partial;
+    s.since = state.since;
     const capped = new DirtySet(opts);
     if (capped.level > s.level) {
       capped.merge(s);

@@ -108,7 +108,8 @@ export class TraceTracker {
    * Creates the instance (removing a stale one of the same name), sets the
    * filter, enables the event and starts reading. Throws `TRACE_UNAVAILABLE`,
    * `TRACE_NOT_BLOCK_DEVICE`, `TRACE_FILTER_REJECTED` or `TRACE_INSTANCE_BUSY`;
-   * on failure nothing is left behind.
+   * on failure nothing is left behind. Every bio queued after the returned
+   * promise resolves reaches `onRanges`, or `onLost` is called.
    */
   static async start(opts: TraceTrackerOptions): Promise<TraceTracker> {
     const log = opts.logger ?? silentLogger;
@@ -170,7 +171,15 @@ export class TraceTracker {
     } catch (err) {
       await Promise.allSettled(cpus.map((c) => c.handle.close()));
       await removeInstance(dir).catch(() => undefined);
-      throw err;
+      if (err instanceof LifeboatError) throw err;
+      throw new LifeboatError(
+        "TRACE_UNAVAILABLE",
+        `cannot set up trace instance ${dir}: ${(err as Error).message}`,
+        {
+          hint: "the kernel's block trace events differ from what the agent expects; report the kernel version (uname -r); the agent falls back to scan mode",
+          cause: err,
+        },
+      );
     }
   }
 

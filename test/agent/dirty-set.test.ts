@@ -39,7 +39,7 @@ function assertCovers(set: DirtySet, model: Model, what: string): void {
 }
 
 type Op =
-  | { kind: "add"; offset: number; length: number }
+  | { kind: "add"; offset: number; length: number; at: number }
   | { kind: "take" }
   | { kind: "putBack" }
   | { kind: "coarsen" }
@@ -53,6 +53,7 @@ const opArb = (disk: number, bs: number): fc.Arbitrary<Op> =>
         kind: fc.constant("add" as const),
         offset: fc.integer({ min: 0, max: disk + 64 }),
         length: fc.oneof(fc.integer({ min: 0, max: bs / 2 }), fc.integer({ min: 0, max: 4 * bs })),
+        at: fc.integer({ min: 0, max: 1e6 }),
       }),
     },
     { weight: 1, arbitrary: fc.constant({ kind: "take" as const }) },
@@ -82,18 +83,25 @@ void describe("DirtySet", () => {
       fc.property(scenarioArb, ([opts, ops]) => {
         let set = new DirtySet(opts);
         let model: Model = new Uint8Array(opts.diskSize);
-        const taken: { set: DirtySet; model: Model }[] = [];
+        let since: number | null = null; // the model's oldest write time
+        const taken: { set: DirtySet; model: Model; since: number | null }[] = [];
+        const older = (a: number | null, b: number | null) =>
+          a === null ? b : b === null ? a : Math.min(a, b);
         for (const op of ops) {
           switch (op.kind) {
             case "add": {
-              set.add(op.offset, op.length);
+              set.add(op.offset, op.length, op.at);
               const end = Math.min(op.offset + op.length, opts.diskSize);
-              if (end > op.offset) model.fill(1, op.offset, end);
+              if (end > op.offset) {
+                model.fill(1, op.offset, end);
+                since = older(since, op.at);
+              }
               break;
             }
             case "take":
-              taken.push({ set: set.take(), model });
+              taken.push({ set: set.take(), model, since });
               model = new Uint8Array(opts.diskSize);
+              since = null;
               assert.ok(set.isEmpty, "the set is empty after a take");
               break;
             case "putBack": {
@@ -101,6 +109,7 @@ void describe("DirtySet", () => {
               if (t) {
                 set.merge(t.set);
                 model = model.map((d, i) => d | t.model[i]!);
+                since = older(since, t.since);
               }
               break;
             }
@@ -116,9 +125,13 @@ void describe("DirtySet", () => {
             }
           }
           assertCovers(set, model, op.kind);
+          assert.equal(set.dirtySince, since, `${op.kind}: the oldest write's time`);
         }
         // Writes after a take never reach the taken set, and the taken set keeps what it had.
-        for (const t of taken) assertCovers(t.set, t.model, "taken");
+        for (const t of taken) {
+          assertCovers(t.set, t.model, "taken");
+          assert.equal(t.set.dirtySince, t.since);
+        }
         assert.ok(set.memoryBytes() <= Math.ceil(opts.diskSize / 8) + 64 * 100);
       }),
       params,
