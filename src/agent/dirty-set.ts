@@ -13,7 +13,8 @@
  * cap is reached the set coarsens, it never drops: the bitmap's granule
  * doubles until the bitmap fits `maxBitmapBytes`, a block with more than
  * `maxRangesPerBlock` ranges becomes wholly dirty, and past
- * `maxPartialBlocks` blocks with ranges all of them become wholly dirty.
+ * `maxPartialBlocks` blocks with ranges the older half of them become wholly
+ * dirty.
  *
  * `take()` hands over the current content and leaves the set empty, in one
  * synchronous step (nothing can interleave on the event loop), so writes
@@ -270,8 +271,13 @@ export class DirtySet {
     }
     this.partial.set(block, r);
     if (this.partial.size > this.limits.maxPartialBlocks) {
-      for (const b of this.partial.keys()) setBit(this.bits, this.granuleOf(b));
-      this.partial.clear();
+      // Over the cap: the older half (a Map iterates in insertion order) become whole blocks.
+      const keep = Math.floor(this.limits.maxPartialBlocks / 2);
+      for (const b of this.partial.keys()) {
+        if (this.partial.size <= keep) break;
+        setBit(this.bits, this.granuleOf(b));
+        this.partial.delete(b);
+      }
     }
   }
 }
