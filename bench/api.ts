@@ -6,7 +6,9 @@
  * latency per kind of request and the server's CPU (from /proc/<pid>/stat).
  *
  *   node dist/bench/api.js [--agents N] [--seconds S] [--db sqlite|postgres|both]
- *                          [--pg-url URL] [--reads-per-second R]
+ *                          [--pg-url URL] [--reads-per-second R] [--profile DIR]
+ *
+ * --profile DIR writes a V8 CPU profile of each server process into DIR.
  *
  * PostgreSQL: a database is created on the server of --pg-url or
  * LIFEBOAT_TEST_PG_URL (a user allowed to CREATE DATABASE) and dropped after.
@@ -42,6 +44,7 @@ interface Options {
   dbs: ("sqlite" | "postgres")[];
   pgUrl: string | undefined;
   readsPerSecond: number;
+  profile: string | undefined;
   full: boolean;
 }
 
@@ -72,6 +75,7 @@ function options(): Options {
       db: { type: "string" },
       "pg-url": { type: "string" },
       "reads-per-second": { type: "string" },
+      profile: { type: "string" },
     },
   });
   const db = values.db ?? "both";
@@ -85,7 +89,13 @@ function options(): Options {
     dbs: db === "both" ? ["sqlite", "postgres"] : [db as "sqlite" | "postgres"],
     pgUrl: values["pg-url"] ?? process.env.LIFEBOAT_TEST_PG_URL,
     readsPerSecond,
-    full: agents === 1000 && seconds === 30 && db === "both" && readsPerSecond === 10,
+    profile: values.profile,
+    full:
+      values.profile === undefined &&
+      agents === 1000 &&
+      seconds === 30 &&
+      db === "both" &&
+      readsPerSecond === 10,
   };
 }
 
@@ -111,10 +121,19 @@ function rssMiB(pid: number): number {
   return m ? Math.round(Number(m[1]) / 1024) : NaN;
 }
 
-async function startServer(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
+async function startServer(dataDir: string, profile?: string): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(
     process.execPath,
-    [BIN, "server", "start", "--data-dir", dataDir, "--listen", "127.0.0.1:0"],
+    [
+      ...(profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : []),
+      BIN,
+      "server",
+      "start",
+      "--data-dir",
+      dataDir,
+      "--listen",
+      "127.0.0.1:0",
+    ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   let head = "";
@@ -235,7 +254,7 @@ async function runOne(db: "sqlite" | "postgres", opts: Options): Promise<DbResul
   const config = JSON.parse(readFileSync(configFile, "utf8")) as Record<string, unknown>;
   writeFileSync(configFile, JSON.stringify({ ...config, registerRateLimitPerMinute: 1_000_000 }));
   const caPem = readFileSync(path.join(dataDir, "ca.pem"), "utf8");
-  const { child, url } = await startServer(dataDir);
+  const { child, url } = await startServer(dataDir, opts.profile);
   const pid = child.pid!;
   const reader = createApiDispatcher({ caPem, keepAliveMs: 60_000 });
   let agents: Closable[] = [];
@@ -243,9 +262,13 @@ async function runOne(db: "sqlite" | "postgres", opts: Options): Promise<DbResul
     log(`${db}: registering ${opts.agents} agents`);
     const reg = await registerAgents(url, caPem, init.adminApiKey, opts.agents);
     agents = reg.dispatchers;
-    // Warm-up: one beat each opens every connection before measuring.
+    // Warm-up: one beat each opens every connection before measuring (16 handshakes at a time).
+    let w = 0;
     await Promise.all(
-      agents.map((d) => fetchJson(d, `${url}/api/v1/agent/heartbeat`, { body: { state: "INITIAL_SYNC" } })),
+      Array.from({ length: 16 }, async () => {
+        while (w < agents.length)
+          await fetchJson(agents[w++]!, `${url}/api/v1/agent/heartbeat`, { body: { state: "INITIAL_SYNC" } });
+      }),
     );
     log(
       `${db}: ${opts.seconds} s of heartbeats at ${(opts.agents * 1000) / BEAT_MS}/s and ${opts.readsPerSecond} reads/s`,

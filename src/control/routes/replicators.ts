@@ -137,6 +137,8 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
     {
       onRequest: replicator,
       config: { action: "replicator.heartbeat" },
+      // Hundreds a second: no access-log lines for them (refusals are in the audit log).
+      logLevel: "warn",
       schema: {
         summary: "a replicator reports; the answer lists the servers assigned to it",
         body: {

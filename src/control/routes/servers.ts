@@ -162,6 +162,8 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
     {
       onRequest: agent,
       config: { action: "agent.heartbeat" },
+      // Hundreds a second: no access-log lines for them (refusals are in the audit log).
+      logLevel: "warn",
       schema: {
         summary: "an agent reports its state",
         body: {
