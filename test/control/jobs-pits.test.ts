@@ -1,9 +1,22 @@
 import assert from "node:assert/strict";
-import { it } from "node:test";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, it } from "node:test";
 import { isLifeboatError } from "../../src/base/index.js";
 import { createJob, logJobStep } from "../../src/control/jobs.js";
 import { forEachDatabase } from "../support/databases.js";
+import { runLifeboat } from "../support/cli.js";
 import { T0, testApp } from "./helpers.js";
+import { startTlsServer } from "./tls-helpers.js";
+
+let tmp = "";
+before(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), "lifeboat-jobs-"));
+});
+after(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
 
 interface JobView {
   id: string;
@@ -155,5 +168,42 @@ forEachDatabase("jobs and the PIT catalog", (open, dialect) => {
     assert.equal((await get("?server=nope")).length, 0);
     assert.equal((await t.app.inject({ url: "/api/v1/pits" })).statusCode, 401);
     await t.app.close();
+  });
+
+  void it("lifeboat jobs list|show over the API", async () => {
+    const database = await open();
+    const t = await startTlsServer(database, path.join(tmp, `${dialect}-cli`));
+    try {
+      const clock = { now: () => Date.now(), sleep: () => Promise.resolve() };
+      const job = await createJob(database, clock, {
+        type: "drill",
+        serverIds: ["srv_1"],
+        createdBy: "system",
+      });
+      await logJobStep(database, clock, job.id, { message: "materializing disk 0", state: "running" });
+      const api = [
+        "--endpoint",
+        t.url,
+        "--ca-file",
+        path.join(t.dataDir, "ca.pem"),
+        "--api-key-file",
+        path.join(t.dataDir, "admin-api.key"),
+      ];
+      const list = await runLifeboat(["jobs", "list", "--json", "--server", "srv_1", ...api], tmp);
+      assert.equal(list.code, 0, list.stderr);
+      assert.deepEqual(
+        (JSON.parse(list.stdout) as { jobs: JobView[] }).jobs.map((j) => [j.id, j.state]),
+        [[job.id, "running"]],
+      );
+      const show = await runLifeboat(["jobs", "show", job.id, ...api], tmp);
+      assert.equal(show.code, 0, show.stderr);
+      assert.match(show.stdout, /state: running/);
+      assert.match(show.stdout, /info {2}materializing disk 0/);
+      const missing = await runLifeboat(["jobs", "show", "job_nope", "--json", ...api], tmp);
+      assert.equal(missing.code, 1);
+      assert.equal((JSON.parse(missing.stderr) as { code: string }).code, "JOB_NOT_FOUND");
+    } finally {
+      await t.close();
+    }
   });
 });
