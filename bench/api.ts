@@ -359,7 +359,11 @@ function render(results: DbResult[], notes: string[], opts: Options, loadBefore:
         `${r.registration.agents} in ${r.registration.seconds} s (${r.registration.perSecond}/s) |`,
     ),
     "",
-    "Target: heartbeat p99 under 50 ms at this load. PostgreSQL's own CPU is not counted in the server's.",
+    "Target: heartbeat p99 under 50 ms at this load. PostgreSQL's own CPU is not counted in the server's. " +
+      `Load average after the run: ${os
+        .loadavg()
+        .map((x) => x.toFixed(1))
+        .join(" ")} (other work on the machine competes with both processes).`,
     ...(notes.length > 0 ? ["", ...notes.map((n) => `- ${n}`)] : []),
     "",
   ];

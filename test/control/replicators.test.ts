@@ -65,10 +65,19 @@ forEachDatabase("replicators", (open, dialect) => {
         method: "PUT",
         body: { replicatorId: rep.id },
       });
-      await t.adminCall(`/api/v1/servers/${c.id}/settings/replication`, {
-        method: "PUT",
-        body: { replicatorId: other.id },
-      });
+      // by name, stored as the id; an unknown replicator is refused
+      const put = await t.adminCall<{ overrides: { replicatorId: string } }>(
+        `/api/v1/servers/${c.id}/settings/replication`,
+        { method: "PUT", body: { replicatorId: "rep-2" } },
+      );
+      assert.equal(put.overrides.replicatorId, other.id);
+      await assert.rejects(
+        t.adminCall(`/api/v1/servers/${b.id}/settings/replication`, {
+          method: "PUT",
+          body: { replicatorId: "rep-nope" },
+        }),
+        { code: "REQUEST_INVALID", message: /replicatorId/ },
+      );
       assert.deepEqual((await hb()).servers, [a.id]);
       const list = () =>
         fetchJson<{ servers: ServerView[] }>(rep.dispatcher, `${t.url}/api/v1/servers`).then((r) =>
