@@ -3,6 +3,7 @@
  * images, in one run. `npm run bench` builds, then runs this.
  *
  *   --only lifeboat|peers   run one side only
+ *   --only api              only the API load benchmark (bench/api.ts; a full run ends with it)
  *   --size-gib N            image size (default 2)
  *   --quick                 256 MiB image, for smoke checks
  *   --keep                  keep bench/work/repos/ (repositories, keys) after the run
@@ -15,6 +16,7 @@
  * size, --only) write bench/work/results/ instead, so a smoke check never
  * replaces the published figures.
  */
+import { spawnSync } from "node:child_process";
 import { mkdirSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -45,7 +47,7 @@ import {
 } from "./sys.js";
 
 interface Options {
-  only: "lifeboat" | "peers" | null;
+  only: "lifeboat" | "peers" | "api" | null;
   sizeBytes: number;
   quick: boolean;
   keep: boolean;
@@ -65,8 +67,8 @@ function parseOptions(): Options {
     },
   });
   const only = values.only ?? null;
-  if (only !== null && only !== "lifeboat" && only !== "peers") {
-    throw new Error(`--only must be lifeboat or peers, got ${only}`);
+  if (only !== null && only !== "lifeboat" && only !== "peers" && only !== "api") {
+    throw new Error(`--only must be lifeboat, peers or api, got ${only}`);
   }
   return {
     only,
@@ -134,8 +136,16 @@ function writeAtomically(file: string, text: string): void {
   renameSync(file + ".tmp", file);
 }
 
+/** The API load benchmark, in its own process (it is asynchronous; this file is not). */
+function apiBench(): number {
+  return (
+    spawnSync(process.execPath, [path.join(import.meta.dirname, "api.js")], { stdio: "inherit" }).status ?? 1
+  );
+}
+
 function main(): number {
   const opts = parseOptions();
+  if (opts.only === "api") return apiBench();
   requireRoot("The benchmark");
   trapInterrupts();
   requireTimeBinary();
@@ -198,7 +208,8 @@ function main(): number {
   log(`results written to ${path.relative(process.cwd(), dir) || dir}/${base}.{json,md}`);
 
   const failed = notes.some((n) => n.includes("failed")) || outcome.steps.some((s) => s.verified === false);
-  return failed ? 1 : 0;
+  const apiFailed = opts.only === null && apiBench() !== 0;
+  return failed || apiFailed ? 1 : 0;
 }
 
 try {

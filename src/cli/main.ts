@@ -25,6 +25,8 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand((await import("./servers.js")).serversCommand());
   program.addCommand((await import("./audit.js")).auditCommand());
   program.addCommand((await import("./settings.js")).settingsCommand());
+  program.addCommand((await import("./replicators.js")).replicatorsCommand());
+  program.addCommand((await import("./jobs.js")).jobsCommand());
   for (const c of allCommands(program)) {
     // With --json, usage errors are printed once, as JSON, below.
     c.exitOverride()

@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { type ApiOpts, apiOptions, withApi } from "./api-client.js";
 import { printJson, printLines } from "./output.js";
+import { decommissionCommand } from "./replicators.js";
 import { action } from "./store.js";
 
 interface ServerView {
@@ -49,6 +50,19 @@ export function serversCommand(): Command {
             ([k, v]) => `${k}: ${typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)}`,
           ),
         );
+    }),
+  );
+  apiOptions(
+    servers
+      .command("decommission")
+      .description("revoke a server's certificates and stop accepting its agent (admin)")
+      .argument("<server>", "id or name")
+      .option("--yes", "do it (without, only say what would happen)"),
+  ).action(
+    action<ApiOpts & { yes?: boolean }>(async (ctx, o, cmd) => {
+      await decommissionCommand(ctx.json, o, "servers", cmd.args[0]!, (path) =>
+        withApi(ctx, o, (api) => api.call(path, { method: "POST", body: {} })),
+      );
     }),
   );
   return servers;

@@ -6,7 +6,11 @@ import { appendAudit } from "./audit.js";
 import { actorName } from "./auth.js";
 import type { AppContext } from "./context.js";
 import { installErrorHandling } from "./http-error.js";
+import { certificateRoutes } from "./routes/certificates.js";
 import { healthRoutes } from "./routes/health.js";
+import { jobRoutes } from "./routes/jobs.js";
+import { pitRoutes } from "./routes/pits.js";
+import { replicatorRoutes } from "./routes/replicators.js";
 import { registerRoutes } from "./routes/register.js";
 import { serverRoutes } from "./routes/servers.js";
 import { tokenRoutes } from "./routes/tokens.js";
@@ -94,6 +98,10 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   registerRoutes(app, ctx);
   serverRoutes(app, ctx);
   (await import("./routes/settings.js")).settingsRoutes(app, ctx);
+  replicatorRoutes(app, ctx);
+  certificateRoutes(app, ctx);
+  jobRoutes(app, ctx);
+  pitRoutes(app, ctx);
   return app;
 }
 

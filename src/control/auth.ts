@@ -102,50 +102,83 @@ export async function isRevoked(database: Database, serial: string): Promise<boo
 }
 
 /** onRequest hook: a valid, current, unrevoked client certificate of `role` (401/403 otherwise). */
-export function requireClient(database: Database, clock: Clock, caPem: string, role: ClientRole) {
-  return async (request: FastifyRequest): Promise<void> => {
-    const socket = request.raw.socket as TLSSocket;
-    if (typeof socket.getPeerCertificate !== "function") {
-      throw httpError(
-        401,
-        "NET_CLIENT_CERT_REQUIRED",
-        "this route needs a client certificate over TLS",
-        "connect over HTTPS with the agent's certificate",
-      );
-    }
-    const identity = await verifyClientCertificate(socket, {
-      caPem,
-      clock,
-      isRevoked: (s) => isRevoked(database, s),
-    });
-    if (identity.role !== role) {
-      throw httpError(
-        403,
-        "AUTH_FORBIDDEN",
-        `a ${identity.role} certificate cannot use this route`,
-        "use the right identity",
-      );
-    }
-    request.actor = {
-      kind: "client",
-      role: identity.role,
-      subjectId: identity.subjectId,
-      serial: identity.serial,
-    };
+export function requireClient(
+  database: Database,
+  clock: Clock,
+  caPem: string,
+  role: ClientRole | readonly ClientRole[],
+) {
+  const roles = typeof role === "string" ? [role] : role;
+  return (request: FastifyRequest): Promise<void> =>
+    authenticateClient(request, database, clock, caPem, roles);
+}
+
+async function authenticateClient(
+  request: FastifyRequest,
+  database: Database,
+  clock: Clock,
+  caPem: string,
+  roles: readonly ClientRole[],
+): Promise<void> {
+  const socket = request.raw.socket as TLSSocket;
+  if (typeof socket.getPeerCertificate !== "function") {
+    throw httpError(
+      401,
+      "NET_CLIENT_CERT_REQUIRED",
+      "this route needs a client certificate over TLS",
+      "connect over HTTPS with the agent's certificate",
+    );
+  }
+  const identity = await verifyClientCertificate(socket, {
+    caPem,
+    clock,
+    isRevoked: (s) => isRevoked(database, s),
+  });
+  if (!roles.includes(identity.role)) {
+    throw httpError(
+      403,
+      "AUTH_FORBIDDEN",
+      `a ${identity.role} certificate cannot use this route`,
+      "use the right identity",
+    );
+  }
+  request.actor = {
+    kind: "client",
+    role: identity.role,
+    subjectId: identity.subjectId,
+    serial: identity.serial,
   };
 }
 
 /** onRequest hook: an API key of any role, or an agent certificate. */
 export function requireOperatorOrAgent(database: Database, clock: Clock, caPem: string) {
+  return requireOperatorOrClient(database, clock, caPem, ["agent"]);
+}
+
+/**
+ * onRequest hook: an API key of any role, or a client certificate of one of
+ * `roles`. What a client may then see is the route's business (an agent its
+ * own server, a replicator the servers assigned to it).
+ */
+export function requireOperatorOrClient(
+  database: Database,
+  clock: Clock,
+  caPem: string,
+  roles: readonly ClientRole[],
+) {
   const operator = requireOperator(database, clock, "viewer");
-  const agent = requireClient(database, clock, caPem, "agent");
   return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (request.headers.authorization !== undefined) return operator(request, reply);
     const socket = request.raw.socket as TLSSocket;
     const hasCert =
       typeof socket.getPeerCertificate === "function" &&
       Object.keys(socket.getPeerCertificate() ?? {}).length > 0;
-    if (hasCert) return agent(request);
-    throw httpError(401, "AUTH_REQUIRED", "this route needs an API key or an agent certificate", BEARER_HINT);
+    if (hasCert) return authenticateClient(request, database, clock, caPem, roles);
+    throw httpError(
+      401,
+      "AUTH_REQUIRED",
+      `this route needs an API key or a client certificate (${roles.join(" or ")})`,
+      BEARER_HINT,
+    );
   };
 }

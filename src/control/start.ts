@@ -6,6 +6,7 @@ import { assertPrivateFile, serverTlsOptions } from "../net/index.js";
 import { buildApp } from "./app.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
 import { migrateToLatest, openDatabase } from "./db/index.js";
+import { sweepDisconnected } from "./heartbeats.js";
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -30,7 +31,8 @@ export interface StartOptions {
  * `lifeboat server start`: loads the config, refuses to start while a key
  * file is open to others (FILE_MODE_INSECURE naming the file), migrates the
  * database, and listens with TLS 1.3 (client certificates asked for, not
- * required). Logs are pino JSON. SIGTERM closes gracefully.
+ * required). Logs are pino JSON. SIGTERM closes gracefully. While it runs,
+ * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED.
  */
 export async function startServer(
   source: string | ControlConfig,
@@ -72,6 +74,21 @@ export async function startServer(
     throw err;
   }
   const address = app.server.address() as AddressInfo;
+  // Every instance sweeps; the sweep is safe to run from several at once (heartbeats.ts).
+  const timeoutMs = config.heartbeatTimeoutSeconds * 1000;
+  let sweeping: Promise<unknown> = Promise.resolve();
+  const sweeper = setInterval(
+    () => {
+      sweeping = sweepDisconnected(database, clock, timeoutMs).then(
+        (r) => {
+          if (r.servers.length + r.replicators.length > 0) logger.warn(r, "disconnected");
+        },
+        (err: unknown) => logger.error({ err }, "the disconnected sweep failed"),
+      );
+    },
+    Math.min(30_000, Math.max(1000, timeoutMs / 4)),
+  );
+  sweeper.unref();
   let closing: Promise<void> | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "shutting down");
@@ -81,7 +98,9 @@ export async function startServer(
     (closing ??= (async () => {
       process.removeListener("SIGTERM", onSignal);
       process.removeListener("SIGINT", onSignal);
+      clearInterval(sweeper);
       await app.close();
+      await sweeping;
       await database.close();
       logger.info("server stopped");
     })());

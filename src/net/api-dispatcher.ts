@@ -20,6 +20,11 @@ export interface ApiDispatcherOptions {
   clientKeyPem?: string;
   /** Connect timeout in milliseconds (undici's default, 10 s, otherwise). */
   connectTimeoutMs?: number;
+  /**
+   * How long an idle connection stays open for reuse (ms; undici's default is 4 s). An agent
+   * that reports every 5 s keeps its connection, and spares a TLS handshake a beat, with more.
+   */
+  keepAliveMs?: number;
   clock?: Clock;
 }
 
@@ -95,5 +100,10 @@ export function createApiDispatcher(opts: ApiDispatcherOptions = {}): Agent {
       callback(null, socket);
     });
   };
-  return new Agent({ connect });
+  return new Agent({
+    connect,
+    ...(opts.keepAliveMs !== undefined
+      ? { keepAliveTimeout: opts.keepAliveMs, keepAliveMaxTimeout: opts.keepAliveMs }
+      : {}),
+  });
 }

@@ -35,3 +35,4 @@ export { type ApiDispatcherOptions, createApiDispatcher } from "./api-dispatcher
 export { type FetchJsonOptions, fetchJson } from "./fetch-json.js";
 export { toNetError } from "./net-errors.js";
 export { assertPrivateFile } from "./private-file.js";
+export { type RevocationList, type RevocationListOptions, createRevocationList } from "./revocation-list.js";

@@ -67,6 +67,10 @@ export async function verifyClientCertificate(
 }
 
 function trustedIdentity(socket: TLSSocket, caPem: string): ClientIdentity {
+  // A TLS 1.3 connection's peer certificate never changes (no renegotiation), so a trusted
+  // identity found once holds for the socket; getPeerCertificate() builds a new object per call.
+  const known = trustCache.get(socket);
+  if (known?.caPem === caPem && known.identity) return known.identity;
   const peer = socket.getPeerCertificate();
   if (!peer?.raw || peer.raw.length === 0) {
     throw refusal(

@@ -35,6 +35,8 @@ const TABLES: (keyof Schema)[] = [
   "leases",
 ];
 
+const ALL_MIGRATIONS = ["0001_initial", "0002_replicators_jobs"];
+
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */
 const T = 1_764_000_000_123;
 
@@ -56,11 +58,11 @@ forEachDatabase("control database", (open, dialect) => {
       const database = await open({ migrate: false });
       assert.deepEqual(await tableNames(database), []);
       assert.deepEqual((await migrationStatus(database)).pending, Object.keys(MIGRATIONS).sort());
-      assert.deepEqual(await migrateToLatest(database), ["0001_initial"]);
+      assert.deepEqual(await migrateToLatest(database), ALL_MIGRATIONS);
       assert.deepEqual(await tableNames(database), [...TABLES].sort());
       assert.deepEqual(await migrateToLatest(database), []);
       assert.deepEqual(await migrationStatus(database), {
-        applied: ["0001_initial"],
+        applied: ALL_MIGRATIONS,
         pending: [],
         unknown: [],
       });
@@ -71,7 +73,7 @@ forEachDatabase("control database", (open, dialect) => {
       const down = await migrator(database).migrateTo(NO_MIGRATIONS);
       assert.equal(down.error, undefined);
       assert.deepEqual(await tableNames(database), []);
-      assert.deepEqual(await migrateToLatest(database), ["0001_initial"]);
+      assert.deepEqual(await migrateToLatest(database), ALL_MIGRATIONS);
       assert.deepEqual(await tableNames(database), [...TABLES].sort());
     });
 
@@ -98,7 +100,7 @@ forEachDatabase("control database", (open, dialect) => {
         const b = await open({ sameAs: a });
         const c = await open({ sameAs: a });
         const applied = await Promise.all([a, b, c].map((d) => migrateToLatest(d)));
-        assert.deepEqual(applied.flat(), ["0001_initial"]);
+        assert.deepEqual(applied.flat(), ALL_MIGRATIONS);
         assert.deepEqual(await tableNames(c), [...TABLES].sort());
       });
     }
@@ -151,6 +153,8 @@ forEachDatabase("control database", (open, dialect) => {
           last_seen_at: T,
           registered_at: T - 1000,
           drained: 1 as const,
+          decommissioned_at: null,
+          token_id: "tok_1",
         },
         servers: {
           id: "srv_1",
@@ -216,6 +220,7 @@ forEachDatabase("control database", (open, dialect) => {
           claimed_by: "cp-1",
           claimed_at: T + 5,
           finished_at: null,
+          updated_at: T + 6,
         },
         job_log: {
           job_id: "job_1",

@@ -13,6 +13,6 @@ export { type MigrationStatus, migrateToLatest, migrationStatus } from "./migrat
 export { MIGRATIONS } from "./migrations/index.js";
 export { currentLease, releaseLease, tryAcquireLease } from "./leases.js";
 export { type AppendLog, lockForAppend } from "./append-lock.js";
-export { type NewEvent, appendEvent } from "./events.js";
+export { type NewEvent, appendEvent, appendEventIn } from "./events.js";
 export { parseDatabaseUrl, redactUrl } from "./url.js";
 export type * from "./schema.js";

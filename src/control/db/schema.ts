@@ -15,8 +15,9 @@ import type { ColumnType, Generated, Insertable, Selectable, Updateable } from "
  *   values are allowed. They are not CHECK constraints on purpose: adding a
  *   value to a CHECK in SQLite means rebuilding the table.
  *
- * The migration in migrations/0001-initial.ts creates exactly these columns; a
- * change here needs a new migration (never an edit of an applied one).
+ * The migrations in migrations/ create exactly these columns (0001 the
+ * tables, 0002 the columns marked "since 0002"); a change here needs a new
+ * migration (never an edit of an applied one).
  */
 export interface Schema {
   api_keys: ApiKeysTable;
@@ -129,6 +130,10 @@ export interface ReplicatorsTable {
   registered_at: number;
   /** 1: takes no new servers (being drained); 0: normal. */
   drained: ColumnType<0 | 1, 0 | 1 | undefined, 0 | 1>;
+  /** Since 0002: set when an admin decommissioned it (its certificates are revoked then). */
+  decommissioned_at: number | null;
+  /** Since 0002: the install token it registered with. */
+  token_id: string | null;
 }
 
 /** Replication and launch settings: scope "default" is the template, otherwise a server id. */
@@ -171,6 +176,8 @@ export interface JobsTable {
   claimed_by: string | null;
   claimed_at: number | null;
   finished_at: number | null;
+  /** Since 0002: the last change of state or log (null in rows written before 0002). */
+  updated_at: number | null;
 }
 
 /** A job's step-by-step log: seq counts from 1 within a job. Rows go when their job is deleted. */

@@ -6,6 +6,7 @@ import {
   type Driver,
   Kysely,
   SqliteAdapter,
+  type SqliteDatabase,
   SqliteDialect,
   type SqliteDialectConfig,
   SqliteDriver,
@@ -58,7 +59,32 @@ export function openSqlite(file: string, display: string, logger: Logger): Kysel
     handle.close();
     throw openFailed(display, err);
   }
-  return new Kysely<Schema>({ dialect: new ImmediateSqliteDialect({ database: handle }) });
+  return new Kysely<Schema>({
+    dialect: new ImmediateSqliteDialect({ database: withStatementCache(handle) }),
+  });
+}
+
+/**
+ * kysely prepares every query it runs, and better-sqlite3 compiles SQL on
+ * every prepare() (measured: the largest cost of a heartbeat after TLS).
+ * A statement can be run again and again, and one connection never runs two
+ * at once (kysely's mutex), so the last few hundred distinct SQL texts keep
+ * theirs. SQLite re-prepares a statement by itself after a schema change.
+ */
+function withStatementCache(handle: SQLite.Database, max = 256): SqliteDatabase {
+  const cache = new Map<string, SQLite.Statement>();
+  return {
+    close: () => handle.close(),
+    prepare(sql: string) {
+      let statement = cache.get(sql);
+      if (statement === undefined) {
+        statement = handle.prepare(sql);
+        if (cache.size >= max) cache.delete(cache.keys().next().value!);
+        cache.set(sql, statement);
+      }
+      return statement;
+    },
+  };
 }
 
 function openFailed(display: string, err: unknown): LifeboatError {

@@ -1,9 +1,11 @@
 import type {} from "@fastify/swagger";
 import type { FastifyInstance } from "fastify";
-import { requireClient, requireOperatorOrAgent } from "../auth.js";
+import { requireClient, requireOperator, requireOperatorOrClient } from "../auth.js";
 import { type AppContext, auditRequest } from "../context.js";
 import type { Server } from "../db/index.js";
+import { type HeartbeatReport, recordHeartbeat } from "../heartbeats.js";
 import { errorSchema, httpError } from "../http-error.js";
+import { assignments, decommission } from "../replicators.js";
 
 const serverProperties = {
   id: { type: "string" },
@@ -25,22 +27,19 @@ const serverSchema = {
 } as const;
 const errors = { 401: errorSchema, 403: errorSchema, 404: errorSchema } as const;
 
-interface Heartbeat {
-  state: string;
-  lagSeconds?: number;
-  backlogBytes?: number;
-  inventory?: Record<string, unknown>;
-}
+const notFound = (key: string) =>
+  httpError(404, "SERVER_NOT_FOUND", `no server ${key}`, "list servers with `lifeboat servers list`");
 
 /**
- * Servers: operators (any role) see all; an agent sees only its own server
- * (another id answers 404, as if it did not exist). Agents report with
- * heartbeats.
+ * Servers: operators (any role) see all; an agent sees only its own server, a
+ * replicator only the servers assigned to it (any other id answers 404, as if
+ * it did not exist). Agents report with heartbeats; admins decommission.
  */
 export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
-  const readers = requireOperatorOrAgent(ctx.database, ctx.clock, ctx.ca.certPem);
+  const readers = requireOperatorOrClient(ctx.database, ctx.clock, ctx.ca.certPem, ["agent", "replicator"]);
   const agent = requireClient(ctx.database, ctx.clock, ctx.ca.certPem, "agent");
-  const view = (s: Server) => {
+  const admin = requireOperator(ctx.database, ctx.clock, "admin");
+  const view = (s: Server, replicatorId: string | null) => {
     const lastSeen = s.last_seen_at === null ? null : Number(s.last_seen_at);
     return {
       id: s.id,
@@ -52,7 +51,7 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
       backlogBytes: s.backlog_bytes === null ? null : Number(s.backlog_bytes),
       lastSeenAt: lastSeen === null ? null : new Date(lastSeen).toISOString(),
       registeredAt: new Date(Number(s.registered_at)).toISOString(),
-      replicatorId: s.replicator_id,
+      replicatorId,
       inventory: s.inventory_json === null ? null : (JSON.parse(s.inventory_json) as Record<string, unknown>),
     };
   };
@@ -74,9 +73,14 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
       },
     },
     async (request) => {
+      const actor = request.actor;
+      const assigned = await assignments(ctx.database);
       let q = ctx.database.db.selectFrom("servers").selectAll().where("decommissioned_at", "is", null);
-      if (request.actor.kind === "client") q = q.where("id", "=", request.actor.subjectId);
-      return { servers: (await q.orderBy("name").execute()).map(view) };
+      if (actor.kind === "client" && actor.role === "agent") q = q.where("id", "=", actor.subjectId);
+      let rows = await q.orderBy("name").execute();
+      if (actor.kind === "client" && actor.role === "replicator")
+        rows = rows.filter((r) => assigned.get(r.id) === actor.subjectId);
+      return { servers: rows.map((r) => view(r, assigned.get(r.id) ?? null)) };
     },
   );
 
@@ -97,28 +101,69 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
     async (request) => {
       const key = request.params.id;
+      const actor = request.actor;
       const row = await ctx.database.db
         .selectFrom("servers")
         .selectAll()
         .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
         .executeTakeFirst();
-      const own = request.actor.kind !== "client" || row?.id === request.actor.subjectId;
-      if (row === undefined || !own)
-        throw httpError(
-          404,
-          "SERVER_NOT_FOUND",
-          `no server ${key}`,
-          "list servers with `lifeboat servers list`",
-        );
-      return view(row);
+      if (row === undefined) throw notFound(key);
+      const replicatorId = (await assignments(ctx.database)).get(row.id) ?? null;
+      const visible =
+        actor.kind !== "client" ||
+        (actor.role === "agent" ? row.id === actor.subjectId : replicatorId === actor.subjectId);
+      if (!visible) throw notFound(key);
+      return view(row, replicatorId);
     },
   );
 
-  app.post<{ Body: Heartbeat }>(
+  app.post<{ Params: { id: string } }>(
+    "/api/v1/servers/:id/decommission",
+    {
+      onRequest: admin,
+      config: { action: "server.decommission" },
+      schema: {
+        summary: "decommission a server: revoke its certificates, stop accepting its agent",
+        params: {
+          type: "object",
+          required: ["id"],
+          additionalProperties: false,
+          properties: { id: { type: "string", maxLength: 253 } },
+        },
+        body: { type: "object", additionalProperties: false, properties: {} },
+        response: {
+          200: {
+            type: "object",
+            required: ["id", "name", "revokedCertificates"],
+            properties: {
+              id: { type: "string" },
+              name: { type: "string" },
+              revokedCertificates: { type: "integer" },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      request.auditTarget = `server:${request.params.id}`;
+      const r = await decommission(ctx.database, ctx.clock, "server", request.params.id);
+      if (r === undefined) throw notFound(request.params.id);
+      await auditRequest(ctx, request, "server.decommission", `server:${r.id}`, "ok", {
+        name: r.name,
+        revokedCertificates: r.revoked,
+      });
+      return { id: r.id, name: r.name, revokedCertificates: r.revoked };
+    },
+  );
+
+  app.post<{ Body: HeartbeatReport }>(
     "/api/v1/agent/heartbeat",
     {
       onRequest: agent,
       config: { action: "agent.heartbeat" },
+      // Hundreds a second: no access-log lines for them (refusals are in the audit log).
+      logLevel: "warn",
       schema: {
         summary: "an agent reports its state",
         body: {
@@ -148,26 +193,21 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
         throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "agent route", "");
       const id = request.actor.subjectId;
       const b = request.body;
-      const r = await ctx.database.db
-        .updateTable("servers")
-        .set({
-          state: b.state,
-          last_seen_at: ctx.clock.now(),
-          ...(b.lagSeconds !== undefined ? { lag_seconds: b.lagSeconds } : {}),
-          ...(b.backlogBytes !== undefined ? { backlog_bytes: b.backlogBytes } : {}),
-          ...(b.inventory !== undefined ? { inventory_json: JSON.stringify(b.inventory) } : {}),
-        })
-        .where("id", "=", id)
-        .where("decommissioned_at", "is", null)
-        .executeTakeFirst();
-      if (Number(r.numUpdatedRows) === 0)
+      const outcome = await recordHeartbeat(ctx.database, ctx.clock, id, b);
+      if (!outcome.found)
         throw httpError(
           404,
           "SERVER_NOT_FOUND",
           `server ${id} is not registered`,
           "register the agent again",
         );
-      await auditRequest(ctx, request, "agent.heartbeat", `server:${id}`, "ok", { state: b.state });
+      // Only a change of state is audited (heartbeats.ts says why).
+      if (outcome.previousState !== undefined)
+        await auditRequest(ctx, request, "agent.heartbeat", `server:${id}`, "ok", {
+          from: outcome.previousState,
+          to: b.state,
+        });
+      else request.audited = true;
       return {
         serverId: id,
         heartbeatSeconds: Math.max(1, Math.floor(ctx.config.heartbeatTimeoutSeconds / 4)),

@@ -96,6 +96,24 @@ export function settingsRoutes(app: FastifyInstance, ctx: AppContext): void {
   const update = async (kind: SettingsKind, scope: string, patch: Override, by: string) =>
     ctx.database.db.transaction().execute(async (trx) => {
       const old = await readOverride({ db: trx }, scope, kind);
+      // The assigned replicator must exist; a name is stored as its id.
+      if (kind === "replication" && typeof patch.replicatorId === "string") {
+        const key = patch.replicatorId;
+        const rep = await trx
+          .selectFrom("replicators")
+          .select("id")
+          .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
+          .where("decommissioned_at", "is", null)
+          .executeTakeFirst();
+        if (rep === undefined)
+          throw httpError(
+            400,
+            "REQUEST_INVALID",
+            `body.replicatorId: no registered replicator ${key}`,
+            "list replicators with `lifeboat replicators list`",
+          );
+        patch = { ...patch, replicatorId: rep.id };
+      }
       const next = applyPatch(kind, old, patch);
       await writeOverride({ db: trx }, scope, kind, next, by, ctx.clock.now());
       return { old, next };

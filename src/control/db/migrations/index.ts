@@ -1,5 +1,6 @@
 import type { Migration } from "kysely";
 import { initial } from "./0001-initial.js";
+import { replicatorsJobs } from "./0002-replicators-jobs.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -11,4 +12,5 @@ import { initial } from "./0001-initial.js";
  */
 export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0001_initial": initial,
+  "0002_replicators_jobs": replicatorsJobs,
 });

@@ -1,0 +1,165 @@
+import { type Clock, LifeboatError } from "../base/index.js";
+import type { Database, Job, JobLogLine, JobState, JobType } from "./db/index.js";
+import { newId } from "./secrets.js";
+
+/**
+ * Jobs: drills, recoveries and failbacks, each with a step-by-step log.
+ * Other domains create and advance them through these functions (the launch
+ * code will); operators read them over the API. A log line's seq counts from
+ * 1 within its job and is assigned under the job's row lock, so two writers
+ * never take the same number.
+ */
+export const JOB_STATES = ["pending", "running", "succeeded", "failed", "terminated"] as const;
+const FINISHED: ReadonlySet<string> = new Set(["succeeded", "failed", "terminated"]);
+
+export interface NewJobInput {
+  type: JobType;
+  serverIds: string[];
+  params?: Record<string, unknown>;
+  /** The actor that asked for it ("apikey:key_...", "system"). */
+  createdBy: string;
+}
+
+export interface JobView {
+  id: string;
+  type: string;
+  state: string;
+  serverIds: string[];
+  params: Record<string, unknown>;
+  result: unknown;
+  createdAt: string;
+  createdBy: string;
+  updatedAt: string;
+  finishedAt: string | null;
+}
+
+export interface JobLogView {
+  seq: number;
+  at: string;
+  level: string;
+  message: string;
+}
+
+export async function createJob(database: Database, clock: Clock, input: NewJobInput): Promise<JobView> {
+  const now = clock.now();
+  const row: Job = {
+    id: newId("job"),
+    type: input.type,
+    state: "pending",
+    server_ids_json: JSON.stringify(input.serverIds),
+    params_json: JSON.stringify(input.params ?? {}),
+    result_json: null,
+    created_at: now,
+    created_by: input.createdBy,
+    claimed_by: null,
+    claimed_at: null,
+    finished_at: null,
+    updated_at: now,
+  };
+  await database.db.insertInto("jobs").values(row).execute();
+  return jobView(row);
+}
+
+/**
+ * Appends a log line and, when `state` is given, moves the job to it (a
+ * finished job's state no longer changes: JOB_FINISHED). Returns the line.
+ */
+export async function logJobStep(
+  database: Database,
+  clock: Clock,
+  jobId: string,
+  line: { level?: JobLogLine["level"]; message: string; state?: JobState; result?: unknown },
+): Promise<JobLogView> {
+  return database.db.transaction().execute(async (trx) => {
+    let q = trx.selectFrom("jobs").select(["id", "state"]).where("id", "=", jobId);
+    if (database.dialect === "postgres") q = q.forUpdate();
+    const job = await q.executeTakeFirst();
+    if (job === undefined)
+      throw new LifeboatError("JOB_NOT_FOUND", `no job ${jobId}`, {
+        hint: "list jobs with `lifeboat jobs list`",
+      });
+    const now = clock.now();
+    if (line.state !== undefined && line.state !== job.state && FINISHED.has(job.state)) {
+      throw new LifeboatError(
+        "JOB_FINISHED",
+        `job ${jobId} is already ${job.state}; its state no longer changes`,
+        {
+          hint: "start a new job",
+        },
+      );
+    }
+    const last = await trx
+      .selectFrom("job_log")
+      .select("seq")
+      .where("job_id", "=", jobId)
+      .orderBy("seq", "desc")
+      .limit(1)
+      .executeTakeFirst();
+    const entry: JobLogLine = {
+      job_id: jobId,
+      seq: Number(last?.seq ?? 0) + 1,
+      at: now,
+      level: line.level ?? "info",
+      message: line.message,
+    };
+    await trx.insertInto("job_log").values(entry).execute();
+    await trx
+      .updateTable("jobs")
+      .set({
+        updated_at: now,
+        ...(line.state !== undefined ? { state: line.state } : {}),
+        ...(line.state !== undefined && FINISHED.has(line.state) ? { finished_at: now } : {}),
+        ...(line.result !== undefined ? { result_json: JSON.stringify(line.result) } : {}),
+      })
+      .where("id", "=", jobId)
+      .execute();
+    return logView(entry);
+  });
+}
+
+export async function listJobs(
+  database: Database,
+  filter: { serverId?: string; state?: string; limit?: number } = {},
+): Promise<JobView[]> {
+  let q = database.db.selectFrom("jobs").selectAll().orderBy("created_at", "desc").orderBy("id");
+  if (filter.state !== undefined) q = q.where("state", "=", filter.state);
+  const rows = (await q.execute()).map(jobView);
+  const matching =
+    filter.serverId === undefined ? rows : rows.filter((j) => j.serverIds.includes(filter.serverId!));
+  return matching.slice(0, filter.limit ?? 1000);
+}
+
+export async function getJob(
+  database: Database,
+  jobId: string,
+): Promise<{ job: JobView; log: JobLogView[] } | undefined> {
+  const row = await database.db.selectFrom("jobs").selectAll().where("id", "=", jobId).executeTakeFirst();
+  if (row === undefined) return undefined;
+  const log = await database.db
+    .selectFrom("job_log")
+    .selectAll()
+    .where("job_id", "=", jobId)
+    .orderBy("seq")
+    .execute();
+  return { job: jobView(row), log: log.map(logView) };
+}
+
+function jobView(j: Job): JobView {
+  const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
+  return {
+    id: j.id,
+    type: j.type,
+    state: j.state,
+    serverIds: JSON.parse(j.server_ids_json) as string[],
+    params: JSON.parse(j.params_json) as Record<string, unknown>,
+    result: j.result_json === null ? null : (JSON.parse(j.result_json) as unknown),
+    createdAt: iso(j.created_at)!,
+    createdBy: j.created_by,
+    updatedAt: iso(j.updated_at ?? j.created_at)!,
+    finishedAt: iso(j.finished_at),
+  };
+}
+
+function logView(l: JobLogLine): JobLogView {
+  return { seq: Number(l.seq), at: new Date(Number(l.at)).toISOString(), level: l.level, message: l.message };
+}

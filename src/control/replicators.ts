@@ -1,0 +1,122 @@
+import type { Clock } from "../base/index.js";
+import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
+import { OVERRIDE_SCHEMAS } from "./settings.js";
+
+/**
+ * Replicators and the servers assigned to them. The assignment is a
+ * replication setting (`replicatorId`: the template's value, or a server's
+ * own override), read here on every call rather than copied into the servers
+ * table, so no control-plane process can hold a stale copy of it.
+ */
+export async function assignments(database: Database): Promise<Map<string, string | null>> {
+  const rows = await database.db
+    .selectFrom("settings")
+    .select(["scope", "json"])
+    .where("kind", "=", "replication")
+    .execute();
+  const replicatorOf = (json: string): { set: boolean; value: string | null } => {
+    const parsed = OVERRIDE_SCHEMAS.replication.safeParse(JSON.parse(json));
+    if (!parsed.success || !("replicatorId" in parsed.data)) return { set: false, value: null };
+    return { set: true, value: parsed.data.replicatorId ?? null };
+  };
+  const byScope = new Map(rows.map((r) => [r.scope, replicatorOf(r.json)]));
+  const template = byScope.get("default")?.value ?? null;
+  const servers = await database.db
+    .selectFrom("servers")
+    .select("id")
+    .where("decommissioned_at", "is", null)
+    .execute();
+  const out = new Map<string, string | null>();
+  for (const s of servers) {
+    const own = byScope.get(s.id);
+    out.set(s.id, own?.set ? own.value : template);
+  }
+  return out;
+}
+
+/** Ids of the (not decommissioned) servers assigned to `replicatorId`, sorted. */
+export async function assignedServerIds(database: Database, replicatorId: string): Promise<string[]> {
+  const all = await assignments(database);
+  return [...all]
+    .filter(([, r]) => r === replicatorId)
+    .map(([s]) => s)
+    .sort();
+}
+
+export interface ReplicatorReport {
+  state?: string;
+  address?: string;
+  capacity?: Record<string, unknown>;
+}
+
+/** A replicator's heartbeat; false when it is unknown or decommissioned. */
+export async function recordReplicatorHeartbeat(
+  database: Database,
+  clock: Clock,
+  replicatorId: string,
+  report: ReplicatorReport,
+): Promise<boolean> {
+  const r = await database.db
+    .updateTable("replicators")
+    .set({
+      last_seen_at: clock.now(),
+      state: report.state ?? "ACTIVE",
+      ...(report.address !== undefined ? { address: report.address } : {}),
+      ...(report.capacity !== undefined ? { capacity_json: JSON.stringify(report.capacity) } : {}),
+    })
+    .where("id", "=", replicatorId)
+    .where("decommissioned_at", "is", null)
+    .executeTakeFirst();
+  return Number(r.numUpdatedRows) > 0;
+}
+
+/**
+ * Decommissions a server or a replicator: marks the row, revokes every
+ * certificate of that identity and appends an event, in one transaction.
+ * Returns the row's id and name, or undefined when `key` (id or name) names
+ * nothing that is still active.
+ */
+export async function decommission(
+  database: Database,
+  clock: Clock,
+  kind: "server" | "replicator",
+  key: string,
+): Promise<{ id: string; name: string; revoked: number } | undefined> {
+  const table = kind === "server" ? "servers" : "replicators";
+  return database.db.transaction().execute(async (trx) => {
+    await lockForAppend(trx, database.dialect, "events");
+    const row = await trx
+      .selectFrom(table)
+      .select(["id", "name"])
+      .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
+      .where("decommissioned_at", "is", null)
+      .executeTakeFirst();
+    if (row === undefined) return undefined;
+    const now = clock.now();
+    await trx
+      .updateTable(table)
+      .set({ decommissioned_at: now, state: "DECOMMISSIONED" })
+      .where("id", "=", row.id)
+      .execute();
+    const revoked = await trx
+      .updateTable("certificates")
+      .set({ revoked_at: now })
+      .where("role", "=", kind === "server" ? "agent" : "replicator")
+      .where("subject_id", "=", row.id)
+      .where("revoked_at", "is", null)
+      .executeTakeFirst();
+    await appendEventIn(
+      trx,
+      database.dialect,
+      [
+        {
+          type: `${kind}.decommissioned`,
+          serverId: kind === "server" ? row.id : null,
+          payload: kind === "server" ? { name: row.name } : { replicatorId: row.id, name: row.name },
+        },
+      ],
+      clock,
+    );
+    return { id: row.id, name: row.name, revoked: Number(revoked.numUpdatedRows) };
+  });
+}

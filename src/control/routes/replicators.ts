@@ -1,0 +1,271 @@
+import type {} from "@fastify/rate-limit";
+import type { FastifyInstance } from "fastify";
+import { requireClient, requireOperator } from "../auth.js";
+import { type AppContext, auditRequest } from "../context.js";
+import type { Replicator } from "../db/index.js";
+import { errorSchema, httpError } from "../http-error.js";
+import { type ReplicatorRegisterRequest, registerReplicator } from "../register.js";
+import {
+  type ReplicatorReport,
+  assignments,
+  decommission,
+  recordReplicatorHeartbeat,
+} from "../replicators.js";
+import { splitSecret } from "../secrets.js";
+
+const replicatorSchema = {
+  type: "object",
+  required: ["id", "name", "address", "state", "online", "assignedServers"],
+  properties: {
+    id: { type: "string" },
+    name: { type: "string" },
+    address: { type: "string" },
+    capacity: { type: "object", additionalProperties: true },
+    state: { type: "string" },
+    online: { type: "boolean" },
+    lastSeenAt: { type: ["string", "null"] },
+    registeredAt: { type: "string" },
+    decommissionedAt: { type: ["string", "null"] },
+    assignedServers: { type: "array", items: { type: "string" } },
+  },
+} as const;
+const errors = { 401: errorSchema, 403: errorSchema, 404: errorSchema } as const;
+const idParams = {
+  type: "object",
+  required: ["id"],
+  additionalProperties: false,
+  properties: { id: { type: "string", maxLength: 253 } },
+} as const;
+const ADDRESS = "^(\\[[0-9a-fA-F:]+\\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]{1,5}$";
+const notFound = (key: string) =>
+  httpError(
+    404,
+    "REPLICATOR_NOT_FOUND",
+    `no replicator ${key}`,
+    "list replicators with `lifeboat replicators list`",
+  );
+
+/**
+ * Replicators: they register with a replicator install token and a CSR, then
+ * heartbeat with their client certificate (the answer names the servers
+ * assigned to them). Operators of any role list and show them; admins
+ * decommission them.
+ */
+export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
+  const viewer = requireOperator(ctx.database, ctx.clock, "viewer");
+  const admin = requireOperator(ctx.database, ctx.clock, "admin");
+  const replicator = requireClient(ctx.database, ctx.clock, ctx.ca.certPem, "replicator");
+  const view = (r: Replicator, assigned: Map<string, string | null>) => {
+    const lastSeen = r.last_seen_at === null ? null : Number(r.last_seen_at);
+    const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
+    return {
+      id: r.id,
+      name: r.name,
+      address: r.address,
+      capacity: JSON.parse(r.capacity_json) as Record<string, unknown>,
+      state: r.state,
+      online:
+        r.decommissioned_at === null &&
+        lastSeen !== null &&
+        ctx.clock.now() - lastSeen <= ctx.config.heartbeatTimeoutSeconds * 1000,
+      lastSeenAt: iso(lastSeen),
+      registeredAt: iso(r.registered_at)!,
+      decommissionedAt: iso(r.decommissioned_at),
+      assignedServers: [...assigned]
+        .filter(([, rep]) => rep === r.id)
+        .map(([s]) => s)
+        .sort(),
+    };
+  };
+
+  app.post<{ Body: ReplicatorRegisterRequest }>(
+    "/api/v1/replicator/register",
+    {
+      config: {
+        action: "replicator.register",
+        rateLimit: { max: ctx.config.registerRateLimitPerMinute, timeWindow: 60_000 },
+      },
+      schema: {
+        summary: "register a replicator with a replicator install token",
+        body: {
+          type: "object",
+          required: ["token", "csr", "name", "address"],
+          additionalProperties: false,
+          properties: {
+            token: { type: "string", minLength: 1, maxLength: 256 },
+            csr: { type: "string", minLength: 1, maxLength: 16384 },
+            name: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9][A-Za-z0-9._-]*$" },
+            address: { type: "string", minLength: 3, maxLength: 260, pattern: ADDRESS },
+            capacity: { type: "object", additionalProperties: true },
+          },
+        },
+        response: {
+          201: {
+            type: "object",
+            required: ["replicatorId", "replicatorName", "certificatePem", "caPem"],
+            properties: {
+              replicatorId: { type: "string" },
+              replicatorName: { type: "string" },
+              certificatePem: { type: "string" },
+              caPem: { type: "string" },
+            },
+          },
+          400: errorSchema,
+          401: errorSchema,
+          409: errorSchema,
+          429: errorSchema,
+        },
+      },
+    },
+    async (request, reply) => {
+      const tokenId = splitSecret(request.body.token)?.id;
+      request.auditTarget = tokenId ? `token:${tokenId}` : "";
+      const r = await registerReplicator(ctx.database, ctx.ca, ctx.clock, request.body);
+      request.actor = { kind: "client", role: "replicator", subjectId: r.replicatorId, serial: "" };
+      await auditRequest(ctx, request, "replicator.register", `replicator:${r.replicatorId}`, "ok", {
+        tokenId: r.tokenId,
+        name: r.replicatorName,
+        address: request.body.address,
+        retry: !r.created,
+      });
+      return reply.code(201).send(r);
+    },
+  );
+
+  app.post<{ Body: ReplicatorReport }>(
+    "/api/v1/replicator/heartbeat",
+    {
+      onRequest: replicator,
+      config: { action: "replicator.heartbeat" },
+      // Hundreds a second: no access-log lines for them (refusals are in the audit log).
+      logLevel: "warn",
+      schema: {
+        summary: "a replicator reports; the answer lists the servers assigned to it",
+        body: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            state: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Z][A-Z0-9_]*$" },
+            address: { type: "string", minLength: 3, maxLength: 260, pattern: ADDRESS },
+            capacity: { type: "object", additionalProperties: true },
+          },
+        },
+        response: {
+          200: {
+            type: "object",
+            required: ["replicatorId", "heartbeatSeconds", "servers"],
+            properties: {
+              replicatorId: { type: "string" },
+              heartbeatSeconds: { type: "integer" },
+              servers: { type: "array", items: { type: "string" } },
+            },
+          },
+          400: errorSchema,
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      if (request.actor.kind !== "client")
+        throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "replicator route");
+      const id = request.actor.subjectId;
+      if (!(await recordReplicatorHeartbeat(ctx.database, ctx.clock, id, request.body))) throw notFound(id);
+      // Accepted heartbeats are not audited (see heartbeats.ts); refusals are, by the app.
+      request.audited = true;
+      const assigned = await assignments(ctx.database);
+      return {
+        replicatorId: id,
+        heartbeatSeconds: Math.max(1, Math.floor(ctx.config.heartbeatTimeoutSeconds / 4)),
+        servers: [...assigned]
+          .filter(([, r]) => r === id)
+          .map(([s]) => s)
+          .sort(),
+      };
+    },
+  );
+
+  app.get(
+    "/api/v1/replicators",
+    {
+      onRequest: viewer,
+      schema: {
+        summary: "list replicators",
+        response: {
+          200: {
+            type: "object",
+            required: ["replicators"],
+            properties: { replicators: { type: "array", items: replicatorSchema } },
+          },
+          ...errors,
+        },
+      },
+    },
+    async () => {
+      const rows = await ctx.database.db
+        .selectFrom("replicators")
+        .selectAll()
+        .where("decommissioned_at", "is", null)
+        .orderBy("name")
+        .execute();
+      const assigned = await assignments(ctx.database);
+      return { replicators: rows.map((r) => view(r, assigned)) };
+    },
+  );
+
+  app.get<{ Params: { id: string } }>(
+    "/api/v1/replicators/:id",
+    {
+      onRequest: viewer,
+      schema: {
+        summary: "one replicator, by id or name",
+        params: idParams,
+        response: { 200: replicatorSchema, ...errors },
+      },
+    },
+    async (request) => {
+      const key = request.params.id;
+      const row = await ctx.database.db
+        .selectFrom("replicators")
+        .selectAll()
+        .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
+        .executeTakeFirst();
+      if (row === undefined) throw notFound(key);
+      return view(row, await assignments(ctx.database));
+    },
+  );
+
+  app.post<{ Params: { id: string } }>(
+    "/api/v1/replicators/:id/decommission",
+    {
+      onRequest: admin,
+      config: { action: "replicator.decommission" },
+      schema: {
+        summary: "decommission a replicator: revoke its certificates",
+        params: idParams,
+        body: { type: "object", additionalProperties: false, properties: {} },
+        response: {
+          200: {
+            type: "object",
+            required: ["id", "name", "revokedCertificates"],
+            properties: {
+              id: { type: "string" },
+              name: { type: "string" },
+              revokedCertificates: { type: "integer" },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      request.auditTarget = `replicator:${request.params.id}`;
+      const r = await decommission(ctx.database, ctx.clock, "replicator", request.params.id);
+      if (r === undefined) throw notFound(request.params.id);
+      await auditRequest(ctx, request, "replicator.decommission", `replicator:${r.id}`, "ok", {
+        name: r.name,
+        revokedCertificates: r.revoked,
+      });
+      return { id: r.id, name: r.name, revokedCertificates: r.revoked };
+    },
+  );
+}
