@@ -161,6 +161,8 @@ export interface PartSpec {
   label?: string;
   /** Tree to copy into the filesystem. */
   dir?: string;
+  /** GPT unique partition GUID (PARTUUID=); random when absent. */
+  partUuid?: string;
 }
 
 const SFDISK_TYPE = { linux: "L", esp: "U", swap: "S" } as const;
@@ -168,8 +170,8 @@ const SFDISK_TYPE = { linux: "L", esp: "U", swap: "S" } as const;
 /**
  * A disk image: a partition table (gpt, mbr, or none: then exactly one
  * partition spec, the filesystem on the whole disk) with filesystems made by
- * mkfs. ext4 and swap need no privileges; xfs and vfat are made on a loop
- * device and filled through a mount, which needs root.
+ * mkfs. ext4, vfat and swap need no privileges; xfs is made on a loop device
+ * and filled through a mount, which needs root.
  */
 export async function makeDisk(
   file: string,
@@ -186,7 +188,8 @@ export async function makeDisk(
     let start = MiB;
     const lines = [`label: ${table === "gpt" ? "gpt" : "dos"}`];
     for (const p of parts) {
-      lines.push(`start=${start / 512}, size=${(p.sizeMiB * MiB) / 512}, type=${SFDISK_TYPE[p.type]}`);
+      const uuid = p.partUuid ? `, uuid=${p.partUuid}` : "";
+      lines.push(`start=${start / 512}, size=${(p.sizeMiB * MiB) / 512}, type=${SFDISK_TYPE[p.type]}${uuid}`);
       placed.push({ start, size: p.sizeMiB * MiB, p });
       start += p.sizeMiB * MiB;
     }
@@ -223,6 +226,17 @@ async function makeFs(file: string, start: number, size: number, p: PartSpec): P
     await fs.rm(tmp);
     return;
   }
+  if (p.fs === "vfat") {
+    // FAT is made and filled at its offset in the image by mkfs.vfat and mtools: no loop device.
+    const id = p.uuid ? ["-i", p.uuid.replace("-", "")] : [];
+    const label = p.label ? ["-n", p.label] : [];
+    await run("mkfs.vfat", [...id, ...label, `--offset=${start / 512}`, file, String(size / 1024)]);
+    const env = { ...process.env, MTOOLSRC: "/dev/null", MTOOLS_SKIP_CHECK: "1" };
+    for (const name of p.dir ? await fs.readdir(p.dir) : [])
+      await run("mcopy", ["-s", "-i", `${file}@@${start}`, path.join(p.dir!, name), "::/"], { env });
+    return;
+  }
+  // xfs: made on a loop device limited to the partition, filled through a mount.
   const { stdout } = await run("losetup", [
     "-f",
     "--show",
@@ -234,21 +248,11 @@ async function makeFs(file: string, start: number, size: number, p: PartSpec): P
   ]);
   const loop = stdout.trim();
   try {
-    if (p.fs === "xfs")
-      await run(
-        "mkfs.xfs",
-        ["-q", "-f", ...(p.uuid ? ["-m", `uuid=${p.uuid}`] : []), ...(p.label ? ["-L", p.label] : []), loop],
-        {
-          // fstests' override of the 300 MB minimum, so test images stay small.
-          env: { ...process.env, TEST_DIR: "1", TEST_DEV: "1", QA_CHECK_FS: "1" },
-        },
-      );
-    else
-      await run("mkfs.vfat", [
-        ...(p.uuid ? ["-i", p.uuid.replace("-", "")] : []),
-        ...(p.label ? ["-n", p.label] : []),
-        loop,
-      ]);
+    const id = p.uuid ? ["-m", `uuid=${p.uuid}`] : [];
+    const label = p.label ? ["-L", p.label] : [];
+    // fstests' override of the 300 MB minimum, so test images stay small.
+    const env = { ...process.env, TEST_DIR: "1", TEST_DEV: "1", QA_CHECK_FS: "1" };
+    await run("mkfs.xfs", ["-q", "-f", ...id, ...label, loop], { env });
     if (p.dir) {
       const mnt = await fs.mkdtemp(`${file}.mnt-`);
       await run("mount", [loop, mnt]);

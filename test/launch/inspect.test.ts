@@ -219,6 +219,57 @@ void describe("inspect on ext4 disks", requires({ tools: BASE_TOOLS }), () => {
     );
   });
 
+  void it(
+    "finds grub.cfg on the EFI system partition; fstab by PARTUUID matches, a device name is a warning",
+    requires({ tools: ["mkfs.vfat", "mcopy"] }),
+    async () => {
+      const dir = path.join(work, "efi-root");
+      const esp = path.join(work, "efi-esp");
+      const espPart = "0b1c2d3e-4f50-4617-8829-3a4b5c6d7e8f";
+      await writeRootTree(dir, {
+        osRelease: DEBIAN_OS,
+        fstab: `UUID=${ROOT_UUID} / ext4 defaults 0 1\nPARTUUID=${espPart} /boot/efi vfat umask=0077 0 1\n/dev/sda2 /mnt/again ext4 defaults 0 2\n`,
+        kernels: [
+          {
+            version: V,
+            initramfs: await makeInitramfs(work, { version: V, modules: VIRTIO, compression: "gzip" }),
+          },
+        ],
+        grub: null,
+      });
+      await fs.mkdir(path.join(esp, "EFI/debian"), { recursive: true });
+      await fs.writeFile(path.join(esp, "EFI/debian/grub.cfg"), grubFor(V, ROOT_UUID));
+      const file = path.join(work, "efi.img");
+      await makeDisk(file, "gpt", [
+        { sizeMiB: 8, type: "esp", fs: "vfat", uuid: "A1B2-C3D4", dir: esp, partUuid: espPart },
+        { sizeMiB: 24, type: "linux", fs: "ext4", uuid: ROOT_UUID, dir },
+      ]);
+      const r = await inspectDisks([file], { profile: "kvm" });
+      const d = r.disks[0]!;
+      assert.deepEqual(
+        d.filesystems.map((f) => [f.type, f.uuid]),
+        [
+          ["vfat", "A1B2-C3D4"],
+          ["ext4", ROOT_UUID],
+        ],
+      );
+      assert.equal(d.partitions[0]!.esp, true);
+      assert.equal(d.bootloader?.config, "/EFI/debian/grub.cfg");
+      assert.equal(d.bootloader?.firmware, "efi");
+      assert.equal(d.bootloader?.on.fsType, "vfat");
+      assert.equal(r.ready, true, JSON.stringify(r.problems));
+      assert.deepEqual(
+        d.fstab?.entries.map((e) => [e.entry.mountPoint, e.status, e.partition]),
+        [
+          ["/", "matched", 2],
+          ["/boot/efi", "matched", 1],
+          ["/mnt/again", "device", 2],
+        ],
+      );
+      assert.equal(r.problems.find((p) => p.code === "LAUNCH_FSTAB_DEVICE_NAME")?.severity, "warning");
+    },
+  );
+
   void it("a missing boot loader configuration makes the disk not ready", async () => {
     const r = await inspectDisks([await server("gpt", { grub: null })], { profile: "kvm" });
     assert.equal(r.ready, false);

@@ -4,6 +4,7 @@ import type { FsReader } from "./fs-reader.js";
 import type { ServerFilesystem } from "./fstab.js";
 import { ImageFile } from "./image-file.js";
 import { MountReader } from "./mount-reader.js";
+import { MtoolsReader } from "./mtools-reader.js";
 import { type PartitionTable, readPartitionTable } from "./partitions.js";
 import type { Problem } from "./report.js";
 
@@ -75,9 +76,11 @@ export class ReaderPool {
       const label = describeFs(fs, disk.path);
       r = fs.type.startsWith("ext")
         ? DebugfsReader.open(disk.path, fs.offset, label)
-        : fs.type === "xfs" || fs.type === "vfat"
-          ? MountReader.open(disk.path, fs, label)
-          : Promise.reject(new Error(`${label}: ${fs.type} is not read by inspect`));
+        : fs.type === "vfat"
+          ? MtoolsReader.open(disk.path, fs.offset, label)
+          : fs.type === "xfs"
+            ? MountReader.open(disk.path, fs, label)
+            : Promise.reject(new Error(`${label}: ${fs.type} is not read by inspect`));
       r.catch(() => undefined);
       this.open.set(fs, r);
     }

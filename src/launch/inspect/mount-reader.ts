@@ -9,7 +9,7 @@ import { runBounded } from "./run-bounded.js";
 const TIMEOUT_MS = 60_000;
 
 /**
- * Reads an xfs or vfat filesystem through a read-only loop device (limited to
+ * Reads an xfs filesystem through a read-only loop device (limited to
  * the partition with --offset/--sizelimit) mounted read-only, without journal
  * recovery, nosuid, nodev and noexec. Needs root. Paths are resolved one
  * component at a time with lstat, so a symbolic link never leads outside the
@@ -32,7 +32,7 @@ export class MountReader implements FsReader {
         "LAUNCH_FS_UNREADABLE",
         `cannot read ${label} (${fs0.type}): reading it needs a loop mount, which needs root`,
         {
-          hint: "run lifeboat inspect as root to read xfs and vfat filesystems",
+          hint: "run lifeboat inspect as root to read xfs filesystems",
         },
       );
     const att = await runBounded(

@@ -17,7 +17,7 @@ export interface BoundedResult {
 export function runBounded(
   cmd: string,
   args: string[],
-  opts: { maxStdout: number; timeoutMs: number },
+  opts: { maxStdout: number; timeoutMs: number; env?: Record<string, string> },
 ): Promise<BoundedResult> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, {
