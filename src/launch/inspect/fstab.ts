@@ -86,6 +86,8 @@ export function needsDevice(e: FstabEntry): boolean {
   if (VIRTUAL.has(e.type) || e.type.startsWith("fuse")) return false;
   if (e.options.includes("bind") || e.options.includes("rbind")) return false;
   if (/^[^/]+:/.test(e.spec) || e.spec.startsWith("//")) return false;
+  // A path outside /dev is a file on a mounted filesystem (a swap file, a loop-mounted image).
+  if (e.spec.startsWith("/") && !e.spec.startsWith("/dev/")) return false;
   return !["none", "proc", "tmpfs", "sysfs", "devpts"].includes(e.spec);
 }
 

@@ -27,11 +27,19 @@ export async function inspectDisks(paths: string[], opts: { profile: ProfileName
     const systems: SystemFacts[] = [];
     for (const fs of all) {
       if (!["ext2", "ext3", "ext4", "xfs"].includes(fs.type)) continue;
+      let isRoot = false;
       try {
-        if (await looksLikeRoot(await pool.get(fs))) systems.push(await inspectSystem(fs, all, pool, paths));
+        isRoot = await looksLikeRoot(await pool.get(fs));
+        if (isRoot) systems.push(await inspectSystem(fs, all, pool, paths));
       } catch (err) {
-        if (!isLifeboatError(err)) throw err;
-        unreadable.set(fs, { code: err.code, severity: "warning", message: err.message, remedy: err.hint });
+        // Whatever an image does to the tools reading it ends here as a problem, never as a crash.
+        const e = isLifeboatError(err) ? err : null;
+        unreadable.set(fs, {
+          code: e?.code ?? "LAUNCH_FS_UNREADABLE",
+          severity: isRoot ? "error" : "warning",
+          message: `${isRoot ? "cannot inspect the installed system: " : ""}${e?.message ?? `cannot read ${describeFs(fs, paths[fs.disk]!)}: ${String(err)}`}`,
+          remedy: e?.hint || "check the filesystem with fsck -n on a copy of the image",
+        });
       }
     }
     const disks = layouts.map((l) => diskReport(l, systems, unreadable, all, opts.profile));
