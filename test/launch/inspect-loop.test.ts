@@ -3,7 +3,8 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { inspectDisks } from "../../src/launch/index.js";
+import { ImageFile, inspectDisks, readPartitionTable } from "../../src/launch/index.js";
+import { MountReader } from "../../src/launch/inspect/mount-reader.js";
 import { BASE_TOOLS, makeDisk, makeInitramfs, requires, writeRootTree } from "./fixtures.js";
 
 const V = "5.14.0-362.8.1.el9_3.x86_64";
@@ -45,6 +46,13 @@ void describe(
         ].join("\n"),
         kernels: [{ version: V, builtin: ["kernel/drivers/nvme/host/nvme.ko"] }],
       });
+      // Links that would leave the filesystem if a reader followed them on the host.
+      await fs.symlink("../../../../../../../etc/hostname", path.join(root, "etc/escape-rel"));
+      await fs.symlink("/etc/hostname", path.join(root, "etc/escape-abs"));
+      await fs.symlink("/etc/loop-b", path.join(root, "etc/loop-a"));
+      await fs.symlink("/etc/loop-a", path.join(root, "etc/loop-b"));
+      await fs.writeFile(path.join(root, "etc/hostname-inside"), "inside\n");
+      await fs.symlink("../../../../etc/hostname-inside", path.join(root, "etc/inside"));
       // /boot's contents live on the boot partition; the root keeps an empty mount point.
       await fs.mkdir(boot, { recursive: true });
       await fs.writeFile(path.join(boot, `vmlinuz-${V}`), Buffer.alloc(4096, 1));
@@ -103,6 +111,24 @@ void describe(
       assert.deepEqual(k.profiles.nitro.missing, ["ena"]);
       assert.deepEqual(k.profiles.nitro.found, { nvme: "builtin" });
       assert.match(r.problems[0]!.remedy, new RegExp(`dracut -f --kver ${V.replace(/\./g, "\\.")}`));
+    });
+
+    void it("follows links only inside the xfs filesystem", async () => {
+      const img = await ImageFile.open(disk);
+      const t = await readPartitionTable(img);
+      await img.close();
+      const p = t.partitions[2]!;
+      const reader = await MountReader.open(disk, { type: "xfs", offset: p.start, size: p.size }, "root");
+      try {
+        assert.equal(await reader.readFile("/etc/escape-rel", 1024), null);
+        assert.equal(await reader.readFile("/etc/escape-abs", 1024), null);
+        assert.equal(await reader.readFile("/etc/loop-a", 1024), null);
+        assert.equal((await reader.readFile("/etc/inside", 1024))?.toString(), "inside\n");
+        assert.equal((await reader.readFile("/etc/os-release", 1024))?.toString().includes("rhel"), true);
+        await assert.rejects(reader.readFile("/etc/fstab", 10), /more than the 10 bytes/);
+      } finally {
+        await reader.close();
+      }
     });
 
     void it("leaves no mount or loop device behind", async () => {

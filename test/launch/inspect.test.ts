@@ -3,7 +3,9 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { isLifeboatError } from "../../src/base/index.js";
 import { type InspectReport, inspectDisks } from "../../src/launch/index.js";
+import { DebugfsReader } from "../../src/launch/inspect/debugfs-reader.js";
 import {
   BASE_TOOLS,
   DEBIAN_OS,
@@ -332,6 +334,35 @@ void describe("inspect on ext4 disks", requires({ tools: BASE_TOOLS }), () => {
       assert.deepEqual(codes(r), ["LAUNCH_NO_OS"]);
       assert.match(r.disks[0]!.verdict, /^no operating system found on this disk/);
     }
+  });
+
+  void it("debugfs follows links only inside the ext4 filesystem, and bounds what it reads", async () => {
+    const dir = path.join(work, "links");
+    await writeRootTree(dir, { osRelease: DEBIAN_OS });
+    await fs.symlink("../../../../../../../etc/hostname", path.join(dir, "etc/escape-rel"));
+    await fs.symlink("/etc/hostname", path.join(dir, "etc/escape-abs"));
+    await fs.symlink("/etc/loop-b", path.join(dir, "etc/loop-a"));
+    await fs.symlink("/etc/loop-a", path.join(dir, "etc/loop-b"));
+    await fs.symlink("../../../etc/os-release", path.join(dir, "etc/inside"));
+    const file = path.join(work, "links.img");
+    await makeDisk(file, "mbr", [{ sizeMiB: 16, type: "linux", fs: "ext4", dir }]);
+    const reader = await DebugfsReader.open(file, 1 << 20, "root");
+    assert.equal(await reader.readFile("/etc/escape-rel", 1024), null);
+    assert.equal(await reader.readFile("/etc/escape-abs", 1024), null);
+    assert.equal(await reader.readFile("/etc/loop-a", 1024), null);
+    assert.equal((await reader.readFile("/etc/inside", 1024))?.toString(), DEBIAN_OS);
+    assert.equal((await reader.readFile("/lib/../etc/os-release", 1024))?.toString(), DEBIAN_OS);
+    await assert.rejects(reader.readFile("/etc/os-release", 10), (err) =>
+      isLifeboatError(err, "LAUNCH_FILE_TOO_LARGE"),
+    );
+    assert.deepEqual((await reader.list("/etc"))?.map((e) => e.name).sort(), [
+      "escape-abs",
+      "escape-rel",
+      "inside",
+      "loop-a",
+      "loop-b",
+      "os-release",
+    ]);
   });
 
   void it("a damaged primary GPT is read from its backup, with a warning", async () => {
