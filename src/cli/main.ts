@@ -1,6 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { LifeboatError } from "../base/index.js";
 import { demoCommand } from "./demo.js";
+import { inspectCommand } from "./inspect.js";
 import { reportError } from "./output.js";
 import { pitsCommand } from "./pits.js";
 import { storeCommand } from "./store.js";
@@ -20,6 +21,7 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand(storeCommand());
   program.addCommand(pitsCommand());
   program.addCommand(demoCommand());
+  program.addCommand(inspectCommand());
   program.addCommand((await import("./server.js")).serverCommand());
   program.addCommand((await import("./token.js")).tokenCommand());
   program.addCommand((await import("./servers.js")).serversCommand());

@@ -1,0 +1,29 @@
+/**
+ * inspect: launch readiness of a server's disk images. Words: a *boot
+ * profile* is a target platform's set of drivers a kernel needs to find its
+ * disk and network (kvm, xen, nitro, vmware, hyperv); a disk is *ready* for a
+ * profile when its installed system has a boot loader configuration, an fstab
+ * whose every entry matches a filesystem of the server's disks, and a default
+ * kernel whose initramfs (or the kernel itself) holds those drivers.
+ */
+export { inspectDisks, NO_OS } from "./inspect.js";
+export {
+  BOOT_PROFILES,
+  PROFILE_NAMES,
+  isProfileName,
+  checkProfile,
+  type ProfileName,
+  type ProfileVerdict,
+} from "./profiles.js";
+export { parseInitramfs, normalizeModule, type InitramfsInfo } from "./initramfs.js";
+export { readPartitionTable, type Partition, type PartitionTable } from "./partitions.js";
+export { probeFilesystem, type Filesystem, type FsType } from "./filesystems.js";
+export { ImageFile } from "./image-file.js";
+export type {
+  InspectReport,
+  DiskReport,
+  KernelReport,
+  Problem,
+  BootloaderReport,
+  FstabReport,
+} from "./report.js";
