@@ -34,6 +34,8 @@ interface DiskState {
   ref: BlockMapRef;
   /** Leaf entries written since the last checkpoint, by chunk index. */
   pending: Map<number, Buffer>;
+  /** Entries a running checkpoint is putting into `ref` (newer than `ref`, older than `pending`). */
+  committing?: Map<number, Buffer>;
 }
 
 /**
@@ -50,10 +52,12 @@ interface DiskState {
  */
 export class ReplicaApplier {
   private chain: Promise<void> = Promise.resolve();
+  private checkpointing: Promise<void> = Promise.resolve();
   private failure: Error | undefined;
   private inFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
   private head: Head;
+  private sessionToken: string;
 
   private constructor(
     readonly repo: Repository,
@@ -65,6 +69,7 @@ export class ReplicaApplier {
     private readonly maxInFlight: number,
   ) {
     this.head = head;
+    this.sessionToken = head.session;
   }
 
   /**
@@ -111,6 +116,16 @@ export class ReplicaApplier {
       await lock.release();
       throw err;
     }
+  }
+
+  /** The replication stream the durable head belongs to ("" when none yet): its resume token. */
+  get session(): string {
+    return this.sessionToken;
+  }
+
+  /** Names the stream that feeds the replica from now on; the next checkpoint records it in the head. */
+  useSession(token: string): void {
+    this.sessionToken = token;
   }
 
   /** The stream position the durable head contains: the sender resumes after it. */
@@ -246,13 +261,13 @@ export class ReplicaApplier {
     const disk = this.disk(diskIndex);
     await this.settle();
     const index = Math.floor(offset / this.repo.config.chunkSize);
-    const entry = disk.pending.get(index) ?? (await readEntry(this.repo, disk.ref, index));
+    const entry = await this.entryOf(disk, index);
     return Buffer.from(entry.subarray(0, 32));
   }
 
   /** The bytes of a chunk as applied so far. */
   private async chunkContent(disk: DiskState, index: number): Promise<Buffer> {
-    const entry = disk.pending.get(index) ?? (await readEntry(this.repo, disk.ref, index));
+    const entry = await this.entryOf(disk, index);
     const cs = this.repo.config.chunkSize;
     if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
     // A chunk written since the last checkpoint may sit in a pack not stored yet.
@@ -265,15 +280,30 @@ export class ReplicaApplier {
    * that the stream up to `seq` is in it. After it resolves the sender may
    * forget every frame up to `seq`.
    */
-  async checkpoint(seq: number): Promise<Head> {
+  checkpoint(seq: number): Promise<Head> {
+    const run = this.checkpointing.then(() => this.checkpointNow(seq));
+    this.checkpointing = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async checkpointNow(seq: number): Promise<Head> {
     await this.settle();
-    await this.ingest.finish();
+    // What is applied now goes into this head; writes that arrive meanwhile wait for the next one.
+    const ordered = [...this.disks.values()].sort((a, b) => a.meta.index - b.meta.index);
+    for (const d of ordered) {
+      d.committing = d.pending;
+      d.pending = new Map();
+    }
+    await this.ingest.finish(); // stores every pack the taken entries lie in
     const disks: PitDisk[] = [];
-    for (const d of [...this.disks.values()].sort((a, b) => a.meta.index - b.meta.index)) {
-      if (d.pending.size > 0) {
-        d.ref = await updateBlockMap(this.repo, d.ref, d.pending, this.ingest.known.pages);
-        d.pending.clear();
+    for (const d of ordered) {
+      if (d.committing && d.committing.size > 0) {
+        d.ref = await updateBlockMap(this.repo, d.ref, d.committing, this.ingest.known.pages);
       }
+      d.committing = undefined;
       disks.push({
         index: d.meta.index,
         source: d.meta.source,
@@ -287,7 +317,7 @@ export class ReplicaApplier {
       disks,
       appliedSeq: seq,
       timeMs: this.repo.clock.now(),
-      session: this.head.session || randomBytes(8).toString("hex"),
+      session: this.sessionToken || randomBytes(16).toString("hex"),
     });
     return this.head;
   }
@@ -320,6 +350,13 @@ export class ReplicaApplier {
     await this.ingest.finish().catch(() => undefined);
     await this.ingest.close();
     await this.lock.release();
+  }
+
+  /** A chunk's leaf entry as applied so far. */
+  private async entryOf(disk: DiskState, index: number): Promise<Buffer> {
+    return (
+      disk.pending.get(index) ?? disk.committing?.get(index) ?? (await readEntry(this.repo, disk.ref, index))
+    );
   }
 
   private disk(index: number): DiskState {

@@ -62,6 +62,10 @@ export class ReplicaStream {
   private timer: NodeJS.Timeout | undefined;
   private committing: Promise<void> = Promise.resolve();
   private closed = false;
+  private failed = false;
+  /** submit(): messages applied one after another, in the order submitted. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly waiters: { seq: number; resolve(): void; reject(e: Error): void }[] = [];
 
   constructor(
     private readonly applier: ReplicaApplier,
@@ -69,6 +73,29 @@ export class ReplicaStream {
   ) {
     this.appliedSeq = applier.appliedSeq;
     this.durableSeq = applier.appliedSeq;
+  }
+
+  /** Whether a message failed to apply (the replica must then be reopened from its head, not checkpointed). */
+  get hasFailed(): boolean {
+    return this.failed;
+  }
+
+  /**
+   * Applies message `seq` after every message submitted before it, and
+   * resolves once it is durable (a later checkpoint covers it). Messages can
+   * be submitted without waiting, so one checkpoint covers many.
+   */
+  submit(msg: IncomingMessage, seq: number): Promise<void> {
+    const applied = this.queue.then(() => this.apply(msg, seq));
+    this.queue = applied.catch(() => undefined);
+    return applied.then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          if (seq <= this.durableSeq) resolve();
+          else if (this.closed) reject(closedError());
+          else this.waiters.push({ seq, resolve, reject });
+        }),
+    );
   }
 
   /** The last sequence number the replica holds durably (where a resumed stream continues). */
@@ -81,18 +108,14 @@ export class ReplicaStream {
    * when it is applied, not when it is durable: `onDurable` says that.
    */
   async apply(msg: IncomingMessage, seq: number): Promise<void> {
-    if (this.closed) {
-      throw new LifeboatError("REPLICA_CLOSED", "the replica stream is closed", {
-        hint: "the sender reconnects and resumes after the last acknowledged message",
-      });
-    }
+    if (this.closed) throw closedError();
     try {
       await this.applyOne(msg, seq);
     } catch (err) {
       // What this message did in part must never become durable: no checkpoint runs from now on,
       // and the replica is reopened from its head for the next connection.
-      this.closed = true;
-      if (this.timer) clearTimeout(this.timer);
+      this.failed = true;
+      this.shut(err instanceof Error ? err : new Error(String(err)));
       throw err;
     }
   }
@@ -146,9 +169,27 @@ export class ReplicaStream {
 
   /** Ends the stream; what was applied and not checkpointed is not durable, and was never reported so. */
   async close(): Promise<void> {
+    this.shut(closedError());
+    await this.committing.catch(() => undefined);
+  }
+
+  private shut(err: Error): void {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.committing.catch(() => undefined);
+    this.timer = undefined;
+    for (const w of this.waiters.splice(0)) w.reject(err);
+  }
+
+  private durable(seq: number): void {
+    this.durableSeq = seq;
+    this.opts.onDurable(seq);
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const w = this.waiters[i]!;
+      if (w.seq <= seq) {
+        this.waiters.splice(i, 1);
+        w.resolve();
+      }
+    }
   }
 
   /** Checkpoints now (also used when the sender asks for an ACK, e.g. at the end of initial sync). */
@@ -162,14 +203,15 @@ export class ReplicaStream {
     this.committing = this.committing.then(async () => {
       if (seq <= this.durableSeq || this.closed) return;
       await this.applier.checkpoint(seq);
-      this.durableSeq = seq;
-      this.opts.onDurable(seq);
+      this.durable(seq);
     });
     try {
       await this.committing;
     } catch (err) {
       const e = err instanceof Error ? err : new Error(String(err));
       this.committing = Promise.resolve(); // the next connection starts afresh from the head
+      this.failed = true;
+      this.shut(e);
       this.opts.onFailure(e);
       throw e;
     }
@@ -207,8 +249,7 @@ export class ReplicaStream {
         timeMs: msg.takenAt,
         labels: { point: msg.pointId },
       });
-      this.durableSeq = seq;
-      this.opts.onDurable(seq);
+      this.durable(seq);
     });
     try {
       await this.committing;
@@ -220,4 +261,10 @@ export class ReplicaStream {
     }
     this.opts.onPit?.(msg.pointId, seq, pit!);
   }
+}
+
+function closedError(): LifeboatError {
+  return new LifeboatError("REPLICA_CLOSED", "the replica stream is closed", {
+    hint: "the sender reconnects and resumes after the last acknowledged message",
+  });
 }

@@ -58,6 +58,14 @@ export function sessionClosed(): LifeboatError {
   });
 }
 
+/** The replicator is stopping (shutdown, restart, upgrade): the agent reconnects with backoff. */
+export function shuttingDown(): LifeboatError {
+  return new LifeboatError("WIRE_SHUTTING_DOWN", "the replicator is shutting down", {
+    hint: "Nothing to do: the agent reconnects and resumes when the replicator is back.",
+    retryable: true,
+  });
+}
+
 /** An ERROR frame from the peer, carried on with the peer's code. */
 export function remoteError(body: {
   code: string;

@@ -5,7 +5,10 @@ import type { WindowLimits } from "./sender.js";
 /**
  * Applies a stream's sequenced messages. `apply` resolves once the message is
  * durable; only then does its sequence number count as applied and get
- * acknowledged. It is called one message at a time, in sequence order.
+ * acknowledged. It is called in sequence order: one message at a time, or,
+ * for a pipelined receiver, as each message arrives, without waiting for the
+ * ones before it to become durable (the application keeps them in order and
+ * makes many durable at once).
  */
 export type ApplyFn = (msg: SequencedMessage, seq: number) => Promise<void>;
 
@@ -36,7 +39,14 @@ export interface ReceiverConnection {
 export class ReliableReceiver {
   private applied: number;
   private queued: number;
-  private readonly queue: { seq: number; msg: SequencedMessage; size: number }[] = [];
+  private readonly queue: {
+    seq: number;
+    msg: SequencedMessage;
+    size: number;
+    /** Pipelined: the apply already started. */
+    done?: Promise<void>;
+  }[] = [];
+  private readonly pipelined: boolean;
   private queuedBytes = 0;
   private conn: ReceiverConnection | undefined;
   private running: Promise<void> | undefined;
@@ -48,8 +58,9 @@ export class ReliableReceiver {
   constructor(
     private readonly apply: ApplyFn,
     private readonly window: WindowLimits,
-    opts: { lastApplied?: number; ackEvery?: number } = {},
+    opts: { lastApplied?: number; ackEvery?: number; pipelined?: boolean } = {},
   ) {
+    this.pipelined = opts.pipelined ?? false;
     this.applied = opts.lastApplied ?? 0;
     this.queued = this.applied;
     this.ackEvery = opts.ackEvery ?? Math.max(1, Math.floor(window.frames / 4));
@@ -106,7 +117,11 @@ export class ReliableReceiver {
         `the sender overran the window (${this.window.frames} frames, ${this.window.bytes} bytes) at seq ${seq}`,
       );
     }
-    this.queue.push({ seq, msg, size });
+    if (this.pipelined) {
+      const done = this.apply(msg, seq);
+      done.catch(() => undefined); // awaited in order by drain
+      this.queue.push({ seq, msg, size, done });
+    } else this.queue.push({ seq, msg, size });
     this.queuedBytes += size;
     this.queued = seq;
     this.running ??= this.drain().finally(() => (this.running = undefined));
@@ -118,7 +133,7 @@ export class ReliableReceiver {
       const next = this.queue[0]!;
       const conn = this.conn;
       try {
-        await this.apply(next.msg, next.seq);
+        await (next.done ?? this.apply(next.msg, next.seq));
       } catch (err) {
         // Not durable: nothing counts as applied; the connection closes and the sender resends.
         this.detach(conn);

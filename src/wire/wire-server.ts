@@ -3,7 +3,7 @@ import type { Duplex } from "node:stream";
 import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
 import { FrameChannel, type HeartbeatSettings } from "./channel.js";
 import { checkBlocks } from "./check-blocks.js";
-import { protocolError, sessionClosed } from "./errors.js";
+import { protocolError, sessionClosed, shuttingDown } from "./errors.js";
 import type { Command, Hello, PointDone, SequencedMessage, Welcome } from "./messages.js";
 import { PROTOCOL_VERSIONS, chooseVersion } from "./negotiate.js";
 import { type ReceiverConnection, ReliableReceiver } from "./receiver.js";
@@ -22,6 +22,20 @@ export interface StreamHandlers {
   apply(msg: SequencedMessage, seq: number): Promise<void>;
   /** Which of these block hashes the repository holds (HAVE_QUERY); absent: none. */
   have?(hashes: Buffer[]): Promise<boolean[]>;
+  /**
+   * Apply messages as they arrive, without waiting for earlier ones to be
+   * durable (`apply` still resolves only when its message is durable, and
+   * must apply messages in the order it is called).
+   */
+  pipelined?: boolean;
+  /**
+   * A stream the application kept across a restart (the replica's head
+   * records its token and position): a HELLO presenting `token` that this
+   * process does not know resumes it at `lastApplied` instead of starting over.
+   */
+  persisted?: { token: string; lastApplied: number };
+  /** The stream this connection feeds (its token is what the application persists to resume it). */
+  onStream?(token: string): void;
   /** Per-disk resume points for WELCOME; absent: every disk at the stream's last applied seq if resumed, else 0. */
   diskResume?(lastApplied: number): { index: number; lastAcked: number }[];
   /** The connection ended (the stream itself stays resumable). */
@@ -88,6 +102,8 @@ export class WireServer {
   private readonly streams = new Map<string, Stream>();
   private readonly byPeer = new Map<string, string>();
   private readonly channels = new Set<FrameChannel>();
+  /** close() was called: new connections are refused. */
+  private shut = false;
   private readonly clock: Clock;
   private readonly log: Logger;
   private readonly window: WindowLimits;
@@ -118,6 +134,18 @@ export class WireServer {
   }
 
   handle(socket: Duplex, peer: WirePeer): ServerConnection {
+    if (this.shut) {
+      // Closing: a connection that arrives now is refused, so the listener can finish closing.
+      const err = shuttingDown();
+      this.refuse(socket, err);
+      return {
+        peer,
+        command: () => undefined,
+        pointDone: () => undefined,
+        close: () => undefined,
+        closed: Promise.resolve(err),
+      };
+    }
     let stream: Stream | undefined;
     let handlers: StreamHandlers | undefined;
     let hello: Hello | undefined;
@@ -213,7 +241,8 @@ export class WireServer {
 
   /** Closes every connection (before the listener closes: server.close() waits for them). */
   close(): void {
-    for (const c of [...this.channels]) c.close(sessionClosed());
+    this.shut = true;
+    for (const c of [...this.channels]) c.close(shuttingDown());
   }
 
   private async greet(
@@ -225,10 +254,14 @@ export class WireServer {
   ): Promise<void> {
     const version = chooseVersion(this.opts.versions ?? PROTOCOL_VERSIONS, hello.versions);
     const handlers = await this.opts.accept(hello, conn.peer, conn);
+    if (this.shut) throw shuttingDown();
     if (channel.closed) throw sessionClosed();
     let stream = hello.resumeToken ? this.streams.get(hello.resumeToken) : undefined;
-    const resumed = stream !== undefined && stream.peerId === conn.peer.id;
-    if (!resumed) stream = this.newStream(conn.peer.id, handlers);
+    let resumed = stream !== undefined && stream.peerId === conn.peer.id;
+    if (!resumed && !stream && hello.resumeToken && handlers.persisted?.token === hello.resumeToken) {
+      stream = this.newStream(conn.peer.id, handlers, handlers.persisted);
+      resumed = true;
+    } else if (!resumed) stream = this.newStream(conn.peer.id, handlers);
     const s = stream!;
     s.handlers = handlers;
     // A stream has one connection: a reconnect replaces one the agent gave up on (half-open).
@@ -252,22 +285,30 @@ export class WireServer {
       heartbeatMisses: this.heartbeat.misses,
     };
     bind(s, handlers);
+    handlers.onStream?.(s.token);
     channel.send({ ...welcome, type: "WELCOME" });
   }
 
-  private newStream(peerId: string, handlers: StreamHandlers): Stream {
+  private newStream(
+    peerId: string,
+    handlers: StreamHandlers,
+    persisted?: { token: string; lastApplied: number },
+  ): Stream {
     const old = this.byPeer.get(peerId);
     if (old) {
       this.streams.get(old)?.current?.close(sessionClosed());
       this.streams.delete(old);
     }
-    const token = randomBytes(24).toString("base64url");
+    const token = persisted?.token ?? randomBytes(24).toString("base64url");
     const stream: Stream = {
       token,
       peerId,
       handlers,
       current: undefined,
-      receiver: new ReliableReceiver((msg, seq) => stream.handlers.apply(msg, seq), this.window),
+      receiver: new ReliableReceiver((msg, seq) => stream.handlers.apply(msg, seq), this.window, {
+        pipelined: handlers.pipelined ?? false,
+        ...(persisted ? { lastApplied: persisted.lastApplied } : {}),
+      }),
     };
     this.streams.set(token, stream);
     this.byPeer.set(peerId, token);

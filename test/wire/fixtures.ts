@@ -53,7 +53,11 @@ export interface TestWireServer {
 
 export async function startWireServer(opts: {
   ca?: CaCredentials;
-  handlers: (peerId: string, connection: ServerConnection) => StreamHandlers;
+  /** Either handlers for a WireServer made here, or a WireServer of the caller's (e.g. a Replicator's). */
+  handlers?: (peerId: string, connection: ServerConnection) => StreamHandlers;
+  wire?: WireServer;
+  /** Listen on this port (default: any free one). */
+  port?: number;
   window?: WindowLimits;
   heartbeat?: HeartbeatSettings;
   versions?: number[];
@@ -65,12 +69,18 @@ export async function startWireServer(opts: {
     https: serverTlsOptions({ certPem: cert.certPem, keyPem: cert.keyPem, caPem: ca.certPem }),
   });
   app.get("/healthz", () => ({ ok: true }));
-  const wire = new WireServer({
-    accept: (_hello, peer, connection) => opts.handlers(peer.id, connection),
-    ...(opts.window ? { window: opts.window } : {}),
-    ...(opts.heartbeat ? { heartbeat: opts.heartbeat } : {}),
-    ...(opts.versions ? { versions: opts.versions } : {}),
-  });
+  const handlers = opts.handlers;
+  const wire =
+    opts.wire ??
+    new WireServer({
+      accept: (_hello, peer, connection) => {
+        if (!handlers) throw new Error("startWireServer needs handlers or a wire server");
+        return handlers(peer.id, connection);
+      },
+      ...(opts.window ? { window: opts.window } : {}),
+      ...(opts.heartbeat ? { heartbeat: opts.heartbeat } : {}),
+      ...(opts.versions ? { versions: opts.versions } : {}),
+    });
   attachWire(
     app.server,
     wireConnectionHandler(wire, async (socket: TLSSocket) => {
@@ -82,7 +92,7 @@ export async function startWireServer(opts: {
       return { id: `${id.role}:${id.subjectId}` };
     }),
   );
-  await app.listen({ host: "127.0.0.1", port: 0 });
+  await app.listen({ host: "127.0.0.1", port: opts.port ?? 0 });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : 0;
   return {

@@ -1,0 +1,159 @@
+import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
+import { type Pit, type Repository, readHead } from "../store/index.js";
+import {
+  type Hello,
+  type HeartbeatSettings,
+  type ServerConnection,
+  type StreamHandlers,
+  type WindowLimits,
+  WireServer,
+  type WirePeer,
+} from "../wire/index.js";
+import { ReplicaApplier } from "./applier.js";
+import { ReplicaStream } from "./replica-stream.js";
+
+export interface ReplicatorOptions {
+  repo: Repository;
+  /**
+   * The name a connecting agent's PITs carry, from its authenticated identity
+   * and its HELLO; throws a LifeboatError to refuse it (a server id that is
+   * not its certificate's, a decommissioned server).
+   */
+  serverName(peer: WirePeer, hello: Hello): Promise<string> | string;
+  /** A checkpoint runs at most this long after the writes it covers (default 1 s). */
+  commitIntervalMs?: number;
+  commitBytes?: number;
+  window?: WindowLimits;
+  heartbeat?: HeartbeatSettings;
+  onPit?(server: string, pit: Pit): void;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+interface Replica {
+  server: string;
+  connection: ServerConnection;
+  applier: ReplicaApplier;
+  stream: ReplicaStream;
+  /** Set when its connection ended: resolves once the replica is checkpointed (unless it failed) and closed. */
+  closing?: Promise<void>;
+}
+
+/**
+ * The replicator: receives agents' replication streams on the wire and
+ * applies each to its server's replica in the repository (one writer per
+ * server). Every connection gets the replica as its head left it: messages
+ * are acknowledged only once a checkpoint made them durable, a connection
+ * that ends cleanly is checkpointed first, and one whose message failed is
+ * dropped without a checkpoint so that nothing applied in part survives.
+ * The stream's resume token is kept in the head, so after a restart an
+ * agent resumes where the head is instead of rescanning.
+ */
+export class Replicator {
+  readonly wire: WireServer;
+  private readonly replicas = new Map<string, Replica>();
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(private readonly opts: ReplicatorOptions) {
+    this.log = opts.logger ?? silentLogger;
+    this.wire = new WireServer({
+      accept: (hello, peer, connection) => this.accept(hello, peer, connection),
+      ...(opts.window ? { window: opts.window } : {}),
+      ...(opts.heartbeat ? { heartbeat: opts.heartbeat } : {}),
+      clock: opts.clock ?? systemClock,
+      logger: this.log,
+    });
+  }
+
+  /** Closes every connection and replica (checkpointing those in good order). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.wire.close();
+    await Promise.all([...this.replicas.values()].map((r) => this.retire(r)));
+  }
+
+  private async accept(hello: Hello, peer: WirePeer, connection: ServerConnection): Promise<StreamHandlers> {
+    const { repo } = this.opts;
+    if (this.closed)
+      throw new LifeboatError("WIRE_SHUTTING_DOWN", "the replicator is shutting down", {
+        hint: "Nothing to do: the agent reconnects and resumes when the replicator is back.",
+        retryable: true,
+      });
+    const server = await this.opts.serverName(peer, hello);
+    for (const d of hello.disks) {
+      if (d.blockSize !== repo.config.chunkSize) {
+        throw new LifeboatError(
+          "REPLICA_BLOCK_SIZE",
+          `disk ${d.index} is sent in blocks of ${d.blockSize} bytes; this repository's chunks are ${repo.config.chunkSize}`,
+          { hint: `configure the agent's block size to ${repo.config.chunkSize}`, retryable: false },
+        );
+      }
+    }
+    // One writer per server: a new connection first retires the one before it.
+    const previous = this.replicas.get(server);
+    if (previous) {
+      previous.connection.close();
+      await this.retire(previous);
+    }
+    const head = await readHead(repo, server);
+    const applier = await ReplicaApplier.open(
+      repo,
+      server,
+      hello.disks.map((d) => ({ index: d.index, sizeBytes: d.sizeBytes, source: d.id })),
+    );
+    const replica: Replica = {
+      server,
+      connection,
+      applier,
+      stream: new ReplicaStream(applier, {
+        ...(this.opts.commitIntervalMs !== undefined ? { commitIntervalMs: this.opts.commitIntervalMs } : {}),
+        ...(this.opts.commitBytes !== undefined ? { commitBytes: this.opts.commitBytes } : {}),
+        onDurable: () => undefined, // submit() resolves each message's promise; the wire acknowledges
+        onPit: (pointId, seq, pit) => {
+          connection.pointDone({ pointId, seq, pitId: pit.id });
+          this.opts.onPit?.(server, pit);
+        },
+        onFailure: (err) => connection.close(asLifeboatError(err)),
+      }),
+    };
+    this.replicas.set(server, replica);
+    if (this.closed) {
+      await this.retire(replica);
+      throw new LifeboatError("WIRE_SHUTTING_DOWN", "the replicator is shutting down", {
+        hint: "Nothing to do: the agent reconnects and resumes when the replicator is back.",
+        retryable: true,
+      });
+    }
+    this.log.info({ server, peer: peer.id, appliedSeq: applier.appliedSeq }, "replication stream accepted");
+    return {
+      pipelined: true,
+      apply: (msg, seq) => replica.stream.submit(msg, seq),
+      have: (hashes) => Promise.resolve(hashes.map((h) => applier.holds(h))),
+      ...(head?.session ? { persisted: { token: head.session, lastApplied: head.appliedSeq } } : {}),
+      onStream: (token) => applier.useSession(token),
+      onClose: () => void this.retire(replica),
+    };
+  }
+
+  /** Checkpoints (unless a message failed) and closes a replica whose connection ended; idempotent. */
+  private retire(r: Replica): Promise<void> {
+    r.closing ??= (async () => {
+      try {
+        if (!r.stream.hasFailed) await r.stream.commit();
+      } catch (err) {
+        this.log.warn({ server: r.server, err: String(err) }, "checkpoint at the end of a connection failed");
+      }
+      await r.stream.close();
+      await r.applier.close();
+      if (this.replicas.get(r.server) === r) this.replicas.delete(r.server);
+    })();
+    return r.closing;
+  }
+}
+
+function asLifeboatError(err: Error): LifeboatError {
+  return err instanceof LifeboatError
+    ? err
+    : new LifeboatError("STORE_IO", err.message, { cause: err, retryable: true });
+}
