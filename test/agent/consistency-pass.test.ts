@@ -21,65 +21,74 @@ import { loopDiskForTest } from "../support/loop-disk.js";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 void describe("consistency pass", () => {
-  void it("a replica updated from traced dirty extents equals the device at every freeze", async (t) => {
-    if (!requireCapability(t, "root", "loop", "tracefs", "fsfreeze")) return;
-    const disk = await loopDiskForTest(t, { sizeMiB: 64 });
-    const mp = disk.mountPoint!;
-    const set = new DirtySet({ diskSize: disk.sizeBytes, blockSize: 64 << 10 });
-    const losses: TraceLoss[] = [];
-    const tracker = await TraceTracker.start({
-      device: disk.device,
-      instanceName: `lifeboat-test-${process.pid}-${disk.minor}`,
-      onRanges: (rs) => rs.forEach((r) => set.addSectors(r.sector, r.sectors)),
-      onLost: (l) => losses.push(l),
-    });
-    t.after(() => tracker.stop());
-    const reader = await DiskReader.open(disk.device);
-    t.after(() => reader.close());
+  // A timeout so that a hang fails the run instead of stalling it.
+  void it(
+    "a replica updated from traced dirty extents equals the device at every freeze",
+    { timeout: 180_000 },
+    async (t) => {
+      if (!requireCapability(t, "root", "loop", "tracefs", "fsfreeze")) return;
+      const disk = await loopDiskForTest(t, { sizeMiB: 64 });
+      const mp = disk.mountPoint!;
+      const set = new DirtySet({ diskSize: disk.sizeBytes, blockSize: 64 << 10 });
+      const losses: TraceLoss[] = [];
+      const tracker = await TraceTracker.start({
+        device: disk.device,
+        instanceName: `lifeboat-test-${process.pid}-${disk.minor}`,
+        onRanges: (rs) => rs.forEach((r) => set.addSectors(r.sector, r.sectors)),
+        onLost: (l) => losses.push(l),
+      });
+      t.after(() => tracker.stop());
+      const reader = await DiskReader.open(disk.device);
+      t.after(() => reader.close());
 
-    // Initial sync while the disk is live: writes during it are traced.
-    const replica = await reader.read(0, reader.size);
+      // Initial sync while the disk is live: writes during it are traced.
+      const replica = await reader.read(0, reader.size);
 
-    const workload = spawn(
-      "sh",
-      [
-        "-c",
-        `i=0; while :; do i=$((i % 24 + 1));
+      const workload = spawn(
+        "sh",
+        [
+          "-c",
+          `i=0; while :; do i=$((i % 24 + 1));
            dd if=/dev/urandom of=${mp}/f$i bs=16k count=$((i % 5 + 1)) conv=fsync status=none;
            dd if=/dev/urandom of=${mp}/f$(((i + 7) % 24 + 1)) bs=4k count=1 seek=$((i % 3)) conv=notrunc,fsync status=none 2>/dev/null;
            [ $((i % 6)) -eq 0 ] && rm -f ${mp}/f$(((i + 12) % 24 + 1)) && fstrim ${mp};
          done`,
-      ],
-      { stdio: "ignore" },
-    );
-    const stopped = new Promise((r) => workload.on("exit", r));
-    t.after(async () => {
-      workload.kill("SIGKILL");
-      await stopped;
-    });
-
-    const filesystems = await mountedFilesystems(disk.device);
-    let shippedBytes = 0;
-    for (let round = 0; round < 4; round++) {
-      await sleep(400);
-      const res = await withFrozen(
-        filesystems,
-        async () => {
-          await tracker.drain();
-          const taken = set.take();
-          await reader.readRanges(taken.extents(), (off, data) => {
-            data.copy(replica, off);
-            shippedBytes += data.length;
-          });
-          return (await reader.read(0, reader.size)).equals(replica);
-        },
-        { capMs: 20_000 },
+        ],
+        { stdio: "ignore" },
       );
-      assert.equal(res.capHit, false);
-      assert.equal(res.value, true, `round ${round}: the replica differs from the frozen device`);
-    }
-    assert.deepEqual(losses, []);
-    assert.ok(shippedBytes > 0, "the workload wrote something");
-    assert.ok(shippedBytes < 4 * disk.sizeBytes, `shipped ${shippedBytes} bytes`);
-  });
+      const stopped = new Promise((r) => workload.on("exit", r));
+      const rounds = async () => {
+        const filesystems = await mountedFilesystems(disk.device);
+        let shippedBytes = 0;
+        for (let round = 0; round < 4; round++) {
+          await sleep(400);
+          const res = await withFrozen(
+            filesystems,
+            async () => {
+              await tracker.drain();
+              const taken = set.take();
+              await reader.readRanges(taken.extents(), (off, data) => {
+                data.copy(replica, off);
+                shippedBytes += data.length;
+              });
+              return (await reader.read(0, reader.size)).equals(replica);
+            },
+            { capMs: 20_000 },
+          );
+          assert.equal(res.capHit, false);
+          assert.equal(res.value, true, `round ${round}: the replica differs from the frozen device`);
+        }
+        assert.deepEqual(losses, []);
+        assert.ok(shippedBytes > 0, "the workload wrote something");
+        assert.ok(shippedBytes < 4 * disk.sizeBytes, `shipped ${shippedBytes} bytes`);
+      };
+      try {
+        await rounds();
+      } finally {
+        // Before the after() hooks unmount the disk under it.
+        workload.kill("SIGKILL");
+        await stopped;
+      }
+    },
+  );
 });

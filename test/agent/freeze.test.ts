@@ -36,7 +36,8 @@ async function writable(dir: string, ms = 5000): Promise<boolean> {
   return r === 0;
 }
 
-void describe("freeze", () => {
+// A timeout so that a hang fails the run instead of stalling it.
+void describe("freeze", { timeout: 300_000 }, () => {
   void it("finds the writable ext4 mounted from a disk, and nothing on an unmounted one", async (t) => {
     if (!requireCapability(t, "root", "loop")) return;
     const disk = await loopDiskForTest(t, { sizeMiB: 32 });

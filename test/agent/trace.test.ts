@@ -40,7 +40,8 @@ function coverage(ranges: TracedRange[], sectors: number, ops?: string[]): Uint8
   return cov;
 }
 
-void describe("TraceTracker", () => {
+// A timeout so that a hang fails the run instead of stalling it.
+void describe("TraceTracker", { timeout: 300_000 }, () => {
   void it("every sector that changes under a live ext4 workload lies in a traced range", async (t) => {
     if (!requireCapability(t, "root", "loop", "tracefs")) return;
     const seed = seedFromEnv();
