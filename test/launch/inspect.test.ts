@@ -164,6 +164,48 @@ void describe("inspect on ext4 disks", requires({ tools: BASE_TOOLS }), () => {
     assert.match(p.remedy, new RegExp(`dracut -f --kver ${V}`));
   });
 
+  void it("with blscfg the newest kernel of /boot/loader/entries is the default", async () => {
+    const old = "5.14.0-70.13.1.el9_0.x86_64";
+    const dir = path.join(work, "bls");
+    const ird = (v: string, modules: string[]) =>
+      makeInitramfs(work, { version: v, modules, compression: "xz" });
+    await writeRootTree(dir, {
+      osRelease: 'NAME="Rocky Linux"\nVERSION_ID="9.3"\nID="rocky"\nID_LIKE="rhel centos fedora"\n',
+      fstab: `UUID=${ROOT_UUID} / ext4 defaults 0 1\n`,
+      kernels: [
+        { version: V, initramfs: await ird(V, ["ext4.ko"]), initramfsName: `initramfs-${V}.img` },
+        { version: old, initramfs: await ird(old, VIRTIO), initramfsName: `initramfs-${old}.img` },
+      ],
+      grub: "set default_kernelopts=ro\ninsmod blscfg\nblscfg\n",
+      grubPath: "boot/grub2/grub.cfg",
+    });
+    await fs.mkdir(path.join(dir, "boot/loader/entries"), { recursive: true });
+    for (const v of [V, old])
+      await fs.writeFile(
+        path.join(dir, `boot/loader/entries/abc-${v}.conf`),
+        `title Rocky ${v}\nversion ${v}\nlinux /vmlinuz-${v}\ninitrd /initramfs-${v}.img\noptions root=UUID=${ROOT_UUID} ro\n`,
+      );
+    const file = path.join(work, "bls.img");
+    await makeDisk(file, "gpt", [{ sizeMiB: 24, type: "linux", fs: "ext4", uuid: ROOT_UUID, dir }]);
+    const r = await inspectDisks([file], { profile: "kvm" });
+    const d = r.disks[0]!;
+    assert.equal(d.bootloader?.blscfg, true);
+    assert.equal(d.bootloader?.defaultKernel, V);
+    assert.equal(d.bootloader?.rootArg, `UUID=${ROOT_UUID}`);
+    assert.deepEqual(
+      d.kernels.map((k) => [k.version, k.default]),
+      [
+        [V, true],
+        [old, false],
+      ],
+    );
+    // The default kernel lacks virtio; the older one has it, which does not make the server ready.
+    assert.equal(r.ready, false);
+    const p = r.problems.find((x) => x.severity === "error")!;
+    assert.equal(p.code, "LAUNCH_DRIVERS_MISSING");
+    assert.match(p.remedy, new RegExp(`dracut -f --kver ${V.replace(/\./g, "\\.")}`));
+  });
+
   void it("a corrupt initramfs is a problem of its kernel, not a crash", async () => {
     const good = await makeInitramfs(work, { version: V, modules: VIRTIO, compression: "gzip" });
     const file = await server("gpt", {

@@ -40,7 +40,8 @@ export function parseGrubConfig(text: string): GrubConfig {
 /** A Boot Loader Specification entry (/boot/loader/entries/*.conf): its kernel and root=. */
 export function parseBlsEntry(text: string): { kernel?: string; rootArg?: string } {
   const kernel = /^linux\s+(\S+)/m.exec(text)?.[1]?.split("/").pop();
-  const rootArg = /^options\s+.*?(?:^|\s)root=(\S+)/m.exec(text)?.[1];
+  const options = /^options\s(.*)$/m.exec(text)?.[1] ?? "";
+  const rootArg = /(?:^|\s)root=(\S+)/.exec(options)?.[1];
   return { ...(kernel ? { kernel } : {}), ...(rootArg ? { rootArg } : {}) };
 }
 
