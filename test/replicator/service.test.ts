@@ -119,11 +119,21 @@ void describe("replicator over the wire", () => {
     const got = await fs.readFile(out);
     const differ = [];
     for (let c = 0; c < 96; c++)
-      if (!got.subarray(c * CHUNK, (c + 1) * CHUNK).equals(disk.subarray(c * CHUNK, (c + 1) * CHUNK))) differ.push(c);
+      if (!got.subarray(c * CHUNK, (c + 1) * CHUNK).equals(disk.subarray(c * CHUNK, (c + 1) * CHUNK)))
+        differ.push(c);
     if (differ.length > 0) {
       const c = differ[0]!;
       const g = got.subarray(c * CHUNK, (c + 1) * CHUNK);
-      console.log("DEBUG", differ.length, "zero?", g.equals(Buffer.alloc(CHUNK)), "matches chunk", [...Array(96).keys()].filter((k) => disk.subarray(k * CHUNK, (k + 1) * CHUNK).equals(g)), "seq", seq);
+      console.log(
+        "DEBUG",
+        differ.length,
+        "zero?",
+        g.equals(Buffer.alloc(CHUNK)),
+        "matches chunk",
+        [...Array(96).keys()].filter((k) => disk.subarray(k * CHUNK, (k + 1) * CHUNK).equals(g)),
+        "seq",
+        seq,
+      );
     }
     assert.deepEqual(differ, [], "the PIT is the disk the agent sent");
 
