@@ -67,12 +67,14 @@ export function serverCommand(): Command {
     .option("--data-dir <dir>", "the data directory", DEFAULT_DATA_DIR)
     .option("--config <file>", "the config file (default D/config.json)")
     .option("--listen <host:port>", "where to listen (default: the config's listen)")
+    .option("--no-replicator", "do not receive agents' replication streams on this server")
     .action(
-      action<{ dataDir: string; config?: string; listen?: string }>(async (ctx, o) => {
+      action<{ dataDir: string; config?: string; listen?: string; replicator: boolean }>(async (ctx, o) => {
         const config = await loadConfig(o.config ?? dataPaths(o.dataDir).config);
         const running = await startServer(config, {
           logger: createLogger(ctx.debug ? "debug" : "info", "lifeboat-server"),
           ...(o.listen !== undefined ? { listen: o.listen } : {}),
+          replicator: o.replicator,
         });
         await new Promise<void>((resolve) => running.app.server.once("close", () => resolve()));
       }),

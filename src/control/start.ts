@@ -1,11 +1,16 @@
 import type { FastifyInstance } from "fastify";
 import { readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
-import { type Clock, type Logger, createLogger, systemClock } from "../base/index.js";
-import { assertPrivateFile, serverTlsOptions } from "../net/index.js";
+import type { Server as TlsServer } from "node:tls";
+import { type Clock, LifeboatError, type Logger, createLogger, systemClock } from "../base/index.js";
+import { assertPrivateFile, serverTlsOptions, verifyClientCertificate } from "../net/index.js";
+import { Replicator } from "../replicator/index.js";
+import { type Repository, openRepository } from "../store/index.js";
+import { attachWire, wireConnectionHandler } from "../wire/index.js";
+import { isRevoked } from "./auth.js";
 import { buildApp } from "./app.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
-import { migrateToLatest, openDatabase } from "./db/index.js";
+import { type Database, migrateToLatest, openDatabase } from "./db/index.js";
 import { sweepDisconnected } from "./heartbeats.js";
 
 export interface RunningServer {
@@ -25,6 +30,8 @@ export interface StartOptions {
   listen?: string;
   /** Close on SIGTERM and SIGINT (default true). */
   handleSignals?: boolean;
+  /** Run the embedded replicator on the same port (default true; `--no-replicator`). */
+  replicator?: boolean;
 }
 
 /**
@@ -32,7 +39,10 @@ export interface StartOptions {
  * file is open to others (FILE_MODE_INSECURE naming the file), migrates the
  * database, and listens with TLS 1.3 (client certificates asked for, not
  * required). Logs are pino JSON. SIGTERM closes gracefully. While it runs,
- * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED.
+ * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED. Unless
+ * told otherwise it embeds the replicator: agents' replication streams
+ * (ALPN lifeboat-wire/1 on the same port, mutual TLS with their own
+ * certificate, revocations honoured) are written to the configured repository.
  */
 export async function startServer(
   source: string | ControlConfig,
@@ -56,6 +66,8 @@ export async function startServer(
   );
   const database = await openDatabase(config.databaseUrl, { logger });
   let app: FastifyInstance;
+  let repo: Repository | undefined;
+  let replicator: Replicator | undefined;
   try {
     await migrateToLatest(database);
     app = await buildApp({
@@ -66,10 +78,27 @@ export async function startServer(
       logger,
       https: serverTlsOptions({ certPem: serverCert!, keyPem: serverKey!, caPem: caCert! }),
     });
+    if (opts.replicator !== false) {
+      repo = await openRepository(config.repository, { keyFile: p.repoKey, logger, clock });
+      replicator = embeddedReplicator(repo, database, clock, logger);
+      attachWire(
+        app.server as unknown as TlsServer, // fastify built it with `https`: an https.Server, a tls.Server
+        wireConnectionHandler(replicator.wire, async (socket) => {
+          const id = await verifyClientCertificate(socket, {
+            caPem: caCert!,
+            isRevoked: (serial) => isRevoked(database, serial),
+            clock,
+          });
+          return { id: `${id.role}:${id.subjectId}` };
+        }),
+      );
+    }
     const listen = opts.listen ?? config.listen;
     const m = /^\[?(.*?)\]?:(\d+)$/.exec(listen)!;
     await app.listen({ host: m[1]!, port: Number(m[2]) });
   } catch (err) {
+    await replicator?.close();
+    await repo?.close();
     await database.close();
     throw err;
   }
@@ -99,7 +128,10 @@ export async function startServer(
       process.removeListener("SIGTERM", onSignal);
       process.removeListener("SIGINT", onSignal);
       clearInterval(sweeper);
+      // Wire connections first: the HTTP server's close waits for every socket.
+      await replicator?.close();
       await app.close();
+      await repo?.close();
       await sweeping;
       await database.close();
       logger.info("server stopped");
@@ -109,6 +141,48 @@ export async function startServer(
     process.once("SIGINT", onSignal);
   }
   const host = address.address.includes(":") ? `[${address.address}]` : address.address;
-  logger.info({ address: `${host}:${address.port}`, database: database.location }, "listening");
+  logger.info(
+    {
+      address: `${host}:${address.port}`,
+      database: database.location,
+      replicator: replicator ? config.repository : "off",
+    },
+    "listening",
+  );
   return { app, host: address.address, port: address.port, url: `https://${host}:${address.port}`, close };
+}
+
+/**
+ * The replicator `server start` embeds: an agent's stream is accepted when
+ * its certificate names a registered, not decommissioned server and its
+ * HELLO claims that same server; PITs carry the server's registered name.
+ */
+function embeddedReplicator(repo: Repository, database: Database, clock: Clock, logger: Logger): Replicator {
+  return new Replicator({
+    repo,
+    clock,
+    logger,
+    serverName: async (peer, hello) => {
+      const [role, serverId] = peer.id.split(":", 2);
+      if (role !== "agent" || !serverId || hello.agent.serverId !== serverId) {
+        throw new LifeboatError(
+          "AUTH_FORBIDDEN",
+          `${peer.id} may not replicate server ${hello.agent.serverId}`,
+          { hint: "an agent replicates only the server its certificate names", retryable: false },
+        );
+      }
+      const row = await database.db
+        .selectFrom("servers")
+        .select(["name", "decommissioned_at"])
+        .where("id", "=", serverId)
+        .executeTakeFirst();
+      if (!row || row.decommissioned_at !== null) {
+        throw new LifeboatError("SERVER_NOT_FOUND", `server ${serverId} is not registered here`, {
+          hint: "register the agent again with a new install token",
+          retryable: false,
+        });
+      }
+      return row.name;
+    },
+  });
 }
