@@ -5,13 +5,9 @@ import { type AppContext, auditRequest } from "../context.js";
 import type { Replicator } from "../db/index.js";
 import { errorSchema, httpError } from "../http-error.js";
 import { type ReplicatorRegisterRequest, registerReplicator } from "../register.js";
-import {
-  type ReplicatorReport,
-  assignments,
-  decommission,
-  recordReplicatorHeartbeat,
-} from "../replicators.js";
+import { type ReplicatorReport, assignments, recordReplicatorHeartbeat } from "../replicators.js";
 import { splitSecret } from "../secrets.js";
+import { decommissionRoute } from "./decommission.js";
 
 const replicatorSchema = {
   type: "object",
@@ -234,38 +230,9 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
   );
 
-  app.post<{ Params: { id: string } }>(
-    "/api/v1/replicators/:id/decommission",
-    {
-      onRequest: admin,
-      config: { action: "replicator.decommission" },
-      schema: {
-        summary: "decommission a replicator: revoke its certificates",
-        params: idParams,
-        body: { type: "object", additionalProperties: false, properties: {} },
-        response: {
-          200: {
-            type: "object",
-            required: ["id", "name", "revokedCertificates"],
-            properties: {
-              id: { type: "string" },
-              name: { type: "string" },
-              revokedCertificates: { type: "integer" },
-            },
-          },
-          ...errors,
-        },
-      },
-    },
-    async (request) => {
-      request.auditTarget = `replicator:${request.params.id}`;
-      const r = await decommission(ctx.database, ctx.clock, "replicator", request.params.id);
-      if (r === undefined) throw notFound(request.params.id);
-      await auditRequest(ctx, request, "replicator.decommission", `replicator:${r.id}`, "ok", {
-        name: r.name,
-        revokedCertificates: r.revoked,
-      });
-      return { id: r.id, name: r.name, revokedCertificates: r.revoked };
-    },
-  );
+  decommissionRoute(app, ctx, "replicator", {
+    admin,
+    summary: "decommission a replicator: revoke its certificates",
+    notFound,
+  });
 }

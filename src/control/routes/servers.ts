@@ -5,7 +5,8 @@ import { type AppContext, auditRequest } from "../context.js";
 import type { Server } from "../db/index.js";
 import { type HeartbeatReport, recordHeartbeat } from "../heartbeats.js";
 import { errorSchema, httpError } from "../http-error.js";
-import { assignments, decommission } from "../replicators.js";
+import { assignments } from "../replicators.js";
+import { decommissionRoute } from "./decommission.js";
 
 const serverProperties = {
   id: { type: "string" },
@@ -117,45 +118,11 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
   );
 
-  app.post<{ Params: { id: string } }>(
-    "/api/v1/servers/:id/decommission",
-    {
-      onRequest: admin,
-      config: { action: "server.decommission" },
-      schema: {
-        summary: "decommission a server: revoke its certificates, stop accepting its agent",
-        params: {
-          type: "object",
-          required: ["id"],
-          additionalProperties: false,
-          properties: { id: { type: "string", maxLength: 253 } },
-        },
-        body: { type: "object", additionalProperties: false, properties: {} },
-        response: {
-          200: {
-            type: "object",
-            required: ["id", "name", "revokedCertificates"],
-            properties: {
-              id: { type: "string" },
-              name: { type: "string" },
-              revokedCertificates: { type: "integer" },
-            },
-          },
-          ...errors,
-        },
-      },
-    },
-    async (request) => {
-      request.auditTarget = `server:${request.params.id}`;
-      const r = await decommission(ctx.database, ctx.clock, "server", request.params.id);
-      if (r === undefined) throw notFound(request.params.id);
-      await auditRequest(ctx, request, "server.decommission", `server:${r.id}`, "ok", {
-        name: r.name,
-        revokedCertificates: r.revoked,
-      });
-      return { id: r.id, name: r.name, revokedCertificates: r.revoked };
-    },
-  );
+  decommissionRoute(app, ctx, "server", {
+    admin,
+    summary: "decommission a server: revoke its certificates, stop accepting its agent",
+    notFound,
+  });
 
   app.post<{ Body: HeartbeatReport }>(
     "/api/v1/agent/heartbeat",
