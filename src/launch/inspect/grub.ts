@@ -10,20 +10,16 @@ export interface GrubConfig {
   /** The root= argument of the first such line, as written. */
   rootArg?: string;
   blscfg: boolean;
-  /** A stub that only loads another grub.cfg (the EFI one on Debian and RHEL 9). */
-  stub: boolean;
 }
 
 export function parseGrubConfig(text: string): GrubConfig {
   const kernels: string[] = [];
   let rootArg: string | undefined;
   let blscfg = false;
-  let configfile = false;
   for (const raw of text.split("\n").slice(0, 100_000)) {
     const line = raw.trim();
     if (line.startsWith("#")) continue;
     if (/^blscfg\b/.test(line)) blscfg = true;
-    if (/^configfile\b/.test(line)) configfile = true;
     const m = /^(?:linux|linuxefi|linux16)\s+(\S+)(.*)$/.exec(line);
     if (!m) continue;
     kernels.push(m[1]!.split("/").pop()!);
@@ -33,7 +29,6 @@ export function parseGrubConfig(text: string): GrubConfig {
     kernels,
     ...(rootArg ? { rootArg } : {}),
     blscfg,
-    stub: configfile && kernels.length === 0 && !blscfg,
   };
 }
 
