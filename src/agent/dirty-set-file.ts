@@ -23,9 +23,8 @@
  */
 import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
-import path from "node:path";
 import { deflateRawSync, inflateRawSync } from "node:zlib";
-import { LifeboatError } from "../base/index.js";
+import { LifeboatError, writeFileAtomic } from "../base/index.js";
 import { DirtySet } from "./dirty-set.js";
 
 const MAGIC = Buffer.from("LBDIRTY1");
@@ -139,24 +138,9 @@ export async function saveDirtySet(
   opts: { cleanShutdown: boolean },
 ): Promise<void> {
   const data = encodeDirtySet(set, opts.cleanShutdown);
-  const tmp = `${file}.tmp-${process.pid}`;
   try {
-    const fh = await fs.open(tmp, "w", 0o600);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fs.rename(tmp, file);
-    const dir = await fs.open(path.dirname(file), "r");
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writeFileAtomic(file, data);
   } catch (err) {
-    await fs.rm(tmp, { force: true }).catch(() => undefined);
     throw stateError(file, err);
   }
 }

@@ -36,3 +36,22 @@ export {
   type HostInfo,
   type DiscoveryOptions,
 } from "./discovery.js";
+export {
+  DEFAULT_AGENT_CONFIG_DIR,
+  AGENT_CONFIG_VERSION,
+  agentConfigSchema,
+  agentPaths,
+  loadAgentConfig,
+  saveAgentConfig,
+  type AgentConfig,
+  type AgentDisk,
+  type AgentPaths,
+  type AgentSettings,
+} from "./config.js";
+export {
+  readAgentStatus,
+  writeAgentStatus,
+  type AgentState,
+  type AgentStatus,
+  type DiskStatus,
+} from "./status.js";

@@ -5,3 +5,4 @@
 export { LifeboatError, isLifeboatError, isRetryable } from "./errors.js";
 export { type Clock, systemClock, ManualClock } from "./clock.js";
 export { createLogger, silentLogger, type Logger } from "./log.js";
+export { writeFileAtomic, type WriteAtomicOptions } from "./files.js";

@@ -1,0 +1,141 @@
+/**
+ * The agent's configuration directory (`--config-dir D`, default
+ * /etc/lifeboat/agent), written by `agent install` and read by `agent run`:
+ *
+ *   D/config.json   this file's AgentConfig (0600)
+ *   D/agent.key     the agent's private key (0600)
+ *   D/agent.pem     its client certificate, issued at registration
+ *   D/ca.pem        the Lifeboat CA it trusts
+ *   D/state/        run-time state (0700): status.json, the dirty sets
+ *                   (disk-N.dirty), the wire resume token (session.json)
+ *
+ * The directory itself is 0700. Every file is replaced atomically.
+ */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+import { LifeboatError, writeFileAtomic } from "../base/index.js";
+
+export const DEFAULT_AGENT_CONFIG_DIR = "/etc/lifeboat/agent";
+export const AGENT_CONFIG_VERSION = 1;
+
+const diskSchema = z.object({
+  /** Index on the wire and in PITs; stable for the life of the disk. */
+  index: z.number().int().min(0).max(255),
+  /** A block device or an image file. */
+  path: z.string().min(1),
+  kind: z.enum(["device", "image"]),
+  /** Stable id (by-id name, serial or the path). */
+  id: z.string().min(1).max(256),
+});
+export type AgentDisk = z.infer<typeof diskSchema>;
+
+const settingsSchema = z.object({
+  /** Seconds between scheduled consistency points (0: only on demand). */
+  pitIntervalSeconds: z.number().int().min(0).default(600),
+  /** Hard cap on how long filesystems stay frozen. */
+  freezeCapMs: z.number().int().min(100).max(60_000).default(2000),
+  /** Lag above this is BACKLOG instead of CONTINUOUS. */
+  lagThresholdSeconds: z.number().min(0).default(30),
+  /** Nothing shipped for this long while there is a backlog: STALLED. */
+  stallSeconds: z.number().min(1).default(300),
+  /** Bandwidth cap in Mbit/s (0: none). */
+  bandwidthMbps: z.number().min(0).default(0),
+  /** Commands run before the freeze and after the thaw (argv, no shell); both or neither. */
+  preHook: z.array(z.string()).min(1).optional(),
+  postHook: z.array(z.string()).min(1).optional(),
+  /** Per-CPU trace buffer in KiB (default: the kernel's). */
+  traceBufferKb: z.number().int().min(4).optional(),
+  /** "auto": trace where the disk is a block device and tracefs works, else scan. */
+  tracker: z.enum(["auto", "trace", "scan"]).default("auto"),
+});
+export type AgentSettings = z.infer<typeof settingsSchema>;
+
+export const agentConfigSchema = z.object({
+  version: z.literal(AGENT_CONFIG_VERSION),
+  /** The control plane, https://host:port. */
+  endpoint: z.string().url(),
+  /** Where replication data goes, host:port; defaults to the endpoint's. */
+  dataAddress: z.string().optional(),
+  serverId: z.string().min(1),
+  serverName: z.string().min(1),
+  hostname: z.string().min(1),
+  /** Block size on the wire; the repository's chunk size. */
+  blockSize: z.number().int().default(65536),
+  disks: z.array(diskSchema).max(256),
+  settings: settingsSchema.prefault({}),
+});
+export type AgentConfig = z.infer<typeof agentConfigSchema>;
+
+export interface AgentPaths {
+  dir: string;
+  config: string;
+  key: string;
+  cert: string;
+  ca: string;
+  state: string;
+  status: string;
+  session: string;
+  dirty(index: number): string;
+}
+
+export function agentPaths(dir: string): AgentPaths {
+  const state = path.join(dir, "state");
+  return {
+    dir,
+    config: path.join(dir, "config.json"),
+    key: path.join(dir, "agent.key"),
+    cert: path.join(dir, "agent.pem"),
+    ca: path.join(dir, "ca.pem"),
+    state,
+    status: path.join(state, "status.json"),
+    session: path.join(state, "session.json"),
+    dirty: (index) => path.join(state, `disk-${index}.dirty`),
+  };
+}
+
+/** Reads and checks D/config.json; AGENT_NOT_INSTALLED when it is missing, AGENT_CONFIG_INVALID when it is wrong. */
+export async function loadAgentConfig(dir: string): Promise<AgentConfig> {
+  const file = agentPaths(dir).config;
+  let text: string;
+  try {
+    text = await fs.readFile(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT")
+      throw new LifeboatError("AGENT_NOT_INSTALLED", `no agent configuration at ${file}`, {
+        hint: "run `lifeboat agent install` first, or give the --config-dir it used",
+        cause: err,
+      });
+    throw new LifeboatError("AGENT_CONFIG_INVALID", `cannot read ${file}: ${(err as Error).message}`, {
+      hint: "run as root (the file is 0600)",
+      cause: err,
+    });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new LifeboatError("AGENT_CONFIG_INVALID", `${file} is not JSON: ${(err as Error).message}`, {
+      hint: "restore the file, or uninstall and install the agent again",
+      cause: err,
+    });
+  }
+  const parsed = agentConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new LifeboatError(
+      "AGENT_CONFIG_INVALID",
+      `${file}: ${issue.path.join(".") || "(top)"}: ${issue.message}`,
+      { hint: "fix the field, or uninstall and install the agent again" },
+    );
+  }
+  return parsed.data;
+}
+
+/** Writes D/config.json atomically (0600), creating D and D/state (0700) if needed. */
+export async function saveAgentConfig(dir: string, config: AgentConfig): Promise<void> {
+  const p = agentPaths(dir);
+  await fs.mkdir(p.state, { recursive: true, mode: 0o700 });
+  await fs.chmod(dir, 0o700);
+  await writeFileAtomic(p.config, `${JSON.stringify(agentConfigSchema.parse(config), null, 2)}\n`);
+}
