@@ -41,10 +41,10 @@ export function parseBioQueueFormat(text: string): BioQueueLayout {
     fields.set(m[1]!, { offset: Number(m[2]), size: Number(m[3]) });
   const get = (name: string): Field => {
     const f = fields.get(name);
-    if (!f) throw new Error(`block_bio_queue format has no field ${name}`);
+    if (!f) throw new Error(`event format has no field ${name}`);
     return f;
   };
-  if (!id) throw new Error("block_bio_queue format has no ID");
+  if (!id) throw new Error("event format has no ID");
   return {
     id: Number(id[1]),
     dev: get("dev"),
@@ -54,8 +54,10 @@ export function parseBioQueueFormat(text: string): BioQueueLayout {
   };
 }
 
-/** One decoded block_bio_queue record. */
+/** One decoded record (block_bio_queue, or another block event of the same fields). */
 export interface BioEvent {
+  /** The event's id (its layout's `id`). */
+  event: number;
   dev: number;
   sector: number;
   sectors: number;
@@ -82,9 +84,10 @@ function readUnsigned(b: Buffer, at: number, size: number): number {
  */
 export function decodePage(
   page: Buffer,
-  layout: BioQueueLayout,
+  layouts: BioQueueLayout | BioQueueLayout[],
   onEvent: (e: BioEvent) => void,
 ): { missedEvents: boolean; malformed: boolean } {
+  const list = Array.isArray(layouts) ? layouts : [layouts];
   if (page.length < PAGE_HEADER) return { missedEvents: false, malformed: page.length !== 0 };
   const commit = page.readUInt32LE(8);
   const missedEvents = (commit & RB_MISSED_EVENTS) !== 0;
@@ -118,12 +121,15 @@ export function decodePage(
       next = dataAt + dataLen;
     }
     if (dataLen < 0 || next > end || next <= at) return { missedEvents, malformed: true };
-    if (dataLen >= 2 && page.readUInt16LE(dataAt) === layout.id) {
+    const type = dataLen >= 2 ? page.readUInt16LE(dataAt) : -1;
+    const layout = list.find((l) => l.id === type);
+    if (layout) {
       const r = layout.rwbs;
       if (dataLen < r.offset + r.size) return { missedEvents, malformed: true };
       const raw = page.subarray(dataAt + r.offset, dataAt + r.offset + r.size);
       const nul = raw.indexOf(0);
       onEvent({
+        event: layout.id,
         dev: readUnsigned(page, dataAt + layout.dev.offset, layout.dev.size),
         sector: readUnsigned(page, dataAt + layout.sector.offset, layout.sector.size),
         sectors: readUnsigned(page, dataAt + layout.nrSector.offset, layout.nrSector.size),

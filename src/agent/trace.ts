@@ -61,6 +61,12 @@ export interface TraceTrackerOptions {
   onRanges: (ranges: TracedRange[]) => void;
   /** Called whenever events may have been lost. */
   onLost: (loss: TraceLoss) => void;
+  /**
+   * When given, requests completing on the disk are traced too (the kernel's
+   * block_rq_complete) and reported here: with the queued ranges they tell
+   * which writes are still in flight (see InFlight).
+   */
+  onCompleted?: (ranges: { sector: number; sectors: number }[]) => void;
   /** Instance name; default `lifeboat-<major>-<minor>`. */
   instanceName?: string;
   /** Per-CPU buffer size in KiB; default the kernel's. */
@@ -97,7 +103,7 @@ export class TraceTracker {
     readonly minor: number,
     /** Kernel dev_t of the disk and its partitions. */
     private readonly devs: Set<number>,
-    private readonly layout: BioQueueLayout,
+    private readonly layouts: BioQueueLayout[],
     private readonly cpus: CpuReader[],
     pageSize: number,
   ) {
@@ -145,6 +151,12 @@ export class TraceTracker {
       const devTest = devs.map((d) => `dev == ${kernelDev(d.major, d.minor)}`).join(" || ");
       const filter = `(${devTest}) && (rwbs ~ "*W*" || rwbs ~ "*D*" || rwbs ~ "*N*")`;
       await writeControl(root, dir, `${ev}/filter`, filter);
+      const layouts = [layout];
+      const done = "events/block/block_rq_complete";
+      if (opts.onCompleted) {
+        layouts.push(parseBioQueueFormat(await fs.readFile(path.join(dir, done, "format"), "utf8")));
+        await writeControl(root, dir, `${done}/filter`, devTest);
+      }
       const subbufKb = Number(
         (await fs.readFile(path.join(dir, "buffer_subbuf_size_kb"), "utf8").catch(() => "4")).trim(),
       );
@@ -161,10 +173,11 @@ export class TraceTracker {
       }
       for (const c of cpus) c.counters = parseCpuStats(await fs.readFile(c.statsPath, "utf8"));
       await writeControl(root, dir, `${ev}/enable`, "1");
+      if (opts.onCompleted) await writeControl(root, dir, `${done}/enable`, "1");
       await writeControl(root, dir, "tracing_on", "1");
       const pageSize = Number.isFinite(subbufKb) && subbufKb > 0 ? subbufKb * 1024 : 4096;
       const kdevs = new Set(devs.map((d) => kernelDev(d.major, d.minor)));
-      const t = new TraceTracker(opts, dir, major, minor, kdevs, layout, cpus, pageSize);
+      const t = new TraceTracker(opts, dir, major, minor, kdevs, layouts, cpus, pageSize);
       t.loopDone = t.loop();
       log.info({ instance: dir, device: opts.device, filter }, "trace tracker started");
       return t;
@@ -238,6 +251,8 @@ export class TraceTracker {
   /** One pass over the CPUs; true when some CPU still had more than `maxPages` pages. */
   private async pass(maxPages: number): Promise<boolean> {
     const batch: TracedRange[] = [];
+    const completed: { sector: number; sectors: number }[] = [];
+    const queueId = this.layouts[0]!.id;
     let busy = false;
     for (const c of this.cpus) {
       for (let n = 0; ; n++) {
@@ -254,7 +269,12 @@ export class TraceTracker {
         }
         if (got === 0) break;
         this.counts.pages++;
-        const res = decodePage(this.page.subarray(0, got), this.layout, (e) => {
+        const res = decodePage(this.page.subarray(0, got), this.layouts, (e) => {
+          if (e.event !== queueId) {
+            if (e.sectors > 0 && this.devs.has(e.dev) && opOf(e.rwbs) !== null)
+              completed.push({ sector: e.sector, sectors: e.sectors });
+            return;
+          }
           const op = opOf(e.rwbs);
           if (op === null || e.sectors === 0 || !this.devs.has(e.dev)) return;
           this.counts.events++;
@@ -266,6 +286,7 @@ export class TraceTracker {
       }
     }
     if (batch.length) this.opts.onRanges(batch);
+    if (completed.length) this.opts.onCompleted?.(completed);
     await this.checkCounters();
     return busy;
   }

@@ -1,6 +1,7 @@
+import { createHash } from "node:crypto";
 import { Decompressor } from "zstd-napi";
 import { LifeboatError } from "../base/index.js";
-import type { ConsistencyLevel, Pit } from "../store/index.js";
+import { type ConsistencyLevel, type Pit, isZeroId } from "../store/index.js";
 import type { ReplicaApplier } from "./applier.js";
 
 /** One whole block of a BLOCKS message: its bytes (raw or a zstd frame), or only its hash. */
@@ -40,6 +41,15 @@ export interface ReplicaStreamOptions {
   onPit?(pointId: string, seq: number, pit: Pit): void;
   /** A checkpoint failed: the connection must close; the sender resends what was not acknowledged. */
   onFailure(err: Error): void;
+  /**
+   * A patch left a block that does not hash to the sender's: the two copies
+   * differed before it. Without this handler that fails the stream
+   * (REPLICA_DIVERGED). With it, the stream goes on, the block is marked
+   * diverged until a whole-block write to it arrives, PITs made meanwhile are
+   * labelled `none`, and the handler asks the sender to resend the disk
+   * (a rescan).
+   */
+  onDiverged?(disk: number, offset: number): void;
 }
 
 /**
@@ -66,6 +76,8 @@ export class ReplicaStream {
   /** submit(): messages applied one after another, in the order submitted. */
   private queue: Promise<void> = Promise.resolve();
   private readonly waiters: { seq: number; resolve(): void; reject(e: Error): void }[] = [];
+  /** "disk:offset" of blocks a patch left different from the sender's copy. */
+  private readonly diverged = new Set<string>();
 
   constructor(
     private readonly applier: ReplicaApplier,
@@ -135,7 +147,14 @@ export class ReplicaStream {
     if (msg.kind === "patch") {
       for (const p of msg.patches) await this.applier.writeBytes(msg.disk, msg.offset + p.at, p.data);
       const got = await this.applier.chunkId(msg.disk, msg.offset);
-      if (!got.equals(msg.sha256)) {
+      // A block of zeros is stored as no chunk (the zero id); the sender hashed its bytes.
+      const same = isZeroId(got)
+        ? msg.sha256.equals(got) || msg.sha256.equals(zeroBlockHash(this.chunkLength(msg.disk, msg.offset)))
+        : got.equals(msg.sha256);
+      if (!same && this.opts.onDiverged) {
+        this.diverged.add(`${msg.disk}:${msg.offset}`);
+        this.opts.onDiverged(msg.disk, msg.offset);
+      } else if (!same) {
         throw new LifeboatError(
           "REPLICA_DIVERGED",
           `after patching, block ${msg.offset / cs} of disk ${msg.disk} does not hash to what the sender has`,
@@ -151,6 +170,7 @@ export class ReplicaStream {
     let offset = msg.offset;
     let bytes = 0;
     for (const b of msg.blocks) {
+      if (this.diverged.size) this.diverged.delete(`${msg.disk}:${offset}`);
       if (b.encoding === "ref") await this.applier.writeKnownChunk(msg.disk, offset, b.sha256);
       else {
         const data =
@@ -243,9 +263,11 @@ export class ReplicaStream {
     this.bytesSinceCommit = 0;
     let pit: Pit | undefined;
     this.committing = this.committing.then(async () => {
+      // A block that differs from the sender's makes the point an image the disk never held.
+      const diverged = msg.disks.some((d) => [...this.diverged].some((k) => k.startsWith(`${d.index}:`)));
       pit = await this.applier.makePit({
         seq,
-        consistency: msg.consistency,
+        consistency: diverged ? "none" : msg.consistency,
         timeMs: msg.takenAt,
         labels: { point: msg.pointId },
       });
@@ -261,6 +283,13 @@ export class ReplicaStream {
     }
     this.opts.onPit?.(msg.pointId, seq, pit!);
   }
+}
+
+const zeroHashes = new Map<number, Buffer>();
+function zeroBlockHash(length: number): Buffer {
+  let h = zeroHashes.get(length);
+  if (!h) zeroHashes.set(length, (h = createHash("sha256").update(Buffer.alloc(length)).digest()));
+  return h;
 }
 
 function closedError(): LifeboatError {

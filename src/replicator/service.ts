@@ -54,6 +54,7 @@ export class Replicator {
   private readonly replicas = new Map<string, Replica>();
   private readonly log: Logger;
   private closed = false;
+  private commandIds = 0;
 
   constructor(private readonly opts: ReplicatorOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -115,6 +116,13 @@ export class Replicator {
           this.opts.onPit?.(server, pit);
         },
         onFailure: (err) => connection.close(asLifeboatError(err)),
+        onDiverged: (disk, offset) => {
+          this.log.warn(
+            { server, disk, offset },
+            "a patched block differs from the agent's; asking for a rescan",
+          );
+          connection.command({ id: ++this.commandIds, command: "rescan", disks: [disk] });
+        },
       }),
     };
     this.replicas.set(server, replica);

@@ -54,8 +54,11 @@ function page(events: Buffer[], flags = 0): Buffer {
 }
 
 function decode(p: Buffer) {
-  const events: BioEvent[] = [];
-  const res = decodePage(p, layout, (e) => events.push(e));
+  const events: Omit<BioEvent, "event">[] = [];
+  const res = decodePage(p, layout, ({ event, ...e }) => {
+    assert.equal(event, layout.id);
+    events.push(e);
+  });
   return { ...res, events };
 }
 

@@ -1,0 +1,112 @@
+/**
+ * The agent's CPU work on blocks, spread over one worker thread per core:
+ * zero detection, SHA-256 and zstd. The main thread reads and sends; a run
+ * of blocks moves to a worker and back by transfer, not copy.
+ */
+import os from "node:os";
+import { Worker } from "node:worker_threads";
+
+/** @internal to the worker. */
+export interface BlockJob {
+  id: number;
+  buffer: ArrayBuffer;
+  length: number;
+  blockSize: number;
+  compress: boolean;
+}
+
+/** @internal from the worker. kinds: 0 zero, 1 raw, 2 zstd. */
+export interface BlockJobResult {
+  id: number;
+  buffer: ArrayBuffer;
+  hashes: ArrayBuffer;
+  kinds: ArrayBuffer;
+  frames: ArrayBuffer;
+  framesOffset: number;
+  lengths: ArrayBuffer;
+}
+
+/** One block as the pool left it. `data` is the block (raw), its zstd frame, or empty (zero). */
+export interface PreparedBlock {
+  encoding: "zero" | "raw" | "zstd";
+  sha256: Buffer;
+  data: Buffer;
+  /** The block's plain bytes (a view of the run it came in). */
+  plain: Buffer;
+}
+
+export class BlockPool {
+  private readonly workers: Worker[] = [];
+  private readonly pending = new Map<number, { resolve(r: BlockJobResult): void; reject(e: Error): void }>();
+  private next = 0;
+  private failure: Error | undefined;
+
+  /** `level` 0 sends blocks uncompressed. */
+  constructor(
+    readonly level = 1,
+    size = Math.max(1, Math.min(4, os.availableParallelism())),
+  ) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(new URL("./block-worker.js", import.meta.url), { workerData: { level } });
+      w.on("message", (r: BlockJobResult) => {
+        const p = this.pending.get(r.id);
+        this.pending.delete(r.id);
+        p?.resolve(r);
+      });
+      w.on("error", (err) => {
+        this.failure = err;
+        for (const p of this.pending.values()) p.reject(err);
+        this.pending.clear();
+      });
+      w.unref();
+      this.workers.push(w);
+    }
+  }
+
+  /**
+   * Prepares the blocks of `data` (consecutive blocks of `blockSize`, the
+   * last possibly short). `data` is copied into a transferable buffer first,
+   * so the caller may reuse it at once.
+   */
+  async prepare(data: Buffer, blockSize: number, compress = true): Promise<PreparedBlock[]> {
+    if (this.failure) throw this.failure;
+    const ab = new ArrayBuffer(data.length);
+    data.copy(Buffer.from(ab));
+    const id = this.next++;
+    const w = this.workers[id % this.workers.length]!;
+    const r = await new Promise<BlockJobResult>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      const job: BlockJob = {
+        id,
+        buffer: ab,
+        length: data.length,
+        blockSize,
+        compress: compress && this.level > 0,
+      };
+      w.postMessage(job, [ab]);
+    });
+    const plain = Buffer.from(r.buffer, 0, data.length);
+    const hashes = Buffer.from(r.hashes);
+    const kinds = new Uint8Array(r.kinds);
+    const lengths = new Uint32Array(r.lengths);
+    const frames = Buffer.from(r.frames, r.framesOffset);
+    const out: PreparedBlock[] = [];
+    let f = 0;
+    for (let i = 0; i < kinds.length; i++) {
+      const block = plain.subarray(i * blockSize, Math.min(plain.length, (i + 1) * blockSize));
+      const sha256 = hashes.subarray(i * 32, i * 32 + 32);
+      if (kinds[i] === 0) out.push({ encoding: "zero", sha256, data: Buffer.alloc(0), plain: block });
+      else if (kinds[i] === 1) out.push({ encoding: "raw", sha256, data: block, plain: block });
+      else {
+        const len = lengths[i]!;
+        out.push({ encoding: "zstd", sha256, data: frames.subarray(f, f + len), plain: block });
+        f += len;
+      }
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

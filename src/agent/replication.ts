@@ -1,0 +1,910 @@
+/**
+ * The agent's replication engine: one per source server. It owns the disks
+ * (an O_DIRECT reader and two dirty sets each, a trace tracker where the
+ * kernel offers one), the wire session to the replicator and the worker
+ * pool, and runs one loop that does, in order of priority:
+ *
+ *  1. initial syncs and rescans (read the whole disk, send what the replica
+ *     lacks: zero blocks as such, blocks the repository holds as references,
+ *     the rest compressed);
+ *  2. consistency points (drain, freeze, read what is dirty, thaw, ship, mark);
+ *  3. continuous shipping of traced writes.
+ *
+ * Traced writes land first in a disk's `fresh` set, which moves into
+ * `settled` every `settleMs` (batching). The trace sees a write when it is
+ * queued, not when it completes, and a block read while a write to it is in
+ * flight returns the bytes from before it: continuous shipping skips blocks
+ * that InFlight says have writes in flight and comes back to them. A
+ * consistency point reads both sets while the filesystems are frozen, when
+ * every write has completed.
+ *
+ * Nothing here writes to a file while filesystems are frozen: the status
+ * callback is skipped and log records wait until the thaw.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { promises as fs } from "node:fs";
+import type { Duplex } from "node:stream";
+import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
+import {
+  AgentSession,
+  type Block,
+  type BlocksMessage,
+  type Command,
+  type ConsistencyLevel,
+  type Patch,
+  type PointDone,
+  type SequencedMessage,
+  type Welcome,
+} from "../wire/index.js";
+import { BlockPool, type PreparedBlock } from "./block-pool.js";
+import type { AgentDisk, AgentSettings } from "./config.js";
+import { DirtySet } from "./dirty-set.js";
+import { InFlight } from "./in-flight.js";
+import { withFrozen } from "./freeze.js";
+import { type MountedFilesystem, mountedFilesystems } from "./mounted-filesystems.js";
+import { DiskReader } from "./reader.js";
+import type { AgentState, AgentStatus, DiskStatus } from "./status.js";
+import { TraceTracker } from "./trace.js";
+
+export interface ReplicationOptions {
+  serverId: string;
+  hostname: string;
+  version: string;
+  disks: AgentDisk[];
+  blockSize: number;
+  settings: AgentSettings;
+  /** Opens a connection to the replicator. */
+  connect(): Promise<Duplex>;
+  /** zstd level for blocks on the wire (0: uncompressed; default 1). */
+  compressionLevel?: number;
+  /** Wait between moving fresh writes to the settled set (default 200 ms). */
+  settleMs?: number;
+  /**
+   * Runs while the filesystems are frozen, after the dirty blocks were read
+   * (tests snapshot the device here). It must not write to a frozen filesystem.
+   */
+  whileFrozen?(point: { pointId: string; takenAt: number }): Promise<void>;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+export interface PointRequest {
+  /** Lowest level the caller accepts; a point that reaches less fails with PIT_CONSISTENCY_NOT_REACHED. */
+  consistency?: ConsistencyLevel;
+  /**
+   * For group PITs: called while frozen; resolves once every member is frozen
+   * (proceed, with the group's time) or the group gave up.
+   */
+  barrier?(): Promise<{ proceed: boolean; takenAt?: number }>;
+}
+
+export interface PointResult {
+  pointId: string;
+  /** Undefined only when the replicator's answer was lost to a reconnect. */
+  pitId: string | undefined;
+  seq: number;
+  takenAt: number;
+  consistency: ConsistencyLevel;
+  disks: { index: number; sizeBytes: number }[];
+}
+
+interface DiskRun {
+  cfg: AgentDisk;
+  reader: DiskReader;
+  size: number;
+  fresh: DirtySet;
+  settled: DirtySet;
+  /** Writes queued and not yet completed (trace mode). */
+  inFlight: InFlight;
+  tracker: TraceTracker | undefined;
+  /** A pass over the whole disk is owed: "initial" when the replica has nothing of it. */
+  owed: "initial" | "rescan" | undefined;
+  /** Another rescan was asked for while one ran. */
+  rescanAgain: boolean;
+  pass: { kind: "initial" | "rescan"; done: number; started: number } | undefined;
+  /** An image file's size and mtime when a scan-mode pass started. */
+  imageStamp?: string;
+}
+
+interface QueuedPoint {
+  req: PointRequest;
+  resolve(r: PointResult): void;
+  reject(e: unknown): void;
+}
+
+/** Blocks read from a disk, with the dirty byte ranges inside each. */
+interface ReadRun {
+  disk: number;
+  offset: number;
+  data: Buffer;
+  /** Per block of the run: dirty [start, end) pairs relative to the block, or "all". */
+  dirty: ("all" | number[])[];
+}
+
+const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
+const RUN_BLOCKS = 64; // one BLOCKS frame: 64 blocks, 4 MiB at 64 KiB
+const PIPELINE = 3;
+const zeroHash = Buffer.alloc(32);
+
+export class Replication {
+  private wire: AgentSession | undefined;
+  private readonly disks: DiskRun[] = [];
+  private readonly pool: BlockPool;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly points: QueuedPoint[] = [];
+  private readonly pointWaiters = new Map<string, (done: PointDone) => void>();
+  /** Sent and not yet acknowledged: the oldest write each message carries. */
+  private readonly outstanding: { seq: number; since: number }[] = [];
+  private welcome: Welcome | undefined;
+  private connected = false;
+  private stopping = false;
+  private frozen = false;
+  private wake: (() => void) | undefined;
+  private loopDone: Promise<void> = Promise.resolve();
+  private lastRotate = 0;
+  private lastProgress = 0;
+  private lastPit: AgentStatus["lastPit"];
+  private lastError: AgentStatus["lastError"];
+  private bandwidth: { bytesPerSecond: number; available: number; at: number };
+  private pointSeq = 0;
+  readonly counters = { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 };
+
+  constructor(private readonly opts: ReplicationOptions) {
+    this.clock = opts.clock ?? systemClock;
+    this.log = opts.logger ?? silentLogger;
+    this.pool = new BlockPool(opts.compressionLevel ?? 1);
+    this.bandwidth = { bytesPerSecond: 0, available: 0, at: 0 };
+    this.setBandwidth(opts.settings.bandwidthMbps);
+  }
+
+  /** Opens the disks and their trackers, connects, and starts the loop. */
+  async start(): Promise<void> {
+    const { settings } = this.opts;
+    try {
+      for (const cfg of this.opts.disks) {
+        const reader = await DiskReader.open(cfg.path, { logger: this.log });
+        const size = reader.size;
+        const set = () => new DirtySet({ diskSize: size, blockSize: this.opts.blockSize });
+        const run: DiskRun = {
+          cfg,
+          reader,
+          size,
+          fresh: set(),
+          settled: set(),
+          inFlight: new InFlight(),
+          tracker: undefined,
+          owed: "rescan",
+          rescanAgain: false,
+          pass: undefined,
+        };
+        this.disks.push(run);
+        if (settings.tracker !== "scan" && reader.isBlockDevice) {
+          try {
+            run.tracker = await TraceTracker.start({
+              device: cfg.path,
+              ...(settings.traceBufferKb !== undefined ? { bufferSizeKb: settings.traceBufferKb } : {}),
+              onRanges: (ranges) => {
+                const at = this.clock.now();
+                for (const r of ranges) {
+                  run.fresh.addSectors(r.sector, r.sectors, at);
+                  run.inFlight.queued(r.sector, r.sectors, at);
+                }
+              },
+              onCompleted: (ranges) => {
+                const at = this.clock.now();
+                for (const r of ranges) run.inFlight.completed(r.sector, r.sectors, at);
+              },
+              onLost: (loss) => {
+                this.counters.traceLosses++;
+                if (!this.frozen)
+                  this.log.warn(
+                    { disk: cfg.path, ...loss, error: undefined },
+                    "trace events lost; rescanning",
+                  );
+                this.owe(run, "rescan");
+              },
+              logger: this.log,
+              clock: this.clock,
+            });
+          } catch (err) {
+            if (settings.tracker === "trace") throw err;
+            this.log.warn(
+              { disk: cfg.path, err: String(err) },
+              "block trace unavailable; tracking by rescans",
+            );
+          }
+        }
+      }
+      this.wire = new AgentSession({
+        connect: () => this.opts.connect(),
+        agent: { serverId: this.opts.serverId, hostname: this.opts.hostname, version: this.opts.version },
+        disks: this.disks.map((d) => ({
+          index: d.cfg.index,
+          id: d.cfg.id,
+          sizeBytes: d.size,
+          blockSize: this.opts.blockSize,
+        })),
+        logger: this.log,
+        clock: this.clock,
+        onWelcome: (w) => this.onWelcome(w),
+        onCommand: (c) => this.onCommand(c),
+        onPointDone: (d) => this.pointWaiters.get(d.pointId)?.(d),
+        onDisconnect: (err) => {
+          this.connected = false;
+          this.lastError = { code: err.code, message: err.message, at: this.clock.now() };
+        },
+      });
+      await this.wire.start();
+    } catch (err) {
+      await this.closeDisks();
+      await this.pool.close();
+      throw err;
+    }
+    this.loopDone = this.loop();
+  }
+
+  /** The wire session (after start). */
+  get session(): AgentSession {
+    if (!this.wire) throw new Error("start() first");
+    return this.wire;
+  }
+
+  /** `trace` when every disk has a tracker, else `scan`. */
+  get tracker(): "trace" | "scan" {
+    return this.disks.length > 0 && this.disks.every((d) => d.tracker) ? "trace" : "scan";
+  }
+
+  /** Asks for a consistency point; resolves when its PIT is committed. */
+  requestPoint(req: PointRequest = {}): Promise<PointResult> {
+    if (this.stopping) return Promise.reject(stoppedError());
+    return new Promise((resolve, reject) => {
+      this.points.push({ req, resolve, reject });
+      this.wake?.();
+    });
+  }
+
+  /** Rescans the given disks (all when omitted). */
+  requestRescan(disks?: number[]): void {
+    for (const d of this.disks) if (!disks || disks.includes(d.cfg.index)) this.owe(d, "rescan");
+    this.wake?.();
+  }
+
+  /** Caps what the agent sends, in Mbit/s (0: no cap); takes effect at once. */
+  setBandwidth(mbps: number): void {
+    this.bandwidth = {
+      bytesPerSecond: mbps > 0 ? (mbps * 1_000_000) / 8 : 0,
+      available: 0,
+      at: this.clock.now(),
+    };
+  }
+
+  /** What `agent status` shows, or null while filesystems are frozen (nothing may be written then). */
+  status(): AgentStatus | null {
+    if (this.frozen || !this.wire) return null;
+    const now = this.clock.now();
+    this.ackProgress();
+    let backlog = this.session.inFlight.bytes;
+    let oldest: number | null = this.outstanding[0]?.since ?? null;
+    const disks: DiskStatus[] = this.disks.map((d) => {
+      const dirtyBytes = d.fresh.dirtyBytes() + d.settled.dirtyBytes();
+      backlog += dirtyBytes;
+      for (const s of [d.fresh.dirtySince, d.settled.dirtySince])
+        if (s !== null) oldest = oldest === null ? s : Math.min(oldest, s);
+      const st: DiskStatus = {
+        index: d.cfg.index,
+        path: d.cfg.path,
+        sizeBytes: d.size,
+        state: d.pass ? (d.pass.kind === "initial" ? "INITIAL_SYNC" : "RESCAN") : "CONTINUOUS",
+        dirtyBytes,
+      };
+      if (d.pass) {
+        const secs = Math.max(0.001, (now - d.pass.started) / 1000);
+        const rate = d.pass.done / secs;
+        backlog += d.size - d.pass.done;
+        st.progress = {
+          doneBytes: d.pass.done,
+          totalBytes: d.size,
+          bytesPerSecond: Math.round(rate),
+          etaSeconds: rate > 0 ? Math.round((d.size - d.pass.done) / rate) : null,
+        };
+      }
+      return st;
+    });
+    const lagSeconds = oldest === null ? 0 : Math.max(0, (now - oldest) / 1000);
+    const s = this.opts.settings;
+    let state: AgentState;
+    if (disks.some((d) => d.state === "INITIAL_SYNC")) state = "INITIAL_SYNC";
+    else if (disks.some((d) => d.state === "RESCAN")) state = "RESCAN";
+    else if (backlog > 0 && now - this.lastProgress > s.stallSeconds * 1000) state = "STALLED";
+    else if (lagSeconds > s.lagThresholdSeconds) state = "BACKLOG";
+    else state = "CONTINUOUS";
+    if (!this.welcome) state = "INITIATING";
+    return {
+      state,
+      tracker: this.tracker,
+      lagSeconds: Math.round(lagSeconds * 1000) / 1000,
+      backlogBytes: backlog,
+      disks,
+      serverId: this.opts.serverId,
+      pid: process.pid,
+      updatedAt: now,
+      connected: this.connected,
+      ...(this.lastPit ? { lastPit: this.lastPit } : {}),
+      counters: { ...this.counters },
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+    };
+  }
+
+  /**
+   * Stops: finishes the step in progress, fails queued points, waits up to
+   * `drainMs` for what was sent to be acknowledged, then closes everything.
+   */
+  async stop(drainMs = 5000): Promise<void> {
+    if (this.stopping) return this.loopDone;
+    this.stopping = true;
+    this.wake?.();
+    await this.loopDone;
+    for (const p of this.points.splice(0)) p.reject(stoppedError());
+    if (!this.wire) return;
+    const last = this.session.lastAcked;
+    const sent = last + this.session.inFlight.frames;
+    if (sent > last)
+      await Promise.race([this.session.whenAcked(sent).catch(() => undefined), this.clock.sleep(drainMs)]);
+    await this.wire?.close();
+    await this.closeDisks();
+    await this.pool.close();
+  }
+
+  private async closeDisks(): Promise<void> {
+    await Promise.allSettled(this.disks.map((d) => d.tracker?.stop() ?? Promise.resolve()));
+    await Promise.allSettled(this.disks.map((d) => d.reader.close()));
+  }
+
+  private owe(d: DiskRun, kind: "initial" | "rescan"): void {
+    if (d.pass) d.rescanAgain = true;
+    else if (d.owed !== "initial") d.owed = kind;
+  }
+
+  private onWelcome(w: Welcome): void {
+    const first = !this.welcome;
+    this.welcome = w;
+    this.connected = true;
+    this.lastProgress = this.clock.now();
+    if (first) {
+      // The replica has nothing of a disk whose lastAcked is 0: initial sync. Otherwise a rescan,
+      // since nothing tracked the writes made while the agent was not running.
+      for (const d of this.disks) {
+        const acked = w.disks.find((x) => x.index === d.cfg.index)?.lastAcked ?? 0;
+        d.owed = acked === 0 ? "initial" : "rescan";
+      }
+    } else if (!w.resumed) {
+      // The replicator lost the stream: what it had not made durable is gone.
+      this.log.warn({}, "the replicator did not know the stream; rescanning every disk");
+      this.outstanding.length = 0;
+      for (const d of this.disks) this.owe(d, "rescan");
+    }
+    this.wake?.();
+  }
+
+  private onCommand(c: Command): void {
+    if (c.command === "rescan") this.requestRescan(c.disks);
+    else if (c.command === "set-bandwidth") this.setBandwidth(c.mbps);
+    else
+      this.requestPoint(c.consistency ? { consistency: c.consistency } : {}).catch((err: unknown) =>
+        this.log.warn({ err: String(err) }, "a point the replicator asked for failed"),
+      );
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.stopping) {
+      try {
+        this.rotate();
+        const owed = this.disks.find((d) => d.owed);
+        if (owed) await this.scan(owed);
+        else if (this.points.length) await this.point(this.points.shift()!);
+        else if (this.disks.some((d) => !d.settled.isEmpty)) {
+          // Only blocks with writes in flight left: give the device a moment.
+          if ((await this.shipSettled()) === 0) await this.pauseFor(20);
+        } else await this.idle();
+      } catch (err) {
+        if (this.stopping) break;
+        const e =
+          err instanceof LifeboatError ? err : new LifeboatError("AGENT_IO", String(err), { cause: err });
+        this.lastError = { code: e.code, message: e.message, at: this.clock.now() };
+        this.log.error({ code: e.code, err: e.message }, "replication step failed; retrying");
+        await this.pauseFor(1000);
+      }
+    }
+  }
+
+  private async idle(): Promise<void> {
+    const settle = this.opts.settleMs ?? 500;
+    await this.pauseFor(Math.max(10, this.lastRotate + settle - this.clock.now()));
+  }
+
+  private async pauseFor(ms: number): Promise<void> {
+    await Promise.race([this.clock.sleep(ms), new Promise<void>((r) => (this.wake = r))]);
+    this.wake = undefined;
+  }
+
+  /** Every batching period, what the tracker marked becomes due for shipping. */
+  private rotate(): void {
+    const now = this.clock.now();
+    if (now - this.lastRotate < (this.opts.settleMs ?? 200)) return;
+    this.lastRotate = now;
+    for (const d of this.disks) if (!d.fresh.isEmpty) d.settled.merge(d.fresh.take());
+  }
+
+  private ackProgress(): void {
+    const acked = this.session.lastAcked;
+    let moved = false;
+    while (this.outstanding.length && this.outstanding[0]!.seq <= acked) {
+      this.outstanding.shift();
+      moved = true;
+    }
+    if (moved || this.session.inFlight.frames === 0) this.lastProgress = this.clock.now();
+  }
+
+  // ---- sending -------------------------------------------------------------
+
+  private async send(msg: SequencedMessage, since: number | null): Promise<number> {
+    const bytes =
+      msg.type !== "BLOCKS"
+        ? 256
+        : msg.kind === "patch"
+          ? msg.patches.reduce((n, p) => n + p.data.length + 8, 40)
+          : msg.blocks.reduce((n, b) => n + b.data.length + 34, 16);
+    await this.throttle(bytes);
+    const seq = await this.session.send(msg);
+    this.counters.bytesSent += bytes;
+    if (msg.type === "BLOCKS" && msg.kind === "blocks") this.counters.blocksSent += msg.blocks.length;
+    this.outstanding.push({ seq, since: since ?? this.clock.now() });
+    return seq;
+  }
+
+  private async throttle(bytes: number): Promise<void> {
+    for (;;) {
+      const b = this.bandwidth;
+      if (b.bytesPerSecond === 0) return;
+      const now = this.clock.now();
+      // At most one second's worth of credit accumulates.
+      b.available = Math.min(b.bytesPerSecond, b.available + ((now - b.at) / 1000) * b.bytesPerSecond);
+      b.at = now;
+      if (b.available >= bytes || b.available >= b.bytesPerSecond) {
+        b.available -= bytes;
+        return;
+      }
+      await this.clock.sleep(Math.ceil(((bytes - b.available) / b.bytesPerSecond) * 1000));
+    }
+  }
+
+  /** Turns prepared whole blocks starting at `offset` into BLOCKS messages of at most one frame each. */
+  private blocksMessages(disk: number, offset: number, blocks: Block[]): BlocksMessage[] {
+    const bs = this.opts.blockSize;
+    const per = Math.min(RUN_BLOCKS, this.welcome?.limits.maxBlocksPerFrame ?? RUN_BLOCKS);
+    const out: BlocksMessage[] = [];
+    for (let i = 0; i < blocks.length; i += per)
+      out.push({
+        type: "BLOCKS",
+        disk,
+        offset: offset + i * bs,
+        kind: "blocks",
+        blocks: blocks.slice(i, i + per),
+      });
+    return out;
+  }
+
+  // ---- initial sync and rescan --------------------------------------------
+
+  /**
+   * Reads the whole disk in runs of 64 blocks, pipelined: while one run's
+   * blocks are hashed and compressed in the workers and checked against the
+   * repository (HAVE), the next is read. Zero blocks are skipped on an
+   * initial sync (the replica starts empty) and sent as `zero` on a rescan;
+   * blocks the repository holds go as references.
+   */
+  private async scan(d: DiskRun): Promise<void> {
+    const kind = d.owed!;
+    d.owed = undefined;
+    d.rescanAgain = false;
+    d.pass = { kind, done: 0, started: this.clock.now() };
+    if (kind === "rescan") this.counters.rescans++;
+    const bs = this.opts.blockSize;
+    const runBytes = bs * RUN_BLOCKS;
+    if (!d.tracker) d.imageStamp = await stampOf(d.cfg.path);
+    // The dirty sets stay as they are: a range dirty now may belong to a write still in flight,
+    // which the pass could read before it lands; shipping it again afterwards costs little.
+    this.log.info(
+      { disk: d.cfg.path, kind, sizeBytes: d.size },
+      `${kind === "initial" ? "initial sync" : "rescan"} started`,
+    );
+    const inflight: Promise<BlocksMessage[]>[] = [];
+    const flush = async (): Promise<void> => {
+      for (const m of await inflight.shift()!) await this.send(m, null);
+    };
+    try {
+      for (let offset = 0; offset < d.size && !this.stopping; offset += runBytes) {
+        const len = Math.min(runBytes, d.size - offset);
+        const data = await d.reader.read(offset, len);
+        this.counters.bytesRead += len;
+        inflight.push(this.prepareScanRun(d, offset, data, kind));
+        inflight[inflight.length - 1]!.catch(() => undefined);
+        if (inflight.length >= PIPELINE) await flush();
+        d.pass.done = offset + len;
+      }
+      while (inflight.length) await flush();
+    } catch (err) {
+      await Promise.allSettled(inflight);
+      d.pass = undefined;
+      this.owe(d, kind);
+      throw err;
+    }
+    d.pass = undefined;
+    if (d.rescanAgain) this.owe(d, "rescan");
+    this.log.info({ disk: d.cfg.path, kind }, `${kind === "initial" ? "initial sync" : "rescan"} done`);
+  }
+
+  private async prepareScanRun(
+    d: DiskRun,
+    offset: number,
+    data: Buffer,
+    kind: "initial" | "rescan",
+  ): Promise<BlocksMessage[]> {
+    const prepared = await this.pool.prepare(data, this.opts.blockSize);
+    const nonZero = prepared.filter((b) => b.encoding !== "zero");
+    let held: boolean[] = nonZero.map(() => false);
+    if (nonZero.length) {
+      try {
+        held = await this.session.have(nonZero.map((b) => b.sha256));
+      } catch {
+        // Not connected just now: send the blocks themselves; the replicator deduplicates them anyway.
+      }
+    }
+    const blocks: (Block | null)[] = [];
+    let k = 0;
+    for (const b of prepared) {
+      if (b.encoding === "zero")
+        blocks.push(
+          kind === "initial" ? null : { encoding: "zero", sha256: zeroHash, data: Buffer.alloc(0) },
+        );
+      else if (held[k++]) blocks.push({ encoding: "ref", sha256: b.sha256, data: Buffer.alloc(0) });
+      else blocks.push({ encoding: b.encoding, sha256: b.sha256, data: b.data });
+    }
+    // Runs of consecutive blocks to send; a skipped zero block splits them.
+    const out: BlocksMessage[] = [];
+    for (let i = 0; i < blocks.length;) {
+      if (!blocks[i]) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < blocks.length && blocks[j]) j++;
+      out.push(
+        ...this.blocksMessages(d.cfg.index, offset + i * this.opts.blockSize, blocks.slice(i, j) as Block[]),
+      );
+      i = j;
+    }
+    return out;
+  }
+
+  // ---- continuous shipping ---------------------------------------------------
+
+  /** Ships every disk's settled set; returns how many runs of blocks were read. */
+  private async shipSettled(): Promise<number> {
+    let read = 0;
+    for (const d of this.disks) {
+      if (d.settled.isEmpty || d.owed) continue;
+      const taken = d.settled.take();
+      try {
+        const runs = await this.readDirty(d, taken, true);
+        read += runs.length;
+        // A patch carries the hash of the block as read, which must equal the replica's copy plus
+        // the patch. A write the read saw but this set does not hold breaks that: blocks that the
+        // trace marked again since the take (drained now, so every write done before the read is
+        // in) go whole.
+        await d.tracker?.drain();
+        const touched = touchedBlocks([d.fresh, d.settled], this.opts.blockSize);
+        const now = this.clock.now();
+        await this.shipRuns(
+          runs,
+          taken.dirtySince,
+          (offset) =>
+            touched.has(offset / this.opts.blockSize) ||
+            d.inFlight.overlaps(offset, this.opts.blockSize, now),
+        );
+      } catch (err) {
+        d.settled.merge(taken);
+        throw err;
+      }
+      this.lastProgress = this.clock.now();
+    }
+    return read;
+  }
+
+  /**
+   * Reads the whole blocks that hold `set`'s dirty bytes, in runs of
+   * consecutive blocks. With `deferInFlight`, a block with a write still in
+   * flight is not read: its dirty bytes go back to the settled set for a
+   * later pass (a read now could return the bytes from before the write).
+   */
+  private async readDirty(d: DiskRun, set: DirtySet, deferInFlight = false): Promise<ReadRun[]> {
+    const bs = this.opts.blockSize;
+    const now = this.clock.now();
+    // Block index → dirty pairs inside it.
+    const blocks = new Map<number, "all" | number[]>();
+    for (const e of set.extents()) {
+      const end = e.offset + e.length;
+      for (let b = Math.floor(e.offset / bs); b * bs < end; b++) {
+        const s = Math.max(e.offset, b * bs) - b * bs;
+        const t = Math.min(end, Math.min((b + 1) * bs, d.size)) - b * bs;
+        const blockLen = Math.min(bs, d.size - b * bs);
+        const prev = blocks.get(b);
+        if (prev === "all") continue;
+        if (s === 0 && t >= blockLen) blocks.set(b, "all");
+        else blocks.set(b, [...(prev ?? []), s, t]);
+      }
+    }
+    if (deferInFlight && d.inFlight.size > 0) {
+      for (const [b, dirty] of blocks) {
+        if (!d.inFlight.overlaps(b * bs, Math.min(bs, d.size - b * bs), now)) continue;
+        blocks.delete(b);
+        if (dirty === "all") d.settled.add(b * bs, bs, set.dirtySince ?? now);
+        else
+          for (let k = 0; k < dirty.length; k += 2)
+            d.settled.add(b * bs + dirty[k]!, dirty[k + 1]! - dirty[k]!, set.dirtySince ?? now);
+      }
+    }
+    const order = [...blocks.keys()].sort((a, b) => a - b);
+    const runs: ReadRun[] = [];
+    for (let i = 0; i < order.length;) {
+      let j = i + 1;
+      while (j < order.length && order[j] === order[j - 1]! + 1 && j - i < RUN_BLOCKS) j++;
+      const first = order[i]!;
+      const offset = first * bs;
+      const length = Math.min((order[j - 1]! + 1) * bs, d.size) - offset;
+      runs.push({
+        disk: d.cfg.index,
+        offset,
+        data: await d.reader.read(offset, length),
+        dirty: order.slice(i, j).map((b) => blocks.get(b)!),
+      });
+      this.counters.bytesRead += length;
+      i = j;
+    }
+    return runs;
+  }
+
+  /**
+   * Sends read runs: a block of which less than half is dirty goes as a
+   * patch of its dirty bytes (with the whole block's hash, so the replicator
+   * can tell if its copy differed), the others whole.
+   */
+  private async shipRuns(
+    runs: ReadRun[],
+    since: number | null,
+    mustBeWhole?: (offset: number) => boolean,
+  ): Promise<void> {
+    const bs = this.opts.blockSize;
+    for (const run of runs) {
+      // Consecutive whole blocks are prepared together.
+      let wholeStart = -1;
+      const flushWhole = async (end: number): Promise<void> => {
+        if (wholeStart < 0) return;
+        const slice = run.data.subarray(wholeStart * bs, Math.min(end * bs, run.data.length));
+        const prepared = await this.pool.prepare(slice, bs);
+        const blocks = prepared.map(toWireBlock);
+        for (const m of this.blocksMessages(run.disk, run.offset + wholeStart * bs, blocks))
+          await this.send(m, since);
+        wholeStart = -1;
+      };
+      for (let i = 0; i < run.dirty.length; i++) {
+        const dirty = run.dirty[i]!;
+        const block = run.data.subarray(i * bs, Math.min((i + 1) * bs, run.data.length));
+        const pairs = dirty === "all" ? null : mergePairs(dirty);
+        const dirtyBytes = pairs
+          ? pairs.reduce((n, _, k) => (k % 2 ? n + pairs[k]! - pairs[k - 1]! : n), 0)
+          : block.length;
+        // An all-zero block goes whole (as `zero`): the replica stores it as no chunk at all.
+        if (!pairs || dirtyBytes * 2 >= block.length || isZero(block) || mustBeWhole?.(run.offset + i * bs)) {
+          if (wholeStart < 0) wholeStart = i;
+          continue;
+        }
+        await flushWhole(i);
+        const patches: Patch[] = [];
+        for (let k = 0; k < pairs.length; k += 2)
+          patches.push({ at: pairs[k]!, data: Buffer.from(block.subarray(pairs[k], pairs[k + 1])) });
+        const sha256 = createHash("sha256").update(block).digest();
+        await this.send(
+          { type: "BLOCKS", disk: run.disk, offset: run.offset + i * bs, kind: "patch", sha256, patches },
+          since,
+        );
+      }
+      await flushWhole(run.dirty.length);
+    }
+  }
+
+  // ---- consistency points ----------------------------------------------------
+
+  private async point(q: QueuedPoint): Promise<void> {
+    try {
+      q.resolve(await this.makePoint(q.req));
+    } catch (err) {
+      q.reject(err);
+    }
+  }
+
+  private async makePoint(req: PointRequest): Promise<PointResult> {
+    const pointId = `p${this.clock.now().toString(36)}${(++this.pointSeq).toString(36)}${randomBytes(2).toString("hex")}`;
+    const s = this.opts.settings;
+    // Ship the backlog first, so that little is left to read while frozen.
+    for (let i = 0; i < 3; i++) {
+      this.rotate();
+      if (!this.disks.some((d) => !d.settled.isEmpty)) break;
+      await this.shipSettled();
+    }
+    const scanOnly = this.disks.filter((d) => !d.tracker);
+    const filesystems: MountedFilesystem[] = [];
+    for (const d of this.disks) if (d.tracker) filesystems.push(...(await mountedFilesystems(d.cfg.path)));
+    let level: ConsistencyLevel = "crash";
+    let hooksRan = false;
+    if (s.preHook) {
+      hooksRan = await this.runHook(s.preHook, "pre");
+    }
+    let takenAt = this.clock.now();
+    let runs: ReadRun[] = [];
+    const taken = new Map<DiskRun, DirtySet>();
+    const readTaken = async (): Promise<void> => {
+      for (const d of this.disks) {
+        if (!d.tracker) continue;
+        await d.tracker.drain();
+        const set = d.settled.take();
+        set.merge(d.fresh.take());
+        taken.set(d, set);
+      }
+      for (const [d, set] of taken) runs.push(...(await this.readDirty(d, set)));
+    };
+    try {
+      if (filesystems.length) {
+        this.frozen = true;
+        let proceed = true;
+        const r = await withFrozen(
+          filesystems,
+          async () => {
+            if (req.barrier) {
+              const b = await req.barrier();
+              proceed = b.proceed;
+              if (!proceed) return;
+              if (b.takenAt !== undefined) takenAt = b.takenAt;
+            } else takenAt = this.clock.now();
+            await readTaken();
+            await this.opts.whileFrozen?.({ pointId, takenAt });
+          },
+          { capMs: s.freezeCapMs, logger: this.log },
+        ).finally(() => (this.frozen = false));
+        if (!proceed)
+          throw new LifeboatError("GROUP_PIT_ABORTED", "the consistency group did not freeze in time", {
+            hint: "check that every server of the group is connected (lifeboat servers list)",
+          });
+        if (r.capHit) {
+          // Thawed before the read was done: what was read may mix times. Crash-consistent only if nothing was written.
+          await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
+          level = this.disks.every((d) => d.fresh.isEmpty) ? "crash" : "none";
+          this.log.warn({ frozenMs: r.frozenMs, level }, "freeze cap reached");
+        } else level = hooksRan ? "application" : "filesystem";
+      } else {
+        if (req.barrier) {
+          const b = await req.barrier();
+          if (!b.proceed)
+            throw new LifeboatError("GROUP_PIT_ABORTED", "the consistency group did not freeze in time", {
+              hint: "check that every server of the group is connected (lifeboat servers list)",
+            });
+          if (b.takenAt !== undefined) takenAt = b.takenAt;
+        } else takenAt = this.clock.now();
+        await readTaken();
+        // Crash-consistent only if the trace saw no write while the dirty set was read.
+        await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
+        level = this.disks.filter((d) => d.tracker).every((d) => d.fresh.isEmpty) ? "crash" : "none";
+        if (hooksRan && level === "crash") level = "application";
+      }
+    } catch (err) {
+      for (const [d, set] of taken) d.settled.merge(set);
+      runs = [];
+      throw err;
+    } finally {
+      if (s.postHook) await this.runHook(s.postHook, "post");
+    }
+    // Image files (scan mode) are read whole; unchanged size and mtime over the pass make it a crash-consistent image.
+    for (const d of scanOnly) {
+      d.owed = "rescan";
+      await this.scan(d);
+      if ((await stampOf(d.cfg.path)) !== d.imageStamp) level = "none";
+    }
+    try {
+      await this.shipRuns(runs, takenAt);
+    } catch (err) {
+      for (const [d, set] of taken) d.settled.merge(set);
+      throw err;
+    }
+    if (req.consistency && LEVELS.indexOf(level) < LEVELS.indexOf(req.consistency))
+      this.log.warn({ wanted: req.consistency, reached: level }, "the point is less consistent than asked");
+    const disks = this.disks.map((d) => ({ index: d.cfg.index, sizeBytes: d.size }));
+    const done = new Promise<PointDone | undefined>((resolve) => {
+      this.pointWaiters.set(pointId, resolve);
+    });
+    const seq = await this.send({ type: "POINT", pointId, consistency: level, takenAt, disks }, takenAt);
+    await this.session.whenAcked(seq);
+    const answer = await Promise.race([done, this.clock.sleep(10_000).then(() => undefined)]);
+    this.pointWaiters.delete(pointId);
+    this.lastProgress = this.clock.now();
+    const result: PointResult = { pointId, pitId: answer?.pitId, seq, takenAt, consistency: level, disks };
+    if (answer) this.lastPit = { pitId: answer.pitId, takenAt, consistency: level };
+    this.log.info({ pointId, pitId: answer?.pitId, consistency: level }, "consistency point committed");
+    if (req.consistency && LEVELS.indexOf(level) < LEVELS.indexOf(req.consistency))
+      throw new LifeboatError(
+        "PIT_CONSISTENCY_NOT_REACHED",
+        `the PIT ${answer?.pitId ?? pointId} is ${level}-consistent; ${req.consistency} was asked for`,
+        { hint: "the PIT was kept; see the agent's log for why the freeze or hooks fell short" },
+      );
+    return result;
+  }
+
+  /** Runs an operator hook (argv, no shell, 60 s cap); true when it succeeded. */
+  private async runHook(argv: string[], which: "pre" | "post"): Promise<boolean> {
+    const { execFile } = await import("node:child_process");
+    return new Promise((resolve) => {
+      execFile(argv[0]!, argv.slice(1), { timeout: 60_000 }, (err, _stdout, stderr) => {
+        if (err)
+          this.log.warn(
+            { hook: which, err: err.message, stderr: stderr.slice(0, 2000) },
+            `${which}-hook failed`,
+          );
+        resolve(!err);
+      });
+    });
+  }
+}
+
+/** Indexes of the blocks that hold a dirty byte of any of `sets`. */
+function touchedBlocks(sets: DirtySet[], blockSize: number): Set<number> {
+  const out = new Set<number>();
+  for (const set of sets)
+    for (const e of set.extents())
+      for (let b = Math.floor(e.offset / blockSize); b * blockSize < e.offset + e.length; b++) out.add(b);
+  return out;
+}
+
+function toWireBlock(b: PreparedBlock): Block {
+  return b.encoding === "zero"
+    ? { encoding: "zero", sha256: zeroHash, data: Buffer.alloc(0) }
+    : { encoding: b.encoding, sha256: b.sha256, data: b.data };
+}
+
+/** Sorts and merges [start, end) pairs. */
+function mergePairs(pairs: number[]): number[] {
+  const list: [number, number][] = [];
+  for (let i = 0; i < pairs.length; i += 2) list.push([pairs[i]!, pairs[i + 1]!]);
+  list.sort((a, b) => a[0] - b[0]);
+  const out: number[] = [];
+  for (const [s, e] of list) {
+    if (out.length && s <= out[out.length - 1]!) out[out.length - 1] = Math.max(out[out.length - 1]!, e);
+    else out.push(s, e);
+  }
+  return out;
+}
+
+const zeros = Buffer.alloc(1 << 20);
+function isZero(b: Buffer): boolean {
+  return b.length <= zeros.length && b.equals(zeros.subarray(0, b.length));
+}
+
+async function stampOf(file: string): Promise<string> {
+  const st = await fs.stat(file);
+  return `${st.size}:${st.mtimeMs}`;
+}
+
+function stoppedError(): LifeboatError {
+  return new LifeboatError("AGENT_STOPPING", "the agent is stopping", {
+    hint: "ask again once it runs (lifeboat agent status)",
+  });
+}
