@@ -2,8 +2,9 @@ import { readFile } from "node:fs/promises";
 import os from "node:os";
 import { createInterface } from "node:readline/promises";
 import { Command } from "commander";
-import { LifeboatError } from "../base/index.js";
+import { LifeboatError, isLifeboatError } from "../base/index.js";
 import {
+  type AgentConfig,
   type AgentStatus,
   DEFAULT_AGENT_CONFIG_DIR,
   type HostInfo,
@@ -124,42 +125,67 @@ export function agentCommand(): Command {
   )
     .option("--keep-config", "remove only the private key; keep config.json and the state")
     .option("--force", "remove the local installation even when the server cannot be told")
-    .action(
-      action<{ configDir: string; keepConfig?: boolean; force?: boolean }>(async (ctx, o) => {
-        const config = await loadAgentConfig(o.configDir);
-        const stopped = await stopAgent(o.configDir);
-        let deregistered = false;
-        try {
-          await deregisterInstalled(o.configDir, config);
-          deregistered = true;
-        } catch (err) {
-          if (!o.force) throw withForceHint(err);
-          ctx.logger.warn({ err }, "deregistration failed; removing the local installation anyway (--force)");
-          if (!ctx.json)
-            process.stderr.write(
-              `warning: server ${config.serverName} was not deregistered: ${(err as Error).message}\n`,
-            );
-        }
-        const removed = await removeInstallation(o.configDir, Boolean(o.keepConfig));
-        if (ctx.json)
-          printJson({
-            serverId: config.serverId,
-            serverName: config.serverName,
-            stoppedPid: stopped ?? null,
-            deregistered,
-            removed,
-          });
-        else
-          printLines([
-            ...(stopped !== undefined ? [`stopped agent (pid ${stopped})`] : []),
-            deregistered
-              ? `server ${config.serverName} (${config.serverId}) decommissioned; its PITs stay on the server`
-              : `server ${config.serverName} (${config.serverId}) NOT deregistered: decommission it with \`lifeboat servers decommission\``,
-            `removed ${removed}`,
-          ]);
-      }),
-    );
+    .action(action<UninstallOpts>((ctx, o) => uninstall(ctx, o)));
   return agent;
+}
+
+interface UninstallOpts {
+  configDir: string;
+  keepConfig?: boolean;
+  force?: boolean;
+}
+
+/**
+ * Stops the agent, deregisters, removes D. The server is told first, so a
+ * failure there leaves the installation as it was, unless --force, which
+ * also removes an installation whose config.json is damaged.
+ */
+async function uninstall(ctx: CliContext, o: UninstallOpts): Promise<void> {
+  let config: AgentConfig | undefined;
+  try {
+    config = await loadAgentConfig(o.configDir);
+  } catch (err) {
+    if (!(o.force && isLifeboatError(err, "AGENT_CONFIG_INVALID"))) throw err;
+    warn(ctx, err, "the configuration is damaged; removing it without deregistering (--force)");
+  }
+  const stopped = await stopAgent(o.configDir);
+  let deregistered = false;
+  if (config !== undefined) {
+    try {
+      await deregisterInstalled(o.configDir, config);
+      deregistered = true;
+    } catch (err) {
+      if (!o.force) throw withForceHint(err);
+      warn(
+        ctx,
+        err,
+        `server ${config.serverName} was not deregistered; removing the installation anyway (--force)`,
+      );
+    }
+  }
+  const removed = await removeInstallation(o.configDir, Boolean(o.keepConfig));
+  const who = config === undefined ? "this server" : `server ${config.serverName} (${config.serverId})`;
+  if (ctx.json)
+    printJson({
+      serverId: config?.serverId ?? null,
+      serverName: config?.serverName ?? null,
+      stoppedPid: stopped ?? null,
+      deregistered,
+      removed,
+    });
+  else
+    printLines([
+      ...(stopped !== undefined ? [`stopped agent (pid ${stopped})`] : []),
+      deregistered
+        ? `${who} decommissioned; its PITs stay on the server`
+        : `${who} NOT deregistered: decommission it with \`lifeboat servers decommission --yes\``,
+      `removed ${removed}`,
+    ]);
+}
+
+function warn(ctx: CliContext, err: unknown, what: string): void {
+  ctx.logger.warn({ err }, what);
+  if (!ctx.json) process.stderr.write(`warning: ${what}: ${(err as Error).message}\n`);
 }
 
 function collect(value: string, previous: string[] | undefined): string[] {

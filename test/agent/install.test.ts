@@ -6,13 +6,14 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isLifeboatError } from "../../src/base/index.js";
 import { agentConfigSchema, agentPaths, writeAgentStatus, type AgentStatus } from "../../src/agent/index.js";
 import { rescanRequestPath } from "../../src/agent/install.js";
+import { openDatabase } from "../../src/control/db/index.js";
 import { initServer } from "../../src/control/init.js";
 import { type RunningServer, startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson } from "../../src/net/index.js";
@@ -379,6 +380,22 @@ void describe("agent install, status, rescan and uninstall", () => {
       fetchJson(createApiDispatcher(tls), `${server.url}/api/v1/agent/deregister`, { body: {} }),
       (err) => isLifeboatError(err),
     );
+    const database = await openDatabase(`sqlite:${path.join(tmp, "server", "lifeboat.db")}`);
+    try {
+      const audit = await database.db
+        .selectFrom("audit_log")
+        .select(["actor", "target", "result"])
+        .where("action", "=", "agent.deregister")
+        .orderBy("seq")
+        .execute();
+      assert.deepEqual(audit[0], {
+        actor: `agent:${config.serverId}`,
+        target: `server:${config.serverId}`,
+        result: "ok",
+      });
+    } finally {
+      await database.close();
+    }
   });
 
   void it("uninstall --keep-config removes only the key", async () => {
@@ -403,5 +420,15 @@ void describe("agent install, status, rescan and uninstall", () => {
     assert.equal(forced.code, 0, forced.stderr);
     assert.equal((JSON.parse(forced.stdout) as { deregistered: boolean }).deregistered, false);
     await assert.rejects(stat(dir), { code: "ENOENT" });
+
+    // A damaged config.json: only --force removes it.
+    const broken = path.join(tmp, "broken");
+    await mkdir(path.join(broken, "state"), { recursive: true });
+    await writeFile(path.join(broken, "config.json"), "{");
+    const damaged = await lifeboat(["agent", "uninstall", "--config-dir", broken, "--json"]);
+    assert.equal(errorCode(damaged), "AGENT_CONFIG_INVALID");
+    const cleared = await lifeboat(["agent", "uninstall", "--config-dir", broken, "--force", "--json"]);
+    assert.equal(cleared.code, 0, cleared.stderr);
+    await assert.rejects(stat(broken), { code: "ENOENT" });
   });
 });
