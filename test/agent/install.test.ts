@@ -12,7 +12,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isLifeboatError } from "../../src/base/index.js";
 import { agentConfigSchema, agentPaths, writeAgentStatus, type AgentStatus } from "../../src/agent/index.js";
-import { rescanRequestPath } from "../../src/agent/install.js";
+import { installAgent, rescanRequestPath } from "../../src/agent/install.js";
 import { openDatabase } from "../../src/control/db/index.js";
 import { initServer } from "../../src/control/init.js";
 import { type RunningServer, startServer } from "../../src/control/start.js";
@@ -404,6 +404,34 @@ void describe("agent install, status, rescan and uninstall", () => {
     assert.equal(r.code, 0, r.stderr);
     await assert.rejects(stat(agentPaths(dir).key), { code: "ENOENT" });
     await stat(agentPaths(dir).config);
+  });
+
+  void it("a failure after registration leaves no half installation and deregisters", async () => {
+    const dir = path.join(tmp, "half");
+    await mkdir(dir, { mode: 0o700 });
+    await writeFile(path.join(dir, "state"), "in the way"); // saveAgentConfig cannot make D/state
+    await assert.rejects(
+      installAgent({
+        configDir: dir,
+        endpoint: server.url,
+        token: await newToken(),
+        caPem: await readFile(caFile, "utf8"),
+        hostname: "host-half",
+        blockSize: 65536,
+        disks: [{ path: image, kind: "image", id: image, sizeBytes: 1 << 20 }],
+        inventory: {},
+      }),
+    );
+    assert.deepEqual(await readdir(dir), ["state"]);
+    const listed = await admin.call<{ servers: Array<{ name: string }> }>("/api/v1/servers");
+    assert.ok(!listed.servers.some((x) => x.name === "host-half"), "the new server was deregistered");
+  });
+
+  void it("describes the deregister route in the OpenAPI document", async () => {
+    const doc = await admin.call<{ paths: Record<string, { post?: { responses?: object } }> }>(
+      "/api/v1/openapi.json",
+    );
+    assert.ok(doc.paths["/api/v1/agent/deregister"]?.post?.responses);
   });
 
   void it("uninstall with the server down: refused without --force, done with it", async () => {
