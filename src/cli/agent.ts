@@ -22,6 +22,7 @@ import {
   requestRescan,
   stopAgent,
 } from "../agent/install.js";
+import { parseFingerprint } from "../net/index.js";
 import { type CliContext, parseIntOption, parseSize, requireOption } from "./context.js";
 import { formatBytes, printJson, printLines } from "./output.js";
 import { action } from "./store.js";
@@ -211,6 +212,8 @@ async function install(ctx: CliContext, o: InstallOpts): Promise<void> {
     throw new LifeboatError("USAGE", `--block-size ${o.blockSize}: give a power of two from 16KiB to 16MiB`, {
       exitCode: 2,
     });
+  // Every flag is checked before the token is read or anything is sent.
+  if (o.caFingerprint !== undefined) parseFingerprint(o.caFingerprint);
   const caPem = o.caFile === undefined ? undefined : await readCaFile(o.caFile);
   const token = await readToken(o.tokenFile);
   const host = await discoverHost().catch((err: unknown) => {
