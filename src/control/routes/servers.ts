@@ -5,7 +5,7 @@ import { type AppContext, auditRequest } from "../context.js";
 import type { Server } from "../db/index.js";
 import { type HeartbeatReport, recordHeartbeat } from "../heartbeats.js";
 import { errorSchema, httpError } from "../http-error.js";
-import { assignments } from "../replicators.js";
+import { assignments, decommission } from "../replicators.js";
 import { decommissionRoute } from "./decommission.js";
 
 const serverProperties = {
@@ -34,7 +34,8 @@ const notFound = (key: string) =>
 /**
  * Servers: operators (any role) see all; an agent sees only its own server, a
  * replicator only the servers assigned to it (any other id answers 404, as if
- * it did not exist). Agents report with heartbeats; admins decommission.
+ * it did not exist). Agents report with heartbeats; admins decommission, and
+ * an agent may decommission its own server (`agent uninstall`).
  */
 export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
   const readers = requireOperatorOrClient(ctx.database, ctx.clock, ctx.ca.certPem, ["agent", "replicator"]);
@@ -179,6 +180,42 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
         serverId: id,
         heartbeatSeconds: Math.max(1, Math.floor(ctx.config.heartbeatTimeoutSeconds / 4)),
       };
+    },
+  );
+
+  app.post(
+    "/api/v1/agent/deregister",
+    {
+      onRequest: agent,
+      config: { action: "agent.deregister" },
+      schema: {
+        summary: "an agent decommissions its own server (agent uninstall); its PITs stay",
+        body: { type: "object", additionalProperties: false, properties: {} },
+        response: {
+          200: {
+            type: "object",
+            required: ["serverId", "state"],
+            properties: { serverId: { type: "string" }, state: { type: "string" } },
+          },
+          400: errorSchema,
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      if (request.actor.kind !== "client")
+        throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "agent route", "");
+      const id = request.actor.subjectId;
+      request.auditTarget = `server:${id}`;
+      // The same transaction as an admin's decommission: the row, every certificate, an event.
+      const r = await decommission(ctx.database, ctx.clock, "server", id);
+      if (r === undefined)
+        throw httpError(404, "SERVER_NOT_FOUND", `server ${id} is not registered`, "nothing to deregister");
+      await auditRequest(ctx, request, "agent.deregister", `server:${r.id}`, "ok", {
+        name: r.name,
+        revokedCertificates: r.revoked,
+      });
+      return { serverId: r.id, state: "DECOMMISSIONED" };
     },
   );
 }
