@@ -284,7 +284,7 @@ export async function sweepExpired(
       message: `command ${row.id} (${row.kind}) was not finished by its deadline`,
     };
     if (!(await finish(database, clock, row, "expired", null, error))) continue;
-    if (row.group_pit_id !== null) await abortGroupPit(database, clock, row.group_pit_id, error.message);
+    if (row.group_pit_id !== null) await memberFinished(database, clock, row.group_pit_id, error);
     else await finishJob(database, clock, row.job_id, "failed", `${error.code}: ${error.message}`);
   }
 }
@@ -418,6 +418,7 @@ export async function completeCommand(
   let error: { code: string; message: string } | null = null;
   if (!outcome.ok) error = { code: outcome.code, message: outcome.message };
   else if (PIT_KINDS.has(row.kind)) {
+    if (row.group_pit_id !== null) await mustBeReleased(database, row.group_pit_id);
     const pitId = outcome.result.pitId;
     if (typeof pitId !== "string" || pitId === "")
       throw httpError(400, "REQUEST_INVALID", "body.result.pitId: a PIT command's result names its PIT", "");
@@ -461,6 +462,22 @@ export async function completeCommand(
     error_code: error?.code ?? null,
     error_message: error?.message ?? null,
   });
+}
+
+/** A member makes its PIT only after the barrier released the group (never on its own time). */
+async function mustBeReleased(database: Database, groupPitId: string): Promise<void> {
+  const g = await database.db
+    .selectFrom("group_pits")
+    .select(["state"])
+    .where("id", "=", groupPitId)
+    .executeTakeFirst();
+  if (g !== undefined && g.state !== "released" && g.state !== "done")
+    throw httpError(
+      409,
+      "GROUP_PIT_NOT_RELEASED",
+      `group PIT ${groupPitId} is ${g.state}: a member's PIT counts only after every member froze`,
+      "report frozen first and make the PIT only when told to proceed",
+    );
 }
 
 function sameOutcome(row: AgentCommand, outcome: Outcome): CommandView {

@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { actorName, requireClient, requireOperator } from "../auth.js";
 import {
   CONSISTENCY_LEVELS,
@@ -85,9 +85,10 @@ export function commandRoutes(app: FastifyInstance, ctx: AppContext): void {
     return request.actor.subjectId;
   };
   /** An AbortSignal that fires when the client goes away, so a waiter stops early. */
-  const gone = (request: FastifyRequest): AbortSignal => {
+  const gone = (reply: FastifyReply): AbortSignal => {
     const c = new AbortController();
-    request.raw.once("close", () => c.abort());
+    // The response closes before it was sent only when the connection went away.
+    reply.raw.once("close", () => c.abort());
     return c.signal;
   };
 
@@ -293,20 +294,23 @@ export function commandRoutes(app: FastifyInstance, ctx: AppContext): void {
         },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const serverId = agentId(request);
-      const signal = gone(request);
+      const signal = gone(reply);
       const until = Date.now() + Number(request.query.waitSeconds ?? 0) * 1000;
       for (;;) {
         const taken = await takeCommands(ctx.database, ctx.clock, serverId);
         const left = until - Date.now();
-        if (taken.length > 0 || left <= 0 || signal.aborted || notifier.isClosed)
+        if (taken.length > 0 || left <= 0 || signal.aborted || notifier.isClosed) {
+          // Shutting down: close the connection after this answer, or it would hold the server's close.
+          if (notifier.isClosed) void reply.header("connection", "close");
           return {
             commands: taken.map((c) => {
               const v = commandView(c);
               return { id: v.id, kind: v.kind, params: v.params };
             }),
           };
+        }
         await notifier.wait(serverId, Math.min(RECHECK_MS, left), signal);
       }
     },
@@ -333,7 +337,7 @@ export function commandRoutes(app: FastifyInstance, ctx: AppContext): void {
         },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const serverId = agentId(request);
       request.auditTarget = `command:${request.params.id}`;
       const r = await reportFrozen(ctx.database, ctx.clock, serverId, request.params.id);
@@ -356,7 +360,11 @@ export function commandRoutes(app: FastifyInstance, ctx: AppContext): void {
         state = await checkBarrier(ctx.database, ctx.clock, r.groupPitId);
       }
       notifier.notify(`group:${r.groupPitId}`);
-      request.audited = true;
+      if (notifier.isClosed) void reply.header("connection", "close");
+      await auditRequest(ctx, request, "command.frozen", `command:${request.params.id}`, "ok", {
+        groupPitId: r.groupPitId,
+        proceed: state.proceed,
+      });
       return state.proceed ? { proceed: true, takenAt: state.takenAt } : { proceed: false };
     },
   );
