@@ -14,6 +14,7 @@ import { after, before, it } from "node:test";
 import { ManualClock, isLifeboatError } from "../../src/base/index.js";
 import { ControlClient } from "../../src/agent/control-client.js";
 import { main } from "../../src/cli/main.js";
+import { startServer } from "../../src/control/start.js";
 import type { Database } from "../../src/control/db/index.js";
 import { forEachDatabase } from "../support/databases.js";
 import { T0 } from "./helpers.js";
@@ -68,6 +69,7 @@ interface Agent {
   id: string;
   name: string;
   certPem: string;
+  keyPem: string;
   client: ControlClient;
 }
 
@@ -94,7 +96,7 @@ async function setup(open: () => Promise<Database>): Promise<{
       keyPem: a.keyPem,
       clock,
     });
-    agents.push({ id: a.id, name, certPem: a.certificatePem, client });
+    agents.push({ id: a.id, name, certPem: a.certificatePem, keyPem: a.keyPem, client });
   }
   const common = [
     "--endpoint",
@@ -309,6 +311,60 @@ forEachDatabase("agent commands", (open) => {
       await s.cli("servers", "group", "app-1", "--none");
       assert.equal((await s.t.adminCall<{ group: string | null }>(`/api/v1/servers/app-1`)).group, null);
     } finally {
+      await s.close();
+    }
+  });
+
+  void it("two control-plane processes on one database: polls and the barrier see each other's changes", async () => {
+    const s = await setup(open);
+    // A second instance on the same data directory and database, as behind a load balancer.
+    const b = await startServer(s.t.dataDir, {
+      listen: "127.0.0.1:0",
+      handleSignals: false,
+      replicator: false,
+      clock: s.clock,
+    });
+    const viaB: ControlClient[] = [];
+    try {
+      const [db1, app1] = s.agents as [Agent, Agent];
+      const certs = s.agents.slice(0, 2).map((a) => {
+        const c = new ControlClient({
+          endpoint: b.url,
+          caPem: s.t.caPem,
+          certPem: a.certPem,
+          keyPem: a.keyPem,
+        });
+        viaB.push(c);
+        return c;
+      });
+      // Queued through A, the poll on B gets it within its re-check interval.
+      const t0 = Date.now();
+      const polled = certs[0]!.nextCommands({ waitSeconds: 20 });
+      await new Promise((r) => setTimeout(r, 100));
+      const req = await s.t.adminCall<{ commandId: string }>("/api/v1/servers/db-1/pits", {
+        method: "POST",
+        body: {},
+      });
+      assert.deepEqual(
+        (await polled).map((c) => c.id),
+        [req.commandId],
+      );
+      assert.ok(Date.now() - t0 < 4000, `took ${Date.now() - t0} ms`);
+      await db1.client.complete(req.commandId, { ok: false, code: "AGENT_BUSY", message: "busy" });
+
+      // Group members at the barrier on different instances proceed together.
+      for (const name of ["db-1", "app-1"]) await s.cli("servers", "group", name, "erp");
+      const g = await s.t.adminCall<{
+        groupPitId: string;
+        commands: { serverId: string; commandId: string }[];
+      }>("/api/v1/groups/erp/pits", { method: "POST", body: { barrierTimeoutMs: 5000 } });
+      const idOf = (serverId: string) => g.commands.find((c) => c.serverId === serverId)!.commandId;
+      const [r1, r2] = await Promise.all([db1.client.frozen(idOf(db1.id)), certs[1]!.frozen(idOf(app1.id))]);
+      assert.equal(r1.proceed, true);
+      assert.deepEqual(r1, r2);
+    } finally {
+      for (const c of viaB) await c.close();
+      await b.close();
       await s.close();
     }
   });
