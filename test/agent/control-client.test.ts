@@ -93,6 +93,16 @@ forEachDatabase("ControlClient", (open) => {
         disks: [],
         cataloged: false,
       });
+      // Once the catalog has it, the catalog's record is shown.
+      await catalogPit(database, a.id, "f".repeat(24), "crash");
+      const later = await t.adminCall<{ result: Record<string, unknown> }>(`/api/v1/commands/${c1.id}`);
+      assert.deepEqual(later.result, {
+        pitId: "f".repeat(24),
+        seq: 1,
+        takenAt: new Date(T0).toISOString(),
+        consistency: "crash",
+        disks: [],
+      });
 
       // Less consistent than asked for: failed, with the PIT in the result.
       const low = await ask({ consistency: "filesystem" });

@@ -6,18 +6,17 @@ import {
   type ConsistencyLevel,
   GROUP_NAME,
   type Outcome,
-  checkBarrier,
-  abortGroupPit,
   commandView,
+} from "../command-rows.js";
+import {
   completeCommand,
   findServer,
   getCommand,
   getGroupPit,
-  reportFrozen,
-  requestGroupPit,
   requestPit,
   takeCommands,
 } from "../commands.js";
+import { abortGroupPit, checkBarrier, reportFrozen, requestGroupPit } from "../group-pits.js";
 import { type AppContext, auditRequest } from "../context.js";
 import { errorSchema, httpError } from "../http-error.js";
 
