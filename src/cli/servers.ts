@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { LifeboatError } from "../base/index.js";
 import { type ApiOpts, apiOptions, withApi } from "./api-client.js";
 import { printJson, printLines } from "./output.js";
 import { decommissionCommand } from "./replicators.js";
@@ -12,6 +13,7 @@ interface ServerView {
   lagSeconds: number | null;
   backlogBytes: number | null;
   lastSeenAt: string | null;
+  group?: string | null;
 }
 
 /** `lifeboat servers list|show`: protected servers, over the API (any role). */
@@ -63,6 +65,31 @@ export function serversCommand(): Command {
       await decommissionCommand(ctx.json, o, "servers", cmd.args[0]!, (path) =>
         withApi(ctx, o, (api) => api.call(path, { method: "POST", body: {} })),
       );
+    }),
+  );
+  apiOptions(
+    servers
+      .command("group")
+      .description("put a server in a consistency group, or (--none) take it out (operator)")
+      .argument("<server>", "id or name")
+      .argument("[group]", "the group: lowercase letters, digits and dashes")
+      .option("--none", "take the server out of its group"),
+  ).action(
+    action<ApiOpts & { none?: boolean }>(async (ctx, o, cmd) => {
+      const [key, group] = cmd.args as [string, string | undefined];
+      if ((group === undefined) === (o.none !== true))
+        throw new LifeboatError("USAGE", "give a GROUP or --none (one of the two)", { exitCode: 2 });
+      const r = await withApi(ctx, o, (api) =>
+        api.call<{ id: string; name: string; group: string | null }>(
+          `/api/v1/servers/${encodeURIComponent(key)}`,
+          {
+            method: "PATCH",
+            body: { group: group ?? null },
+          },
+        ),
+      );
+      if (ctx.json) printJson(r);
+      else printLines([`${r.name}: ${r.group === null ? "in no group" : `group ${r.group}`}`]);
     }),
   );
   return servers;

@@ -102,6 +102,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   certificateRoutes(app, ctx);
   jobRoutes(app, ctx);
   pitRoutes(app, ctx);
+  (await import("./routes/commands.js")).commandRoutes(app, ctx);
   return app;
 }
 

@@ -1,4 +1,4 @@
-import { createPublicKey } from "node:crypto";
+import { createPrivateKey, createPublicKey, webcrypto } from "node:crypto";
 import { LifeboatError } from "../base/index.js";
 import { describeKey, generateP256KeyPair, privateKeyToPem, spkiFingerprint } from "./keys.js";
 import { ECDSA_SHA256, toPem, x509 } from "./x509.js";
@@ -19,6 +19,35 @@ export async function generateKeyAndCsr(opts: {
     signingAlgorithm: ECDSA_SHA256,
   });
   return { keyPem: await privateKeyToPem(keys.privateKey), csrPem: toPem(csr) };
+}
+
+/**
+ * A CSR for a key the caller already holds (PEM, PKCS#8 P-256): certificate
+ * renewal keeps the key, so only the certificate file changes.
+ */
+export async function csrForKey(opts: { keyPem: string; commonName: string }): Promise<string> {
+  const priv = createPrivateKey(opts.keyPem);
+  const alg = { name: "ECDSA", namedCurve: "P-256" } as const;
+  const privateKey = await webcrypto.subtle.importKey(
+    "pkcs8",
+    priv.export({ type: "pkcs8", format: "der" }),
+    alg,
+    false,
+    ["sign"],
+  );
+  const publicKey = await webcrypto.subtle.importKey(
+    "spki",
+    createPublicKey(priv).export({ type: "spki", format: "der" }),
+    alg,
+    true,
+    ["verify"],
+  );
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: [{ CN: [opts.commonName] }],
+    keys: { privateKey, publicKey },
+    signingAlgorithm: ECDSA_SHA256,
+  });
+  return toPem(csr);
 }
 
 /**

@@ -18,7 +18,7 @@
 export { type CaCredentials, CA_VALIDITY_DAYS, createCa } from "./ca.js";
 export { SERVER_CERT_VALIDITY_DAYS, type ServerCert, issueServerCert } from "./server-cert.js";
 export { SIGNING_CERT_VALIDITY_DAYS, issueSigningCert, signDetached, verifyDetached } from "./signing.js";
-export { generateKeyAndCsr, publicKeyFingerprintOfCsr } from "./csr.js";
+export { csrForKey, generateKeyAndCsr, publicKeyFingerprintOfCsr } from "./csr.js";
 export { CLIENT_CERT_VALIDITY_HOURS, type ClientCert, issueClientCert } from "./client-cert.js";
 export { type ClientIdentity, type ClientRole, CLIENT_ROLES, clientIdentity } from "./identity.js";
 export {

@@ -33,9 +33,11 @@ const TABLES: (keyof Schema)[] = [
   "events",
   "audit_log",
   "leases",
+  "agent_commands",
+  "group_pits",
 ];
 
-const ALL_MIGRATIONS = ["0001_initial", "0002_replicators_jobs"];
+const ALL_MIGRATIONS = ["0001_initial", "0002_replicators_jobs", "0003_commands"];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */
 const T = 1_764_000_000_123;
@@ -172,6 +174,7 @@ forEachDatabase("control database", (open, dialect) => {
           token_id: "tok_abc",
           registered_at: T,
           decommissioned_at: null,
+          group_name: "erp",
         },
         certificates: {
           serial: "0a1b2c",

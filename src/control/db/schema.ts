@@ -16,7 +16,7 @@ import type { ColumnType, Generated, Insertable, Selectable, Updateable } from "
  *   value to a CHECK in SQLite means rebuilding the table.
  *
  * The migrations in migrations/ create exactly these columns (0001 the
- * tables, 0002 the columns marked "since 0002"); a change here needs a new
+ * tables, 0002 and 0003 the columns and tables marked "since"); a change here needs a new
  * migration (never an edit of an applied one).
  */
 export interface Schema {
@@ -33,6 +33,8 @@ export interface Schema {
   events: EventsTable;
   audit_log: AuditLogTable;
   leases: LeasesTable;
+  agent_commands: AgentCommandsTable;
+  group_pits: GroupPitsTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -89,6 +91,8 @@ export interface ServersTable {
   token_id: string | null;
   registered_at: number;
   decommissioned_at: number | null;
+  /** Since 0003: the consistency group (at most one) the server belongs to. */
+  group_name: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 /** Certificates the control plane's CA issued, for revocation and listing. */
@@ -223,6 +227,51 @@ export interface LeasesTable {
   expires_at: number;
 }
 
+export type AgentCommandKind = "make-pit" | "group-pit" | "rescan" | "set-bandwidth";
+/** queued → delivered → (frozen: group-pit only) → done | failed | expired. */
+export type AgentCommandState = "queued" | "delivered" | "frozen" | "done" | "failed" | "expired";
+
+/** Since 0003: commands for agents, fetched by the agent's long poll (commands.ts). */
+export interface AgentCommandsTable {
+  id: string;
+  /** References servers.id: only that server's agent sees or completes the command. */
+  server_id: string;
+  kind: AgentCommandKind;
+  params_json: string;
+  state: AgentCommandState;
+  created_at: number;
+  updated_at: number;
+  /** The last delivery: a command delivered and not finished is delivered again 60 s later. */
+  delivered_at: number | null;
+  /** Past this, an unfinished command is expired (swept when read). */
+  deadline_at: number;
+  result_json: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  /** References group_pits.id for kind group-pit. */
+  group_pit_id: string | null;
+  /** The job (jobs.id) that shows the request in `lifeboat jobs`. */
+  job_id: string | null;
+}
+
+/** freezing → released (every member froze) → done | failed; or freezing → aborted. */
+export type GroupPitState = "freezing" | "released" | "aborted" | "done" | "failed";
+
+/** Since 0003: one consistency point across the servers of a group; its members are agent_commands rows. */
+export interface GroupPitsTable {
+  id: string;
+  group_name: string;
+  state: GroupPitState;
+  /** The one consistency time of the whole group, chosen when the last member froze. */
+  taken_at: number | null;
+  barrier_timeout_ms: number;
+  job_id: string;
+  created_at: number;
+  updated_at: number;
+}
+
+export type AgentCommand = Selectable<AgentCommandsTable>;
+export type GroupPit = Selectable<GroupPitsTable>;
 export type ApiKey = Selectable<ApiKeysTable>;
 export type NewApiKey = Insertable<ApiKeysTable>;
 export type InstallToken = Selectable<InstallTokensTable>;

@@ -19,6 +19,7 @@ const serverProperties = {
   lastSeenAt: { type: ["string", "null"] },
   registeredAt: { type: "string" },
   replicatorId: { type: ["string", "null"] },
+  group: { type: ["string", "null"] },
   inventory: { type: ["object", "null"], additionalProperties: true },
 } as const;
 const serverSchema = {
@@ -54,6 +55,7 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
       lastSeenAt: lastSeen === null ? null : new Date(lastSeen).toISOString(),
       registeredAt: new Date(Number(s.registered_at)).toISOString(),
       replicatorId,
+      group: s.group_name ?? null,
       inventory: s.inventory_json === null ? null : (JSON.parse(s.inventory_json) as Record<string, unknown>),
     };
   };

@@ -1,6 +1,7 @@
 import type { Migration } from "kysely";
 import { initial } from "./0001-initial.js";
 import { replicatorsJobs } from "./0002-replicators-jobs.js";
+import { commands } from "./0003-commands.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -13,4 +14,5 @@ import { replicatorsJobs } from "./0002-replicators-jobs.js";
 export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0001_initial": initial,
   "0002_replicators_jobs": replicatorsJobs,
+  "0003_commands": commands,
 });
