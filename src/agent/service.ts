@@ -1,10 +1,322 @@
-import { LifeboatError, type Logger } from "../base/index.js";
+/**
+ * `lifeboat agent run`: the long-running agent. It reads the configuration
+ * directory that `agent install` wrote, runs the replication engine against
+ * the replicator (over the wire, on the control plane's port unless the
+ * configuration names another data address), and keeps three loops beside
+ * it: heartbeats with state, lag and backlog to the control plane; a long
+ * poll for commands (PITs on demand, group PITs, rescans, bandwidth); and the
+ * status file that `agent status` reads, written about once a second except
+ * while filesystems are frozen. Scheduled PITs run every
+ * `pitIntervalSeconds`. SIGUSR2 (sent by `agent rescan`) makes it read
+ * D/state/rescan-request.json.
+ */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import {
+  type Clock,
+  LifeboatError,
+  type Logger,
+  silentLogger,
+  systemClock,
+  writeFileAtomic,
+} from "../base/index.js";
+import { assertPrivateFile } from "../net/index.js";
+import { connectWire } from "../wire/index.js";
+import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
+import { type AgentCommand, ControlClient } from "./control-client.js";
+import { type PointRequest, Replication, type ReplicationOptions } from "./replication.js";
+import { writeAgentStatus } from "./status.js";
 
-/** The long-running agent service (`lifeboat agent run`). Placeholder until the service lands. */
-export function runAgent(_opts: { configDir: string; logger?: Logger; signal?: AbortSignal }): Promise<void> {
-  return Promise.reject(
-    new LifeboatError("AGENT_NOT_IMPLEMENTED", "the agent service is not part of this build", {
-      hint: "use a build that includes the agent service",
-    }),
-  );
+export const AGENT_VERSION = "0.1.0";
+
+export interface AgentServiceOptions {
+  configDir: string;
+  logger?: Logger;
+  clock?: Clock;
+  /** Passed to the engine (tests snapshot the device while frozen). */
+  whileFrozen?: ReplicationOptions["whileFrozen"];
+  /** Status file period (default 1000 ms). */
+  statusIntervalMs?: number;
+}
+
+export class AgentService {
+  private stopping = false;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly abort = new AbortController();
+  private loops: Promise<unknown>[] = [];
+  private statusWrite: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly config: AgentConfig,
+    readonly replication: Replication,
+    private readonly control: ControlClient,
+    private readonly opts: AgentServiceOptions,
+    private readonly log: Logger,
+    private readonly clock: Clock,
+  ) {}
+
+  static async start(opts: AgentServiceOptions): Promise<AgentService> {
+    const log = opts.logger ?? silentLogger;
+    const clock = opts.clock ?? systemClock;
+    const config = await loadAgentConfig(opts.configDir);
+    const p = agentPaths(opts.configDir);
+    await assertPrivateFile(p.key, "agent private key");
+    const [keyPem, certPem, caPem] = await Promise.all([
+      fs.readFile(p.key, "utf8"),
+      fs.readFile(p.cert, "utf8"),
+      fs.readFile(p.ca, "utf8"),
+    ]);
+    await fs.mkdir(p.state, { recursive: true, mode: 0o700 });
+    const data = dataAddress(config);
+    const control = new ControlClient({
+      endpoint: config.endpoint,
+      caPem,
+      certPem,
+      keyPem,
+      clock,
+      logger: log,
+    });
+    const identity = { certPem };
+    const replication = new Replication({
+      serverId: config.serverId,
+      hostname: config.hostname,
+      version: AGENT_VERSION,
+      disks: config.disks,
+      blockSize: config.blockSize,
+      settings: config.settings,
+      connect: () =>
+        connectWire({ host: data.host, port: data.port, caPem, certPem: identity.certPem, keyPem, clock }),
+      ...(opts.whileFrozen ? { whileFrozen: opts.whileFrozen } : {}),
+      clock,
+      logger: log,
+    });
+    const svc = new AgentService(config, replication, control, opts, log, clock);
+    await writeAgentStatus(p.status, {
+      state: "INITIATING",
+      tracker: "scan",
+      lagSeconds: 0,
+      backlogBytes: 0,
+      disks: [],
+      serverId: config.serverId,
+      pid: process.pid,
+      updatedAt: clock.now(),
+      connected: false,
+      counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
+    });
+    try {
+      await replication.start();
+    } catch (err) {
+      await control.close();
+      throw err;
+    }
+    log.info(
+      { serverId: config.serverId, disks: config.disks.length, tracker: replication.tracker },
+      "agent started",
+    );
+    svc.every(opts.statusIntervalMs ?? 1000, () => svc.writeStatus());
+    if (config.settings.pitIntervalSeconds > 0)
+      svc.every(config.settings.pitIntervalSeconds * 1000, () => {
+        svc.replication
+          .requestPoint()
+          .catch((err: unknown) => log.warn({ err: String(err) }, "scheduled PIT failed"));
+      });
+    svc.every(3600_000, () => void svc.renew(identity));
+    svc.loops = [svc.heartbeats(), svc.commands()];
+    await svc.readRescanRequest();
+    return svc;
+  }
+
+  /** Reads and removes D/state/rescan-request.json (written by `agent rescan`), and rescans. */
+  async readRescanRequest(): Promise<void> {
+    const file = path.join(agentPaths(this.opts.configDir).state, "rescan-request.json");
+    let text: string;
+    try {
+      text = await fs.readFile(file, "utf8");
+    } catch {
+      return;
+    }
+    await fs.rm(file, { force: true });
+    let disks: number[] | undefined;
+    try {
+      const parsed = JSON.parse(text) as { disks?: unknown };
+      if (Array.isArray(parsed.disks)) disks = parsed.disks.filter((d): d is number => Number.isInteger(d));
+    } catch {
+      // a damaged request still means "rescan": everything
+    }
+    this.log.info({ disks: disks ?? "all" }, "rescan requested");
+    this.replication.requestRescan(disks);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const t of this.timers) clearInterval(t);
+    this.abort.abort();
+    await this.replication.stop();
+    await Promise.allSettled(this.loops);
+    await this.statusWrite;
+    const s = this.replication.status();
+    if (s)
+      await writeAgentStatus(agentPaths(this.opts.configDir).status, {
+        ...s,
+        state: "STOPPED",
+        connected: false,
+      });
+    await this.control.close();
+    this.log.info({}, "agent stopped");
+  }
+
+  private every(ms: number, fn: () => void): void {
+    const t = setInterval(fn, ms);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  private writeStatus(): void {
+    const s = this.replication.status();
+    if (!s || this.stopping) return;
+    this.statusWrite = this.statusWrite
+      .then(() => writeAgentStatus(agentPaths(this.opts.configDir).status, s))
+      .catch((err: unknown) => this.log.warn({ err: String(err) }, "cannot write the status file"));
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    if (this.stopping) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.abort.signal.addEventListener("abort", () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  private async heartbeats(): Promise<void> {
+    let every = 15;
+    while (!this.stopping) {
+      const s = this.replication.status();
+      if (s) {
+        try {
+          const r = await this.control.heartbeat({
+            state: s.state,
+            lagSeconds: s.lagSeconds,
+            backlogBytes: s.backlogBytes,
+            inventory: {
+              disks: s.disks.map((d) => ({
+                index: d.index,
+                path: d.path,
+                sizeBytes: d.sizeBytes,
+                state: d.state,
+              })),
+              tracker: s.tracker,
+            },
+          });
+          every = r.heartbeatSeconds;
+        } catch (err) {
+          if (!this.stopping) this.log.warn({ err: String(err) }, "heartbeat failed");
+        }
+      }
+      await this.sleep(every * 1000);
+    }
+  }
+
+  private async commands(): Promise<void> {
+    while (!this.stopping) {
+      let list: AgentCommand[];
+      try {
+        list = await this.control.nextCommands({ waitSeconds: 25, signal: this.abort.signal });
+      } catch (err) {
+        if (this.stopping) return;
+        this.log.warn({ err: String(err) }, "cannot fetch commands; retrying");
+        await this.sleep(5000);
+        continue;
+      }
+      // Each runs on its own: a PIT waits for the engine, a rescan does not.
+      for (const c of list) void this.run(c);
+    }
+  }
+
+  private async run(c: AgentCommand): Promise<void> {
+    try {
+      let result: Record<string, unknown> = {};
+      if (c.kind === "make-pit" || c.kind === "group-pit") {
+        const req: PointRequest = {};
+        const wanted = c.params.consistency;
+        if (typeof wanted === "string") req.consistency = wanted as NonNullable<PointRequest["consistency"]>;
+        if (c.kind === "group-pit") req.barrier = () => this.control.frozen(c.id);
+        const pit = await this.replication.requestPoint(req);
+        result = {
+          pitId: pit.pitId ?? pit.pointId,
+          seq: pit.seq,
+          takenAt: pit.takenAt,
+          consistency: pit.consistency,
+          disks: pit.disks,
+        };
+      } else if (c.kind === "rescan") {
+        const disks = Array.isArray(c.params.disks) ? (c.params.disks as number[]) : undefined;
+        this.replication.requestRescan(disks);
+      } else if (c.kind === "set-bandwidth") {
+        this.replication.setBandwidth(Number(c.params.mbps ?? 0));
+      }
+      await this.control.complete(c.id, { ok: true, result });
+    } catch (err) {
+      const e =
+        err instanceof LifeboatError ? err : new LifeboatError("AGENT_IO", String(err), { cause: err });
+      this.log.warn({ command: c.kind, id: c.id, code: e.code, err: e.message }, "command failed");
+      await this.control
+        .complete(c.id, { ok: false, code: e.code, message: e.message })
+        .catch(() => undefined);
+    }
+  }
+
+  private async renew(identity: { certPem: string }): Promise<void> {
+    try {
+      const pem = await this.control.renewIfDue();
+      if (!pem) return;
+      await writeFileAtomic(agentPaths(this.opts.configDir).cert, pem, { mode: 0o600 });
+      identity.certPem = pem;
+      this.log.info({}, "client certificate renewed");
+    } catch (err) {
+      this.log.warn({ err: String(err) }, "certificate renewal failed; retrying in an hour");
+    }
+  }
+}
+
+/** host and port of the replicator: the configured data address, else the endpoint's. */
+function dataAddress(config: AgentConfig): { host: string; port: number } {
+  if (config.dataAddress) {
+    const m = /^\[?(.*?)\]?:(\d+)$/.exec(config.dataAddress);
+    if (!m)
+      throw new LifeboatError("AGENT_CONFIG_INVALID", `dataAddress ${config.dataAddress} is not host:port`, {
+        hint: "fix dataAddress in config.json, or remove it to use the endpoint's",
+      });
+    return { host: m[1]!, port: Number(m[2]) };
+  }
+  const u = new URL(config.endpoint);
+  return { host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 443) };
+}
+
+/** Runs the agent until SIGTERM or SIGINT (or `signal`), then stops it cleanly. */
+export async function runAgent(opts: {
+  configDir: string;
+  logger?: Logger;
+  signal?: AbortSignal;
+}): Promise<void> {
+  const svc = await AgentService.start({
+    configDir: opts.configDir,
+    ...(opts.logger ? { logger: opts.logger } : {}),
+  });
+  const onUsr2 = () => void svc.readRescanRequest();
+  process.on("SIGUSR2", onUsr2);
+  try {
+    await new Promise<void>((resolve) => {
+      const done = () => resolve();
+      process.once("SIGTERM", done);
+      process.once("SIGINT", done);
+      opts.signal?.addEventListener("abort", done);
+    });
+  } finally {
+    process.off("SIGUSR2", onUsr2);
+    await svc.stop();
+  }
 }

@@ -1,6 +1,35 @@
-import type { Repository } from "../store/index.js";
+import type { Insertable } from "kysely";
+import type { Pit, Repository } from "../store/index.js";
 import { listPits } from "../store/index.js";
-import type { Database } from "./db/index.js";
+import type { Database, Schema } from "./db/index.js";
+
+function pitRow(repositoryId: string, serverId: string | null, p: Pit): Insertable<Schema["pits"]> {
+  return {
+    id: p.id,
+    repository_id: repositoryId,
+    server_id: serverId,
+    server_name: p.server,
+    seq: p.seq,
+    time_ms: p.timeMs,
+    consistency: p.consistency,
+    disks_json: JSON.stringify(p.disks),
+    labels_json: JSON.stringify(p.labels),
+  };
+}
+
+/** Adds one PIT the replicator just made to the catalog (nothing if it is there already). */
+export async function recordPit(
+  database: Database,
+  repositoryId: string,
+  serverId: string,
+  pit: Pit,
+): Promise<void> {
+  await database.db
+    .insertInto("pits")
+    .values(pitRow(repositoryId, serverId, pit))
+    .onConflict((oc) => oc.column("id").doNothing())
+    .execute();
+}
 
 /**
  * Rebuilds the control plane's PIT catalog from the repository alone — the
@@ -21,17 +50,7 @@ export async function rebuildPitCatalog(
     for (const p of pits) {
       await tx
         .insertInto("pits")
-        .values({
-          id: p.id,
-          repository_id: repositoryId,
-          server_id: byName.get(p.server) ?? null,
-          server_name: p.server,
-          seq: p.seq,
-          time_ms: p.timeMs,
-          consistency: p.consistency,
-          disks_json: JSON.stringify(p.disks),
-          labels_json: JSON.stringify(p.labels),
-        })
+        .values(pitRow(repositoryId, byName.get(p.server) ?? null, p))
         .execute();
     }
   });

@@ -1,3 +1,4 @@
+import { recordPit } from "./catalog.js";
 import type { FastifyInstance } from "fastify";
 import { readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
@@ -162,6 +163,16 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
     repo,
     clock,
     logger,
+    onPit: (server, pit) => {
+      void (async () => {
+        const row = await database.db
+          .selectFrom("servers")
+          .select("id")
+          .where("name", "=", server)
+          .executeTakeFirst();
+        if (row) await recordPit(database, repo.config.id, row.id, pit);
+      })().catch((err: unknown) => logger.error({ err, pit: pit.id }, "cannot add the PIT to the catalog"));
+    },
     serverName: async (peer, hello) => {
       const [role, serverId] = peer.id.split(":", 2);
       if (role !== "agent" || !serverId || hello.agent.serverId !== serverId) {

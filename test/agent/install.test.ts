@@ -4,7 +4,6 @@
  * loopback port, with image files as disks.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -18,30 +17,7 @@ import { initServer } from "../../src/control/init.js";
 import { type RunningServer, startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson } from "../../src/net/index.js";
 import { captureLogger } from "../control/helpers.js";
-
-const BIN = path.resolve(import.meta.dirname, "../../../bin/lifeboat.js");
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `lifeboat ARGS` in a child process, without the test's LIFEBOAT_* variables; `stdin` is piped and closed. */
-function lifeboat(args: string[], opts: { stdin?: string; env?: Record<string, string> } = {}): Promise<Run> {
-  const env: NodeJS.ProcessEnv = { ...opts.env };
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("LIFEBOAT_")) env[k] = v;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(opts.stdin ?? "");
-  });
-}
+import { type Run, lifeboat } from "../support/cli.js";
 
 const errorCode = (r: Run) => (JSON.parse(r.stderr.trim().split("\n").pop()!) as { code: string }).code;
 const mode = async (p: string) => (await stat(p)).mode & 0o777;
