@@ -55,6 +55,8 @@ export interface ReplicationOptions {
   settings: AgentSettings;
   /** Opens a connection to the replicator. */
   connect(): Promise<Duplex>;
+  /** The wire resume token the agent kept from its last run, if any. */
+  resumeToken?: string;
   /** zstd level for blocks on the wire (0: uncompressed; default 1). */
   compressionLevel?: number;
   /** Wait between moving fresh writes to the settled set (default 200 ms). */
@@ -225,6 +227,7 @@ export class Replication {
           sizeBytes: d.size,
           blockSize: this.opts.blockSize,
         })),
+        ...(this.opts.resumeToken ? { resumeToken: this.opts.resumeToken } : {}),
         logger: this.log,
         clock: this.clock,
         onWelcome: (w) => this.onWelcome(w),

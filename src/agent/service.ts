@@ -45,6 +45,7 @@ export class AgentService {
   private readonly abort = new AbortController();
   private loops: Promise<unknown>[] = [];
   private statusWrite: Promise<void> = Promise.resolve();
+  private savedToken: string | undefined;
 
   private constructor(
     readonly config: AgentConfig,
@@ -77,7 +78,9 @@ export class AgentService {
       logger: log,
     });
     const identity = { certPem };
+    const resumeToken = await readSessionToken(p.session);
     const replication = new Replication({
+      ...(resumeToken ? { resumeToken } : {}),
       serverId: config.serverId,
       hostname: config.hostname,
       version: AGENT_VERSION,
@@ -175,8 +178,16 @@ export class AgentService {
   private writeStatus(): void {
     const s = this.replication.status();
     if (!s || this.stopping) return;
+    const token = this.replication.session.resumeToken;
+    const p = agentPaths(this.opts.configDir);
     this.statusWrite = this.statusWrite
-      .then(() => writeAgentStatus(agentPaths(this.opts.configDir).status, s))
+      .then(async () => {
+        await writeAgentStatus(p.status, s);
+        if (token && token !== this.savedToken) {
+          await writeFileAtomic(p.session, `${JSON.stringify({ resumeToken: token })}\n`, { mode: 0o600 });
+          this.savedToken = token;
+        }
+      })
       .catch((err: unknown) => this.log.warn({ err: String(err) }, "cannot write the status file"));
   }
 
@@ -279,6 +290,16 @@ export class AgentService {
     } catch (err) {
       this.log.warn({ err: String(err) }, "certificate renewal failed; retrying in an hour");
     }
+  }
+}
+
+/** The resume token kept in D/state/session.json, if it is there and sound. */
+async function readSessionToken(file: string): Promise<string | undefined> {
+  try {
+    const v = (JSON.parse(await fs.readFile(file, "utf8")) as { resumeToken?: unknown }).resumeToken;
+    return typeof v === "string" && /^[A-Za-z0-9_-]{16,64}$/.test(v) ? v : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -110,6 +110,18 @@ export class ReplicaStream {
     );
   }
 
+  /**
+   * A new stream (not a resumed one) numbers its messages from 1 again: the
+   * position the head recorded belongs to the stream before it. Only before
+   * the first message.
+   */
+  rebase(): void {
+    if (this.appliedSeq !== this.durableSeq || this.bytesSinceCommit > 0)
+      throw new Error("rebase() after messages were applied");
+    this.appliedSeq = 0;
+    this.durableSeq = 0;
+  }
+
   /** The last sequence number the replica holds durably (where a resumed stream continues). */
   get lastDurable(): number {
     return this.durableSeq;

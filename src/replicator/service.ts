@@ -139,7 +139,10 @@ export class Replicator {
       apply: (msg, seq) => replica.stream.submit(msg, seq),
       have: (hashes) => Promise.resolve(hashes.map((h) => applier.holds(h))),
       ...(head?.session ? { persisted: { token: head.session, lastApplied: head.appliedSeq } } : {}),
-      onStream: (token) => applier.useSession(token),
+      onStream: (token) => {
+        if (token !== applier.session) replica.stream.rebase();
+        applier.useSession(token);
+      },
       onClose: () => void this.retire(replica),
     };
   }

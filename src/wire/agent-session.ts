@@ -28,6 +28,8 @@ export interface AgentSessionOptions {
   /** Wait between reconnects: doubles from minMs up to maxMs, reset by a successful handshake. */
   backoff?: { minMs: number; maxMs: number };
   versions?: readonly number[];
+  /** The resume token of a stream this agent ran before (kept across its restarts); see `token`. */
+  resumeToken?: string;
   clock?: Clock;
   logger?: Logger;
   /** After each handshake. `resumed` false after an earlier one means the replicator lost the stream: rescan. */
@@ -71,6 +73,7 @@ export class AgentSession {
 
   constructor(private readonly opts: AgentSessionOptions) {
     this.sender = new ReliableSender(opts.window ?? DEFAULT_WINDOW);
+    this.token = opts.resumeToken;
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? silentLogger;
   }
@@ -112,6 +115,11 @@ export class AgentSession {
 
   get lastAcked(): number {
     return this.sender.lastAcked;
+  }
+
+  /** The stream's resume token once shaken hands: keep it to resume the stream after a restart. */
+  get resumeToken(): string | undefined {
+    return this.token;
   }
 
   get inFlight(): { frames: number; bytes: number } {
@@ -241,6 +249,8 @@ export class AgentSession {
     });
     channel.setHeartbeat({ intervalMs: w.heartbeatMs, misses: w.heartbeatMisses });
     if (!w.resumed) this.sender.restart();
+    else if (!this.welcome && this.sender.lastSeq === 0 && w.lastAcked > 0)
+      this.sender.continueAfter(w.lastAcked);
     this.token = w.resumeToken;
     this.welcome = w;
     this.sender.attach((f, resent) => channel.sendSequenced(f, resent), w.resumed ? w.lastAcked : 0);

@@ -116,6 +116,16 @@ export class ReliableSender {
   }
 
   /**
+   * A sender that has sent nothing (a restarted agent resuming a stream it
+   * kept the token of) continues the stream's numbering after `lastAcked`.
+   */
+  continueAfter(lastAcked: number): void {
+    if (this.nextSeq !== 1 || this.kept.length > 0) throw new Error("continueAfter() after frames were sent");
+    this.nextSeq = lastAcked + 1;
+    this.acked = lastAcked;
+  }
+
+  /**
    * Binds a connection whose receiver reported `lastAcked` (WELCOME), drops
    * what that covers and writes every frame after it again.
    */

@@ -258,7 +258,9 @@ export class WireServer {
     if (channel.closed) throw sessionClosed();
     let stream = hello.resumeToken ? this.streams.get(hello.resumeToken) : undefined;
     let resumed = stream !== undefined && stream.peerId === conn.peer.id;
-    if (!resumed && !stream && hello.resumeToken && handlers.persisted?.token === hello.resumeToken) {
+    if (hello.resumeToken && handlers.persisted?.token === hello.resumeToken) {
+      // The handlers' durable state is the truth: an in-memory stream may have applied past what it
+      // acknowledged before its connection ended, and the handlers have since made that durable.
       stream = this.newStream(conn.peer.id, handlers, handlers.persisted);
       resumed = true;
     } else if (!resumed) stream = this.newStream(conn.peer.id, handlers);
