@@ -14,6 +14,13 @@ export interface PitReport {
   pitId: string;
 }
 
+/** The replication settings the agent applies (others are the control plane's own). */
+export interface ReplicationSettingsView {
+  bandwidthMbps: number | null;
+  pitIntervalMinutes: number;
+  [key: string]: unknown;
+}
+
 export type CommandOutcome =
   { ok: true; result: Record<string, unknown> } | { ok: false; code: string; message: string };
 
@@ -68,6 +75,12 @@ export class ControlClient {
     o: { method?: "GET" | "POST"; body?: unknown; timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<T> {
     return fetchJson<T>(this.dispatcher, `${this.endpoint}${path}`, o);
+  }
+
+  /** The server's effective replication settings (GET /api/v1/agent/settings). */
+  async settings(): Promise<ReplicationSettingsView> {
+    const r = await this.call<{ replication: ReplicationSettingsView }>("/api/v1/agent/settings");
+    return r.replication;
   }
 
   /** Reports state, lag, backlog and inventory; answers how often to report. */

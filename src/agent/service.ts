@@ -35,6 +35,8 @@ export interface AgentServiceOptions {
   clock?: Clock;
   /** Passed to the engine (tests snapshot the device while frozen). */
   whileFrozen?: ReplicationOptions["whileFrozen"];
+  /** How often the control plane's replication settings are read (default 30 s). */
+  settingsIntervalMs?: number;
   /** Status file period (default 1000 ms). */
   statusIntervalMs?: number;
 }
@@ -46,6 +48,8 @@ export class AgentService {
   private loops: Promise<unknown>[] = [];
   private statusWrite: Promise<void> = Promise.resolve();
   private savedToken: string | undefined;
+  private pitTimer: NodeJS.Timeout | undefined;
+  private pitSeconds = 0;
 
   private constructor(
     readonly config: AgentConfig,
@@ -117,14 +121,9 @@ export class AgentService {
       "agent started",
     );
     svc.every(opts.statusIntervalMs ?? 1000, () => svc.writeStatus());
-    if (config.settings.pitIntervalSeconds > 0)
-      svc.every(config.settings.pitIntervalSeconds * 1000, () => {
-        svc.replication
-          .requestPoint()
-          .catch((err: unknown) => log.warn({ err: String(err) }, "scheduled PIT failed"));
-      });
+    svc.schedulePits(config.settings.pitIntervalSeconds);
     svc.every(3600_000, () => void svc.renew(identity));
-    svc.loops = [svc.heartbeats(), svc.commands()];
+    svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings()];
     await svc.readRescanRequest();
     return svc;
   }
@@ -154,6 +153,7 @@ export class AgentService {
     if (this.stopping) return;
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
+    if (this.pitTimer) clearInterval(this.pitTimer);
     this.abort.abort();
     await this.replication.stop();
     await Promise.allSettled(this.loops);
@@ -167,6 +167,48 @@ export class AgentService {
       });
     await this.control.close();
     this.log.info({}, "agent stopped");
+  }
+
+  /** (Re)starts the scheduled PITs: every `seconds` (0: none). */
+  private schedulePits(seconds: number): void {
+    if (this.pitTimer) clearInterval(this.pitTimer);
+    this.pitTimer = undefined;
+    this.pitSeconds = seconds;
+    if (seconds <= 0) return;
+    this.pitTimer = setInterval(() => {
+      this.replication
+        .requestPoint()
+        .catch((err: unknown) => this.log.warn({ err: String(err) }, "scheduled PIT failed"));
+    }, seconds * 1000);
+    this.pitTimer.unref();
+  }
+
+  /**
+   * Polls the control plane's replication settings and applies what changed
+   * live: the bandwidth cap and the PIT interval. They override the
+   * installation's defaults in config.json.
+   */
+  private async followSettings(): Promise<void> {
+    let bandwidth = this.config.settings.bandwidthMbps;
+    while (!this.stopping) {
+      try {
+        const r = await this.control.settings();
+        const mbps = r.bandwidthMbps ?? 0;
+        if (mbps !== bandwidth) {
+          this.replication.setBandwidth(mbps);
+          this.log.info({ mbps }, "bandwidth cap set");
+          bandwidth = mbps;
+        }
+        const seconds = r.pitIntervalMinutes * 60;
+        if (seconds !== this.pitSeconds) {
+          this.schedulePits(seconds);
+          this.log.info({ seconds }, "PIT interval set");
+        }
+      } catch (err) {
+        if (!this.stopping) this.log.warn({ err: String(err) }, "cannot read the replication settings");
+      }
+      await this.sleep(this.opts.settingsIntervalMs ?? 30_000);
+    }
   }
 
   private every(ms: number, fn: () => void): void {

@@ -1,4 +1,3 @@
-import { recordPit } from "./catalog.js";
 import type { FastifyInstance } from "fastify";
 import { readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
@@ -6,13 +5,15 @@ import type { Server as TlsServer } from "node:tls";
 import { type Clock, LifeboatError, type Logger, createLogger, systemClock } from "../base/index.js";
 import { assertPrivateFile, serverTlsOptions, verifyClientCertificate } from "../net/index.js";
 import { Replicator } from "../replicator/index.js";
-import { type Repository, openRepository } from "../store/index.js";
+import { type Repository, forgetPits, openRepository, parseRetention } from "../store/index.js";
 import { attachWire, wireConnectionHandler } from "../wire/index.js";
 import { isRevoked } from "./auth.js";
 import { buildApp } from "./app.js";
+import { recordPit } from "./catalog.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
 import { type Database, migrateToLatest, openDatabase } from "./db/index.js";
 import { sweepDisconnected } from "./heartbeats.js";
+import { effectiveSettings } from "./settings.js";
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -158,6 +159,23 @@ export async function startServer(
  * its certificate names a registered, not decommissioned server and its
  * HELLO claims that same server; PITs carry the server's registered name.
  */
+/**
+ * The server's retention policy, applied after each of its PITs: PITs it no
+ * longer keeps are forgotten in the repository (their data goes at the next
+ * `store gc`) and in the catalog.
+ */
+async function applyRetention(
+  database: Database,
+  repo: Repository,
+  serverId: string,
+  server: string,
+): Promise<void> {
+  const { settings } = await effectiveSettings(database, serverId, "replication");
+  const report = await forgetPits(repo, parseRetention(String(settings.retention)), { server });
+  const gone = report.servers.flatMap((s) => s.forget.map((f) => f.id));
+  if (gone.length) await database.db.deleteFrom("pits").where("id", "in", gone).execute();
+}
+
 function embeddedReplicator(repo: Repository, database: Database, clock: Clock, logger: Logger): Replicator {
   return new Replicator({
     repo,
@@ -170,7 +188,9 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
           .select("id")
           .where("name", "=", server)
           .executeTakeFirst();
-        if (row) await recordPit(database, repo.config.id, row.id, pit);
+        if (!row) return;
+        await recordPit(database, repo.config.id, row.id, pit);
+        await applyRetention(database, repo, row.id, server);
       })().catch((err: unknown) => logger.error({ err, pit: pit.id }, "cannot add the PIT to the catalog"));
     },
     serverName: async (peer, hello) => {

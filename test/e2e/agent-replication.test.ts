@@ -125,6 +125,30 @@ void describe("agent replication end to end", () => {
         } finally {
           await repo.close();
         }
+
+        // A second point in the same ten minutes: the default retention keeps only the newer one.
+        const second = await rep.requestPoint();
+        // Retention runs just after the PIT is made.
+        await until(
+          "retention",
+          async () => {
+            const catalog = await site.api<{ pits: { id: string }[] }>(`/api/v1/pits?server=${who.serverId}`);
+            return catalog.pits.length === 1;
+          },
+          10_000,
+        );
+        const catalog = await site.api<{ pits: { id: string }[] }>(`/api/v1/pits?server=${who.serverId}`);
+        assert.deepEqual(
+          catalog.pits.map((p) => p.id),
+          [second.pitId],
+        );
+        const repo2 = await site.openRepo();
+        try {
+          const ids = (await listPits(repo2, { server: who.serverName })).map((p) => p.id);
+          assert.deepEqual(ids, [second.pitId]);
+        } finally {
+          await repo2.close();
+        }
       } finally {
         workload.kill("SIGKILL");
         await stopped;

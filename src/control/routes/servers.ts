@@ -6,6 +6,7 @@ import type { Server } from "../db/index.js";
 import { type HeartbeatReport, recordHeartbeat } from "../heartbeats.js";
 import { errorSchema, httpError } from "../http-error.js";
 import { assignments, decommission } from "../replicators.js";
+import { effectiveSettings } from "../settings.js";
 import { decommissionRoute } from "./decommission.js";
 
 const serverProperties = {
@@ -126,6 +127,38 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
     summary: "decommission a server: revoke its certificates, stop accepting its agent",
     notFound,
   });
+
+  app.get(
+    "/api/v1/agent/settings",
+    {
+      onRequest: agent,
+      config: { action: "agent.settings" },
+      logLevel: "warn",
+      schema: {
+        summary:
+          "the calling agent's effective replication settings (it polls them and applies changes live)",
+        response: {
+          200: {
+            type: "object",
+            required: ["serverId", "replication"],
+            properties: {
+              serverId: { type: "string" },
+              replication: { type: "object", additionalProperties: true },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      if (request.actor.kind !== "client")
+        throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "agent route", "");
+      const id = request.actor.subjectId;
+      request.audited = true; // a read, polled: not audited
+      const { settings } = await effectiveSettings(ctx.database, id, "replication");
+      return { serverId: id, replication: settings };
+    },
+  );
 
   app.post<{ Body: HeartbeatReport }>(
     "/api/v1/agent/heartbeat",
