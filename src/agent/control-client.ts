@@ -77,10 +77,15 @@ export class ControlClient {
     return fetchJson<T>(this.dispatcher, `${this.endpoint}${path}`, o);
   }
 
-  /** The server's effective replication settings (GET /api/v1/agent/settings). */
-  async settings(): Promise<ReplicationSettingsView> {
-    const r = await this.call<{ replication: ReplicationSettingsView }>("/api/v1/agent/settings");
-    return r.replication;
+  /**
+   * The server's effective replication settings (GET /api/v1/agent/settings),
+   * and the data address of the separate replicator it is assigned to (null:
+   * the control plane's own port).
+   */
+  async settings(): Promise<{ replication: ReplicationSettingsView; dataAddress: string | null }> {
+    return this.call<{ replication: ReplicationSettingsView; dataAddress: string | null }>(
+      "/api/v1/agent/settings",
+    );
   }
 
   /** Reports state, lag, backlog and inventory; answers how often to report. */

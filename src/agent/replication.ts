@@ -71,7 +71,7 @@ export interface ReplicationOptions {
 }
 
 export interface PointRequest {
-  /** Lowest level the caller accepts; a point that reaches less fails with PIT_CONSISTENCY_NOT_REACHED. */
+  /** Lowest level the caller accepts; a point that reaches less fails with PIT_CONSISTENCY_TOO_LOW. */
   consistency?: ConsistencyLevel;
   /**
    * For group PITs: called while frozen; resolves once every member is frozen
@@ -845,7 +845,7 @@ export class Replication {
     this.log.info({ pointId, pitId: answer?.pitId, consistency: level }, "consistency point committed");
     if (req.consistency && LEVELS.indexOf(level) < LEVELS.indexOf(req.consistency))
       throw new LifeboatError(
-        "PIT_CONSISTENCY_NOT_REACHED",
+        "PIT_CONSISTENCY_TOO_LOW",
         `the PIT ${answer?.pitId ?? pointId} is ${level}-consistent; ${req.consistency} was asked for`,
         { hint: "the PIT was kept; see the agent's log for why the freeze or hooks fell short" },
       );

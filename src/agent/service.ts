@@ -58,6 +58,8 @@ export class AgentService {
     private readonly opts: AgentServiceOptions,
     private readonly log: Logger,
     private readonly clock: Clock,
+    /** Where the wire connects; a change applies from the next connection. */
+    private readonly data: { host: string; port: number },
   ) {}
 
   static async start(opts: AgentServiceOptions): Promise<AgentService> {
@@ -72,7 +74,7 @@ export class AgentService {
       fs.readFile(p.ca, "utf8"),
     ]);
     await fs.mkdir(p.state, { recursive: true, mode: 0o700 });
-    const data = dataAddress(config);
+    const data = dataAddressOf(config);
     const control = new ControlClient({
       endpoint: config.endpoint,
       caPem,
@@ -97,7 +99,7 @@ export class AgentService {
       clock,
       logger: log,
     });
-    const svc = new AgentService(config, replication, control, opts, log, clock);
+    const svc = new AgentService(config, replication, control, opts, log, clock, data);
     await writeAgentStatus(p.status, {
       state: "INITIATING",
       tracker: "scan",
@@ -110,6 +112,16 @@ export class AgentService {
       connected: false,
       counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
     });
+    // The replicator this server is assigned to, before the first connection.
+    try {
+      const { dataAddress } = await control.settings();
+      if (dataAddress) Object.assign(data, parseAddress(dataAddress));
+    } catch (err) {
+      log.warn(
+        { err: String(err) },
+        "cannot read the replication settings; using the configured data address",
+      );
+    }
     try {
       await replication.start();
     } catch (err) {
@@ -192,7 +204,13 @@ export class AgentService {
     let bandwidth = this.config.settings.bandwidthMbps;
     while (!this.stopping) {
       try {
-        const r = await this.control.settings();
+        const { replication: r, dataAddress } = await this.control.settings();
+        const address = dataAddress ? parseAddress(dataAddress) : dataAddressOf(this.config);
+        if (address.host !== this.data.host || address.port !== this.data.port) {
+          this.log.info({ dataAddress: `${address.host}:${address.port}` }, "replicator address set");
+          this.data.host = address.host;
+          this.data.port = address.port;
+        }
         const mbps = r.bandwidthMbps ?? 0;
         if (mbps !== bandwidth) {
           this.replication.setBandwidth(mbps);
@@ -346,17 +364,19 @@ async function readSessionToken(file: string): Promise<string | undefined> {
 }
 
 /** host and port of the replicator: the configured data address, else the endpoint's. */
-function dataAddress(config: AgentConfig): { host: string; port: number } {
-  if (config.dataAddress) {
-    const m = /^\[?(.*?)\]?:(\d+)$/.exec(config.dataAddress);
-    if (!m)
-      throw new LifeboatError("AGENT_CONFIG_INVALID", `dataAddress ${config.dataAddress} is not host:port`, {
-        hint: "fix dataAddress in config.json, or remove it to use the endpoint's",
-      });
-    return { host: m[1]!, port: Number(m[2]) };
-  }
+function dataAddressOf(config: AgentConfig): { host: string; port: number } {
+  if (config.dataAddress) return parseAddress(config.dataAddress);
   const u = new URL(config.endpoint);
   return { host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 443) };
+}
+
+function parseAddress(address: string): { host: string; port: number } {
+  const m = /^\[?(.*?)\]?:(\d+)$/.exec(address);
+  if (!m)
+    throw new LifeboatError("AGENT_CONFIG_INVALID", `data address ${address} is not host:port`, {
+      hint: "fix dataAddress in config.json (or the replicator's registered address)",
+    });
+  return { host: m[1]!, port: Number(m[2]) };
 }
 
 /** Runs the agent until SIGTERM or SIGINT (or `signal`), then stops it cleanly. */

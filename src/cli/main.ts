@@ -28,6 +28,7 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand((await import("./audit.js")).auditCommand());
   program.addCommand((await import("./settings.js")).settingsCommand());
   program.addCommand((await import("./replicators.js")).replicatorsCommand());
+  program.addCommand((await import("./replicator.js")).replicatorCommand());
   program.addCommand((await import("./jobs.js")).jobsCommand());
   program.addCommand((await import("./agent.js")).agentCommand());
   for (const c of allCommands(program)) {

@@ -13,6 +13,7 @@ import { recordPit } from "./catalog.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
 import { type Database, migrateToLatest, openDatabase } from "./db/index.js";
 import { sweepDisconnected } from "./heartbeats.js";
+import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
 
 export interface RunningServer {
@@ -213,6 +214,17 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
           retryable: false,
         });
       }
+      // A server assigned to a separate replicator sends there (GET /api/v1/agent/settings says where).
+      const elsewhere = (await assignments(database)).get(serverId);
+      if (elsewhere)
+        throw new LifeboatError(
+          "REPLICATOR_NOT_ASSIGNED",
+          `server ${serverId} is assigned to replicator ${elsewhere}`,
+          {
+            hint: "the agent reads its replicator's address from its settings and reconnects there",
+            retryable: true,
+          },
+        );
       return row.name;
     },
   });

@@ -1,11 +1,19 @@
 import type {} from "@fastify/rate-limit";
 import type { FastifyInstance } from "fastify";
+import { readFile } from "node:fs/promises";
+import { issueServerCert } from "../../net/index.js";
+import { dataPaths } from "../config.js";
 import { requireClient, requireOperator } from "../auth.js";
 import { type AppContext, auditRequest } from "../context.js";
 import type { Replicator } from "../db/index.js";
 import { errorSchema, httpError } from "../http-error.js";
 import { type ReplicatorRegisterRequest, registerReplicator } from "../register.js";
-import { type ReplicatorReport, assignments, recordReplicatorHeartbeat } from "../replicators.js";
+import {
+  type ReplicatorReport,
+  assignedServerIds,
+  assignments,
+  recordReplicatorHeartbeat,
+} from "../replicators.js";
 import { splitSecret } from "../secrets.js";
 import { decommissionRoute } from "./decommission.js";
 
@@ -177,6 +185,108 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
           .map(([s]) => s)
           .sort(),
       };
+    },
+  );
+
+  app.get(
+    "/api/v1/replicator/config",
+    {
+      onRequest: replicator,
+      config: { action: "replicator.config" },
+      schema: {
+        summary:
+          "what a separate replicator needs to serve: the repository, its key, and a server certificate for its address",
+        response: {
+          200: {
+            type: "object",
+            required: [
+              "replicatorId",
+              "repository",
+              "repositoryKey",
+              "serverCertificatePem",
+              "serverKeyPem",
+              "caPem",
+            ],
+            properties: {
+              replicatorId: { type: "string" },
+              repository: { type: "string" },
+              repositoryKey: { type: "string" },
+              serverCertificatePem: { type: "string" },
+              serverKeyPem: { type: "string" },
+              caPem: { type: "string" },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      if (request.actor.kind !== "client")
+        throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "replicator route");
+      const id = request.actor.subjectId;
+      const row = await ctx.database.db
+        .selectFrom("replicators")
+        .select(["address", "decommissioned_at"])
+        .where("id", "=", id)
+        .executeTakeFirst();
+      if (!row || row.decommissioned_at !== null) throw notFound(id);
+      const host = row.address.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+      const cert = await issueServerCert(ctx.ca, { hostnames: [host], clock: ctx.clock });
+      const key = await readFile(dataPaths(ctx.config.dataDir).repoKey);
+      // The key travels only over this mutually authenticated connection; the audit names the fact, not the key.
+      await auditRequest(ctx, request, "replicator.config", `replicator:${id}`, "ok", { host });
+      return {
+        replicatorId: id,
+        repository: ctx.config.repository,
+        repositoryKey: key.toString("base64"),
+        serverCertificatePem: cert.certPem,
+        serverKeyPem: cert.keyPem,
+        caPem: ctx.ca.certPem,
+      };
+    },
+  );
+
+  app.get(
+    "/api/v1/replicator/assignments",
+    {
+      onRequest: replicator,
+      config: { action: "replicator.assignments" },
+      logLevel: "warn",
+      schema: {
+        summary: "the servers assigned to the calling replicator, with their names",
+        response: {
+          200: {
+            type: "object",
+            required: ["servers"],
+            properties: {
+              servers: {
+                type: "array",
+                items: {
+                  type: "object",
+                  required: ["id", "name"],
+                  properties: { id: { type: "string" }, name: { type: "string" } },
+                },
+              },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      if (request.actor.kind !== "client")
+        throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "replicator route");
+      request.audited = true; // a read, polled
+      const ids = await assignedServerIds(ctx.database, request.actor.subjectId);
+      const rows = ids.length
+        ? await ctx.database.db
+            .selectFrom("servers")
+            .select(["id", "name"])
+            .where("id", "in", ids)
+            .orderBy("name")
+            .execute()
+        : [];
+      return { servers: rows };
     },
   );
 

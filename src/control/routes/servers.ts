@@ -140,9 +140,10 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
         response: {
           200: {
             type: "object",
-            required: ["serverId", "replication"],
+            required: ["serverId", "replication", "dataAddress"],
             properties: {
               serverId: { type: "string" },
+              dataAddress: { type: ["string", "null"] },
               replication: { type: "object", additionalProperties: true },
             },
           },
@@ -156,7 +157,17 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
       const id = request.actor.subjectId;
       request.audited = true; // a read, polled: not audited
       const { settings } = await effectiveSettings(ctx.database, id, "replication");
-      return { serverId: id, replication: settings };
+      // A server assigned to a separate replicator sends its data there; otherwise to this port.
+      const replicatorId = (await assignments(ctx.database)).get(id) ?? null;
+      const rep = replicatorId
+        ? await ctx.database.db
+            .selectFrom("replicators")
+            .select("address")
+            .where("id", "=", replicatorId)
+            .where("decommissioned_at", "is", null)
+            .executeTakeFirst()
+        : undefined;
+      return { serverId: id, replication: settings, dataAddress: rep?.address ?? null };
     },
   );
 
