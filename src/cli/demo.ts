@@ -1,77 +1,265 @@
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { Command } from "commander";
-import { LifeboatError } from "../base/index.js";
-import {
-  Repository,
-  exportDisk,
-  generateKeyFile,
-  importDisks,
-  newRepositoryId,
-  openBackend,
-  verifyRepository,
-} from "../store/index.js";
+import { type Clock, LifeboatError, type Logger } from "../base/index.js";
+import { AgentService } from "../agent/service.js";
+import { checkDisk, installAgent } from "../agent/install.js";
+import { initServer } from "../control/init.js";
+import { startServer } from "../control/start.js";
+import { exportDisk, openRepository, readPit, verifyRepository } from "../store/index.js";
+import { type ApiClient, withApi } from "./api-client.js";
+import { type CliContext, parseIntOption } from "./context.js";
 import { formatBytes } from "./output.js";
+import { createOne } from "./pits.js";
 import { action } from "./store.js";
 
 /**
- * Until replication and launch exist, the demo shows the repository round
- * trip: a generated 256 MiB disk image with random, compressible and zero
- * regions is imported, changed, imported again, verified, and exported back
- * byte for byte — in a throw-away directory that is removed afterwards.
+ * `lifeboat demo`: the main job end to end on the embedded defaults, in a
+ * throw-away directory, as root or not, over loopback only. A server (control
+ * plane and embedded replicator on one TLS port) is initialised and started in
+ * this process; an agent is installed with an install token made through the
+ * API and replicates a generated disk image (random, compressible and zero
+ * regions) until it is CONTINUOUS; two PITs are taken the operator's way
+ * (`pits create`), the second after ~2% of the image changed; that PIT is
+ * exported from the repository, compared byte for byte with the image, and the
+ * repository is verified with its data read. Any mismatch is DEMO_FAILED.
  */
 export function demoCommand(): Command {
   return new Command("demo")
-    .description("show Lifeboat end to end in a throw-away directory")
+    .description(
+      "replicate a generated disk image to a server in this process, take PITs and restore one, in a throw-away directory",
+    )
+    .option("--size-mib <n>", "size of the generated source disk image, in MiB", "256")
     .option("--keep", "keep the throw-away directory")
-    .option("--exit", "stop when done (the default until the full demo exists)")
     .action(
-      action<{ keep?: boolean }>(async (ctx, o) => {
+      action<{ keep?: boolean; sizeMib: string }>(async (ctx, o) => {
+        const sizeMiB = parseIntOption(o.sizeMib, "--size-mib");
+        if (sizeMiB < 1) throw new LifeboatError("USAGE", "--size-mib wants at least 1", { exitCode: 2 });
         const dir = await fs.mkdtemp(path.join(os.tmpdir(), "lifeboat-demo-"));
-        const say = (s: string) => process.stdout.write(`${s}\n`);
         try {
           say(`demo directory: ${dir}`);
-          const image = path.join(dir, "source-disk.img");
-          await writeDemoImage(image, 256 << 20);
-          say(`1. made a 256 MiB source disk image with random, text and zero regions: ${image}`);
-          const backend = await openBackend(path.join(dir, "repo"), { logger: ctx.logger });
-          const repo = await Repository.create(backend, generateKeyFile(newRepositoryId()));
-          let t = Date.now();
-          const first = await importDisks(repo, { server: "demo-server", disks: [image] });
-          say(
-            `2. imported it as PIT ${first.pit.id} in ${((Date.now() - t) / 1000).toFixed(2)}s: ${first.stats.newChunks} chunks, ${formatBytes(first.stats.storedBytes)} stored, ${formatBytes(first.stats.zeroBytes)} of zeros not stored`,
-          );
-          const fh = await fs.open(image, "r+");
-          for (let i = 0; i < 10; i++)
-            await fh.write(randomBytes(4096), 0, 4096, i * 20 * 1024 * 1024 + 4096);
-          await fh.close();
-          t = Date.now();
-          const second = await importDisks(repo, { server: "demo-server", disks: [image] });
-          say(
-            `3. changed 10 blocks and imported again as PIT ${second.pit.id} in ${((Date.now() - t) / 1000).toFixed(2)}s: only ${second.stats.newChunks} new chunks (${formatBytes(second.stats.storedBytes)})`,
-          );
-          const report = await verifyRepository(repo, { readData: true });
-          say(
-            `4. verify --read-data: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`,
-          );
-          const out = path.join(dir, "restored.img");
-          t = Date.now();
-          await exportDisk(repo, second.pit, 0, out);
-          const same = (await fs.readFile(out)).equals(await fs.readFile(image));
-          say(
-            `5. exported the latest PIT in ${((Date.now() - t) / 1000).toFixed(2)}s: ${same ? "byte-identical to the source" : "DIFFERENT from the source"}`,
-          );
-          await repo.close();
-          if (!report.ok || !same)
-            throw new LifeboatError("DEMO_FAILED", "the round trip did not come back identical");
+          await runDemo(ctx, dir, sizeMiB * 1024 * 1024);
         } finally {
           if (o.keep) say(`kept ${dir}`);
           else await fs.rm(dir, { recursive: true, force: true });
         }
       }),
     );
+}
+
+const BLOCK_SIZE = 64 * 1024;
+const SYNC_TIMEOUT_MS = 30 * 60_000;
+const PIT_TIMEOUT_MS = 10 * 60_000;
+
+/**
+ * The agent's engine races some waits against sleeps it never cancels (the
+ * wait for a PIT's answer runs 10 s after every PIT), which would hold the
+ * process open that long after the demo is done. Its sleeps here do not keep
+ * the process alive; while the demo runs, the server's listener does.
+ */
+const agentClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref()),
+};
+
+const say = (s: string) => process.stdout.write(`${s}\n`);
+const since = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)}s`;
+
+async function runDemo(ctx: CliContext, dir: string, size: number): Promise<void> {
+  const started = Date.now();
+  const logger = ctx.logger;
+  const dataDir = path.join(dir, "server");
+  let t = Date.now();
+  await initServer({ dataDir, hostnames: ["127.0.0.1"], logger });
+  const server = await startServer(dataDir, { listen: "127.0.0.1:0", handleSignals: false, logger });
+  let agent: AgentService | undefined;
+  const summary: string[] = [];
+  try {
+    say(`1. server started in ${since(t)}: control plane and embedded replicator on ${server.url}`);
+    const image = path.join(dir, "source-disk.img");
+    t = Date.now();
+    await writeDemoImage(image, size);
+    say(`2. source disk image, ${formatBytes(size)} of random, text and zero stripes, in ${since(t)}`);
+    const caFile = path.join(dataDir, "ca.pem");
+    const apiOpts = { endpoint: server.url, caFile, apiKeyFile: path.join(dataDir, "admin-api.key") };
+    await withApi(ctx, apiOpts, async (client) => {
+      const configDir = path.join(dir, "agent");
+      const caPem = await fs.readFile(caFile, "utf8");
+      const serverName = await install(client, server.url, caPem, image, configDir, logger);
+      agent = await AgentService.start({ configDir, logger, clock: agentClock });
+      summary.push(`initial sync ${await untilContinuous(agent)}`);
+      const first = await takePit(client, serverName);
+      say(`5. PIT ${first.text}`);
+      say(`6. changed ${await changeImage(image, size, 0.02)}`);
+      const before = agent.replication.counters.bytesSent;
+      const second = await takePit(client, serverName);
+      const sent = agent.replication.counters.bytesSent - before;
+      const share = `${((100 * sent) / size).toFixed(1)}%`;
+      say(`   PIT ${second.text}`);
+      say(`   sent ${formatBytes(sent)} for it: ${share} of the ${formatBytes(size)} image`);
+      summary.push(`PITs ${first.secs} and ${second.secs} (${formatBytes(sent)} sent for the second)`);
+      t = Date.now();
+      await restoreAndCheck(dataDir, second.id, image, path.join(dir, "restored.img"), logger);
+      summary.push(`restored and verified ${since(t)}`);
+    });
+  } finally {
+    try {
+      await agent?.stop();
+    } finally {
+      await server.close();
+    }
+  }
+  say(`8. stopped the agent and the server`);
+  say(`OK: ${summary.join(", ")}; ${since(started)} in all`);
+}
+
+/** Makes a one-use install token through the API and installs an agent for the image; returns its server name. */
+async function install(
+  api: ApiClient,
+  endpoint: string,
+  caPem: string,
+  image: string,
+  configDir: string,
+  logger: Logger,
+): Promise<string> {
+  const { token } = await api.call<{ token: string }>("/api/v1/tokens", {
+    method: "POST",
+    body: { role: "agent", uses: 1 },
+  });
+  const disk = await checkDisk(image, "image");
+  const r = await installAgent({
+    configDir,
+    endpoint,
+    token,
+    caPem,
+    hostname: "demo-source",
+    blockSize: BLOCK_SIZE,
+    disks: [disk],
+    inventory: { disks: [{ index: 0, ...disk }] },
+    logger,
+  });
+  say(`3. agent installed with a one-use install token: server ${r.serverName}, disk ${disk.path}`);
+  return r.serverName;
+}
+
+/** Prints the agent's state about once a second until it is CONTINUOUS. */
+async function untilContinuous(agent: AgentService): Promise<string> {
+  const t = Date.now();
+  let printed = t;
+  for (;;) {
+    const s = agent.replication.status();
+    if (s?.state === "CONTINUOUS") break;
+    if (Date.now() - t > SYNC_TIMEOUT_MS)
+      throw new LifeboatError(
+        "DEMO_FAILED",
+        `the agent did not reach CONTINUOUS (it is ${s?.state ?? "?"})`,
+        {
+          hint: s?.lastError
+            ? `the agent's last error: [${s.lastError.code}] ${s.lastError.message}`
+            : "run `lifeboat demo --keep --debug` and read the agent's log",
+        },
+      );
+    if (s && Date.now() - printed >= 1000) {
+      printed = Date.now();
+      const p = s.disks[0]?.progress;
+      const pct = p ? `${Math.floor((100 * p.doneBytes) / p.totalBytes)}%` : "";
+      const rate = p ? `${(p.bytesPerSecond / 1e6).toFixed(0)} MB/s` : "";
+      say(`   ${s.state.padEnd(12)} ${pct.padStart(4)}  ${rate}`.trimEnd());
+    }
+    await delay(100);
+  }
+  const c = agent.replication.counters;
+  say(
+    `4. initial sync done in ${since(t)}: CONTINUOUS, read ${formatBytes(c.bytesRead)}, sent ${formatBytes(c.bytesSent)} (compressed, zeros not sent)`,
+  );
+  return since(t);
+}
+
+/** `lifeboat pits create SERVER`'s code path: a request over the API, then its command polled until done. */
+async function takePit(
+  api: ApiClient,
+  serverName: string,
+): Promise<{ id: string; text: string; secs: string }> {
+  const t = Date.now();
+  const pit = await createOne(api, serverName, {}, true, PIT_TIMEOUT_MS);
+  const id = String(pit.id);
+  const takenAt = new Date(pit.takenAt as number | string).toISOString();
+  const secs = since(t);
+  return { id, secs, text: `${id}: ${String(pit.consistency)}-consistent, taken at ${takenAt}, in ${secs}` };
+}
+
+/** Exports the PIT's disk from the server's repository, compares it with the image, verifies the repository. */
+async function restoreAndCheck(
+  dataDir: string,
+  pitId: string,
+  image: string,
+  out: string,
+  logger: Logger,
+): Promise<void> {
+  const repo = await openRepository(path.join(dataDir, "repo"), {
+    keyFile: path.join(dataDir, "keys", "repo.key"),
+    logger,
+  });
+  try {
+    let t = Date.now();
+    await exportDisk(repo, await readPit(repo, pitId), 0, out);
+    const diff = await firstDifference(out, image);
+    say(
+      `7. exported PIT ${pitId} in ${since(t)}: ${diff === null ? "byte-identical to the source image" : `DIFFERENT from the source image (${diff})`}`,
+    );
+    t = Date.now();
+    const report = await verifyRepository(repo, { readData: true });
+    say(
+      `   verify --read-data in ${since(t)}: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`,
+    );
+    if (diff !== null || !report.ok)
+      throw new LifeboatError(
+        "DEMO_FAILED",
+        diff !== null
+          ? `the restored image differs from the source: ${diff}`
+          : "verify --read-data found damage",
+      );
+  } finally {
+    await repo.close();
+  }
+}
+
+/** null when the files hold the same bytes, else where they first differ. */
+async function firstDifference(a: string, b: string): Promise<string | null> {
+  const [fa, fb] = await Promise.all([fs.open(a, "r"), fs.open(b, "r")]);
+  try {
+    const [sa, sb] = await Promise.all([fa.stat(), fb.stat()]);
+    if (sa.size !== sb.size) return `sizes ${sa.size} and ${sb.size}`;
+    const step = 4 << 20;
+    const [ba, bb] = [Buffer.alloc(step), Buffer.alloc(step)];
+    for (let off = 0; off < sa.size; off += step) {
+      const len = Math.min(step, sa.size - off);
+      await Promise.all([fa.read(ba, 0, len, off), fb.read(bb, 0, len, off)]);
+      if (!ba.subarray(0, len).equals(bb.subarray(0, len))) return `in the 4 MiB at offset ${off}`;
+    }
+    return null;
+  } finally {
+    await Promise.all([fa.close(), fb.close()]);
+  }
+}
+
+/** Overwrites about `fraction` of the image with random data, in 64 KiB writes at distinct scattered offsets. */
+async function changeImage(file: string, size: number, fraction: number): Promise<string> {
+  const blocks = Math.floor(size / BLOCK_SIZE);
+  const count = Math.max(1, Math.round(blocks * fraction));
+  const chosen = new Set<number>();
+  while (chosen.size < Math.min(count, blocks)) chosen.add(randomInt(blocks));
+  const fh = await fs.open(file, "r+");
+  try {
+    for (const b of chosen) await fh.write(randomBytes(BLOCK_SIZE), 0, BLOCK_SIZE, b * BLOCK_SIZE);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return `${((100 * chosen.size * BLOCK_SIZE) / size).toFixed(1)}% of the image (${chosen.size} scattered 64 KiB writes)`;
 }
 
 /** Random (incompressible), repetitive text (compressible) and zero regions, in 8 MiB stripes. */
@@ -85,9 +273,10 @@ async function writeDemoImage(file: string, size: number): Promise<void> {
         .slice(0, stripe),
     );
     for (let off = 0, i = 0; off < size; off += stripe, i++) {
+      const len = Math.min(stripe, size - off);
       const kind = i % 3;
-      if (kind === 0) await fh.write(randomBytes(stripe), 0, stripe, off);
-      else if (kind === 1) await fh.write(text, 0, stripe, off);
+      if (kind === 0) await fh.write(randomBytes(len), 0, len, off);
+      else if (kind === 1) await fh.write(text, 0, len, off);
     }
     await fh.truncate(size);
   } finally {

@@ -100,7 +100,8 @@ function pitsCreateCommand(pits: Command): void {
   );
 }
 
-async function createOne(
+/** Asks for a PIT of one server over the API; with `wait`, polls its command until the PIT is made. */
+export async function createOne(
   api: ApiClient,
   server: string,
   body: object,
