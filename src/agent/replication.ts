@@ -353,7 +353,10 @@ export class Replication {
     const last = this.session.lastAcked;
     const sent = last + this.session.inFlight.frames;
     if (sent > last)
-      await Promise.race([this.session.whenAcked(sent).catch(() => undefined), this.clock.sleep(drainMs)]);
+      await within(
+        this.session.whenAcked(sent).catch(() => undefined),
+        drainMs,
+      );
     await this.wire?.close();
     await this.closeDisks();
     await this.pool.close();
@@ -837,7 +840,7 @@ export class Replication {
     });
     const seq = await this.send({ type: "POINT", pointId, consistency: level, takenAt, disks }, takenAt);
     await this.session.whenAcked(seq);
-    const answer = await Promise.race([done, this.clock.sleep(10_000).then(() => undefined)]);
+    const answer = await within(done, 10_000);
     this.pointWaiters.delete(pointId);
     this.lastProgress = this.clock.now();
     const result: PointResult = { pointId, pitId: answer?.pitId, seq, takenAt, consistency: level, disks };
@@ -881,6 +884,19 @@ function toWireBlock(b: PreparedBlock): Block {
   return b.encoding === "zero"
     ? { encoding: "zero", sha256: zeroHash, data: Buffer.alloc(0) }
     : { encoding: b.encoding, sha256: b.sha256, data: b.data };
+}
+
+/** `p`'s value, or undefined after `ms` (a timer that does not outlive the wait). */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Sorts and merges [start, end) pairs. */
