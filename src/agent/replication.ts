@@ -71,6 +71,8 @@ export interface ReplicationOptions {
 }
 
 export interface PointRequest {
+  /** Scheduled points are thinned out by retention; others (on demand) are kept longer. Default "demand". */
+  origin?: "scheduled" | "demand";
   /** Lowest level the caller accepts; a point that reaches less fails with PIT_CONSISTENCY_TOO_LOW. */
   consistency?: ConsistencyLevel;
   /**
@@ -741,7 +743,7 @@ export class Replication {
   }
 
   private async makePoint(req: PointRequest): Promise<PointResult> {
-    const pointId = `p${this.clock.now().toString(36)}${(++this.pointSeq).toString(36)}${randomBytes(2).toString("hex")}`;
+    const pointId = `${req.origin === "scheduled" ? "s" : "d"}${this.clock.now().toString(36)}${(++this.pointSeq).toString(36)}${randomBytes(2).toString("hex")}`;
     const s = this.opts.settings;
     // Ship the backlog first, so that little is left to read while frozen.
     for (let i = 0; i < 3; i++) {

@@ -189,7 +189,7 @@ export class AgentService {
     if (seconds <= 0) return;
     this.pitTimer = setInterval(() => {
       this.replication
-        .requestPoint()
+        .requestPoint({ origin: "scheduled" })
         .catch((err: unknown) => this.log.warn({ err: String(err) }, "scheduled PIT failed"));
     }, seconds * 1000);
     this.pitTimer.unref();

@@ -54,4 +54,4 @@ export { Repository } from "./repository.js";
 export { repositoryStats, type StoreStats } from "./stats.js";
 export { verifyRepository, type VerifyReport } from "./verify.js";
 export { forgetPits, type ForgetReport } from "./forget.js";
-export { DEFAULT_RETENTION, parseRetention } from "./retention.js";
+export { DEFAULT_RETENTION, parseRetention, planRetention, type RetentionPolicy } from "./retention.js";

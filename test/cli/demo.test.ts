@@ -18,7 +18,7 @@ void describe("lifeboat demo", () => {
       assert.equal(r.code, 0, r.stdout + r.stderr);
       assert.match(r.stdout, /^OK: /m);
       assert.match(r.stdout, /byte-identical to the source image/);
-      assert.match(r.stdout, /verify --read-data .*: no damage in 2 PITs/);
+      assert.match(r.stdout, /verify --read-data .*: no damage in \d+ PITs/);
       assert.equal(r.stdout.match(/^ *(?:5\. )?PIT [0-9a-f]{24}: \w+-consistent/gm)?.length, 2, r.stdout);
       const dir = /^demo directory: (.+)$/m.exec(r.stdout)?.[1];
       assert.ok(dir, r.stdout);

@@ -104,7 +104,8 @@ void describe("agent replication end to end", () => {
         const s = rep.status()!;
         assert.equal(s.tracker, "trace");
         assert.ok(rep.counters.bytesSent > afterSync, "continuous writes are shipped");
-        assert.ok(s.lagSeconds < 5, `lag ${s.lagSeconds}s`);
+        // Shipping keeps up: the lag stays under the BACKLOG threshold (a generous bound on a busy machine).
+        assert.ok(s.lagSeconds < settings.lagThresholdSeconds, `lag ${s.lagSeconds}s`);
 
         const point = await rep.requestPoint();
         assert.equal(point.consistency, "filesystem");
@@ -126,26 +127,21 @@ void describe("agent replication end to end", () => {
           await repo.close();
         }
 
-        // A second point in the same ten minutes: the default retention keeps only the newer one.
-        const second = await rep.requestPoint();
-        // Retention runs just after the PIT is made.
-        await until(
-          "retention",
-          async () => {
-            const catalog = await site.api<{ pits: { id: string }[] }>(`/api/v1/pits?server=${who.serverId}`);
-            return catalog.pits.length === 1;
-          },
-          10_000,
-        );
-        const catalog = await site.api<{ pits: { id: string }[] }>(`/api/v1/pits?server=${who.serverId}`);
-        assert.deepEqual(
-          catalog.pits.map((p) => p.id),
-          [second.pitId],
-        );
+        // Retention thins out scheduled PITs (two in one ten-minute slot: the newer stays) and keeps
+        // the one taken on demand.
+        const s1 = await rep.requestPoint({ origin: "scheduled" });
+        const s2 = await rep.requestPoint({ origin: "scheduled" });
+        const ids = async () =>
+          (await site.api<{ pits: { id: string }[] }>(`/api/v1/pits?server=${who.serverId}`)).pits
+            .map((p) => p.id)
+            .sort();
+        const want = [point.pitId, s2.pitId].sort();
+        await until("retention", async () => JSON.stringify(await ids()) === JSON.stringify(want), 10_000);
+        assert.ok(s1.pitId && !(await ids()).includes(s1.pitId));
         const repo2 = await site.openRepo();
         try {
-          const ids = (await listPits(repo2, { server: who.serverName })).map((p) => p.id);
-          assert.deepEqual(ids, [second.pitId]);
+          const left = (await listPits(repo2, { server: who.serverName })).map((p) => p.id).sort();
+          assert.deepEqual(left, want);
         } finally {
           await repo2.close();
         }
