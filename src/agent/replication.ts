@@ -36,6 +36,7 @@ import {
   type SequencedMessage,
   type Welcome,
 } from "../wire/index.js";
+import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "./block-device.js";
 import { BlockPool, type PreparedBlock } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { DirtySet } from "./dirty-set.js";
@@ -59,6 +60,8 @@ export interface ReplicationOptions {
   resumeToken?: string;
   /** zstd level for blocks on the wire (0: uncompressed; default 1). */
   compressionLevel?: number;
+  /** How often disk sizes are checked (default 10 s). */
+  sizeCheckMs?: number;
   /** Wait between moving fresh writes to the settled set (default 200 ms). */
   settleMs?: number;
   /**
@@ -147,6 +150,7 @@ export class Replication {
   private wake: (() => void) | undefined;
   private loopDone: Promise<void> = Promise.resolve();
   private lastRotate = 0;
+  private lastSizeCheck = 0;
   private lastProgress = 0;
   private lastPit: AgentStatus["lastPit"];
   private lastError: AgentStatus["lastError"];
@@ -223,12 +227,13 @@ export class Replication {
       this.wire = new AgentSession({
         connect: () => this.opts.connect(),
         agent: { serverId: this.opts.serverId, hostname: this.opts.hostname, version: this.opts.version },
-        disks: this.disks.map((d) => ({
-          index: d.cfg.index,
-          id: d.cfg.id,
-          sizeBytes: d.size,
-          blockSize: this.opts.blockSize,
-        })),
+        disks: () =>
+          this.disks.map((d) => ({
+            index: d.cfg.index,
+            id: d.cfg.id,
+            sizeBytes: d.size,
+            blockSize: this.opts.blockSize,
+          })),
         ...(this.opts.resumeToken ? { resumeToken: this.opts.resumeToken } : {}),
         logger: this.log,
         clock: this.clock,
@@ -408,6 +413,7 @@ export class Replication {
     while (!this.stopping) {
       try {
         this.rotate();
+        await this.checkSizes();
         const owed = this.disks.find((d) => d.owed);
         if (owed) await this.scan(owed);
         else if (this.points.length) await this.point(this.points.shift()!);
@@ -434,6 +440,31 @@ export class Replication {
   private async pauseFor(ms: number): Promise<void> {
     await Promise.race([this.clock.sleep(ms), new Promise<void>((r) => (this.wake = r))]);
     this.wake = undefined;
+  }
+
+  /**
+   * A disk that grew or shrank: its reader is opened again, its dirty sets
+   * follow the new size (new space is dirty), and the session reconnects so
+   * that the HELLO tells the replicator the new size before any block of it.
+   */
+  private async checkSizes(): Promise<void> {
+    const now = this.clock.now();
+    if (now - this.lastSizeCheck < (this.opts.sizeCheckMs ?? 10_000)) return;
+    this.lastSizeCheck = now;
+    let changed = false;
+    for (const d of this.disks) {
+      if ((await sizeOf(d.cfg.path)) === d.size) continue;
+      const old = d.size;
+      await d.reader.close();
+      d.reader = await DiskReader.open(d.cfg.path, { logger: this.log });
+      d.size = d.reader.size;
+      d.fresh = d.fresh.resized(d.size);
+      d.settled = d.settled.resized(d.size);
+      if (d.size > old) d.settled.add(old, d.size - old, now);
+      this.log.warn({ disk: d.cfg.path, from: old, to: d.size }, "disk size changed");
+      changed = true;
+    }
+    if (changed) this.session.reconnect("a disk changed size");
   }
 
   /** Every batching period, what the tracker marked becomes due for shipping. */
@@ -917,6 +948,14 @@ function mergePairs(pairs: number[]): number[] {
 const zeros = Buffer.alloc(1 << 20);
 function isZero(b: Buffer): boolean {
   return b.length <= zeros.length && b.equals(zeros.subarray(0, b.length));
+}
+
+/** A disk's size now: a block device's from sysfs, an image file's from stat. */
+async function sizeOf(file: string): Promise<number> {
+  const st = await statDisk(file);
+  if (!st.isBlockDevice()) return st.size;
+  const { major, minor } = deviceNumbers(st.rdev);
+  return blockDeviceSizeBytes(major, minor);
 }
 
 async function stampOf(file: string): Promise<string> {

@@ -20,7 +20,8 @@ export interface AgentSessionOptions {
   /** Opens a new connection to the replicator (connectWire, or any Duplex in tests). */
   connect(): Promise<Duplex>;
   agent: Hello["agent"];
-  disks: DiskInfo[];
+  /** The disks as HELLO names them; a function is asked again at every connection (a disk may grow). */
+  disks: DiskInfo[] | (() => DiskInfo[]);
   /** Upper bound on the window; the replicator's WELCOME may narrow it. */
   window?: WindowLimits;
   /** Heartbeat until WELCOME sets the replicator's. */
@@ -135,6 +136,15 @@ export class AgentSession {
     return this.channel;
   }
 
+  /**
+   * Closes the current connection so that the session connects again at once
+   * with a fresh HELLO (after a disk changed size); nothing is lost: what was
+   * not acknowledged is resent.
+   */
+  reconnect(reason: string): void {
+    this.channel?.close(connectionClosed(reason));
+  }
+
   /** Stops reconnecting, closes the connection and fails pending calls with WIRE_SESSION_CLOSED. */
   async close(): Promise<void> {
     this.stop(sessionClosed());
@@ -235,7 +245,7 @@ export class AgentSession {
       type: "HELLO",
       versions: [...versions],
       agent: this.opts.agent,
-      disks: this.opts.disks,
+      disks: typeof this.opts.disks === "function" ? this.opts.disks() : this.opts.disks,
       ...(this.token ? { resumeToken: this.token } : {}),
     });
     return { welcome: guarded, ended };
