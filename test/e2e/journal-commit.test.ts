@@ -143,6 +143,7 @@ void describe("crash consistency of a journal on a bare device", () => {
         await until("initial sync", () => rep.status()?.state === "CONTINUOUS", 120_000);
         await sleep(1000);
         assert.equal(writer.exitCode, null, `the writer runs: ${writerErr}`);
+        const rescans = rep.counters.rescans;
         const levels: string[] = [];
         let checked = 0;
         let commits = 0;
@@ -163,9 +164,14 @@ void describe("crash consistency of a journal on a bare device", () => {
           commits += checkJournal(img, `PIT ${point.pitId} (${point.consistency})`);
           checked++;
         }
+        t.diagnostic(`levels ${levels.join(",")}`);
         assert.equal(writer.exitCode, null, `the writer ran throughout: ${writerErr}`);
         assert.ok(checked >= 3, `at least 3 crash-consistent PITs to check; levels ${levels.join(",")}`);
         assert.ok(commits >= checked * 10, `the PITs held committed records (${commits})`);
+
+        // Points read while the writer wrote (`none`) must still ship what the replica can apply:
+        // a patch that does not match makes the replicator ask for a rescan.
+        assert.equal(rep.counters.rescans, rescans, `no rescan; levels ${levels.join(",")}`);
 
         // Once the writer stops, the replica catches up with the device exactly: no write was lost on the way.
         writer.kill("SIGKILL");
