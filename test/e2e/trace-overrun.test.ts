@@ -5,7 +5,7 @@
  * as it was while frozen: no write may be lost with the events.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -59,6 +59,8 @@ void describe("trace buffer overrun", () => {
         whileFrozen: () => snapshotDevice(disk.device, frozenImage),
       });
       await rep.start();
+      let burst: ChildProcess | undefined;
+      let burstDone: Promise<unknown> = Promise.resolve();
       try {
         assert.equal(rep.tracker, "trace");
         await until("initial sync", () => rep.status()?.state === "CONTINUOUS", 120_000);
@@ -66,7 +68,7 @@ void describe("trace buffer overrun", () => {
         const rescans = rep.counters.rescans;
 
         // 4 KiB direct writes, each its own bio: far more events than a few KiB of buffer hold between reads.
-        const burst = spawn(
+        burst = spawn(
           "sh",
           [
             "-c",
@@ -76,11 +78,12 @@ void describe("trace buffer overrun", () => {
           ],
           { stdio: "ignore" },
         );
-        const burstDone = new Promise((r) => burst.on("exit", r));
-        t.after(() => burst.kill("SIGKILL"));
+        const child = burst;
+        burstDone = new Promise((r) => child.on("exit", r));
         await until("lost trace events", () => rep.counters.traceLosses > losses, 30_000);
         // Asked for while events are being lost: the point must not be made from an incomplete dirty set.
         const during = rep.requestPoint();
+        during.catch(() => undefined); // awaited below; a failure before then must not go unhandled
         assert.equal(await burstDone, 0, "the burst ran");
         const first = await during;
         assert.ok(rep.counters.rescans > rescans, `a rescan ran: ${JSON.stringify(rep.counters)}`);
@@ -99,6 +102,8 @@ void describe("trace buffer overrun", () => {
         assert.ok(point.pitId, "the replicator named the PIT");
         await assertPitIsSnapshot(site, who.serverName, point.pitId, frozenImage, path.join(tmp, "pit.img"));
       } finally {
+        burst?.kill("SIGKILL");
+        await burstDone;
         await rep.stop();
       }
     },
