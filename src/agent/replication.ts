@@ -648,7 +648,7 @@ export class Replication {
         await this.shipRuns(
           runs,
           taken.dirtySince,
-          (offset) =>
+          (_disk, offset) =>
             touched.has(offset / this.opts.blockSize) ||
             d.inFlight.overlaps(offset, this.opts.blockSize, now),
         );
@@ -722,7 +722,7 @@ export class Replication {
   private async shipRuns(
     runs: ReadRun[],
     since: number | null,
-    mustBeWhole?: (offset: number) => boolean,
+    mustBeWhole?: (disk: number, offset: number) => boolean,
   ): Promise<void> {
     const bs = this.opts.blockSize;
     for (const run of runs) {
@@ -745,7 +745,12 @@ export class Replication {
           ? pairs.reduce((n, _, k) => (k % 2 ? n + pairs[k]! - pairs[k - 1]! : n), 0)
           : block.length;
         // An all-zero block goes whole (as `zero`): the replica stores it as no chunk at all.
-        if (!pairs || dirtyBytes * 2 >= block.length || isZero(block) || mustBeWhole?.(run.offset + i * bs)) {
+        if (
+          !pairs ||
+          dirtyBytes * 2 >= block.length ||
+          isZero(block) ||
+          mustBeWhole?.(run.disk, run.offset + i * bs)
+        ) {
           if (wholeStart < 0) wholeStart = i;
           continue;
         }
@@ -793,13 +798,23 @@ export class Replication {
     let takenAt = this.clock.now();
     let runs: ReadRun[] = [];
     const taken = new Map<DiskRun, DirtySet>();
+    /** Some of the dirty blocks were read while writes could land (no freeze, or the cap thawed early). */
+    let readUnfrozen = false;
     const readTaken = async (): Promise<void> => {
+      const now = this.clock.now();
       for (const d of this.disks) {
         if (!d.tracker) continue;
         await d.tracker.drain();
         const set = d.settled.take();
         set.merge(d.fresh.take());
         taken.set(d, set);
+        // Unfrozen, a write may still be in flight: the read may return the bytes from before it
+        // (a state the disk held, so the point keeps them), but the replica must get the write
+        // too: its ranges stay dirty for continuous shipping. Frozen, nothing is in flight.
+        if (d.inFlight.size > 0)
+          for (const e of set.extents())
+            if (d.inFlight.overlaps(e.offset, e.length, now))
+              d.settled.add(e.offset, e.length, set.dirtySince ?? now);
       }
       for (const [d, set] of taken) runs.push(...(await this.readDirty(d, set)));
     };
@@ -829,6 +844,7 @@ export class Replication {
           // Thawed before the read was done: what was read may mix times. Crash-consistent only if nothing was written.
           await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
           level = this.disks.every((d) => d.fresh.isEmpty) ? "crash" : "none";
+          readUnfrozen = true;
           this.log.warn({ frozenMs: r.frozenMs, level }, "freeze cap reached");
         } else level = hooksRan ? "application" : "filesystem";
       } else {
@@ -844,6 +860,7 @@ export class Replication {
         // Crash-consistent only if the trace saw no write while the dirty set was read.
         await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
         level = this.disks.filter((d) => d.tracker).every((d) => d.fresh.isEmpty) ? "crash" : "none";
+        readUnfrozen = true;
         if (hooksRan && level === "crash") level = "application";
       }
     } catch (err) {
@@ -859,8 +876,19 @@ export class Replication {
       await this.scan(d);
       if ((await stampOf(d.cfg.path)) !== d.imageStamp) level = "none";
     }
+    // A block written during an unfrozen read may hold bytes outside its dirty ranges that the
+    // replica lacks: a patch of it would not match the hash of the block as read, so it goes whole.
+    const writtenDuringRead = new Map<number, Set<number>>();
+    if (readUnfrozen)
+      for (const d of this.disks)
+        if (!d.fresh.isEmpty)
+          writtenDuringRead.set(d.cfg.index, touchedBlocks([d.fresh], this.opts.blockSize));
     try {
-      await this.shipRuns(runs, takenAt);
+      await this.shipRuns(
+        runs,
+        takenAt,
+        (disk, offset) => writtenDuringRead.get(disk)?.has(offset / this.opts.blockSize) ?? false,
+      );
     } catch (err) {
       for (const [d, set] of taken) d.settled.merge(set);
       throw err;
