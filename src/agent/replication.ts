@@ -128,6 +128,8 @@ interface ReadRun {
   dirty: ("all" | number[])[];
 }
 
+/** Thrown inside makePoint when lost trace events make the point unsound: it is made again after the rescan. */
+const RETRY_AFTER_RESCAN = new Error("retry the point after the rescan");
 const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
 const RUN_BLOCKS = 64; // one BLOCKS frame: 64 blocks, 4 MiB at 64 KiB
 const PIPELINE = 3;
@@ -774,11 +776,15 @@ export class Replication {
     try {
       q.resolve(await this.makePoint(q.req));
     } catch (err) {
-      q.reject(err);
+      // Trace events were lost while the point was made: what it read may miss writes. The
+      // rescan that the loss asked for runs first, then the point is made again.
+      if (err === RETRY_AFTER_RESCAN && !this.stopping) this.points.unshift(q);
+      else q.reject(err);
     }
   }
 
   private async makePoint(req: PointRequest): Promise<PointResult> {
+    const lossesBefore = this.counters.traceLosses;
     const pointId = `${req.origin === "scheduled" ? "s" : "d"}${this.clock.now().toString(36)}${(++this.pointSeq).toString(36)}${randomBytes(2).toString("hex")}`;
     const s = this.opts.settings;
     // Ship the backlog first, so that little is left to read while frozen.
@@ -899,6 +905,8 @@ export class Replication {
     const done = new Promise<PointDone | undefined>((resolve) => {
       this.pointWaiters.set(pointId, resolve);
     });
+    if (this.counters.traceLosses !== lossesBefore && this.disks.some((d) => d.owed))
+      throw RETRY_AFTER_RESCAN;
     const seq = await this.send({ type: "POINT", pointId, consistency: level, takenAt, disks }, takenAt);
     await this.session.whenAcked(seq);
     const answer = await within(done, 10_000);
