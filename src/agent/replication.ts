@@ -307,7 +307,13 @@ export class Replication {
         index: d.cfg.index,
         path: d.cfg.path,
         sizeBytes: d.size,
-        state: d.pass ? (d.pass.kind === "initial" ? "INITIAL_SYNC" : "RESCAN") : "CONTINUOUS",
+        // A pass that is owed counts as running: the disk is not continuous until it is done.
+        state:
+          (d.pass?.kind ?? d.owed) === "initial"
+            ? "INITIAL_SYNC"
+            : (d.pass?.kind ?? d.owed) === "rescan"
+              ? "RESCAN"
+              : "CONTINUOUS",
         dirtyBytes,
       };
       if (d.pass) {
