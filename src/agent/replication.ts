@@ -153,6 +153,8 @@ export class Replication {
   private loopDone: Promise<void> = Promise.resolve();
   private lastRotate = 0;
   private lastSizeCheck = 0;
+  /** Dirty sets taken and not yet all sent: part of the backlog until they are. */
+  private readonly shipping = new Set<{ bytes: number; since: number | null }>();
   private lastProgress = 0;
   private lastPit: AgentStatus["lastPit"];
   private lastError: AgentStatus["lastError"];
@@ -298,6 +300,10 @@ export class Replication {
     this.ackProgress();
     let backlog = this.session.inFlight.bytes;
     let oldest: number | null = this.outstanding[0]?.since ?? null;
+    for (const x of this.shipping) {
+      backlog += x.bytes;
+      if (x.since !== null) oldest = oldest === null ? x.since : Math.min(oldest, x.since);
+    }
     const disks: DiskStatus[] = this.disks.map((d) => {
       const dirtyBytes = d.fresh.dirtyBytes() + d.settled.dirtyBytes();
       backlog += dirtyBytes;
@@ -643,6 +649,8 @@ export class Replication {
     for (const d of this.disks) {
       if (d.settled.isEmpty || d.owed) continue;
       const taken = d.settled.take();
+      const shipping = { bytes: taken.dirtyBytes(), since: taken.dirtySince };
+      this.shipping.add(shipping);
       try {
         const runs = await this.readDirty(d, taken, true);
         read += runs.length;
@@ -663,6 +671,8 @@ export class Replication {
       } catch (err) {
         d.settled.merge(taken);
         throw err;
+      } finally {
+        this.shipping.delete(shipping);
       }
       this.lastProgress = this.clock.now();
     }

@@ -33,8 +33,15 @@ export type IncomingMessage =
 export interface ReplicaStreamOptions {
   /** A checkpoint runs at most this long after the first write it covers (default 1 s). */
   commitIntervalMs?: number;
-  /** ...or as soon as this many bytes arrived since the last one (default 64 MiB). */
+  /** ...or as soon as this many bytes arrived since the last one (default 16 MiB)... */
   commitBytes?: number;
+  /**
+   * ...or this many messages (default 512). The sender waits for
+   * acknowledgements once its window is full, and they come only with a
+   * checkpoint: both thresholds must stay under the wire's window (half of
+   * it is right), or a full window waits for the timer.
+   */
+  commitFrames?: number;
   /** Every message up to `seq` is durable: the sender may forget it (send the ACK). */
   onDurable(seq: number): void;
   /** A consistency point became a PIT. */
@@ -69,6 +76,7 @@ export class ReplicaStream {
   private appliedSeq: number;
   private durableSeq: number;
   private bytesSinceCommit = 0;
+  private framesSinceCommit = 0;
   private timer: NodeJS.Timeout | undefined;
   private committing: Promise<void> = Promise.resolve();
   private closed = false;
@@ -232,6 +240,7 @@ export class ReplicaStream {
     }
     const seq = this.appliedSeq;
     this.bytesSinceCommit = 0;
+    this.framesSinceCommit = 0;
     this.committing = this.committing.then(async () => {
       if (seq <= this.durableSeq || this.closed) return;
       await this.applier.checkpoint(seq);
@@ -258,7 +267,11 @@ export class ReplicaStream {
   private count(seq: number, bytes: number): void {
     this.appliedSeq = seq;
     this.bytesSinceCommit += bytes;
-    if (this.bytesSinceCommit >= (this.opts.commitBytes ?? 64 << 20)) {
+    this.framesSinceCommit++;
+    if (
+      this.bytesSinceCommit >= (this.opts.commitBytes ?? 16 << 20) ||
+      this.framesSinceCommit >= (this.opts.commitFrames ?? 512)
+    ) {
       void this.commit().catch(() => undefined); // reported through onFailure
     } else if (!this.timer) {
       this.timer = setTimeout(() => {
@@ -273,6 +286,7 @@ export class ReplicaStream {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.bytesSinceCommit = 0;
+    this.framesSinceCommit = 0;
     let pit: Pit | undefined;
     this.committing = this.committing.then(async () => {
       // A block that differs from the sender's makes the point an image the disk never held.

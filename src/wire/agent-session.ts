@@ -41,7 +41,7 @@ export interface AgentSessionOptions {
   onDisconnect?(err: LifeboatError): void;
 }
 
-export const DEFAULT_WINDOW: WindowLimits = { frames: 256, bytes: 32 * 1024 * 1024 };
+export const DEFAULT_WINDOW: WindowLimits = { frames: 1024, bytes: 32 * 1024 * 1024 };
 export const DEFAULT_HEARTBEAT: HeartbeatSettings = { intervalMs: 5000, misses: 3 };
 
 /**

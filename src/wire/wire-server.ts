@@ -82,7 +82,7 @@ interface Stream {
   current: FrameChannel | undefined;
 }
 
-export const DEFAULT_SERVER_WINDOW: WindowLimits = { frames: 256, bytes: 32 * 1024 * 1024 };
+export const DEFAULT_SERVER_WINDOW: WindowLimits = { frames: 1024, bytes: 32 * 1024 * 1024 };
 
 /**
  * The replicator's end of the wire. `handle(socket, peer)` runs the protocol
