@@ -34,6 +34,7 @@ export interface ReplicationResults {
     pitSeconds: number;
     pitConsistency: string;
     mbPerSec: number;
+    load1: number;
     bytesRead: number;
     bytesSent: number;
     repoBytes: number;
@@ -44,11 +45,19 @@ export interface ReplicationResults {
     filesTouched: number;
     bytesWritten: number;
     writeSeconds: number;
+    /** From the end of the writes until every block was acknowledged. */
+    ackSeconds: number;
     pitSeconds: number;
+    load1: number;
     pitConsistency: string;
     totalSeconds: number;
     bytesSent: number;
     sentPerWritten: number;
+    /** Wire frames the change took (acknowledged sequence numbers, the PIT's own included). */
+    framesSent: number;
+    /** Most frames in flight (sent, not acknowledged) seen while shipping it, and the share of samples there. */
+    windowFramesMax: number;
+    windowFullShare: number;
     repoDeltaBytes: number;
   };
   peers: StepResult[];
@@ -61,6 +70,7 @@ export interface ReplicationResults {
   }[];
   rpo: {
     seconds: number;
+    load1: number;
     samples: number;
     lagP50: number;
     lagP99: number;
@@ -112,7 +122,7 @@ export function renderReplication(r: ReplicationResults): string {
       i.mbPerSec.toFixed(1),
       `agent ${i.agentCpuSeconds.toFixed(1)} + server ${i.serverCpuSeconds.toFixed(1)}`,
       mb(i.repoBytes),
-      `sent ${mb(i.bytesSent)} MB`,
+      `sent ${mb(i.bytesSent)} MB, load ${i.load1}`,
     ],
     [
       "lifeboat",
@@ -130,7 +140,7 @@ export function renderReplication(r: ReplicationResults): string {
       "",
       `agent ${c.agentCpuSeconds.toFixed(1)} + server ${c.serverCpuSeconds.toFixed(1)}`,
       `+${mb(c.repoDeltaBytes)}`,
-      `sent ${mb(c.bytesSent)} MB for ${mb(c.bytesWritten)} MB written (${c.sentPerWritten}×)`,
+      `sent ${mb(c.bytesSent)} MB for ${mb(c.bytesWritten)} MB written (${c.sentPerWritten}×), load ${c.load1}`,
     ],
     ...r.peers.map((s) => {
       const first = peer(s.tool, "initial");
@@ -162,8 +172,12 @@ export function renderReplication(r: ReplicationResults): string {
     table(["tool", "step", "seconds", "MB/s", "CPU s", "repo MB", "notes"], steps),
     "",
     `Change: ${c.writes} scattered 4 KiB writes (fsync per file) in ${c.filesTouched} files, ` +
-      `written in ${c.writeSeconds.toFixed(1)} s while the agent ran; lifeboat's PIT holding them was committed ` +
+      `written in ${c.writeSeconds.toFixed(1)} s while the agent ran; every block was acknowledged ` +
+      `${c.ackSeconds.toFixed(2)} s after the last write, and the PIT holding them (asked for then) was committed ` +
       `${c.pitSeconds.toFixed(2)} s after the last write (${c.totalSeconds.toFixed(1)} s from the first).`,
+    "",
+    `The change took ${c.framesSent} wire frames; while it shipped, up to ${c.windowFramesMax} frames were in flight ` +
+      `(sent, not yet acknowledged), and ${Math.round(c.windowFullShare * 100)}% of the 20 ms samples were at that maximum.`,
     "",
     "Peer seconds ÷ lifeboat seconds (above 1: lifeboat has the new point sooner). Initial: lifeboat's time to " +
       "all blocks acknowledged; changed: lifeboat's time from the end of the writes to the committed PIT, " +
@@ -182,7 +196,7 @@ export function renderReplication(r: ReplicationResults): string {
     "",
     "## Lag under a steady write workload (RPO)",
     "",
-    `\`${r.options.fio}\` on a file on the mounted disk for ${r.rpo.seconds} s; ` +
+    `\`${r.options.fio}\` on a file on the mounted disk for ${r.rpo.seconds} s (load before: ${r.rpo.load1}); ` +
       "`status().lagSeconds` (age of the oldest write not yet acknowledged by the replicator) sampled every 100 ms.",
     "",
     table(

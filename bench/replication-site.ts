@@ -6,7 +6,7 @@
  * token, as `agent install` would.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { createWriteStream, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../src/net/index.js";
@@ -39,9 +39,20 @@ export interface ServerChild {
 /** `server init` in `dataDir`, then `server start` on 127.0.0.1 with a free port. */
 export async function startServerChild(dataDir: string): Promise<ServerChild> {
   run(process.execPath, [CLI, "server", "init", "--data-dir", dataDir, "--listen", "127.0.0.1:0"]);
+  // LIFEBOAT_BENCH_SERVER_PROF=DIR: a V8 CPU profile of the server, written when it stops.
+  const prof = process.env.LIFEBOAT_BENCH_SERVER_PROF;
   const child = spawn(
     process.execPath,
-    [CLI, "server", "start", "--data-dir", dataDir, "--listen", "127.0.0.1:0"],
+    [
+      ...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : []),
+      CLI,
+      "server",
+      "start",
+      "--data-dir",
+      dataDir,
+      "--listen",
+      "127.0.0.1:0",
+    ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
@@ -95,9 +106,13 @@ async function listening(child: ChildProcess): Promise<{ host: string; port: num
       reject(new Error(`lifeboat server exited with ${code}: ${head.slice(-2000)}`)),
     );
   });
-  // Keep draining its log so the pipe never blocks the server.
+  // Keep draining its log so the pipe never blocks the server; LIFEBOAT_BENCH_SERVER_LOG=FILE keeps it.
   child.stderr!.removeAllListeners("data");
-  child.stderr!.resume();
+  const keep = process.env.LIFEBOAT_BENCH_SERVER_LOG;
+  if (keep) {
+    writeFileSync(keep, head);
+    child.stderr!.pipe(createWriteStream(keep, { flags: "a" }));
+  } else child.stderr!.resume();
   const colon = address.lastIndexOf(":");
   return { host: address.slice(0, colon), port: Number(address.slice(colon + 1)) };
 }

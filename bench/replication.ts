@@ -18,6 +18,7 @@
  * other runs write bench/work/results/.
  */
 import { mkdirSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { Replication } from "../src/agent/replication.js";
@@ -113,6 +114,11 @@ function caughtUp(s: AgentStatus | null): boolean {
   return s !== null && s.state === "CONTINUOUS" && s.backlogBytes === 0;
 }
 
+/** 1-minute load average: other work on the machine slows every step. */
+function load1(): number {
+  return round(loadavg()[0] ?? 0, 1);
+}
+
 function quantile(sorted: readonly number[], q: number): number {
   return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
@@ -159,6 +165,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     // 1. Initial sync.
     log("initial sync");
     await dropCachesAsync();
+    const loadBefore = load1();
     let meter = new Meter(server.pid);
     await agent.start();
     let sawSync = false;
@@ -176,6 +183,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     const withPit = meter.read();
     const initial = {
       ...synced,
+      load1: loadBefore,
       pitSeconds: withPit.seconds,
       pitConsistency: firstPoint.consistency,
       mbPerSec: round(opts.sizeBytes / 1e6 / synced.seconds, 1),
@@ -192,6 +200,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     // 2. Incremental: scattered 4 KiB writes through the filesystem, then a PIT.
     log("incremental: scattered 4 KiB writes");
     const sent0 = agent.counters.bytesSent;
+    const seq0 = agent.session.lastAcked;
     const repo0 = dirBytes(server.repo);
     meter = new Meter(server.pid);
     const scatter = JSON.parse(
@@ -199,8 +208,34 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     ) as { writes: number; writeSize: number; filesTouched: number };
     const writesDone = meter.read();
     const pitMeter = new Meter(server.pid);
-    const point = await agent.requestPoint();
+    // How full the wire window runs while the change is shipped: frames sent and not yet acknowledged.
+    const window: number[] = [];
+    const windowSampler = setInterval(() => window.push(agent.session.inFlight.frames), 20);
+    let acked: ReturnType<Meter["read"]>;
+    let point: Awaited<ReturnType<Replication["requestPoint"]>>;
+    try {
+      // The tracker reads its events every ~100 ms: the change counts as acknowledged only once
+      // the agent has seen it (a backlog, or sent bytes for most of it) and nothing is left.
+      let sawBacklog = false;
+      const bytesWrittenNow = scatter.writes * scatter.writeSize;
+      await until(
+        "the change to be acknowledged",
+        () => {
+          const st = agent.status();
+          if ((st?.backlogBytes ?? 0) > 0) sawBacklog = true;
+          const sentEnough = agent.counters.bytesSent - sent0 >= 0.9 * bytesWrittenNow;
+          return (sawBacklog || sentEnough) && caughtUp(st);
+        },
+        600_000,
+        20,
+      );
+      acked = pitMeter.read();
+      point = await agent.requestPoint();
+    } finally {
+      clearInterval(windowSampler);
+    }
     const pit = pitMeter.read();
+    const windowMax = Math.max(0, ...window);
     const all = meter.read();
     const bytesWritten = scatter.writes * scatter.writeSize;
     const bytesSent = agent.counters.bytesSent - sent0;
@@ -209,11 +244,16 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       filesTouched: scatter.filesTouched,
       bytesWritten,
       writeSeconds: writesDone.seconds,
+      ackSeconds: acked.seconds,
       pitSeconds: pit.seconds,
+      load1: load1(),
       pitConsistency: point.consistency,
       totalSeconds: all.seconds,
       bytesSent,
       sentPerWritten: round(bytesSent / bytesWritten, 2),
+      framesSent: agent.session.lastAcked - seq0,
+      windowFramesMax: windowMax,
+      windowFullShare: round(window.filter((f) => f >= windowMax).length / Math.max(1, window.length), 2),
       repoDeltaBytes: dirBytes(server.repo) - repo0,
       agentCpuSeconds: all.agentCpuSeconds,
       serverCpuSeconds: all.serverCpuSeconds,
@@ -238,6 +278,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       const s = agent.status();
       if (s) lags.push(s.lagSeconds);
     }, 100);
+    const rpoLoad = load1();
     meter = new Meter(server.pid);
     const sentBeforeRpo = agent.counters.bytesSent;
     let rated: FioResult;
@@ -253,6 +294,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     lags.sort((a, b) => a - b);
     const rpo = {
       seconds: opts.rpoSeconds,
+      load1: rpoLoad,
       samples: lags.length,
       lagP50: round(quantile(lags, 0.5), 3),
       lagP99: round(quantile(lags, 0.99), 3),
