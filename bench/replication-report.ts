@@ -172,9 +172,10 @@ export function renderReplication(r: ReplicationResults): string {
     table(["tool", "step", "seconds", "MB/s", "CPU s", "repo MB", "notes"], steps),
     "",
     `Change: ${c.writes} scattered 4 KiB writes (fsync per file) in ${c.filesTouched} files, ` +
-      `written in ${c.writeSeconds.toFixed(1)} s while the agent ran; every block was acknowledged ` +
-      `${c.ackSeconds.toFixed(2)} s after the last write, and the PIT holding them (asked for then) was committed ` +
-      `${c.pitSeconds.toFixed(2)} s after the last write (${c.totalSeconds.toFixed(1)} s from the first).`,
+      `written in ${c.writeSeconds.toFixed(1)} s while the agent ran; \`status()\` first showed no backlog ` +
+      `${c.ackSeconds.toFixed(2)} s after the last write (too early: see Method), and the PIT holding them ` +
+      `(asked for then) was committed ${c.pitSeconds.toFixed(2)} s after the last write ` +
+      `(${c.totalSeconds.toFixed(1)} s from the first).`,
     "",
     `The change took ${c.framesSent} wire frames; while it shipped, up to ${c.windowFramesMax} frames were in flight ` +
       `(sent, not yet acknowledged), and ${Math.round(c.windowFullShare * 100)}% of the 20 ms samples were at that maximum.`,
@@ -197,7 +198,8 @@ export function renderReplication(r: ReplicationResults): string {
     "## Lag under a steady write workload (RPO)",
     "",
     `\`${r.options.fio}\` on a file on the mounted disk for ${r.rpo.seconds} s (load before: ${r.rpo.load1}); ` +
-      "`status().lagSeconds` (age of the oldest write not yet acknowledged by the replicator) sampled every 100 ms.",
+      "`status().lagSeconds` (age of the oldest write not yet acknowledged by the replicator, as the agent " +
+      "reports it: a lower bound, see Method) sampled every 100 ms.",
     "",
     table(
       [
@@ -260,6 +262,10 @@ export function renderReplication(r: ReplicationResults): string {
     "- CPU: the agent side is `process.cpuUsage()` of the benchmark process (all threads, including the " +
       "agent's block workers), the server side utime+stime from `/proc/<pid>/stat`.",
     "- Rate-capped fio MiB/s is fio's (2^20 bytes); every MB in the tables is 10^6 bytes.",
+    "- `status()` does not count dirty blocks the agent has taken for shipping but not yet sent (they wait for " +
+      "room in the wire window): `backlogBytes` and `lagSeconds` read low while the window is full, and can " +
+      "read 0 just after an acknowledgement. The committed PIT is the reliable end of the change step; the " +
+      "lag percentiles are lower bounds.",
     ...r.notes.map((n) => `- ${n}`),
     "",
     `Run time: ${r.runSeconds} s.`,
