@@ -235,12 +235,19 @@ function regularFiles(root: string): { file: string; size: number }[] {
   return found;
 }
 
+/** What `scatterWrites` did: `writes` distinct 4 KiB blocks of file data overwritten in `filesTouched` files. */
+export interface ScatterResult {
+  writes: number;
+  writeSize: number;
+  filesTouched: number;
+}
+
 /**
  * Overwrites CHANGE_FRACTION of the image's blocks in place, 4 KiB at a time,
  * at block-aligned offsets drawn uniformly over all file data (so big files get
- * proportionally more writes, as on a real disk), then adds one new file.
+ * proportionally more writes, as on a real disk), each file fsynced once done.
  */
-function applyChanges(mnt: string, sizeBytes: number, rng: Rng): ChangeResult {
+function scatterWrites(mnt: string, sizeBytes: number, rng: Rng): ScatterResult {
   const files = regularFiles(mnt);
   const cumulative: number[] = [];
   let total = 0;
@@ -266,18 +273,23 @@ function applyChanges(mnt: string, sizeBytes: number, rng: Rng): ChangeResult {
         rng,
       );
   }
+  return { writes, writeSize: WRITE_SIZE, filesTouched: chosen.size };
+}
 
+/** The change set: the scattered writes, then one new file. */
+function applyChanges(mnt: string, sizeBytes: number, rng: Rng): ChangeResult {
+  const { writes, filesTouched } = scatterWrites(mnt, sizeBytes, rng);
   const newFile = path.join(mnt, "srv", "incoming", "upload-new.bin");
   mkdirSync(path.dirname(newFile), { recursive: true });
   const newBytes = Math.round((NEW_FILE_SHARE * sizeBytes) / MiB) * MiB;
   writeRandomFile(newFile, newBytes, rng.fork("new-file"));
-  log(`changes: ${writes} x 4 KiB writes in ${chosen.size} files, new file of ${fmtBytes(newBytes)}`);
+  log(`changes: ${writes} x 4 KiB writes in ${filesTouched} files, new file of ${fmtBytes(newBytes)}`);
   return {
     changes: {
       writes,
       writeSize: WRITE_SIZE,
       bytesWritten: writes * WRITE_SIZE,
-      filesTouched: chosen.size,
+      filesTouched,
       fractionOfImageBlocks: (writes * WRITE_SIZE) / sizeBytes,
       newFile: { path: path.relative(mnt, newFile), bytes: newBytes },
     },
@@ -308,16 +320,25 @@ function overwriteBlocks(file: string, blocks: readonly number[], rng: Rng): voi
 }
 
 // ---------------------------------------------------------------------------
-// Child process entry point: fill MNT SEED | change MNT SEED SIZE_BYTES
+// Child process entry point: fill MNT SEED | change MNT SEED SIZE_BYTES | scatter MNT SEED SIZE_BYTES
+// (scatter: the change set's scattered writes alone, for the replication benchmark, which runs
+// it with `spawn` so that the agent in the parent keeps running while it writes).
+
+/** The arguments of `node dist/bench/fill.js scatter ...`, which prints a ScatterResult. */
+export function scatterArgs(mnt: string, sizeBytes: number, seed: string): string[] {
+  return [SELF, "scatter", mnt, seed, String(sizeBytes)];
+}
 
 function main(argv: string[]): void {
   const [what, mnt, seed, size] = argv;
-  if (!mnt || !seed) throw new Error("usage: fill.js fill MNT SEED | change MNT SEED SIZE_BYTES");
+  if (!mnt || !seed) throw new Error("usage: fill.js fill MNT SEED | change|scatter MNT SEED SIZE_BYTES");
   const rng = new Rng(seed);
   const result =
     what === "fill"
       ? fillFilesystem(mnt, rng.fork("fill"))
-      : applyChanges(mnt, Number(size), rng.fork("changes"));
+      : what === "scatter"
+        ? scatterWrites(mnt, Number(size), rng.fork("scatter"))
+        : applyChanges(mnt, Number(size), rng.fork("changes"));
   process.stdout.write(JSON.stringify(result) + "\n");
 }
 

@@ -163,20 +163,43 @@ export function makeSecrets(dir: string): Secrets {
 // ---------------------------------------------------------------------------
 // restic
 
-export function resticSuite(ctx: SuiteContext): StepResult[] {
-  const repo = path.join(ctx.repos, "restic");
-  const target = path.join(ctx.repos, "restic-restore");
+/** A peer's repository with what its commands need: environment (secrets) and working directory. */
+export interface PeerRepo {
+  repo: string;
+  opts: { env: NodeJS.ProcessEnv; cwd: string };
+}
+
+/** Creates restic's repository in `repos`/restic (format 2: zstd compression, like lifeboat's). */
+export function resticInit(repos: string, secrets: Secrets): PeerRepo {
+  const repo = path.join(repos, "restic");
   const env = {
     ...process.env,
     RESTIC_REPOSITORY: repo,
-    RESTIC_PASSWORD_FILE: ctx.secrets.passwordFile,
-    RESTIC_CACHE_DIR: path.join(ctx.repos, "restic-cache"),
+    RESTIC_PASSWORD_FILE: secrets.passwordFile,
+    RESTIC_CACHE_DIR: path.join(repos, "restic-cache"),
   };
-  const opts = { env, cwd: ctx.repos };
-  // Repository format 2 is the one with (zstd) compression, like lifeboat's.
+  const opts = { env, cwd: repos };
   run("restic", ["init", "--repository-version", "2"], opts);
-  const backup = ["backup", "--quiet", "--host", "bench", "--stdin", "--stdin-filename", DISK_NAME];
-  const cmd = `restic backup --stdin --stdin-filename ${DISK_NAME} < IMG`;
+  return { repo, opts };
+}
+
+/** `restic backup` of a disk image fed on stdin. */
+export const RESTIC_BACKUP = [
+  "backup",
+  "--quiet",
+  "--host",
+  "bench",
+  "--stdin",
+  "--stdin-filename",
+  DISK_NAME,
+];
+export const RESTIC_BACKUP_CMD = `restic backup --stdin --stdin-filename ${DISK_NAME} < IMG`;
+
+export function resticSuite(ctx: SuiteContext): StepResult[] {
+  const { repo, opts } = resticInit(ctx.repos, ctx.secrets);
+  const target = path.join(ctx.repos, "restic-restore");
+  const backup = RESTIC_BACKUP;
+  const cmd = RESTIC_BACKUP_CMD;
   const results = [
     step("restic", "initial", cmd, timedWithInput("restic", backup, ctx.base, opts), ctx.imageBytes, repo),
     step("restic", "changed", cmd, timedWithInput("restic", backup, ctx.changed, opts), ctx.imageBytes, repo),
@@ -196,29 +219,35 @@ export function resticSuite(ctx: SuiteContext): StepResult[] {
 // borg
 
 /** borg with its default buzhash chunker, or with `chunker` parameters (e.g. fixed 4 MiB). */
-export function borgSuite(ctx: SuiteContext, variant: { name: string; chunker?: string }): StepResult[] {
-  const repo = path.join(ctx.repos, variant.name);
+/** Creates a borg repository named `name` in `repos` (repokey-blake2, default lz4 compression). */
+export function borgInit(repos: string, secrets: Secrets, name: string): PeerRepo {
+  const repo = path.join(repos, name);
   const env = {
     ...process.env,
-    BORG_PASSPHRASE: ctx.secrets.passphrase,
+    BORG_PASSPHRASE: secrets.passphrase,
     // Keys, cache and security dirs stay inside the run, not in root's home.
-    BORG_BASE_DIR: path.join(ctx.repos, `${variant.name}-home`),
+    BORG_BASE_DIR: path.join(repos, `${name}-home`),
   };
-  const opts = { env, cwd: ctx.repos };
+  const opts = { env, cwd: repos };
   run("borg", ["init", "--encryption=repokey-blake2", repo], opts);
-  const chunker = variant.chunker ? ["--chunker-params", variant.chunker] : [];
-  const create = (archive: string): string[] => [
-    "create",
-    ...chunker,
-    "--stdin-name",
-    DISK_NAME,
-    `${repo}::${archive}`,
-    "-",
-  ];
-  const cmd = `borg create ${chunker.join(" ")} --stdin-name ${DISK_NAME} REPO::ARCHIVE - < IMG`.replace(
-    /\s+/g,
-    " ",
-  );
+  return { repo, opts };
+}
+
+/** `borg create` of a disk image fed on stdin, as archive `archive`; `chunker` as --chunker-params. */
+export function borgCreate(repo: string, archive: string, chunker?: string): string[] {
+  const params = chunker ? ["--chunker-params", chunker] : [];
+  return ["create", ...params, "--stdin-name", DISK_NAME, `${repo}::${archive}`, "-"];
+}
+
+export function borgCreateCmd(chunker?: string): string {
+  const params = chunker ? ` --chunker-params ${chunker}` : "";
+  return `borg create${params} --stdin-name ${DISK_NAME} REPO::ARCHIVE - < IMG`;
+}
+
+export function borgSuite(ctx: SuiteContext, variant: { name: string; chunker?: string }): StepResult[] {
+  const { repo, opts } = borgInit(ctx.repos, ctx.secrets, variant.name);
+  const create = (archive: string): string[] => borgCreate(repo, archive, variant.chunker);
+  const cmd = borgCreateCmd(variant.chunker);
   return [
     step(
       variant.name,

@@ -4,6 +4,7 @@
  *
  *   --only lifeboat|peers   run one side only
  *   --only api              only the API load benchmark (bench/api.ts; a full run ends with it)
+ *   --only replication      only the replication benchmark (bench/replication.ts; a full run includes it)
  *   --size-gib N            image size (default 2)
  *   --quick                 256 MiB image, for smoke checks
  *   --keep                  keep bench/work/repos/ (repositories, keys) after the run
@@ -47,7 +48,7 @@ import {
 } from "./sys.js";
 
 interface Options {
-  only: "lifeboat" | "peers" | "api" | null;
+  only: "lifeboat" | "peers" | "api" | "replication" | null;
   sizeBytes: number;
   quick: boolean;
   keep: boolean;
@@ -67,8 +68,8 @@ function parseOptions(): Options {
     },
   });
   const only = values.only ?? null;
-  if (only !== null && only !== "lifeboat" && only !== "peers" && only !== "api") {
-    throw new Error(`--only must be lifeboat, peers or api, got ${only}`);
+  if (only !== null && only !== "lifeboat" && only !== "peers" && only !== "api" && only !== "replication") {
+    throw new Error(`--only must be lifeboat, peers, api or replication, got ${only}`);
   }
   return {
     only,
@@ -143,9 +144,28 @@ function apiBench(): number {
   );
 }
 
+/**
+ * The replication benchmark (agent and server over loopback TLS, with peers on the same disk), in
+ * its own process: it is asynchronous, and it writes its own results (replication.{json,md}).
+ */
+function replicationBench(opts: Options): number {
+  const args = [
+    path.join(import.meta.dirname, "replication.js"),
+    ...(opts.quick ? ["--quick"] : ["--size-gib", String(opts.sizeBytes / GiB)]),
+    ...(opts.keep ? ["--keep"] : []),
+  ];
+  const r = spawnSync(process.execPath, args, { stdio: "inherit" });
+  if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted("the replication benchmark", "SIGINT");
+  return r.status ?? 1;
+}
+
 function main(): number {
   const opts = parseOptions();
   if (opts.only === "api") return apiBench();
+  if (opts.only === "replication") {
+    requireRoot("The replication benchmark");
+    return replicationBench(opts);
+  }
   requireRoot("The benchmark");
   trapInterrupts();
   requireTimeBinary();
@@ -208,8 +228,9 @@ function main(): number {
   log(`results written to ${path.relative(process.cwd(), dir) || dir}/${base}.{json,md}`);
 
   const failed = notes.some((n) => n.includes("failed")) || outcome.steps.some((s) => s.verified === false);
+  const replicationFailed = opts.only === null && !opts.warm && replicationBench(opts) !== 0;
   const apiFailed = opts.only === null && apiBench() !== 0;
-  return failed || apiFailed ? 1 : 0;
+  return failed || replicationFailed || apiFailed ? 1 : 0;
 }
 
 try {

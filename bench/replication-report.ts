@@ -1,0 +1,275 @@
+/** The replication benchmark's results and their markdown rendering. */
+import type { MachineFacts } from "./report.js";
+import type { Phase, StepResult } from "./peers.js";
+
+interface Cpu {
+  agentCpuSeconds: number;
+  serverCpuSeconds: number;
+}
+
+export interface FioFigures {
+  mbPerSec: number;
+  iops: number;
+  clatP50Us: number;
+  clatP99Us: number;
+}
+
+export interface ReplicationResults {
+  generatedAt: string;
+  options: {
+    sizeBytes: number;
+    quick: boolean;
+    rpoSeconds: number;
+    overheadSeconds: number;
+    fioRateMiBps: number;
+    fio: string;
+    blockSize: number;
+  };
+  machine: MachineFacts;
+  imageUsedPercent: number;
+  runSeconds: number;
+  /** Start of the agent until every block is acknowledged (`seconds`), and until a first PIT (`pitSeconds`). */
+  initial: Cpu & {
+    seconds: number;
+    pitSeconds: number;
+    pitConsistency: string;
+    mbPerSec: number;
+    load1: number;
+    bytesRead: number;
+    bytesSent: number;
+    repoBytes: number;
+  };
+  /** Scattered 4 KiB writes, then a PIT: `pitSeconds` from the end of the writes until it is committed. */
+  incremental: Cpu & {
+    writes: number;
+    filesTouched: number;
+    bytesWritten: number;
+    writeSeconds: number;
+    /** From the end of the writes until every block was acknowledged. */
+    ackSeconds: number;
+    pitSeconds: number;
+    load1: number;
+    pitConsistency: string;
+    totalSeconds: number;
+    bytesSent: number;
+    sentPerWritten: number;
+    /** Wire frames the change took (acknowledged sequence numbers, the PIT's own included). */
+    framesSent: number;
+    /** Most frames in flight (sent, not acknowledged) seen while shipping it, and the share of samples there. */
+    windowFramesMax: number;
+    windowFullShare: number;
+    repoDeltaBytes: number;
+  };
+  peers: StepResult[];
+  comparisons: {
+    phase: Phase;
+    peer: string;
+    lifeboatSeconds: number;
+    peerSeconds: number;
+    speedup: number;
+  }[];
+  rpo: {
+    seconds: number;
+    load1: number;
+    samples: number;
+    lagP50: number;
+    lagP99: number;
+    lagMax: number;
+    workload: FioFigures;
+    bytesSent: number;
+    drainSeconds: number;
+    agentCpuSeconds: number;
+    agentCpuPercentOfCore: number;
+    serverCpuSeconds: number;
+    serverCpuPercentOfCore: number;
+    traceLosses: number;
+    rescans: number;
+  };
+  overhead: {
+    seconds: number;
+    rated: { with: FioFigures; without: FioFigures; differencePercent: number };
+    uncapped: { with: FioFigures; without: FioFigures; differencePercent: number };
+  };
+  rss: { agentMaxRssMiB: number; serverVmHwmMiB: number };
+  counters: Record<string, number>;
+  repoBytes: number;
+  notes: string[];
+}
+
+const mb = (bytes: number): string => (bytes / 1e6).toFixed(1);
+
+function table(header: string[], rows: string[][]): string {
+  const line = (cells: string[]): string => `| ${cells.join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+function fioRow(name: string, f: FioFigures): string[] {
+  return [name, f.mbPerSec.toFixed(1), String(f.iops), String(f.clatP50Us), String(f.clatP99Us)];
+}
+
+export function renderReplication(r: ReplicationResults): string {
+  const m = r.machine;
+  const i = r.initial;
+  const c = r.incremental;
+  const o = r.overhead;
+  const peer = (tool: string, phase: Phase): StepResult | undefined =>
+    r.peers.find((s) => s.tool === tool && s.phase === phase);
+  const steps: string[][] = [
+    [
+      "lifeboat",
+      "initial sync (all blocks acknowledged)",
+      i.seconds.toFixed(1),
+      i.mbPerSec.toFixed(1),
+      `agent ${i.agentCpuSeconds.toFixed(1)} + server ${i.serverCpuSeconds.toFixed(1)}`,
+      mb(i.repoBytes),
+      `sent ${mb(i.bytesSent)} MB, load ${i.load1}`,
+    ],
+    [
+      "lifeboat",
+      "first PIT committed (from start)",
+      i.pitSeconds.toFixed(1),
+      "",
+      "",
+      "",
+      `consistency ${i.pitConsistency}`,
+    ],
+    [
+      "lifeboat",
+      "changed: PIT committed after the last write",
+      c.pitSeconds.toFixed(2),
+      "",
+      `agent ${c.agentCpuSeconds.toFixed(1)} + server ${c.serverCpuSeconds.toFixed(1)}`,
+      `+${mb(c.repoDeltaBytes)}`,
+      `sent ${mb(c.bytesSent)} MB for ${mb(c.bytesWritten)} MB written (${c.sentPerWritten}×), load ${c.load1}`,
+    ],
+    ...r.peers.map((s) => {
+      const first = peer(s.tool, "initial");
+      const repo = s.phase === "changed" && first ? `+${mb(s.repoBytes - first.repoBytes)}` : mb(s.repoBytes);
+      return [
+        s.tool,
+        s.phase === "initial" ? "initial backup" : "changed: backup of the changed image",
+        s.seconds.toFixed(1),
+        s.mbPerSec.toFixed(1),
+        "",
+        repo,
+        `peak RSS ${s.peakRssMiB.toFixed(0)} MiB, sync ${s.syncSeconds.toFixed(1)} s, load ${s.load1.toFixed(1)}`,
+      ];
+    }),
+  ];
+  const parts = [
+    `# Lifeboat replication benchmark, ${r.generatedAt.slice(0, 16).replace("T", " ")} UTC`,
+    "",
+    `Machine: ${m.nproc} × ${m.cpuModel}, ${m.memoryGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ` +
+      `lifeboat ${m.lifeboatCommit}.`,
+    "",
+    `Disk: a copy of the benchmark's ${(r.options.sizeBytes / 2 ** 30).toFixed(2)} GiB base.img ` +
+      `(ext4, ${r.imageUsedPercent}% used) on a loop device (--direct-io=on), mounted noatime. ` +
+      `Agent (replication engine, trace tracker, ${r.options.blockSize / 1024} KiB blocks) in the benchmark process; ` +
+      "`lifeboat server start` (control plane + embedded replicator) as a child process on 127.0.0.1, TLS.",
+    "",
+    "## Initial sync and a 1% change",
+    "",
+    table(["tool", "step", "seconds", "MB/s", "CPU s", "repo MB", "notes"], steps),
+    "",
+    `Change: ${c.writes} scattered 4 KiB writes (fsync per file) in ${c.filesTouched} files, ` +
+      `written in ${c.writeSeconds.toFixed(1)} s while the agent ran; \`status()\` first showed no backlog ` +
+      `${c.ackSeconds.toFixed(2)} s after the last write (too early: see Method), and the PIT holding them ` +
+      `(asked for then) was committed ${c.pitSeconds.toFixed(2)} s after the last write ` +
+      `(${c.totalSeconds.toFixed(1)} s from the first).`,
+    "",
+    `The change took ${c.framesSent} wire frames; while it shipped, up to ${c.windowFramesMax} frames were in flight ` +
+      `(sent, not yet acknowledged), and ${Math.round(c.windowFullShare * 100)}% of the 20 ms samples were at that maximum.`,
+    "",
+    "Peer seconds ÷ lifeboat seconds (above 1: lifeboat has the new point sooner). Initial: lifeboat's time to " +
+      "all blocks acknowledged; changed: lifeboat's time from the end of the writes to the committed PIT, " +
+      "against each peer's full backup of the changed image.",
+    "",
+    table(
+      ["step", "peer", "lifeboat s", "peer s", "ratio"],
+      r.comparisons.map((x) => [
+        x.phase,
+        x.peer,
+        x.lifeboatSeconds.toFixed(2),
+        x.peerSeconds.toFixed(1),
+        `${x.speedup.toFixed(2)}×`,
+      ]),
+    ),
+    "",
+    "## Lag under a steady write workload (RPO)",
+    "",
+    `\`${r.options.fio}\` on a file on the mounted disk for ${r.rpo.seconds} s (load before: ${r.rpo.load1}); ` +
+      "`status().lagSeconds` (age of the oldest write not yet acknowledged by the replicator, as the agent " +
+      "reports it: a lower bound, see Method) sampled every 100 ms.",
+    "",
+    table(
+      [
+        "samples",
+        "lag p50 s",
+        "lag p99 s",
+        "lag max s",
+        "workload MB/s",
+        "sent MB",
+        "caught up after s",
+        "agent CPU",
+        "server CPU",
+        "trace losses",
+      ],
+      [
+        [
+          String(r.rpo.samples),
+          r.rpo.lagP50.toFixed(3),
+          r.rpo.lagP99.toFixed(3),
+          r.rpo.lagMax.toFixed(3),
+          r.rpo.workload.mbPerSec.toFixed(1),
+          mb(r.rpo.bytesSent),
+          r.rpo.drainSeconds.toFixed(2),
+          `${r.rpo.agentCpuSeconds.toFixed(1)} s (${r.rpo.agentCpuPercentOfCore}% of a core)`,
+          `${r.rpo.serverCpuSeconds.toFixed(1)} s (${r.rpo.serverCpuPercentOfCore}% of a core)`,
+          String(r.rpo.traceLosses),
+        ],
+      ],
+    ),
+    "",
+    "## What the agent costs the workload",
+    "",
+    `The same fio workload with the agent running (tracking and shipping) and after it stopped. Rate-capped: ` +
+      `the RPO run (${r.rpo.seconds} s) against ${o.seconds} s without the agent; uncapped: ${o.seconds} s each. ` +
+      "The agent's CPU while shipping is in the RPO table.",
+    "",
+    table(
+      ["run", "MB/s", "IOPS", "write latency p50 µs", "p99 µs"],
+      [
+        fioRow(`capped at ${r.options.fioRateMiBps} MiB/s, with agent`, o.rated.with),
+        fioRow(`capped at ${r.options.fioRateMiBps} MiB/s, without`, o.rated.without),
+        fioRow("uncapped, with agent", o.uncapped.with),
+        fioRow("uncapped, without", o.uncapped.without),
+      ],
+    ),
+    "",
+    `Throughput with the agent vs without: capped ${o.rated.differencePercent}%, uncapped ${o.uncapped.differencePercent}%.`,
+    "",
+    "## Memory",
+    "",
+    `Peak RSS: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} MiB (the benchmark process's maxRSS, which holds the ` +
+      `agent; the harness itself is small), server ${r.rss.serverVmHwmMiB.toFixed(0)} MiB (VmHWM of the ` +
+      "`server start` process). Peers' peak RSS is in the steps table.",
+    "",
+    "## Method",
+    "",
+    "- The page cache is dropped before the initial sync and before every peer step; peers read the agent's " +
+      "image file (what the loop device holds) right after lifeboat's step, restic and borg on stdin as " +
+      "`disk0.img`, rsync to a copy (`--inplace`, then `--no-whole-file`). Peer timing includes a final `sync`.",
+    "- CPU: the agent side is `process.cpuUsage()` of the benchmark process (all threads, including the " +
+      "agent's block workers), the server side utime+stime from `/proc/<pid>/stat`.",
+    "- Rate-capped fio MiB/s is fio's (2^20 bytes); every MB in the tables is 10^6 bytes.",
+    "- `status()` does not count dirty blocks the agent has taken for shipping but not yet sent (they wait for " +
+      "room in the wire window): `backlogBytes` and `lagSeconds` read low while the window is full, and can " +
+      "read 0 just after an acknowledgement. The committed PIT is the reliable end of the change step; the " +
+      "lag percentiles are lower bounds.",
+    ...r.notes.map((n) => `- ${n}`),
+    "",
+    `Run time: ${r.runSeconds} s.`,
+    "",
+  ];
+  return parts.join("\n");
+}

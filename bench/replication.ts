@@ -1,0 +1,469 @@
+/**
+ * The replication benchmark: the agent's replication engine (in this
+ * process) against a real `lifeboat server start` (a child process, control
+ * plane and embedded replicator) over loopback TLS, on a copy of the
+ * benchmark's base image attached as a loop device and mounted, with restic,
+ * borg and rsync backing up the same image file after each step.
+ *
+ *   sudo node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S] [--keep]
+ *
+ * Steps, in one run: initial sync (time until every block is acknowledged,
+ * then until a first PIT is committed) and the peers' first backups; ~1%
+ * scattered 4 KiB writes through the filesystem, time from their end until a
+ * PIT holding them is committed, and the peers' second backups; lag under a
+ * steady 20 MiB/s random-write fio workload (RPO); the workload's own write
+ * rate with and without the agent; CPU and peak RSS of both sides.
+ *
+ * A full-size run (2 GiB, default durations) writes bench/results/replication.{json,md};
+ * other runs write bench/work/results/.
+ */
+import { mkdirSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { Replication } from "../src/agent/replication.js";
+import type { AgentStatus } from "../src/agent/status.js";
+import { createLogger } from "../src/base/index.js";
+import { scatterArgs } from "./fill.js";
+import { fioCommand, fioLayout, fioRandomWrites, requireFio, type FioResult } from "./fio.js";
+import { ensureImages, sizeFromArgs } from "./make-image.js";
+import { makeSecrets, requireTimeBinary, round } from "./peers.js";
+import { machineFacts } from "./report.js";
+import { renderReplication, type ReplicationResults } from "./replication-report.js";
+import { dropCachesAsync, replicationPeers, spawnAsync } from "./replication-peers.js";
+import { peakRssMiB, processCpuSeconds, startServerChild } from "./replication-site.js";
+import {
+  GiB,
+  Interrupted,
+  RESULTS,
+  WORK,
+  detachLoops,
+  dirBytes,
+  log,
+  out,
+  removeTree,
+  requireRoot,
+  run,
+  since,
+  trapInterrupts,
+  unmountAll,
+} from "./sys.js";
+
+const SEED = "lifeboat-bench-replication-v1";
+const BLOCK_SIZE = 64 * 1024;
+const FIO_RATE_MIB = 20;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Options {
+  sizeBytes: number;
+  quick: boolean;
+  keep: boolean;
+  rpoSeconds: number;
+  overheadSeconds: number;
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      "size-gib": { type: "string" },
+      quick: { type: "boolean" },
+      keep: { type: "boolean" },
+      "rpo-seconds": { type: "string" },
+    },
+  });
+  const quick = values.quick ?? false;
+  const rpoSeconds = Number(values["rpo-seconds"] ?? (quick ? 20 : 120));
+  if (!(rpoSeconds >= 5)) throw new Error(`--rpo-seconds must be at least 5, got ${values["rpo-seconds"]}`);
+  return {
+    sizeBytes: sizeFromArgs(values),
+    quick,
+    keep: values.keep ?? false,
+    rpoSeconds,
+    overheadSeconds: quick ? 10 : 30,
+  };
+}
+
+/** CPU seconds of both sides and wall time since a mark. */
+class Meter {
+  private readonly wall = performance.now();
+  private readonly agent = process.cpuUsage();
+  private readonly server: number;
+  constructor(private readonly serverPid: number) {
+    this.server = processCpuSeconds(serverPid);
+  }
+  read(): { seconds: number; agentCpuSeconds: number; serverCpuSeconds: number } {
+    const a = process.cpuUsage(this.agent);
+    return {
+      seconds: round(since(this.wall), 2),
+      agentCpuSeconds: round((a.user + a.system) / 1e6, 2),
+      serverCpuSeconds: round(processCpuSeconds(this.serverPid) - this.server, 2),
+    };
+  }
+}
+
+async function until(what: string, fn: () => boolean, timeoutMs: number, everyMs = 50): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+/** Every block sent has been acknowledged and nothing is dirty. */
+function caughtUp(s: AgentStatus | null): boolean {
+  return s !== null && s.state === "CONTINUOUS" && s.backlogBytes === 0;
+}
+
+/** 1-minute load average: other work on the machine slows every step. */
+function load1(): number {
+  return round(loadavg()[0] ?? 0, 1);
+}
+
+function quantile(sorted: readonly number[], q: number): number {
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+function fioFigures(r: FioResult): ReplicationResults["overhead"]["rated"]["with"] {
+  return {
+    mbPerSec: round(r.mbPerSec, 1),
+    iops: Math.round(r.iops),
+    clatP50Us: Math.round(r.clatP50Us),
+    clatP99Us: Math.round(r.clatP99Us),
+  };
+}
+
+async function measure(opts: Options, device: string, mnt: string, image: string, work: string) {
+  const notes: string[] = [];
+  const server = await startServerChild(path.join(work, "server"));
+  let rep: Replication | undefined;
+  try {
+    const who = await server.register("bench-replication");
+    const peers = replicationPeers(
+      path.join(work, "repos"),
+      makeSecrets(path.join(work, "secrets")),
+      opts.sizeBytes,
+    );
+    rep = new Replication({
+      serverId: who.serverId,
+      hostname: "bench-replication",
+      version: "bench",
+      disks: [{ index: 0, path: device, kind: "device", id: "bench-loop" }],
+      blockSize: BLOCK_SIZE,
+      settings: {
+        pitIntervalSeconds: 0,
+        freezeCapMs: 5000,
+        lagThresholdSeconds: 30,
+        stallSeconds: 300,
+        bandwidthMbps: 0,
+        tracker: "trace",
+      },
+      connect: () => server.connect(who),
+      logger: createLogger(process.env.LIFEBOAT_BENCH_LOG ?? "silent", "agent"),
+    });
+    const agent = rep;
+
+    // 1. Initial sync.
+    log("initial sync");
+    await dropCachesAsync();
+    const loadBefore = load1();
+    let meter = new Meter(server.pid);
+    await agent.start();
+    let sawSync = false;
+    await until(
+      "the initial sync",
+      () => {
+        const s = agent.status();
+        if (s?.state === "INITIAL_SYNC") sawSync = true;
+        return sawSync && caughtUp(s);
+      },
+      3600_000,
+    );
+    const synced = meter.read();
+    const firstPoint = await agent.requestPoint();
+    const withPit = meter.read();
+    const initial = {
+      ...synced,
+      load1: loadBefore,
+      pitSeconds: withPit.seconds,
+      pitConsistency: firstPoint.consistency,
+      mbPerSec: round(opts.sizeBytes / 1e6 / synced.seconds, 1),
+      bytesRead: agent.counters.bytesRead,
+      bytesSent: agent.counters.bytesSent,
+      repoBytes: dirBytes(server.repo),
+    };
+    log(
+      `initial sync: ${initial.seconds} s (${initial.mbPerSec} MB/s), PIT after ${initial.pitSeconds} s; ` +
+        `sent ${(initial.bytesSent / 1e6).toFixed(1)} MB; CPU agent ${initial.agentCpuSeconds} s, server ${initial.serverCpuSeconds} s`,
+    );
+    const peerSteps = await peers.backup("initial", image);
+
+    // 2. Incremental: scattered 4 KiB writes through the filesystem, then a PIT.
+    log("incremental: scattered 4 KiB writes");
+    const sent0 = agent.counters.bytesSent;
+    const seq0 = agent.session.lastAcked;
+    const repo0 = dirBytes(server.repo);
+    meter = new Meter(server.pid);
+    const scatter = JSON.parse(
+      (await spawnAsync(process.execPath, scatterArgs(mnt, opts.sizeBytes, SEED))).stdout,
+    ) as { writes: number; writeSize: number; filesTouched: number };
+    const writesDone = meter.read();
+    const pitMeter = new Meter(server.pid);
+    // How full the wire window runs while the change is shipped: frames sent and not yet acknowledged.
+    const window: number[] = [];
+    const windowSampler = setInterval(() => window.push(agent.session.inFlight.frames), 20);
+    let acked: ReturnType<Meter["read"]>;
+    let point: Awaited<ReturnType<Replication["requestPoint"]>>;
+    try {
+      // The tracker reads its events every ~100 ms: the change counts as acknowledged only once
+      // the agent has seen it (a backlog, or sent bytes for most of it) and nothing is left.
+      let sawBacklog = false;
+      const bytesWrittenNow = scatter.writes * scatter.writeSize;
+      await until(
+        "the change to be acknowledged",
+        () => {
+          const st = agent.status();
+          if ((st?.backlogBytes ?? 0) > 0) sawBacklog = true;
+          const sentEnough = agent.counters.bytesSent - sent0 >= 0.9 * bytesWrittenNow;
+          return (sawBacklog || sentEnough) && caughtUp(st);
+        },
+        600_000,
+        20,
+      );
+      acked = pitMeter.read();
+      point = await agent.requestPoint();
+    } finally {
+      clearInterval(windowSampler);
+    }
+    const pit = pitMeter.read();
+    const windowMax = Math.max(0, ...window);
+    const all = meter.read();
+    const bytesWritten = scatter.writes * scatter.writeSize;
+    const bytesSent = agent.counters.bytesSent - sent0;
+    const incremental = {
+      writes: scatter.writes,
+      filesTouched: scatter.filesTouched,
+      bytesWritten,
+      writeSeconds: writesDone.seconds,
+      ackSeconds: acked.seconds,
+      pitSeconds: pit.seconds,
+      load1: load1(),
+      pitConsistency: point.consistency,
+      totalSeconds: all.seconds,
+      bytesSent,
+      sentPerWritten: round(bytesSent / bytesWritten, 2),
+      framesSent: agent.session.lastAcked - seq0,
+      windowFramesMax: windowMax,
+      windowFullShare: round(window.filter((f) => f >= windowMax).length / Math.max(1, window.length), 2),
+      repoDeltaBytes: dirBytes(server.repo) - repo0,
+      agentCpuSeconds: all.agentCpuSeconds,
+      serverCpuSeconds: all.serverCpuSeconds,
+    };
+    log(
+      `incremental: ${scatter.writes} writes in ${incremental.writeSeconds} s; PIT ${incremental.pitSeconds} s after ` +
+        `the last; sent ${(bytesSent / 1e6).toFixed(1)} MB for ${(bytesWritten / 1e6).toFixed(1)} MB written`,
+    );
+    peerSteps.push(...(await peers.backup("changed", image)));
+
+    // 3. RPO: lag under a steady rate-capped random-write workload.
+    const fioFile = path.join(mnt, "fio-workload.dat");
+    const fioMiB = Math.max(16, Math.round((0.15 * opts.sizeBytes) / (1024 * 1024)));
+    log(
+      `RPO: laying out a ${fioMiB} MiB file, then ${opts.rpoSeconds} s of random writes at ${FIO_RATE_MIB} MiB/s`,
+    );
+    await fioLayout(fioFile, fioMiB);
+    await until("the agent to ship the fio file", () => caughtUp(agent.status()), 600_000);
+    const losses0 = { ...agent.counters };
+    const lags: number[] = [];
+    const sampler = setInterval(() => {
+      const s = agent.status();
+      if (s) lags.push(s.lagSeconds);
+    }, 100);
+    const rpoLoad = load1();
+    meter = new Meter(server.pid);
+    const sentBeforeRpo = agent.counters.bytesSent;
+    let rated: FioResult;
+    try {
+      rated = await fioRandomWrites(fioFile, fioMiB, opts.rpoSeconds, FIO_RATE_MIB);
+    } finally {
+      clearInterval(sampler);
+    }
+    const rpoCpu = meter.read();
+    const drainStart = performance.now();
+    await until("the agent to catch up after the workload", () => caughtUp(agent.status()), 600_000);
+    const drainSeconds = round(since(drainStart), 2);
+    lags.sort((a, b) => a - b);
+    const rpo = {
+      seconds: opts.rpoSeconds,
+      load1: rpoLoad,
+      samples: lags.length,
+      lagP50: round(quantile(lags, 0.5), 3),
+      lagP99: round(quantile(lags, 0.99), 3),
+      lagMax: round(lags.at(-1) ?? NaN, 3),
+      workload: fioFigures(rated),
+      bytesSent: agent.counters.bytesSent - sentBeforeRpo,
+      drainSeconds,
+      agentCpuSeconds: rpoCpu.agentCpuSeconds,
+      agentCpuPercentOfCore: round((rpoCpu.agentCpuSeconds / rpoCpu.seconds) * 100, 1),
+      serverCpuSeconds: rpoCpu.serverCpuSeconds,
+      serverCpuPercentOfCore: round((rpoCpu.serverCpuSeconds / rpoCpu.seconds) * 100, 1),
+      traceLosses: agent.counters.traceLosses - losses0.traceLosses,
+      rescans: agent.counters.rescans - losses0.rescans,
+    };
+    log(`RPO: lag p50 ${rpo.lagP50} s, p99 ${rpo.lagP99} s, max ${rpo.lagMax} s over ${lags.length} samples`);
+
+    // 4. Overhead: the workload without a rate cap with the agent, then both runs without it.
+    log(`overhead: ${opts.overheadSeconds} s uncapped random writes with the agent`);
+    const uncappedWith = await fioRandomWrites(fioFile, fioMiB, opts.overheadSeconds);
+    await until("the agent to catch up after the uncapped run", () => caughtUp(agent.status()), 600_000);
+    const finalPoint = await agent.requestPoint();
+    const counters = { ...agent.counters };
+    await agent.stop();
+    rep = undefined;
+    log("overhead: the same runs without the agent");
+    const ratedWithout = await fioRandomWrites(fioFile, fioMiB, opts.overheadSeconds, FIO_RATE_MIB);
+    const uncappedWithout = await fioRandomWrites(fioFile, fioMiB, opts.overheadSeconds);
+    const pct = (w: FioResult, wo: FioResult): number =>
+      round(((w.mbPerSec - wo.mbPerSec) / wo.mbPerSec) * 100, 1);
+    const overhead = {
+      seconds: opts.overheadSeconds,
+      rated: {
+        with: fioFigures(rated),
+        without: fioFigures(ratedWithout),
+        differencePercent: pct(rated, ratedWithout),
+      },
+      uncapped: {
+        with: fioFigures(uncappedWith),
+        without: fioFigures(uncappedWithout),
+        differencePercent: pct(uncappedWith, uncappedWithout),
+      },
+    };
+    if (counters.traceLosses > 0)
+      notes.push(`The tracker reported ${counters.traceLosses} trace losses (each one costs a rescan).`);
+    if (!finalPoint.pitId) notes.push("The last PIT's id was lost to a reconnect.");
+    const rss = {
+      agentMaxRssMiB: round(process.resourceUsage().maxRSS / 1024, 1),
+      serverVmHwmMiB: round(peakRssMiB(server.pid), 1),
+    };
+    return {
+      initial,
+      incremental,
+      peerSteps,
+      rpo,
+      overhead,
+      rss,
+      counters,
+      repoBytes: dirBytes(server.repo),
+      notes,
+    };
+  } finally {
+    await rep?.stop().catch(() => undefined);
+    await server.stop();
+  }
+}
+
+/** Peer seconds ÷ lifeboat seconds for a step: above 1, lifeboat is faster. */
+function ratios(
+  lifeboat: { initial: number; changed: number },
+  steps: ReplicationResults["peers"],
+): ReplicationResults["comparisons"] {
+  return steps.map((s) => {
+    const lb = s.phase === "initial" ? lifeboat.initial : lifeboat.changed;
+    return {
+      phase: s.phase,
+      peer: s.tool,
+      lifeboatSeconds: lb,
+      peerSeconds: s.seconds,
+      speedup: round(s.seconds / lb, 2),
+    };
+  });
+}
+
+async function main(): Promise<number> {
+  const opts = parseOptions();
+  requireRoot("The replication benchmark");
+  trapInterrupts();
+  requireTimeBinary();
+  requireFio();
+  const start = performance.now();
+  const images = ensureImages(opts.sizeBytes);
+  const work = path.join(WORK, "replication");
+  // Leftovers of an interrupted run: its mount, then its loop device.
+  unmountAll(work);
+  detachLoops(path.join(work, "disk.img"));
+  removeTree(work);
+  mkdirSync(work, { recursive: true });
+  const image = path.join(work, "disk.img");
+  log(`copying ${images.base} for the agent's disk`);
+  run("cp", ["--sparse=never", images.base, image]);
+  // --direct-io: the loop device reads and writes the backing file's disk, not a second page cache.
+  const device = out("losetup", ["--find", "--show", "--direct-io=on", image]);
+  const mnt = path.join(work, "mnt");
+  mkdirSync(mnt);
+  let figures: Awaited<ReturnType<typeof measure>>;
+  try {
+    run("mount", ["-o", "noatime", device, mnt]);
+    try {
+      figures = await measure(opts, device, mnt, image, work);
+    } finally {
+      run("sync", [], { cleanup: true });
+      unmountAll(mnt);
+    }
+  } finally {
+    run("losetup", ["-d", device], { allowFail: true, cleanup: true });
+    rmdirSync(mnt);
+    if (opts.keep) log(`server data directory and peer repositories kept in ${work}`);
+    else removeTree(work);
+  }
+
+  const results: ReplicationResults = {
+    generatedAt: new Date().toISOString(),
+    options: {
+      sizeBytes: opts.sizeBytes,
+      quick: opts.quick,
+      rpoSeconds: opts.rpoSeconds,
+      overheadSeconds: opts.overheadSeconds,
+      fioRateMiBps: FIO_RATE_MIB,
+      fio: fioCommand(FIO_RATE_MIB),
+      blockSize: BLOCK_SIZE,
+    },
+    machine: machineFacts(),
+    imageUsedPercent: images.description.filesystem.usedPercent,
+    runSeconds: Math.round(since(start)),
+    initial: figures.initial,
+    incremental: figures.incremental,
+    peers: figures.peerSteps,
+    comparisons: ratios(
+      { initial: figures.initial.seconds, changed: figures.incremental.pitSeconds },
+      figures.peerSteps,
+    ),
+    rpo: figures.rpo,
+    overhead: figures.overhead,
+    rss: figures.rss,
+    counters: figures.counters,
+    repoBytes: figures.repoBytes,
+    notes: figures.notes,
+  };
+  const full = opts.sizeBytes === 2 * GiB && !opts.quick && opts.rpoSeconds === 120;
+  const dir = full ? RESULTS : path.join(WORK, "results");
+  mkdirSync(dir, { recursive: true });
+  const markdown = renderReplication(results);
+  for (const [name, text] of [
+    ["replication.json", JSON.stringify(results, null, 2) + "\n"],
+    ["replication.md", markdown],
+  ] as const) {
+    writeFileSync(path.join(dir, name + ".tmp"), text);
+    renameSync(path.join(dir, name + ".tmp"), path.join(dir, name));
+  }
+  console.log(markdown);
+  log(`results written to ${path.relative(process.cwd(), dir) || dir}/replication.{json,md}`);
+  return 0;
+}
+
+try {
+  process.exitCode = await main();
+} catch (err) {
+  console.error(err instanceof Error ? (err.stack ?? err.message) : err);
+  process.exitCode = err instanceof Interrupted ? 130 : 1;
+}
+// Worker threads or sockets left by a failed step must not keep the process alive.
+process.exit();
