@@ -36,6 +36,21 @@ interface DiskState {
   pending: Map<number, Buffer>;
   /** Entries a running checkpoint is putting into `ref` (newer than `ref`, older than `pending`). */
   committing?: Map<number, Buffer>;
+  /**
+   * Plain bytes of chunks written lately, by chunk index, with their id: a
+   * patch to one of them starts from these instead of reading the chunk back
+   * (which, for a chunk in a pack not stored yet, would store the pack early).
+   */
+  recent: Map<number, { id: Buffer; data: Buffer }>;
+}
+
+/** Chunks kept in each disk's `recent` cache (at 64 KiB, 16 MiB a disk). */
+const RECENT_CHUNKS = 256;
+
+function remember(disk: DiskState, index: number, entry: Buffer, data: Buffer): void {
+  disk.recent.delete(index);
+  disk.recent.set(index, { id: Buffer.from(entry.subarray(0, 32)), data });
+  if (disk.recent.size > RECENT_CHUNKS) disk.recent.delete(disk.recent.keys().next().value!);
 }
 
 /**
@@ -100,7 +115,7 @@ export class ReplicaApplier {
         const ref = prior
           ? await resizeBlockMap(repo, prior, chunkCount, known.pages)
           : await resizeBlockMap(repo, { root: null, depth: 0, chunkCount: 0 }, chunkCount, known.pages);
-        states.set(d.index, { meta: d, ref, pending: new Map() });
+        states.set(d.index, { meta: d, ref, pending: new Map(), recent: new Map() });
       }
       const ingest = new ChunkIngest(repo, known, opts.packBytes ? { packBytes: opts.packBytes } : {});
       const start: Head = head ?? {
@@ -154,12 +169,21 @@ export class ReplicaApplier {
     await this.slot();
     const own = Buffer.allocUnsafeSlow(data.length); // moves to a worker
     own.set(data);
+    // A copy of the last few chunks for patches that may follow (the buffer above is transferred).
+    const keep = Math.min(RECENT_CHUNKS, Math.ceil(data.length / cs)) * cs;
+    const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
+    const keptFrom = data.length - kept.length;
     const entries = this.ingest.run(own);
     entries.catch(() => undefined); // handled in the chain below
     this.enqueue(async () => {
       try {
         const first = offset / cs;
-        for (const [i, e] of (await entries).entries()) disk.pending.set(first + i, e);
+        for (const [i, e] of (await entries).entries()) {
+          disk.pending.set(first + i, e);
+          if (i * cs >= keptFrom)
+            remember(disk, first + i, e, kept.subarray(i * cs - keptFrom, (i + 1) * cs - keptFrom));
+          else disk.recent.delete(first + i);
+        }
       } finally {
         this.release();
       }
@@ -203,8 +227,11 @@ export class ReplicaApplier {
       if (pos === chunkStart && until === chunkStart + chunkLen) content.fill(0);
       else (await this.chunkContent(disk, index)).copy(content);
       bytes.copy(content, pos - chunkStart, pos - offset, until - offset);
-      const [entry] = await this.ingest.run(content);
+      const moving = Buffer.allocUnsafeSlow(content.length); // moves to a worker; `content` stays
+      content.copy(moving);
+      const [entry] = await this.ingest.run(moving);
       disk.pending.set(index, entry!);
+      remember(disk, index, entry!, content);
       pos = until;
     }
   }
@@ -270,6 +297,8 @@ export class ReplicaApplier {
     const entry = await this.entryOf(disk, index);
     const cs = this.repo.config.chunkSize;
     if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
+    const recent = disk.recent.get(index);
+    if (recent?.id.equals(entry.subarray(0, 32))) return recent.data;
     // A chunk written since the last checkpoint may sit in a pack not stored yet.
     if (this.ingest.packs.holds(entryLocation(entry).pack)) await this.ingest.finish();
     return this.repo.readChunk(entry);
