@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { randomBytes } from "node:crypto";
 import { LifeboatError } from "../base/index.js";
 import {
@@ -42,10 +43,20 @@ interface DiskState {
    * (which, for a chunk in a pack not stored yet, would store the pack early).
    */
   recent: Map<number, { id: Buffer; data: Buffer }>;
+  /** Bumped by every write to a chunk, in stream order: a late result of an older write never wins. */
+  versions: Map<number, number>;
+  /** Chunks whose patched bytes are still being encoded, by index. */
+  encoding: Map<number, Promise<void>>;
 }
 
 /** Chunks kept in each disk's `recent` cache (at 64 KiB, 16 MiB a disk). */
 const RECENT_CHUNKS = 256;
+
+function bump(disk: DiskState, index: number): number {
+  const v = (disk.versions.get(index) ?? 0) + 1;
+  disk.versions.set(index, v);
+  return v;
+}
 
 function remember(disk: DiskState, index: number, entry: Buffer, data: Buffer): void {
   disk.recent.delete(index);
@@ -115,7 +126,14 @@ export class ReplicaApplier {
         const ref = prior
           ? await resizeBlockMap(repo, prior, chunkCount, known.pages)
           : await resizeBlockMap(repo, { root: null, depth: 0, chunkCount: 0 }, chunkCount, known.pages);
-        states.set(d.index, { meta: d, ref, pending: new Map(), recent: new Map() });
+        states.set(d.index, {
+          meta: d,
+          ref,
+          pending: new Map(),
+          recent: new Map(),
+          versions: new Map(),
+          encoding: new Map(),
+        });
       }
       const ingest = new ChunkIngest(repo, known, opts.packBytes ? { packBytes: opts.packBytes } : {});
       const start: Head = head ?? {
@@ -179,6 +197,7 @@ export class ReplicaApplier {
       try {
         const first = offset / cs;
         for (const [i, e] of (await entries).entries()) {
+          bump(disk, first + i);
           disk.pending.set(first + i, e);
           if (i * cs >= keptFrom)
             remember(disk, first + i, e, kept.subarray(i * cs - keptFrom, (i + 1) * cs - keptFrom));
@@ -229,11 +248,79 @@ export class ReplicaApplier {
       bytes.copy(content, pos - chunkStart, pos - offset, until - offset);
       const moving = Buffer.allocUnsafeSlow(content.length); // moves to a worker; `content` stays
       content.copy(moving);
+      const v = bump(disk, index);
+      remember(disk, index, createHash("sha256").update(content).digest(), content);
       const [entry] = await this.ingest.run(moving);
-      disk.pending.set(index, entry!);
-      remember(disk, index, entry!, content);
+      if (disk.versions.get(index) === v) disk.pending.set(index, entry!);
       pos = until;
     }
+  }
+
+  /**
+   * Applies byte ranges (`at` relative to the chunk) to the chunk at
+   * `offset` and says whether the result hashes to `sha256`, the sender's
+   * hash of its block. The hash is checked, and the next message may start,
+   * as soon as the bytes are patched; encoding and storing the chunk go on in
+   * a worker meanwhile (a checkpoint waits for them).
+   */
+  async patchChunk(
+    diskIndex: number,
+    offset: number,
+    patches: { at: number; data: Uint8Array }[],
+    sha256: Uint8Array,
+  ): Promise<boolean> {
+    this.check();
+    const disk = this.disk(diskIndex);
+    const cs = this.repo.config.chunkSize;
+    const chunkLen = Math.min(cs, disk.meta.sizeBytes - offset);
+    if (
+      offset % cs !== 0 ||
+      chunkLen <= 0 ||
+      patches.some((p) => p.at < 0 || p.at + p.data.length > chunkLen)
+    ) {
+      throw new LifeboatError(
+        "REPLICA_BAD_WRITE",
+        `a patch at ${offset} does not lie inside one chunk of disk ${diskIndex} (${disk.meta.sizeBytes} bytes)`,
+        { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
+      );
+    }
+    await this.slot();
+    const index = offset / cs;
+    return new Promise<boolean>((resolve, reject) => {
+      this.enqueue(async () => {
+        let handedOver = false;
+        try {
+          const content = Buffer.allocUnsafeSlow(chunkLen);
+          (await this.chunkContent(disk, index)).copy(content);
+          for (const p of patches) content.set(p.data, p.at);
+          const id = createHash("sha256").update(content).digest();
+          const v = bump(disk, index);
+          remember(disk, index, id, content);
+          const moving = Buffer.allocUnsafeSlow(chunkLen); // moves to a worker; `content` stays
+          content.copy(moving);
+          const done = this.ingest
+            .run(moving)
+            .then(([entry]) => {
+              if (disk.versions.get(index) === v) disk.pending.set(index, entry!);
+            })
+            .catch((err: unknown) => {
+              this.failure ??= err instanceof Error ? err : new Error(String(err));
+            })
+            .finally(() => {
+              if (disk.encoding.get(index) === done) disk.encoding.delete(index);
+              this.release();
+            });
+          disk.encoding.set(index, done);
+          handedOver = true;
+          resolve(id.equals(sha256));
+        } catch (err) {
+          reject(err instanceof Error ? err : new Error(String(err)));
+          throw err;
+        } finally {
+          if (!handedOver) this.release();
+        }
+      });
+    });
   }
 
   /** The size in bytes of one of the replica's disks. */
@@ -272,6 +359,8 @@ export class ReplicaApplier {
     await this.slot();
     this.enqueue(async () => {
       try {
+        bump(disk, offset / cs);
+        disk.recent.delete(offset / cs);
         disk.pending.set(offset / cs, Buffer.from(await known));
       } finally {
         this.release();
@@ -294,11 +383,13 @@ export class ReplicaApplier {
 
   /** The bytes of a chunk as applied so far. */
   private async chunkContent(disk: DiskState, index: number): Promise<Buffer> {
+    // Every write keeps `recent` current in stream order, so a chunk there is the latest.
+    const recent = disk.recent.get(index);
+    if (recent) return recent.data;
+    await disk.encoding.get(index);
     const entry = await this.entryOf(disk, index);
     const cs = this.repo.config.chunkSize;
     if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
-    const recent = disk.recent.get(index);
-    if (recent?.id.equals(entry.subarray(0, 32))) return recent.data;
     // A chunk written since the last checkpoint may sit in a pack not stored yet.
     if (this.ingest.packs.holds(entryLocation(entry).pack)) await this.ingest.finish();
     return this.repo.readChunk(entry);
@@ -415,6 +506,7 @@ export class ReplicaApplier {
 
   private async settle(): Promise<void> {
     await this.chain;
+    for (const d of this.disks.values()) await Promise.all(d.encoding.values());
     this.check();
   }
 

@@ -1,7 +1,6 @@
-import { createHash } from "node:crypto";
 import { Decompressor } from "zstd-napi";
 import { LifeboatError } from "../base/index.js";
-import { type ConsistencyLevel, type Pit, isZeroId } from "../store/index.js";
+import type { ConsistencyLevel, Pit } from "../store/index.js";
 import type { ReplicaApplier } from "./applier.js";
 
 /** One whole block of a BLOCKS message: its bytes (raw or a zstd frame), or only its hash. */
@@ -165,12 +164,7 @@ export class ReplicaStream {
     }
     const cs = this.applier.repo.config.chunkSize;
     if (msg.kind === "patch") {
-      for (const p of msg.patches) await this.applier.writeBytes(msg.disk, msg.offset + p.at, p.data);
-      const got = await this.applier.chunkId(msg.disk, msg.offset);
-      // A block of zeros is stored as no chunk (the zero id); the sender hashed its bytes.
-      const same = isZeroId(got)
-        ? msg.sha256.equals(got) || msg.sha256.equals(zeroBlockHash(this.chunkLength(msg.disk, msg.offset)))
-        : got.equals(msg.sha256);
+      const same = await this.applier.patchChunk(msg.disk, msg.offset, msg.patches, msg.sha256);
       if (!same && this.opts.onDiverged) {
         this.diverged.add(`${msg.disk}:${msg.offset}`);
         this.opts.onDiverged(msg.disk, msg.offset);
@@ -309,13 +303,6 @@ export class ReplicaStream {
     }
     this.opts.onPit?.(msg.pointId, seq, pit!);
   }
-}
-
-const zeroHashes = new Map<number, Buffer>();
-function zeroBlockHash(length: number): Buffer {
-  let h = zeroHashes.get(length);
-  if (!h) zeroHashes.set(length, (h = createHash("sha256").update(Buffer.alloc(length)).digest()));
-  return h;
 }
 
 function closedError(): LifeboatError {
