@@ -858,10 +858,7 @@ export class Replication {
           },
           { capMs: s.freezeCapMs, logger: this.log },
         ).finally(() => (this.frozen = false));
-        if (!proceed)
-          throw new LifeboatError("GROUP_PIT_ABORTED", "the consistency group did not freeze in time", {
-            hint: "check that every server of the group is connected (lifeboat servers list)",
-          });
+        if (!proceed) throw groupAborted();
         if (r.capHit) {
           // Thawed before the read was done: what was read may mix times. Crash-consistent only if nothing was written.
           await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
@@ -872,10 +869,7 @@ export class Replication {
       } else {
         if (req.barrier) {
           const b = await req.barrier();
-          if (!b.proceed)
-            throw new LifeboatError("GROUP_PIT_ABORTED", "the consistency group did not freeze in time", {
-              hint: "check that every server of the group is connected (lifeboat servers list)",
-            });
+          if (!b.proceed) throw groupAborted();
           if (b.takenAt !== undefined) takenAt = b.takenAt;
         } else takenAt = this.clock.now();
         await readTaken();
@@ -1013,6 +1007,12 @@ async function sizeOf(file: string): Promise<number> {
 async function stampOf(file: string): Promise<string> {
   const st = await fs.stat(file);
   return `${st.size}:${st.mtimeMs}`;
+}
+
+function groupAborted(): LifeboatError {
+  return new LifeboatError("GROUP_PIT_ABORTED", "the consistency group did not freeze in time", {
+    hint: "check that every server of the group is connected (lifeboat servers list)",
+  });
 }
 
 function stoppedError(): LifeboatError {

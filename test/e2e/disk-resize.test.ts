@@ -12,7 +12,7 @@ import { after, before, describe, it } from "node:test";
 import { Replication } from "../../src/agent/replication.js";
 import { exportDisk, listPits } from "../../src/store/index.js";
 import { prng, randomBuffer } from "../support/images.js";
-import { type Site, startSite } from "../support/lifeboat-site.js";
+import { type Site, startSite, agentSettings } from "../support/lifeboat-site.js";
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -43,14 +43,7 @@ void describe("a disk that changes size", () => {
         version: "test",
         disks: [{ index: 0, path: image, kind: "image", id: image }],
         blockSize: 65536,
-        settings: {
-          pitIntervalSeconds: 0,
-          freezeCapMs: 2000,
-          lagThresholdSeconds: 30,
-          stallSeconds: 300,
-          bandwidthMbps: 0,
-          tracker: "scan",
-        },
+        settings: agentSettings({ tracker: "scan" }),
         sizeCheckMs: 100,
         connect: () => site.connect(who),
       });

@@ -17,7 +17,7 @@ import { after, before, describe, it } from "node:test";
 import { Replication } from "../../src/agent/replication.js";
 import { createLogger } from "../../src/base/index.js";
 import { requireCapability } from "../support/capabilities.js";
-import { type Site, startSite } from "../support/lifeboat-site.js";
+import { type Site, startSite, agentSettings } from "../support/lifeboat-site.js";
 import { loopDiskForTest } from "../support/loop-disk.js";
 import { assertPitIsSnapshot, exportPit, sleep, snapshotDevice, until } from "../support/pit-check.js";
 
@@ -120,14 +120,7 @@ void describe("crash consistency of a journal on a bare device", () => {
         version: "test",
         disks: [{ index: 0, path: disk.device, kind: "device", id: "loop-journal" }],
         blockSize: 64 * 1024,
-        settings: {
-          pitIntervalSeconds: 0,
-          freezeCapMs: 2000,
-          lagThresholdSeconds: 30,
-          stallSeconds: 300,
-          bandwidthMbps: 0,
-          tracker: "trace",
-        },
+        settings: agentSettings({ tracker: "trace" }),
         connect: () => site.connect(who),
         logger: createLogger(process.env.LIFEBOAT_TEST_LOG ?? "silent", "agent"),
       });

@@ -17,6 +17,7 @@ import { createLogger } from "../../src/base/index.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../../src/net/index.js";
 import { openRepository } from "../../src/store/index.js";
 import { DEFAULT_WINDOW, connectWire } from "../../src/wire/index.js";
+import { agentSettings } from "../support/lifeboat-site.js";
 import { requireCapability } from "../support/capabilities.js";
 import { lifeboat, lifeboatService } from "../support/cli.js";
 import { loopDiskForTest } from "../support/loop-disk.js";
@@ -97,14 +98,7 @@ void describe("kill -9 of the replicator during a write burst", () => {
         version: "test",
         disks: [{ index: 0, path: disk.device, kind: "device", id: "loop-kill" }],
         blockSize: 64 * 1024,
-        settings: {
-          pitIntervalSeconds: 0,
-          freezeCapMs: 15_000,
-          lagThresholdSeconds: 30,
-          stallSeconds: 300,
-          bandwidthMbps: 0,
-          tracker: "trace",
-        },
+        settings: agentSettings({ freezeCapMs: 15_000, tracker: "trace" }),
         connect: () => connectWire({ host: "127.0.0.1", port, caPem, certPem: who.certificatePem, keyPem }),
         logger: createLogger(process.env.LIFEBOAT_TEST_LOG ?? "silent", "agent"),
         whileFrozen: () => snapshotDevice(disk.device, frozenImage),

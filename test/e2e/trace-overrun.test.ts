@@ -13,7 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { Replication } from "../../src/agent/replication.js";
 import { createLogger } from "../../src/base/index.js";
 import { requireCapability } from "../support/capabilities.js";
-import { type Site, startSite } from "../support/lifeboat-site.js";
+import { type Site, startSite, agentSettings } from "../support/lifeboat-site.js";
 import { loopDiskForTest } from "../support/loop-disk.js";
 import { assertPitIsSnapshot, snapshotDevice, until } from "../support/pit-check.js";
 
@@ -45,15 +45,7 @@ void describe("trace buffer overrun", () => {
         version: "test",
         disks: [{ index: 0, path: disk.device, kind: "device", id: "loop-overrun" }],
         blockSize: 64 * 1024,
-        settings: {
-          pitIntervalSeconds: 0,
-          freezeCapMs: 15_000,
-          lagThresholdSeconds: 30,
-          stallSeconds: 300,
-          bandwidthMbps: 0,
-          tracker: "trace",
-          traceBufferKb: 4,
-        },
+        settings: agentSettings({ freezeCapMs: 15_000, tracker: "trace", traceBufferKb: 4 }),
         connect: () => site.connect(who),
         logger: createLogger(process.env.LIFEBOAT_TEST_LOG ?? "silent", "agent"),
         whileFrozen: () => snapshotDevice(disk.device, frozenImage),

@@ -13,7 +13,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Replication } from "../../src/agent/replication.js";
 import { requireCapability } from "../support/capabilities.js";
-import { type Site, startSite } from "../support/lifeboat-site.js";
+import { type Site, startSite, agentSettings } from "../support/lifeboat-site.js";
 import { loopDiskForTest } from "../support/loop-disk.js";
 import { assertPitIsSnapshot, snapshotDevice, until } from "../support/pit-check.js";
 
@@ -46,14 +46,7 @@ void describe("trace mode tracks every change", () => {
         version: "test",
         disks: [{ index: 0, path: dev, kind: "device", id: "loop-tracks" }],
         blockSize: 65536,
-        settings: {
-          pitIntervalSeconds: 0,
-          freezeCapMs: 2000,
-          lagThresholdSeconds: 30,
-          stallSeconds: 300,
-          bandwidthMbps: 0,
-          tracker: "trace",
-        },
+        settings: agentSettings({ tracker: "trace" }),
         connect: () => site.connect(who),
       });
       await rep.start();

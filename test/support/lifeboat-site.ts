@@ -4,12 +4,26 @@
  * directory, and registered agent identities for it.
  */
 import { readFile } from "node:fs/promises";
+import type { AgentSettings } from "../../src/agent/index.js";
 import path from "node:path";
 import { initServer } from "../../src/control/init.js";
 import { startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../../src/net/index.js";
 import { openRepository, type Repository } from "../../src/store/index.js";
 import { connectWire } from "../../src/wire/index.js";
+
+/** Agent settings for engine tests: no scheduled PITs, the defaults otherwise; `over` replaces fields. */
+export function agentSettings(over: Partial<AgentSettings> = {}): AgentSettings {
+  return {
+    pitIntervalSeconds: 0,
+    freezeCapMs: 2000,
+    lagThresholdSeconds: 30,
+    stallSeconds: 300,
+    bandwidthMbps: 0,
+    tracker: "auto",
+    ...over,
+  };
+}
 
 export interface AgentIdentity {
   serverId: string;
