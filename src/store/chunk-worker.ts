@@ -5,13 +5,32 @@
  * core. Messages are described in worker-pool.ts.
  */
 import { createHash, createHmac } from "node:crypto";
-import { open } from "node:fs/promises";
+import fs from "node:fs";
 import path from "node:path";
+import { promisify } from "node:util";
+import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
+import { ID_LEN } from "./block-map.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
-import { packStretches } from "./pack.js";
-import { type WorkerRequest, type WorkerResponse, transferable } from "./worker-pool.js";
+import { stretchRange } from "./pack.js";
+import {
+  type RestoreRunRequest,
+  type RunItem,
+  type WorkerRequest,
+  type WorkerResponse,
+  runItems,
+  runStretches,
+  transferable,
+} from "./worker-pool.js";
+
+const require = createRequire(import.meta.url);
+const directIo = require("@ronomon/direct-io") as {
+  getAlignedBuffer(size: number, alignment: number): Buffer;
+};
+const openFile = promisify(fs.open);
+const read = promisify(fs.read);
+const write = promisify(fs.write);
 
 const { encryptionKey, namingKey, compressionLevel } = workerData as {
   encryptionKey: Uint8Array;
@@ -84,60 +103,161 @@ function handle(msg: WorkerRequest): void {
       }
       return;
     }
-    case "decodeRun":
-    case "readRun": {
-      void decodeRun(msg);
+    case "restoreRun": {
+      void restoreRun(msg);
       return;
     }
   }
 }
 
+/** Read stretches merge across gaps up to this size: one larger read costs less than two. */
+const MAX_GAP = 256 << 10;
+/** Buffers kept for reuse: fresh memory costs a page fault per 4 KiB, every time. */
+const spare: Buffer[] = [];
+const MAX_SPARE = 8;
+
+/** Run buffers are page-aligned, as O_DIRECT writes need. */
+const PAGE = 4096;
+
+function takeBuffer(size: number): Buffer {
+  const i = spare.findIndex((b) => b.length >= size);
+  if (i >= 0) return spare.splice(i, 1)[0]!;
+  return directIo.getAlignedBuffer(Math.ceil(Math.max(size, 4 << 20) / PAGE) * PAGE, PAGE);
+}
+
+function giveBack(b: Buffer): void {
+  if (spare.length < MAX_SPARE) spare.push(b);
+  else {
+    // Keep the larger ones.
+    spare.sort((x, y) => x.length - y.length);
+    if (spare[0]!.length < b.length) spare[0] = b;
+  }
+}
+
 /**
- * Decodes a run of chunks into one buffer. With a local root the worker reads
- * the packs itself — one read for each stretch of chunks that lie next to
- * each other in a pack, as a sequential import leaves them — so the main
- * thread never handles the stored bytes.
+ * Open packs, kept while runs are being restored (a 16 MiB pack feeds several
+ * runs) and closed when the worker has none left.
  */
-async function decodeRun(msg: Extract<WorkerRequest, { type: "decodeRun" | "readRun" }>): Promise<void> {
-  const out = Buffer.alloc(msg.length);
+const packFds = new Map<string, Promise<number>>();
+let running = 0;
+
+function packFd(root: string, name: string): Promise<number> {
+  let fd = packFds.get(name);
+  if (!fd) {
+    fd = openPack(root, name);
+    packFds.set(name, fd);
+    fd.catch(() => packFds.delete(name));
+  }
+  return fd;
+}
+
+/** A pack of a local repository, or its copy in the trash (see gc.ts). */
+async function openPack(root: string, name: string): Promise<number> {
+  try {
+    return await openFile(path.join(root, name), "r");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT")
+      throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
+  }
+  try {
+    return await openFile(path.join(root, "trash", name), "r");
+  } catch {
+    throw new LifeboatError("STORE_OBJECT_MISSING", `object ${name} is missing from ${root}`, {
+      hint: "run `lifeboat store verify` to see which PITs are affected",
+    });
+  }
+}
+
+function closePacks(): void {
+  for (const fd of packFds.values())
+    void fd.then(
+      (n) => fs.close(n, () => undefined),
+      () => undefined,
+    );
+  packFds.clear();
+}
+
+/** Reads up to `length` bytes of a pack at `offset` into `into`; fewer only at the pack's end. */
+async function readPack(root: string, name: string, offset: number, into: Buffer): Promise<Buffer> {
+  const fd = await packFd(root, name);
+  let got = 0;
+  while (got < into.length) {
+    const { bytesRead } = await read(fd, into, got, into.length - got, offset + got).catch((err: unknown) => {
+      throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
+    });
+    if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
+    got += bytesRead;
+  }
+  return into.subarray(0, got);
+}
+
+/**
+ * Restores a run (worker-pool.ts, RestoreRunRequest): reads each stretch of
+ * neighbouring chunk objects (or takes them from the message), decodes and
+ * checks every chunk straight into its place in the run's buffer, and only
+ * when all of them are good writes the run out. Buffers are reused across runs.
+ */
+async function restoreRun(msg: RestoreRunRequest): Promise<void> {
+  running++;
+  const out = takeBuffer(msg.length);
+  let stored: Buffer | undefined;
   let failed: { err: unknown; slot: number } | undefined;
   const fail = (err: unknown, slot: number) => {
     if (!failed || slot < failed.slot) failed = { err, slot };
   };
-  const decodeInto = (it: { slot: number; name: string; id: Uint8Array }, data: Uint8Array) => {
-    try {
-      decodeChunk(it.name, it.id, data).copy(out, it.slot * msg.chunkSize);
-    } catch (err) {
-      fail(err, it.slot);
+  try {
+    const items = runItems(new Uint8Array(msg.entries));
+    const decodeInto = (it: RunItem, data: Uint8Array) => {
+      try {
+        const at = it.slot * msg.chunkSize;
+        const want = Math.min(msg.chunkSize, msg.length - at);
+        decodeChunkInto(it, data, out.subarray(at, at + want));
+      } catch (err) {
+        fail(err, it.slot);
+      }
+    };
+    if (msg.root === undefined) {
+      const groups = runStretches(items, 0);
+      groups.forEach((group, i) => {
+        const data = Buffer.from(msg.stretches![i]!);
+        const first = group[0]!.offset;
+        for (const it of group)
+          decodeInto(it, data.subarray(it.offset - first, it.offset - first + it.length));
+      });
+    } else {
+      const root = msg.root;
+      const groups = runStretches(items, MAX_GAP).map((group) => ({ group, ...stretchRange(group) }));
+      stored = takeBuffer(groups.reduce((n, g) => n + g.length, 0));
+      let at = 0;
+      await Promise.all(
+        groups.map(async ({ group, offset, length }) => {
+          const into = stored!.subarray(at, (at += length));
+          let data: Buffer;
+          try {
+            data = await readPack(root, group[0]!.pack, offset, into);
+          } catch (err) {
+            fail(err, Math.min(...group.map((g) => g.slot)));
+            return;
+          }
+          for (const it of group) {
+            const from = it.offset - offset;
+            decodeInto(it, data.subarray(from, Math.min(data.length, from + it.length)));
+          }
+        }),
+      );
     }
-  };
-  if (msg.type === "decodeRun") {
-    for (const it of msg.items) decodeInto(it, new Uint8Array(it.data));
-  } else {
-    await Promise.all(
-      packStretches(msg.items).map(async (group) => {
-        const first = group[0]!;
-        const last = group[group.length - 1]!;
-        let data: Buffer;
-        try {
-          data = await readRange(
-            msg.root,
-            first.pack,
-            first.offset,
-            last.offset + last.length - first.offset,
-          );
-        } catch (err) {
-          fail(err, first.slot);
-          return;
-        }
-        for (const it of group) {
-          const at = it.offset - first.offset;
-          decodeInto(it, data.subarray(at, Math.min(data.length, at + it.length)));
-        }
-      }),
-    );
+    if (!failed) await writeRun(msg, out, items);
+  } catch (err) {
+    fail(err, 0);
+  } finally {
+    if (stored) giveBack(stored);
+    giveBack(out);
+    if (--running === 0) closePacks();
   }
-  if (failed) {
+  if (failed?.err instanceof TargetError) {
+    const { code, message } = failed.err.cause as NodeJS.ErrnoException;
+    reply({ type: "failed", req: msg.req, code: code ?? "EIO", message, hint: "", errno: true });
+  } else if (failed) {
     const e =
       failed.err instanceof LifeboatError
         ? failed.err
@@ -150,40 +270,70 @@ async function decodeRun(msg: Extract<WorkerRequest, { type: "decodeRun" | "read
       hint: e.hint,
       slot: failed.slot,
     });
-    return;
-  }
-  const ab = transferable(out);
-  reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
+  } else reply({ type: "restored", req: msg.req });
 }
 
-/** Bytes of a pack in a local repository, or of its copy in the trash (see gc.ts). */
-async function readRange(root: string, name: string, offset: number, length: number): Promise<Buffer> {
-  let fh;
-  try {
-    fh = await open(path.join(root, name), "r");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT")
-      throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
-    try {
-      fh = await open(path.join(root, "trash", name), "r");
-    } catch {
-      throw new LifeboatError("STORE_OBJECT_MISSING", `object ${name} is missing from ${root}`, {
-        hint: "run `lifeboat store verify` to see which PITs are affected",
-      });
+/** A write to the target failed: its error goes back as it is (ENOSPC, EIO…), not as damage. */
+class TargetError extends Error {
+  constructor(cause: unknown) {
+    super(String(cause), { cause });
+  }
+}
+
+/** Writes a decoded run: whole (zeros filled in) for a device, else each stretch of consecutive chunks. */
+async function writeRun(msg: RestoreRunRequest, out: Buffer, items: RunItem[]): Promise<void> {
+  const cs = msg.chunkSize;
+  const spans: [number, number][] = [];
+  const slots = items.map((it) => it.slot).sort((a, b) => a - b);
+  for (const slot of slots) {
+    const last = spans.at(-1);
+    if (last && last[1] === slot * cs) last[1] = Math.min(msg.length, (slot + 1) * cs);
+    else if (!last || last[1] < slot * cs) spans.push([slot * cs, Math.min(msg.length, (slot + 1) * cs)]);
+  }
+  if (msg.fill) {
+    let at = 0;
+    for (const [from, to] of spans) {
+      out.fill(0, at, from);
+      at = to;
+    }
+    out.fill(0, at, msg.length);
+    spans.splice(0, spans.length, [0, msg.length]);
+  }
+  for (const [from, to] of spans) {
+    // Page-aligned spans bypass the page cache when the target allows it: no copy, no dirty pages to flush.
+    const aligned = from % PAGE === 0 && to % PAGE === 0 && msg.position % PAGE === 0;
+    const fd = aligned && msg.directFd !== undefined ? msg.directFd : msg.fd;
+    let done = from;
+    while (done < to) {
+      const { bytesWritten } = await write(fd, out, done, to - done, msg.position + done).catch(
+        (err: unknown) => {
+          throw new TargetError(err);
+        },
+      );
+      done += bytesWritten;
     }
   }
-  try {
-    const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-      if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
-      got += bytesRead;
-    }
-    return buf.subarray(0, got);
-  } finally {
-    await fh.close();
+}
+
+/** Decodes a chunk object into `dest`, which must come out exactly filled with bytes that hash to the id. */
+function decodeChunkInto(it: RunItem, data: Uint8Array, dest: Buffer): void {
+  const id = it.entry.subarray(0, ID_LEN);
+  const name = chunkName(id);
+  const n = codec.decodeInto(name, ObjectKind.chunk, data, dest);
+  if (n !== dest.length || !createHash("sha256").update(dest).digest().equals(id)) {
+    throw damaged(
+      "STORE_CHUNK_MISMATCH",
+      name,
+      n !== dest.length
+        ? `decrypts to ${n} bytes where its place holds ${dest.length}`
+        : `decrypts but does not match its id ${id.toString("hex")}`,
+    );
   }
+}
+
+function chunkName(id: Uint8Array): string {
+  const h = createHmac("sha256", nameKey).update(id).digest("hex");
+  return `chunks/${h.slice(0, 2)}/${h}`;
 }
 
 function decodeChunk(name: string, id: Uint8Array, data: Uint8Array): Buffer {

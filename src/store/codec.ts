@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { Compressor, Decompressor } from "zstd-napi";
+import zstd from "zstd-napi/binding.js";
 import { LifeboatError } from "../base/index.js";
 
 /**
@@ -29,6 +30,7 @@ export type ObjectKind = (typeof ObjectKind)[keyof typeof ObjectKind];
 export class ObjectCodec {
   private readonly compressor = new Compressor();
   private readonly decompressor = new Decompressor();
+  private readonly dctx = new zstd.DCtx();
 
   constructor(
     private readonly encryptionKey: Buffer,
@@ -62,6 +64,38 @@ export class ObjectCodec {
 
   /** Decrypts and decompresses; throws STORE_OBJECT_* errors naming the object on any damage. */
   decode(name: string, expected: ObjectKind, data: Uint8Array): Buffer {
+    const { body, zstd: compressed } = this.open(name, expected, data);
+    if (!compressed) return body;
+    try {
+      return this.decompressor.decompress(body);
+    } catch (err) {
+      throw damaged("STORE_OBJECT_CORRUPT", name, "does not decompress", err);
+    }
+  }
+
+  /**
+   * As decode, but the plaintext goes straight into `dest` (no buffer of its
+   * own, no copy of it). Returns the plaintext's length; the plaintext is
+   * written only when it fits, so a caller that expects an exact length
+   * checks the result.
+   */
+  decodeInto(name: string, expected: ObjectKind, data: Uint8Array, dest: Uint8Array): number {
+    const { body, zstd: compressed } = this.open(name, expected, data);
+    if (!compressed) {
+      if (body.length <= dest.length) dest.set(body);
+      return body.length;
+    }
+    try {
+      const size = zstd.getFrameContentSize(body);
+      if (size !== null && size > dest.length) return size;
+      return this.dctx.decompress(dest, body);
+    } catch (err) {
+      throw damaged("STORE_OBJECT_CORRUPT", name, "does not decompress", err);
+    }
+  }
+
+  /** Checks the header and decrypts: the body, and whether it is compressed. */
+  private open(name: string, expected: ObjectKind, data: Uint8Array): { body: Buffer; zstd: boolean } {
     const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     if (buf.length === 0) throw damaged("STORE_OBJECT_EMPTY", name, "is empty (zero bytes)");
     if (buf.length < OBJECT_OVERHEAD) {
@@ -90,7 +124,10 @@ export class ObjectCodec {
       const decipher = createDecipheriv("aes-256-gcm", this.encryptionKey, nonce);
       decipher.setAAD(Buffer.concat([header, Buffer.from(name, "utf8")]));
       decipher.setAuthTag(tag);
-      plain = Buffer.concat([decipher.update(body), decipher.final()]);
+      // GCM is a stream mode: update() returns every byte and final() only checks the tag.
+      const head = decipher.update(body);
+      const tail = decipher.final();
+      plain = tail.length === 0 ? head : Buffer.concat([head, tail]);
     } catch (err) {
       throw damaged(
         "STORE_OBJECT_CORRUPT",
@@ -99,12 +136,7 @@ export class ObjectCodec {
         err,
       );
     }
-    if ((flags & FLAG_ZSTD) === 0) return plain;
-    try {
-      return this.decompressor.decompress(plain);
-    } catch (err) {
-      throw damaged("STORE_OBJECT_CORRUPT", name, "does not decompress", err);
-    }
+    return { body: plain, zstd: (flags & FLAG_ZSTD) !== 0 };
   }
 }
 

@@ -1,13 +1,20 @@
-import { promises as fs } from "node:fs";
+import { constants, promises as fs } from "node:fs";
+import path from "node:path";
 import { LifeboatError } from "../base/index.js";
-import { entryId, entryLocation, walkBlockMap } from "./block-map.js";
+import { LEAF_ENTRY_LEN, walkBlockMap } from "./block-map.js";
 import { blockDeviceSize } from "./disk-source.js";
 import { Limiter } from "./limiter.js";
-import { packName } from "./names.js";
-import { packStretches } from "./pack.js";
+import { stretchRange } from "./pack.js";
 import type { Pit, PitDisk } from "./pit.js";
 import type { Repository } from "./repository.js";
-import { WorkerPool } from "./worker-pool.js";
+import {
+  RUNS_PER_WORKER,
+  RUN_RECORD_LEN,
+  WorkerPool,
+  runItems,
+  runStretches,
+  transferable,
+} from "./worker-pool.js";
 
 export interface ExportProgress {
   bytesDone: number;
@@ -32,7 +39,21 @@ export function pitDisk(pit: Pit, index: number): PitDisk {
   return disk;
 }
 
-/** Chunks per run: a run is fetched, decoded by one worker and written together. */
+export interface ExportOptions {
+  onProgress?: (p: ExportProgress) => void;
+  /** Ranged reads in flight at once when the repository is not a local directory (default 32). */
+  concurrency?: number;
+  /** Replace an existing file, or write over a block device. */
+  overwrite?: boolean;
+  /**
+   * Workers to decode with. Exports running at once (every disk of a PIT)
+   * share one pool instead of starting a pool each; its owner closes it.
+   * Default: a pool of the export's own, one worker per core.
+   */
+  pool?: WorkerPool;
+}
+
+/** Bytes per run: a run is fetched, decoded, checked and written by one worker. */
 const RUN_BYTES = 4 << 20;
 
 /**
@@ -41,17 +62,20 @@ const RUN_BYTES = 4 << 20;
  * name and renamed only when complete and synced, so a failed export never
  * leaves something that looks like a finished image.
  *
- * The disk is cut into runs of consecutive chunks; for each run the chunk
- * objects are read from their packs (one read per stretch of neighbours), one
- * worker decodes and checks them into a single buffer, and the non-zero
- * stretches are written at their offsets.
+ * The disk is cut into runs of consecutive chunks. The main thread walks the
+ * block map and hands each run's leaf entries to a worker (worker-pool.ts,
+ * RestoreRunRequest); the worker reads the chunk objects from their packs
+ * (one read per stretch of neighbours; for a repository that is not a local
+ * directory the main thread fetches them), decodes and checks each one into
+ * its place in a reused buffer, and writes the run's non-zero stretches at
+ * their offsets — or the whole run, zeros included, to a block device.
  */
 export async function exportDisk(
   repo: Repository,
   pit: Pit,
   index: number,
   out: string,
-  opts: { onProgress?: (p: ExportProgress) => void; concurrency?: number; overwrite?: boolean } = {},
+  opts: ExportOptions = {},
 ): Promise<ExportResult> {
   const disk = pitDisk(pit, index);
   const st = await fs.stat(out).catch(() => undefined);
@@ -70,9 +94,12 @@ export async function exportDisk(
   }
   const target = toDevice ? out : `${out}.lifeboat-partial`;
   const fh = await fs.open(target, toDevice ? "r+" : "w", 0o600);
-  const pool = new WorkerPool(repo.keys, repo.config.compression.level);
+  // Writes of whole pages bypass the page cache where the filesystem allows it (not tmpfs).
+  const direct = await fs.open(target, constants.O_WRONLY | constants.O_DIRECT).catch(() => undefined);
+  const pool = opts.pool ?? new WorkerPool(repo.keys, repo.config.compression.level);
+  const root = repo.backend.properties.localRoot;
   const fetches = new Limiter(opts.concurrency ?? 32);
-  const runs = new Limiter(4);
+  const runs = new Limiter(RUNS_PER_WORKER * pool.size);
   const result: ExportResult = { path: out, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
   const tasks = new Set<Promise<void>>();
   let failure: Error | undefined;
@@ -80,70 +107,42 @@ export async function exportDisk(
   const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
   let done = 0;
 
-  const writeRun = async (first: number, items: { slot: number; entry: Buffer }[]) => {
-    const count = Math.min(perRun, disk.chunkCount - first);
-    const length = Math.min(count * cs, disk.sizeBytes - first * cs);
-    const root = repo.backend.properties.localRoot;
-    const located = items.map((it) => {
-      const id = entryId(it.entry);
-      const loc = entryLocation(it.entry);
-      return {
-        slot: it.slot,
-        id,
-        name: repo.chunkName(id),
-        pack: packName(loc.pack),
-        offset: loc.offset,
-        length: loc.length,
-      };
-    });
-    let plain: Buffer;
-    if (root) plain = await pool.readRun(root, length, cs, located);
-    else {
-      // One ranged read per stretch of neighbouring chunks, then cut into chunk objects.
-      const fetched = await Promise.all(
-        packStretches(located).map((group) =>
-          fetches.run(async () => {
-            const first = group[0]!;
-            const last = group[group.length - 1]!;
-            const data = await repo.getObject(first.pack, {
-              offset: first.offset,
-              length: last.offset + last.length - first.offset,
-            });
-            return group.map((it) => {
-              const at = it.offset - first.offset;
-              return { slot: it.slot, id: it.id, name: it.name, data: data.subarray(at, at + it.length) };
-            });
-          }),
+  const restoreRun = async (first: number, records: Buffer, count: number) => {
+    const length = Math.min(perRun * cs, disk.sizeBytes - first * cs);
+    const entries = transferable(records.subarray(0, count * RUN_RECORD_LEN));
+    const items = runItems(new Uint8Array(entries));
+    let stretches: ArrayBuffer[] | undefined;
+    if (!root) {
+      // One ranged read per stretch of neighbouring chunk objects, in the order the worker expects.
+      stretches = await Promise.all(
+        runStretches(items, 0).map((group) =>
+          fetches.run(async () => transferable(await repo.getObject(group[0]!.pack, stretchRange(group)))),
         ),
       );
-      plain = await pool.decodeRun(length, cs, fetched.flat());
     }
-    if (toDevice) await fh.write(plain, 0, length, first * cs);
-    else {
-      // Only the stretches that hold data: zero chunks stay holes.
-      let s = 0;
-      while (s < items.length) {
-        let e = s;
-        while (e + 1 < items.length && items[e + 1]!.slot === items[e]!.slot + 1) e++;
-        const from = items[s]!.slot * cs;
-        const to = Math.min(length, (items[e]!.slot + 1) * cs);
-        await fh.write(plain, from, to - from, first * cs + from);
-        s = e + 1;
-      }
-    }
+    const run = {
+      fd: fh.fd,
+      ...(direct ? { directFd: direct.fd } : {}),
+      position: first * cs,
+      length,
+      chunkSize: cs,
+      entries,
+      fill: toDevice,
+    };
+    await pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
     result.chunks += items.length;
     result.dataBytes += items.reduce((n, it) => n + Math.min(cs, length - it.slot * cs), 0);
     done += length;
     opts.onProgress?.({ bytesDone: done, bytesTotal: disk.sizeBytes });
   };
 
-  const dispatch = async (first: number, items: { slot: number; entry: Buffer }[]) => {
+  const dispatch = async (first: number, records: Buffer, count: number) => {
     if (failure) throw failure;
     await runs.waitForSlot();
     const task = runs
-      .run(() => writeRun(first, items))
+      .run(() => restoreRun(first, records, count))
       .catch((err: unknown) => {
-        failure ??= chunkError(err, pit, disk, first, items);
+        failure ??= chunkError(err, pit, disk, first, records, count);
       })
       .finally(() => tasks.delete(task));
     tasks.add(task);
@@ -164,41 +163,70 @@ export async function exportDisk(
     } else {
       await fh.truncate(disk.sizeBytes);
     }
+    // The run being collected: one record (slot, leaf entry) per stored chunk.
     let runStart = 0;
-    let items: { slot: number; entry: Buffer }[] = [];
+    let records = Buffer.alloc(perRun * RUN_RECORD_LEN);
+    let count = 0;
     const flushUntil = async (index: number) => {
       // Dispatch every run before the one holding `index` (empty runs matter only on devices).
       while (index >= runStart + perRun) {
-        if (items.length > 0 || toDevice) await dispatch(runStart, items);
-        items = [];
+        if (count > 0 || toDevice) {
+          await dispatch(runStart, records, count);
+          records = Buffer.alloc(perRun * RUN_RECORD_LEN);
+        }
+        count = 0;
         runStart += perRun;
       }
     };
     await walkBlockMap(repo, disk, async (i, entry) => {
       await flushUntil(i);
-      items.push({ slot: i - runStart, entry: Buffer.from(entry) });
+      const at = count++ * RUN_RECORD_LEN;
+      records.writeUInt32LE(i - runStart, at);
+      records.set(entry.subarray(0, LEAF_ENTRY_LEN), at + 4);
     });
     await flushUntil(disk.chunkCount);
-    if (items.length > 0 || (toDevice && runStart < disk.chunkCount)) await dispatch(runStart, items);
+    if (count > 0 || (toDevice && runStart < disk.chunkCount)) await dispatch(runStart, records, count);
     await Promise.all(tasks);
     if (failure) throw failure;
+    await direct?.close();
     await fh.sync();
     await fh.close();
-    if (!toDevice) await fs.rename(target, out);
+    if (!toDevice) {
+      await fs.rename(target, out);
+      await syncDir(path.dirname(out));
+    }
     return result;
   } catch (err) {
     await Promise.all(tasks);
+    await direct?.close().catch(() => undefined);
     await fh.close().catch(() => undefined);
     if (!toDevice) await fs.rm(target, { force: true });
     throw err;
   } finally {
-    await pool.close();
+    if (!opts.pool) await pool.close();
   }
 }
 
-function chunkError(err: unknown, pit: Pit, disk: PitDisk, first: number, items: { slot: number }[]): Error {
+/** Makes a rename in `dir` durable. */
+async function syncDir(dir: string): Promise<void> {
+  const d = await fs.open(dir, "r");
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+function chunkError(
+  err: unknown,
+  pit: Pit,
+  disk: PitDisk,
+  first: number,
+  records: Buffer,
+  count: number,
+): Error {
   if (!(err instanceof LifeboatError)) return err instanceof Error ? err : new Error(String(err));
-  const slot = (err as { slot?: number }).slot ?? items[0]?.slot ?? 0;
+  const slot = (err as { slot?: number }).slot ?? (count > 0 ? records.readUInt32LE(0) : 0);
   const i = first + slot;
   const off = i * disk.chunkSize;
   const end = Math.min(disk.sizeBytes, off + disk.chunkSize);

@@ -31,7 +31,7 @@ export { PackWriter, readPackIndex } from "./pack.js";
 export { type Head, deleteHead, listHeads, readHead, writeHead } from "./head.js";
 export { acquireLock, type RepositoryLock } from "./locks.js";
 export { DEFAULT_CHUNK_SIZE, type RepositoryConfig } from "./config.js";
-export { exportDisk, type ExportResult } from "./export.js";
+export { exportDisk, type ExportOptions, type ExportResult } from "./export.js";
 export { collectGarbage, type GcReport } from "./gc.js";
 export { importDisks, type ImportStats } from "./import.js";
 export { ChunkIngest, type KnownIds, loadKnownIds } from "./ingest.js";
@@ -53,5 +53,6 @@ export {
 export { Repository } from "./repository.js";
 export { repositoryStats, type StoreStats } from "./stats.js";
 export { verifyRepository, type VerifyReport } from "./verify.js";
+export { WorkerPool } from "./worker-pool.js";
 export { forgetPits, type ForgetReport } from "./forget.js";
 export { DEFAULT_RETENTION, parseRetention, planRetention, type RetentionPolicy } from "./retention.js";

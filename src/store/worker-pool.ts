@@ -1,28 +1,104 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
+import { LEAF_ENTRY_LEN, entryLocation } from "./block-map.js";
 import type { RepositoryKeys } from "./keys.js";
+import { Limiter } from "./limiter.js";
+import { packName } from "./names.js";
 
 export type WorkerRequest =
   | { type: "scan"; batch: number; buffer: ArrayBuffer; length: number; chunkSize: number }
   | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
   | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
-  | {
-      type: "decodeRun";
-      req: number;
-      length: number;
-      chunkSize: number;
-      items: { slot: number; name: string; id: Uint8Array; data: ArrayBuffer }[];
+  | RestoreRunRequest;
+
+/**
+ * Restores a run of consecutive chunks of a disk: the worker gets the stored
+ * chunk objects (reading them from their packs itself when the repository is
+ * local), decodes and checks each one into a buffer of its own, and writes
+ * the result to `fd` at `position`. Nothing of a run is written unless every
+ * chunk in it checks out.
+ */
+export interface RestoreRunRequest {
+  type: "restoreRun";
+  req: number;
+  /** The target, opened for writing by the main thread. */
+  fd: number;
+  /** The target opened with O_DIRECT, when it allows that: used for writes of whole pages. */
+  directFd?: number;
+  /** Where the run's first byte goes in the target. */
+  position: number;
+  /** Bytes in the run (a whole number of chunks, except at the end of the disk). */
+  length: number;
+  chunkSize: number;
+  /** One record per stored chunk: slot in the run (u32 LE), then its block-map leaf entry. */
+  entries: ArrayBuffer;
+  /** A local repository's root: the worker reads the packs, from here or its trash. */
+  root?: string;
+  /** Otherwise the stored bytes of each stretch, in the order runStretches(…, 0) gives. */
+  stretches?: ArrayBuffer[];
+  /**
+   * Write the whole run, zeros included (a block device holds old data);
+   * otherwise only the chunks, so that zero chunks stay holes in a new file.
+   */
+  fill: boolean;
+}
+
+/** Bytes of one record of RestoreRunRequest.entries. */
+export const RUN_RECORD_LEN = 4 + LEAF_ENTRY_LEN;
+
+/** A chunk of a run, as both threads see it. */
+export interface RunItem {
+  slot: number;
+  entry: Buffer;
+  pack: string;
+  offset: number;
+  length: number;
+}
+
+/** The records of RestoreRunRequest.entries. */
+export function runItems(entries: Uint8Array): RunItem[] {
+  const b = Buffer.from(entries.buffer, entries.byteOffset, entries.byteLength);
+  const items: RunItem[] = [];
+  for (let at = 0; at + RUN_RECORD_LEN <= b.length; at += RUN_RECORD_LEN) {
+    const entry = b.subarray(at + 4, at + RUN_RECORD_LEN);
+    const loc = entryLocation(entry);
+    items.push({
+      slot: b.readUInt32LE(at),
+      entry,
+      pack: packName(loc.pack),
+      offset: loc.offset,
+      length: loc.length,
+    });
+  }
+  return items;
+}
+
+/**
+ * The chunks of a run grouped into stretches that one read of a pack fetches:
+ * sorted by pack and offset, a new stretch where the gap to the previous
+ * chunk exceeds `maxGap` bytes (reading a small gap costs less than another read).
+ */
+export function runStretches<T extends { pack: string; offset: number; length: number }>(
+  items: readonly T[],
+  maxGap: number,
+): T[][] {
+  const sorted = [...items].sort((a, b) =>
+    a.pack === b.pack ? a.offset - b.offset : a.pack < b.pack ? -1 : 1,
+  );
+  const out: T[][] = [];
+  let end = 0;
+  for (const it of sorted) {
+    const group = out.at(-1);
+    if (group && group[0]!.pack === it.pack && it.offset <= end + maxGap) group.push(it);
+    else {
+      out.push([it]);
+      end = 0;
     }
-  | {
-      type: "readRun";
-      req: number;
-      length: number;
-      chunkSize: number;
-      root: string;
-      /** `name`: the chunk's keyed name; `pack`: the pack object holding it at [offset, offset+length). */
-      items: { slot: number; name: string; id: Uint8Array; pack: string; offset: number; length: number }[];
-    };
+    end = Math.max(end, it.offset + it.length);
+  }
+  return out;
+}
 
 export type WorkerResponse =
   | { type: "scanned"; batch: number; ids: ArrayBuffer }
@@ -34,7 +110,20 @@ export type WorkerResponse =
       data: ArrayBuffer;
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
-  | { type: "failed"; req: number; code: string; message: string; hint: string; slot?: number };
+  | { type: "restored"; req: number }
+  | {
+      type: "failed";
+      req: number;
+      code: string;
+      message: string;
+      hint: string;
+      slot?: number;
+      /** A system error of the target (code is its errno name), not damage. */
+      errno?: boolean;
+    };
+
+/** Runs in flight per worker: while one is decoded, the reads of the next are under way. */
+export const RUNS_PER_WORKER = 3;
 
 interface Pending {
   resolve(v: WorkerResponse): void;
@@ -51,6 +140,10 @@ export class WorkerPool {
   private readonly workers: Worker[] = [];
   private readonly pending = new Map<string, Pending>();
   private readonly owner = new Map<number, Worker>();
+  /** Runs being restored by each worker. */
+  private readonly load = new Map<Worker, number>();
+  /** Runs in flight across every export using the pool, so that sharing it does not multiply memory. */
+  private readonly runSlots: Limiter;
   private nextBatch = 0;
   private nextReq = 0;
   private rr = 0;
@@ -69,6 +162,7 @@ export class WorkerPool {
       w.on("error", (err) => this.fail(err));
       this.workers.push(w);
     }
+    this.runSlots = new Limiter(RUNS_PER_WORKER * this.workers.length);
   }
 
   private settle(msg: WorkerResponse): void {
@@ -77,7 +171,9 @@ export class WorkerPool {
     const p = this.pending.get(key);
     this.pending.delete(key);
     if (!p) return;
-    if (msg.type === "failed") {
+    if (msg.type === "failed" && msg.errno) {
+      p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
+    } else if (msg.type === "failed") {
       const err = new LifeboatError(msg.code, msg.message, { hint: msg.hint });
       p.reject(msg.slot === undefined ? err : Object.assign(err, { slot: msg.slot }));
     } else p.resolve(msg);
@@ -164,45 +260,31 @@ export class WorkerPool {
     return Buffer.from((r as { plain: ArrayBuffer }).plain);
   }
 
-  /**
-   * Decodes and checks the chunks of a run of `length` bytes, placing chunk
-   * `slot` at slot × chunkSize in one buffer (missing slots stay zero).
-   */
-  async decodeRun(
-    length: number,
-    chunkSize: number,
-    items: { slot: number; name: string; id: Uint8Array; data: Buffer }[],
-  ): Promise<Buffer> {
-    const req = this.nextReq++;
-    const moved = items.map((i) => ({ slot: i.slot, name: i.name, id: i.id, data: transferable(i.data) }));
-    const r = await this.send(
-      this.pick(),
-      `req:${req}`,
-      { type: "decodeRun", req, length, chunkSize, items: moved },
-      moved.map((m) => m.data),
-    );
-    return Buffer.from((r as { plain: ArrayBuffer }).plain);
+  /** Workers in the pool. */
+  get size(): number {
+    return this.workers.length;
   }
 
   /**
-   * As decodeRun, but the worker reads the chunks from their packs itself, in
-   * a local repository at `root` (falling back to the trash), one read per
-   * stretch of neighbouring chunks.
+   * Restores a run of chunks into the target (RestoreRunRequest), on the
+   * worker with the fewest runs in hand. Rejects with the error of the
+   * run's first bad chunk, its `slot` set.
    */
-  async readRun(
-    root: string,
-    length: number,
-    chunkSize: number,
-    items: Extract<WorkerRequest, { type: "readRun" }>["items"],
-  ): Promise<Buffer> {
-    const req = this.nextReq++;
-    const r = await this.send(
-      this.pick(),
-      `req:${req}`,
-      { type: "readRun", req, length, chunkSize, root, items },
-      [],
-    );
-    return Buffer.from((r as { plain: ArrayBuffer }).plain);
+  async restoreRun(msg: Omit<RestoreRunRequest, "type" | "req">): Promise<void> {
+    await this.runSlots.run(async () => {
+      const req = this.nextReq++;
+      let w = this.workers[0]!;
+      for (const c of this.workers) if ((this.load.get(c) ?? 0) < (this.load.get(w) ?? 0)) w = c;
+      this.load.set(w, (this.load.get(w) ?? 0) + 1);
+      try {
+        await this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
+          msg.entries,
+          ...(msg.stretches ?? []),
+        ]);
+      } finally {
+        this.load.set(w, this.load.get(w)! - 1);
+      }
+    });
   }
 
   async close(): Promise<void> {

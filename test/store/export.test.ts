@@ -1,0 +1,215 @@
+/**
+ * Export (restore of a PIT's disk) from a local directory repository, where
+ * the workers read the packs themselves: images come out byte-identical and
+ * sparse, several disks share one worker pool, a damaged chunk fails the
+ * export naming the disk, PIT and byte range and leaves no file behind, and
+ * a block device gets zeros written where the disk has zero chunks.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { OBJECT_OVERHEAD, ObjectKind } from "../../src/store/codec.js";
+import {
+  type Pit,
+  type Repository,
+  WorkerPool,
+  entryId,
+  entryLocation,
+  exportDisk,
+  importDisks,
+  walkBlockMap,
+} from "../../src/store/index.js";
+import { requireCapability } from "../support/capabilities.js";
+import { writeMixedImage } from "../support/images.js";
+import { createLoopDisk } from "../support/loop-disk.js";
+import { newRepository, tempDir } from "../support/repo.js";
+
+const CHUNK = 64 * 1024;
+/** 9 MiB and a half chunk: three runs, the last one short, and a short last chunk. */
+const SIZE = (9 << 20) + CHUNK / 2;
+
+void describe("export from a local repository", () => {
+  let dir: string;
+  let repoDir: string;
+  let repo: Repository;
+  let pit: Pit;
+  const images: string[] = [];
+
+  before(async () => {
+    dir = await tempDir();
+    repoDir = path.join(dir, "repo");
+    repo = await newRepository({ dir: repoDir, chunkSize: CHUNK });
+    for (let i = 0; i < 3; i++) {
+      const image = path.join(dir, `disk${i}.img`);
+      await writeMixedImage(image, SIZE + i * CHUNK, 7 + i, 1 << 20);
+      images.push(image);
+    }
+    pit = (await importDisks(repo, { server: "app01", disks: images })).pit;
+    assert.ok(repo.backend.properties.localRoot, "a directory repository: workers read its packs");
+  });
+  after(async () => {
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  /** Where chunk `index` of disk 0 is stored. */
+  const locate = async (index: number, of: Pit = pit) => {
+    let entry: Buffer | undefined;
+    await walkBlockMap(repo, of.disks[0]!, (i, e) => {
+      if (i === index) entry = Buffer.from(e);
+    });
+    assert.ok(entry, `chunk ${index} is stored`);
+    const loc = entryLocation(entry);
+    return {
+      name: repo.chunkName(entryId(entry)),
+      file: path.join(repoDir, repo.packName(loc.pack)),
+      offset: loc.offset,
+      length: loc.length,
+    };
+  };
+
+  void it("every disk of a PIT at once through one shared pool: identical, sparse, pool left open", async () => {
+    const pool = new WorkerPool(repo.keys, repo.config.compression.level);
+    try {
+      const outs = images.map((_, i) => path.join(dir, `out${i}.img`));
+      const results = await Promise.all(outs.map((out, i) => exportDisk(repo, pit, i, out, { pool })));
+      for (const [i, out] of outs.entries()) {
+        assert.ok((await fs.readFile(out)).equals(await fs.readFile(images[i]!)), `disk ${i} is identical`);
+        const st = await fs.stat(out);
+        assert.equal(st.size, SIZE + i * CHUNK);
+        // A third of each image is zero stripes: they stay holes.
+        assert.ok(
+          st.blocks * 512 <= st.size * 0.75,
+          `disk ${i} is sparse (${st.blocks * 512} of ${st.size})`,
+        );
+        assert.ok(results[i]!.dataBytes < st.size && results[i]!.chunks > 0);
+        await assert.rejects(fs.stat(`${out}.lifeboat-partial`));
+      }
+      // The pool belongs to the caller: still usable after the exports.
+      const again = path.join(dir, "again.img");
+      await exportDisk(repo, pit, 0, again, { pool });
+      assert.ok((await fs.readFile(again)).equals(await fs.readFile(images[0]!)));
+    } finally {
+      await pool.close();
+    }
+  });
+
+  void it("a flipped bit in a chunk fails the export naming disk, PIT and byte range; no file is left", async () => {
+    // Chunk 100 lies in the second run (64 chunks a run), inside a random stripe (6-7 MiB).
+    const victim = await locate(100);
+    const original = await fs.readFile(victim.file);
+    try {
+      const bad = Buffer.from(original);
+      bad[victim.offset + (victim.length >> 1)]! ^= 0x20;
+      await fs.writeFile(victim.file, bad);
+      const out = path.join(dir, "bad.img");
+      await assert.rejects(exportDisk(repo, pit, 0, out), (e: Error & { code?: string }) => {
+        assert.equal(e.code, "STORE_OBJECT_CORRUPT");
+        assert.match(e.message, new RegExp(`^disk 0 of PIT ${pit.id} \\(app01\\)`));
+        assert.match(e.message, new RegExp(`chunk 100 at bytes ${100 * CHUNK}-${101 * CHUNK - 1}`));
+        assert.match(e.message, new RegExp(victim.name));
+        return true;
+      });
+      await assert.rejects(fs.stat(out), "no image is left behind");
+      await assert.rejects(fs.stat(`${out}.lifeboat-partial`), "no partial image is left behind");
+    } finally {
+      await fs.writeFile(victim.file, original);
+    }
+  });
+
+  /** Replaces chunk `index`'s stored object with a well-formed one of its size holding random bytes. */
+  const forge = async (index: number) => {
+    const victim = await locate(index);
+    const original = await fs.readFile(victim.file);
+    const forged = repo.codec.encode(
+      victim.name,
+      ObjectKind.chunk,
+      randomBytes(victim.length - OBJECT_OVERHEAD),
+    );
+    assert.equal(forged.length, victim.length);
+    const bad = Buffer.from(original);
+    forged.copy(bad, victim.offset);
+    await fs.writeFile(victim.file, bad);
+    return () => fs.writeFile(victim.file, original);
+  };
+
+  const mismatchAt = (from: number, to: number, what: RegExp) => (e: Error & { code?: string }) => {
+    assert.equal(e.code, "STORE_CHUNK_MISMATCH");
+    assert.match(e.message, new RegExp(`at bytes ${from}-${to}: `));
+    assert.match(e.message, what);
+    return true;
+  };
+
+  void it("a chunk that decrypts to other bytes is a mismatch naming its range, the short last chunk too", async () => {
+    // Chunk 144 is the disk's last, half a chunk long, in a random stripe and in the third (short) run.
+    const undo = await forge(144);
+    try {
+      await assert.rejects(
+        exportDisk(repo, pit, 0, path.join(dir, "forged.img")),
+        mismatchAt(144 * CHUNK, SIZE - 1, /does not match its id/),
+      );
+    } finally {
+      await undo();
+    }
+  });
+
+  void it("a chunk that decrypts to fewer bytes than its place holds is a mismatch", async () => {
+    // Chunk 16 is the first of a text stripe: compressed, so random bytes of its stored size are fewer.
+    const undo = await forge(16);
+    try {
+      await assert.rejects(
+        exportDisk(repo, pit, 0, path.join(dir, "short.img")),
+        mismatchAt(16 * CHUNK, 17 * CHUNK - 1, /decrypts to \d+ bytes where its place holds 65536/),
+      );
+    } finally {
+      await undo();
+    }
+  });
+
+  void it("a missing pack is STORE_OBJECT_MISSING naming the range; a pack in the trash is still read", async () => {
+    const victim = await locate(3);
+    const original = await fs.readFile(victim.file);
+    const trashed = path.join(repoDir, "trash", path.relative(repoDir, victim.file));
+    await fs.mkdir(path.dirname(trashed), { recursive: true });
+    await fs.rename(victim.file, trashed);
+    try {
+      const out = path.join(dir, "from-trash.img");
+      await exportDisk(repo, pit, 0, out);
+      assert.ok((await fs.readFile(out)).equals(await fs.readFile(images[0]!)));
+      await fs.rm(trashed);
+      await assert.rejects(
+        exportDisk(repo, pit, 0, path.join(dir, "missing.img")),
+        (e: Error & { code?: string }) => {
+          assert.equal(e.code, "STORE_OBJECT_MISSING");
+          assert.match(e.message, /^disk 0 of PIT .* chunk \d+ at bytes \d+-\d+/);
+          return true;
+        },
+      );
+    } finally {
+      await fs.rm(trashed, { force: true });
+      await fs.writeFile(victim.file, original);
+    }
+  });
+
+  void it("to a block device: old data is replaced, zero chunks included", async (t) => {
+    if (!requireCapability(t, "loop")) return;
+    const repo2 = await newRepository({ dir: path.join(dir, "repo2"), chunkSize: CHUNK });
+    const { pit: pit2 } = await importDisks(repo2, { server: "app02", disks: [images[0]!] });
+    const disk = await createLoopDisk({ sizeMiB: 10, ext4: false });
+    try {
+      // The device starts full of non-zero bytes, which the export must replace, zeros included.
+      await fs.writeFile(disk.device, Buffer.alloc(disk.sizeBytes, 0xa5));
+      await exportDisk(repo2, pit2, 0, disk.device, { overwrite: true });
+      const got = await fs.readFile(disk.device);
+      const want = await fs.readFile(images[0]!);
+      assert.ok(got.subarray(0, want.length).equals(want), "the device holds the disk");
+      assert.ok(
+        got.subarray(want.length).every((b) => b === 0xa5),
+        "bytes past the disk are untouched",
+      );
+    } finally {
+      await disk.cleanup();
+    }
+  });
+});
