@@ -105,6 +105,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   pitRoutes(app, ctx);
   (await import("./routes/commands.js")).commandRoutes(app, ctx);
   (await import("./routes/launches.js")).launchRoutes(app, ctx);
+  (await import("./routes/plans.js")).planRoutes(app, ctx);
   return app;
 }
 

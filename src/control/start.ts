@@ -23,6 +23,7 @@ import { type Database, migrateToLatest, openDatabase } from "./db/index.js";
 import { sweepDisconnected } from "./heartbeats.js";
 import { JobRunner } from "./job-runner.js";
 import { launchHandler } from "./launch-job.js";
+import { planHandler } from "./plans.js";
 import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
 
@@ -92,7 +93,12 @@ export async function startServer(
     repo: openRepo,
     launchRoot: config.launchRoot ?? path.join(config.dataDir, "launches"),
   });
-  const runner = new JobRunner({ database, clock, logger, handlers: { drill: launch, recovery: launch } });
+  const handlers: ConstructorParameters<typeof JobRunner>[0]["handlers"] = {
+    drill: launch,
+    recovery: launch,
+  };
+  const runner = new JobRunner({ database, clock, logger, handlers });
+  handlers.plan = planHandler({ database, clock, poke: () => runner.poke() });
   try {
     await migrateToLatest(database);
     app = await buildApp({

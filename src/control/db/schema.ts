@@ -307,6 +307,7 @@ export type Settings = Selectable<SettingsTable>;
 export type PitRow = Selectable<PitsTable>;
 export type NewPitRow = Insertable<PitsTable>;
 export type Job = Selectable<JobsTable>;
+export type Plan = Selectable<PlansTable>;
 export type NewJob = Insertable<JobsTable>;
 export type JobUpdate = Updateable<JobsTable>;
 export type JobLogLine = Selectable<JobLogTable>;
