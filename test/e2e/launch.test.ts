@@ -255,6 +255,24 @@ void describe("launch to the image target", requires({ tools: [...BASE_TOOLS, "e
     }
   });
 
+  void it("inspect --server --pit reads the PIT from the repository and says whether it would boot", async () => {
+    const ok = await runLifeboat(
+      ["inspect", "--server", "app-01", "--pit", pit.id, "--data-dir", site.dataDir, "--json"],
+      work,
+    );
+    assert.equal(ok.code, 0, ok.stderr);
+    const report = JSON.parse(ok.stdout) as { ready: boolean; pit: { id: string }; disks: unknown[] };
+    assert.equal(report.ready, true);
+    assert.equal(report.pit.id, pit.id);
+    assert.equal(report.disks.length, 2);
+    const xen = await runLifeboat(
+      ["inspect", "--server", "app-01", "--profile", "xen", "--data-dir", site.dataDir],
+      work,
+    );
+    assert.equal(xen.code, 1, "not ready for xen: exit 1");
+    assert.match(xen.stdout, /xen-blkfront/);
+  });
+
   void it("refuses clearly: an unknown server, a PIT of another server, out without admin", async () => {
     const bad = async (body: unknown) => {
       try {
