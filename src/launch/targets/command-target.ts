@@ -36,6 +36,7 @@ export async function runCommandTarget(run: TargetRun, opts: CommandTargetOption
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
+  const closed = new Promise<void>((resolve) => child.once("close", () => resolve()));
   const spawnError = new Promise<Error>((resolve) => child.once("error", resolve));
   const spawned = new Promise<void>((resolve) => child.once("spawn", resolve));
   const failed = await Promise.race([spawnError, spawned.then(() => null)]);
@@ -70,7 +71,7 @@ export async function runCommandTarget(run: TargetRun, opts: CommandTargetOption
   run.signal.addEventListener("abort", onAbort, { once: true });
   try {
     await exited(child);
-    await streamsClosed(child);
+    await streamsClosed(child, closed);
   } finally {
     clearTimeout(timer);
     run.signal.removeEventListener("abort", onAbort);
@@ -92,8 +93,7 @@ export async function runCommandTarget(run: TargetRun, opts: CommandTargetOption
 }
 
 /** Output still buffered when the process exited is read; a grandchild holding the pipes open is not waited for long. */
-async function streamsClosed(child: ReturnType<typeof spawn>): Promise<void> {
-  const closed = new Promise<void>((resolve) => child.once("close", () => resolve()));
+async function streamsClosed(child: ReturnType<typeof spawn>, closed: Promise<void>): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, 2000)))]);
   clearTimeout(timer);
