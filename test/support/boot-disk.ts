@@ -30,12 +30,18 @@ $B umount /dev
 exec $B switch_root /newroot /sbin/init
 `;
 
-/** The recovered system's init: says who it is on the serial console, then powers off. */
+/**
+ * The recovered system's init: says who it is on the serial console, then
+ * powers off, or stays up when the kernel command line has lifeboat.stay.
+ */
 function rootInit(message: string): string {
   return `#!/bin/busybox sh
-/bin/busybox mount -t devtmpfs dev /dev
-echo "${message} $(/bin/busybox cat /etc/hostname)" > /dev/ttyS0
-/bin/busybox poweroff -f
+B=/bin/busybox
+$B mount -t devtmpfs dev /dev
+$B mount -t proc proc /proc
+echo "${message} $($B cat /etc/hostname)" > /dev/ttyS0
+case " $($B cat /proc/cmdline) " in *" lifeboat.stay "*) exec $B sleep 100000 ;; esac
+$B poweroff -f
 `;
 }
 
