@@ -3,8 +3,8 @@
  * (/boot is empty in containers), so the current Debian kernel package
  * (the one linux-image-amd64 depends on) is fetched with `apt-get download`
  * and the kernel and the modules a virtio disk with ext4 needs are extracted
- * from it, once: they are cached (LIFEBOAT_TEST_CACHE, default
- * /var/cache/lifeboat-test) so reruns start at once.
+ * from it, once: they are cached (under LIFEBOAT_TEST_CACHE, default
+ * /var/cache/lifeboat-test, in boot-kernel/) so reruns start at once.
  *
  * The package has no modules.dep (depmod makes it when the package is
  * installed), so dependencies are read from each module's own `depends=`
@@ -50,7 +50,8 @@ function cacheDir(): string {
 
 /** The kernel, or the reason it cannot be had (no apt, no network, no such package). */
 export async function debianKernel(): Promise<BootKernel | string> {
-  const cache = cacheDir();
+  // A directory of its own: other tests keep other things under the same cache root.
+  const cache = path.join(cacheDir(), "boot-kernel");
   await fs.mkdir(cache, { recursive: true });
   let pkg: string;
   try {
@@ -62,15 +63,16 @@ export async function debianKernel(): Promise<BootKernel | string> {
     return `apt-cache cannot resolve linux-image-amd64 (not Debian, or no package lists): ${String(err)}`;
   }
   const dir = path.join(cache, pkg);
-  const marker = path.join(dir, "kernel.json");
-  if (existsSync(marker)) return JSON.parse(await fs.readFile(marker, "utf8")) as BootKernel;
+  const root = path.join(dir, "root");
+  /** Written once the extraction is complete. */
+  const marker = path.join(dir, "extracted");
+  if (existsSync(marker)) return describe(root);
   try {
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(dir, { recursive: true });
     await run("apt-get", ["download", "-q", pkg], { cwd: dir, maxBuffer: 16 << 20 });
     const deb = (await fs.readdir(dir)).find((f) => f.endsWith(".deb"));
     if (!deb) return `apt-get download ${pkg} left no .deb`;
-    const root = path.join(dir, "root");
     await fs.mkdir(root);
     await run("sh", [
       "-c",
@@ -82,7 +84,7 @@ export async function debianKernel(): Promise<BootKernel | string> {
     ]);
     await fs.rm(path.join(dir, deb));
     const kernel = await describe(root);
-    await fs.writeFile(marker, JSON.stringify(kernel));
+    await fs.writeFile(marker, "");
     return kernel;
   } catch (err) {
     return `cannot fetch and extract ${pkg} (apt-get download, dpkg-deb): ${String(err)}`;

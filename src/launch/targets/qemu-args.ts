@@ -52,7 +52,9 @@ export function qemuArgs(m: QemuMachine): string[] {
   const disks = [...m.disks].sort((a, b) => a.index - b.index);
   for (const [n, d] of disks.entries()) {
     args.push("-drive", `file=${opt(d.path)},format=raw,if=none,id=disk${d.index}`);
-    args.push("-device", `virtio-blk-pci,drive=disk${d.index}${n === 0 ? ",bootindex=0" : ""}`);
+    // The firmware boots the first disk; a direct kernel boot takes boot index 0 itself.
+    const boot = n === 0 && !m.kernel ? ",bootindex=0" : "";
+    args.push("-device", `virtio-blk-pci,drive=disk${d.index}${boot}`);
   }
   args.push("-nic", m.network === "user" ? "user,model=virtio-net-pci,restrict=on" : "none");
   if (m.kernel) args.push("-kernel", m.kernel);
