@@ -52,15 +52,15 @@ async function partitionedLoop(
   return { device, partition, mnt };
 }
 
-describe("block devices: checks before writing", skipUnless("loop"), () => {
-  it("accepts free devices at least as large as their disks", async (t) => {
+void describe("block devices: checks before writing", skipUnless("loop"), () => {
+  void it("accepts free devices at least as large as their disks", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     const b = await loopDiskForTest(t, { sizeMiB: 32, ext4: false });
     await checkBlockDevices([a.device, b.device], [16 * MiB, 20 * MiB]);
   });
 
-  it("wants one device per disk, each named once", async (t) => {
+  void it("wants one device per disk, each named once", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     await assert.rejects(
@@ -73,7 +73,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     );
   });
 
-  it("refuses what is not a block device", async (t) => {
+  void it("refuses what is not a block device", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     await assert.rejects(
@@ -86,7 +86,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     );
   });
 
-  it("refuses a device too small for its disk, naming both sizes", async (t) => {
+  void it("refuses a device too small for its disk, naming both sizes", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     const b = await loopDiskForTest(t, { sizeMiB: 8, ext4: false });
@@ -101,7 +101,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     );
   });
 
-  it("refuses a mounted device, naming the mount point", async (t) => {
+  void it("refuses a mounted device, naming the mount point", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16 });
     await assert.rejects(
@@ -110,7 +110,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     );
   });
 
-  it("refuses a device with a mounted partition", async (t) => {
+  void it("refuses a device with a mounted partition", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const p = await partitionedLoop(t);
     // A kernel built without partition table support (some microVM kernels) makes no
@@ -127,7 +127,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     );
   });
 
-  it("refuses an active swap area", async (t) => {
+  void it("refuses an active swap area", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     await run("mkswap", ["-q", a.device]);
@@ -142,7 +142,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     }
   });
 
-  it("refuses a device another program holds open exclusively", async (t) => {
+  void it("refuses a device another program holds open exclusively", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     const fh = await fs.open(a.device, constants.O_RDONLY | constants.O_EXCL);
@@ -157,7 +157,7 @@ describe("block devices: checks before writing", skipUnless("loop"), () => {
     await checkBlockDevices([a.device], [MiB]);
   });
 
-  it("refuses a read-only device", async (t) => {
+  void it("refuses a read-only device", async (t) => {
     if (!requireCapability(t, "loop")) return;
     const a = await loopDiskForTest(t, { sizeMiB: 16, ext4: false });
     await run("blockdev", ["--setro", a.device]);

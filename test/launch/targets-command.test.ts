@@ -12,8 +12,8 @@ async function script(dir: string, name: string, body: string): Promise<string> 
   return p;
 }
 
-describe("command target", () => {
-  it("runs the command with the launch's environment and nothing else", async (t) => {
+void describe("command target", () => {
+  void it("runs the command with the launch's environment and nothing else", async (t) => {
     const run = targetRun(t, [
       { index: 1, path: "/dev/fake-b", sizeBytes: 2048 },
       { index: 0, path: "/var/lib/lifeboat/disk 0.img", sizeBytes: 1024 },
@@ -51,7 +51,7 @@ describe("command target", () => {
       LIFEBOAT_SERVER_ID: "srv-42",
       LIFEBOAT_PIT_ID: "0123456789abcdef01234567",
       LIFEBOAT_PIT_TIME: "2026-11-29T08:30:00.000Z",
-      LIFEBOAT_CONSISTENCY: "app",
+      LIFEBOAT_CONSISTENCY: "application",
       LIFEBOAT_DISK_COUNT: "2",
       LIFEBOAT_DISK_0: "/var/lib/lifeboat/disk 0.img",
       LIFEBOAT_DISK_1: "/dev/fake-b",
@@ -62,7 +62,7 @@ describe("command target", () => {
     assert.ok(run.lines.some((l) => l.level === "warn" && l.message === "command stderr: warning"));
   });
 
-  it("passes arguments as they are, without a shell", async (t) => {
+  void it("passes arguments as they are, without a shell", async (t) => {
     const run = targetRun(t);
     const cmd = await script(run.workDir, "args.sh", 'for a in "$@"; do echo "[$a]"; done');
     const out = await runCommandTarget(run, {
@@ -77,7 +77,7 @@ describe("command target", () => {
     assert.deepEqual(said, ["[two words]", "[$HOME]", "[;rm -rf /]"]);
   });
 
-  it("reports a failing command with its status and last error line", async (t) => {
+  void it("reports a failing command with its status and last error line", async (t) => {
     const run = targetRun(t);
     const cmd = await script(run.workDir, "fail.sh", "echo 'upload failed: quota exceeded' >&2\nexit 3");
     const out = await runCommandTarget(run, { command: cmd, timeoutSeconds: 30 });
@@ -86,7 +86,7 @@ describe("command target", () => {
     assert.match(out.message, /failed with exit status 3 .*quota exceeded/);
   });
 
-  it("reports a command killed by a signal", async (t) => {
+  void it("reports a command killed by a signal", async (t) => {
     const run = targetRun(t);
     const cmd = await script(run.workDir, "segv.sh", "kill -SEGV $$");
     const out = await runCommandTarget(run, { command: cmd, timeoutSeconds: 30 });
@@ -95,7 +95,7 @@ describe("command target", () => {
     assert.match(out.message, /killed by SIGSEGV/);
   });
 
-  it("stops a command that runs past its timeout, with its children", async (t) => {
+  void it("stops a command that runs past its timeout, with its children", async (t) => {
     const run = targetRun(t);
     const pidFile = path.join(run.workDir, "child.pid");
     // The child ignores SIGTERM: only the group's SIGKILL after the grace period stops it.
@@ -118,7 +118,7 @@ describe("command target", () => {
     );
   });
 
-  it("stops the command when the launch is cancelled", async (t) => {
+  void it("stops the command when the launch is cancelled", async (t) => {
     const run = targetRun(t);
     const cmd = await script(run.workDir, "wait.sh", "echo started\nexec sleep 60");
     setTimeout(() => run.abort.abort(), 300);
@@ -128,7 +128,7 @@ describe("command target", () => {
     assert.match(out.message, /cancelled/);
   });
 
-  it("bounds long lines and the total logged", async (t) => {
+  void it("bounds long lines and the total logged", async (t) => {
     const run = targetRun(t);
     const cmd = await script(
       run.workDir,
@@ -144,7 +144,7 @@ describe("command target", () => {
     assert.ok(run.lines.some((l) => /further lines not logged/.test(l.message)));
   });
 
-  it("refuses a command that cannot be run", async (t) => {
+  void it("refuses a command that cannot be run", async (t) => {
     const run = targetRun(t);
     await assert.rejects(
       runCommandTarget(run, { command: path.join(run.workDir, "missing"), timeoutSeconds: 5 }),

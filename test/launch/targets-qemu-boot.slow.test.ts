@@ -43,6 +43,19 @@ async function diskCopy(g: Guest, name: string): Promise<LaunchedDisk> {
   return { index: 0, path: p, sizeBytes: g.sizeBytes };
 }
 
+/** Live QEMU processes whose command line mentions `dir` (the test's work directory). */
+async function qemuProcessesIn(dir: string): Promise<number[]> {
+  const found: number[] = [];
+  for (const pid of await fs.readdir("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => ") Z");
+    if (cmdline.includes("qemu-system") && cmdline.includes(dir) && !stat.includes(") Z"))
+      found.push(Number(pid));
+  }
+  return found;
+}
+
 const BOOT = {
   successPattern: "^LIFEBOAT-BOOTED web-1$",
   timeoutSeconds: 120,
@@ -52,7 +65,7 @@ const BOOT = {
 } as const;
 const APPEND = "console=ttyS0 quiet panic=-1 root=/dev/vda1";
 
-describe("QEMU target: booting a recovered disk", () => {
+void describe("QEMU target: booting a recovered disk", () => {
   before(async () => {
     const missing = missingCapabilities("qemu");
     if (missing) return void (guest = missing);
@@ -70,15 +83,16 @@ describe("QEMU target: booting a recovered disk", () => {
   });
   after(() => rmSync(work, { recursive: true, force: true }));
 
-  it("sees the success pattern on the serial console, and QEMU is gone after", async (t) => {
+  void it("sees the success pattern on the serial console, and QEMU is gone after", async (t) => {
     const g = needGuest(t);
     if (!g) return;
     const run = targetRun(t, [await diskCopy(g, "boot-a.img")]);
+    // The guest stays up after its message, as a real server would: the target stops it.
     const out = await runQemuTarget(run, {
       ...BOOT,
       kernel: g.kernel.vmlinuz,
       initrd: g.initrd,
-      append: APPEND,
+      append: `${APPEND} lifeboat.stay`,
     });
     assert.equal(out.ok, true, out.message);
     assert.match(
@@ -90,9 +104,10 @@ describe("QEMU target: booting a recovered disk", () => {
     assert.equal(out.details.running, false);
     assert.ok(run.lines.some((l) => l.message === "serial: LIFEBOAT-BOOTED web-1"));
     assert.match(await fs.readFile(path.join(run.workDir, "serial.log"), "utf8"), /LIFEBOAT-BOOTED web-1/);
+    assert.deepEqual(await qemuProcessesIn(run.workDir), []);
   });
 
-  it("keeps the machine running when asked, until stopQemu", async (t) => {
+  void it("keeps the machine running when asked, until stopQemu", async (t) => {
     const g = needGuest(t);
     if (!g) return;
     const run = targetRun(t, [await diskCopy(g, "boot-b.img")]);

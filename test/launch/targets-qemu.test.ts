@@ -32,8 +32,8 @@ async function blankDisk(dir: string, name: string): Promise<string> {
   return p;
 }
 
-describe("QEMU target", () => {
-  it("builds an isolated machine: virtio disks in order, no network, serial to a file", () => {
+void describe("QEMU target", () => {
+  void it("builds an isolated machine: virtio disks in order, no network, serial to a file", () => {
     const args = qemuArgs({
       accel: "tcg",
       memoryMiB: 512,
@@ -68,7 +68,7 @@ describe("QEMU target", () => {
     assert.match(user.join(" "), /-cpu host .*-nic user,model=virtio-net-pci,restrict=on/);
   });
 
-  it("says how to install QEMU when it is missing", async (t) => {
+  void it("says how to install QEMU when it is missing", async (t) => {
     const run = targetRun(t);
     const saved = process.env.PATH;
     process.env.PATH = run.workDir;
@@ -83,14 +83,14 @@ describe("QEMU target", () => {
     }
   });
 
-  it("refuses a success pattern that is not a regular expression", async (t) => {
+  void it("refuses a success pattern that is not a regular expression", async (t) => {
     const run = targetRun(t);
     await assert.rejects(runQemuTarget(run, { successPattern: "login(", timeoutSeconds: 1 }), (err) =>
       isLifeboatError(err, "LAUNCH_BAD_SUCCESS_PATTERN"),
     );
   });
 
-  it("is not ok when the pattern never appears, and stops QEMU", async (t) => {
+  void it("is not ok when the pattern never appears, and stops QEMU", async (t) => {
     if (!requireCapability(t, "qemu")) return;
     const run = targetRun(t);
     run.disks.push({ index: 0, path: await blankDisk(run.workDir, "blank.img"), sizeBytes: 1 << 20 });
@@ -111,7 +111,7 @@ describe("QEMU target", () => {
     assert.ok(run.lines.some((l) => /^starting .*qemu-system-x86_64 /.test(l.message)));
   });
 
-  it("reports QEMU's own error when it cannot start the machine", async (t) => {
+  void it("reports QEMU's own error when it cannot start the machine", async (t) => {
     if (!requireCapability(t, "qemu")) return;
     const run = targetRun(t, [{ index: 0, path: "/nonexistent/disk.img", sizeBytes: 1 }]);
     const out = await runQemuTarget(run, {
@@ -124,7 +124,7 @@ describe("QEMU target", () => {
     assert.match(out.message, /^QEMU exited \(status 1\) before \/x\/ appeared: .*\/nonexistent\/disk.img/);
   });
 
-  it("stops QEMU when the launch is cancelled", async (t) => {
+  void it("stops QEMU when the launch is cancelled", async (t) => {
     if (!requireCapability(t, "qemu")) return;
     const run = targetRun(t);
     run.disks.push({ index: 0, path: await blankDisk(run.workDir, "blank.img"), sizeBytes: 1 << 20 });

@@ -20,7 +20,11 @@ export function targetRun(t: TestContext, disks: LaunchedDisk[] = []): RecordedR
       jobId: "job-0123",
       jobType: "drill",
       server: { id: "srv-42", name: "web-1" },
-      pit: { id: "0123456789abcdef01234567", timeMs: Date.UTC(2026, 10, 29, 8, 30, 0), consistency: "app" },
+      pit: {
+        id: "0123456789abcdef01234567",
+        timeMs: Date.UTC(2026, 10, 29, 8, 30, 0),
+        consistency: "application",
+      },
     },
     disks,
     workDir,

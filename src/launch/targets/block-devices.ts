@@ -50,7 +50,7 @@ export async function checkBlockDevices(devices: string[], sizes: number[]): Pro
     seen.set(dev.devno, i);
     const parts = await partitionsOf(dev.name);
     const all = [dev, ...parts];
-    await checkNotMounted(i, device, all, mountList);
+    checkNotMounted(i, device, all, mountList);
     await checkNotSwap(i, device, all, swapList);
     await checkNotHeld(i, device, all);
     await checkNotBusy(i, device);
@@ -83,12 +83,12 @@ async function resolve(i: number, device: string): Promise<KernelBlockDevice> {
   return { name, devno };
 }
 
-async function checkNotMounted(
+function checkNotMounted(
   i: number,
   device: string,
   all: KernelBlockDevice[],
   mountList: Awaited<ReturnType<typeof mounts>>,
-): Promise<void> {
+): void {
   for (const d of all) {
     const m = mountList.find((x) => x.devno === d.devno || x.source === `/dev/${d.name}`);
     if (m)

@@ -30,7 +30,7 @@ export async function convertToQcow2(rawPath: string): Promise<{ path: string; s
     await fs.rename(tmp, out);
   } catch (err) {
     await fs.rm(tmp, { force: true });
-    const stderr = String((err as { stderr?: unknown }).stderr ?? "").trim();
+    const stderr = ((err as { stderr?: string }).stderr ?? "").trim();
     throw new LifeboatError(
       "LAUNCH_QCOW2_FAILED",
       `converting ${rawPath} to qcow2 failed: ${stderr.split("\n").pop() || (err as Error).message}`,
