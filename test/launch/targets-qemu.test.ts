@@ -83,9 +83,12 @@ void describe("QEMU target", () => {
     }
   });
 
-  void it("refuses a success pattern that is not a regular expression", async (t) => {
+  void it("refuses a success pattern that is empty or not a regular expression", async (t) => {
     const run = targetRun(t);
     await assert.rejects(runQemuTarget(run, { successPattern: "login(", timeoutSeconds: 1 }), (err) =>
+      isLifeboatError(err, "LAUNCH_BAD_SUCCESS_PATTERN"),
+    );
+    await assert.rejects(runQemuTarget(run, { successPattern: "", timeoutSeconds: 1 }), (err) =>
       isLifeboatError(err, "LAUNCH_BAD_SUCCESS_PATTERN"),
     );
   });

@@ -6,7 +6,7 @@
  * running. Nothing leaves the machine unless user networking is asked for,
  * and then restricted to the host.
  */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { LifeboatError } from "../../base/index.js";
@@ -61,6 +61,52 @@ export async function runQemuTarget(run: TargetRun, opts: QemuTargetOptions): Pr
     ...(opts.append !== undefined && { append: opts.append }),
   });
   run.log("info", `starting ${qemu} ${args.join(" ")}`);
+  const machine = await startQemu(qemu, args, qemuLog);
+  const watch = await watchConsole(run, opts, pattern, machine, serialLog);
+  const { child } = machine;
+  const keep = watch.end === "matched" && opts.keepRunning === true && !machine.hasExited();
+  if (keep) {
+    child.unref();
+    run.log("info", `QEMU keeps running as pid ${child.pid}`);
+  } else {
+    await stopGroup(child, GRACE_MS);
+    await watch.follower.poll();
+    watch.sink.end();
+  }
+  const details = {
+    accel,
+    bootSeconds: watch.bootSeconds,
+    serialLog,
+    qemuLog,
+    matchedLine: watch.matched,
+    running: keep,
+    ...(keep && { pid: child.pid }),
+    ...(watch.end === "exited" && { exitCode: child.exitCode, exitSignal: child.signalCode }),
+  };
+  const message = await describeQemuOutcome({
+    end: watch.end,
+    opts,
+    accel,
+    bootSeconds: watch.bootSeconds,
+    matched: watch.matched,
+    pid: keep ? child.pid : undefined,
+    exitCode: child.exitCode,
+    serialTail: watch.sink.lastLines(),
+    qemuLog,
+  });
+  return { ok: watch.end === "matched", message, details };
+}
+
+interface RunningQemu {
+  child: ChildProcess;
+  /** performance.now() when it was started. */
+  started: number;
+  exit: Promise<void>;
+  hasExited(): boolean;
+}
+
+/** Starts QEMU in a process group of its own, its messages going to `qemuLog`. */
+async function startQemu(qemu: string, args: string[], qemuLog: string): Promise<RunningQemu> {
   const errFile = await fs.open(qemuLog, "w");
   const started = performance.now();
   const child = spawn(qemu, args, {
@@ -68,6 +114,14 @@ export async function runQemuTarget(run: TargetRun, opts: QemuTargetOptions): Pr
     detached: true,
     env: { PATH: childPath(), LC_ALL: "C" },
   });
+  // Listened to at once: QEMU refusing its options exits within milliseconds.
+  let exited = false;
+  const exit = new Promise<void>((resolve) =>
+    child.once("exit", () => {
+      exited = true;
+      resolve();
+    }),
+  );
   try {
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", resolve);
@@ -78,13 +132,34 @@ export async function runQemuTarget(run: TargetRun, opts: QemuTargetOptions): Pr
   } finally {
     await errFile.close();
   }
+  return { child, started, exit, hasExited: () => exited };
+}
 
+interface ConsoleWatch {
+  end: "matched" | "exited" | "timeout" | "aborted";
+  matched: string | null;
+  bootSeconds: number | null;
+  sink: LineSink;
+  follower: FileFollower;
+}
+
+/**
+ * Follows the serial console until a line matches, QEMU exits, the launch is
+ * cancelled or the time is up. Every line goes to the job's log.
+ */
+async function watchConsole(
+  run: TargetRun,
+  opts: QemuTargetOptions,
+  pattern: RegExp,
+  machine: RunningQemu,
+  serialLog: string,
+): Promise<ConsoleWatch> {
   let matched: string | null = null;
   let bootSeconds: number | null = null;
   const see = (line: string) => {
     if (matched === null && pattern.test(line)) {
       matched = line;
-      bootSeconds = Math.round((performance.now() - started) / 100) / 10;
+      bootSeconds = Math.round((performance.now() - machine.started) / 100) / 10;
     }
   };
   const sink = new LineSink({
@@ -99,68 +174,30 @@ export async function runQemuTarget(run: TargetRun, opts: QemuTargetOptions): Pr
       run.log("warn", "serial console: more than 4 MiB, further lines not logged (all are in serial.log)"),
   });
   const follower = new FileFollower(serialLog, sink);
-  const exitedAt = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  let exited = false;
-  void exitedAt.then(() => (exited = true));
-  const deadline = started + opts.timeoutSeconds * 1000;
-  let end: "matched" | "exited" | "timeout" | "aborted";
+  const deadline = machine.started + opts.timeoutSeconds * 1000;
+  const result = (end: ConsoleWatch["end"]): ConsoleWatch => ({ end, matched, bootSeconds, sink, follower });
   for (;;) {
+    const exited = machine.hasExited();
     await follower.poll();
-    see(sink.pending());
-    if (matched !== null) end = "matched";
-    else if (exited) {
-      await follower.poll();
-      sink.end();
-      end = matched !== null ? "matched" : "exited";
-    } else if (run.signal.aborted) end = "aborted";
-    else if (performance.now() >= deadline) end = "timeout";
-    else {
-      await Promise.race([exitedAt, delay(POLL_MS)]);
-      continue;
-    }
-    break;
+    if (exited) sink.end(); // QEMU is gone: what it wrote is all there is
+    const pending = sink.pending();
+    if (pending !== "") see(pending);
+    if (matched !== null) return result("matched");
+    if (exited) return result("exited");
+    if (run.signal.aborted) return result("aborted");
+    if (performance.now() >= deadline) return result("timeout");
+    await Promise.race([machine.exit, delay(POLL_MS)]);
   }
-
-  const keep = end === "matched" && opts.keepRunning === true && !exited;
-  if (keep) {
-    child.unref();
-    run.log("info", `QEMU keeps running as pid ${child.pid}`);
-  } else {
-    await stopGroup(child, GRACE_MS);
-    await follower.poll();
-    sink.end();
-  }
-  const details = {
-    accel,
-    bootSeconds,
-    serialLog,
-    qemuLog,
-    matchedLine: matched,
-    running: keep,
-    ...(keep && { pid: child.pid }),
-    ...(end === "exited" && { exitCode: child.exitCode, exitSignal: child.signalCode }),
-  };
-  const message = await describeQemuOutcome({
-    end,
-    opts,
-    accel,
-    bootSeconds,
-    matched,
-    pid: keep ? child.pid : undefined,
-    exitCode: child.exitCode,
-    serialTail: sink.lastLines(),
-    qemuLog,
-  });
-  return { ok: end === "matched", message, details };
 }
 
 function compilePattern(source: string): RegExp {
   try {
+    if (source === "") throw new Error("empty");
     return new RegExp(source);
   } catch (err) {
     throw new LifeboatError(
       "LAUNCH_BAD_SUCCESS_PATTERN",
-      `the success pattern ${source} is not a valid regular expression`,
+      `the success pattern "${source}" is empty or not a valid regular expression`,
       {
         hint: "give a JavaScript regular expression, such as 'login:' or 'web-1 ready'",
         cause: err,
