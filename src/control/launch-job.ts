@@ -210,6 +210,10 @@ export function launchHandler(deps: LaunchDeps): JobHandler {
                 timeoutSeconds: s.bootTimeoutSeconds,
                 memoryMiB: s.qemuMemoryMiB,
                 network: s.qemuNetwork,
+                accel: s.qemuAccel,
+                kernel: s.qemuKernel,
+                initrd: s.qemuInitrd,
+                append: s.qemuAppend,
                 keepRunning: params.keepRunning ?? job.type === "recovery",
               },
               command:

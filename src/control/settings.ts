@@ -67,6 +67,12 @@ export const launchSettingsSchema = z.strictObject({
   qemuMemoryMiB: z.number().int().min(64).max(1_048_576),
   /** qemu target: "none" isolates the VM; "user" gives it user-mode networking without reaching the host. */
   qemuNetwork: z.enum(["none", "user"]),
+  /** qemu target: "auto" uses KVM when /dev/kvm works, else TCG (emulation). */
+  qemuAccel: z.enum(["auto", "kvm", "tcg"]),
+  /** qemu target: direct kernel boot, for disks without a boot loader (paths on the control-plane host). */
+  qemuKernel: shortText.nullable(),
+  qemuInitrd: shortText.nullable(),
+  qemuAppend: shortText.nullable(),
   /** command target: the executable (no shell); the disk paths and PIT facts are in its environment. */
   command: shortText.nullable(),
   commandTimeoutSeconds: z.number().int().min(1).max(86_400),
@@ -107,6 +113,10 @@ export const BUILTIN_SETTINGS: { replication: ReplicationSettings; launch: Launc
     bootTimeoutSeconds: 600,
     qemuMemoryMiB: 2048,
     qemuNetwork: "none",
+    qemuAccel: "auto",
+    qemuKernel: null,
+    qemuInitrd: null,
+    qemuAppend: null,
     command: null,
     commandTimeoutSeconds: 3600,
   },

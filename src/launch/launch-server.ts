@@ -5,6 +5,7 @@ import { type DrillReport, type ReportCheck, type ReportStep, writeDrillReport }
 import { type InspectReport, type ProfileName, inspectDisks } from "./inspect/index.js";
 import { type MaterializedDisk, materializePit } from "./materialize.js";
 import { runTarget, type TargetKind, type TargetSettings } from "./run-target.js";
+import { checkBlockDevices } from "./targets/index.js";
 
 /** Everything one server's launch needs, resolved by the job (settings, PIT, directory). */
 export interface ServerLaunchSpec extends TargetSettings {
@@ -59,6 +60,8 @@ export async function launchServer(
   let error: ServerLaunchResult["error"] = null;
   let recoverySeconds: number | null = null;
   const running: ServerLaunchResult["running"] = {};
+  /** Images that replaced the raw ones (qcow2). */
+  const converted: string[] = [];
 
   const step = async (stepName: string, body: () => Promise<string>): Promise<void> => {
     const t0 = clock.now();
@@ -76,6 +79,14 @@ export async function launchServer(
 
   await fs.mkdir(spec.dir, { recursive: true, mode: 0o700 });
   try {
+    if (spec.target === "block")
+      await step("check block devices", async () => {
+        await checkBlockDevices(
+          spec.devices,
+          spec.pit.disks.map((d) => d.sizeBytes),
+        );
+        return `${spec.devices.join(", ")}: present, large enough, not in use`;
+      });
     await step("materialize", async () => {
       const total = spec.pit.disks.reduce((n, d) => n + d.sizeBytes, 0);
       let shown = 0;
@@ -126,6 +137,7 @@ export async function launchServer(
       step,
       changes,
       checks,
+      images: converted,
     });
     if (outcome.qemuPid !== undefined) running.qemuPid = outcome.qemuPid;
     recoverySeconds = (clock.now() - spec.startedAtMs) / 1000;
@@ -164,7 +176,7 @@ export async function launchServer(
     recoverySeconds: error ? null : recoverySeconds,
     outcome: aborted ? "terminated" : error ? "failed" : "succeeded",
     error: error ? { code: error.code, message: error.message } : null,
-    outputs: { images: disks.map((d) => d.path), manifest },
+    outputs: { images: converted.length > 0 ? converted : disks.map((d) => d.path), manifest },
     changes,
     startedAt: new Date(spec.startedAtMs).toISOString(),
     finishedAt: new Date(clock.now()).toISOString(),
@@ -173,7 +185,7 @@ export async function launchServer(
   if (aborted) throw signal.reason instanceof Error ? signal.reason : new Error("aborted");
   return {
     ok: error === null,
-    images: disks.map((d) => d.path),
+    images: report.outputs.images,
     manifest,
     report: paths,
     readiness,
