@@ -2,6 +2,7 @@ import { Command } from "commander";
 import { type ApiOpts, apiOptions, withApi } from "./api-client.js";
 import { printJson, printLines } from "./output.js";
 import { action } from "./store.js";
+import { FINISHED_STATES, followJob, formatJobLine } from "./follow-job.js";
 
 interface JobView {
   id: string;
@@ -55,6 +56,51 @@ export function jobsCommand(): Command {
           ),
           ...r.log.map((l) => `${l.at} ${l.level.padEnd(5)} ${l.message}`),
         ]);
+    }),
+  );
+  apiOptions(
+    jobs
+      .command("logs")
+      .description("a job's log")
+      .argument("<job>", "job id")
+      .option("--follow", "keep printing new lines until the job ends"),
+  ).action(
+    action<ApiOpts & { follow?: boolean }>(async (ctx, o, cmd) => {
+      const id = cmd.args[0]!;
+      await withApi(ctx, o, async (api) => {
+        if (o.follow) {
+          await followJob(api, id, (l) => (ctx.json ? printJson(l) : printLines([formatJobLine(l)])));
+          return;
+        }
+        const r = await api.call<{ log: JobLogLine[] }>(`/api/v1/jobs/${encodeURIComponent(id)}`);
+        if (ctx.json) printJson({ log: r.log });
+        else printLines(r.log.map(formatJobLine));
+      });
+    }),
+  );
+  apiOptions(
+    jobs
+      .command("terminate")
+      .description("stop a job; a drill's outputs (images, VM) are removed (operator)")
+      .argument("<job>", "job id")
+      .option("--no-wait", "return once the request is recorded"),
+  ).action(
+    action<ApiOpts & { wait: boolean }>(async (ctx, o, cmd) => {
+      const id = encodeURIComponent(cmd.args[0]!);
+      await withApi(ctx, o, async (api) => {
+        let r = await api.call<{ job: JobView }>(`/api/v1/jobs/${id}/terminate`, {
+          method: "POST",
+          body: {},
+        });
+        for (let i = 0; o.wait && r.job.state !== "terminated" && i < 600; i++) {
+          await new Promise((res) => setTimeout(res, 500));
+          r = await api.call<{ job: JobView }>(`/api/v1/jobs/${id}`);
+          if (FINISHED_STATES.includes(r.job.state) && r.job.state !== "terminated" && r.job.type !== "drill")
+            break;
+        }
+        if (ctx.json) printJson(r);
+        else printLines([`${r.job.id}\t${r.job.state}`]);
+      });
     }),
   );
   return jobs;

@@ -22,6 +22,8 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand(pitsCommand());
   program.addCommand(demoCommand());
   program.addCommand(inspectCommand());
+  program.addCommand((await import("./launch.js")).launchCommand());
+  program.addCommand((await import("./plans.js")).plansCommand());
   program.addCommand((await import("./server.js")).serverCommand());
   program.addCommand((await import("./token.js")).tokenCommand());
   program.addCommand((await import("./servers.js")).serversCommand());

@@ -37,6 +37,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
     ca: opts.ca,
     clock: opts.clock,
     logger: opts.logger,
+    ...(opts.jobs ? { jobs: opts.jobs } : {}),
   };
   const app = Fastify({
     loggerInstance: opts.logger,
@@ -103,6 +104,8 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   jobRoutes(app, ctx);
   pitRoutes(app, ctx);
   (await import("./routes/commands.js")).commandRoutes(app, ctx);
+  (await import("./routes/launches.js")).launchRoutes(app, ctx);
+  (await import("./routes/plans.js")).planRoutes(app, ctx);
   return app;
 }
 

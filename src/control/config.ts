@@ -34,6 +34,8 @@ export const configSchema = z
       .int()
       .positive()
       .default(1024 * 1024),
+    /** Where launches write (ROOT/<server>/<job-id>/); default D/launches. */
+    launchRoot: z.string().min(1).optional(),
     /** Registrations per client address per minute. */
     registerRateLimitPerMinute: z.number().int().positive().default(30),
   })

@@ -13,6 +13,8 @@ export interface AppContext {
   ca: CaCredentials;
   clock: Clock;
   logger: Logger;
+  /** The job runner of this instance, told when a job was created here (absent in route tests). */
+  jobs?: { poke(): void };
 }
 
 /**

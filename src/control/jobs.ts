@@ -18,6 +18,8 @@ export interface NewJobInput {
   params?: Record<string, unknown>;
   /** The actor that asked for it ("apikey:key_...", "system"). */
   createdBy: string;
+  /** The plan run this job is a wave of. */
+  parentJobId?: string;
 }
 
 export interface JobView {
@@ -31,6 +33,9 @@ export interface JobView {
   createdBy: string;
   updatedAt: string;
   finishedAt: string | null;
+  parentJobId: string | null;
+  /** When an operator asked to terminate it (the job ends "terminated" once its instance acted). */
+  terminateRequestedAt: string | null;
 }
 
 export interface JobLogView {
@@ -55,6 +60,8 @@ export async function createJob(database: Database, clock: Clock, input: NewJobI
     claimed_at: null,
     finished_at: null,
     updated_at: now,
+    parent_job_id: input.parentJobId ?? null,
+    terminate_requested_at: null,
   };
   await database.db.insertInto("jobs").values(row).execute();
   return jobView(row);
@@ -68,7 +75,14 @@ export async function logJobStep(
   database: Database,
   clock: Clock,
   jobId: string,
-  line: { level?: JobLogLine["level"]; message: string; state?: JobState; result?: unknown },
+  line: {
+    level?: JobLogLine["level"];
+    message: string;
+    state?: JobState;
+    result?: unknown;
+    /** Allows a finished job to become "terminated" (its outputs were removed). */
+    fromFinished?: boolean;
+  },
 ): Promise<JobLogView> {
   return database.db.transaction().execute(async (trx) => {
     let q = trx.selectFrom("jobs").select(["id", "state"]).where("id", "=", jobId);
@@ -79,7 +93,8 @@ export async function logJobStep(
         hint: "list jobs with `lifeboat jobs list`",
       });
     const now = clock.now();
-    if (line.state !== undefined && line.state !== job.state && FINISHED.has(job.state)) {
+    const reopen = line.fromFinished === true && line.state === "terminated";
+    if (line.state !== undefined && line.state !== job.state && FINISHED.has(job.state) && !reopen) {
       throw new LifeboatError(
         "JOB_FINISHED",
         `job ${jobId} is already ${job.state}; its state no longer changes`,
@@ -157,9 +172,71 @@ function jobView(j: Job): JobView {
     createdBy: j.created_by,
     updatedAt: iso(j.updated_at ?? j.created_at)!,
     finishedAt: iso(j.finished_at),
+    parentJobId: j.parent_job_id ?? null,
+    terminateRequestedAt: iso(j.terminate_requested_at ?? null),
   };
 }
 
 function logView(l: JobLogLine): JobLogView {
   return { seq: Number(l.seq), at: new Date(Number(l.at)).toISOString(), level: l.level, message: l.message };
+}
+
+/** Log lines after `afterSeq` (the follow of `jobs logs --follow`). */
+export async function jobLogAfter(
+  database: Database,
+  jobId: string,
+  afterSeq: number,
+): Promise<JobLogView[]> {
+  const rows = await database.db
+    .selectFrom("job_log")
+    .selectAll()
+    .where("job_id", "=", jobId)
+    .where("seq", ">", afterSeq)
+    .orderBy("seq")
+    .limit(1000)
+    .execute();
+  return rows.map(logView);
+}
+
+/**
+ * An operator's terminate: a pending job ends at once; a running job, or a
+ * finished drill whose outputs are still there, gets a request the instance
+ * that ran it acts on (JobRunner). A finished recovery is the recovered
+ * server itself and is not removed (JOB_FINISHED).
+ */
+export async function requestTerminate(database: Database, clock: Clock, jobId: string): Promise<JobView> {
+  const row = await database.db.selectFrom("jobs").selectAll().where("id", "=", jobId).executeTakeFirst();
+  if (row === undefined)
+    throw new LifeboatError("JOB_NOT_FOUND", `no job ${jobId}`, {
+      hint: "list jobs with `lifeboat jobs list`",
+    });
+  if (row.state === "terminated") return jobView(row);
+  if (FINISHED.has(row.state) && row.type !== "drill")
+    throw new LifeboatError(
+      "JOB_FINISHED",
+      `job ${jobId} (${row.type}) is already ${row.state}; only a drill's outputs are removed by terminate`,
+      {
+        hint: "a recovery's outputs are the recovered server: remove them by hand when they are no longer needed",
+      },
+    );
+  const now = clock.now();
+  await database.db
+    .updateTable("jobs")
+    .set({ terminate_requested_at: now, updated_at: now })
+    .where("id", "=", jobId)
+    .where("terminate_requested_at", "is", null)
+    .execute();
+  if (row.state === "pending") {
+    const still = await database.db
+      .updateTable("jobs")
+      .set({ state: "terminated", finished_at: now, updated_at: now })
+      .where("id", "=", jobId)
+      .where("state", "=", "pending")
+      .executeTakeFirst();
+    if (Number(still.numUpdatedRows) === 1)
+      await logJobStep(database, clock, jobId, { message: "terminated by an operator before it started" });
+  } else {
+    await logJobStep(database, clock, jobId, { message: "an operator asked to terminate it" });
+  }
+  return (await getJob(database, jobId))!.job;
 }

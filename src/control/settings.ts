@@ -41,11 +41,41 @@ export const replicationSettingsSchema = z.strictObject({
   replicatorId: z.string().min(1).max(64).nullable(),
   tags: z.array(z.string().min(1).max(64)).max(64),
 });
+const address = z
+  .string()
+  .min(2)
+  .max(64)
+  .regex(/^[0-9A-Fa-f.:]+$/, "an IPv4 or IPv6 address");
 export const launchSettingsSchema = z.strictObject({
   target: z.enum(["image", "block", "qemu", "command"]),
   bootProfile: z.string().min(1).max(64),
   outputDir: shortText.nullable(),
+  /** Executables run after the target succeeded, with the target command's environment; each must exit 0. */
   postLaunchChecks: z.array(shortText).max(64),
+  /** The launched copy's hostname; null: "<server>-drill" for a drill, unchanged for a recovery. */
+  hostname: z
+    .string()
+    .regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, "a host name")
+    .nullable(),
+  /** Addresses rewritten in the launched copy's network configuration. */
+  addressMap: z.array(z.strictObject({ from: address, to: address })).max(256),
+  /** Block target: one device per disk, in disk order. */
+  blockDevices: z.array(z.string().min(1).max(4096)).max(64),
+  /** qemu target: a regular expression; the boot succeeded when a serial console line matches it. */
+  successPattern: z.string().min(1).max(1024),
+  bootTimeoutSeconds: z.number().int().min(5).max(86_400),
+  qemuMemoryMiB: z.number().int().min(64).max(1_048_576),
+  /** qemu target: "none" isolates the VM; "user" gives it user-mode networking without reaching the host. */
+  qemuNetwork: z.enum(["none", "user"]),
+  /** qemu target: "auto" uses KVM when /dev/kvm works, else TCG (emulation). */
+  qemuAccel: z.enum(["auto", "kvm", "tcg"]),
+  /** qemu target: direct kernel boot, for disks without a boot loader (paths on the control-plane host). */
+  qemuKernel: shortText.nullable(),
+  qemuInitrd: shortText.nullable(),
+  qemuAppend: shortText.nullable(),
+  /** command target: the executable (no shell); the disk paths and PIT facts are in its environment. */
+  command: shortText.nullable(),
+  commandTimeoutSeconds: z.number().int().min(1).max(86_400),
 });
 export type ReplicationSettings = z.infer<typeof replicationSettingsSchema>;
 export type LaunchSettings = z.infer<typeof launchSettingsSchema>;
@@ -71,7 +101,25 @@ export const BUILTIN_SETTINGS: { replication: ReplicationSettings; launch: Launc
     replicatorId: null,
     tags: [],
   },
-  launch: { target: "image", bootProfile: "generic", outputDir: null, postLaunchChecks: [] },
+  launch: {
+    target: "image",
+    bootProfile: "generic",
+    outputDir: null,
+    postLaunchChecks: [],
+    hostname: null,
+    addressMap: [],
+    blockDevices: [],
+    successPattern: "login:|Reached target .*Multi-User|lifeboat-boot-ok",
+    bootTimeoutSeconds: 600,
+    qemuMemoryMiB: 2048,
+    qemuNetwork: "none",
+    qemuAccel: "auto",
+    qemuKernel: null,
+    qemuInitrd: null,
+    qemuAppend: null,
+    command: null,
+    commandTimeoutSeconds: 3600,
+  },
 };
 
 export type Override = Record<string, unknown>;

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import { readFile } from "node:fs/promises";
+import path from "node:path";
 import type { AddressInfo } from "node:net";
 import type { Server as TlsServer } from "node:tls";
 import { type Clock, LifeboatError, type Logger, createLogger, systemClock } from "../base/index.js";
@@ -20,6 +21,9 @@ import { recordPit } from "./catalog.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
 import { type Database, migrateToLatest, openDatabase } from "./db/index.js";
 import { sweepDisconnected } from "./heartbeats.js";
+import { JobRunner } from "./job-runner.js";
+import { launchHandler } from "./launch-job.js";
+import { planHandler } from "./plans.js";
 import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
 
@@ -78,6 +82,23 @@ export async function startServer(
   let app: FastifyInstance;
   let repo: Repository | undefined;
   let replicator: Replicator | undefined;
+  let opening: Promise<Repository> | undefined;
+  const openRepo = () =>
+    (opening ??= openRepository(config.repository, { keyFile: p.repoKey, logger, clock }).then(
+      (r) => (repo = r),
+    ));
+  const launch = launchHandler({
+    database,
+    clock,
+    repo: openRepo,
+    launchRoot: config.launchRoot ?? path.join(config.dataDir, "launches"),
+  });
+  const handlers: ConstructorParameters<typeof JobRunner>[0]["handlers"] = {
+    drill: launch,
+    recovery: launch,
+  };
+  const runner = new JobRunner({ database, clock, logger, handlers });
+  handlers.plan = planHandler({ database, clock, poke: () => runner.poke() });
   try {
     await migrateToLatest(database);
     app = await buildApp({
@@ -86,11 +107,11 @@ export async function startServer(
       ca: { certPem: caCert!, keyPem: caKey! },
       clock,
       logger,
+      jobs: runner,
       https: serverTlsOptions({ certPem: serverCert!, keyPem: serverKey!, caPem: caCert! }),
     });
     if (opts.replicator !== false) {
-      repo = await openRepository(config.repository, { keyFile: p.repoKey, logger, clock });
-      replicator = embeddedReplicator(repo, database, clock, logger);
+      replicator = embeddedReplicator(await openRepo(), database, clock, logger);
       attachWire(
         app.server as unknown as TlsServer, // fastify built it with `https`: an https.Server, a tls.Server
         wireConnectionHandler(replicator.wire, async (socket) => {
@@ -106,7 +127,9 @@ export async function startServer(
     const listen = opts.listen ?? config.listen;
     const m = /^\[?(.*?)\]?:(\d+)$/.exec(listen)!;
     await app.listen({ host: m[1]!, port: Number(m[2]) });
+    runner.start();
   } catch (err) {
+    await runner.close();
     await replicator?.close();
     await repo?.close();
     await database.close();
@@ -139,8 +162,10 @@ export async function startServer(
       process.removeListener("SIGINT", onSignal);
       clearInterval(sweeper);
       // Wire connections first: the HTTP server's close waits for every socket.
+      await runner.close();
       await replicator?.close();
       await app.close();
+      await (opening?.catch(() => undefined) ?? Promise.resolve());
       await repo?.close();
       await sweeping;
       await database.close();

@@ -28,6 +28,7 @@ const TABLES: (keyof Schema)[] = [
   "replicators",
   "settings",
   "pits",
+  "plans",
   "jobs",
   "job_log",
   "events",
@@ -37,7 +38,7 @@ const TABLES: (keyof Schema)[] = [
   "group_pits",
 ];
 
-const ALL_MIGRATIONS = ["0001_initial", "0002_replicators_jobs", "0003_commands"];
+const ALL_MIGRATIONS = ["0001_initial", "0002_replicators_jobs", "0003_commands", "0004_launch"];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */
 const T = 1_764_000_000_123;
@@ -224,6 +225,8 @@ forEachDatabase("control database", (open, dialect) => {
           claimed_at: T + 5,
           finished_at: null,
           updated_at: T + 6,
+          parent_job_id: null,
+          terminate_requested_at: null,
         },
         job_log: {
           job_id: "job_1",

@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import type { TestContext } from "node:test";
 
-export type Capability = "root" | "loop" | "tracefs" | "fsfreeze";
+export type Capability = "root" | "loop" | "tracefs" | "fsfreeze" | "qemu";
 
 export const strictCapabilities = process.env.LIFEBOAT_TEST_STRICT === "1";
 
@@ -46,6 +46,11 @@ const checks: Record<Capability, () => string | null> = {
   fsfreeze: () => {
     if (!isRoot()) return "fsfreeze needs root";
     return onPath("fsfreeze") ? null : "fsfreeze is not installed (util-linux)";
+  },
+  qemu: () => {
+    for (const cmd of ["qemu-system-x86_64", "qemu-img"])
+      if (!onPath(cmd)) return `${cmd} is not installed (qemu-system-x86, qemu-utils)`;
+    return null;
   },
 };
 

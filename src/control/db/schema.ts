@@ -35,6 +35,7 @@ export interface Schema {
   leases: LeasesTable;
   agent_commands: AgentCommandsTable;
   group_pits: GroupPitsTable;
+  plans: PlansTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -182,6 +183,24 @@ export interface JobsTable {
   finished_at: number | null;
   /** Since 0002: the last change of state or log (null in rows written before 0002). */
   updated_at: number | null;
+  /** Since 0004: the plan run whose wave this job is. */
+  parent_job_id: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Since 0004: an operator asked to stop it (running) or remove what it made (a finished drill). */
+  terminate_requested_at: ColumnType<number | null, number | null | undefined, number | null>;
+}
+
+/** Since 0004: a saved recovery plan: servers launched together, in waves. */
+export interface PlansTable {
+  id: string;
+  name: string;
+  description: string | null;
+  /** [{ name, servers: [server ids] }], in launch order. */
+  waves_json: string;
+  /** Launch options every wave uses (target, profile, ...). */
+  options_json: string;
+  created_at: number;
+  created_by: string;
+  updated_at: number;
 }
 
 /** A job's step-by-step log: seq counts from 1 within a job. Rows go when their job is deleted. */
@@ -288,6 +307,7 @@ export type Settings = Selectable<SettingsTable>;
 export type PitRow = Selectable<PitsTable>;
 export type NewPitRow = Insertable<PitsTable>;
 export type Job = Selectable<JobsTable>;
+export type Plan = Selectable<PlansTable>;
 export type NewJob = Insertable<JobsTable>;
 export type JobUpdate = Updateable<JobsTable>;
 export type JobLogLine = Selectable<JobLogTable>;

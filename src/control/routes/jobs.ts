@@ -18,6 +18,8 @@ const jobSchema = {
     createdBy: { type: "string" },
     updatedAt: { type: "string" },
     finishedAt: { type: ["string", "null"] },
+    parentJobId: { type: ["string", "null"] },
+    terminateRequestedAt: { type: ["string", "null"] },
   },
 } as const;
 const errors = { 401: errorSchema, 403: errorSchema, 404: errorSchema } as const;

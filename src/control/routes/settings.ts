@@ -37,6 +37,28 @@ const patchProperties: Record<SettingsKind, Record<string, unknown>> = {
     bootProfile: nullable({ type: "string", minLength: 1, maxLength: 64 }),
     outputDir: nullable(text),
     postLaunchChecks: nullable({ type: "array", maxItems: 64, items: text }),
+    hostname: nullable({ type: "string", minLength: 1, maxLength: 253 }),
+    addressMap: nullable({
+      type: "array",
+      maxItems: 256,
+      items: {
+        type: "object",
+        required: ["from", "to"],
+        additionalProperties: false,
+        properties: { from: { type: "string", maxLength: 64 }, to: { type: "string", maxLength: 64 } },
+      },
+    }),
+    blockDevices: nullable({ type: "array", maxItems: 64, items: text }),
+    successPattern: nullable({ type: "string", minLength: 1, maxLength: 1024 }),
+    bootTimeoutSeconds: nullable({ type: "integer", minimum: 5, maximum: 86_400 }),
+    qemuMemoryMiB: nullable({ type: "integer", minimum: 64, maximum: 1_048_576 }),
+    qemuNetwork: nullable({ type: "string", enum: ["none", "user"] }),
+    qemuAccel: nullable({ type: "string", enum: ["auto", "kvm", "tcg"] }),
+    qemuKernel: nullable(text),
+    qemuInitrd: nullable(text),
+    qemuAppend: nullable(text),
+    command: nullable(text),
+    commandTimeoutSeconds: nullable({ type: "integer", minimum: 1, maximum: 86_400 }),
   },
 };
 const settingsView = {

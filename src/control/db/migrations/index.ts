@@ -2,6 +2,7 @@ import type { Migration } from "kysely";
 import { initial } from "./0001-initial.js";
 import { replicatorsJobs } from "./0002-replicators-jobs.js";
 import { commands } from "./0003-commands.js";
+import { launch } from "./0004-launch.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -15,4 +16,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0001_initial": initial,
   "0002_replicators_jobs": replicatorsJobs,
   "0003_commands": commands,
+  "0004_launch": launch,
 });
