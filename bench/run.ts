@@ -5,6 +5,8 @@
  *   --only lifeboat|peers   run one side only
  *   --only api              only the API load benchmark (bench/api.ts; a full run ends with it)
  *   --only replication      only the replication benchmark (bench/replication.ts; a full run includes it)
+ *   --only launch           only the launch benchmark: materializing a PIT vs restic restore and
+ *                           borg extract (bench/launch.ts; a full run includes it)
  *   --size-gib N            image size (default 2)
  *   --quick                 256 MiB image, for smoke checks
  *   --keep                  keep bench/work/repos/ (repositories, keys) after the run
@@ -48,7 +50,7 @@ import {
 } from "./sys.js";
 
 interface Options {
-  only: "lifeboat" | "peers" | "api" | "replication" | null;
+  only: "lifeboat" | "peers" | "api" | "replication" | "launch" | null;
   sizeBytes: number;
   quick: boolean;
   keep: boolean;
@@ -68,11 +70,12 @@ function parseOptions(): Options {
     },
   });
   const only = values.only ?? null;
-  if (only !== null && only !== "lifeboat" && only !== "peers" && only !== "api" && only !== "replication") {
-    throw new Error(`--only must be lifeboat, peers, api or replication, got ${only}`);
+  const sections = ["lifeboat", "peers", "api", "replication", "launch"] as const;
+  if (only !== null && !(sections as readonly string[]).includes(only)) {
+    throw new Error(`--only must be ${sections.join(", ")}; got ${only}`);
   }
   return {
-    only,
+    only: only as Options["only"],
     sizeBytes: sizeFromArgs(values),
     quick: values.quick ?? false,
     keep: values.keep ?? false,
@@ -159,9 +162,25 @@ function replicationBench(opts: Options): number {
   return r.status ?? 1;
 }
 
+/** The launch benchmark (bench/launch.ts), in its own process: it writes launch.{json,md}. */
+function launchBench(opts: Options): number {
+  const args = [
+    path.join(import.meta.dirname, "launch.js"),
+    ...(opts.quick ? ["--quick"] : ["--size-gib", String(opts.sizeBytes / GiB)]),
+    ...(opts.keep ? ["--keep"] : []),
+  ];
+  const r = spawnSync(process.execPath, args, { stdio: "inherit" });
+  if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted("the launch benchmark", "SIGINT");
+  return r.status ?? 1;
+}
+
 function main(): number {
   const opts = parseOptions();
   if (opts.only === "api") return apiBench();
+  if (opts.only === "launch") {
+    requireRoot("The launch benchmark");
+    return launchBench(opts);
+  }
   if (opts.only === "replication") {
     requireRoot("The replication benchmark");
     return replicationBench(opts);
@@ -229,8 +248,9 @@ function main(): number {
 
   const failed = notes.some((n) => n.includes("failed")) || outcome.steps.some((s) => s.verified === false);
   const replicationFailed = opts.only === null && !opts.warm && replicationBench(opts) !== 0;
+  const launchFailed = opts.only === null && !opts.warm && launchBench(opts) !== 0;
   const apiFailed = opts.only === null && apiBench() !== 0;
-  return failed || replicationFailed || apiFailed ? 1 : 0;
+  return failed || replicationFailed || launchFailed || apiFailed ? 1 : 0;
 }
 
 try {
