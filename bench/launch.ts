@@ -110,7 +110,14 @@ export interface LaunchTool {
 
 export interface LaunchResults {
   generatedAt: string;
-  options: { sizeBytes: number; rounds: number; quick: boolean; baseline: string | null };
+  options: {
+    sizeBytes: number;
+    rounds: number;
+    quick: boolean;
+    baseline: string | null;
+    /** The baseline checkout's commit. */
+    baselineCommit?: string;
+  };
   machine: MachineFacts;
   image: ImageDescription;
   method: string[];
@@ -291,7 +298,17 @@ function main(): number {
 
     results = {
       generatedAt: new Date().toISOString(),
-      options: { sizeBytes: opts.sizeBytes, rounds: opts.rounds, quick: opts.quick, baseline: opts.baseline },
+      options: {
+        sizeBytes: opts.sizeBytes,
+        rounds: opts.rounds,
+        quick: opts.quick,
+        baseline: opts.baseline,
+        ...(opts.baseline
+          ? {
+              baselineCommit: run("git", ["-C", opts.baseline, "rev-parse", "--short", "HEAD"]).stdout.trim(),
+            }
+          : {}),
+      },
       machine: machineFacts(),
       image: images.description,
       method: METHOD,
@@ -351,6 +368,11 @@ function renderLaunch(r: LaunchResults): string {
       .join(", ")}.`,
     "",
   );
+  if (r.options.baseline)
+    L.push(
+      `Baseline: the store of ${r.options.baseline} at commit ${r.options.baselineCommit ?? "unknown"}.`,
+      "",
+    );
   L.push("## Restores", "");
   L.push("| tool | median s | MB/s | call s (median) | peak RSS MiB | identical | rounds: s (load before) |");
   L.push("| --- | --- | --- | --- | --- | --- | --- |");
