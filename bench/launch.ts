@@ -54,6 +54,7 @@ const SERVER = "bench";
 const CLI = path.join(ROOT, "bin", "lifeboat.js");
 const RESTORE = path.join(import.meta.dirname, "launch-restore.js");
 const DEFAULT_ROUNDS = 3;
+const SETTLE_SECONDS = 5;
 
 interface Options {
   sizeBytes: number;
@@ -134,6 +135,16 @@ interface Contender {
   command: string;
   /** Runs the restore (timed) into `dir`, returns the measurement and the restored image. */
   restore(dir: string): { m: ReturnType<typeof timed>; image: string; callSeconds?: number };
+}
+
+/**
+ * Flushes and waits before a restore: the virtual disk keeps writing what the
+ * previous tool wrote (2 GiB) for a while after the guest's sync returns, and
+ * the next tool would pay for it.
+ */
+function settle(): void {
+  run("sync", []);
+  run("sleep", [String(SETTLE_SECONDS)]);
 }
 
 const median = (xs: number[]): number => {
@@ -252,6 +263,7 @@ function main(): number {
         const dir = path.join(repos, "restore");
         removeTree(dir);
         mkdirSync(dir, { recursive: true });
+        settle();
         const { m, image, callSeconds } = c.restore(dir);
         const verified = sameContent(image, images.changed);
         removeTree(dir);
@@ -345,7 +357,7 @@ const METHOD = [
   "Before every timed restore: `sync; echo 3 > /proc/sys/vm/drop_caches` (the page cache is dropped: repositories are read from the disk). The timing ends after a final `sync`, so a tool that leaves its output dirty in the page cache pays for writing it.",
   "Each restore runs in a process of its own under GNU time (peak RSS). lifeboat's process time includes starting Node and loading modules; `call` is the time inside exportDisk / materializePit, as a launch job running in the server spends it.",
   "restic and borg write every byte of the image (neither is asked for sparse output); lifeboat leaves zero chunks as holes. Every output is compared with changed.img by cmp, outside the timing.",
-  "Rounds run every restore once, in an order rotated by one each round; the figure per tool is the median of its rounds. Other work on the machine slows every tool: the load column shows it.",
+  "Rounds run every restore once, in an order rotated by one each round; the figure per tool is the median of its rounds. Before each restore: sync and a 5 s pause, so that one tool does not pay for the writes of the one before. Other work on the machine slows every tool: the load column shows it.",
 ];
 
 const RECOVERY_TIME =
