@@ -22,6 +22,7 @@ import {
 } from "../base/index.js";
 import { assertPrivateFile } from "../net/index.js";
 import { connectWire } from "../wire/index.js";
+import { BootWatcher } from "./boot-watcher.js";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
 import { type AgentCommand, ControlClient } from "./control-client.js";
 import { type PointRequest, Replication, type ReplicationOptions } from "./replication.js";
@@ -39,6 +40,8 @@ export interface AgentServiceOptions {
   settingsIntervalMs?: number;
   /** Status file period (default 1000 ms). */
   statusIntervalMs?: number;
+  /** How often /boot is checked for changes (default 60 s; boot-watcher.ts). */
+  bootCheckIntervalMs?: number;
 }
 
 export class AgentService {
@@ -50,6 +53,9 @@ export class AgentService {
   private savedToken: string | undefined;
   private pitTimer: NodeJS.Timeout | undefined;
   private pitSeconds = 0;
+  /** Ends the heartbeat loop's wait early (a new boot inventory to send). */
+  private wakeHeartbeat: (() => void) | undefined;
+  private readonly boot: BootWatcher;
 
   private constructor(
     readonly config: AgentConfig,
@@ -60,7 +66,14 @@ export class AgentService {
     private readonly clock: Clock,
     /** Where the wire connects; a change applies from the next connection. */
     private readonly data: { host: string; port: number },
-  ) {}
+  ) {
+    this.boot = new BootWatcher({
+      root: config.bootRoot ?? "/",
+      clock,
+      logger: log,
+      onChange: () => this.wakeHeartbeat?.(),
+    });
+  }
 
   static async start(opts: AgentServiceOptions): Promise<AgentService> {
     const log = opts.logger ?? silentLogger;
@@ -135,7 +148,8 @@ export class AgentService {
     svc.every(opts.statusIntervalMs ?? 1000, () => svc.writeStatus());
     svc.schedulePits(config.settings.pitIntervalSeconds);
     svc.every(3600_000, () => void svc.renew(identity));
-    svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings()];
+    svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings(), svc.boot.check()];
+    svc.every(opts.bootCheckIntervalMs ?? 60_000, () => void svc.boot.check());
     await svc.readRescanRequest();
     return svc;
   }
@@ -167,6 +181,7 @@ export class AgentService {
     for (const t of this.timers) clearInterval(t);
     if (this.pitTimer) clearInterval(this.pitTimer);
     this.abort.abort();
+    await this.boot.close();
     await this.replication.stop();
     await Promise.allSettled(this.loops);
     await this.statusWrite;
@@ -267,6 +282,8 @@ export class AgentService {
     while (!this.stopping) {
       const s = this.replication.status();
       if (s) {
+        // The boot inventory only when it changed: heartbeats stay small.
+        const boot = this.boot.pending();
         try {
           const r = await this.control.heartbeat({
             state: s.state,
@@ -280,15 +297,33 @@ export class AgentService {
                 state: d.state,
               })),
               tracker: s.tracker,
+              ...(boot ? { boot } : {}),
             },
           });
+          if (boot) this.boot.sent(boot);
           every = r.heartbeatSeconds;
         } catch (err) {
           if (!this.stopping) this.log.warn({ err: String(err) }, "heartbeat failed");
         }
       }
-      await this.sleep(every * 1000);
+      await this.heartbeatPause(every * 1000);
     }
+  }
+
+  /** Waits `ms`, or less when stopping or when a new boot inventory is to be sent. */
+  private heartbeatPause(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.abort.signal.removeEventListener("abort", done);
+        this.wakeHeartbeat = undefined;
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.abort.signal.addEventListener("abort", done);
+      this.wakeHeartbeat = done;
+    });
   }
 
   private async commands(): Promise<void> {
