@@ -3,7 +3,8 @@
  * directory that `agent install` wrote, runs the replication engine against
  * the replicator (over the wire, on the control plane's port unless the
  * configuration names another data address), and keeps three loops beside
- * it: heartbeats with state, lag and backlog to the control plane; a long
+ * it: heartbeats with state, lag, backlog and inventory to the control plane
+ * (the boot inventory, boot-watcher.ts, when it changed); a long
  * poll for commands (PITs on demand, group PITs, rescans, bandwidth); and the
  * status file that `agent status` reads, written about once a second except
  * while filesystems are frozen. Scheduled PITs run every

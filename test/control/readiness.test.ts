@@ -10,7 +10,7 @@ import type { Database } from "../../src/control/db/index.js";
 import { recordHeartbeat } from "../../src/control/heartbeats.js";
 import { readinessOf } from "../../src/control/readiness.js";
 import { forEachDatabase } from "../support/databases.js";
-import { T0, type TestApp, testApp } from "./helpers.js";
+import { T0, testApp } from "./helpers.js";
 
 const remedy =
   "install the drivers and regenerate it with update-initramfs -u -k 6.1.0, or launch with profile kvm";
