@@ -37,7 +37,7 @@ export interface BootInventory {
   checkedAt: string;
   os: OsInfo | null;
   bootloader: BootLoaderFacts | null;
-  /** Newest first. */
+  /** Newest first: the MAX_KERNELS newest, and the default one. */
   kernels: BootKernel[];
   /** The verdict for every profile, as inspect would give it for the default kernel. */
   profiles: Record<ProfileName, BootProfileVerdict>;
@@ -88,6 +88,8 @@ const PROFILE_DRIVERS = new Set(
 const KERNEL_FILE = /^(?:vmlinuz|vmlinux|bzImage|Image|kernel)-(.+)$/;
 const MAX_TEXT = 4 << 20;
 const MAX_BLS_ENTRIES = 200;
+/** The newest kernels reported and judged (the default one always is). */
+export const MAX_KERNELS = 8;
 const THIS_SYSTEM = "this system";
 
 /** Reads the system under `root` and judges it for every profile. Never throws for what it finds. */
@@ -112,6 +114,8 @@ export async function collectBootInventory(opts: { root: string; now: number }):
   const bootloader = await findBootloader(r, problems);
   const chosen = kernels.find((k) => k.report.version === bootloader?.defaultKernel) ?? kernels[0];
   if (chosen) chosen.report.default = true;
+  // A server that kept every kernel it ever had still sends a heartbeat of a few kilobytes.
+  kernels = kernels.filter((k, i) => i < MAX_KERNELS || k.report.default);
   const profiles = Object.fromEntries(
     PROFILE_NAMES.map((p) => [p, judge(p, os, kernels, bootloader, problems)]),
   ) as Record<ProfileName, BootProfileVerdict>;

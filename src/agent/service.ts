@@ -31,6 +31,9 @@ import { writeAgentStatus } from "./status.js";
 
 export const AGENT_VERSION = "0.1.0";
 
+/** What the control plane answers to a heartbeat body it will never take (http-error.ts). */
+const REFUSED_BODY = new Set(["REQUEST_INVALID", "REQUEST_TOO_LARGE"]);
+
 export interface AgentServiceOptions {
   configDir: string;
   logger?: Logger;
@@ -305,6 +308,11 @@ export class AgentService {
           every = r.heartbeatSeconds;
         } catch (err) {
           if (!this.stopping) this.log.warn({ err: String(err) }, "heartbeat failed");
+          // Refused for good (a 4xx): the inventory must not keep every later heartbeat out.
+          if (boot && err instanceof LifeboatError && REFUSED_BODY.has(err.code)) {
+            this.boot.sent(boot);
+            this.log.warn({ code: err.code }, "the control plane refused the boot inventory; not sent again");
+          }
         }
       }
       await this.heartbeatPause(every * 1000);
