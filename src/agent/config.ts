@@ -64,6 +64,8 @@ export const agentConfigSchema = z.object({
   blockSize: z.number().int().default(65536),
   disks: z.array(diskSchema).max(256),
   settings: settingsSchema.prefault({}),
+  /** The root directory whose /boot the boot inventory reads (default "/"; tests give a tree). */
+  bootRoot: z.string().startsWith("/").optional(),
 });
 export type AgentConfig = z.infer<typeof agentConfigSchema>;
 

@@ -126,7 +126,7 @@ export async function runTarget(
       await ctx.step("target command", async () => {
         if (spec.command === null)
           throw new LifeboatError("LAUNCH_NO_COMMAND", "the command target has no command", {
-            hint: "set the launch settings' command: lifeboat settings set SERVER --launch command=/path/to/program",
+            hint: "set the launch settings' command: lifeboat settings set --server SERVER --kind launch command=/path/to/program",
           });
         const outcome = await runCommandTarget(run, {
           command: spec.command.path,
