@@ -69,8 +69,8 @@ export class CopyMounts {
     this.tree = new CopyTree(path.join(dir, "root"));
   }
 
-  static async create(signal?: AbortSignal): Promise<CopyMounts> {
-    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "lifeboat-copy-"));
+  static async create(parent: string | undefined, signal: AbortSignal | undefined): Promise<CopyMounts> {
+    const dir = await fs.mkdtemp(path.join(parent ?? os.tmpdir(), "lifeboat-copy-"));
     await fs.mkdir(path.join(dir, "root"), { mode: 0o700 });
     return new CopyMounts(dir, signal);
   }

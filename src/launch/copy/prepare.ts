@@ -19,6 +19,8 @@ export interface PrepareCopyOptions {
   log: (level: "info" | "warn" | "error", message: string) => void;
   /** The protected server, for the launched-copy marker; default: what the copy's agent configuration names. */
   server?: { name: string; id?: string };
+  /** Where the private mount directory is made (default: the system's temporary directory). */
+  tmpDir?: string;
   /** Stops the preparation (mounts are still undone). */
   signal?: AbortSignal;
   clock?: Clock;
@@ -71,7 +73,7 @@ export async function prepareLaunchedCopy(
   const converted: Converted[] = [];
   for (const s of systems) {
     opts.signal?.throwIfAborted();
-    const mounts = await CopyMounts.create(opts.signal);
+    const mounts = await CopyMounts.create(opts.tmpDir, opts.signal);
     let problems: string[] = [];
     try {
       await mountSystem(mounts, s, log);
