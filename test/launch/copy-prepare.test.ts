@@ -130,10 +130,10 @@ async function writeNetwork(root: string, hostFile: string): Promise<void> {
     { mode: 0o600 },
   );
   await fs.mkdir(path.join(etc, "sysconfig/network-scripts"), { recursive: true });
-  await fs.writeFile(
-    path.join(etc, "sysconfig/network-scripts/ifcfg-eth0"),
-    "IPADDR=10.0.0.1\nGATEWAY=10.0.0.12\n",
-  );
+  const ifcfg = path.join(etc, "sysconfig/network-scripts/ifcfg-eth0");
+  await fs.writeFile(ifcfg, "IPADDR=10.0.0.1\nGATEWAY=10.0.0.12\n");
+  // An SELinux label, as on RHEL: a rewritten file without it would be unreadable to the copy's network service.
+  await run("setfattr", ["-n", "security.selinux", "-v", SELINUX_LABEL, ifcfg]);
   await fs.mkdir(path.join(etc, "NetworkManager/system-connections"), { recursive: true });
   await fs.writeFile(
     path.join(etc, "NetworkManager/system-connections/eth0.nmconnection"),
@@ -308,10 +308,10 @@ void describe(
           await read("etc/network/interfaces"),
           "auto eth0\niface eth0 inet static\n  address 192.168.50.1/24\n  gateway 10.0.0.12\n",
         );
-        assert.equal(
-          await read("etc/sysconfig/network-scripts/ifcfg-eth0"),
-          "IPADDR=192.168.50.1\nGATEWAY=10.0.0.12\n",
-        );
+        const ifcfg = path.join(m.dir, "etc/sysconfig/network-scripts/ifcfg-eth0");
+        assert.equal(await fs.readFile(ifcfg, "utf8"), "IPADDR=192.168.50.1\nGATEWAY=10.0.0.12\n");
+        const label = await run("getfattr", ["--only-values", "-n", "security.selinux", ifcfg]);
+        assert.equal(label.stdout.replace(/\0$/, ""), SELINUX_LABEL, "SELinux label kept");
         assert.equal(await read("etc/systemd/network/10-eth0.network"), "[Network]\nAddress=10.0.0.12/24\n");
         const nm = path.join(m.dir, "etc/NetworkManager/system-connections/eth0.nmconnection");
         assert.equal(await fs.readFile(nm, "utf8"), "[ipv4]\naddress1=192.168.50.1/24,10.0.0.12\n");

@@ -46,6 +46,10 @@ export async function convertInitramfs(
 ): Promise<Converted[]> {
   const tree = mounts.tree;
   const todo = kernels.filter((k) => !k.profiles[profile].ready);
+  if (kernels.length === 0) {
+    log.warn("conversion: inspect found no kernel in the copy's /boot; nothing to convert");
+    return [];
+  }
   if (todo.length === 0) {
     log.info(
       `conversion: every kernel's initramfs already has the drivers of profile ${profile}; nothing to do`,
