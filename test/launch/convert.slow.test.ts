@@ -57,7 +57,8 @@ async function inChroot(root: string, cmd: string[]): Promise<void> {
 async function ensureTarball(diag: (m: string) => void): Promise<void> {
   if (existsSync(TARBALL)) return;
   await fs.mkdir(CACHE_DIR, { recursive: true });
-  const tmp = await fs.mkdtemp(path.join(CACHE_DIR, "build-"));
+  // Built outside the cache directory, which other test suites share; only the finished tarball goes there.
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), "lifeboat-debootstrap-"));
   const started = Date.now();
   try {
     const root = path.join(tmp, "root");
@@ -80,7 +81,9 @@ async function ensureTarball(diag: (m: string) => void): Promise<void> {
     const [version] = await fs.readdir(path.join(root, "lib/modules"));
     await inChroot(root, ["update-initramfs", "-u", "-k", version!]);
     await sh('tar -C "$1" --numeric-owner -cf - . | zstd -q -3 -T0 -o "$2"', root, `${tmp}/tree.tar.zst`);
-    await fs.rename(`${tmp}/tree.tar.zst`, TARBALL);
+    const partial = `${TARBALL}.partial-${process.pid}`;
+    await fs.copyFile(`${tmp}/tree.tar.zst`, partial);
+    await fs.rename(partial, TARBALL);
     diag(`built ${TARBALL} in ${Math.round((Date.now() - started) / 1000)} s`);
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
@@ -159,7 +162,7 @@ void describe(
         log: (level, message) => lines.push(`${level}: ${message}`),
       });
       t.diagnostic(`prepare with conversion took ${Math.round((Date.now() - started) / 1000)} s`);
-      t.diagnostic(lines.join("\n"));
+      for (const l of lines) t.diagnostic(l);
       assert.deepEqual(r.converted, [{ kernel: version, added: ["xen-blkfront", "xen-netfront"] }]);
       assert.ok(
         r.changes.includes("added xen-blkfront, xen-netfront to /etc/initramfs-tools/modules"),
