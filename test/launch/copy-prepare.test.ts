@@ -417,6 +417,32 @@ void describe(
       await assertReleased(bad, mnt);
     });
 
+    void it("not root: LAUNCH_COPY_NEEDS_ROOT with a hint, before anything is attached", async (t) => {
+      const here = path.dirname(new URL(import.meta.url).pathname);
+      for (let d = here; d !== "/"; d = path.dirname(d))
+        if (((await fs.stat(d)).mode & 0o005) !== 0o005)
+          return t.skip(`${d} is not readable by other users, so the code cannot run as nobody`);
+      const report = await inspectDisks([disk], { profile: "kvm" });
+      const mod = new URL("../../src/launch/copy/index.js", import.meta.url).href;
+      const script = `
+        const { prepareLaunchedCopy } = await import(${JSON.stringify(mod)});
+        try {
+          await prepareLaunchedCopy(${JSON.stringify([disk])}, ${JSON.stringify(report)}, { jobId: "j", jobType: "drill", log: () => {} });
+          console.log(JSON.stringify({ code: "none" }));
+        } catch (e) {
+          console.log(JSON.stringify({ code: e.code, hint: e.hint }));
+        }`;
+      // As nobody: the test itself runs as root.
+      const r = await run(process.execPath, ["--input-type=module", "-e", script], {
+        uid: 65534,
+        gid: 65534,
+      });
+      const out = JSON.parse(r.stdout) as { code: string; hint: string };
+      assert.equal(out.code, "LAUNCH_COPY_NEEDS_ROOT");
+      assert.match(out.hint, /as root/);
+      await assertReleased(disk, mnt);
+    });
+
     void it("an abort mid-way unmounts and detaches everything", async () => {
       const report = await inspectDisks([disk], { profile: "kvm" });
       const ac = new AbortController();
