@@ -30,6 +30,7 @@ const run = promisify(execFile);
 const V = "6.1.0-18-amd64";
 const ROOT = "3f1b2c4d-5e6f-4a1b-8c2d-0123456789ab";
 const BOOT = "4a2b3c4d-5e6f-4a1b-8c2d-0123456789ab";
+const DATA = "8e2b3c4d-5e6f-4a1b-8c2d-0123456789ab";
 const XROOT = "5b3b3c4d-5e6f-4a1b-8c2d-0123456789ab";
 const MiB = 1 << 20;
 const SELINUX_LABEL = "system_u:object_r:net_conf_t:s0";
@@ -177,7 +178,7 @@ void describe(
       const boot = path.join(work, "boot");
       await writeRootTree(root, {
         osRelease: DEBIAN_OS,
-        fstab: `UUID=${ROOT} / ext4 defaults 0 1\nUUID=${BOOT} /boot ext4 defaults 0 2\n`,
+        fstab: `UUID=${ROOT} / ext4 defaults 0 1\nUUID=${BOOT} /boot ext4 defaults 0 2\nUUID=${DATA} /srv/data ext4 defaults 0 2\n`,
         kernels: [
           {
             version: V,
@@ -192,6 +193,7 @@ void describe(
       });
       await writeAgent(root);
       await writeNetwork(root, hostFile);
+      await fs.mkdir(path.join(root, "srv/data"), { recursive: true });
       // /boot's contents live on partition 2; the root keeps the empty mount point.
       await fs.rename(path.join(root, "boot"), boot);
       await fs.mkdir(path.join(root, "boot"));
@@ -207,6 +209,7 @@ void describe(
       await makeDisk(disk, "gpt", [
         { sizeMiB: 32, type: "linux", fs: "ext4", uuid: ROOT, dir: root },
         { sizeMiB: 16, type: "linux", fs: "ext4", uuid: BOOT, dir: boot },
+        { sizeMiB: 8, type: "linux", fs: "ext4", uuid: DATA },
       ]);
 
       // xfs root, unpartitioned, /boot on it.
@@ -273,6 +276,7 @@ void describe(
         lines.includes("info: mounted the copy's /boot (ext4 on disk 0 partition 2) read-write"),
         lines.join("\n"),
       );
+      assert.ok(!lines.some((l) => l.includes("/srv/data")), "a data filesystem was mounted");
       assert.deepEqual(r.converted, []);
       assert.equal(
         await fs.readFile(hostFile, "utf8"),

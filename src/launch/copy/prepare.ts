@@ -41,7 +41,14 @@ interface InstalledSystem {
   primary: boolean;
 }
 
-const MOUNTABLE = new Set(["ext2", "ext3", "ext4", "xfs", "vfat", "btrfs"]);
+const MOUNTABLE = new Set(["ext2", "ext3", "ext4", "xfs", "vfat"]);
+/**
+ * What a preparation reads or writes lives on these (besides the root): the
+ * kernels and initramfs, /usr/lib/modules and the initramfs tools, /var/tmp
+ * where they work. Data filesystems (a database's volumes) are left alone:
+ * mounting them would only replay their journals and cost time.
+ */
+const NEEDED = new Set(["/boot", "/boot/efi", "/efi", "/usr", "/var", "/var/tmp"]);
 
 /**
  * Makes a launched copy safe and fit to boot before it goes to a target,
@@ -124,9 +131,11 @@ function installedSystems(disks: string[], report: InspectReport): InstalledSyst
           for (const e of d.fstab?.entries ?? []) {
             const mp = e.entry.mountPoint;
             if (e.disk === undefined || (e.status !== "matched" && e.status !== "device")) continue;
-            if (!mp.startsWith("/") || mp === "/" || e.entry.options.includes("noauto")) continue;
+            if (!NEEDED.has(mp.replace(/\/+$/, "")) || e.entry.options.includes("noauto")) continue;
             const f = report.disks[e.disk]?.filesystems.find((x) => x.partition === e.partition);
             if (!f || !MOUNTABLE.has(f.type)) continue;
+            // The same filesystem twice (a second loop device of it) is never mounted.
+            if (fss.some((x) => x.disk === e.disk && x.offset === f.offset)) continue;
             fss.push({ ...pick(f), image: imageOf(e.disk), disk: e.disk, mountPoint: mp });
           }
         const depth = (p: string) => p.split("/").filter(Boolean).length;
