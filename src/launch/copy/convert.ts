@@ -63,7 +63,7 @@ export async function convertInitramfs(
       plans.push(p);
       continue;
     }
-    const what = `kernel ${k.version}${k.default ? " (the default)" : ""} has neither in its initramfs nor under /lib/modules/${k.version}: ${p.lacking.join(", ")}`;
+    const what = `kernel ${k.version}${k.default ? " (the default)" : ""} lacks ${p.lacking.join(", ")} in its initramfs and under /lib/modules/${k.version}`;
     if (k.default)
       throw new LifeboatError(
         "LAUNCH_CONVERT_NO_MODULES",
