@@ -145,12 +145,26 @@ export class CopyTree {
     }
   }
 
-  /** Removes a file or link of the copy (a link itself, not its target); false when it was not there. */
-  async remove(p: string): Promise<boolean> {
+  /**
+   * Removes a file or link of the copy (a link itself, not its target); false
+   * when it was not there. With `overwrite` a regular file's bytes are first
+   * overwritten with zeros in place and synced, so a secret does not stay
+   * readable in the filesystem's free blocks (ext4 and xfs overwrite in place).
+   */
+  async remove(p: string, opts: { overwrite?: boolean } = {}): Promise<boolean> {
     const real = await this.resolve(p, false);
     if (real === null) return false;
     const st = await fs.lstat(real);
     if (st.isDirectory()) throw new Error(`${p} in the copy is a directory`);
+    if (opts.overwrite && st.isFile() && st.size > 0) {
+      const fh = await fs.open(real, "r+");
+      try {
+        await fh.write(Buffer.alloc(st.size), 0, st.size, 0);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
     await fs.unlink(real);
     return true;
   }
