@@ -19,6 +19,7 @@ import {
   PROFILE_NAMES,
   type ProfileName,
   type Problem,
+  DirectoryReader,
   compareVersions,
   inspectKernels,
   kernelProblem,
@@ -27,7 +28,6 @@ import {
   parseGrubConfig,
   parseOsRelease,
 } from "../launch/inspect/index.js";
-import { HostRootReader } from "./host-root-reader.js";
 
 export const BOOT_INVENTORY_VERSION = 1;
 
@@ -94,7 +94,7 @@ const THIS_SYSTEM = "this system";
 
 /** Reads the system under `root` and judges it for every profile. Never throws for what it finds. */
 export async function collectBootInventory(opts: { root: string; now: number }): Promise<BootInventory> {
-  const r = new HostRootReader(opts.root);
+  const r = new DirectoryReader(opts.root, "the live system");
   const problems: Problem[] = [];
   const osText =
     (await readText(r, "/etc/os-release", problems)) ?? (await readText(r, "/usr/lib/os-release", problems));

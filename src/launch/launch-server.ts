@@ -167,9 +167,9 @@ export async function launchServer(
     profile: spec.profile,
     readiness: readiness
       ? {
-          ready: (readiness).ready,
-          verdict: (readiness).verdict,
-          problems: (readiness).problems,
+          ready: readiness.ready,
+          verdict: readiness.verdict,
+          problems: readiness.problems,
         }
       : null,
     steps,

@@ -38,7 +38,8 @@ export async function removeAgentIdentity(tree: CopyTree, log: ChangeLog, id: Co
       ["state/status.json", "the protected server's replication status"],
     ] as const)
       // Overwritten first: a deleted key must not stay readable in the copy's free blocks.
-      if (await tree.remove(`${dir}/${name}`, { overwrite: true })) log.change(`removed ${dir}/${name} (${what})`);
+      if (await tree.remove(`${dir}/${name}`, { overwrite: true }))
+        log.change(`removed ${dir}/${name} (${what})`);
     for (const n of (await tree.list(`${dir}/state`)) ?? [])
       if (/^disk-\d+\.dirty$/.test(n) && (await tree.remove(`${dir}/state/${n}`)))
         log.change(`removed ${dir}/state/${n} (the protected server's unshipped writes)`);

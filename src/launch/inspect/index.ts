@@ -25,7 +25,8 @@ export { inspectKernels, type KernelFacts } from "./kernels.js";
 export { kernelProblem } from "./verdicts.js";
 export { parseGrubConfig, parseBlsEntry, compareVersions } from "./grub.js";
 export { parseOsRelease, type OsInfo } from "./os-release.js";
-export { type FsReader, type DirEntry, MAX_LINKS, MAX_DIR_ENTRIES, resolveLink } from "./fs-reader.js";
+export { type FsReader, type DirEntry } from "./fs-reader.js";
+export { DirectoryReader } from "./directory-reader.js";
 export type {
   InspectReport,
   DiskReport,

@@ -1,23 +1,23 @@
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
-import { LifeboatError } from "../base/index.js";
-import {
-  type DirEntry,
-  type FsReader,
-  MAX_DIR_ENTRIES,
-  MAX_LINKS,
-  resolveLink,
-} from "../launch/inspect/index.js";
+import { LifeboatError } from "../../base/index.js";
+import { tooLarge } from "./debugfs-reader.js";
+import { type DirEntry, type FsReader, MAX_DIR_ENTRIES, MAX_LINKS, resolveLink } from "./fs-reader.js";
 
 /**
- * inspect's FsReader over a directory of this host: "/" for the live system,
- * a generated tree in tests. Paths are taken inside `root`, and symbolic
- * links are resolved one component at a time inside it (an absolute target
- * starts from `root`), as inspect reads a disk image, so a tree's links mean
- * what they mean on the system it holds. Reads only.
+ * An FsReader over a directory of this host that holds a system's root: a
+ * read-only mount of an image's filesystem (MountReader), the live system
+ * ("/", the agent's boot inventory), a generated tree in tests. Paths are
+ * taken inside `root` and symbolic links resolved one component at a time
+ * inside it (an absolute target starts from `root`), so a link never leads
+ * outside and means what it means on the system the tree holds. Reads only.
  */
-export class HostRootReader implements FsReader {
-  constructor(private readonly root: string) {}
+export class DirectoryReader implements FsReader {
+  constructor(
+    protected readonly root: string,
+    /** Names the tree in errors ("disk 0 partition 2", "the live system"). */
+    protected readonly label: string,
+  ) {}
 
   async readFile(p: string, maxBytes: number): Promise<Buffer | null> {
     const real = await this.resolve(p);
@@ -31,20 +31,19 @@ export class HostRootReader implements FsReader {
     try {
       const st = await fh.stat();
       if (!st.isFile()) return null;
-      if (st.size > maxBytes)
-        throw new LifeboatError(
-          "LAUNCH_FILE_TOO_LARGE",
-          `${p} is ${st.size} bytes, more than the ${maxBytes} bytes the boot inventory reads`,
-          { hint: "a file this large is unexpected here; check it" },
-        );
+      if (st.size > maxBytes) throw tooLarge(this.label, p, st.size, maxBytes);
       const buf = Buffer.alloc(st.size);
       let done = 0;
       while (done < st.size) {
         const { bytesRead } = await fh.read(buf, done, st.size - done, done).catch((err: unknown) => {
-          throw new LifeboatError("LAUNCH_FS_UNREADABLE", `cannot read ${p}: ${(err as Error).message}`, {
-            hint: "check the disk holding it (dmesg)",
-            cause: err,
-          });
+          throw new LifeboatError(
+            "LAUNCH_FS_UNREADABLE",
+            `cannot read ${p} on ${this.label}: ${(err as Error).message}`,
+            {
+              hint: "check the disk holding it (dmesg)",
+              cause: err,
+            },
+          );
         });
         if (bytesRead === 0) break;
         done += bytesRead;
