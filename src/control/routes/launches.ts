@@ -119,6 +119,7 @@ export function launchRoutes(app: FastifyInstance, ctx: AppContext): void {
       schema: {
         summary: "stop a job; for a drill, also remove what it made",
         params: idParams,
+        body: { type: ["object", "null"], additionalProperties: false, properties: {} },
         response: { 202: jobRef, 409: errorSchema, ...authErrors },
       },
     },
