@@ -10,6 +10,12 @@
  *                   (disk-N.dirty), the wire resume token (session.json)
  *
  * The directory itself is 0700. Every file is replaced atomically.
+ *
+ * In a launched copy of a protected server (a drill or a recovery), the
+ * launch replaces config.json with a *launched-copy marker* and removes the
+ * key, the certificate and the state: the copy must never connect as the
+ * server it was copied from. An agent that finds the marker refuses to run
+ * (AGENT_LAUNCHED_COPY).
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
@@ -64,6 +70,8 @@ export const agentConfigSchema = z.object({
   blockSize: z.number().int().default(65536),
   disks: z.array(diskSchema).max(256),
   settings: settingsSchema.prefault({}),
+  /** The root directory whose /boot the boot inventory reads (default "/"; tests give a tree). */
+  bootRoot: z.string().startsWith("/").optional(),
 });
 export type AgentConfig = z.infer<typeof agentConfigSchema>;
 
@@ -94,7 +102,59 @@ export function agentPaths(dir: string): AgentPaths {
   };
 }
 
-/** Reads and checks D/config.json; AGENT_NOT_INSTALLED when it is missing, AGENT_CONFIG_INVALID when it is wrong. */
+/**
+ * What a launch leaves in D/config.json of a launched copy: who it is a copy
+ * of and which job made it. Nothing secret.
+ */
+export const launchedCopyMarkerSchema = z.object({
+  launchedCopy: z.object({
+    /** The protected server the copy was made from (its name, else its id). */
+    server: z.string().min(1),
+    serverId: z.string().optional(),
+    jobId: z.string().min(1),
+    jobType: z.enum(["drill", "recovery"]),
+    /** When the launch prepared the copy, ISO 8601. */
+    at: z.string(),
+  }),
+});
+export type LaunchedCopyMarker = z.infer<typeof launchedCopyMarkerSchema>["launchedCopy"];
+
+/** The text of a launched-copy marker (config.json of a launched copy). */
+export function launchedCopyMarkerText(m: LaunchedCopyMarker): string {
+  const note =
+    "This machine is a launched copy of a server protected by Lifeboat. Its agent identity was removed; the agent refuses to run here. To protect this machine, remove this directory and install the agent afresh with a new token.";
+  return `${JSON.stringify({ launchedCopy: m, note }, null, 2)}\n`;
+}
+
+function launchedCopyError(dir: string, raw: unknown): LifeboatError | null {
+  if (raw === null || typeof raw !== "object" || !("launchedCopy" in raw)) return null;
+  const parsed = launchedCopyMarkerSchema.safeParse(raw);
+  const m = parsed.success ? parsed.data.launchedCopy : null;
+  const what = m
+    ? `this machine is a launched copy of ${m.server} (${m.jobType} job ${m.jobId}, ${m.at})`
+    : "this machine is a launched copy of a protected server";
+  return new LifeboatError("AGENT_LAUNCHED_COPY", `${what}: the agent does not run on a copy`, {
+    hint: `install the agent afresh with a new token to protect it: remove ${dir} (it holds no secret) and run \`lifeboat agent install\``,
+  });
+}
+
+/** Throws AGENT_LAUNCHED_COPY when D/config.json is a launched-copy marker; anything else is left to loadAgentConfig. */
+export async function refuseLaunchedCopy(dir: string): Promise<void> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await fs.readFile(agentPaths(dir).config, "utf8"));
+  } catch {
+    return;
+  }
+  const err = launchedCopyError(dir, raw);
+  if (err) throw err;
+}
+
+/**
+ * Reads and checks D/config.json; AGENT_NOT_INSTALLED when it is missing,
+ * AGENT_CONFIG_INVALID when it is wrong, AGENT_LAUNCHED_COPY when it is the
+ * marker a launch leaves in a copy.
+ */
 export async function loadAgentConfig(dir: string): Promise<AgentConfig> {
   const file = agentPaths(dir).config;
   let text: string;
@@ -120,6 +180,8 @@ export async function loadAgentConfig(dir: string): Promise<AgentConfig> {
       cause: err,
     });
   }
+  const copy = launchedCopyError(dir, raw);
+  if (copy) throw copy;
   const parsed = agentConfigSchema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -88,7 +88,11 @@ export class ControlClient {
     );
   }
 
-  /** Reports state, lag, backlog and inventory; answers how often to report. */
+  /**
+   * Reports state, lag, backlog and inventory; answers how often to report.
+   * The control plane keeps the `boot` part of the inventory it has when
+   * `inventory` comes without one (the agent sends it only when it changed).
+   */
   async heartbeat(report: {
     state: string;
     lagSeconds?: number;

@@ -3,7 +3,8 @@
  * directory that `agent install` wrote, runs the replication engine against
  * the replicator (over the wire, on the control plane's port unless the
  * configuration names another data address), and keeps three loops beside
- * it: heartbeats with state, lag and backlog to the control plane; a long
+ * it: heartbeats with state, lag, backlog and inventory to the control plane
+ * (the boot inventory, boot-watcher.ts, when it changed); a long
  * poll for commands (PITs on demand, group PITs, rescans, bandwidth); and the
  * status file that `agent status` reads, written about once a second except
  * while filesystems are frozen. Scheduled PITs run every
@@ -22,12 +23,16 @@ import {
 } from "../base/index.js";
 import { assertPrivateFile } from "../net/index.js";
 import { connectWire } from "../wire/index.js";
+import { BootWatcher } from "./boot-watcher.js";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
 import { type AgentCommand, ControlClient } from "./control-client.js";
 import { type PointRequest, Replication, type ReplicationOptions } from "./replication.js";
 import { writeAgentStatus } from "./status.js";
 
 export const AGENT_VERSION = "0.1.0";
+
+/** What the control plane answers to a heartbeat body it will never take (http-error.ts). */
+const REFUSED_BODY = new Set(["REQUEST_INVALID", "REQUEST_TOO_LARGE"]);
 
 export interface AgentServiceOptions {
   configDir: string;
@@ -39,6 +44,8 @@ export interface AgentServiceOptions {
   settingsIntervalMs?: number;
   /** Status file period (default 1000 ms). */
   statusIntervalMs?: number;
+  /** How often /boot is checked for changes (default 60 s; boot-watcher.ts). */
+  bootCheckIntervalMs?: number;
 }
 
 export class AgentService {
@@ -50,6 +57,9 @@ export class AgentService {
   private savedToken: string | undefined;
   private pitTimer: NodeJS.Timeout | undefined;
   private pitSeconds = 0;
+  /** Ends the heartbeat loop's wait early (a new boot inventory to send). */
+  private wakeHeartbeat: (() => void) | undefined;
+  private readonly boot: BootWatcher;
 
   private constructor(
     readonly config: AgentConfig,
@@ -60,7 +70,14 @@ export class AgentService {
     private readonly clock: Clock,
     /** Where the wire connects; a change applies from the next connection. */
     private readonly data: { host: string; port: number },
-  ) {}
+  ) {
+    this.boot = new BootWatcher({
+      root: config.bootRoot ?? "/",
+      clock,
+      logger: log,
+      onChange: () => this.wakeHeartbeat?.(),
+    });
+  }
 
   static async start(opts: AgentServiceOptions): Promise<AgentService> {
     const log = opts.logger ?? silentLogger;
@@ -135,7 +152,8 @@ export class AgentService {
     svc.every(opts.statusIntervalMs ?? 1000, () => svc.writeStatus());
     svc.schedulePits(config.settings.pitIntervalSeconds);
     svc.every(3600_000, () => void svc.renew(identity));
-    svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings()];
+    svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings(), svc.boot.check()];
+    svc.every(opts.bootCheckIntervalMs ?? 60_000, () => void svc.boot.check());
     await svc.readRescanRequest();
     return svc;
   }
@@ -167,6 +185,7 @@ export class AgentService {
     for (const t of this.timers) clearInterval(t);
     if (this.pitTimer) clearInterval(this.pitTimer);
     this.abort.abort();
+    await this.boot.close();
     await this.replication.stop();
     await Promise.allSettled(this.loops);
     await this.statusWrite;
@@ -267,6 +286,8 @@ export class AgentService {
     while (!this.stopping) {
       const s = this.replication.status();
       if (s) {
+        // The boot inventory only when it changed: heartbeats stay small.
+        const boot = this.boot.pending();
         try {
           const r = await this.control.heartbeat({
             state: s.state,
@@ -280,15 +301,38 @@ export class AgentService {
                 state: d.state,
               })),
               tracker: s.tracker,
+              ...(boot ? { boot } : {}),
             },
           });
+          if (boot) this.boot.sent(boot);
           every = r.heartbeatSeconds;
         } catch (err) {
           if (!this.stopping) this.log.warn({ err: String(err) }, "heartbeat failed");
+          // Refused for good (a 4xx): the inventory must not keep every later heartbeat out.
+          if (boot && err instanceof LifeboatError && REFUSED_BODY.has(err.code)) {
+            this.boot.sent(boot);
+            this.log.warn({ code: err.code }, "the control plane refused the boot inventory; not sent again");
+          }
         }
       }
-      await this.sleep(every * 1000);
+      await this.heartbeatPause(every * 1000);
     }
+  }
+
+  /** Waits `ms`, or less when stopping or when a new boot inventory is to be sent. */
+  private heartbeatPause(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.abort.signal.removeEventListener("abort", done);
+        this.wakeHeartbeat = undefined;
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.abort.signal.addEventListener("abort", done);
+      this.wakeHeartbeat = done;
+    });
   }
 
   private async commands(): Promise<void> {

@@ -11,6 +11,7 @@ import {
   discoverBlockDevices,
   discoverHost,
   loadAgentConfig,
+  refuseLaunchedCopy,
 } from "../agent/index.js";
 import {
   type ChosenDisk,
@@ -72,6 +73,8 @@ export function agentCommand(): Command {
 
   configDirOption(agent.command("run").description("run the agent service in the foreground")).action(
     action<{ configDir: string }>(async (ctx, o) => {
+      // A launched copy of a protected server must never connect as that server.
+      await refuseLaunchedCopy(o.configDir);
       const { runAgent } = await import("../agent/service.js");
       await runAgent({ configDir: o.configDir, logger: ctx.logger });
     }),

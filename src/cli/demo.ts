@@ -9,7 +9,7 @@ import { AgentService } from "../agent/service.js";
 import { checkDisk, installAgent } from "../agent/install.js";
 import { initServer } from "../control/init.js";
 import { startServer } from "../control/start.js";
-import { exportDisk, openRepository, readPit, verifyRepository } from "../store/index.js";
+import { openRepository, verifyRepository } from "../store/index.js";
 import { type ApiClient, withApi } from "./api-client.js";
 import { type CliContext, parseIntOption } from "./context.js";
 import { formatBytes } from "./output.js";
@@ -23,14 +23,15 @@ import { action } from "./store.js";
  * this process; an agent is installed with an install token made through the
  * API and replicates a generated disk image (random, compressible and zero
  * regions) until it is CONTINUOUS; two PITs are taken the operator's way
- * (`pits create`), the second after ~2% of the image changed; that PIT is
- * exported from the repository, compared byte for byte with the image, and the
- * repository is verified with its data read. Any mismatch is DEMO_FAILED.
+ * (`pits create`), the second after ~2% of the image changed; a drill is
+ * launched from that PIT (`POST /api/v1/launches`, image target), its disk
+ * compared byte for byte with the image, the drill terminated, and the
+ * repository verified with its data read. Any mismatch is DEMO_FAILED.
  */
 export function demoCommand(): Command {
   return new Command("demo")
     .description(
-      "replicate a generated disk image to a server in this process, take PITs and restore one, in a throw-away directory",
+      "replicate a generated disk image to a server in this process, take PITs and launch a drill from one, in a throw-away directory",
     )
     .option("--size-mib <n>", "size of the generated source disk image, in MiB", "256")
     .option("--keep", "keep the throw-away directory")
@@ -102,8 +103,11 @@ async function runDemo(ctx: CliContext, dir: string, size: number): Promise<void
       say(`   sent ${formatBytes(sent)} for it: ${share} of the ${formatBytes(size)} image`);
       summary.push(`PITs ${first.secs} and ${second.secs} (${formatBytes(sent)} sent for the second)`);
       t = Date.now();
-      await restoreAndCheck(dataDir, second.id, image, path.join(dir, "restored.img"), logger);
-      summary.push(`restored and verified ${since(t)}`);
+      const drill = await drillAndCheck(client, serverName, second.id, image);
+      summary.push(`drill ${since(t)} (recovery time ${drill.toFixed(1)}s)`);
+      t = Date.now();
+      await verifyAll(dataDir, logger);
+      summary.push(`verified ${since(t)}`);
     });
   } finally {
     try {
@@ -192,36 +196,74 @@ async function takePit(
 }
 
 /** Exports the PIT's disk from the server's repository, compares it with the image, verifies the repository. */
-async function restoreAndCheck(
-  dataDir: string,
-  pitId: string,
-  image: string,
-  out: string,
-  logger: Logger,
-): Promise<void> {
+/**
+ * Launches a drill of `server` from PIT `pitId` through the API (the image
+ * target: the disk written out of the repository, verified, inspected, with
+ * a drill report), compares the drill's disk with the source image, and
+ * removes the drill again with terminate. Returns the measured recovery time.
+ */
+async function drillAndCheck(api: ApiClient, server: string, pitId: string, image: string): Promise<number> {
+  const t = Date.now();
+  const { job } = await api.call<{ job: { id: string } }>("/api/v1/launches", {
+    method: "POST",
+    body: { servers: [server], pit: pitId, mode: "drill" },
+  });
+  let done: { state: string; result: DrillResult | null } | undefined;
+  while (!done || !["succeeded", "failed", "terminated"].includes(done.state)) {
+    await delay(200);
+    done = (await api.call<{ job: { state: string; result: DrillResult | null } }>(`/api/v1/jobs/${job.id}`))
+      .job;
+  }
+  const out = done.result?.outputs?.servers?.[0];
+  if (done.state !== "succeeded" || !out)
+    throw new LifeboatError(
+      "DEMO_FAILED",
+      `the drill ${job.id} ${done.state}: ${done.result?.error?.message ?? ""}`,
+      {
+        hint: `lifeboat jobs logs ${job.id}`,
+      },
+    );
+  const diff = await firstDifference(out.images[0]!, image);
+  const report = JSON.parse(await fs.readFile(out.report, "utf8")) as {
+    recoverySeconds: number;
+    pit: { consistency: string };
+  };
+  say(
+    `7. drill ${job.id} from PIT ${pitId} in ${since(t)}: disk ${diff === null ? "byte-identical to the source image" : `DIFFERENT from the source image (${diff})`}`,
+  );
+  say(
+    `   recovery time ${report.recoverySeconds.toFixed(1)}s, consistency ${report.pit.consistency}; report ${out.reportHtml}`,
+  );
+  if (diff !== null)
+    throw new LifeboatError("DEMO_FAILED", `the drill's disk differs from the source: ${diff}`);
+  await api.call(`/api/v1/jobs/${job.id}/terminate`, { method: "POST", body: {} });
+  for (let i = 0; i < 100; i++) {
+    const j = (await api.call<{ job: { state: string } }>(`/api/v1/jobs/${job.id}`)).job;
+    if (j.state === "terminated") break;
+    await delay(200);
+  }
+  say(`   drill terminated: its directory ${path.dirname(out.report)} is removed`);
+  return report.recoverySeconds;
+}
+
+interface DrillResult {
+  outputs?: { servers?: { images: string[]; report: string; reportHtml: string }[] };
+  error?: { message: string };
+}
+
+/** store verify --read-data on the server's repository; DEMO_FAILED on any damage. */
+async function verifyAll(dataDir: string, logger: Logger): Promise<void> {
   const repo = await openRepository(path.join(dataDir, "repo"), {
     keyFile: path.join(dataDir, "keys", "repo.key"),
     logger,
   });
   try {
-    let t = Date.now();
-    await exportDisk(repo, await readPit(repo, pitId), 0, out);
-    const diff = await firstDifference(out, image);
-    say(
-      `7. exported PIT ${pitId} in ${since(t)}: ${diff === null ? "byte-identical to the source image" : `DIFFERENT from the source image (${diff})`}`,
-    );
-    t = Date.now();
+    const t = Date.now();
     const report = await verifyRepository(repo, { readData: true });
     say(
       `   verify --read-data in ${since(t)}: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`,
     );
-    if (diff !== null || !report.ok)
-      throw new LifeboatError(
-        "DEMO_FAILED",
-        diff !== null
-          ? `the restored image differs from the source: ${diff}`
-          : "verify --read-data found damage",
-      );
+    if (!report.ok) throw new LifeboatError("DEMO_FAILED", "verify --read-data found damage");
   } finally {
     await repo.close();
   }

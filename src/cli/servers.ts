@@ -14,6 +14,31 @@ interface ServerView {
   backlogBytes: number | null;
   lastSeenAt: string | null;
   group?: string | null;
+  /** docs/launch-readiness.md, "Readiness before disaster"; absent from older control planes. */
+  readiness?: Readiness | null;
+}
+
+interface Readiness {
+  profile: string;
+  ready: boolean;
+  verdict: string;
+  problems: { code: string; severity: string; message: string; remedy: string }[];
+  checkedAt: string;
+}
+
+/** The READY column: "ready:kvm", "NOT-READY:xen", or "-" when the agent has not reported. */
+export function readyCell(r: Readiness | null | undefined): string {
+  if (!r) return "-";
+  return `${r.ready ? "ready" : "NOT-READY"}:${r.profile}`;
+}
+
+/** `servers show`: the readiness line, then each problem with its remedy. */
+export function readinessLines(r: Readiness | null | undefined): string[] {
+  if (!r) return ["readiness: unknown (the agent has not reported its boot inventory yet)"];
+  return [
+    `readiness: ${r.verdict} (checked ${r.checkedAt} by the agent)`,
+    ...r.problems.flatMap((p) => [`  ${p.severity} ${p.code}: ${p.message}`, `    remedy: ${p.remedy}`]),
+  ];
 }
 
 /** `lifeboat servers list|show`: protected servers, over the API (any role). */
@@ -32,6 +57,7 @@ export function serversCommand(): Command {
               s.state,
               s.online ? "online" : "offline",
               s.lagSeconds === null ? "-" : `lag ${s.lagSeconds}s`,
+              readyCell(s.readiness),
             ].join("\t"),
           ),
         );
@@ -46,12 +72,21 @@ export function serversCommand(): Command {
         api.call<ServerView & Record<string, unknown>>(`/api/v1/servers/${encodeURIComponent(key)}`),
       );
       if (ctx.json) printJson(s);
-      else
-        printLines(
-          Object.entries(s).map(
+      else {
+        const { readiness, ...rest } = s;
+        // The boot inventory is long; its verdict is the readiness line (--json has all of it).
+        const inventory = rest.inventory as Record<string, unknown> | null | undefined;
+        if (inventory && "boot" in inventory) {
+          const { boot: _boot, ...others } = inventory;
+          rest.inventory = others;
+        }
+        printLines([
+          ...Object.entries(rest).map(
             ([k, v]) => `${k}: ${typeof v === "object" && v !== null ? JSON.stringify(v) : String(v)}`,
           ),
-        );
+          ...readinessLines(readiness),
+        ]);
+      }
     }),
   );
   apiOptions(

@@ -1,5 +1,6 @@
+import { type RawBuilder, sql } from "kysely";
 import type { Clock } from "../base/index.js";
-import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
+import { type Database, type Dialect, appendEventIn, lockForAppend } from "./db/index.js";
 
 /**
  * Heartbeats and the DISCONNECTED sweep.
@@ -16,6 +17,10 @@ import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
  * any number of control-plane processes may sweep at once: a row changes
  * once, and only the transaction that changed it writes its event. Writers
  * take the events lock before any row lock, always in that order.
+ *
+ * The inventory replaces the stored one, except its `boot` part (the boot
+ * inventory, readiness.ts): agents send it only when it changed, so an
+ * inventory without `boot` keeps the stored `boot`, in the same UPDATE.
  */
 export interface HeartbeatReport {
   state: string;
@@ -42,7 +47,9 @@ export async function recordHeartbeat(
     last_seen_at: now,
     ...(report.lagSeconds !== undefined ? { lag_seconds: report.lagSeconds } : {}),
     ...(report.backlogBytes !== undefined ? { backlog_bytes: report.backlogBytes } : {}),
-    ...(report.inventory !== undefined ? { inventory_json: JSON.stringify(report.inventory) } : {}),
+    ...(report.inventory !== undefined
+      ? { inventory_json: inventoryValue(database.dialect, report.inventory) }
+      : {}),
   };
   const same = await database.db
     .updateTable("servers")
@@ -75,6 +82,20 @@ export async function recordHeartbeat(
     );
     return { found: true, previousState: row.state };
   });
+}
+
+/** The new inventory_json: `inventory` as given, with the stored `boot` when it has none. */
+function inventoryValue(dialect: Dialect, inventory: Record<string, unknown>): string | RawBuilder<string> {
+  const json = JSON.stringify(inventory);
+  if (Object.hasOwn(inventory, "boot")) return json;
+  // The column only ever holds JSON this file wrote.
+  return dialect === "sqlite"
+    ? sql<string>`CASE WHEN json_type(inventory_json, '$.boot') IN ('object', 'array')
+        THEN json_set(${json}, '$.boot', json(json_extract(inventory_json, '$.boot')))
+        ELSE ${json} END`
+    : sql<string>`CASE WHEN jsonb_typeof(inventory_json::jsonb -> 'boot') IN ('object', 'array')
+        THEN (${json}::jsonb || jsonb_build_object('boot', inventory_json::jsonb -> 'boot'))::text
+        ELSE ${json} END`;
 }
 
 export interface SweepResult {

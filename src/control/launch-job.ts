@@ -86,20 +86,8 @@ export async function createLaunchJob(
     );
   const servers: Server[] = [];
   for (const key of input.servers) {
-    const s = await database.db
-      .selectFrom("servers")
-      .selectAll()
-      .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
-      .executeTakeFirst();
-    if (!s)
-      throw httpError(
-        404,
-        "SERVER_NOT_FOUND",
-        `no server ${key}`,
-        "list servers with `lifeboat servers list`",
-      );
-    if (servers.some((x) => x.id === s.id)) continue;
-    servers.push(s);
+    const s = await serverByKey(database, key);
+    if (!servers.some((x) => x.id === s.id)) servers.push(s);
   }
   const pits: Record<string, string> = {};
   for (const s of servers) pits[s.id] = fixedPits?.[s.id] ?? (await choosePit(database, s, input));
@@ -112,6 +100,18 @@ export async function createLaunchJob(
     createdBy: actor.name,
     ...(parentJobId !== undefined ? { parentJobId } : {}),
   });
+}
+
+/** A server by id or name (SERVER_NOT_FOUND, 404). */
+export async function serverByKey(database: Database, key: string): Promise<Server> {
+  const s = await database.db
+    .selectFrom("servers")
+    .selectAll()
+    .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
+    .executeTakeFirst();
+  if (!s)
+    throw httpError(404, "SERVER_NOT_FOUND", `no server ${key}`, "list servers with `lifeboat servers list`");
+  return s;
 }
 
 async function choosePit(database: Database, server: Server, input: LaunchRequest): Promise<string> {

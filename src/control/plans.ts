@@ -1,11 +1,11 @@
 import { z } from "zod";
 import { type Clock, LifeboatError } from "../base/index.js";
 import { PROFILE_NAMES, TARGET_KINDS } from "../launch/index.js";
-import type { Database, Plan, Server } from "./db/index.js";
+import type { Database, Plan } from "./db/index.js";
 import { httpError } from "./http-error.js";
 import type { JobHandler, JobRun } from "./job-runner.js";
 import { type JobView, createJob, getJob, requestTerminate } from "./jobs.js";
-import { createLaunchJob } from "./launch-job.js";
+import { createLaunchJob, serverByKey } from "./launch-job.js";
 import { newId } from "./secrets.js";
 
 /**
@@ -48,17 +48,6 @@ export interface PlanView {
   createdAt: string;
   createdBy: string;
   updatedAt: string;
-}
-
-async function serverByKey(database: Database, key: string): Promise<Server> {
-  const s = await database.db
-    .selectFrom("servers")
-    .selectAll()
-    .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
-    .executeTakeFirst();
-  if (!s)
-    throw httpError(404, "SERVER_NOT_FOUND", `no server ${key}`, "list servers with `lifeboat servers list`");
-  return s;
 }
 
 /** Saves a plan (PLAN_EXISTS when the name is taken); servers are stored by id, each in one wave only. */

@@ -1,10 +1,11 @@
 import { z } from "zod";
+import { PROFILE_NAMES, isProfileName } from "../launch/index.js";
+import { parseRetention } from "../store/index.js";
 import type { Database, SettingsKind } from "./db/index.js";
+import { httpError } from "./http-error.js";
 
 /** A Database or, inside a transaction, `{ db: trx }`. */
 export type SettingsDb = Pick<Database, "db">;
-import { httpError } from "./http-error.js";
-import { parseRetention } from "../store/index.js";
 
 /**
  * Replication and launch settings. Three layers, later wins, field by field:
@@ -48,7 +49,11 @@ const address = z
   .regex(/^[0-9A-Fa-f.:]+$/, "an IPv4 or IPv6 address");
 export const launchSettingsSchema = z.strictObject({
   target: z.enum(["image", "block", "qemu", "command"]),
-  bootProfile: z.string().min(1).max(64),
+  /** A boot profile of launch/inspect (the drivers the target platform needs). */
+  bootProfile: z.string().refine(isProfileName, {
+    error: (issue) =>
+      `unknown boot profile ${JSON.stringify(issue.input)}; the profiles are ${PROFILE_NAMES.join(", ")}`,
+  }),
   outputDir: shortText.nullable(),
   /** Executables run after the target succeeded, with the target command's environment; each must exit 0. */
   postLaunchChecks: z.array(shortText).max(64),
@@ -103,7 +108,7 @@ export const BUILTIN_SETTINGS: { replication: ReplicationSettings; launch: Launc
   },
   launch: {
     target: "image",
-    bootProfile: "generic",
+    bootProfile: "kvm",
     outputDir: null,
     postLaunchChecks: [],
     hostname: null,
@@ -139,10 +144,18 @@ export async function readOverride(db: SettingsDb, scope: string, kind: Settings
     .where("kind", "=", kind)
     .executeTakeFirst();
   if (row === undefined) return {};
-  const parsed = OVERRIDE_SCHEMAS[kind].safeParse(JSON.parse(row.json));
-  // A field stored by an older version that no longer validates is ignored, not fatal.
+  return parseOverride(kind, row.json);
+}
+
+/**
+ * A stored override's fields. A field stored by an older version that no
+ * longer validates (bootProfile "generic" before profiles were checked) is
+ * ignored, not fatal: the layer below shows through.
+ */
+export function parseOverride(kind: SettingsKind, json: string): Override {
+  const raw = JSON.parse(json) as Override;
+  const parsed = OVERRIDE_SCHEMAS[kind].safeParse(raw);
   if (parsed.success) return parsed.data;
-  const raw = JSON.parse(row.json) as Override;
   const keep: Override = {};
   for (const [k, v] of Object.entries(raw))
     if (OVERRIDE_SCHEMAS[kind].safeParse({ [k]: v }).success) keep[k] = v;

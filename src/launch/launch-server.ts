@@ -139,6 +139,7 @@ export async function launchServer(
       checks,
       images: converted,
     });
+    readiness = outcome.readiness;
     if (outcome.qemuPid !== undefined) running.qemuPid = outcome.qemuPid;
     recoverySeconds = (clock.now() - spec.startedAtMs) / 1000;
   } catch (err) {
@@ -166,9 +167,9 @@ export async function launchServer(
     profile: spec.profile,
     readiness: readiness
       ? {
-          ready: (readiness as InspectReport).ready,
-          verdict: (readiness as InspectReport).verdict,
-          problems: (readiness as InspectReport).problems,
+          ready: readiness.ready,
+          verdict: readiness.verdict,
+          problems: readiness.problems,
         }
       : null,
     steps,

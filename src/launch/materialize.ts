@@ -37,7 +37,16 @@ export interface LaunchManifest {
   jobId: string;
   server: string;
   pit: { id: string; time: string; consistency: string; seq: number };
-  disks: { index: number; file: string; sizeBytes: number; sha256: string; source: string }[];
+  disks: {
+    index: number;
+    file: string;
+    sizeBytes: number;
+    /** SHA-256 of the disk as the PIT holds it (what `store export` writes). */
+    sha256: string;
+    source: string;
+    /** SHA-256 of the file as launched, when preparing the copy changed it (launched-copy changes). */
+    launchedSha256?: string;
+  }[];
 }
 
 const DONE = (i: number) => `.disk-${i}.done.json`;

@@ -1,9 +1,11 @@
 import { promises as fs } from "node:fs";
+import { isLifeboatError } from "../base/index.js";
 import path from "node:path";
 import { LifeboatError, writeFileAtomic } from "../base/index.js";
 import type { ReportCheck } from "./drill-report.js";
-import type { InspectReport } from "./inspect/index.js";
-import type { LaunchManifest, MaterializedDisk } from "./materialize.js";
+import { prepareLaunchedCopy } from "./copy/index.js";
+import { type InspectReport, inspectDisks } from "./inspect/index.js";
+import { type LaunchManifest, type MaterializedDisk, hashPrefix } from "./materialize.js";
 import type { ServerLaunchSpec } from "./launch-server.js";
 import {
   type TargetOutcome,
@@ -59,9 +61,10 @@ export interface TargetContext {
 export async function runTarget(
   spec: ServerLaunchSpec,
   disks: MaterializedDisk[],
-  readiness: InspectReport,
+  inspected: InspectReport,
   ctx: TargetContext,
-): Promise<{ qemuPid?: number }> {
+): Promise<{ qemuPid?: number; readiness: InspectReport }> {
+  let readiness = inspected;
   const run: TargetRun = {
     facts: {
       jobId: spec.jobId,
@@ -74,6 +77,7 @@ export async function runTarget(
     log: (level, message) => ctx.log(message, level),
     signal: ctx.signal,
   };
+  readiness = await prepareCopy(spec, disks, readiness, ctx);
   let qemuPid: number | undefined;
   switch (spec.target) {
     case "image":
@@ -126,7 +130,7 @@ export async function runTarget(
       await ctx.step("target command", async () => {
         if (spec.command === null)
           throw new LifeboatError("LAUNCH_NO_COMMAND", "the command target has no command", {
-            hint: "set the launch settings' command: lifeboat settings set SERVER --launch command=/path/to/program",
+            hint: "set the launch settings' command: lifeboat settings set --server SERVER --kind launch command=/path/to/program",
           });
         const outcome = await runCommandTarget(run, {
           command: spec.command.path,
@@ -149,7 +153,96 @@ export async function runTarget(
       return outcome.message;
     });
   }
-  return qemuPid === undefined ? {} : { qemuPid };
+  return qemuPid === undefined ? { readiness } : { qemuPid, readiness };
+}
+
+/**
+ * Makes the launched copy safe to boot (copy/): the agent identity replaced
+ * by a marker, the host renamed and addresses mapped, and with --convert the
+ * initramfs regenerated (then inspected again). The manifest keeps each
+ * disk's PIT hash and gains `launchedSha256` for a disk the preparation
+ * changed. Without root only the image target goes on, with a warning that
+ * the copy still carries the server's identity.
+ */
+async function prepareCopy(
+  spec: ServerLaunchSpec,
+  disks: MaterializedDisk[],
+  readiness: InspectReport,
+  ctx: TargetContext,
+): Promise<InspectReport> {
+  let after = readiness;
+  await ctx.step("prepare the launched copy", async () => {
+    const before = await Promise.all(disks.map((d) => fs.stat(d.path).then((st) => st.mtimeMs)));
+    let prepared;
+    try {
+      prepared = await prepareLaunchedCopy(
+        disks.map((d) => d.path),
+        readiness,
+        {
+          jobId: spec.jobId,
+          jobType: spec.jobType,
+          ...(spec.hostname !== undefined ? { hostname: spec.hostname } : {}),
+          addresses: spec.addresses,
+          ...(spec.convert ? { convert: spec.profile } : {}),
+          server: { name: spec.server.name, id: spec.server.id },
+          log: (level, message) => ctx.log(message, level),
+          signal: ctx.signal,
+        },
+      );
+    } catch (err) {
+      if (spec.target === "image" && isLifeboatError(err) && err.code === "LAUNCH_COPY_NEEDS_ROOT") {
+        ctx.log(
+          `the copy was not prepared (${err.message}): it still carries the server's agent identity and network settings; do not boot it where it can reach production`,
+          "warn",
+        );
+        ctx.checks.push({
+          name: "launched copy prepared (identity removed, network mapped)",
+          ok: false,
+          message: err.message,
+        });
+        return "skipped: needs root";
+      }
+      throw err;
+    }
+    ctx.changes.push(...prepared.changes);
+    ctx.checks.push({
+      name: "launched copy prepared (identity removed, network mapped)",
+      ok: true,
+      message: `${prepared.changes.length} change(s)`,
+    });
+    const changed = [];
+    for (const [i, d] of disks.entries()) if ((await fs.stat(d.path)).mtimeMs !== before[i]) changed.push(d);
+    await recordLaunchedHashes(spec.dir, changed, ctx.signal);
+    if (prepared.converted.length > 0) {
+      after = await inspectDisks(
+        disks.map((d) => d.path),
+        { profile: spec.profile },
+      );
+      ctx.checks.push({
+        name: `launch readiness for ${spec.profile} after conversion`,
+        ok: after.ready,
+        message: after.verdict,
+      });
+    }
+    return `${prepared.changes.length} change(s)${prepared.converted.length > 0 ? `; initramfs regenerated for ${prepared.converted.map((c) => c.kernel).join(", ")}` : ""}`;
+  });
+  return after;
+}
+
+/** Adds launchedSha256 to the manifest for the disks the preparation changed. */
+async function recordLaunchedHashes(
+  dir: string,
+  changed: MaterializedDisk[],
+  signal: AbortSignal,
+): Promise<void> {
+  if (changed.length === 0) return;
+  const manifestPath = path.join(dir, "manifest.json");
+  const manifest = JSON.parse(await fs.readFile(manifestPath, "utf8")) as LaunchManifest;
+  for (const d of changed) {
+    const m = manifest.disks.find((x) => x.index === d.index);
+    if (m) m.launchedSha256 = await hashPrefix(d.path, d.sizeBytes, signal);
+  }
+  await writeFileAtomic(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
 }
 
 function failUnless(outcome: TargetOutcome, code: string, hint: string): void {

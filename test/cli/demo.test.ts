@@ -17,7 +17,11 @@ void describe("lifeboat demo", () => {
       const r = await lifeboat(["demo", "--size-mib", "32"]);
       assert.equal(r.code, 0, r.stdout + r.stderr);
       assert.match(r.stdout, /^OK: /m);
-      assert.match(r.stdout, /byte-identical to the source image/);
+      assert.match(
+        r.stdout,
+        /7\. drill job_\w+ from PIT [0-9a-f]{24} .*: disk byte-identical to the source image/,
+      );
+      assert.match(r.stdout, /drill terminated: its directory .* is removed/);
       assert.match(r.stdout, /verify --read-data .*: no damage in \d+ PITs/);
       assert.equal(r.stdout.match(/^ *(?:5\. )?PIT [0-9a-f]{24}: \w+-consistent/gm)?.length, 2, r.stdout);
       const dir = /^demo directory: (.+)$/m.exec(r.stdout)?.[1];

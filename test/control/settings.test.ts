@@ -196,11 +196,11 @@ forEachDatabase("settings", (open) => {
     assert.equal((await put(t, template, { target: "qemu" }, "operator")).statusCode, 403);
     assert.equal((await put(t, server, { target: "qemu" }, "operator")).statusCode, 200);
     assert.equal((await put(t, server, { outputDir: "/srv/out" }, "admin")).statusCode, 200);
-    assert.equal((await put(t, template, { bootProfile: "uefi" }, "admin")).statusCode, 200);
+    assert.equal((await put(t, template, { bootProfile: "xen" }, "admin")).statusCode, 200);
     const s = await get(t, server);
     assert.deepEqual(pick(s.settings), {
       target: "qemu",
-      bootProfile: "uefi",
+      bootProfile: "xen",
       outputDir: "/srv/out",
       postLaunchChecks: [],
     });

@@ -123,7 +123,7 @@ void describe("recovery plans", () => {
     assert.equal(job.state, "failed");
     const error = (job.result as { error: { code: string; message: string } }).error;
     assert.equal(error.code, "PLAN_WAVE_FAILED");
-    assert.match(error.message, /wave 1 \(db\) failed: .*devices/);
+    assert.match(error.message, /wave 1 \(db\) failed: db-01: .*device/);
     assert.equal((await children(job.id)).length, 1, "wave 2 was never created");
   });
 

@@ -3,17 +3,11 @@ import { z } from "zod";
 import { isLifeboatError } from "../../base/index.js";
 import { actorName, requireOperator } from "../auth.js";
 import { type AppContext, auditRequest } from "../context.js";
+import { authErrors, idParams } from "./schemas.js";
 import { errorSchema, httpError } from "../http-error.js";
 import { getJob, jobLogAfter, requestTerminate } from "../jobs.js";
 import { createLaunchJob, launchRequestSchema } from "../launch-job.js";
 
-const errors = { 401: errorSchema, 403: errorSchema, 404: errorSchema } as const;
-const idParams = {
-  type: "object",
-  required: ["id"],
-  additionalProperties: false,
-  properties: { id: { type: "string", minLength: 1, maxLength: 64 } },
-} as const;
 const logLine = {
   type: "object",
   required: ["seq", "at", "level", "message"],
@@ -55,7 +49,7 @@ export function launchRoutes(app: FastifyInstance, ctx: AppContext): void {
       schema: {
         summary: "launch servers from a PIT: a drill (default) or a recovery; returns the job",
         body: jsonSchemaOf(launchRequestSchema),
-        response: { 201: jobRef, 400: errorSchema, ...errors },
+        response: { 201: jobRef, 400: errorSchema, ...authErrors },
       },
     },
     async (request, reply) => {
@@ -97,7 +91,7 @@ export function launchRoutes(app: FastifyInstance, ctx: AppContext): void {
             properties: { state: { type: "string" }, log: { type: "array", items: logLine } },
           },
           400: errorSchema,
-          ...errors,
+          ...authErrors,
         },
       },
     },
@@ -125,7 +119,8 @@ export function launchRoutes(app: FastifyInstance, ctx: AppContext): void {
       schema: {
         summary: "stop a job; for a drill, also remove what it made",
         params: idParams,
-        response: { 202: jobRef, 409: errorSchema, ...errors },
+        body: { type: ["object", "null"], additionalProperties: false, properties: {} },
+        response: { 202: jobRef, 409: errorSchema, ...authErrors },
       },
     },
     async (request, reply) => {

@@ -1,19 +1,11 @@
 import type { FastifyInstance } from "fastify";
 import { actorName, requireOperator } from "../auth.js";
 import { type AppContext, auditRequest } from "../context.js";
+import { anyObject, authErrors, idParams } from "./schemas.js";
 import { errorSchema } from "../http-error.js";
 import { listJobs } from "../jobs.js";
 import { createPlan, findPlan, listPlans, planRunSchema, planSchema, planView, runPlan } from "../plans.js";
 import { jsonSchemaOf } from "./launches.js";
-
-const errors = { 401: errorSchema, 403: errorSchema, 404: errorSchema } as const;
-const idParams = {
-  type: "object",
-  required: ["id"],
-  additionalProperties: false,
-  properties: { id: { type: "string", minLength: 1, maxLength: 64 } },
-} as const;
-const anyObject = { type: "object", additionalProperties: true } as const;
 
 /** Recovery plans (plans.ts): saved by operators, shown to any role, run as a job. */
 export function planRoutes(app: FastifyInstance, ctx: AppContext): void {
@@ -32,7 +24,7 @@ export function planRoutes(app: FastifyInstance, ctx: AppContext): void {
           201: { type: "object", required: ["plan"], properties: { plan: anyObject } },
           400: errorSchema,
           409: errorSchema,
-          ...errors,
+          ...authErrors,
         },
       },
     },
@@ -57,7 +49,7 @@ export function planRoutes(app: FastifyInstance, ctx: AppContext): void {
             required: ["plans"],
             properties: { plans: { type: "array", items: anyObject } },
           },
-          ...errors,
+          ...authErrors,
         },
       },
     },
@@ -77,7 +69,7 @@ export function planRoutes(app: FastifyInstance, ctx: AppContext): void {
             required: ["plan", "runs"],
             properties: { plan: anyObject, runs: { type: "array", items: anyObject } },
           },
-          ...errors,
+          ...authErrors,
         },
       },
     },
@@ -102,7 +94,7 @@ export function planRoutes(app: FastifyInstance, ctx: AppContext): void {
         response: {
           201: { type: "object", required: ["job"], properties: { job: anyObject } },
           400: errorSchema,
-          ...errors,
+          ...authErrors,
         },
       },
     },

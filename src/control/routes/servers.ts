@@ -5,6 +5,7 @@ import { type AppContext, auditRequest } from "../context.js";
 import type { Server } from "../db/index.js";
 import { type HeartbeatReport, recordHeartbeat } from "../heartbeats.js";
 import { errorSchema, httpError } from "../http-error.js";
+import { bootProfiles, readinessOf } from "../readiness.js";
 import { assignments, decommission } from "../replicators.js";
 import { effectiveSettings } from "../settings.js";
 import { decommissionRoute } from "./decommission.js";
@@ -22,6 +23,31 @@ const serverProperties = {
   replicatorId: { type: ["string", "null"] },
   group: { type: ["string", "null"] },
   inventory: { type: ["object", "null"], additionalProperties: true },
+  /** docs/launch-readiness.md, "Readiness before disaster". */
+  readiness: {
+    type: ["object", "null"],
+    required: ["profile", "ready", "verdict", "problems", "checkedAt", "source"],
+    properties: {
+      profile: { type: "string" },
+      ready: { type: "boolean" },
+      verdict: { type: "string" },
+      problems: {
+        type: "array",
+        items: {
+          type: "object",
+          required: ["code", "severity", "message", "remedy"],
+          properties: {
+            code: { type: "string" },
+            severity: { type: "string", enum: ["error", "warning"] },
+            message: { type: "string" },
+            remedy: { type: "string" },
+          },
+        },
+      },
+      checkedAt: { type: "string" },
+      source: { type: "string", enum: ["agent"] },
+    },
+  },
 } as const;
 const serverSchema = {
   type: "object",
@@ -43,8 +69,10 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
   const readers = requireOperatorOrClient(ctx.database, ctx.clock, ctx.ca.certPem, ["agent", "replicator"]);
   const agent = requireClient(ctx.database, ctx.clock, ctx.ca.certPem, "agent");
   const admin = requireOperator(ctx.database, ctx.clock, "admin");
-  const view = (s: Server, replicatorId: string | null) => {
+  const view = (s: Server, replicatorId: string | null, bootProfile: string) => {
     const lastSeen = s.last_seen_at === null ? null : Number(s.last_seen_at);
+    const inventory =
+      s.inventory_json === null ? null : (JSON.parse(s.inventory_json) as Record<string, unknown>);
     return {
       id: s.id,
       name: s.name,
@@ -57,7 +85,8 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
       registeredAt: new Date(Number(s.registered_at)).toISOString(),
       replicatorId,
       group: s.group_name ?? null,
-      inventory: s.inventory_json === null ? null : (JSON.parse(s.inventory_json) as Record<string, unknown>),
+      inventory,
+      readiness: readinessOf(inventory, bootProfile),
     };
   };
 
@@ -85,7 +114,11 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
       let rows = await q.orderBy("name").execute();
       if (actor.kind === "client" && actor.role === "replicator")
         rows = rows.filter((r) => assigned.get(r.id) === actor.subjectId);
-      return { servers: rows.map((r) => view(r, assigned.get(r.id) ?? null)) };
+      const profiles = await bootProfiles(
+        ctx.database,
+        rows.map((r) => r.id),
+      );
+      return { servers: rows.map((r) => view(r, assigned.get(r.id) ?? null, profiles.get(r.id)!)) };
     },
   );
 
@@ -118,7 +151,8 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
         actor.kind !== "client" ||
         (actor.role === "agent" ? row.id === actor.subjectId : replicatorId === actor.subjectId);
       if (!visible) throw notFound(key);
-      return view(row, replicatorId);
+      const profiles = await bootProfiles(ctx.database, [row.id]);
+      return view(row, replicatorId, profiles.get(row.id)!);
     },
   );
 

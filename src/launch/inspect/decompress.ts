@@ -36,7 +36,8 @@ export async function* decompress(kind: Compression, input: Buffer): AsyncGenera
     case "zstd":
       // Only the frames: a zstd decoder refuses the zero padding that may follow them.
       yield* streamOf(
-        Readable.from([input.subarray(0, zstdFramesEnd(input))]).pipe(new DecompressStream()),
+        // Fed in 1 MiB pieces: one large write makes the decoder emit its whole output at once.
+        Readable.from(pieces(input.subarray(0, zstdFramesEnd(input)), 1 << 20)).pipe(new DecompressStream()),
         kind,
       );
       return;
@@ -112,6 +113,10 @@ async function* tool(cmd: string, args: string[], input: Buffer): AsyncGenerator
   } finally {
     if (child.exitCode === null) child.kill("SIGKILL");
   }
+}
+
+function* pieces(b: Buffer, size: number): Generator<Buffer> {
+  for (let at = 0; at < b.length; at += size) yield b.subarray(at, Math.min(b.length, at + size));
 }
 
 /**

@@ -19,6 +19,14 @@ export { parseInitramfs, normalizeModule, type InitramfsInfo } from "./initramfs
 export { readPartitionTable, type Partition, type PartitionTable } from "./partitions.js";
 export { probeFilesystem, type Filesystem, type FsType } from "./filesystems.js";
 export { ImageFile } from "./image-file.js";
+// For the agent's inventory of its live system (src/agent/boot-inventory.ts): the same
+// kernel and initramfs reading, and the same verdicts, over a reader of the host's root.
+export { inspectKernels, type KernelFacts } from "./kernels.js";
+export { kernelProblem } from "./verdicts.js";
+export { parseGrubConfig, parseBlsEntry, compareVersions } from "./grub.js";
+export { parseOsRelease, type OsInfo } from "./os-release.js";
+export { type FsReader, type DirEntry } from "./fs-reader.js";
+export { DirectoryReader } from "./directory-reader.js";
 export type {
   InspectReport,
   DiskReport,

@@ -1,9 +1,8 @@
-import { constants, promises as fs } from "node:fs";
+import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { LifeboatError } from "../../base/index.js";
-import { tooLarge } from "./debugfs-reader.js";
-import { type DirEntry, type FsReader, MAX_DIR_ENTRIES, MAX_LINKS, resolveLink } from "./fs-reader.js";
+import { DirectoryReader } from "./directory-reader.js";
 import { runBounded } from "./run-bounded.js";
 
 const TIMEOUT_MS = 60_000;
@@ -15,12 +14,14 @@ const TIMEOUT_MS = 60_000;
  * component at a time with lstat, so a symbolic link never leads outside the
  * mount point.
  */
-export class MountReader implements FsReader {
+export class MountReader extends DirectoryReader {
   private constructor(
     private readonly mnt: string,
     private readonly loop: string,
-    private readonly label: string,
-  ) {}
+    label: string,
+  ) {
+    super(mnt, label);
+  }
 
   static async open(
     imagePath: string,
@@ -75,83 +76,9 @@ export class MountReader implements FsReader {
     return new MountReader(mnt, loop, label);
   }
 
-  async readFile(p: string, maxBytes: number): Promise<Buffer | null> {
-    const real = await this.resolve(p);
-    if (real === null) return null;
-    let fh: fs.FileHandle;
-    try {
-      fh = await fs.open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    } catch {
-      return null;
-    }
-    try {
-      const st = await fh.stat();
-      if (!st.isFile()) return null;
-      if (st.size > maxBytes) throw tooLarge(this.label, p, st.size, maxBytes);
-      const buf = Buffer.alloc(st.size);
-      let done = 0;
-      while (done < st.size) {
-        const { bytesRead } = await fh.read(buf, done, st.size - done, done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return buf.subarray(0, done);
-    } finally {
-      await fh.close();
-    }
-  }
-
-  async list(p: string): Promise<DirEntry[] | null> {
-    const real = await this.resolve(p);
-    if (real === null) return null;
-    let names: string[];
-    try {
-      names = (await fs.readdir(real)).slice(0, MAX_DIR_ENTRIES);
-    } catch {
-      return null;
-    }
-    const out: DirEntry[] = [];
-    for (const name of names) {
-      const st = await fs.lstat(path.join(real, name)).catch(() => null);
-      if (!st) continue;
-      const kind = st.isFile()
-        ? "file"
-        : st.isDirectory()
-          ? "dir"
-          : st.isSymbolicLink()
-            ? "symlink"
-            : "other";
-      out.push({ name, kind, size: st.size });
-    }
-    return out;
-  }
-
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     await runBounded("umount", [this.mnt], { maxStdout: 4096, timeoutMs: TIMEOUT_MS });
     await runBounded("losetup", ["-d", this.loop], { maxStdout: 4096, timeoutMs: TIMEOUT_MS });
     await fs.rmdir(this.mnt).catch(() => undefined);
-  }
-
-  /** The host path of `p` inside the mount, following links only within it; null when absent. */
-  private async resolve(p: string): Promise<string | null> {
-    let todo = resolveLink("/", p).split("/").filter(Boolean);
-    let done: string[] = [];
-    let hops = 0;
-    while (todo.length > 0) {
-      const name = todo.shift()!;
-      const here = path.join(this.mnt, ...done, name);
-      const st = await fs.lstat(here).catch(() => null);
-      if (!st) return null;
-      if (st.isSymbolicLink()) {
-        if (++hops > MAX_LINKS) return null;
-        const target = await fs.readlink(here);
-        const joined = resolveLink(`/${[...done, name].join("/")}`, target);
-        todo = [...joined.split("/").filter(Boolean), ...todo];
-        done = [];
-        continue;
-      }
-      done.push(name);
-    }
-    return path.join(this.mnt, ...done);
   }
 }
