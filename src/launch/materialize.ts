@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { createReadStream, promises as fs } from "node:fs";
 import path from "node:path";
 import { LifeboatError, writeFileAtomic } from "../base/index.js";
-import { type Pit, type Repository, exportDisk } from "../store/index.js";
+import { type Pit, type Repository, WorkerPool, exportDisk } from "../store/index.js";
 
 /** One disk of a PIT, written out for a launch. */
 export interface MaterializedDisk {
@@ -58,7 +58,7 @@ export function imagePath(dir: string, index: number): string {
 /**
  * Streams every disk of `pit` out of the repository, all disks at once: raw
  * sparse images in `dir` (or the given block devices), every chunk checked
- * against its id (exportDisk), then hashed for the manifest. Resumable: a
+ * against its id (exportDisk), and hashed for the manifest as it is written. Resumable: a
  * disk that an earlier attempt finished is recorded by a marker written after
  * its image was synced and renamed into place, and is kept; any other disk is
  * written again from the start. A corrupt chunk fails the whole call with an
@@ -83,8 +83,10 @@ export async function materializePit(
   const done = new Map<number, number>();
   const report = () =>
     opts.onProgress?.({ bytesDone: [...done.values()].reduce((a, b) => a + b, 0), bytesTotal: total });
-  // Every disk runs to its end before this returns (none is left writing after a failure);
-  // the disks that finished are kept for a resumed attempt.
+  // One pool of decode workers for all the disks; every disk runs to its end before this
+  // returns (none is left writing after a failure); the disks that finished are kept for a
+  // resumed attempt.
+  const pool = new WorkerPool(repo.keys, repo.config.compression.level);
   const settled = await Promise.allSettled(
     pit.disks.map(async (d, i): Promise<MaterializedDisk> => {
       const out = opts.devices?.[i] ?? imagePath(dir, d.index);
@@ -98,13 +100,15 @@ export async function materializePit(
       opts.signal?.throwIfAborted();
       const r = await exportDisk(repo, pit, d.index, out, {
         overwrite: true,
+        pool,
+        sha256: true,
         onProgress: (p) => {
           done.set(d.index, p.bytesDone);
           report();
         },
       });
       opts.signal?.throwIfAborted();
-      const sha256 = await hashPrefix(out, d.sizeBytes, opts.signal);
+      const sha256 = r.sha256!;
       const disk = { index: d.index, path: out, sizeBytes: d.sizeBytes, sha256, dataBytes: r.dataBytes };
       if (!opts.devices)
         await writeFileAtomic(path.join(dir, DONE(d.index)), JSON.stringify({ pitId: pit.id, ...disk }), {
@@ -116,6 +120,7 @@ export async function materializePit(
       return { ...disk, resumed: false };
     }),
   );
+  await pool.close();
   const failed = settled.find((r) => r.status === "rejected");
   if (failed) throw failed.reason;
   const disks = settled.map((r) => (r as PromiseFulfilledResult<MaterializedDisk>).value);

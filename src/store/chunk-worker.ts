@@ -270,6 +270,14 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
       hint: e.hint,
       slot: failed.slot,
     });
+  } else if (msg.returnData) {
+    // A copy with zeros where the run has no chunk (the reused buffer holds older bytes there).
+    const data = new Uint8Array(msg.length);
+    for (const it of runItems(new Uint8Array(msg.entries))) {
+      const at = it.slot * msg.chunkSize;
+      data.set(out.subarray(at, Math.min(msg.length, at + msg.chunkSize)), at);
+    }
+    reply({ type: "restored", req: msg.req, data: data.buffer }, [data.buffer]);
   } else reply({ type: "restored", req: msg.req });
 }
 

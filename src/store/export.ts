@@ -4,6 +4,7 @@ import { LifeboatError } from "../base/index.js";
 import { LEAF_ENTRY_LEN, walkBlockMap } from "./block-map.js";
 import { blockDeviceSize } from "./disk-source.js";
 import { Limiter } from "./limiter.js";
+import { OrderedHash } from "./ordered-hash.js";
 import { stretchRange } from "./pack.js";
 import type { Pit, PitDisk } from "./pit.js";
 import type { Repository } from "./repository.js";
@@ -26,6 +27,8 @@ export interface ExportResult {
   sizeBytes: number;
   dataBytes: number;
   chunks: number;
+  /** With the sha256 option: SHA-256 of the disk's bytes as written, hex. */
+  sha256?: string;
 }
 
 export function pitDisk(pit: Pit, index: number): PitDisk {
@@ -51,6 +54,8 @@ export interface ExportOptions {
    * Default: a pool of the export's own, one worker per core.
    */
   pool?: WorkerPool;
+  /** Also compute the SHA-256 of the whole disk as written (result.sha256), without reading it back. */
+  sha256?: boolean;
 }
 
 /** Bytes per run: a run is fetched, decoded, checked and written by one worker. */
@@ -101,6 +106,7 @@ export async function exportDisk(
   const fetches = new Limiter(opts.concurrency ?? 32);
   const runs = new Limiter(RUNS_PER_WORKER * pool.size);
   const result: ExportResult = { path: out, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
+  const hash = opts.sha256 ? new OrderedHash() : undefined;
   const tasks = new Set<Promise<void>>();
   let failure: Error | undefined;
   const cs = disk.chunkSize;
@@ -128,8 +134,10 @@ export async function exportDisk(
       chunkSize: cs,
       entries,
       fill: toDevice,
+      ...(hash ? { returnData: true } : {}),
     };
-    await pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
+    const data = await pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
+    if (hash) hash.put(first * cs, Buffer.from(data!));
     result.chunks += items.length;
     result.dataBytes += items.reduce((n, it) => n + Math.min(cs, length - it.slot * cs), 0);
     done += length;
@@ -173,7 +181,7 @@ export async function exportDisk(
         if (count > 0 || toDevice) {
           await dispatch(runStart, records, count);
           records = Buffer.alloc(perRun * RUN_RECORD_LEN);
-        }
+        } else hash?.zeros(runStart * cs, Math.min(perRun * cs, disk.sizeBytes - runStart * cs));
         count = 0;
         runStart += perRun;
       }
@@ -186,8 +194,10 @@ export async function exportDisk(
     });
     await flushUntil(disk.chunkCount);
     if (count > 0 || (toDevice && runStart < disk.chunkCount)) await dispatch(runStart, records, count);
+    else if (runStart < disk.chunkCount) hash?.zeros(runStart * cs, disk.sizeBytes - runStart * cs);
     await Promise.all(tasks);
     if (failure) throw failure;
+    if (hash) result.sha256 = hash.digest(disk.sizeBytes);
     await direct?.close();
     await fh.sync();
     await fh.close();

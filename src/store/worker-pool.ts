@@ -42,6 +42,8 @@ export interface RestoreRunRequest {
    * otherwise only the chunks, so that zero chunks stay holes in a new file.
    */
   fill: boolean;
+  /** Send the run's bytes back (zero chunks as zeros), for a hash of the whole disk in order. */
+  returnData?: boolean;
 }
 
 /** Bytes of one record of RestoreRunRequest.entries. */
@@ -110,7 +112,11 @@ export type WorkerResponse =
       data: ArrayBuffer;
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
-  | { type: "restored"; req: number }
+  | {
+      type: "restored";
+      req: number;
+      /** The run's bytes, zeros included, when asked for. */ data?: ArrayBuffer;
+    }
   | {
       type: "failed";
       req: number;
@@ -270,17 +276,18 @@ export class WorkerPool {
    * worker with the fewest runs in hand. Rejects with the error of the
    * run's first bad chunk, its `slot` set.
    */
-  async restoreRun(msg: Omit<RestoreRunRequest, "type" | "req">): Promise<void> {
-    await this.runSlots.run(async () => {
+  async restoreRun(msg: Omit<RestoreRunRequest, "type" | "req">): Promise<ArrayBuffer | undefined> {
+    return this.runSlots.run(async () => {
       const req = this.nextReq++;
       let w = this.workers[0]!;
       for (const c of this.workers) if ((this.load.get(c) ?? 0) < (this.load.get(w) ?? 0)) w = c;
       this.load.set(w, (this.load.get(w) ?? 0) + 1);
       try {
-        await this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
+        const r = await this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
           msg.entries,
           ...(msg.stretches ?? []),
         ]);
+        return (r as { data?: ArrayBuffer }).data;
       } finally {
         this.load.set(w, this.load.get(w)! - 1);
       }
