@@ -102,6 +102,7 @@ export async function materializePit(
         overwrite: true,
         pool,
         sha256: true,
+        ...(opts.signal ? { signal: opts.signal } : {}),
         onProgress: (p) => {
           done.set(d.index, p.bytesDone);
           report();

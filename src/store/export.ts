@@ -56,6 +56,8 @@ export interface ExportOptions {
   pool?: WorkerPool;
   /** Also compute the SHA-256 of the whole disk as written (result.sha256), without reading it back. */
   sha256?: boolean;
+  /** Stops the export between runs (the partial file is removed); it rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** Bytes per run: a run is fetched, decoded, checked and written by one worker. */
@@ -146,6 +148,7 @@ export async function exportDisk(
 
   const dispatch = async (first: number, records: Buffer, count: number) => {
     if (failure) throw failure;
+    opts.signal?.throwIfAborted();
     await runs.waitForSlot();
     const task = runs
       .run(() => restoreRun(first, records, count))
@@ -197,6 +200,7 @@ export async function exportDisk(
     else if (runStart < disk.chunkCount) hash?.zeros(runStart * cs, disk.sizeBytes - runStart * cs);
     await Promise.all(tasks);
     if (failure) throw failure;
+    opts.signal?.throwIfAborted();
     if (hash) result.sha256 = hash.digest(disk.sizeBytes);
     await direct?.close();
     await fh.sync();

@@ -72,6 +72,20 @@ void describe("export from a local repository", () => {
     assert.ok((await fs.readFile(out)).equals(await fs.readFile(image)));
   });
 
+  void it("stops when its signal fires and leaves no file behind", async () => {
+    const out = path.join(dir, "aborted.img");
+    const stop = new AbortController();
+    await assert.rejects(
+      exportDisk(repo, pit, 0, out, {
+        signal: stop.signal,
+        onProgress: () => stop.abort(new Error("terminated by an operator")),
+      }),
+      /terminated by an operator/,
+    );
+    await assert.rejects(fs.stat(out), /ENOENT/);
+    await assert.rejects(fs.stat(`${out}.lifeboat-partial`), /ENOENT/);
+  });
+
   let entries: Buffer[] | undefined;
   const entriesOf = async (of: Pit) => {
     const all: Buffer[] = [];
