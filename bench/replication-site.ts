@@ -26,6 +26,8 @@ export interface AgentIdentity {
 
 export interface ServerChild {
   pid: number;
+  /** https://host:port of its API. */
+  url: string;
   dataDir: string;
   /** The server's repository directory (the embedded replicator writes it). */
   repo: string;
@@ -62,6 +64,7 @@ export async function startServerChild(dataDir: string): Promise<ServerChild> {
   const adminKey = readFileSync(path.join(dataDir, "admin-api.key"), "utf8").trim();
   return {
     pid: child.pid!,
+    url,
     dataDir,
     repo: path.join(dataDir, "repo"),
     async register(hostname) {

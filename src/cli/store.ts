@@ -284,7 +284,7 @@ export function storeCommand(): Command {
     .action(
       action<RepoOpts & { db: string }>(async (ctx, o) =>
         withRepo(ctx, o, async (repo) => {
-          const r = await reindexCatalog(repo, path.resolve(o.db));
+          const r = await reindexCatalog(repo, o.db);
           if (ctx.json) printJson(r);
           else printLines([`${r.pits} PIT(s) of ${r.servers} server(s) indexed into ${r.db}`]);
         }),

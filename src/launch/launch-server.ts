@@ -4,7 +4,7 @@ import type { Pit, Repository } from "../store/index.js";
 import { type DrillReport, type ReportCheck, type ReportStep, writeDrillReport } from "./drill-report.js";
 import { type InspectReport, type ProfileName, inspectDisks } from "./inspect/index.js";
 import { type MaterializedDisk, materializePit } from "./materialize.js";
-import { runTarget, type TargetKind, type TargetSettings } from "./run-target.js";
+import { recordLaunchedHashes, runTarget, type TargetKind, type TargetSettings } from "./run-target.js";
 import { checkBlockDevices } from "./targets/index.js";
 
 /** Everything one server's launch needs, resolved by the job (settings, PIT, directory). */
@@ -62,6 +62,8 @@ export async function launchServer(
   const running: ServerLaunchResult["running"] = {};
   /** Images that replaced the raw ones (qcow2). */
   const converted: string[] = [];
+  /** Disks the preparation of the copy changed. */
+  const prepared: MaterializedDisk[] = [];
 
   const step = async (stepName: string, body: () => Promise<string>): Promise<void> => {
     const t0 = clock.now();
@@ -138,10 +140,16 @@ export async function launchServer(
       changes,
       checks,
       images: converted,
+      prepared,
     });
     readiness = outcome.readiness;
     if (outcome.qemuPid !== undefined) running.qemuPid = outcome.qemuPid;
     recoverySeconds = (clock.now() - spec.startedAtMs) / 1000;
+    if (prepared.length > 0 && spec.format === "raw")
+      await step("record the launched disks' hashes", async () => {
+        await recordLaunchedHashes(spec.dir, prepared, signal);
+        return `launchedSha256 of disk ${prepared.map((d) => d.index).join(", ")} in the manifest`;
+      });
   } catch (err) {
     const e = asError(err);
     error = {

@@ -50,6 +50,8 @@ export interface TargetContext {
   checks: ReportCheck[];
   /** Output files beyond the raw images (qcow2 images replace them). */
   images: string[];
+  /** Disks that preparing the copy changed (their launched hash is recorded after the target). */
+  prepared: MaterializedDisk[];
 }
 
 /**
@@ -212,7 +214,11 @@ async function prepareCopy(
     });
     const changed = [];
     for (const [i, d] of disks.entries()) if ((await fs.stat(d.path)).mtimeMs !== before[i]) changed.push(d);
-    await recordLaunchedHashes(spec.dir, changed, ctx.signal);
+    // A VM or the operator's command may write to the disks: their launched hash is taken now.
+    // The image and block targets leave them as they are: it waits until after the recovery time.
+    if (spec.target === "qemu" || spec.target === "command")
+      await recordLaunchedHashes(spec.dir, changed, ctx.signal);
+    else ctx.prepared.push(...changed);
     if (prepared.converted.length > 0) {
       after = await inspectDisks(
         disks.map((d) => d.path),
@@ -229,8 +235,12 @@ async function prepareCopy(
   return after;
 }
 
-/** Adds launchedSha256 to the manifest for the disks the preparation changed. */
-async function recordLaunchedHashes(
+/**
+ * Adds launchedSha256 to the manifest for the disks the preparation changed
+ * (read back and hashed: the job does it after the target succeeded, so the
+ * recovery time does not include it).
+ */
+export async function recordLaunchedHashes(
   dir: string,
   changed: MaterializedDisk[],
   signal: AbortSignal,
