@@ -41,7 +41,7 @@ export class JobRunner {
   readonly instance = `${os.hostname()}:${process.pid}:${newId("run").slice(4, 12)}`;
   private readonly running = new Map<
     string,
-    { abort: AbortController; reason?: "terminate" | "shutdown"; done: Promise<void> }
+    { type: string; abort: AbortController; reason?: "terminate" | "shutdown"; done: Promise<void> }
   >();
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> = Promise.resolve();
@@ -55,6 +55,12 @@ export class JobRunner {
       handlers: Record<string, JobHandler>;
       /** Jobs run at once on this instance. */
       concurrency?: number;
+      /**
+       * Job types that only wait for jobs of their own (a plan waits for its
+       * waves): they do not take one of the `concurrency` places, so that
+       * plans can never hold every place while their waves wait for one.
+       */
+      waitsOnOthers?: string[];
     },
   ) {}
 
@@ -82,6 +88,13 @@ export class JobRunner {
       r.abort.abort(new Error("the control plane is shutting down"));
     }
     await Promise.all([...this.running.values()].map((r) => r.done));
+  }
+
+  /** Jobs running here that count against the concurrency. */
+  private busy(): number {
+    let n = 0;
+    for (const r of this.running.values()) if (!this.deps.waitsOnOthers?.includes(r.type)) n++;
+    return n;
   }
 
   /** Resolves when no job runs here (tests). */
@@ -116,8 +129,7 @@ export class JobRunner {
     }
     await this.cleanupTerminated();
     if (this.closed) return;
-    const room = (this.deps.concurrency ?? 4) - this.running.size;
-    if (room <= 0) return;
+    const room = (this.deps.concurrency ?? 4) - this.busy();
     const candidates = await database.db
       .selectFrom("jobs")
       .selectAll()
@@ -129,10 +141,12 @@ export class JobRunner {
         ]),
       )
       .orderBy("created_at")
-      .limit(room * 2)
+      .limit(Math.max(room, 1) * 2)
       .execute();
     for (const job of candidates) {
-      if (this.running.size >= (this.deps.concurrency ?? 4) || this.running.has(job.id)) continue;
+      if (this.running.has(job.id)) continue;
+      if (this.busy() >= (this.deps.concurrency ?? 4) && !this.deps.waitsOnOthers?.includes(job.type))
+        continue;
       if (!this.deps.handlers[job.type]) continue;
       const claimed = await database.db
         .updateTable("jobs")
@@ -155,7 +169,13 @@ export class JobRunner {
     const { database, clock, logger } = this.deps;
     const handler = this.deps.handlers[job.type]!;
     const abort = new AbortController();
-    const entry: { abort: AbortController; reason?: "terminate" | "shutdown"; done: Promise<void> } = {
+    const entry: {
+      type: string;
+      abort: AbortController;
+      reason?: "terminate" | "shutdown";
+      done: Promise<void>;
+    } = {
+      type: job.type,
       abort,
       done: Promise.resolve(),
     };

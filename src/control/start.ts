@@ -97,7 +97,7 @@ export async function startServer(
     drill: launch,
     recovery: launch,
   };
-  const runner = new JobRunner({ database, clock, logger, handlers });
+  const runner = new JobRunner({ database, clock, logger, handlers, waitsOnOthers: ["plan"] });
   handlers.plan = planHandler({ database, clock, poke: () => runner.poke() });
   try {
     await migrateToLatest(database);

@@ -77,6 +77,39 @@ forEachDatabase("job runner", (open) => {
     }
   });
 
+  void it("a plan waiting for its wave does not take the wave's place", async () => {
+    const database = await open();
+    const clock = new ManualClock(T0);
+    const g = gatedHandler();
+    let child = "";
+    const plan: JobHandler = {
+      async run() {
+        child = (await createJob(database, clock, { type: "drill", serverIds: [], createdBy: "plan" })).id;
+        runner.poke();
+        await until("the wave ends", async () => (await state(database, child)) === "succeeded");
+        return { wave: child };
+      },
+    };
+    const runner = new JobRunner({
+      database,
+      clock,
+      logger: silentLogger,
+      handlers: { drill: g.handler, plan },
+      concurrency: 1,
+      waitsOnOthers: ["plan"],
+    });
+    try {
+      const p = await createJob(database, clock, { type: "plan", serverIds: [], createdBy: "test" });
+      runner.poke();
+      await until("the wave runs", () => g.runs.length === 1);
+      g.runs[0]!.release({});
+      await until("the plan ends", async () => (await state(database, p.id)) === "succeeded");
+    } finally {
+      await runner.close();
+      await database.close();
+    }
+  });
+
   void it("a job whose instance stopped is taken over after the claim timeout and told it resumes", async () => {
     const database = await open();
     const clock = new ManualClock(T0);
