@@ -149,6 +149,12 @@ async function choosePit(database: Database, server: Server, input: LaunchReques
   return row.id;
 }
 
+interface LaunchOutcome {
+  server: { id: string; name: string };
+  dir: string;
+  r: ServerLaunchResult;
+}
+
 /** The job directory of one server: ROOT/<server>/<job-id>. */
 export function launchDir(root: string, serverName: string, jobId: string): string {
   return path.join(root, serverName, jobId);
@@ -169,7 +175,9 @@ export function launchHandler(deps: LaunchDeps): JobHandler {
       const serverIds = JSON.parse(job.server_ids_json) as string[];
       const repo = await deps.repo();
       const dirs: string[] = [];
-      const launches = Promise.all(
+      // Every server's launch runs to its end (or its abort) before the job ends: none is left
+      // writing into a directory a terminate removes.
+      const launches = Promise.allSettled(
         serverIds.map(async (id) => {
           const server = await deps.database.db
             .selectFrom("servers")
@@ -227,17 +235,17 @@ export function launchHandler(deps: LaunchDeps): JobHandler {
           return { server, dir, r };
         }),
       );
-      let results: Awaited<typeof launches>;
-      try {
-        results = await launches;
-      } catch (err) {
+      const settled = await launches;
+      const rejected = settled.find((x) => x.status === "rejected");
+      if (rejected) {
         if (run.stopReason === "terminate" && job.type === "drill")
           for (const dir of dirs) {
             await fs.rm(dir, { recursive: true, force: true });
             await run.log(`removed ${dir}`);
           }
-        throw err;
+        throw rejected.reason;
       }
+      const results = settled.map((x) => (x as PromiseFulfilledResult<LaunchOutcome>).value);
       const result = launchResult(results);
       const failed = results.filter((x) => !x.r.ok);
       if (failed.length > 0) {
