@@ -5,6 +5,7 @@
  */
 import os from "node:os";
 import { Worker } from "node:worker_threads";
+import { stopWorker } from "../base/workers.js";
 
 /** @internal to the worker. */
 export interface BlockJob {
@@ -53,10 +54,14 @@ export class BlockPool {
         this.pending.delete(r.id);
         p?.resolve(r);
       });
-      w.on("error", (err) => {
+      const fail = (err: Error) => {
         this.failure = err;
         for (const p of this.pending.values()) p.reject(err);
         this.pending.clear();
+      };
+      w.on("error", fail);
+      w.on("exit", () => {
+        if (this.pending.size > 0) fail(new Error("a block worker stopped with work in hand"));
       });
       w.unref();
       this.workers.push(w);
@@ -107,6 +112,7 @@ export class BlockPool {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.failure ??= new Error("the block pool is closed");
+    await Promise.all(this.workers.map((w) => stopWorker(w)));
   }
 }

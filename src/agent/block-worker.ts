@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { parentPort, workerData } from "node:worker_threads";
 import { Compressor } from "zstd-napi";
+import { serveMessages } from "../base/workers.js";
 import type { BlockJob, BlockJobResult } from "./block-pool.js";
 
 const { level } = workerData as { level: number };
@@ -13,7 +14,7 @@ const compressor = level > 0 ? new Compressor() : null;
 compressor?.setParameters({ compressionLevel: level });
 let zeros = Buffer.alloc(0);
 
-parentPort!.on("message", (job: BlockJob) => {
+serveMessages<BlockJob>((job) => {
   const data = Buffer.from(job.buffer, 0, job.length);
   const n = Math.ceil(job.length / job.blockSize);
   if (zeros.length < job.blockSize) zeros = Buffer.alloc(job.blockSize);

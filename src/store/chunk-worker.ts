@@ -11,6 +11,7 @@ import { promisify } from "node:util";
 import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
+import { serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
 import { stretchRange } from "./pack.js";
@@ -357,4 +358,4 @@ function decodeChunk(name: string, id: Uint8Array, data: Uint8Array): Buffer {
   return plain;
 }
 
-parentPort!.on("message", (msg: WorkerRequest) => handle(msg));
+serveMessages<WorkerRequest>(handle);

@@ -1,5 +1,6 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
+import { stopWorker } from "../base/workers.js";
 import { LifeboatError } from "../base/index.js";
 import { LEAF_ENTRY_LEN, entryLocation } from "./block-map.js";
 import type { RepositoryKeys } from "./keys.js";
@@ -166,6 +167,9 @@ export class WorkerPool {
       });
       w.on("message", (msg: WorkerResponse) => this.settle(msg));
       w.on("error", (err) => this.fail(err));
+      w.on("exit", () => {
+        if (this.pending.size > 0) this.fail(new LifeboatError("STORE_IO", "a chunk worker stopped with work in hand"));
+      });
       this.workers.push(w);
     }
     this.runSlots = new Limiter(RUNS_PER_WORKER * this.workers.length);
@@ -295,7 +299,8 @@ export class WorkerPool {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.failure ??= new LifeboatError("STORE_IO", "the chunk worker pool is closed");
+    await Promise.all(this.workers.map((w) => stopWorker(w)));
   }
 }
 

@@ -1,0 +1,39 @@
+/**
+ * Stopping worker threads safely. A worker that loads a native addon
+ * (@ronomon/direct-io, zstd-napi) and is terminated while the addon
+ * initialises aborts the whole process: the addon asserts that every N-API
+ * call succeeds, and calls fail once termination has begun. So a pool never
+ * terminates its workers outright: it asks each to stop, the worker closes
+ * its port when it reaches that message (its modules are loaded by then),
+ * and only a worker that has not exited after a grace period is terminated.
+ */
+import { type Worker, parentPort } from "node:worker_threads";
+
+const STOP = "lifeboat:stop-worker";
+
+/** In a worker: handles each message from the pool, and stops when asked. */
+export function serveMessages<T>(handle: (msg: T) => void): void {
+  const port = parentPort!;
+  port.on("message", (msg: T | { type: typeof STOP }) => {
+    if ((msg as { type?: unknown })?.type === STOP) port.close();
+    else handle(msg as T);
+  });
+}
+
+/** In the pool: asks `w` to stop, terminating it only if it has not exited after `graceMs`. */
+export async function stopWorker(w: Worker, graceMs = 10_000): Promise<void> {
+  if (w.threadId === -1) return;
+  const exited = new Promise<void>((resolve) => w.once("exit", () => resolve()));
+  try {
+    w.postMessage({ type: STOP });
+  } catch {
+    // The port is closed: the worker has exited or is exiting.
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<"late">((resolve) => {
+    timer = setTimeout(() => resolve("late"), graceMs);
+    timer.unref();
+  });
+  if ((await Promise.race([exited, late])) === "late") await w.terminate();
+  clearTimeout(timer);
+}
