@@ -13,26 +13,7 @@ import { storeCommand } from "./store.js";
  */
 export async function main(argv: string[]): Promise<number> {
   const json = argv.includes("--json");
-  const program = new Command("lifeboat")
-    .description("Lifeboat: disaster recovery for servers you cannot afford to lose")
-    .option("--json", "print one JSON document on stdout")
-    .option("--debug", "show stack traces and debug logs")
-    .showHelpAfterError();
-  program.addCommand(storeCommand());
-  program.addCommand(pitsCommand());
-  program.addCommand(demoCommand());
-  program.addCommand(inspectCommand());
-  program.addCommand((await import("./launch.js")).launchCommand());
-  program.addCommand((await import("./plans.js")).plansCommand());
-  program.addCommand((await import("./server.js")).serverCommand());
-  program.addCommand((await import("./token.js")).tokenCommand());
-  program.addCommand((await import("./servers.js")).serversCommand());
-  program.addCommand((await import("./audit.js")).auditCommand());
-  program.addCommand((await import("./settings.js")).settingsCommand());
-  program.addCommand((await import("./replicators.js")).replicatorsCommand());
-  program.addCommand((await import("./replicator.js")).replicatorCommand());
-  program.addCommand((await import("./jobs.js")).jobsCommand());
-  program.addCommand((await import("./agent.js")).agentCommand());
+  const program = await lifeboatProgram();
   for (const c of allCommands(program)) {
     // With --json, usage errors are printed once, as JSON, below.
     c.exitOverride()
@@ -63,6 +44,31 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-function allCommands(c: Command): Command[] {
+/** Every command and option of `lifeboat`, unparsed (the CLI reference is generated from it). */
+export async function lifeboatProgram(): Promise<Command> {
+  const program = new Command("lifeboat")
+    .description("Lifeboat: disaster recovery for servers you cannot afford to lose")
+    .option("--json", "print one JSON document on stdout")
+    .option("--debug", "show stack traces and debug logs")
+    .showHelpAfterError();
+  program.addCommand(storeCommand());
+  program.addCommand(pitsCommand());
+  program.addCommand(demoCommand());
+  program.addCommand(inspectCommand());
+  program.addCommand((await import("./launch.js")).launchCommand());
+  program.addCommand((await import("./plans.js")).plansCommand());
+  program.addCommand((await import("./server.js")).serverCommand());
+  program.addCommand((await import("./token.js")).tokenCommand());
+  program.addCommand((await import("./servers.js")).serversCommand());
+  program.addCommand((await import("./audit.js")).auditCommand());
+  program.addCommand((await import("./settings.js")).settingsCommand());
+  program.addCommand((await import("./replicators.js")).replicatorsCommand());
+  program.addCommand((await import("./replicator.js")).replicatorCommand());
+  program.addCommand((await import("./jobs.js")).jobsCommand());
+  program.addCommand((await import("./agent.js")).agentCommand());
+  return program;
+}
+
+export function allCommands(c: Command): Command[] {
   return [c, ...c.commands.flatMap(allCommands)];
 }
