@@ -1,7 +1,7 @@
 import type { Clock } from "../base/index.js";
 import type { Database, InstallToken, InstallTokenRole } from "./db/index.js";
 import { httpError } from "./http-error.js";
-import { issueSecret } from "./secrets.js";
+import { hashSecret, issueSecret, sameHash, splitSecret } from "./secrets.js";
 
 /** Install tokens: short-lived, limited-use secrets an agent or replicator registers with. */
 export const TOKEN_DEFAULT_TTL_SECONDS = 3600;
@@ -104,4 +104,35 @@ export async function revokeToken(database: Database, clock: Clock, id: string):
       "list tokens with `lifeboat token list`",
     );
   return tokenView(row);
+}
+
+/** What `POST /api/v1/tokens/check` may say about a token: nothing but its state. */
+export type TokenState = "valid" | "expired" | "revoked" | "used" | "unknown";
+
+/**
+ * The state of an install token, read without spending it (the connectivity
+ * doctor asks before `agent install`). `unknown` covers a malformed value, an
+ * unknown id, a wrong secret and a token of another role alike, so the answer
+ * tells a guesser nothing; the order of the other states is registration's
+ * (revoked, then expired, then out of uses). `expiresAt` comes with `valid`.
+ */
+export async function checkToken(
+  database: Database,
+  clock: Clock,
+  value: string,
+  role: InstallTokenRole,
+): Promise<{ state: TokenState; expiresAt?: number }> {
+  const parts = splitSecret(value);
+  if (parts === undefined) return { state: "unknown" };
+  const token = await database.db
+    .selectFrom("install_tokens")
+    .selectAll()
+    .where("id", "=", parts.id)
+    .executeTakeFirst();
+  if (token === undefined || !sameHash(token.secret_hash, hashSecret(parts.secret)) || token.role !== role)
+    return { state: "unknown" };
+  if (token.revoked_at !== null) return { state: "revoked" };
+  if (clock.now() >= Number(token.expires_at)) return { state: "expired" };
+  if (Number(token.uses_count) >= Number(token.uses_allowed)) return { state: "used" };
+  return { state: "valid", expiresAt: Number(token.expires_at) };
 }

@@ -36,3 +36,19 @@ export { type FetchJsonOptions, fetchJson } from "./fetch-json.js";
 export { toNetError } from "./net-errors.js";
 export { assertPrivateFile } from "./private-file.js";
 export { type RevocationList, type RevocationListOptions, createRevocationList } from "./revocation-list.js";
+export {
+  DEFAULT_THROUGHPUT_BYTES,
+  DEFAULT_TIMEOUT_MS,
+  type DoctorIdentity,
+  type DoctorOptions,
+  type DoctorReport,
+  type DoctorStep,
+  EXPIRY_WARNING_MS,
+  type ProxyEnvironment,
+  type StepOutcome,
+  type StepStatus,
+  doctorReport,
+  redactProxy,
+  runDoctor,
+  timedStep,
+} from "./doctor/index.js";

@@ -12,9 +12,19 @@ const statusSchema = {
 
 /** Public: liveness, readiness (the database answers) and the API description. */
 export function healthRoutes(app: FastifyInstance, ctx: AppContext): void {
-  app.get("/healthz", { schema: { summary: "the process is up", response: { 200: statusSchema } } }, () => ({
-    status: "ok",
-  }));
+  // `time` (the server's clock, epoch ms) lets `lifeboat doctor` measure a source server's clock skew.
+  app.get(
+    "/healthz",
+    {
+      schema: {
+        summary: "the process is up; its clock",
+        response: {
+          200: { ...statusSchema, properties: { ...statusSchema.properties, time: { type: "integer" } } },
+        },
+      },
+    },
+    () => ({ status: "ok", time: ctx.clock.now() }),
+  );
   app.get(
     "/readyz",
     { schema: { summary: "the database answers", response: { 200: statusSchema, 503: errorSchema } } },
