@@ -38,7 +38,9 @@ const DEFAULT_AGENT_CONFIG_DIR = "/etc/lifeboat/agent";
  */
 export function doctorCommand(): Command {
   return new Command("doctor")
-    .description("check this host's way to the recovery site step by step (or, with --server, the server's own side)")
+    .description(
+      "check this host's way to the recovery site step by step (or, with --server, the server's own side)",
+    )
     .option("--endpoint <url>", "the control plane, https://host:port (default: the installed agent's)")
     .option("--ca-file <file>", "the Lifeboat CA certificate (the server's D/ca.pem)")
     .option("--ca-fingerprint <sha256>", "SHA-256 fingerprint of the CA certificate")

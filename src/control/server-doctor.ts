@@ -22,8 +22,18 @@ const DAY_MS = 86_400_000;
 export const LOW_FREE_SHARE = 0.1;
 
 const ok = (value: string): StepOutcome => ({ status: "ok", value, hint: "" });
-const warn = (value: string, code: string, hint: string): StepOutcome => ({ status: "warn", value, hint, code });
-const fail = (value: string, code: string, hint: string): StepOutcome => ({ status: "fail", value, hint, code });
+const warn = (value: string, code: string, hint: string): StepOutcome => ({
+  status: "warn",
+  value,
+  hint,
+  code,
+});
+const fail = (value: string, code: string, hint: string): StepOutcome => ({
+  status: "fail",
+  value,
+  hint,
+  code,
+});
 
 /**
  * `lifeboat doctor --server`: the recovery site's own side, read from its
@@ -106,13 +116,16 @@ async function permissionsStep(p: Paths): Promise<StepOutcome> {
       const st = await stat(file);
       if (dir !== st.isDirectory()) bad.push(`${file} is not a ${dir ? "directory" : "file"}`);
       else if ((st.mode & 0o077) !== 0)
-        bad.push(`${file} ${(st.mode & 0o777).toString(8).padStart(4, "0")} (want ${want.toString(8).padStart(4, "0")})`);
+        bad.push(
+          `${file} ${(st.mode & 0o777).toString(8).padStart(4, "0")} (want ${want.toString(8).padStart(4, "0")})`,
+        );
     } catch {
       missing.push(file);
     }
   };
   await check(p.keys, 0o700, true);
-  for (const f of [p.caKey, p.serverKey, p.signingKey, p.repoKey, p.adminApiKey]) await check(f, 0o600, false);
+  for (const f of [p.caKey, p.serverKey, p.signingKey, p.repoKey, p.adminApiKey])
+    await check(f, 0o600, false);
   if (bad.length > 0)
     return fail(
       bad.join("; "),
@@ -191,8 +204,10 @@ async function repositoryStep(location: string, timeoutMs: number): Promise<Step
         "The location is reachable but holds no repository: check the path or bucket/prefix in config.json.",
       );
     const root = backend.properties.localRoot;
-    if (root === undefined && !location.startsWith("s3://")) return ok(`${backend.properties.location}: reachable`);
-    if (root === undefined) return ok(`${backend.properties.location}: reachable (S3: free space is the provider's)`);
+    if (root === undefined && !location.startsWith("s3://"))
+      return ok(`${backend.properties.location}: reachable`);
+    if (root === undefined)
+      return ok(`${backend.properties.location}: reachable (S3: free space is the provider's)`);
     const fs = await statfs(root);
     const free = fs.bavail * fs.bsize;
     const total = fs.blocks * fs.bsize;
@@ -242,11 +257,24 @@ async function listenStep(listen: string, serverCertFile: string, timeoutMs: num
       "Ports below 1024 need root or CAP_NET_BIND_SERVICE (AmbientCapabilities= in the systemd unit).",
     );
   if (err.code === "EADDRNOTAVAIL")
-    return fail(`${listen}: not an address of this host`, "DOCTOR_LISTEN_FAILED", "Use an address this host has (`ip -brief address`), or 0.0.0.0.");
-  return fail(`${listen}: ${err.code ?? err.message}`, "DOCTOR_LISTEN_FAILED", "Check listen in config.json.");
+    return fail(
+      `${listen}: not an address of this host`,
+      "DOCTOR_LISTEN_FAILED",
+      "Use an address this host has (`ip -brief address`), or 0.0.0.0.",
+    );
+  return fail(
+    `${listen}: ${err.code ?? err.message}`,
+    "DOCTOR_LISTEN_FAILED",
+    "Check listen in config.json.",
+  );
 }
 
-async function presentsCertificate(host: string, port: number, certFile: string, timeoutMs: number): Promise<boolean> {
+async function presentsCertificate(
+  host: string,
+  port: number,
+  certFile: string,
+  timeoutMs: number,
+): Promise<boolean> {
   let want: string;
   try {
     want = fingerprint(new X509Certificate(await readFile(certFile)).raw);
@@ -255,7 +283,12 @@ async function presentsCertificate(host: string, port: number, certFile: string,
   }
   const connectHost = host === "0.0.0.0" || host === "" ? "127.0.0.1" : host === "::" ? "::1" : host;
   return new Promise((resolve) => {
-    const socket = tlsConnect({ host: connectHost, port, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] });
+    const socket = tlsConnect({
+      host: connectHost,
+      port,
+      rejectUnauthorized: false,
+      ALPNProtocols: ["http/1.1"],
+    });
     const timer = setTimeout(() => socket.destroy(), timeoutMs);
     socket.once("secureConnect", () => {
       const raw = socket.getPeerCertificate()?.raw;

@@ -49,7 +49,10 @@ void describe("lifeboat doctor (client side)", () => {
   });
 
   const newToken = async (uses = 1) =>
-    (await site.api<{ token: string; id: string }>("/api/v1/tokens", { method: "POST", body: { role: "agent", uses } }));
+    await site.api<{ token: string; id: string }>("/api/v1/tokens", {
+      method: "POST",
+      body: { role: "agent", uses },
+    });
 
   void it("passes every step with the right fingerprint and a token, which stays unspent", async () => {
     const { token } = await newToken();
@@ -115,12 +118,18 @@ void describe("lifeboat doctor (client side)", () => {
     assert.equal(step(unknown, "token").code, "TOKEN_INVALID", show(unknown));
     const made = await newToken();
     await site.api(`/api/v1/tokens/${made.id}`, { method: "DELETE" });
-    const revoked = await runDoctor({ endpoint: site.url, caPem: site.caPem, token: made.token, timeoutMs: 3000 });
+    const revoked = await runDoctor({
+      endpoint: site.url,
+      caPem: site.caPem,
+      token: made.token,
+      timeoutMs: 3000,
+    });
     assert.equal(step(revoked, "token").code, "TOKEN_REVOKED");
 
     const none = await runDoctor({ endpoint: site.url, caPem: site.caPem, timeoutMs: 3000 });
     assert.equal(none.ok, true, show(none));
-    for (const name of ["token", "data", "throughput"]) assert.equal(step(none, name).status, "skipped", name);
+    for (const name of ["token", "data", "throughput"])
+      assert.equal(step(none, name).status, "skipped", name);
     assert.match(step(none, "token").hint, /--token-file/);
   });
 
@@ -136,7 +145,8 @@ void describe("lifeboat doctor (client side)", () => {
     assert.equal(tls.code, "NET_CA_MISMATCH");
     assert.ok(tls.value.includes(pin), "the report names the CA the server presents");
     assert.match(tls.hint, /openssl x509 -noout -fingerprint -sha256/);
-    for (const name of ["health", "token", "data", "throughput"]) assert.equal(step(r, name).status, "skipped", name);
+    for (const name of ["health", "token", "data", "throughput"])
+      assert.equal(step(r, name).status, "skipped", name);
     // The clock is still read (nothing secret is sent for it).
     assert.match(step(r, "clock").value, /server not verified/);
   });
@@ -158,14 +168,24 @@ void describe("lifeboat doctor (client side)", () => {
   });
 
   void it("measures the clock skew: a warning past 30 s, a failure past the certificates' 5 minutes", async () => {
-    const ahead = await runDoctor({ endpoint: site.url, caPem: site.caPem, timeoutMs: 3000, clock: shifted(-60_000) });
+    const ahead = await runDoctor({
+      endpoint: site.url,
+      caPem: site.caPem,
+      timeoutMs: 3000,
+      clock: shifted(-60_000),
+    });
     const warned = step(ahead, "clock");
     assert.equal(warned.status, "warn", show(ahead));
     assert.equal(warned.code, "DOCTOR_CLOCK_SKEW");
     assert.match(warned.value, /^this host is 60\.\d s behind the server/);
     assert.equal(ahead.ok, true);
 
-    const far = await runDoctor({ endpoint: site.url, caPem: site.caPem, timeoutMs: 3000, clock: shifted(-10 * 60_000) });
+    const far = await runDoctor({
+      endpoint: site.url,
+      caPem: site.caPem,
+      timeoutMs: 3000,
+      clock: shifted(-10 * 60_000),
+    });
     assert.equal(step(far, "clock").status, "fail", show(far));
     assert.match(step(far, "clock").value, /^this host is 60\d\.\d s behind/);
     // A clock 10 minutes behind also makes the fresh server certificate "not yet valid".
@@ -174,7 +194,9 @@ void describe("lifeboat doctor (client side)", () => {
   });
 
   void it("goes through an HTTP CONNECT proxy with --proxy, and honours NO_PROXY from the environment", async () => {
-    const { url: proxyUrl, connects, close } = await connectProxy();
+    const proxy = await connectProxy();
+    const proxyUrl = proxy.url;
+    const connects = () => proxy.connects();
     try {
       const { token } = await newToken();
       const r = await runDoctor({
@@ -201,13 +223,17 @@ void describe("lifeboat doctor (client side)", () => {
       assert.match(step(bypassed, "proxy").value, /NO_PROXY entry 127\.0\.0\.0\/8/);
       assert.equal(connects().length, before, "the proxy was used despite NO_PROXY");
     } finally {
-      await close();
+      await proxy.close();
     }
   });
 });
 
 /** A minimal HTTP CONNECT proxy on loopback that records the targets asked for. */
-async function connectProxy(): Promise<{ url: string; connects(): string[]; close(): Promise<void> }> {
+async function connectProxy(): Promise<{
+  url: string;
+  connects: () => string[];
+  close: () => Promise<void>;
+}> {
   const { connect } = await import("node:net");
   const seen: string[] = [];
   const sockets = new Set<import("node:net").Socket>();

@@ -73,11 +73,14 @@ export async function healthStep(
 /** Step 5: this host's clock against the server's. */
 export function clockStep(health: Health | undefined): Outcome {
   if (health?.skew === undefined)
-    return skipped(health ? "the server sent neither its time nor a Date header" : "the server's health could not be read");
+    return skipped(
+      health ? "the server sent neither its time nor a Date header" : "the server's health could not be read",
+    );
   const { ms, within, source } = health.skew;
   const abs = Math.abs(ms);
   const value = `this host is ${(abs / 1000).toFixed(1)} s ${ms > 0 ? "behind" : "ahead of"} the server (±${(within / 1000).toFixed(1)} s, ${source})`;
-  const fix = "Synchronize this host's clock with the same time source as the server (chrony, ntpd or systemd-timesyncd; `timedatectl` shows the state).";
+  const fix =
+    "Synchronize this host's clock with the same time source as the server (chrony, ntpd or systemd-timesyncd; `timedatectl` shows the state).";
   if (abs - within > BACKDATE_MS)
     return fail(
       value,
@@ -95,7 +98,13 @@ export interface TokenCheck {
 }
 
 /** Step 4b: POST /api/v1/tokens/check, which reads the token's state without spending it. */
-export async function tokenStep(dispatcher: Dispatcher, url: string, token: string, timeoutMs: number, now: number): Promise<TokenCheck> {
+export async function tokenStep(
+  dispatcher: Dispatcher,
+  url: string,
+  token: string,
+  timeoutMs: number,
+  now: number,
+): Promise<TokenCheck> {
   let r: { state?: unknown; expiresAt?: unknown; dataAddresses?: unknown };
   try {
     r = await fetchJson(dispatcher, `${url}/api/v1/tokens/check`, { body: { token }, timeoutMs });
@@ -110,19 +119,32 @@ export async function tokenStep(dispatcher: Dispatcher, url: string, token: stri
         ),
       };
     if (e.code === "RATE_LIMITED")
-      return { outcome: warn("too many checks from this address", "RATE_LIMITED", "Wait a minute and run the doctor again.") };
+      return {
+        outcome: warn(
+          "too many checks from this address",
+          "RATE_LIMITED",
+          "Wait a minute and run the doctor again.",
+        ),
+      };
     throw err;
   }
-  const newToken = "Ask an admin for a new install token (`lifeboat token create --role agent`) and give it with --token-file.";
+  const newToken =
+    "Ask an admin for a new install token (`lifeboat token create --role agent`) and give it with --token-file.";
   switch (r.state) {
     case "valid": {
       const expires = typeof r.expiresAt === "string" ? Date.parse(r.expiresAt) : NaN;
       const left = Math.round((expires - now) / 60_000);
-      const addresses = Array.isArray(r.dataAddresses) ? r.dataAddresses.filter((a): a is string => typeof a === "string") : [];
+      const addresses = Array.isArray(r.dataAddresses)
+        ? r.dataAddresses.filter((a): a is string => typeof a === "string")
+        : [];
       const value = `valid, not spent${Number.isNaN(expires) ? "" : `, expires ${new Date(expires).toISOString()} (in ${left} min)`}`;
       if (!Number.isNaN(expires) && expires - now < 10 * 60_000)
         return {
-          outcome: warn(value, "DOCTOR_TOKEN_EXPIRING", `The token expires in ${left} minutes: install soon, or ${newToken.charAt(0).toLowerCase()}${newToken.slice(1)}`),
+          outcome: warn(
+            value,
+            "DOCTOR_TOKEN_EXPIRING",
+            `The token expires in ${left} minutes: install soon, or ${newToken.charAt(0).toLowerCase()}${newToken.slice(1)}`,
+          ),
           dataAddresses: addresses,
         };
       return { outcome: ok(value), dataAddresses: addresses };

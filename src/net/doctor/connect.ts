@@ -7,19 +7,12 @@ import { openTunnel, redactProxy } from "./proxy.js";
  * A TCP connection to address:port, directly or through an HTTP CONNECT
  * proxy, given up after `timeoutMs` (the error's code is then ETIMEDOUT).
  */
-export function connectTcp(
-  address: string,
-  port: number,
-  timeoutMs: number,
-  proxy?: URL,
-): Promise<Socket> {
+export function connectTcp(address: string, port: number, timeoutMs: number, proxy?: URL): Promise<Socket> {
   if (proxy !== undefined) return openTunnel(proxy, address, port, timeoutMs);
   return new Promise((resolve, reject) => {
     const socket = connect({ host: address, port });
     const timer = setTimeout(() => {
-      socket.destroy(
-        Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: "ETIMEDOUT" }),
-      );
+      socket.destroy(Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: "ETIMEDOUT" }));
     }, timeoutMs);
     socket.once("error", (err) => {
       clearTimeout(timer);
@@ -53,7 +46,13 @@ export function tcpFailure(err: unknown, target: string, timeoutMs: number, prox
         ? "The proxy refused the connection: check the proxy's address and port."
         : `Reachable, nothing listening on port ${target.replace(/^.*:/, "")}: check that the Lifeboat server runs and listens on this address (\`listen\` in its config.json), and the port in the endpoint.`,
     );
-  if (code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "EINVAL" || code === "EACCES" || code === "EPERM")
+  if (
+    code === "EHOSTUNREACH" ||
+    code === "ENETUNREACH" ||
+    code === "EINVAL" ||
+    code === "EACCES" ||
+    code === "EPERM"
+  )
     return fail(
       `${target}: ${code}${via}`,
       "DOCTOR_TCP_UNREACHABLE",

@@ -27,7 +27,9 @@ export async function identityDataAddresses(
   fallback: string,
   timeoutMs: number,
 ): Promise<string[]> {
-  const r = await fetchJson<{ dataAddress?: unknown }>(dispatcher, `${url}/api/v1/agent/settings`, { timeoutMs });
+  const r = await fetchJson<{ dataAddress?: unknown }>(dispatcher, `${url}/api/v1/agent/settings`, {
+    timeoutMs,
+  });
   if (typeof r.dataAddress === "string" && r.dataAddress !== "") return [r.dataAddress];
   return [configured ?? fallback];
 }
@@ -79,7 +81,13 @@ export async function dataStep(
       continue;
     }
     try {
-      const judged = judgeTls(tls, host, target, opts.caPem !== undefined ? { caPem: opts.caPem } : {}, opts.now);
+      const judged = judgeTls(
+        tls,
+        host,
+        target,
+        opts.caPem !== undefined ? { caPem: opts.caPem } : {},
+        opts.now,
+      );
       const ms = performance.now() - start;
       if (judged.outcome.status === "fail") {
         parts.push(judged.outcome.value);
@@ -143,18 +151,25 @@ export async function throughputStep(
   }
   const seconds = (performance.now() - start) / 1000;
   if (status === 404)
-    return warn("the server has no throughput test", "DOCTOR_THROUGHPUT_FAILED", "The server is older than this doctor; upgrade it to measure the link.");
+    return warn(
+      "the server has no throughput test",
+      "DOCTOR_THROUGHPUT_FAILED",
+      "The server is older than this doctor; upgrade it to measure the link.",
+    );
   if (status !== 200) {
     let code = "";
     try {
-      code = String((JSON.parse(text) as { code?: unknown }).code ?? "");
+      const c = (JSON.parse(text) as { code?: unknown }).code;
+      code = typeof c === "string" ? c : "";
     } catch {
       code = "";
     }
     return fail(
       `HTTP ${status}${code ? ` ${code}` : ""}`,
       "DOCTOR_THROUGHPUT_FAILED",
-      status === 429 ? "Too many tests from this address: wait a minute." : "The server refused the test: check the token (step token) or the agent's certificate.",
+      status === 429
+        ? "Too many tests from this address: wait a minute."
+        : "The server refused the test: check the token (step token) or the agent's certificate.",
     );
   }
   const mbits = (opts.bytes * 8) / seconds / 1e6;

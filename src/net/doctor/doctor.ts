@@ -62,7 +62,11 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
     ...(opts.caPem !== undefined ? { caPem: opts.caPem } : {}),
     ...(opts.caFingerprint !== undefined ? { pin: parseFingerprint(opts.caFingerprint) } : {}),
   };
-  if (trust.pin !== undefined && trust.caPem !== undefined && !sameFingerprint(certFingerprint(trust.caPem), trust.pin))
+  if (
+    trust.pin !== undefined &&
+    trust.caPem !== undefined &&
+    !sameFingerprint(certFingerprint(trust.caPem), trust.pin)
+  )
     throw new LifeboatError(
       "NET_CA_MISMATCH",
       `the CA file has fingerprint ${certFingerprint(trust.caPem)}, not the pinned ${formatFingerprint(trust.pin)}`,
@@ -74,12 +78,18 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
   const pinned = trust.pin !== undefined || trust.caPem !== undefined;
   const target = joinHostPort(endpoint.host, endpoint.port);
   const steps: DoctorStep[] = [];
-  const failed = (name: string) => steps.find((s) => s.name === name)?.status !== "ok" && steps.find((s) => s.name === name)?.status !== "warn";
+  const failed = (name: string) =>
+    steps.find((s) => s.name === name)?.status !== "ok" &&
+    steps.find((s) => s.name === name)?.status !== "warn";
 
   let addresses: string[] = [];
   steps.push(
     await timed("dns", async () => {
-      const r = await resolveStep(endpoint.host, { privateCa: pinned, viaProxy: choice.proxy !== undefined, timeoutMs });
+      const r = await resolveStep(endpoint.host, {
+        privateCa: pinned,
+        viaProxy: choice.proxy !== undefined,
+        timeoutMs,
+      });
       addresses = r.addresses;
       return r.outcome;
     }),
@@ -89,7 +99,10 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
   steps.push(
     await timed("tcp", async () => {
       if (addresses.length === 0 && choice.proxy === undefined) return skipped("the name did not resolve");
-      const r = await tcpStep(endpoint.host, addresses, endpoint.port, { timeoutMs, ...(choice.proxy ? { proxy: choice.proxy } : {}) });
+      const r = await tcpStep(endpoint.host, addresses, endpoint.port, {
+        timeoutMs,
+        ...(choice.proxy ? { proxy: choice.proxy } : {}),
+      });
       reachable = r.reachable;
       return r.outcome;
     }),
@@ -130,7 +143,12 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
     : undefined;
   const agentApi =
     tlsOk && opts.identity
-      ? doctorDispatcher({ caPem: caPem!, ...(choice.proxy ? { proxy: choice.proxy } : {}), identity: opts.identity, timeoutMs })
+      ? doctorDispatcher({
+          caPem: caPem!,
+          ...(choice.proxy ? { proxy: choice.proxy } : {}),
+          identity: opts.identity,
+          timeoutMs,
+        })
       : undefined;
   try {
     let health: Health | undefined;
@@ -177,7 +195,9 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
         try {
           const h = await healthStep(unverified, endpoint.url, { timeoutMs, now: () => clock.now() });
           const outcome = clockStep(h.skew ? h : undefined);
-          return outcome.status === "skipped" ? outcome : { ...outcome, value: `${outcome.value}; server not verified` };
+          return outcome.status === "skipped"
+            ? outcome
+            : { ...outcome, value: `${outcome.value}; server not verified` };
         } finally {
           await unverified.close();
         }
@@ -190,7 +210,13 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
         if (!tlsOk) return skipped("the TLS check did not pass");
         if (agentApi) {
           learned = {
-            addresses: await identityDataAddresses(agentApi, endpoint.url, opts.identity!.dataAddress, target, timeoutMs),
+            addresses: await identityDataAddresses(
+              agentApi,
+              endpoint.url,
+              opts.identity!.dataAddress,
+              target,
+              timeoutMs,
+            ),
             from: "the agent's settings",
           };
         } else if (dataAddresses !== undefined)
@@ -214,14 +240,18 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
       await timed("throughput", async () => {
         if (!tlsOk) return skipped("the TLS check did not pass");
         const viaToken = !agentApi && opts.token !== undefined && tokenMaySend && dataAddresses !== undefined;
-        if (!agentApi && !viaToken) return skipped("no agent identity and no valid install token to authorize the test");
+        if (!agentApi && !viaToken)
+          return skipped("no agent identity and no valid install token to authorize the test");
         const elsewhere = learned?.addresses.filter((a) => a !== target) ?? [];
         const bytes = Math.min(opts.throughputBytes ?? DEFAULT_THROUGHPUT_BYTES, 8 * 1024 * 1024);
         return throughputStep(agentApi ?? api!, endpoint.url, {
           bytes,
           ...(viaToken ? { token: opts.token! } : {}),
           timeoutMs,
-          note: elsewhere.length > 0 ? `, to the control plane; the replicator at ${elsewhere.join(", ")} has no test of its own` : "",
+          note:
+            elsewhere.length > 0
+              ? `, to the control plane; the replicator at ${elsewhere.join(", ")} has no test of its own`
+              : "",
         });
       }),
     );
@@ -242,7 +272,8 @@ function proxyStep(choice: ProxyChoice, env: ProxyEnvironment, target: string): 
     ...(env.noProxy ? [`NO_PROXY=${env.noProxy}`] : []),
   ];
   const found = seen.length > 0 ? seen.join(", ") : "no proxy variables set";
-  if (choice.source === "--proxy") return ok(`--proxy ${redactProxy(choice.proxy!)} used for ${target} (${found})`);
+  if (choice.source === "--proxy")
+    return ok(`--proxy ${redactProxy(choice.proxy!)} used for ${target} (${found})`);
   if (choice.proxy) return ok(`${found}: HTTPS_PROXY used for ${target}`);
   if (choice.bypassedBy) return ok(`${found}: direct to ${target} (NO_PROXY entry ${choice.bypassedBy})`);
   if (env.httpProxy) return ok(`${found}: direct to ${target} (HTTP_PROXY does not apply to https://)`);

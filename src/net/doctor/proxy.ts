@@ -96,7 +96,9 @@ export function openTunnel(proxy: URL, host: string, port: number, timeoutMs: nu
         ? tlsConnect({ host: proxyHost, port: proxyPort, servername: proxyHost })
         : tcpConnect({ host: proxyHost, port: proxyPort });
     const timer = setTimeout(() => {
-      socket.destroy(Object.assign(new Error(`no answer from the proxy in ${timeoutMs} ms`), { code: "ETIMEDOUT" }));
+      socket.destroy(
+        Object.assign(new Error(`no answer from the proxy in ${timeoutMs} ms`), { code: "ETIMEDOUT" }),
+      );
     }, timeoutMs);
     const onError = (err: Error) => done(err);
     const done = (err: Error | null, s?: Socket) => {
@@ -131,9 +133,13 @@ export function openTunnel(proxy: URL, host: string, port: number, timeoutMs: nu
       if (!status || !status[1]!.startsWith("2")) {
         const line = head.subarray(0, head.indexOf("\r\n")).toString("latin1");
         done(
-          new LifeboatError("DOCTOR_PROXY_REFUSED", `the proxy ${redactProxy(proxy)} answered CONNECT ${host}:${port} with "${line}"`, {
-            hint: "Ask the proxy's administrators to allow CONNECT to this host and port (407: give the proxy's user and password in the URL), or bypass the proxy for it with NO_PROXY.",
-          }),
+          new LifeboatError(
+            "DOCTOR_PROXY_REFUSED",
+            `the proxy ${redactProxy(proxy)} answered CONNECT ${host}:${port} with "${line}"`,
+            {
+              hint: "Ask the proxy's administrators to allow CONNECT to this host and port (407: give the proxy's user and password in the URL), or bypass the proxy for it with NO_PROXY.",
+            },
+          ),
         );
         return;
       }

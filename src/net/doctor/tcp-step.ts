@@ -36,10 +36,14 @@ export async function tcpStep(
       }
     }),
   );
-  const good = results.filter((r): r is { address: string; ms: number } => "ms" in r).sort((a, b) => a.ms - b.ms);
+  const good = results
+    .filter((r): r is { address: string; ms: number } => "ms" in r)
+    .sort((a, b) => a.ms - b.ms);
   const via = opts.proxy ? ` through ${redactProxy(opts.proxy)}` : "";
   const parts = results.map((r) =>
-    "ms" in r ? `${joinHostPort(r.address, port)} ${formatMs(r.ms!)}` : tcpFailure(r.err, joinHostPort(r.address, port), opts.timeoutMs, opts.proxy).value,
+    "ms" in r
+      ? `${joinHostPort(r.address, port)} ${formatMs(r.ms!)}`
+      : tcpFailure(r.err, joinHostPort(r.address, port), opts.timeoutMs, opts.proxy).value,
   );
   const value = `${parts.join("; ")}${via}`;
   const firstBad = results.find((r) => !("ms" in r));
@@ -51,7 +55,11 @@ export async function tcpStep(
     const f = tcpFailure(firstBad.err, joinHostPort(firstBad.address, port), opts.timeoutMs, opts.proxy);
     return {
       reachable: good.map((g) => g.address),
-      outcome: warn(value, f.code!, `Some addresses of ${host} do not connect; a client may pick one of them. ${f.hint}`),
+      outcome: warn(
+        value,
+        f.code!,
+        `Some addresses of ${host} do not connect; a client may pick one of them. ${f.hint}`,
+      ),
     };
   }
   return { reachable: good.map((g) => g.address), outcome: ok(value) };

@@ -45,9 +45,11 @@ export function handshake(
       ...(opts.certPem !== undefined ? { cert: opts.certPem, key: opts.keyPem } : {}),
     });
     const timer = setTimeout(() => {
-      tls.destroy(Object.assign(new Error(`TLS handshake: no answer in ${opts.timeoutMs} ms`), { code: "ETIMEDOUT" }));
+      tls.destroy(
+        Object.assign(new Error(`TLS handshake: no answer in ${opts.timeoutMs} ms`), { code: "ETIMEDOUT" }),
+      );
     }, opts.timeoutMs);
-    tls.once("error", (err) => {
+    tls.once("error", (err: Error) => {
       clearTimeout(timer);
       socket.destroy();
       reject(err);
@@ -94,12 +96,22 @@ export interface TlsJudgement {
  * a CA it warns, naming the CA the server presents so that the operator can
  * compare it with the server's ca.pem.
  */
-export function judgeTls(socket: TLSSocket, host: string, target: string, trust: Trust, now: number): TlsJudgement {
+export function judgeTls(
+  socket: TLSSocket,
+  host: string,
+  target: string,
+  trust: Trust,
+  now: number,
+): TlsJudgement {
   const protocol = socket.getProtocol() ?? "unknown";
   const peer = socket.getPeerCertificate(true);
   if (!peer?.raw || peer.raw.length === 0)
     return {
-      outcome: fail(`${target}: ${protocol}, no certificate`, "NET_TLS_FAILED", "The endpoint is not a Lifeboat server; check the URL."),
+      outcome: fail(
+        `${target}: ${protocol}, no certificate`,
+        "NET_TLS_FAILED",
+        "The endpoint is not a Lifeboat server; check the URL.",
+      ),
     };
   const leaf = new X509Certificate(peer.raw);
   const chain = issuers(peer);
@@ -131,12 +143,17 @@ export function judgeTls(socket: TLSSocket, host: string, target: string, trust:
             CA_FILE_HINT,
           ),
       };
-    const validity = validityProblem(leaf, "server certificate", now) ?? validityProblem(ca, "CA certificate", now);
+    const validity =
+      validityProblem(leaf, "server certificate", now) ?? validityProblem(ca, "CA certificate", now);
     if (validity)
       return {
         outcome:
           versionProblem ??
-          fail(`${target}: the ${validity}`, "NET_TLS_FAILED", "Check this host's clock (and the server's); if the clocks are right, renew the certificate on the server."),
+          fail(
+            `${target}: the ${validity}`,
+            "NET_TLS_FAILED",
+            "Check this host's clock (and the server's); if the clocks are right, renew the certificate on the server.",
+          ),
       };
     const nameError = checkServerIdentity(host, peer);
     if (nameError)
@@ -165,7 +182,8 @@ export function judgeTls(socket: TLSSocket, host: string, target: string, trust:
   }
   if (versionProblem) return { outcome: versionProblem };
   const ends = Math.min(Date.parse(leaf.validTo), ca ? Date.parse(ca.validTo) : Infinity);
-  const which = ca && Date.parse(ca.validTo) < Date.parse(leaf.validTo) ? "CA certificate" : "server certificate";
+  const which =
+    ca && Date.parse(ca.validTo) < Date.parse(leaf.validTo) ? "CA certificate" : "server certificate";
   const days = Math.floor((ends - now) / DAY_MS);
   const value = `${target}: ${protocol}, ${how} ${shortFingerprint(ca ? sha256(ca.raw) : "")}, name ${host} ok, ${which} valid until ${new Date(ends).toISOString().slice(0, 10)} (${days} d)`;
   const caPem = ca?.toString();
@@ -184,7 +202,11 @@ export function judgeTls(socket: TLSSocket, host: string, target: string, trust:
 function issuers(peer: DetailedPeerCertificate): X509Certificate[] {
   const out: X509Certificate[] = [];
   const seen = new Set<string>([peer.fingerprint256]);
-  for (let c = peer.issuerCertificate; c && !seen.has(c.fingerprint256) && out.length < 8; c = c.issuerCertificate) {
+  for (
+    let c = peer.issuerCertificate;
+    c && !seen.has(c.fingerprint256) && out.length < 8;
+    c = c.issuerCertificate
+  ) {
     seen.add(c.fingerprint256);
     out.push(new X509Certificate(c.raw));
   }
@@ -193,7 +215,8 @@ function issuers(peer: DetailedPeerCertificate): X509Certificate[] {
 
 function validityProblem(cert: X509Certificate, what: string, now: number): string | undefined {
   if (now > Date.parse(cert.validTo)) return `${what} expired ${new Date(cert.validTo).toISOString()}`;
-  if (now < Date.parse(cert.validFrom)) return `${what} is not valid before ${new Date(cert.validFrom).toISOString()}`;
+  if (now < Date.parse(cert.validFrom))
+    return `${what} is not valid before ${new Date(cert.validFrom).toISOString()}`;
   return undefined;
 }
 
