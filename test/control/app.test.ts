@@ -8,7 +8,7 @@ import { testApp } from "./helpers.js";
 forEachDatabase("control plane app", (open) => {
   void it("answers /healthz, /readyz and the OpenAPI document", async () => {
     const t = await testApp(await open());
-    assert.deepEqual((await t.app.inject({ url: "/healthz" })).json(), { status: "ok" });
+    assert.deepEqual((await t.app.inject({ url: "/healthz" })).json(), { status: "ok", time: t.clock.now() });
     assert.deepEqual((await t.app.inject({ url: "/readyz" })).json(), { status: "ready" });
     const doc = (await t.app.inject({ url: "/api/v1/openapi.json" })).json<{
       openapi: string;

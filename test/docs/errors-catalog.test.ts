@@ -36,7 +36,7 @@ const BODY = /\bcode:\s*"([A-Z][A-Z0-9_]*)"/g;
  * words; digits are allowed after the prefix (STORE_S3_NO_BUCKET).
  */
 const PREFIXED =
-  /"((?:STORE|KEY|DISK|PIT|EXPORT|RETENTION|DEMO|DB|NET|FILE|TOKEN|AUTH|REQUEST|SERVER|CONFIG|API|WIRE|TRACE|FREEZE|AGENT|REPLICA|REPLICATOR|LAUNCH|JOB)_[A-Z0-9_]+)"/g;
+  /"((?:STORE|KEY|DISK|PIT|EXPORT|RETENTION|DEMO|DB|NET|FILE|TOKEN|AUTH|REQUEST|SERVER|CONFIG|API|WIRE|TRACE|FREEZE|AGENT|REPLICA|REPLICATOR|LAUNCH|JOB|DOCTOR)_[A-Z0-9_]+)"/g;
 /** A catalog row: a line that starts with a table cell holding one code in backticks. */
 const ROW = /^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|/gm;
 

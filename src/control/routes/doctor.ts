@@ -23,6 +23,7 @@ export const THROUGHPUT_MAX_BYTES = 8 * 1024 * 1024;
  *   (`Authorization: Bearer <token>`) or an agent certificate.
  */
 export function doctorRoutes(app: FastifyInstance, ctx: AppContext): void {
+  const discarded = new WeakMap<FastifyRequest, number>();
   const rateLimit = { max: ctx.config.registerRateLimitPerMinute, timeWindow: 60_000 };
   app.post<{ Body: { token: string; role?: "agent" | "replicator" } }>(
     "/api/v1/tokens/check",
@@ -68,7 +69,7 @@ export function doctorRoutes(app: FastifyInstance, ctx: AppContext): void {
 
   // The body parser for the throughput test lives in its own scope: nowhere else is a raw body taken.
   void app.register((scope, _opts, done) => {
-    scope.addContentTypeParser("application/octet-stream", (_request, payload, next) => {
+    scope.addContentTypeParser("application/octet-stream", (request, payload, next) => {
       let bytes = 0;
       payload.on("data", (chunk: Buffer) => {
         bytes += chunk.length;
@@ -85,11 +86,15 @@ export function doctorRoutes(app: FastifyInstance, ctx: AppContext): void {
           );
         }
       });
-      payload.once("end", () => next(null, bytes));
+      // The body the route sees is empty (it is gone); how much there was is kept aside.
+      payload.once("end", () => {
+        discarded.set(request, bytes);
+        next(null, "");
+      });
       payload.once("error", (err) => next(err, undefined));
     });
     const agentCert = requireClient(ctx.database, ctx.clock, ctx.ca.certPem, "agent");
-    scope.post<{ Body: number }>(
+    scope.post<{ Body: string }>(
       "/api/v1/doctor/throughput",
       {
         config: { rateLimit },
@@ -109,6 +114,8 @@ export function doctorRoutes(app: FastifyInstance, ctx: AppContext): void {
         },
         schema: {
           summary: "read and discard a body of up to 8 MiB (the doctor's throughput test)",
+          consumes: ["application/octet-stream"],
+          body: { type: "string", description: "any bytes, at most 8 MiB; they are discarded" },
           response: {
             200: { type: "object", required: ["bytes"], properties: { bytes: { type: "integer" } } },
             400: errorSchema,
@@ -120,7 +127,7 @@ export function doctorRoutes(app: FastifyInstance, ctx: AppContext): void {
           },
         },
       },
-      (request) => ({ bytes: typeof request.body === "number" ? request.body : 0 }),
+      (request) => ({ bytes: discarded.get(request) ?? 0 }),
     );
     done();
   });

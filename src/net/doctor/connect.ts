@@ -1,3 +1,4 @@
+import { TIMEOUT_ERRNO } from "./timeout.js";
 import { type Socket, connect } from "node:net";
 import { joinHostPort } from "./addresses.js";
 import { type Outcome, fail } from "./step.js";
@@ -12,7 +13,7 @@ export function connectTcp(address: string, port: number, timeoutMs: number, pro
   return new Promise((resolve, reject) => {
     const socket = connect({ host: address, port });
     const timer = setTimeout(() => {
-      socket.destroy(Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: "ETIMEDOUT" }));
+      socket.destroy(Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: TIMEOUT_ERRNO }));
     }, timeoutMs);
     socket.once("error", (err) => {
       clearTimeout(timer);

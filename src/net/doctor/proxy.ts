@@ -1,3 +1,4 @@
+import { TIMEOUT_ERRNO } from "./timeout.js";
 import { type Socket, connect as tcpConnect } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { LifeboatError } from "../../base/index.js";
@@ -97,7 +98,7 @@ export function openTunnel(proxy: URL, host: string, port: number, timeoutMs: nu
         : tcpConnect({ host: proxyHost, port: proxyPort });
     const timer = setTimeout(() => {
       socket.destroy(
-        Object.assign(new Error(`no answer from the proxy in ${timeoutMs} ms`), { code: "ETIMEDOUT" }),
+        Object.assign(new Error(`no answer from the proxy in ${timeoutMs} ms`), { code: TIMEOUT_ERRNO }),
       );
     }, timeoutMs);
     const onError = (err: Error) => done(err);

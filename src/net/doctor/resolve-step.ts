@@ -1,3 +1,4 @@
+import { TIMEOUT_ERRNO } from "./timeout.js";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { type Outcome, fail, ok, warn } from "./step.js";
@@ -79,7 +80,7 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
     p.finally(() => clearTimeout(timer)),
     new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(Object.assign(new Error(`no answer in ${ms} ms`), { code: "ETIMEOUT" })),
+        () => reject(Object.assign(new Error(`no answer in ${ms} ms`), { code: TIMEOUT_ERRNO })),
         ms,
       );
     }),

@@ -1,3 +1,4 @@
+import { TIMEOUT_ERRNO } from "./timeout.js";
 import { X509Certificate, createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import { type DetailedPeerCertificate, type TLSSocket, checkServerIdentity, connect } from "node:tls";
@@ -46,7 +47,7 @@ export function handshake(
     });
     const timer = setTimeout(() => {
       tls.destroy(
-        Object.assign(new Error(`TLS handshake: no answer in ${opts.timeoutMs} ms`), { code: "ETIMEDOUT" }),
+        Object.assign(new Error(`TLS handshake: no answer in ${opts.timeoutMs} ms`), { code: TIMEOUT_ERRNO }),
       );
     }, opts.timeoutMs);
     tls.once("error", (err: Error) => {
