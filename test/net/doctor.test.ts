@@ -167,6 +167,61 @@ void describe("lifeboat doctor (client side)", () => {
     }
   });
 
+  void it("with an installed agent's identity: the data address from its settings, throughput by its certificate", async () => {
+    const who = await site.register("doctor-agent");
+    const r = await runDoctor({
+      endpoint: site.url,
+      caPem: site.caPem,
+      identity: { certPem: who.certPem, keyPem: who.keyPem },
+      timeoutMs: 3000,
+      throughputBytes: 1024 * 1024,
+    });
+    assert.equal(r.ok, true, show(r));
+    assert.equal(step(r, "token").status, "skipped");
+    assert.match(step(r, "token").hint, /agent identity/);
+    assert.match(step(r, "data").value, /lifeboat-wire\/1 in .*from the agent's settings/);
+    assert.match(step(r, "throughput").value, /Mbit\/s \(1 MiB/);
+  });
+
+  void it("learns the data address of the replicator the template assigns from the token check", async () => {
+    const dead = await closedPort();
+    const repToken = await site.api<{ token: string }>("/api/v1/tokens", {
+      method: "POST",
+      body: { role: "replicator" },
+    });
+    const { csrPem } = await generateKeyAndCsr({ commonName: "rep-doctor" });
+    const d = createApiDispatcher({ caPem: site.caPem });
+    let replicatorId: string;
+    try {
+      replicatorId = (
+        await fetchJson<{ replicatorId: string }>(d, `${site.url}/api/v1/replicator/register`, {
+          body: { token: repToken.token, csr: csrPem, name: "rep-doctor", address: `127.0.0.1:${dead}` },
+        })
+      ).replicatorId;
+    } finally {
+      await d.close();
+    }
+    await site.api("/api/v1/settings/replication", { method: "PUT", body: { replicatorId } });
+    try {
+      const { token } = await newToken();
+      const r = await runDoctor({ endpoint: site.url, caFingerprint: pin, token, timeoutMs: 3000 });
+      const data = step(r, "data");
+      assert.equal(data.status, "fail", show(r));
+      assert.equal(data.code, "DOCTOR_TCP_REFUSED");
+      assert.match(
+        data.value,
+        new RegExp(`^127\\.0\\.0\\.1:${dead}: connection refused \\(from the token check\\)`),
+      );
+      // The throughput test still measures the way to the control plane, and says so.
+      assert.match(
+        step(r, "throughput").value,
+        /to the control plane; the replicator at 127\.0\.0\.1:\d+ has no test/,
+      );
+    } finally {
+      await site.api("/api/v1/settings/replication", { method: "PUT", body: { replicatorId: null } });
+    }
+  });
+
   void it("fails at the TLS step with a wrong CA fingerprint, and sends nothing after it", async () => {
     const { token } = await newToken();
     const wrong = "ab".repeat(32);
@@ -186,12 +241,7 @@ void describe("lifeboat doctor (client side)", () => {
   });
 
   void it("fails at TCP with the nothing-listening hint on a closed port", async () => {
-    const port = await new Promise<number>((resolve) => {
-      const s = createServer().listen(0, "127.0.0.1", () => {
-        const p = (s.address() as { port: number }).port;
-        s.close(() => resolve(p));
-      });
-    });
+    const port = await closedPort();
     const r = await runDoctor({ endpoint: `https://127.0.0.1:${port}`, caFingerprint: pin, timeoutMs: 2000 });
     const tcp = step(r, "tcp");
     assert.equal(tcp.status, "fail", show(r));
@@ -261,6 +311,16 @@ void describe("lifeboat doctor (client side)", () => {
     }
   });
 });
+
+/** A loopback port nothing listens on (it was free a moment ago). */
+function closedPort(): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
 
 /** A minimal HTTP CONNECT proxy on loopback that records the targets asked for. */
 async function connectProxy(): Promise<{

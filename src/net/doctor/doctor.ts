@@ -1,6 +1,6 @@
 import { type Clock, LifeboatError, systemClock } from "../../base/index.js";
 import { certFingerprint, formatFingerprint, parseFingerprint, sameFingerprint } from "../fingerprint.js";
-import { joinHostPort, parseEndpoint } from "./addresses.js";
+import { type Endpoint, joinHostPort, parseEndpoint } from "./addresses.js";
 import { type Health, clockStep, healthStep, tokenStep } from "./api-steps.js";
 import { connectTcp, tcpFailure } from "./connect.js";
 import { dataStep, identityDataAddresses, throughputStep } from "./data-steps.js";
@@ -41,6 +41,8 @@ export interface DoctorOptions {
 
 export const DEFAULT_TIMEOUT_MS = 5000;
 export const DEFAULT_THROUGHPUT_BYTES = 4 * 1024 * 1024;
+/** The server's throughput route takes at most this much. */
+export const MAX_THROUGHPUT_BYTES = 8 * 1024 * 1024;
 
 /**
  * Runs the connectivity doctor from a source server against a control plane
@@ -74,19 +76,55 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
     );
   const env = opts.proxyEnv ?? {};
   const proxyFor = (host: string, port: number): ProxyChoice => chooseProxy(host, port, env, opts.proxy);
-  const choice = proxyFor(endpoint.host, endpoint.port);
-  const pinned = trust.pin !== undefined || trust.caPem !== undefined;
-  const target = joinHostPort(endpoint.host, endpoint.port);
+  const run: Run = {
+    opts,
+    endpoint,
+    target: joinHostPort(endpoint.host, endpoint.port),
+    clock,
+    timeoutMs,
+    trust,
+    pinned: trust.pin !== undefined || trust.caPem !== undefined,
+    choice: proxyFor(endpoint.host, endpoint.port),
+    proxyFor,
+  };
   const steps: DoctorStep[] = [];
-  const failed = (name: string) =>
-    steps.find((s) => s.name === name)?.status !== "ok" &&
-    steps.find((s) => s.name === name)?.status !== "warn";
+  const reach = await reachSteps(run, steps);
+  await serverSteps(run, reach, steps);
+  steps.push(await timed("proxy", () => proxyStep(run.choice, env, run.target)));
+  return report(steps);
+}
 
+/** What every step reads: the options and what was decided before the first one. */
+interface Run {
+  opts: DoctorOptions;
+  endpoint: Endpoint;
+  /** host:port of the endpoint. */
+  target: string;
+  clock: Clock;
+  timeoutMs: number;
+  trust: Trust;
+  /** A CA was given (file or fingerprint): only then is the token sent. */
+  pinned: boolean;
+  /** The proxy for the endpoint. */
+  choice: ProxyChoice;
+  proxyFor: (host: string, port: number) => ProxyChoice;
+}
+
+interface Reach {
+  /** Addresses (or, through a proxy, the host name) that accepted TCP. */
+  reachable: string[];
+  /** The CA to trust from here on; undefined when the TLS step did not pass. */
+  caPem?: string;
+}
+
+/** Steps 1 to 3: dns, tcp, tls. */
+async function reachSteps(run: Run, steps: DoctorStep[]): Promise<Reach> {
+  const { endpoint, timeoutMs, choice } = run;
   let addresses: string[] = [];
   steps.push(
     await timed("dns", async () => {
       const r = await resolveStep(endpoint.host, {
-        privateCa: pinned,
+        privateCa: run.pinned,
         viaProxy: choice.proxy !== undefined,
         timeoutMs,
       });
@@ -94,8 +132,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
       return r.outcome;
     }),
   );
-
-  let reachable: string[] = [];
+  const reach: Reach = { reachable: [] };
   steps.push(
     await timed("tcp", async () => {
       if (addresses.length === 0 && choice.proxy === undefined) return skipped("the name did not resolve");
@@ -103,53 +140,49 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
         timeoutMs,
         ...(choice.proxy ? { proxy: choice.proxy } : {}),
       });
-      reachable = r.reachable;
+      reach.reachable = r.reachable;
       return r.outcome;
     }),
   );
-
-  let caPem: string | undefined;
   steps.push(
     await timed("tls", async () => {
-      if (reachable.length === 0) return skipped("no TCP connection");
-      const address = reachable[0]!;
-      const where = joinHostPort(address, endpoint.port);
+      if (reach.reachable.length === 0) return skipped("no TCP connection");
+      const address = reach.reachable[0]!;
       let socket;
       try {
         socket = await connectTcp(address, endpoint.port, timeoutMs, choice.proxy);
       } catch (err) {
-        return tcpFailure(err, where, timeoutMs, choice.proxy);
+        return tcpFailure(err, joinHostPort(address, endpoint.port), timeoutMs, choice.proxy);
       }
       let tls;
       try {
         tls = await handshake(socket, { host: endpoint.host, alpn: ["http/1.1"], timeoutMs });
       } catch (err) {
-        return handshakeFailure(err, target);
+        return handshakeFailure(err, run.target);
       }
       try {
-        const judged = judgeTls(tls, endpoint.host, target, trust, clock.now());
-        caPem = judged.outcome.status === "fail" ? undefined : judged.caPem;
+        const judged = judgeTls(tls, endpoint.host, run.target, run.trust, run.clock.now());
+        if (judged.outcome.status !== "fail" && judged.caPem !== undefined) reach.caPem = judged.caPem;
         return judged.outcome;
       } finally {
         tls.destroy();
       }
     }),
   );
-  const tlsOk = !failed("tls") && caPem !== undefined;
-  const tokenMaySend = tlsOk && pinned;
+  return reach;
+}
 
-  const api = tlsOk
-    ? doctorDispatcher({ caPem: caPem!, ...(choice.proxy ? { proxy: choice.proxy } : {}), timeoutMs })
-    : undefined;
+/** Steps 4 to 6 over the trusted connection: health, token, clock, data, throughput. */
+async function serverSteps(run: Run, reach: Reach, steps: DoctorStep[]): Promise<void> {
+  const { opts, endpoint, timeoutMs, clock } = run;
+  const caPem = reach.caPem;
+  const proxy = run.choice.proxy ? { proxy: run.choice.proxy } : {};
+  const api = caPem !== undefined ? doctorDispatcher({ caPem, ...proxy, timeoutMs }) : undefined;
   const agentApi =
-    tlsOk && opts.identity
-      ? doctorDispatcher({
-          caPem: caPem!,
-          ...(choice.proxy ? { proxy: choice.proxy } : {}),
-          identity: opts.identity,
-          timeoutMs,
-        })
+    caPem !== undefined && opts.identity
+      ? doctorDispatcher({ caPem, ...proxy, identity: opts.identity, timeoutMs })
       : undefined;
+  const tokenMaySend = api !== undefined && run.pinned;
   try {
     let health: Health | undefined;
     steps.push(
@@ -171,57 +204,31 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
           );
         if (!tokenMaySend)
           return skipped(
-            tlsOk
+            api
               ? "the token is sent only to a server whose CA is pinned (--ca-file or --ca-fingerprint)"
               : "the TLS check did not pass: the token is not sent",
           );
-        const r = await tokenStep(api!, endpoint.url, opts.token, timeoutMs, clock.now());
+        const r = await tokenStep(api, endpoint.url, opts.token, timeoutMs, clock.now());
         dataAddresses = r.dataAddresses;
         return r.outcome;
       }),
     );
 
-    steps.push(
-      await timed("clock", async () => {
-        if (api) return clockStep(health);
-        if (reachable.length === 0) return skipped("no TCP connection");
-        // The TLS check failed: read the time anyway (nothing secret is sent), since a clock far
-        // off is one reason certificates fail.
-        const unverified = doctorDispatcher({
-          ...(choice.proxy ? { proxy: choice.proxy } : {}),
-          timeoutMs,
-          unverified: true,
-        });
-        try {
-          const h = await healthStep(unverified, endpoint.url, { timeoutMs, now: () => clock.now() });
-          const outcome = clockStep(h.skew ? h : undefined);
-          return outcome.status === "skipped"
-            ? outcome
-            : { ...outcome, value: `${outcome.value}; server not verified` };
-        } finally {
-          await unverified.close();
-        }
-      }),
-    );
+    steps.push(await timed("clock", () => (api ? clockStep(health) : unverifiedClock(run, reach))));
 
     let learned: { addresses: string[]; from: string } | undefined;
     steps.push(
       await timed("data", async () => {
-        if (!tlsOk) return skipped("the TLS check did not pass");
+        if (!api) return skipped("the TLS check did not pass");
         if (agentApi) {
+          const configured = opts.identity!.dataAddress;
           learned = {
-            addresses: await identityDataAddresses(
-              agentApi,
-              endpoint.url,
-              opts.identity!.dataAddress,
-              target,
-              timeoutMs,
-            ),
+            addresses: await identityDataAddresses(agentApi, endpoint.url, configured, run.target, timeoutMs),
             from: "the agent's settings",
           };
         } else if (dataAddresses !== undefined)
           learned = {
-            addresses: dataAddresses.length > 0 ? dataAddresses : [target],
+            addresses: dataAddresses.length > 0 ? dataAddresses : [run.target],
             from: "the token check",
           };
         else return skipped("no agent identity and no valid install token to learn the data address with");
@@ -229,7 +236,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
           ...(caPem !== undefined ? { caPem } : {}),
           ...(opts.identity ? { identity: opts.identity } : {}),
           timeoutMs,
-          proxyFor,
+          proxyFor: run.proxyFor,
           now: clock.now(),
         });
         return { ...outcome, value: `${outcome.value} (from ${learned.from})` };
@@ -238,14 +245,14 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
 
     steps.push(
       await timed("throughput", async () => {
-        if (!tlsOk) return skipped("the TLS check did not pass");
-        const viaToken = !agentApi && opts.token !== undefined && tokenMaySend && dataAddresses !== undefined;
+        if (!api) return skipped("the TLS check did not pass");
+        // The token authorizes the test only once the server said it is valid.
+        const viaToken = !agentApi && opts.token !== undefined && dataAddresses !== undefined;
         if (!agentApi && !viaToken)
           return skipped("no agent identity and no valid install token to authorize the test");
-        const elsewhere = learned?.addresses.filter((a) => a !== target) ?? [];
-        const bytes = Math.min(opts.throughputBytes ?? DEFAULT_THROUGHPUT_BYTES, 8 * 1024 * 1024);
-        return throughputStep(agentApi ?? api!, endpoint.url, {
-          bytes,
+        const elsewhere = learned?.addresses.filter((a) => a !== run.target) ?? [];
+        return throughputStep(agentApi ?? api, endpoint.url, {
+          bytes: Math.min(opts.throughputBytes ?? DEFAULT_THROUGHPUT_BYTES, MAX_THROUGHPUT_BYTES),
           ...(viaToken ? { token: opts.token! } : {}),
           timeoutMs,
           note:
@@ -259,9 +266,32 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorReport> {
     await api?.close();
     await agentApi?.close();
   }
+}
 
-  steps.push(await timed("proxy", () => proxyStep(choice, env, target)));
-  return report(steps);
+/**
+ * Step 5 when the TLS check failed: the server's time is read anyway, without
+ * trusting it (nothing secret is sent), since a clock far off is one reason
+ * certificates fail.
+ */
+async function unverifiedClock(run: Run, reach: Reach): Promise<Outcome> {
+  if (reach.reachable.length === 0) return skipped("no TCP connection");
+  const unverified = doctorDispatcher({
+    ...(run.choice.proxy ? { proxy: run.choice.proxy } : {}),
+    timeoutMs: run.timeoutMs,
+    unverified: true,
+  });
+  try {
+    const h = await healthStep(unverified, run.endpoint.url, {
+      timeoutMs: run.timeoutMs,
+      now: () => run.clock.now(),
+    });
+    const outcome = clockStep(h.skew ? h : undefined);
+    return outcome.status === "skipped"
+      ? outcome
+      : { ...outcome, value: `${outcome.value}; server not verified` };
+  } finally {
+    await unverified.close();
+  }
 }
 
 /** Step 7: which proxy settings this host has and whether they apply to the endpoint. */
