@@ -3,7 +3,7 @@ import { X509Certificate, createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import { type DetailedPeerCertificate, type TLSSocket, checkServerIdentity, connect } from "node:tls";
 import { formatFingerprint, sameFingerprint } from "../fingerprint.js";
-import { CA_FILE_HINT, CA_FINGERPRINT_HINT, toNetError } from "../net-errors.js";
+import { CA_FILE_HINT, toNetError } from "../net-errors.js";
 import { checkPinnedServer } from "../pinned-ca.js";
 import { DAY_MS } from "../validity.js";
 import { type Outcome, fail, ok, warn } from "./step.js";
@@ -176,7 +176,7 @@ export function judgeTls(
         warn(
           `${target}: ${protocol}; the server presents CA ${presented[0] ?? "(none)"}`,
           "DOCTOR_TLS_NOT_PINNED",
-          `No CA given, so the chain was not checked. Compare the fingerprint with \`openssl x509 -noout -fingerprint -sha256 -in ca.pem\` on the server and pass it as --ca-fingerprint (the agent needs it too). ${CA_FINGERPRINT_HINT}`,
+          `No CA given, so the chain was not checked. Compare the fingerprint with \`openssl x509 -noout -fingerprint -sha256 -in ca.pem\` on the server and pass it as --ca-fingerprint (the agent needs it too).`,
         ),
       ...(ca ? { caPem: ca.toString() } : {}),
     };
