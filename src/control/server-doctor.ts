@@ -53,7 +53,7 @@ export async function runServerDoctor(
   const p = dataPaths(config.dataDir);
   const steps: DoctorStep[] = [];
   steps.push(await timedStep("certificates", () => certificatesStep(p, clock.now())));
-  steps.push(await timedStep("permissions", () => permissionsStep(p)));
+  steps.push(await timedStep("permissions", () => permissionsStep(p, s3CredentialsFile(config.repository))));
   steps.push(await timedStep("database", () => databaseStep(config.databaseUrl, timeoutMs)));
   steps.push(await timedStep("repository", () => repositoryStep(config.repository, timeoutMs)));
   steps.push(await timedStep("listen", () => listenStep(config.listen, p.serverCert, timeoutMs)));
@@ -108,7 +108,17 @@ async function certificatesStep(p: Paths, now: number): Promise<StepOutcome> {
   return problem ? { ...problem, value: problem.value ? `${problem.value}; ${value}` : value } : ok(value);
 }
 
-async function permissionsStep(p: Paths): Promise<StepOutcome> {
+/** The `credentials-file` an s3:// repository URL names, if any: a secret like the keys. */
+function s3CredentialsFile(repository: string): string | undefined {
+  if (!repository.startsWith("s3://")) return undefined;
+  try {
+    return new URL(repository).searchParams.get("credentials-file") ?? undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function permissionsStep(p: Paths, s3Credentials: string | undefined): Promise<StepOutcome> {
   const bad: string[] = [];
   const missing: string[] = [];
   const check = async (file: string, want: number, dir: boolean) => {
@@ -124,8 +134,9 @@ async function permissionsStep(p: Paths): Promise<StepOutcome> {
     }
   };
   await check(p.keys, 0o700, true);
-  for (const f of [p.caKey, p.serverKey, p.signingKey, p.repoKey, p.adminApiKey])
-    await check(f, 0o600, false);
+  const secrets = [p.caKey, p.serverKey, p.signingKey, p.repoKey, p.adminApiKey];
+  if (s3Credentials !== undefined) secrets.push(s3Credentials);
+  for (const f of secrets) await check(f, 0o600, false);
   if (bad.length > 0)
     return fail(
       bad.join("; "),
@@ -138,7 +149,7 @@ async function permissionsStep(p: Paths): Promise<StepOutcome> {
       "FILE_MISSING",
       "Restore them from the data directory's backup; without them the server cannot start.",
     );
-  return ok(`keys/ 0700 and ${5} secret files 0600`);
+  return ok(`keys/ 0700 and ${secrets.length} secret files 0600`);
 }
 
 async function databaseStep(url: string, timeoutMs: number): Promise<StepOutcome> {
