@@ -36,6 +36,7 @@ export interface Schema {
   agent_commands: AgentCommandsTable;
   group_pits: GroupPitsTable;
   plans: PlansTable;
+  pool_assignments: PoolAssignmentsTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -314,3 +315,12 @@ export type JobLogLine = Selectable<JobLogTable>;
 export type EventRow = Selectable<EventsTable>;
 export type AuditRecord = Selectable<AuditLogTable>;
 export type Lease = Selectable<LeasesTable>;
+
+/** Since 0007: the replicator pool's choice for a server without a replicatorId setting. */
+export interface PoolAssignmentsTable {
+  server_id: string;
+  replicator_id: string;
+  assigned_at: number;
+  /** Why it was (re)assigned: "new server", "replicator disconnected", "replicator drained", ... */
+  reason: string;
+}
