@@ -26,6 +26,8 @@ import { launchHandler } from "./launch-job.js";
 import { planHandler } from "./plans.js";
 import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
+import { startRpoChecks } from "./rpo.js";
+import { WebhookDeliverer } from "./webhook-delivery.js";
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -151,6 +153,10 @@ export async function startServer(
     Math.min(30_000, Math.max(1000, timeoutMs / 4)),
   );
   sweeper.unref();
+  // Once across instances, each under its lease: RPO transitions become events; events go to webhooks.
+  const rpoChecks = startRpoChecks({ database, clock, logger, instance: runner.instance });
+  const deliverer = new WebhookDeliverer({ database, clock, logger, instance: runner.instance });
+  deliverer.start();
   let closing: Promise<void> | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "shutting down");
@@ -161,6 +167,8 @@ export async function startServer(
       process.removeListener("SIGTERM", onSignal);
       process.removeListener("SIGINT", onSignal);
       clearInterval(sweeper);
+      await rpoChecks.close();
+      await deliverer.close();
       // Wire connections first: the HTTP server's close waits for every socket.
       await runner.close();
       await replicator?.close();
@@ -238,7 +246,7 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
           .where("name", "=", server)
           .executeTakeFirst();
         if (!row) return;
-        await recordPit(database, repo.config.id, row.id, pit);
+        await recordPit(database, repo.config.id, row.id, pit, clock);
         await applyRetention(database, repo, row.id, server);
       })().catch((err: unknown) => logger.error({ err, pit: pit.id }, "cannot add the PIT to the catalog"));
     },
