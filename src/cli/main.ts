@@ -33,6 +33,7 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand((await import("./replicator.js")).replicatorCommand());
   program.addCommand((await import("./jobs.js")).jobsCommand());
   program.addCommand((await import("./agent.js")).agentCommand());
+  program.addCommand((await import("./webhooks.js")).webhooksCommand());
   for (const c of allCommands(program)) {
     // With --json, usage errors are printed once, as JSON, below.
     c.exitOverride()
