@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { requireOperator } from "../auth.js";
 import type { AppContext } from "../context.js";
 import { errorSchema, httpError } from "../http-error.js";
-import { EVENTS_PAGE_MAX, type EventFilter, latestEventSeq, listEvents } from "../events.js";
+import { type EventFilter, latestEventSeq, listEvents } from "../events.js";
 import { authErrors } from "./schemas.js";
 
 export interface EventRouteOptions {
@@ -12,10 +12,11 @@ export interface EventRouteOptions {
   keepAliveMs?: number;
 }
 
+/** Numbers come as strings: the app does not coerce types (a query string is text). */
 interface EventsQuery {
-  after?: number;
-  before?: number;
-  limit?: number;
+  after?: string;
+  before?: string;
+  limit?: string;
   server?: string;
   type?: string;
 }
@@ -62,9 +63,9 @@ export function eventRoutes(app: FastifyInstance, ctx: AppContext, opts: EventRo
           type: "object",
           additionalProperties: false,
           properties: {
-            after: { type: "integer", minimum: 0 },
-            before: { type: "integer", minimum: 1 },
-            limit: { type: "integer", minimum: 1, maximum: EVENTS_PAGE_MAX },
+            after: { type: "string", pattern: "^[0-9]{1,15}$" },
+            before: { type: "string", pattern: "^[0-9]{1,15}$" },
+            limit: { type: "string", pattern: "^([1-9][0-9]{0,2}|1000)$" },
             server: { type: "string", minLength: 1, maxLength: 253 },
             type: { type: "string", minLength: 1, maxLength: 1024, pattern: TYPES.source },
           },
@@ -91,20 +92,22 @@ export function eventRoutes(app: FastifyInstance, ctx: AppContext, opts: EventRo
         ...(q.type !== undefined ? { types: q.type.split(",").filter((t) => t !== "*") } : {}),
       };
       if (/text\/event-stream/.test(request.headers.accept ?? "")) {
-        const from = startSeq(request) ?? q.after ?? (await latestEventSeq(ctx.database));
+        const from = startSeq(request) ?? num(q.after) ?? (await latestEventSeq(ctx.database));
         return stream(ctx, request, reply, filter, from, streams, opts);
       }
       const latestSeq = await latestEventSeq(ctx.database);
       const events = await listEvents(ctx.database, {
         ...filter,
-        ...(q.after !== undefined ? { after: q.after } : {}),
-        ...(q.before !== undefined ? { before: q.before } : {}),
-        limit: q.limit ?? 100,
+        ...(q.after !== undefined ? { after: Number(q.after) } : {}),
+        ...(q.before !== undefined ? { before: Number(q.before) } : {}),
+        limit: num(q.limit) ?? 100,
       });
       return { events, latestSeq };
     },
   );
 }
+
+const num = (s: string | undefined) => (s === undefined ? undefined : Number(s));
 
 /** A server's id from an id or a name (an unknown one filters to nothing). */
 async function serverId(ctx: AppContext, key: string): Promise<string> {
