@@ -3,15 +3,28 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
-import { it } from "node:test";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, it } from "node:test";
 import { appendEvent } from "../../src/control/db/index.js";
 import type { EventView } from "../../src/control/events.js";
 import { sweepDisconnected } from "../../src/control/heartbeats.js";
 import { WebhookDeliverer, backoffMs } from "../../src/control/webhook-delivery.js";
 import { issueServerCert } from "../../src/net/index.js";
+import { runLifeboat } from "../support/cli.js";
 import { forEachDatabase } from "../support/databases.js";
 import { type TestApp, captureLogger, testApp, testCa } from "./helpers.js";
 import { addServer } from "./seed.js";
+import { startTlsServer } from "./tls-helpers.js";
+
+let tmp = "";
+before(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), "lifeboat-webhooks-"));
+});
+after(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
 
 interface Received {
   headers: http.IncomingHttpHeaders;
@@ -64,7 +77,60 @@ async function addWebhook(t: TestApp, body: Record<string, unknown>) {
   return r.json<{ id: string; secret: string; url: string; events: string[]; cursorSeq: number }>();
 }
 
-forEachDatabase("webhooks", (open) => {
+forEachDatabase("webhooks", (open, dialect) => {
+  // A whole server and CLI runs take seconds: once, on SQLite (the PostgreSQL runs below cover the rest).
+  if (dialect === "sqlite")
+    void it("lifeboat server: webhooks add|list|remove, and a silent server's DISCONNECTED arrives signed", async () => {
+      const database = await open();
+      const t = await startTlsServer(database, path.join(tmp, `${dialect}-server`), {
+        heartbeatTimeoutSeconds: 1,
+      });
+      const rx = await receiver();
+      try {
+        const api = [
+          "--endpoint",
+          t.url,
+          "--ca-file",
+          path.join(t.dataDir, "ca.pem"),
+          "--api-key-file",
+          path.join(t.dataDir, "admin-api.key"),
+        ];
+        const add = await runLifeboat(
+          ["webhooks", "add", rx.url, "--events", "server.disconnected", "--json", ...api],
+          tmp,
+        );
+        assert.equal(add.code, 0, add.stderr);
+        const hook = JSON.parse(add.stdout) as { id: string; secret: string };
+        const list = await runLifeboat(["webhooks", "list", ...api], tmp);
+        assert.equal(list.code, 0, list.stderr);
+        assert.ok(list.stdout.startsWith(`${hook.id}\t${rx.url}\tserver.disconnected\tseq `), list.stdout);
+        assert.ok(!list.stdout.includes(hook.secret));
+
+        await addServer(database, "srv_quiet", "quiet-01", { lastSeen: Date.now() - 10_000 });
+        const deadline = Date.now() + 15_000;
+        while (rx.received.length === 0 && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 100));
+        assert.equal(rx.received.length, 1, "one event");
+        const got = rx.received[0]!;
+        assert.equal((JSON.parse(got.body) as EventView).server, "quiet-01");
+        assert.ok(
+          verifySignature(
+            hook.secret,
+            String(got.headers["lifeboat-signature"]),
+            got.body,
+            Date.now() / 1000,
+          ),
+        );
+
+        const remove = await runLifeboat(["webhooks", "remove", hook.id, ...api], tmp);
+        assert.equal(remove.code, 0, remove.stderr);
+        assert.equal(remove.stdout.trim(), `${hook.id} removed`);
+      } finally {
+        await rx.close();
+        await t.close();
+      }
+    });
+
   void it("API: admins add (secret once), list and remove; others are refused; bad URLs and CAs too", async () => {
     const t = await testApp(await open());
     await appendEvent(t.database, { type: "server.state", payload: {} }, t.clock);
