@@ -138,9 +138,10 @@ export interface RpoChecks {
 const RPO_LEASE = "rpo-check";
 
 /**
- * Runs checkRpo every `everyMs` (default 60 s) on whichever instance holds
- * the lease "rpo-check" (held for three periods, renewed at each), so that
- * several control-plane instances on one database check once, not once each.
+ * Runs checkRpo 5 s after start and then every `everyMs` (default 60 s) on
+ * whichever instance holds the lease "rpo-check" (held for three periods,
+ * renewed at each), so that several control-plane instances on one database
+ * check once, not once each.
  */
 export function startRpoChecks(opts: {
   database: Database;
@@ -159,12 +160,16 @@ export function startRpoChecks(opts: {
     if (r.breached.length > 0) opts.logger.warn({ servers: r.breached }, "RPO breached");
     if (r.met.length > 0) opts.logger.info({ servers: r.met }, "RPO met again");
   };
-  const timer = setInterval(() => {
+  const tick = () => {
     running = running.then(run).catch((err: unknown) => opts.logger.error({ err }, "the RPO check failed"));
-  }, everyMs);
+  };
+  const first = setTimeout(tick, Math.min(everyMs, 5000));
+  const timer = setInterval(tick, everyMs);
+  first.unref();
   timer.unref();
   return {
     async close() {
+      clearTimeout(first);
       clearInterval(timer);
       await running;
       if (held) await releaseLease(opts.database.db, RPO_LEASE, opts.instance).catch(() => false);

@@ -203,6 +203,11 @@ forEachDatabase("metrics", (open) => {
       if (f.name.startsWith("lifeboat_")) assert.ok(f.help.length > 0, `${f.name} has help`);
     }
     assert.ok(m.has("process_cpu_user_seconds_total"), "process metrics");
+    const doc = (await t.app.inject({ url: "/api/v1/openapi.json" })).json<{
+      paths: Record<string, unknown>;
+    }>();
+    for (const p of ["/metrics", "/api/v1/events", "/api/v1/webhooks", "/api/v1/webhooks/{id}"])
+      assert.ok(doc.paths[p], `${p} is in the OpenAPI document`);
 
     // The next scrape reads the database again: a decommissioned server is gone, a new PIT counts.
     await db.db.updateTable("servers").set({ decommissioned_at: T0 }).where("id", "=", "srv_b").execute();
