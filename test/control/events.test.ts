@@ -157,6 +157,20 @@ forEachDatabase("events", (open) => {
     await s.until(() => s.events.length >= 3, "event 4");
     assert.equal(s.events[2]!.data.type, "server.disconnected");
     assert.equal(s.events[2]!.data.seq, 4);
+    // A client that goes away ends its stream on the server too.
+    const ended = () => t.logs.lines.filter((l) => l.includes("event stream ended")).length;
+    const gone = http.get({
+      host: "127.0.0.1",
+      port,
+      path: "/api/v1/events",
+      headers: { ...t.auth("viewer"), accept: "text/event-stream" },
+    });
+    gone.on("error", () => undefined);
+    await new Promise((resolve) => gone.once("response", resolve));
+    gone.destroy();
+    const deadline = Date.now() + 5000;
+    while (ended() === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(ended(), 1, "the departed client's stream ended");
     await t.app.close();
     await s.until(() => s.ended(), "the end of the stream");
     assert.equal(s.events.length, 3);

@@ -158,7 +158,8 @@ async function stream(
     wake?.();
   };
   streams.add(end);
-  request.raw.once("close", end);
+  // The response's close, not the request's: the request's fires once its (empty) body is read.
+  raw.once("close", end);
   const write = async (text: string) => {
     if (!raw.write(text))
       await new Promise<void>((resolve) => raw.once("drain", resolve).once("close", resolve));
@@ -167,7 +168,7 @@ async function stream(
   let lastWrite = Date.now();
   try {
     await write(`retry: ${Math.max(1000, pollMs)}\n: from ${cursor}\n\n`);
-    while (open) {
+    while (open && !raw.destroyed) {
       const page = await listEvents(ctx.database, { ...filter, after: cursor, limit: 500 });
       for (const e of page) {
         if (!open) break;
@@ -193,7 +194,8 @@ async function stream(
     if (open) request.log.warn({ err }, "the event stream failed");
   } finally {
     streams.delete(end);
-    request.raw.off("close", end);
+    raw.off("close", end);
     raw.end();
+    request.log.debug({ lastSeq: cursor }, "event stream ended");
   }
 }
