@@ -17,7 +17,8 @@ import { newId } from "./secrets.js";
  * Other domains create and advance them through these functions (the launch
  * code will); operators read them over the API. A log line's seq counts from
  * 1 within its job and is assigned under the job's row lock, so two writers
- * never take the same number.
+ * never take the same number. A job that reaches a finished state appends a
+ * `job.finished` event in the same transaction.
  */
 export const JOB_STATES = ["pending", "running", "succeeded", "failed", "terminated"] as const;
 const FINISHED: ReadonlySet<string> = new Set(["succeeded", "failed", "terminated"]);

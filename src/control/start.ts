@@ -55,7 +55,9 @@ export interface StartOptions {
  * file is open to others (FILE_MODE_INSECURE naming the file), migrates the
  * database, and listens with TLS 1.3 (client certificates asked for, not
  * required). Logs are pino JSON. SIGTERM closes gracefully. While it runs,
- * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED. Unless
+ * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED, checks
+ * every server's RPO (rpo.ts) and delivers events to webhooks
+ * (webhook-delivery.ts), those two on one instance at a time. Unless
  * told otherwise it embeds the replicator: agents' replication streams
  * (ALPN lifeboat-wire/1 on the same port, mutual TLS with their own
  * certificate, revocations honoured) are written to the configured repository.
