@@ -82,6 +82,9 @@ export class WebhookDeliverer {
    */
   async tick(): Promise<number> {
     const { database, clock, instance } = this.opts;
+    // No webhook, no write: the lease is a database write, and most sites have none.
+    if ((await database.db.selectFrom("webhooks").select("id").limit(1).executeTakeFirst()) === undefined)
+      return 0;
     this.held = await tryAcquireLease(database.db, LEASE, instance, LEASE_TTL_MS, clock);
     if (!this.held) return 0;
     const due = await database.db
