@@ -106,6 +106,9 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   (await import("./routes/commands.js")).commandRoutes(app, ctx);
   (await import("./routes/launches.js")).launchRoutes(app, ctx);
   (await import("./routes/plans.js")).planRoutes(app, ctx);
+  (await import("./routes/metrics.js")).metricsRoutes(app, ctx);
+  (await import("./routes/events.js")).eventRoutes(app, ctx);
+  (await import("./routes/webhooks.js")).webhookRoutes(app, ctx);
   return app;
 }
 

@@ -27,6 +27,8 @@ import { planHandler } from "./plans.js";
 import { balancePool } from "./replicator-pool.js";
 import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
+import { startRpoChecks } from "./rpo.js";
+import { WebhookDeliverer } from "./webhook-delivery.js";
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -54,7 +56,9 @@ export interface StartOptions {
  * file is open to others (FILE_MODE_INSECURE naming the file), migrates the
  * database, and listens with TLS 1.3 (client certificates asked for, not
  * required). Logs are pino JSON. SIGTERM closes gracefully. While it runs,
- * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED. Unless
+ * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED, checks
+ * every server's RPO (rpo.ts) and delivers events to webhooks
+ * (webhook-delivery.ts), those two on one instance at a time. Unless
  * told otherwise it embeds the replicator: agents' replication streams
  * (ALPN lifeboat-wire/1 on the same port, mutual TLS with their own
  * certificate, revocations honoured) are written to the configured repository.
@@ -155,6 +159,10 @@ export async function startServer(
       .catch((err: unknown) => logger.error({ err }, "the replicator pool's balance failed"));
   }, poolEveryMs);
   sweeper.unref();
+  // Once across instances, each under its lease: RPO transitions become events; events go to webhooks.
+  const rpoChecks = startRpoChecks({ database, clock, logger, instance: runner.instance });
+  const deliverer = new WebhookDeliverer({ database, clock, logger, instance: runner.instance });
+  deliverer.start();
   let closing: Promise<void> | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "shutting down");
@@ -165,6 +173,8 @@ export async function startServer(
       process.removeListener("SIGTERM", onSignal);
       process.removeListener("SIGINT", onSignal);
       clearInterval(sweeper);
+      await rpoChecks.close();
+      await deliverer.close();
       // Wire connections first: the HTTP server's close waits for every socket.
       await runner.close();
       await replicator?.close();
@@ -242,7 +252,7 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
           .where("name", "=", server)
           .executeTakeFirst();
         if (!row) return;
-        await recordPit(database, repo.config.id, row.id, pit);
+        await recordPit(database, repo.config.id, row.id, pit, clock);
         await applyRetention(database, repo, row.id, server);
       })().catch((err: unknown) => logger.error({ err, pit: pit.id }, "cannot add the PIT to the catalog"));
     },

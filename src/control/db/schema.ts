@@ -37,6 +37,8 @@ export interface Schema {
   group_pits: GroupPitsTable;
   plans: PlansTable;
   pool_assignments: PoolAssignmentsTable;
+  webhooks: WebhooksTable;
+  rpo_status: RpoStatusTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -324,3 +326,36 @@ export interface PoolAssignmentsTable {
   /** Why it was (re)assigned: "new server", "replicator disconnected", "replicator drained", ... */
   reason: string;
 }
+
+/**
+ * Since 0005: a webhook follows the events table from cursor_seq (the last
+ * event it delivered or skipped), one event at a time (webhooks.ts).
+ */
+export interface WebhooksTable {
+  id: string;
+  url: string;
+  /** Event types it gets (["*"]: every type). */
+  event_types_json: string;
+  /** The HMAC signing secret, in clear: it must sign. Never logged, shown once at creation. */
+  secret: string;
+  /** CA certificates (PEM) trusted for this URL instead of the system's; null: the system's. */
+  ca_pem: string | null;
+  created_at: number;
+  created_by: string;
+  cursor_seq: number;
+  /** Failed attempts at the event after cursor_seq (0 after a delivery). */
+  failures: ColumnType<number, number | undefined, number>;
+  /** Not before this time (the backoff after a failure). */
+  next_attempt_at: number;
+  last_delivered_at: number | null;
+  last_error: string | null;
+}
+
+/** Since 0005: whether a server's RPO was breached at the last check (rpo.ts). */
+export interface RpoStatusTable {
+  server_id: string;
+  breached: 0 | 1;
+  changed_at: number;
+}
+
+export type Webhook = Selectable<WebhooksTable>;
