@@ -3,6 +3,7 @@ import { initial } from "./0001-initial.js";
 import { replicatorsJobs } from "./0002-replicators-jobs.js";
 import { commands } from "./0003-commands.js";
 import { launch } from "./0004-launch.js";
+import { consoleTables } from "./0006-console.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -17,4 +18,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0002_replicators_jobs": replicatorsJobs,
   "0003_commands": commands,
   "0004_launch": launch,
+  "0006_console": consoleTables,
 });
