@@ -46,3 +46,15 @@ export function time(iso: string | null | undefined): string {
 export function title(s: string): string {
   return s.charAt(0).toUpperCase() + s.slice(1).toLowerCase().replace(/_/g, " ");
 }
+
+const JOB_TYPES: Record<string, string> = {
+  pit: "PIT",
+  "group-pit": "Group PIT",
+  drill: "Drill",
+  recovery: "Recovery",
+  plan: "Recovery plan",
+};
+
+export function jobType(type: string): string {
+  return JOB_TYPES[type] ?? title(type);
+}

@@ -126,7 +126,7 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
     await fs.rm(work, { recursive: true, force: true });
   });
 
-  async function signIn(key: string): Promise<{ context: BrowserContext; page: Page }> {
+  async function signIn(key: string, screenshot?: string): Promise<{ context: BrowserContext; page: Page }> {
     const context = await browser.newContext({
       ignoreHTTPSErrors: true,
       viewport: { width: 1360, height: 900 },
@@ -140,6 +140,7 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
     await page.goto(`${server.url}/`);
     await page.locator('input[name="apiKey"]').waitFor();
     await page.locator('input[name="apiKey"]').fill(key);
+    if (screenshot !== undefined) await shot(page, screenshot);
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.locator("#servers-table").waitFor({ timeout: 20_000 });
     assert.deepEqual(
@@ -151,8 +152,7 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
   }
 
   void it("an operator signs in, watches a live lag, launches a drill, follows its log and reads its report", async () => {
-    const { context, page } = await signIn(adminKey);
-    await shot(page, "01-sign-in-done-servers");
+    const { context, page } = await signIn(adminKey, "01-sign-in");
     const row = page.locator(`tr[data-server="${serverName}"]`);
     await row.waitFor();
     // Live: a lag value from the agent's heartbeats shows without a reload.
@@ -257,6 +257,24 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
       registered_at: now - 86_400_000,
       decommissioned_at: null,
     }));
+    // Nine in ten have a PIT, of ages from a minute to about six hours.
+    const pits = rows
+      .filter((_, i) => i % 10 !== 9)
+      .map((r, i) => ({
+        id: `pit${String(i).padStart(21, "0")}`,
+        repository_id: "seeded",
+        server_id: r.id,
+        server_name: r.name,
+        seq: 1,
+        time_ms: now - 60_000 - ((i * 37) % 360) * 60_000,
+        consistency: (["filesystem", "crash", "application"] as const)[i % 3]!,
+        disks_json: "[]",
+      }));
+    for (let i = 0; i < pits.length; i += 100)
+      await database.db
+        .insertInto("pits")
+        .values(pits.slice(i, i + 100))
+        .execute();
     for (let i = 0; i < rows.length; i += 100)
       await database.db
         .insertInto("servers")
@@ -274,7 +292,7 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
       (await page.locator("#servers-table tbody tr").first().textContent()) ?? "",
       /Stalled|Disconnected/,
     );
-    await shot(page, "11-servers-1000");
+    await shot(page, "11-servers-1000", false);
     await page.locator("input.search").fill("app-0042");
     await page.locator(".toolbar-count", { hasText: "1 of 1001" }).waitFor();
     await context.close();

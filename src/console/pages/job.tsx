@@ -2,7 +2,7 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, api, enc } from "../api.js";
 import { can } from "../app.js";
 import { Badge, Card, Confirm, Empty, ErrorNote, Loading, Stat, stateTone } from "../components/ui.js";
-import { ago, duration, time, title } from "../format.js";
+import { ago, duration, jobType, time } from "../format.js";
 import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { DrillReport, Job, LogLine, Session } from "../types.js";
@@ -18,6 +18,11 @@ export function JobPage(props: { id: string; session: Session }) {
   const [terminate, setTerminate] = useState(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<Error | undefined>(undefined);
+  // The log's long poll sees the end first: read the job again for its result and times.
+  const reload = job.reload;
+  useEffect(() => {
+    if (state !== undefined && FINISHED.has(state)) reload();
+  }, [state, reload]);
   if (job.data === undefined) return job.error ? <ErrorNote error={job.error} /> : <Loading />;
   const j = job.data.job;
   const current = state ?? j.state;
@@ -43,7 +48,7 @@ export function JobPage(props: { id: string; session: Session }) {
       <div class="page-head">
         <div>
           <h1>
-            {title(j.type)} <Badge tone={stateTone(current)}>{current}</Badge>
+            {jobType(j.type)} <Badge tone={stateTone(current)}>{current}</Badge>
           </h1>
           <p class="muted">
             {j.serverIds.map((sid, i) => (

@@ -1,7 +1,7 @@
 import { useState } from "preact/hooks";
 import { api } from "../api.js";
 import { Badge, Empty, ErrorNote, Loading, stateTone } from "../components/ui.js";
-import { ago, duration, time, title } from "../format.js";
+import { ago, duration, jobType, time, title } from "../format.js";
 import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { Job, ServerRow } from "../types.js";
@@ -66,7 +66,7 @@ export function JobsPage() {
                         <code>{j.id}</code>
                       </a>
                     </td>
-                    <td>{title(j.type)}</td>
+                    <td>{jobType(j.type)}</td>
                     <td>
                       <Badge tone={stateTone(j.state)}>{j.state}</Badge>
                     </td>

@@ -13,7 +13,7 @@ import {
   Stat,
   stateTone,
 } from "../components/ui.js";
-import { ago, bytes, duration, time, title } from "../format.js";
+import { ago, bytes, duration, jobType, time } from "../format.js";
 import { usePoll } from "../poll.js";
 import { go, href } from "../router.js";
 import type { Job, Pit, Server, Session } from "../types.js";
@@ -148,7 +148,7 @@ export function ServerPage(props: { id: string; session: Session }) {
                 {jobs.data.jobs.slice(0, 8).map((j) => (
                   <tr key={j.id}>
                     <td>
-                      <a href={href("jobs", j.id)}>{title(j.type)}</a>
+                      <a href={href("jobs", j.id)}>{jobType(j.type)}</a>
                     </td>
                     <td>
                       <Badge tone={stateTone(j.state)}>{j.state}</Badge>

@@ -30,8 +30,15 @@ function health(s: ServerRow): number {
   return -score;
 }
 
+/** Not replicating, offline, RPO missed or lagging more than five minutes (readiness is counted apart). */
 function needsAttention(s: ServerRow): boolean {
-  return health(s) < -1 || (s.lagSeconds ?? 0) > 300;
+  return (
+    s.state === "STALLED" ||
+    s.state === "DISCONNECTED" ||
+    !s.online ||
+    !s.rpo.met ||
+    (s.lagSeconds ?? 0) > 300
+  );
 }
 
 const COMPARE: Record<SortKey, (a: ServerRow, b: ServerRow) => number> = {
@@ -83,6 +90,7 @@ export function ServersPage() {
     protected: all.filter((s) => s.state === "CONTINUOUS" && s.rpo.met).length,
     attention: all.filter(needsAttention).length,
     rpoMissed: all.filter((s) => !s.rpo.met).length,
+    notReady: all.filter((s) => s.readiness !== null && !s.readiness.ready).length,
   };
   const th = (key: SortKey, label: string, cls = "") => (
     <th
@@ -101,7 +109,7 @@ export function ServersPage() {
         <div>
           <h1>Servers</h1>
           <p class="muted">
-            {counts.total} protected servers · updated{" "}
+            {counts.total} protected server{counts.total === 1 ? "" : "s"} · updated{" "}
             {loadedAt ? new Date(loadedAt).toLocaleTimeString() : "—"}
             {error ? <span class="text-bad"> · last refresh failed</span> : null}
           </p>
@@ -123,6 +131,10 @@ export function ServersPage() {
         <div class={`summary-item ${counts.rpoMissed > 0 ? "summary-warn" : ""}`}>
           <span class="summary-value">{counts.rpoMissed}</span>
           <span class="summary-label">RPO missed</span>
+        </div>
+        <div class={`summary-item ${counts.notReady > 0 ? "summary-warn" : ""}`}>
+          <span class="summary-value">{counts.notReady}</span>
+          <span class="summary-label">not launch-ready</span>
         </div>
       </div>
       {all.length === 0 ? (
