@@ -167,6 +167,21 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
     await page.locator(".chart canvas").waitFor();
     await page.locator(".timeline-dot").first().waitFor();
     await shot(page, "03-server");
+    // An operator edits the server's replication settings in place.
+    const replication = page.locator(".card", {
+      has: page.locator("h2", { hasText: "Replication settings" }),
+    });
+    await replication.getByRole("button", { name: "Edit" }).click();
+    await replication.locator('input[name="pitIntervalMinutes"]').fill("30");
+    await replication.getByRole("button", { name: "Save" }).click();
+    await replication
+      .locator("dd", { hasText: "30" })
+      .locator(".badge", { hasText: "this server" })
+      .waitFor();
+    const effective = await api<{ settings: { pitIntervalMinutes: number } }>(
+      `/api/v1/servers/${serverName}/settings/replication`,
+    );
+    assert.equal(effective.settings.pitIntervalMinutes, 30);
 
     await page.getByRole("button", { name: "Launch drill" }).click();
     await page.locator("dialog[open]").waitFor();
@@ -237,6 +252,10 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
       return { status: r.status, code: ((await r.json()) as { code: string }).code };
     }, serverName);
     assert.deepEqual(status, { status: 403, code: "AUTH_FORBIDDEN" });
+    // Signing out ends the session on the server, not only in the page.
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.locator('input[name="apiKey"]').waitFor();
+    assert.equal(await page.evaluate(async () => (await fetch("/api/v1/session")).status), 401);
     await context.close();
   });
 

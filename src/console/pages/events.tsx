@@ -1,9 +1,10 @@
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { ApiError, api } from "../api.js";
 import { Badge, Empty, ErrorNote, Loading } from "../components/ui.js";
 import { ago, time } from "../format.js";
 import { usePoll } from "../poll.js";
 import type { AuditRecord, EventItem } from "../types.js";
+import { useServerNames } from "./jobs.js";
 
 export function EventsPage() {
   const [tab, setTab] = useState<"events" | "audit">("events");
@@ -44,20 +45,59 @@ function eventTone(type: string): "ok" | "warn" | "bad" | "info" | "muted" {
   return "info";
 }
 
+const PAGE = 500;
+const KEEP = 300;
+
+/**
+ * The events API answers oldest first after a seq (`?after=&limit=`): read
+ * to the end once (at most 40 pages), keep the newest, then ask every few
+ * seconds for what came after the last one seen.
+ */
+function useEvents(): { events: EventItem[] | undefined; error: Error | undefined } {
+  const [events, setEvents] = useState<EventItem[] | undefined>(undefined);
+  const [error, setError] = useState<Error | undefined>(undefined);
+  useEffect(() => {
+    const ctl = new AbortController();
+    let after = 0;
+    let kept: EventItem[] = [];
+    const run = async () => {
+      for (let pages = 0; !ctl.signal.aborted;) {
+        try {
+          const r = await api<{ events: EventItem[] }>(`/api/v1/events?after=${after}&limit=${PAGE}`, {
+            signal: ctl.signal,
+          });
+          if (r.events.length > 0) {
+            after = Math.max(after, ...r.events.map((e) => e.seq));
+            kept = [...kept, ...r.events].slice(-KEEP);
+          }
+          setEvents(kept);
+          setError(undefined);
+          if (r.events.length === PAGE && ++pages < 40) continue;
+        } catch (err) {
+          if (ctl.signal.aborted) return;
+          setError(err as Error);
+          if (err instanceof ApiError && err.status === 404) return;
+        }
+        await new Promise((r) => setTimeout(r, 5000));
+      }
+    };
+    void run();
+    return () => ctl.abort();
+  }, []);
+  return { events, error };
+}
+
 function Events() {
-  const r = usePoll(
-    (signal) => api<{ events: EventItem[] }>("/api/v1/events?limit=200", { signal }),
-    5000,
-    [],
-  );
-  if (r.data === undefined) {
-    if (r.error instanceof ApiError && r.error.status === 404)
+  const { events: loaded, error } = useEvents();
+  const names = useServerNames();
+  if (loaded === undefined) {
+    if (error instanceof ApiError && error.status === 404)
       return (
         <Empty title="Events are not available">This control plane does not serve the events API.</Empty>
       );
-    return r.error ? <ErrorNote error={r.error} /> : <Loading />;
+    return error ? <ErrorNote error={error} /> : <Loading />;
   }
-  const events = [...r.data.events].sort((a, b) => b.seq - a.seq);
+  const events = [...loaded].sort((a, b) => b.seq - a.seq);
   if (events.length === 0)
     return <Empty title="No events yet">State changes and finished jobs appear here.</Empty>;
   return (
@@ -77,7 +117,7 @@ function Events() {
             <td>
               <Badge tone={eventTone(e.type)}>{e.type}</Badge>
             </td>
-            <td>{e.serverId ?? "—"}</td>
+            <td>{e.serverId ? (names.get(e.serverId) ?? e.serverId) : "—"}</td>
             <td class="muted small">{e.payload ? summarize(e.payload) : ""}</td>
           </tr>
         ))}

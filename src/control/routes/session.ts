@@ -39,8 +39,13 @@ export function sessionRoutes(app: FastifyInstance, ctx: AppContext): void {
         rateLimit: { max: ctx.config.registerRateLimitPerMinute, timeWindow: 60_000 },
       },
       onRequest: (request, _reply, done) => {
-        checkCsrf(request);
-        done();
+        // Sign-in has no cookie yet, but a page of another site must not sign a browser in either.
+        try {
+          checkCsrf(request);
+          done();
+        } catch (err) {
+          done(err as Error);
+        }
       },
       schema: {
         summary: "sign in to the console with an API key: sets the session cookie",
