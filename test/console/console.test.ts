@@ -158,7 +158,7 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
     // Live: a lag value from the agent's heartbeats shows without a reload.
     // Locators, not waitForFunction: the page's CSP forbids evaluating strings, as it should.
     await row.locator('td.lag:not([data-lag=""])').waitFor({ timeout: 20_000 });
-    assert.match((await row.locator("td.lag").textContent()) ?? "", /\d+(\.\d)? (ms|s)/);
+    assert.match((await row.locator("td.lag").textContent()) ?? "", /^\d+(\.\d)? (ms|s)$/);
     assert.match((await row.textContent()) ?? "", /Continuous/);
     await shot(page, "02-servers");
 
