@@ -6,7 +6,7 @@ import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { ServerRow } from "../types.js";
 
-type SortKey = "health" | "name" | "state" | "lag" | "backlog" | "pit" | "replicator";
+type SortKey = "health" | "name" | "state" | "lag" | "backlog" | "pit" | "rpo" | "ready" | "replicator";
 const PAGE_SIZE = 100;
 const STATES = [
   "all",
@@ -49,6 +49,10 @@ const COMPARE: Record<SortKey, (a: ServerRow, b: ServerRow) => number> = {
   lag: (a, b) => (b.lagSeconds ?? -1) - (a.lagSeconds ?? -1),
   backlog: (a, b) => (b.backlogBytes ?? -1) - (a.backlogBytes ?? -1),
   pit: (a, b) => (b.lastPit?.ageSeconds ?? Infinity) - (a.lastPit?.ageSeconds ?? Infinity),
+  rpo: (a, b) => Number(a.rpo.met) - Number(b.rpo.met) || a.name.localeCompare(b.name),
+  ready: (a, b) =>
+    (a.readiness === null ? 1 : a.readiness.ready ? 2 : 0) -
+      (b.readiness === null ? 1 : b.readiness.ready ? 2 : 0) || a.name.localeCompare(b.name),
   replicator: (a, b) => (a.replicator?.name ?? "").localeCompare(b.replicator?.name ?? ""),
 };
 
@@ -186,8 +190,8 @@ export function ServersPage() {
                     {th("lag", "Lag", "num")}
                     {th("backlog", "Backlog", "num")}
                     {th("pit", "Last PIT")}
-                    <th>RPO</th>
-                    <th>Launch readiness</th>
+                    {th("rpo", "RPO")}
+                    {th("ready", "Launch readiness")}
                     {th("replicator", "Replicator")}
                   </tr>
                 </thead>
