@@ -16,7 +16,7 @@ import {
 import { ago, bytes, duration, jobType, time } from "../format.js";
 import { usePoll } from "../poll.js";
 import { go, href } from "../router.js";
-import type { Job, Pit, Server, Session } from "../types.js";
+import type { Job, Pit, Replicator, Server, Session } from "../types.js";
 import { SettingsCard } from "./server-settings.js";
 
 const CONSISTENCY_TONE: Record<string, "ok" | "info" | "warn" | "muted"> = {
@@ -49,6 +49,11 @@ export function ServerPage(props: { id: string; session: Session }) {
     (signal) => api<{ jobs: Job[] }>(`/api/v1/jobs?server=${enc(id)}`, { signal }),
     10_000,
     [id],
+  );
+  const replicators = usePoll(
+    (signal) => api<{ replicators: Replicator[] }>("/api/v1/replicators", { signal }),
+    60_000,
+    [],
   );
   const [launch, setLaunch] = useState<"drill" | "recovery" | null>(null);
   const [busy, setBusy] = useState(false);
@@ -112,7 +117,11 @@ export function ServerPage(props: { id: string; session: Session }) {
         </Stat>
         <Stat label="Backlog">{bytes(s.backlogBytes)}</Stat>
         <Stat label="Last PIT">{newest ? `${ago(newest.time)}` : "none yet"}</Stat>
-        <Stat label="Replicator">{s.replicatorId ?? "embedded"}</Stat>
+        <Stat label="Replicator">
+          {s.replicatorId === null
+            ? "embedded"
+            : (replicators.data?.replicators.find((r) => r.id === s.replicatorId)?.name ?? s.replicatorId)}
+        </Stat>
         <Stat label="Tracker">{typeof s.inventory?.tracker === "string" ? s.inventory.tracker : "—"}</Stat>
       </div>
 
