@@ -175,7 +175,9 @@ export function ServersPage() {
               ))}
             </select>
             <span class="muted small toolbar-count">
-              {rows.length === all.length ? `${all.length} servers` : `${rows.length} of ${all.length}`}
+              {rows.length === all.length
+                ? `${all.length} server${all.length === 1 ? "" : "s"}`
+                : `${rows.length} of ${all.length}`}
             </span>
           </div>
           {rows.length === 0 ? (
