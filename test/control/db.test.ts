@@ -39,6 +39,8 @@ const TABLES: (keyof Schema)[] = [
   "webhooks",
   "rpo_status",
   "pool_assignments",
+  "console_sessions",
+  "lag_samples",
 ];
 
 const ALL_MIGRATIONS = [
@@ -47,6 +49,7 @@ const ALL_MIGRATIONS = [
   "0003_commands",
   "0004_launch",
   "0005_webhooks",
+  "0006_console",
   "0007_replicator_pool",
 ];
 

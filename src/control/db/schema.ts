@@ -39,6 +39,8 @@ export interface Schema {
   pool_assignments: PoolAssignmentsTable;
   webhooks: WebhooksTable;
   rpo_status: RpoStatusTable;
+  console_sessions: ConsoleSessionsTable;
+  lag_samples: LagSamplesTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -359,3 +361,22 @@ export interface RpoStatusTable {
 }
 
 export type Webhook = Selectable<WebhooksTable>;
+
+/** Since 0006: web console sign-ins. The cookie value is never stored, only its SHA-256. */
+export interface ConsoleSessionsTable {
+  token_hash: string;
+  /** References api_keys.id: the session has that key's role, and ends when the key is revoked. */
+  api_key_id: string;
+  created_at: number;
+  expires_at: number;
+  /** The address that signed in. */
+  source: string;
+}
+
+/** Since 0006: a server's lag, sampled on heartbeats at most once a minute, kept about a day. */
+export interface LagSamplesTable {
+  server_id: string;
+  at: number;
+  lag_seconds: number | null;
+  backlog_bytes: number | null;
+}

@@ -4,6 +4,7 @@ import { replicatorsJobs } from "./0002-replicators-jobs.js";
 import { commands } from "./0003-commands.js";
 import { launch } from "./0004-launch.js";
 import { webhooks } from "./0005-webhooks.js";
+import { consoleTables } from "./0006-console.js";
 import { replicatorPool } from "./0007-replicator-pool.js";
 
 /**
@@ -20,5 +21,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0003_commands": commands,
   "0004_launch": launch,
   "0005_webhooks": webhooks,
+  "0006_console": consoleTables,
   "0007_replicator_pool": replicatorPool,
 });
