@@ -26,7 +26,7 @@ import {
 import { parseFingerprint } from "../net/index.js";
 import { type CliContext, parseIntOption, parseSize, requireOption } from "./context.js";
 import { formatBytes, printJson, printLines } from "./output.js";
-import { action } from "./store.js";
+import { action } from "./action.js";
 
 const HOSTNAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 

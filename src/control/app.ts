@@ -106,6 +106,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   (await import("./routes/commands.js")).commandRoutes(app, ctx);
   (await import("./routes/launches.js")).launchRoutes(app, ctx);
   (await import("./routes/plans.js")).planRoutes(app, ctx);
+  (await import("./routes/downloads.js")).downloadRoutes(app, ctx);
   return app;
 }
 
