@@ -259,12 +259,6 @@ get() { # NAME [insecure]
 
 say "== verifying the bundle from $from"
 get ca.pem insecure || die "cannot get the bundle's ca.pem from $from" "check --from and the network (or carry the bundle in with --from DIR)"
-get release.pem || die "cannot get the bundle's release.pem from $from"
-get manifest || die "cannot get the bundle's manifest from $from"
-if ! get manifest.sig || [ ! -s "$b/manifest.sig" ]; then
-	die "the bundle has no signature (manifest.sig): an unsigned bundle is refused; nothing was installed" "rebuild it on the server with lifeboat bundle build"
-fi
-
 # 1. The CA: only its first certificate counts (more in the file could be trusted by openssl verify).
 openssl x509 -in "$b/ca.pem" -out "$work/ca.pem" 2>/dev/null || die "the bundle's ca.pem is not a certificate; nothing was installed"
 got=$(openssl x509 -in "$work/ca.pem" -noout -fingerprint -sha256 | sed 's/^[^=]*=//' | tr -d ': ' | tr 'abcdef' 'ABCDEF')
@@ -275,6 +269,13 @@ if [ "$got" != "$want" ]; then
 fi
 if [ -n "$src_url" ] && [ "${src_url#"$endpoint"/}" != "$src_url" ]; then tls="$work/ca.pem"; fi
 say "ok   CA certificate matches the pinned fingerprint"
+
+get release.pem || die "cannot get the bundle's release.pem from $from"
+get manifest || die "cannot get the bundle's manifest from $from"
+if ! get manifest.sig || [ ! -s "$b/manifest.sig" ]; then
+	die "the bundle has no signature (manifest.sig): an unsigned bundle is refused; nothing was installed" "rebuild it on the server with lifeboat bundle build"
+fi
+
 
 # 2. The release certificate, issued by that CA, for code signing.
 openssl x509 -in "$b/release.pem" -out "$work/release.pem" 2>/dev/null || die "the bundle's release.pem is not a certificate; nothing was installed"
