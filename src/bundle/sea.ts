@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, rename, rm, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { LifeboatError } from "../base/index.js";
@@ -67,16 +67,17 @@ export async function buildSea(outDir: string, mainJs: string, nodeBin: string):
     const exe = path.join(work, SEA_FILE);
     await copyFile(nodeBin, exe);
     await chmod(exe, 0o755);
-    const postject = createRequire(import.meta.url)("postject") as {
-      inject(file: string, name: string, data: Buffer, opts: { sentinelFuse: string }): Promise<void>;
-    };
-    await postject.inject(exe, "NODE_SEA_BLOB", await readFile(blob), { sentinelFuse: SEA_FUSE });
-    const said = (await run(exe, ["--version"], work)).trim();
+    // postject's CLI in a child: its ELF library chatters on stderr about note sections.
+    const cli = path.join(path.dirname(createRequire(import.meta.url).resolve("postject")), "cli.js");
+    await run(process.execPath, [cli, exe, "NODE_SEA_BLOB", blob, "--sentinel-fuse", SEA_FUSE], work);
+    await rename(exe, target);
+    // Run from the bundle directory, where its native addons and workers are.
+    const said = (await run(target, ["--version"], outDir)).trim();
     if (said === "" || said.startsWith("v"))
       throw new Error(`the executable answered --version with ${JSON.stringify(said)}, not the agent's version`);
-    await rename(exe, target);
     return SEA_FILE;
   } catch (err) {
+    await rm(target, { force: true });
     if (err instanceof LifeboatError) throw err;
     throw new LifeboatError("BUNDLE_SEA_FAILED", `could not make the single executable: ${(err as Error).message}`, {
       hint: "build without it (--no-sea): hosts with Node.js >= 20 run the JavaScript bundle",
