@@ -82,7 +82,9 @@ function checkReleaseKey(opts: BuildBundleOptions): void {
     throw new LifeboatError(
       "BUNDLE_SIGNING_FAILED",
       "the release key does not match a valid release certificate issued by this CA",
-      { hint: "use the data directory made by `lifeboat server init` (D/signing.pem, D/keys/signing.key, D/ca.pem)" },
+      {
+        hint: "use the data directory made by `lifeboat server init` (D/signing.pem, D/keys/signing.key, D/ca.pem)",
+      },
     );
 }
 

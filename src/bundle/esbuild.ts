@@ -85,16 +85,23 @@ export async function bundleAgentJs(root: string, outDir: string): Promise<strin
     await build({
       ...common,
       entryPoints: Object.fromEntries(
-        WORKER_FILES.map((f) => [f.replace(/\.js$/, ""), path.join(root, "src", "agent", f.replace(/\.js$/, ".ts"))]),
+        WORKER_FILES.map((f) => [
+          f.replace(/\.js$/, ""),
+          path.join(root, "src", "agent", f.replace(/\.js$/, ".ts")),
+        ]),
       ),
       outdir: outDir,
       outExtension: { ".js": ".js" },
     });
   } catch (err) {
-    throw new LifeboatError("BUNDLE_BUILD_FAILED", `esbuild could not bundle the agent: ${(err as Error).message}`, {
-      hint: "run `npm ci` in the Lifeboat installation (esbuild and the native addons must be installed)",
-      cause: err,
-    });
+    throw new LifeboatError(
+      "BUNDLE_BUILD_FAILED",
+      `esbuild could not bundle the agent: ${(err as Error).message}`,
+      {
+        hint: "run `npm ci` in the Lifeboat installation (esbuild and the native addons must be installed)",
+        cause: err,
+      },
+    );
   }
   return [AGENT_JS, ...WORKER_FILES];
 }

@@ -8,7 +8,14 @@
  * certificate D/signing.pem the CA issued). Installers trust nothing but the
  * CA fingerprint they were given: CA → release certificate → manifest → files.
  */
-export { buildBundle, type BuildBundleOptions, type BuiltBundle, CA_PEM, INSTALL_SH, RELEASE_PEM } from "./build.js";
+export {
+  buildBundle,
+  type BuildBundleOptions,
+  type BuiltBundle,
+  CA_PEM,
+  INSTALL_SH,
+  RELEASE_PEM,
+} from "./build.js";
 export { AGENT_JS, WORKER_FILES } from "./esbuild.js";
 export {
   MANIFEST,

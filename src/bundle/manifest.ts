@@ -81,10 +81,14 @@ export async function writeSignedManifest(
   try {
     sig = sign("sha256", Buffer.from(text), signingKeyPem);
   } catch (err) {
-    throw new LifeboatError("BUNDLE_SIGNING_FAILED", `could not sign the manifest: ${(err as Error).message}`, {
-      hint: "check the release key (D/keys/signing.key, made by `lifeboat server init`)",
-      cause: err,
-    });
+    throw new LifeboatError(
+      "BUNDLE_SIGNING_FAILED",
+      `could not sign the manifest: ${(err as Error).message}`,
+      {
+        hint: "check the release key (D/keys/signing.key, made by `lifeboat server init`)",
+        cause: err,
+      },
+    );
   }
   await writeFile(path.join(dir, MANIFEST), text);
   await writeFile(path.join(dir, MANIFEST_SIG), sig);

@@ -38,7 +38,10 @@ export async function publishBundle(dir: string, opts: PublishOptions): Promise<
     throw new LifeboatError(
       "BUNDLE_PUBLISH_FAILED",
       `could not put the bundle into ${backend.properties.location}: ${(err as Error).message}`,
-      { hint: "check the bucket, the endpoint and the credentials (AWS_* variables or ~/.aws files)", cause: err },
+      {
+        hint: "check the bucket, the endpoint and the credentials (AWS_* variables or ~/.aws files)",
+        cause: err,
+      },
     );
   } finally {
     await backend.close();

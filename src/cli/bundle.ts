@@ -63,10 +63,17 @@ export function bundleCommand(): Command {
           caPem: await readFile(p.caCert, "utf8"),
           releaseCertPem: await readFile(p.signingCert, "utf8"),
           releaseKeyPem: await readFile(p.signingKey, "utf8"),
-          sea: o.sea ? { cacheDir: o.nodeCache, ...(o.nodeBinary ? { nodeBinary: o.nodeBinary } : {}) } : false,
+          sea: o.sea
+            ? { cacheDir: o.nodeCache, ...(o.nodeBinary ? { nodeBinary: o.nodeBinary } : {}) }
+            : false,
         });
         if (ctx.json)
-          printJson({ dir: built.dir, version: built.manifest.version, sea: built.sea, files: built.manifest.files });
+          printJson({
+            dir: built.dir,
+            version: built.manifest.version,
+            sea: built.sea,
+            files: built.manifest.files,
+          });
         else
           printLines([
             built.dir,
@@ -79,7 +86,9 @@ export function bundleCommand(): Command {
   serverOptions(
     bundle
       .command("publish")
-      .description("put the bundle into an S3-compatible bucket (credentials: AWS_* variables or ~/.aws files)"),
+      .description(
+        "put the bundle into an S3-compatible bucket (credentials: AWS_* variables or ~/.aws files)",
+      ),
   )
     .option("--from <dir>", "the bundle directory (default D/downloads/agent)")
     .option("--s3-endpoint <url>", "the S3-compatible server, http(s)://host:port (default: AWS)")
@@ -99,7 +108,11 @@ export function bundleCommand(): Command {
         });
         const { version } = await readManifest(dir);
         if (ctx.json) printJson({ bucket, prefix: o.prefix ?? "", version, files: names });
-        else printLines([...names.map((n) => `put ${n}`), `bundle ${version} published to ${bucket}/${o.prefix ?? ""}`]);
+        else
+          printLines([
+            ...names.map((n) => `put ${n}`),
+            `bundle ${version} published to ${bucket}/${o.prefix ?? ""}`,
+          ]);
       }),
     );
   return bundle;

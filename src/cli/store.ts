@@ -23,15 +23,7 @@ import {
   verifyRepository,
   writeKeyFile,
 } from "../store/index.js";
-import {
-  type CliContext,
-  contextOf,
-  parseDuration,
-  parseIntOption,
-  parseSize,
-  requireOption,
-  withRepo,
-} from "./context.js";
+import { parseDuration, parseIntOption, parseSize, requireOption, withRepo } from "./context.js";
 import { Progress, formatBytes, printJson, printLines } from "./output.js";
 import { reindexCatalog } from "./reindex.js";
 import { action } from "./action.js";

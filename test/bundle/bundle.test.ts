@@ -111,7 +111,14 @@ void describe("agent bundle", () => {
     assert.equal(v.stdout.trim(), "0.1.0", v.stderr);
     const s = spawnSync(
       process.execPath,
-      [path.join(bundle, "lifeboat-agent.cjs"), "agent", "status", "--config-dir", path.join(tmp, "none"), "--json"],
+      [
+        path.join(bundle, "lifeboat-agent.cjs"),
+        "agent",
+        "status",
+        "--config-dir",
+        path.join(tmp, "none"),
+        "--json",
+      ],
       { cwd: os.tmpdir(), encoding: "utf8" },
     );
     assert.equal(s.status, 1);
@@ -161,8 +168,17 @@ void describe("agent bundle", () => {
 
   void it("the control plane serves the bundle at /downloads/agent/, nothing else", async () => {
     const get = async (p: string) =>
-      (await run("curl", ["-sk", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code} %{content_type}", `${site.url}${p}`]))
-        .out;
+      (
+        await run("curl", [
+          "-sk",
+          "--path-as-is",
+          "-o",
+          "/dev/null",
+          "-w",
+          "%{http_code} %{content_type}",
+          `${site.url}${p}`,
+        ])
+      ).out;
     assert.equal(await get("/downloads/agent/install.sh"), "200 text/x-shellscript; charset=utf-8");
     assert.equal(await get("/downloads/agent/manifest"), "200 text/plain; charset=utf-8");
     assert.equal(await get("/downloads/agent/manifest.sig"), "200 application/octet-stream");
@@ -189,7 +205,19 @@ void describe("agent bundle", () => {
     const s3 = await startS3Server();
     try {
       const r = await lifeboat(
-        ["bundle", "publish", "--from", bundle, "--s3-endpoint", s3.endpoint, "--bucket", s3.bucket, "--prefix", "agent/v1", "--json"],
+        [
+          "bundle",
+          "publish",
+          "--from",
+          bundle,
+          "--s3-endpoint",
+          s3.endpoint,
+          "--bucket",
+          s3.bucket,
+          "--prefix",
+          "agent/v1",
+          "--json",
+        ],
         { env: { AWS_ACCESS_KEY_ID: "S3RVER", AWS_SECRET_ACCESS_KEY: "S3RVER", AWS_REGION: "us-east-1" } },
       );
       assert.equal(r.code, 0, r.stderr);

@@ -94,7 +94,9 @@ void describe("install.sh end to end", () => {
     let s = await status();
     while (s.state !== "CONTINUOUS") {
       if (Date.now() > end)
-        throw new Error(`no CONTINUOUS: ${JSON.stringify(s)}\n${await readFile(path.join(prefix, "agent.log"), "utf8")}`);
+        throw new Error(
+          `no CONTINUOUS: ${JSON.stringify(s)}\n${await readFile(path.join(prefix, "agent.log"), "utf8")}`,
+        );
       await sleep(250);
       s = await status();
     }
@@ -125,7 +127,10 @@ void describe("install.sh end to end", () => {
       assert.ok(found, "the PIT is in the repository");
       const out = path.join(dir, "pit.img");
       await exportDisk(repo, found, 0, out);
-      const sha = async (f: string) => createHash("sha256").update(await readFile(f)).digest("hex");
+      const sha = async (f: string) =>
+        createHash("sha256")
+          .update(await readFile(f))
+          .digest("hex");
       assert.equal(await sha(out), await sha(image), "the PIT holds the image's bytes");
     } finally {
       await repo.close();
@@ -149,19 +154,19 @@ void describe("install.sh end to end", () => {
     assert.equal(again.code, 0, again.out);
     assert.match(again.out, /already registered/);
 
-    const u = await installSh(path.join(bundle, "install.sh"), [
-      "uninstall",
-      "--prefix",
-      prefix,
-    ]);
+    const u = await installSh(path.join(bundle, "install.sh"), ["uninstall", "--prefix", prefix]);
     assert.equal(u.code, 0, u.out);
     for (const p of [prefix, configDir, unit]) assert.equal(existsSync(p), false, `${p} removed`);
   };
 
-  void it("from a directory carried in by hand, with the single executable", { timeout: 240_000 }, async (t) => {
-    if (!requireCapability(t, "root")) return;
-    await installAndReplicate("dir", bundle, "sea");
-  });
+  void it(
+    "from a directory carried in by hand, with the single executable",
+    { timeout: 240_000 },
+    async (t) => {
+      if (!requireCapability(t, "root")) return;
+      await installAndReplicate("dir", bundle, "sea");
+    },
+  );
 
   void it("from the control plane's /downloads/agent/, with Node.js", { timeout: 240_000 }, async (t) => {
     if (!requireCapability(t, "root")) return;

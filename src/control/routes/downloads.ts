@@ -78,11 +78,21 @@ export function downloadRoutes(app: FastifyInstance, ctx: AppContext): void {
       const names = FILE_NAME.test(name) ? await offered() : [];
       if (names.length === 0 && FILE_NAME.test(name)) throw noBundle();
       if (!names.includes(name))
-        throw httpError(404, "BUNDLE_FILE_NOT_FOUND", `the agent bundle has no file ${JSON.stringify(name)}`, "see /downloads/agent/ for its files");
+        throw httpError(
+          404,
+          "BUNDLE_FILE_NOT_FOUND",
+          `the agent bundle has no file ${JSON.stringify(name)}`,
+          "see /downloads/agent/ for its files",
+        );
       const file = path.join(dir, name);
       const st = await stat(file).catch(() => undefined);
       if (st === undefined || !st.isFile())
-        throw httpError(404, "BUNDLE_FILE_NOT_FOUND", `the agent bundle's file ${name} is missing`, "rebuild it with `lifeboat bundle build`");
+        throw httpError(
+          404,
+          "BUNDLE_FILE_NOT_FOUND",
+          `the agent bundle's file ${name} is missing`,
+          "rebuild it with `lifeboat bundle build`",
+        );
       return reply
         .type(contentType(name))
         .header("content-length", st.size)
