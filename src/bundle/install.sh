@@ -160,6 +160,7 @@ uninstall() {
 		if systemd_running; then systemctl daemon-reload || true; fi
 		say "removed $unit"
 	fi
+	rmdir "$unit_dir" 2>/dev/null || true
 	# Only what the installation put there: the manifest's files and our own.
 	if [ -f "$prefix/manifest" ]; then
 		sed -n 's/^file [0-9a-f]* [0-9]* \([A-Za-z0-9][A-Za-z0-9._-]*\)$/\1/p' "$prefix/manifest" | while read -r n; do
