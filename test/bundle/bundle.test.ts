@@ -14,6 +14,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildBundle, parseManifest } from "../../src/bundle/index.js";
+import { initServer } from "../../src/control/init.js";
 import { lifeboat } from "../support/cli.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
 import { startS3Server } from "../support/s3-server.js";
@@ -159,8 +160,7 @@ void describe("agent bundle", () => {
 
   void it("refuses a release certificate from another CA", async () => {
     const other = await mkdtemp(path.join(tmp, "other-"));
-    const init = await lifeboat(["server", "init", "--data-dir", path.join(other, "d")]);
-    assert.equal(init.code, 0, init.stderr);
+    await initServer({ dataDir: path.join(other, "d") });
     const copy = await copyBundle(bundle, path.join(tmp, "other-release"));
     await writeFile(path.join(copy, "release.pem"), await readFile(path.join(other, "d", "signing.pem")));
     await refused(copy, /release certificate was not issued by the pinned CA/);
