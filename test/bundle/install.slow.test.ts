@@ -136,6 +136,40 @@ void describe("install.sh end to end", () => {
       await repo.close();
     }
 
+    // agent upgrade: nothing to do; then a changed local file is put back from the
+    // signed bundle and the agent restarted; a changed bundle on the server is refused.
+    const upgrade = async (...extra: string[]) => {
+      const u = await run(agent, ["agent", "upgrade", "--config-dir", configDir, "--json", ...extra]);
+      return {
+        code: u.code,
+        out: u.out,
+        r: u.code === 0 ? (JSON.parse(u.out) as { replaced: string[]; restarted: string | null }) : null,
+      };
+    };
+    const same = await upgrade();
+    assert.equal(same.code, 0, same.out);
+    assert.deepEqual(same.r!.replaced, []);
+    await writeFile(path.join(prefix, "block-worker.js"), "// not the bundle's\n", { flag: "a" });
+    const served = path.join(bundle, "manifest");
+    const manifest = await readFile(served, "utf8");
+    await writeFile(served, manifest.replace("version ", "version 9"));
+    try {
+      const refusedUpgrade = await upgrade();
+      assert.equal(refusedUpgrade.code, 1, refusedUpgrade.out);
+      assert.match(refusedUpgrade.out, /AGENT_UPGRADE_UNVERIFIED/);
+    } finally {
+      await writeFile(served, manifest);
+    }
+    const fixed = await upgrade();
+    assert.equal(fixed.code, 0, fixed.out);
+    assert.deepEqual(fixed.r!.replaced, ["block-worker.js"]);
+    assert.match(fixed.r!.restarted ?? "", /started the agent/);
+    const again0 = Date.now();
+    for (s = await status(); s.state !== "CONTINUOUS"; s = await status()) {
+      if (Date.now() - again0 > 90_000) throw new Error(`no CONTINUOUS after upgrade: ${JSON.stringify(s)}`);
+      await sleep(250);
+    }
+
     // The unit as written, checked by systemd's own tools where they exist.
     const unit = path.join(unitDir, "lifeboat-agent.service");
     const unitText = await readFile(unit, "utf8");
