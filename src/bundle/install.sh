@@ -338,7 +338,7 @@ if [ -z "$kind" ] && [ $runtime != sea ] && [ -f "$b/lifeboat-agent.cjs" ]; then
 	fi
 fi
 [ -n "$kind" ] || die "neither the single executable nor Node.js >= 20 can run the agent on this host" \
-	"the executable needs linux-x64 with glibc >= 2.28; else install Node.js 20 or later"
+	"the executable needs linux-x64 with glibc >= 2.28 and a TMPDIR not mounted noexec; else install Node.js 20 or later"
 agent() {
 	if [ $kind = sea ]; then "$b/lifeboat-agent" "$@"; else "$node" "$b/lifeboat-agent.cjs" "$@"; fi
 }
