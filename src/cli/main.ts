@@ -2,7 +2,7 @@ import { Command } from "commander";
 import { demoCommand } from "./demo.js";
 import { inspectCommand } from "./inspect.js";
 import { pitsCommand } from "./pits.js";
-import { runProgram } from "./run-program.js";
+import { allCommands, runProgram } from "./run-program.js";
 import { storeCommand } from "./store.js";
 
 /**
@@ -11,6 +11,11 @@ import { storeCommand } from "./store.js";
  * one JSON object on stderr with --json; stack traces only with --debug.
  */
 export async function main(argv: string[]): Promise<number> {
+  return runProgram(await lifeboatProgram(), argv);
+}
+
+/** Every command and option of `lifeboat`, unparsed (the CLI reference is generated from it). */
+export async function lifeboatProgram(): Promise<Command> {
   const program = new Command("lifeboat")
     .description("Lifeboat: disaster recovery for servers you cannot afford to lose")
     .option("--json", "print one JSON document on stdout")
@@ -32,5 +37,8 @@ export async function main(argv: string[]): Promise<number> {
   program.addCommand((await import("./jobs.js")).jobsCommand());
   program.addCommand((await import("./agent.js")).agentCommand());
   program.addCommand((await import("./bundle.js")).bundleCommand());
-  return runProgram(program, argv);
+  return program;
 }
+
+// The walk over every command is shared with the agent bundle's entry point.
+export { allCommands };

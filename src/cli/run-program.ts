@@ -40,6 +40,6 @@ export async function runProgram(program: Command, argv: string[]): Promise<numb
   }
 }
 
-function allCommands(c: Command): Command[] {
+export function allCommands(c: Command): Command[] {
   return [c, ...c.commands.flatMap(allCommands)];
 }

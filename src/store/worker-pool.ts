@@ -168,7 +168,8 @@ export class WorkerPool {
       w.on("message", (msg: WorkerResponse) => this.settle(msg));
       w.on("error", (err) => this.fail(err));
       w.on("exit", () => {
-        if (this.pending.size > 0) this.fail(new LifeboatError("STORE_IO", "a chunk worker stopped with work in hand"));
+        if (this.pending.size > 0)
+          this.fail(new LifeboatError("STORE_IO", "a chunk worker stopped with work in hand"));
       });
       this.workers.push(w);
     }

@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import type { TestContext } from "node:test";
 
-export type Capability = "root" | "loop" | "tracefs" | "fsfreeze" | "qemu";
+export type Capability = "root" | "loop" | "tracefs" | "fsfreeze" | "qemu" | "netns";
 
 export const strictCapabilities = process.env.LIFEBOAT_TEST_STRICT === "1";
 
@@ -46,6 +46,14 @@ const checks: Record<Capability, () => string | null> = {
   fsfreeze: () => {
     if (!isRoot()) return "fsfreeze needs root";
     return onPath("fsfreeze") ? null : "fsfreeze is not installed (util-linux)";
+  },
+  netns: () => {
+    if (!isRoot()) return "network namespaces need root";
+    if (!onPath("ip")) return "ip is not installed (iproute2)";
+    if (!onPath("nft")) return "nft is not installed (nftables)";
+    return spawnSync("ip", ["netns", "list"], { stdio: "ignore" }).status === 0
+      ? null
+      : "ip netns does not work here";
   },
   qemu: () => {
     for (const cmd of ["qemu-system-x86_64", "qemu-img"])
