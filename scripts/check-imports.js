@@ -51,6 +51,11 @@ const RULES = [
     banned: ["store", "wire", "agent", "replicator", "control", "launch", "net", "cli"],
     why: "base is below every domain",
   },
+  {
+    from: "console",
+    banned: ["base", "store", "wire", "agent", "replicator", "control", "launch", "net", "cli"],
+    why: "the console runs in the browser and talks to the control plane only over its HTTP API",
+  },
   { from: "net", banned: ["control", "replicator", "store", "cli"], why: "net is shared by the agent" },
   {
     from: "bundle",
@@ -73,7 +78,7 @@ const RULES = [
 function walk(dir) {
   return readdirSync(dir).flatMap((n) => {
     const p = path.join(dir, n);
-    return statSync(p).isDirectory() ? walk(p) : p.endsWith(".ts") ? [p] : [];
+    return statSync(p).isDirectory() ? walk(p) : p.endsWith(".ts") || p.endsWith(".tsx") ? [p] : [];
   });
 }
 

@@ -299,6 +299,8 @@ export class AgentService {
                 path: d.path,
                 sizeBytes: d.sizeBytes,
                 state: d.state,
+                // Initial sync and rescan progress, for the console's disks table.
+                ...(d.progress ? { progress: d.progress } : {}),
               })),
               tracker: s.tracker,
               ...(boot ? { boot } : {}),

@@ -36,6 +36,7 @@ export async function lifeboatProgram(): Promise<Command> {
   program.addCommand((await import("./replicator.js")).replicatorCommand());
   program.addCommand((await import("./jobs.js")).jobsCommand());
   program.addCommand((await import("./agent.js")).agentCommand());
+  program.addCommand((await import("./webhooks.js")).webhooksCommand());
   program.addCommand((await import("./bundle.js")).bundleCommand());
   return program;
 }

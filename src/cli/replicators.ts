@@ -10,11 +10,12 @@ interface ReplicatorView {
   address: string;
   state: string;
   online: boolean;
+  drained?: boolean;
   lastSeenAt: string | null;
   assignedServers: string[];
 }
 
-/** `lifeboat replicators list|show|decommission`, over the API. */
+/** `lifeboat replicators list|show|drain|undrain|decommission`, over the API. */
 export function replicatorsCommand(): Command {
   const replicators = new Command("replicators").description("replicators at the recovery site");
   apiOptions(replicators.command("list").description("list replicators")).action(
@@ -33,6 +34,7 @@ export function replicatorsCommand(): Command {
               x.state,
               x.online ? "online" : "offline",
               `${x.assignedServers.length} server(s)`,
+              x.drained ? "drained" : "in pool",
             ].join("\t"),
           ),
         );
@@ -58,6 +60,35 @@ export function replicatorsCommand(): Command {
         );
     }),
   );
+  for (const verb of ["drain", "undrain"] as const) {
+    apiOptions(
+      replicators
+        .command(verb)
+        .description(
+          verb === "drain"
+            ? "move a replicator's pool servers to other replicators and give it no new ones (admin)"
+            : "let a drained replicator take servers from the pool again (admin)",
+        )
+        .argument("<replicator>", "id or name"),
+    ).action(
+      action<ApiOpts>(async (ctx, o, cmd) => {
+        const key = cmd.args[0]!;
+        const r = await withApi(ctx, o, (api) =>
+          api.call<ReplicatorView>(`/api/v1/replicators/${encodeURIComponent(key)}/${verb}`, {
+            method: "POST",
+            body: {},
+          }),
+        );
+        if (ctx.json) printJson(r);
+        else
+          printLines([
+            verb === "drain"
+              ? `${r.name} drained: its ${r.assignedServers.length} pool server(s) move to other replicators within seconds`
+              : `${r.name} takes servers from the pool again`,
+          ]);
+      }),
+    );
+  }
   apiOptions(
     replicators
       .command("decommission")

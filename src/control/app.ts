@@ -7,6 +7,7 @@ import { actorName } from "./auth.js";
 import type { AppContext } from "./context.js";
 import { installErrorHandling } from "./http-error.js";
 import { certificateRoutes } from "./routes/certificates.js";
+import { installSecurityHeaders } from "./routes/console-static.js";
 import { healthRoutes } from "./routes/health.js";
 import { jobRoutes } from "./routes/jobs.js";
 import { pitRoutes } from "./routes/pits.js";
@@ -18,6 +19,8 @@ import { tokenRoutes } from "./routes/tokens.js";
 export interface BuildAppOptions extends AppContext {
   /** TLS options (serverTlsOptions()) to serve HTTPS; without, plain HTTP for fastify.inject tests. */
   https?: TlsOptions & SecureContextOptions;
+  /** The web console's built files (default: dist/console of this build). */
+  consoleDir?: string;
 }
 
 const STATE_CHANGING = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -84,6 +87,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   });
 
   installErrorHandling(app);
+  installSecurityHeaders(app);
   await app.register(swagger, {
     openapi: {
       openapi: "3.0.3",
@@ -106,6 +110,13 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   (await import("./routes/commands.js")).commandRoutes(app, ctx);
   (await import("./routes/launches.js")).launchRoutes(app, ctx);
   (await import("./routes/plans.js")).planRoutes(app, ctx);
+  (await import("./routes/metrics.js")).metricsRoutes(app, ctx);
+  (await import("./routes/events.js")).eventRoutes(app, ctx);
+  (await import("./routes/webhooks.js")).webhookRoutes(app, ctx);
+  // The web console: its page and assets, sign-in, and the read APIs its pages need.
+  (await import("./routes/console-static.js")).consoleStaticRoutes(app, opts.consoleDir);
+  (await import("./routes/session.js")).sessionRoutes(app, ctx);
+  (await import("./routes/console.js")).consoleRoutes(app, ctx);
   (await import("./routes/downloads.js")).downloadRoutes(app, ctx);
   return app;
 }

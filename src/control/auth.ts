@@ -5,13 +5,15 @@ import { type ClientRole, verifyClientCertificate } from "../net/index.js";
 import { type ApiKeyRole, type Database } from "./db/index.js";
 import { httpError } from "./http-error.js";
 import { hashSecret, splitSecret } from "./secrets.js";
+import { findSession, sessionCookieOf } from "./sessions.js";
 
 /**
- * Who is asking. Operators come with `Authorization: Bearer <API key>`;
+ * Who is asking. Operators come with `Authorization: Bearer <API key>` or the
+ * web console's session cookie (sessions.ts; `session` set, the key's role);
  * agents and replicators with a client certificate on the TLS connection.
  */
 export type Actor =
-  | { kind: "apikey"; id: string; role: ApiKeyRole; name: string }
+  | { kind: "apikey"; id: string; role: ApiKeyRole; name: string; session?: boolean }
   | { kind: "client"; role: ClientRole; subjectId: string; serial: string }
   | { kind: "anonymous" };
 
@@ -66,20 +68,18 @@ async function authenticateOperator(
   clock: Clock,
 ): Promise<void> {
   const header = request.headers.authorization;
-  if (header === undefined) throw httpError(401, "AUTH_REQUIRED", "this route needs an API key", BEARER_HINT);
+  if (header === undefined) {
+    const cookie = sessionCookieOf(request.headers.cookie);
+    if (cookie !== undefined) return authenticateSession(request, database, clock, cookie);
+    throw httpError(401, "AUTH_REQUIRED", "this route needs an API key", BEARER_HINT);
+  }
   const m = /^Bearer\s+(\S+)$/i.exec(header);
-  const parts = m ? splitSecret(m[1]!) : undefined;
-  if (parts === undefined) throw httpError(401, "AUTH_INVALID", "the API key is malformed", BEARER_HINT);
-  const row = await database.db
-    .selectFrom("api_keys")
-    .select(["id", "role", "name", "revoked_at"])
-    .where("key_hash", "=", hashSecret(parts.secret))
-    .executeTakeFirst();
-  if (row === undefined || row.id !== parts.id || row.revoked_at !== null) {
+  const row = m ? await findApiKey(database, m[1]!) : undefined;
+  if (row === undefined) {
     throw httpError(
       401,
       "AUTH_INVALID",
-      "the API key is unknown or revoked",
+      "the API key is unknown, malformed or revoked",
       "ask an admin for a current key",
     );
   }
@@ -89,6 +89,77 @@ async function authenticateOperator(
     .set({ last_used_at: clock.now() })
     .where("id", "=", row.id)
     .execute();
+}
+
+/** The current (unrevoked) API key whose full value is `key`, or undefined. */
+export async function findApiKey(
+  database: Database,
+  key: string,
+): Promise<{ id: string; role: ApiKeyRole; name: string } | undefined> {
+  const parts = splitSecret(key);
+  if (parts === undefined) return undefined;
+  const row = await database.db
+    .selectFrom("api_keys")
+    .select(["id", "role", "name", "revoked_at"])
+    .where("key_hash", "=", hashSecret(parts.secret))
+    .executeTakeFirst();
+  if (row === undefined || row.id !== parts.id || row.revoked_at !== null) return undefined;
+  return { id: row.id, role: row.role, name: row.name };
+}
+
+const STATE_CHANGING = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+/** The header a console request carries on every state-changing call (a page of another origin cannot set it without CORS, which this server never allows). */
+export const CSRF_HEADER = "x-lifeboat-csrf";
+
+/**
+ * Cross-site request forgery: a cookie goes with any request the browser
+ * sends, even one another site's page made. A state-changing request
+ * authenticated by cookie must carry CSRF_HEADER (a cross-origin page cannot
+ * add a custom header without a CORS preflight this server refuses) and, when
+ * the browser sends an Origin, one naming this host. 403 AUTH_CSRF otherwise.
+ */
+export function checkCsrf(request: FastifyRequest): void {
+  if (!STATE_CHANGING.has(request.method)) return;
+  if (request.headers[CSRF_HEADER] !== "1")
+    throw httpError(
+      403,
+      "AUTH_CSRF",
+      `a state-changing request signed in by cookie must carry the header X-Lifeboat-CSRF: 1`,
+      "use the console, or send the API key as `Authorization: Bearer` instead of the cookie",
+    );
+  const origin = request.headers.origin;
+  if (origin === undefined) return;
+  let host: string | undefined;
+  try {
+    host = new URL(origin).host;
+  } catch {
+    host = undefined;
+  }
+  if (host === undefined || host !== request.headers.host)
+    throw httpError(
+      403,
+      "AUTH_CSRF",
+      `the request came from origin ${origin}, not from this server's console`,
+      "open the console at this server's own address",
+    );
+}
+
+async function authenticateSession(
+  request: FastifyRequest,
+  database: Database,
+  clock: Clock,
+  cookie: string,
+): Promise<void> {
+  const key = await findSession(database, clock, cookie);
+  if (key === undefined)
+    throw httpError(
+      401,
+      "AUTH_SESSION_EXPIRED",
+      "the console session is unknown, expired or its API key was revoked",
+      "sign in again",
+    );
+  checkCsrf(request);
+  request.actor = { kind: "apikey", id: key.id, role: key.role, name: key.name, session: true };
 }
 
 /** True when the certificates table says `serial` was revoked (or does not know it). */
@@ -168,7 +239,8 @@ export function requireOperatorOrClient(
 ) {
   const operator = requireOperator(database, clock, "viewer");
   return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    if (request.headers.authorization !== undefined) return operator(request, reply);
+    if (request.headers.authorization !== undefined || sessionCookieOf(request.headers.cookie) !== undefined)
+      return operator(request, reply);
     const socket = request.raw.socket as TLSSocket;
     const hasCert =
       typeof socket.getPeerCertificate === "function" &&

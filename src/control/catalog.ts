@@ -1,7 +1,8 @@
 import type { Insertable } from "kysely";
 import type { Pit, Repository } from "../store/index.js";
 import { listPits } from "../store/index.js";
-import type { Database, Schema } from "./db/index.js";
+import { type Clock, systemClock } from "../base/index.js";
+import { type Database, type Schema, appendEventIn, lockForAppend } from "./db/index.js";
 
 function pitRow(repositoryId: string, serverId: string | null, p: Pit): Insertable<Schema["pits"]> {
   return {
@@ -17,18 +18,44 @@ function pitRow(repositoryId: string, serverId: string | null, p: Pit): Insertab
   };
 }
 
-/** Adds one PIT the replicator just made to the catalog (nothing if it is there already). */
+/**
+ * Adds one PIT the replicator just made to the catalog (nothing if it is
+ * there already) and, when it was new, a `pit.created` event in the same
+ * transaction.
+ */
 export async function recordPit(
   database: Database,
   repositoryId: string,
   serverId: string,
   pit: Pit,
+  clock: Clock = systemClock,
 ): Promise<void> {
-  await database.db
-    .insertInto("pits")
-    .values(pitRow(repositoryId, serverId, pit))
-    .onConflict((oc) => oc.column("id").doNothing())
-    .execute();
+  await database.db.transaction().execute(async (trx) => {
+    await lockForAppend(trx, database.dialect, "events");
+    const added = await trx
+      .insertInto("pits")
+      .values(pitRow(repositoryId, serverId, pit))
+      .onConflict((oc) => oc.column("id").doNothing())
+      .executeTakeFirst();
+    if (Number(added.numInsertedOrUpdatedRows ?? 0n) === 0) return;
+    await appendEventIn(
+      trx,
+      database.dialect,
+      [
+        {
+          type: "pit.created",
+          serverId,
+          payload: {
+            pitId: pit.id,
+            time: new Date(pit.timeMs).toISOString(),
+            consistency: pit.consistency,
+            disks: pit.disks.length,
+          },
+        },
+      ],
+      clock,
+    );
+  });
 }
 
 /**

@@ -1,6 +1,7 @@
 import { type RawBuilder, sql } from "kysely";
 import type { Clock } from "../base/index.js";
 import { type Database, type Dialect, appendEventIn, lockForAppend } from "./db/index.js";
+import { recordLagSample } from "./lag-history.js";
 
 /**
  * Heartbeats and the DISCONNECTED sweep.
@@ -58,7 +59,11 @@ export async function recordHeartbeat(
     .where("state", "=", report.state)
     .where("decommissioned_at", "is", null)
     .executeTakeFirst();
-  if (Number(same.numUpdatedRows) > 0) return { found: true };
+  if (Number(same.numUpdatedRows) > 0) {
+    // The console's lag chart (lag-history.ts): a sample a minute at most; a change of state waits for the next.
+    await recordLagSample(database, clock, serverId, report);
+    return { found: true };
+  }
   return database.db.transaction().execute(async (trx) => {
     await lockForAppend(trx, database.dialect, "events");
     const row = await trx

@@ -1,5 +1,15 @@
 import { type Clock, LifeboatError } from "../base/index.js";
-import type { Database, Job, JobLogLine, JobState, JobType } from "./db/index.js";
+import type { Transaction } from "kysely";
+import {
+  type Database,
+  type Job,
+  type JobLogLine,
+  type JobState,
+  type JobType,
+  type Schema,
+  appendEventIn,
+  lockForAppend,
+} from "./db/index.js";
 import { newId } from "./secrets.js";
 
 /**
@@ -7,7 +17,8 @@ import { newId } from "./secrets.js";
  * Other domains create and advance them through these functions (the launch
  * code will); operators read them over the API. A log line's seq counts from
  * 1 within its job and is assigned under the job's row lock, so two writers
- * never take the same number.
+ * never take the same number. A job that reaches a finished state appends a
+ * `job.finished` event in the same transaction.
  */
 export const JOB_STATES = ["pending", "running", "succeeded", "failed", "terminated"] as const;
 const FINISHED: ReadonlySet<string> = new Set(["succeeded", "failed", "terminated"]);
@@ -85,7 +96,10 @@ export async function logJobStep(
   },
 ): Promise<JobLogView> {
   return database.db.transaction().execute(async (trx) => {
-    let q = trx.selectFrom("jobs").select(["id", "state"]).where("id", "=", jobId);
+    // The events lock before the job's row lock: the order every writer keeps (db/events.ts).
+    const finishing = line.state !== undefined && FINISHED.has(line.state);
+    if (finishing) await lockForAppend(trx, database.dialect, "events");
+    let q = trx.selectFrom("jobs").select(["id", "type", "state", "server_ids_json"]).where("id", "=", jobId);
     if (database.dialect === "postgres") q = q.forUpdate();
     const job = await q.executeTakeFirst();
     if (job === undefined)
@@ -128,6 +142,8 @@ export async function logJobStep(
       })
       .where("id", "=", jobId)
       .execute();
+    if (finishing && !FINISHED.has(job.state))
+      await appendJobFinished(trx, database, clock, job, line.state!);
     return logView(entry);
   });
 }
@@ -227,16 +243,44 @@ export async function requestTerminate(database: Database, clock: Clock, jobId: 
     .where("terminate_requested_at", "is", null)
     .execute();
   if (row.state === "pending") {
-    const still = await database.db
-      .updateTable("jobs")
-      .set({ state: "terminated", finished_at: now, updated_at: now })
-      .where("id", "=", jobId)
-      .where("state", "=", "pending")
-      .executeTakeFirst();
+    const still = await database.db.transaction().execute(async (trx) => {
+      await lockForAppend(trx, database.dialect, "events");
+      const r = await trx
+        .updateTable("jobs")
+        .set({ state: "terminated", finished_at: now, updated_at: now })
+        .where("id", "=", jobId)
+        .where("state", "=", "pending")
+        .executeTakeFirst();
+      if (Number(r.numUpdatedRows) === 1) await appendJobFinished(trx, database, clock, row, "terminated");
+      return r;
+    });
     if (Number(still.numUpdatedRows) === 1)
       await logJobStep(database, clock, jobId, { message: "terminated by an operator before it started" });
   } else {
     await logJobStep(database, clock, jobId, { message: "an operator asked to terminate it" });
   }
   return (await getJob(database, jobId))!.job;
+}
+
+/** The `job.finished` event, in the transaction that finished the job (which holds the events lock). */
+async function appendJobFinished(
+  trx: Transaction<Schema>,
+  database: Database,
+  clock: Clock,
+  job: Pick<Job, "id" | "type" | "server_ids_json">,
+  state: string,
+): Promise<void> {
+  const serverIds = JSON.parse(job.server_ids_json) as string[];
+  await appendEventIn(
+    trx,
+    database.dialect,
+    [
+      {
+        type: "job.finished",
+        serverId: serverIds.length === 1 ? serverIds[0] : null,
+        payload: { jobId: job.id, type: job.type, state, serverIds },
+      },
+    ],
+    clock,
+  );
 }

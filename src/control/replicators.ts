@@ -3,12 +3,32 @@ import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
 import { OVERRIDE_SCHEMAS } from "./settings.js";
 
 /**
- * Replicators and the servers assigned to them. The assignment is a
- * replication setting (`replicatorId`: the template's value, or a server's
- * own override), read here on every call rather than copied into the servers
- * table, so no control-plane process can hold a stale copy of it.
+ * Replicators and the servers assigned to them. A server's replicator is its
+ * replicatorId setting when that is set (its own override, even to null:
+ * the control plane's embedded replicator; or a replicator named in the
+ * template); otherwise the replicator pool's choice (replicator-pool.ts), or
+ * none (the embedded replicator). Read here on every call rather than copied
+ * into the servers table, so no control-plane process can hold a stale copy.
  */
 export async function assignments(database: Database): Promise<Map<string, string | null>> {
+  const explicit = await explicitAssignments(database);
+  const pool = await database.db
+    .selectFrom("pool_assignments")
+    .select(["server_id", "replicator_id"])
+    .execute();
+  const pooled = new Map(pool.map((r) => [r.server_id, r.replicator_id]));
+  const servers = await database.db
+    .selectFrom("servers")
+    .select("id")
+    .where("decommissioned_at", "is", null)
+    .execute();
+  return new Map(
+    servers.map((s) => [s.id, explicit.has(s.id) ? explicit.get(s.id)! : (pooled.get(s.id) ?? null)]),
+  );
+}
+
+/** Servers whose replicatorId setting decides their replicator (value: that setting), as assignments() reads it. */
+export async function explicitAssignments(database: Database): Promise<Map<string, string | null>> {
   const rows = await database.db
     .selectFrom("settings")
     .select(["scope", "json"])
@@ -29,7 +49,8 @@ export async function assignments(database: Database): Promise<Map<string, strin
   const out = new Map<string, string | null>();
   for (const s of servers) {
     const own = byScope.get(s.id);
-    out.set(s.id, own?.set ? own.value : template);
+    if (own?.set) out.set(s.id, own.value);
+    else if (template !== null) out.set(s.id, template);
   }
   return out;
 }

@@ -41,6 +41,8 @@ export const replicationSettingsSchema = z.strictObject({
   postThawHook: shortText.nullable(),
   replicatorId: z.string().min(1).max(64).nullable(),
   tags: z.array(z.string().min(1).max(64)).max(64),
+  /** The recovery point objective: the newest PIT may be at most this old (metrics, rpo.ts). */
+  rpoMinutes: z.number().int().min(1).max(10_080),
 });
 const address = z
   .string()
@@ -105,6 +107,7 @@ export const BUILTIN_SETTINGS: { replication: ReplicationSettings; launch: Launc
     postThawHook: null,
     replicatorId: null,
     tags: [],
+    rpoMinutes: 30,
   },
   launch: {
     target: "image",

@@ -19,13 +19,16 @@ import { isRevoked } from "./auth.js";
 import { buildApp } from "./app.js";
 import { recordPit } from "./catalog.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
-import { type Database, migrateToLatest, openDatabase } from "./db/index.js";
+import { type Database, migrateToLatest, openDatabase, tryAcquireLease } from "./db/index.js";
 import { sweepDisconnected } from "./heartbeats.js";
 import { JobRunner } from "./job-runner.js";
 import { launchHandler } from "./launch-job.js";
 import { planHandler } from "./plans.js";
+import { balancePool } from "./replicator-pool.js";
 import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
+import { startRpoChecks } from "./rpo.js";
+import { WebhookDeliverer } from "./webhook-delivery.js";
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -53,7 +56,9 @@ export interface StartOptions {
  * file is open to others (FILE_MODE_INSECURE naming the file), migrates the
  * database, and listens with TLS 1.3 (client certificates asked for, not
  * required). Logs are pino JSON. SIGTERM closes gracefully. While it runs,
- * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED. Unless
+ * it marks servers silent for heartbeatTimeoutSeconds DISCONNECTED, checks
+ * every server's RPO (rpo.ts) and delivers events to webhooks
+ * (webhook-delivery.ts), those two on one instance at a time. Unless
  * told otherwise it embeds the replicator: agents' replication streams
  * (ALPN lifeboat-wire/1 on the same port, mutual TLS with their own
  * certificate, revocations honoured) are written to the configured repository.
@@ -139,18 +144,25 @@ export async function startServer(
   // Every instance sweeps; the sweep is safe to run from several at once (heartbeats.ts).
   const timeoutMs = config.heartbeatTimeoutSeconds * 1000;
   let sweeping: Promise<unknown> = Promise.resolve();
-  const sweeper = setInterval(
-    () => {
-      sweeping = sweepDisconnected(database, clock, timeoutMs).then(
+  const poolHolder = runner.instance;
+  const poolEveryMs = Math.min(10_000, Math.max(1000, timeoutMs / 4));
+  const sweeper = setInterval(() => {
+    sweeping = sweepDisconnected(database, clock, timeoutMs)
+      .then(
         (r) => {
           if (r.servers.length + r.replicators.length > 0) logger.warn(r, "disconnected");
         },
         (err: unknown) => logger.error({ err }, "the disconnected sweep failed"),
-      );
-    },
-    Math.min(30_000, Math.max(1000, timeoutMs / 4)),
-  );
+      )
+      .then(() => poolTick(database, clock, logger, { holder: poolHolder, timeoutMs, everyMs: poolEveryMs }))
+      .then(() => (replicator ? releaseElsewhere(database, replicator) : undefined))
+      .catch((err: unknown) => logger.error({ err }, "the replicator pool's balance failed"));
+  }, poolEveryMs);
   sweeper.unref();
+  // Once across instances, each under its lease: RPO transitions become events; events go to webhooks.
+  const rpoChecks = startRpoChecks({ database, clock, logger, instance: runner.instance });
+  const deliverer = new WebhookDeliverer({ database, clock, logger, instance: runner.instance });
+  deliverer.start();
   let closing: Promise<void> | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "shutting down");
@@ -161,6 +173,8 @@ export async function startServer(
       process.removeListener("SIGTERM", onSignal);
       process.removeListener("SIGINT", onSignal);
       clearInterval(sweeper);
+      await rpoChecks.close();
+      await deliverer.close();
       // Wire connections first: the HTTP server's close waits for every socket.
       await runner.close();
       await replicator?.close();
@@ -238,7 +252,7 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
           .where("name", "=", server)
           .executeTakeFirst();
         if (!row) return;
-        await recordPit(database, repo.config.id, row.id, pit);
+        await recordPit(database, repo.config.id, row.id, pit, clock);
         await applyRetention(database, repo, row.id, server);
       })().catch((err: unknown) => logger.error({ err, pit: pit.id }, "cannot add the PIT to the catalog"));
     },
@@ -276,4 +290,29 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
       return row.name;
     },
   });
+}
+
+/** Balances the replicator pool when this instance holds (or takes) its lease. */
+async function poolTick(
+  database: Database,
+  clock: Clock,
+  logger: Logger,
+  o: { holder: string; timeoutMs: number; everyMs: number },
+): Promise<void> {
+  if (!(await tryAcquireLease(database.db, "replicator-pool", o.holder, o.everyMs * 3, clock))) return;
+  const moves = await balancePool(database, clock, { heartbeatTimeoutMs: o.timeoutMs });
+  for (const m of moves) logger.warn(m, "server reassigned by the replicator pool");
+}
+
+/** Ends the embedded replicator's streams of servers now assigned to a separate replicator. */
+async function releaseElsewhere(database: Database, replicator: Replicator): Promise<void> {
+  const names = replicator.servers();
+  if (names.length === 0) return;
+  const rows = await database.db
+    .selectFrom("servers")
+    .select(["id", "name"])
+    .where("name", "in", names)
+    .execute();
+  const assigned = await assignments(database);
+  for (const r of rows) if (assigned.get(r.id)) await replicator.release(r.name);
 }

@@ -67,6 +67,29 @@ export class Replicator {
     });
   }
 
+  /** The servers (by name) whose streams this replicator holds now. */
+  servers(): string[] {
+    return [...this.replicas.keys()];
+  }
+
+  /**
+   * Ends `server`'s stream here (it was assigned to another replicator): the
+   * connection closes, the replica is checkpointed, and the agent reconnects
+   * to the replicator its settings name, where it resumes.
+   */
+  async release(server: string): Promise<void> {
+    const r = this.replicas.get(server);
+    if (!r) return;
+    this.log.info({ server }, "releasing a stream assigned elsewhere");
+    r.connection.close(
+      new LifeboatError("REPLICATOR_NOT_ASSIGNED", `server ${server} is now assigned to another replicator`, {
+        hint: "the agent reads its replicator's address from its settings and reconnects there",
+        retryable: true,
+      }),
+    );
+    await this.retire(r);
+  }
+
   /** Closes every connection and replica (checkpointing those in good order). */
   async close(): Promise<void> {
     this.closed = true;

@@ -195,7 +195,12 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
           },
         );
         every = r.heartbeatSeconds;
-        if (r.servers.some((id) => !assigned.has(id)) || r.servers.length !== assigned.size) await refresh();
+        if (r.servers.some((id) => !assigned.has(id)) || r.servers.length !== assigned.size) {
+          await refresh();
+          // Streams of servers assigned elsewhere (a drain, the pool's rebalance) end here.
+          const names = new Set(assigned.values());
+          for (const server of replicator.servers()) if (!names.has(server)) await replicator.release(server);
+        }
       } catch (err) {
         if (!stopped) log.warn({ err: String(err) }, "replicator heartbeat failed");
       }

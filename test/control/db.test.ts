@@ -36,9 +36,22 @@ const TABLES: (keyof Schema)[] = [
   "leases",
   "agent_commands",
   "group_pits",
+  "webhooks",
+  "rpo_status",
+  "pool_assignments",
+  "console_sessions",
+  "lag_samples",
 ];
 
-const ALL_MIGRATIONS = ["0001_initial", "0002_replicators_jobs", "0003_commands", "0004_launch"];
+const ALL_MIGRATIONS = [
+  "0001_initial",
+  "0002_replicators_jobs",
+  "0003_commands",
+  "0004_launch",
+  "0005_webhooks",
+  "0006_console",
+  "0007_replicator_pool",
+];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */
 const T = 1_764_000_000_123;

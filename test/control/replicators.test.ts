@@ -163,6 +163,7 @@ forEachDatabase("replicators", (open, dialect) => {
         out.replicators.map((r) => r.name),
         ["rep-1", "rep-2"],
       );
+      const count0 = (rows: unknown[]) => rows.length;
       const text = await runLifeboat(
         [
           "replicators",
@@ -176,7 +177,36 @@ forEachDatabase("replicators", (open, dialect) => {
         ],
         tmp,
       );
-      assert.match(text.stdout, /rep-1\t10\.1\.0\.5:443\tACTIVE\tonline\t2 server\(s\)/);
+      assert.match(text.stdout, /rep-1\t10\.1\.0\.5:443\tACTIVE\tonline\t2 server\(s\)\tin pool/);
+      const client = [
+        "--endpoint",
+        t.url,
+        "--ca-file",
+        path.join(t.dataDir, "ca.pem"),
+        "--api-key-file",
+        keyFile,
+      ];
+      const drain = await runLifeboat(["replicators", "drain", "rep-1", ...client, "--json"], tmp);
+      assert.equal(drain.code, 0, drain.stderr);
+      assert.equal((JSON.parse(drain.stdout) as { drained: boolean }).drained, true);
+      const row = await database.db
+        .selectFrom("replicators")
+        .select("drained")
+        .where("name", "=", "rep-1")
+        .executeTakeFirstOrThrow();
+      assert.equal(row.drained, 1);
+      const undrain = await runLifeboat(["replicators", "undrain", "rep-1", ...client], tmp);
+      assert.match(undrain.stdout, /rep-1 takes servers from the pool again/);
+      assert.equal(
+        count0(
+          await database.db
+            .selectFrom("audit_log")
+            .select("action")
+            .where("action", "=", "replicator.drain")
+            .execute(),
+        ),
+        1,
+      );
 
       // accepted heartbeats leave no audit record; registrations do
       const audit = await database.db.selectFrom("audit_log").select(["action", "result"]).execute();

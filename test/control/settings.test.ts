@@ -74,6 +74,7 @@ forEachDatabase("settings", (open) => {
       postThawHook: null,
       replicatorId: null,
       tags: [],
+      rpoMinutes: 30,
     });
     assert.deepEqual(d.overrides, {});
     const s = await get(t, "/api/v1/servers/srv_1/settings/launch");

@@ -36,6 +36,11 @@ export interface Schema {
   agent_commands: AgentCommandsTable;
   group_pits: GroupPitsTable;
   plans: PlansTable;
+  pool_assignments: PoolAssignmentsTable;
+  webhooks: WebhooksTable;
+  rpo_status: RpoStatusTable;
+  console_sessions: ConsoleSessionsTable;
+  lag_samples: LagSamplesTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -314,3 +319,64 @@ export type JobLogLine = Selectable<JobLogTable>;
 export type EventRow = Selectable<EventsTable>;
 export type AuditRecord = Selectable<AuditLogTable>;
 export type Lease = Selectable<LeasesTable>;
+
+/** Since 0007: the replicator pool's choice for a server without a replicatorId setting. */
+export interface PoolAssignmentsTable {
+  server_id: string;
+  replicator_id: string;
+  assigned_at: number;
+  /** Why it was (re)assigned: "new server", "replicator disconnected", "replicator drained", ... */
+  reason: string;
+}
+
+/**
+ * Since 0005: a webhook follows the events table from cursor_seq (the last
+ * event it delivered or skipped), one event at a time (webhooks.ts).
+ */
+export interface WebhooksTable {
+  id: string;
+  url: string;
+  /** Event types it gets (["*"]: every type). */
+  event_types_json: string;
+  /** The HMAC signing secret, in clear: it must sign. Never logged, shown once at creation. */
+  secret: string;
+  /** CA certificates (PEM) trusted for this URL instead of the system's; null: the system's. */
+  ca_pem: string | null;
+  created_at: number;
+  created_by: string;
+  cursor_seq: number;
+  /** Failed attempts at the event after cursor_seq (0 after a delivery). */
+  failures: ColumnType<number, number | undefined, number>;
+  /** Not before this time (the backoff after a failure). */
+  next_attempt_at: number;
+  last_delivered_at: number | null;
+  last_error: string | null;
+}
+
+/** Since 0005: whether a server's RPO was breached at the last check (rpo.ts). */
+export interface RpoStatusTable {
+  server_id: string;
+  breached: 0 | 1;
+  changed_at: number;
+}
+
+export type Webhook = Selectable<WebhooksTable>;
+
+/** Since 0006: web console sign-ins. The cookie value is never stored, only its SHA-256. */
+export interface ConsoleSessionsTable {
+  token_hash: string;
+  /** References api_keys.id: the session has that key's role, and ends when the key is revoked. */
+  api_key_id: string;
+  created_at: number;
+  expires_at: number;
+  /** The address that signed in. */
+  source: string;
+}
+
+/** Since 0006: a server's lag, sampled on heartbeats at most once a minute, kept about a day. */
+export interface LagSamplesTable {
+  server_id: string;
+  at: number;
+  lag_seconds: number | null;
+  backlog_bytes: number | null;
+}

@@ -27,6 +27,7 @@ const replicatorSchema = {
     capacity: { type: "object", additionalProperties: true },
     state: { type: "string" },
     online: { type: "boolean" },
+    drained: { type: "boolean" },
     lastSeenAt: { type: ["string", "null"] },
     registeredAt: { type: "string" },
     decommissionedAt: { type: ["string", "null"] },
@@ -72,6 +73,7 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
         r.decommissioned_at === null &&
         lastSeen !== null &&
         ctx.clock.now() - lastSeen <= ctx.config.heartbeatTimeoutSeconds * 1000,
+      drained: r.drained === 1,
       lastSeenAt: iso(lastSeen),
       registeredAt: iso(r.registered_at)!,
       decommissionedAt: iso(r.decommissioned_at),
@@ -339,6 +341,43 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
       return view(row, await assignments(ctx.database));
     },
   );
+
+  for (const [verb, drained] of [
+    ["drain", 1],
+    ["undrain", 0],
+  ] as const) {
+    app.post<{ Params: { id: string } }>(
+      `/api/v1/replicators/:id/${verb}`,
+      {
+        onRequest: admin,
+        config: { action: `replicator.${verb}` },
+        schema: {
+          summary:
+            verb === "drain"
+              ? "drain a replicator: the pool moves its servers to other replicators and gives it no new ones"
+              : "end a drain: the replicator takes servers from the pool again",
+          params: idParams,
+          response: { 200: replicatorSchema, ...errors },
+        },
+      },
+      async (request) => {
+        const key = request.params.id;
+        const row = await ctx.database.db
+          .selectFrom("replicators")
+          .selectAll()
+          .where((eb) => eb.or([eb("id", "=", key), eb("name", "=", key)]))
+          .where("decommissioned_at", "is", null)
+          .executeTakeFirst();
+        if (row === undefined) throw notFound(key);
+        request.auditTarget = `replicator:${row.id}`;
+        await ctx.database.db.updateTable("replicators").set({ drained }).where("id", "=", row.id).execute();
+        await auditRequest(ctx, request, `replicator.${verb}`, `replicator:${row.id}`, "ok", {
+          name: row.name,
+        });
+        return view({ ...row, drained }, await assignments(ctx.database));
+      },
+    );
+  }
 
   decommissionRoute(app, ctx, "replicator", {
     admin,

@@ -31,6 +31,7 @@ const patchProperties: Record<SettingsKind, Record<string, unknown>> = {
     postThawHook: nullable(text),
     replicatorId: nullable({ type: "string", minLength: 1, maxLength: 64 }),
     tags: nullable({ type: "array", maxItems: 64, items: { type: "string", minLength: 1, maxLength: 64 } }),
+    rpoMinutes: nullable({ type: "integer", minimum: 1, maximum: 10_080 }),
   },
   launch: {
     target: nullable({ type: "string", enum: ["image", "block", "qemu", "command"] }),

@@ -3,6 +3,9 @@ import { initial } from "./0001-initial.js";
 import { replicatorsJobs } from "./0002-replicators-jobs.js";
 import { commands } from "./0003-commands.js";
 import { launch } from "./0004-launch.js";
+import { webhooks } from "./0005-webhooks.js";
+import { consoleTables } from "./0006-console.js";
+import { replicatorPool } from "./0007-replicator-pool.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -17,4 +20,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0002_replicators_jobs": replicatorsJobs,
   "0003_commands": commands,
   "0004_launch": launch,
+  "0005_webhooks": webhooks,
+  "0006_console": consoleTables,
+  "0007_replicator_pool": replicatorPool,
 });
