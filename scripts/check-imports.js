@@ -57,6 +57,22 @@ const RULES = [
     why: "the console runs in the browser and talks to the control plane only over its HTTP API",
   },
   { from: "net", banned: ["control", "replicator", "store", "cli"], why: "net is shared by the agent" },
+  {
+    from: "bundle",
+    banned: [
+      "control",
+      "replicator",
+      "agent",
+      "launch",
+      "wire",
+      "console",
+      "cli",
+      "better-sqlite3",
+      "pg",
+      "kysely",
+    ],
+    why: "bundle builds and publishes the agent from its sources (esbuild), it never imports it; keys come from the caller",
+  },
 ];
 
 function walk(dir) {

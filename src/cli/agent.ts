@@ -26,7 +26,8 @@ import {
 import { parseFingerprint } from "../net/index.js";
 import { type CliContext, parseIntOption, parseSize, requireOption } from "./context.js";
 import { formatBytes, printJson, printLines } from "./output.js";
-import { action } from "./store.js";
+import { action } from "./action.js";
+import { agentUpgradeCommand } from "./agent-upgrade.js";
 
 const HOSTNAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -130,6 +131,7 @@ export function agentCommand(): Command {
     .option("--keep-config", "remove only the private key; keep config.json and the state")
     .option("--force", "remove the local installation even when the server cannot be told")
     .action(action<UninstallOpts>((ctx, o) => uninstall(ctx, o)));
+  agent.addCommand(agentUpgradeCommand(DEFAULT_AGENT_CONFIG_DIR));
   return agent;
 }
 

@@ -1,9 +1,8 @@
-import { Command, CommanderError } from "commander";
-import { LifeboatError } from "../base/index.js";
+import { Command } from "commander";
 import { demoCommand } from "./demo.js";
 import { inspectCommand } from "./inspect.js";
-import { reportError } from "./output.js";
 import { pitsCommand } from "./pits.js";
+import { allCommands, runProgram } from "./run-program.js";
 import { storeCommand } from "./store.js";
 
 /**
@@ -12,36 +11,7 @@ import { storeCommand } from "./store.js";
  * one JSON object on stderr with --json; stack traces only with --debug.
  */
 export async function main(argv: string[]): Promise<number> {
-  const json = argv.includes("--json");
-  const program = await lifeboatProgram();
-  for (const c of allCommands(program)) {
-    // With --json, usage errors are printed once, as JSON, below.
-    c.exitOverride()
-      .allowExcessArguments(false)
-      .configureOutput({ writeErr: (s) => void (json ? undefined : process.stderr.write(s)) });
-  }
-  try {
-    await program.parseAsync(argv);
-    return typeof process.exitCode === "number" ? process.exitCode : 0;
-  } catch (err) {
-    if (err instanceof CommanderError) {
-      if (
-        err.code === "commander.helpDisplayed" ||
-        err.code === "commander.help" ||
-        err.code === "commander.version"
-      )
-        return 0;
-      if (json) {
-        const message = err.message.replace(/^error: /, "");
-        reportError(new LifeboatError("USAGE", message, { hint: "see --help", exitCode: 2 }), {
-          json,
-          debug: false,
-        });
-      }
-      return 2;
-    }
-    return reportError(err, { json, debug: argv.includes("--debug") });
-  }
+  return runProgram(await lifeboatProgram(), argv);
 }
 
 /** Every command and option of `lifeboat`, unparsed (the CLI reference is generated from it). */
@@ -67,10 +37,10 @@ export async function lifeboatProgram(): Promise<Command> {
   program.addCommand((await import("./jobs.js")).jobsCommand());
   program.addCommand((await import("./agent.js")).agentCommand());
   program.addCommand((await import("./webhooks.js")).webhooksCommand());
+  program.addCommand((await import("./bundle.js")).bundleCommand());
   program.addCommand((await import("./doctor.js")).doctorCommand());
   return program;
 }
 
-export function allCommands(c: Command): Command[] {
-  return [c, ...c.commands.flatMap(allCommands)];
-}
+// The walk over every command is shared with the agent bundle's entry point.
+export { allCommands };

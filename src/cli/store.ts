@@ -23,28 +23,14 @@ import {
   verifyRepository,
   writeKeyFile,
 } from "../store/index.js";
-import {
-  type CliContext,
-  contextOf,
-  parseDuration,
-  parseIntOption,
-  parseSize,
-  requireOption,
-  withRepo,
-} from "./context.js";
+import { parseDuration, parseIntOption, parseSize, requireOption, withRepo } from "./context.js";
 import { Progress, formatBytes, printJson, printLines } from "./output.js";
 import { reindexCatalog } from "./reindex.js";
+import { action } from "./action.js";
 
 type RepoOpts = { repo?: string; keyFile?: string };
-type Handler<O> = (ctx: CliContext, opts: O, cmd: Command) => Promise<number | void>;
-
-/** Wraps a handler so it gets its context; the exit code travels back through `run`. */
-export function action<O>(handler: Handler<O>) {
-  return async function (this: Command) {
-    const code = await handler(contextOf(this), this.opts() as O, this);
-    if (typeof code === "number") process.exitCode = code;
-  };
-}
+// In its own file so that commands (the agent's) can use it without store's imports.
+export { action } from "./action.js";
 
 const repoOptions = (c: Command) =>
   c

@@ -117,6 +117,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   (await import("./routes/console-static.js")).consoleStaticRoutes(app, opts.consoleDir);
   (await import("./routes/session.js")).sessionRoutes(app, ctx);
   (await import("./routes/console.js")).consoleRoutes(app, ctx);
+  (await import("./routes/downloads.js")).downloadRoutes(app, ctx);
   (await import("./routes/doctor.js")).doctorRoutes(app, ctx);
   return app;
 }

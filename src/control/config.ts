@@ -57,6 +57,8 @@ export function dataPaths(dataDir: string) {
     serverKey: path.join(keys, "server.key"),
     signingKey: path.join(keys, "signing.key"),
     repoKey: path.join(keys, "repo.key"),
+    /** The signed agent bundle served at /downloads/agent/ (`lifeboat bundle build`). */
+    agentBundle: path.join(dataDir, "downloads", "agent"),
   };
 }
 

@@ -2,15 +2,16 @@ import type { Clock } from "../base/index.js";
 import type { Database } from "./db/index.js";
 import { bootProfiles, readinessOf } from "./readiness.js";
 import { assignments } from "./replicators.js";
-import { BUILTIN_SETTINGS, parseOverride } from "./settings.js";
+import { rpoTargets } from "./rpo.js";
+import { BUILTIN_SETTINGS } from "./settings.js";
 
 /**
  * One row of the console's Servers page: what an operator scans a thousand
  * of at a glance. Built with a fixed number of queries, whatever the count.
  *
  * RPO: a server meets its recovery point objective while its newest PIT is at
- * most two PIT intervals old (its effective `pitIntervalMinutes`): one interval
- * is the schedule, the second the time a PIT may take to be made and land.
+ * most its effective `rpoMinutes` old (rpo.ts, the same rule as /metrics and
+ * the RPO events).
  */
 export interface ServerOverview {
   id: string;
@@ -72,11 +73,11 @@ export async function serverOverview(
     database,
     rows.map((r) => r.id),
   );
-  const intervals = await pitIntervals(database);
+  const targets = await rpoTargets(database);
   return rows.map((s) => {
     const lastSeen = s.last_seen_at === null ? null : Number(s.last_seen_at);
     const pit = lastPit.get(s.id);
-    const targetSeconds = 2 * 60 * (intervals.get(s.id) ?? intervals.get("default")!);
+    const targetSeconds = targets.get(s.id) ?? BUILTIN_SETTINGS.replication.rpoMinutes * 60;
     const ageSeconds = pit ? Math.max(0, (now - Number(pit.time_ms)) / 1000) : null;
     const inventory = s.inventory_json === null ? null : (JSON.parse(s.inventory_json) as unknown);
     const r = readinessOf(inventory, profiles.get(s.id)!);
@@ -107,26 +108,4 @@ export async function serverOverview(
       group: s.group_name ?? null,
     };
   });
-}
-
-/** The effective pitIntervalMinutes of the template ("default") and of each server overriding it. */
-async function pitIntervals(database: Database): Promise<Map<string, number>> {
-  const rows = await database.db
-    .selectFrom("settings")
-    .select(["scope", "json"])
-    .where("kind", "=", "replication")
-    .execute();
-  const of = (json: string): number | undefined => {
-    const v = parseOverride("replication", json).pitIntervalMinutes;
-    return typeof v === "number" ? v : undefined;
-  };
-  const template =
-    of(rows.find((r) => r.scope === "default")?.json ?? "{}") ??
-    BUILTIN_SETTINGS.replication.pitIntervalMinutes;
-  const map = new Map<string, number>([["default", template]]);
-  for (const r of rows) {
-    const v = of(r.json);
-    if (r.scope !== "default" && v !== undefined) map.set(r.scope, v);
-  }
-  return map;
 }

@@ -308,7 +308,7 @@ forEachDatabase("console API", (open) => {
       consistency: "filesystem",
     });
     assert.equal(by.get("fresh")!.rpo.met, true);
-    assert.equal(by.get("fresh")!.rpo.targetSeconds, 20 * 60);
+    assert.equal(by.get("fresh")!.rpo.targetSeconds, 30 * 60, "the rpoMinutes setting (default 30)");
     assert.equal(by.get("stale")!.rpo.met, false);
     assert.equal(by.get("stale")!.online, false);
     assert.equal(by.get("never")!.lastPit, null);

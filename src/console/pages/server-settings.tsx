@@ -15,6 +15,7 @@ interface Field {
 const FIELDS: Record<SettingsView["kind"], Field[]> = {
   replication: [
     { name: "pitIntervalMinutes", label: "PIT every (minutes)", kind: "int" },
+    { name: "rpoMinutes", label: "RPO target (minutes)", kind: "int" },
     { name: "retention", label: "Retention", kind: "text" },
     {
       name: "consistency",

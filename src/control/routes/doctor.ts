@@ -9,6 +9,8 @@ import { checkToken } from "../tokens.js";
 
 /** The largest body the throughput test may send; the doctor sends a few MiB. */
 export const THROUGHPUT_MAX_BYTES = 8 * 1024 * 1024;
+/** The token check names at most this many data addresses (the doctor tries each). */
+const MAX_DATA_ADDRESSES = 8;
 
 /**
  * Routes the connectivity doctor (`lifeboat doctor`) uses from a source
@@ -140,18 +142,24 @@ function hasClientCert(request: FastifyRequest): boolean {
 
 /**
  * Where a server registered now would send its data: the replicator the
- * template assigns (its registered address), or nothing, meaning this
- * endpoint's own port (the embedded replicator).
+ * template's replicatorId names, else every replicator the pool could choose
+ * (up, not drained, not decommissioned; replicator-pool.ts), else nothing,
+ * meaning this endpoint's own port (the embedded replicator).
  */
 async function templateDataAddresses(ctx: AppContext): Promise<string[]> {
   const { settings } = await effectiveSettings(ctx.database, null, "replication");
   const id = typeof settings.replicatorId === "string" ? settings.replicatorId : null;
-  if (id === null) return [];
-  const rep = await ctx.database.db
+  let q = ctx.database.db
     .selectFrom("replicators")
     .select("address")
-    .where("id", "=", id)
     .where("decommissioned_at", "is", null)
-    .executeTakeFirst();
-  return rep ? [rep.address] : [];
+    .orderBy("name")
+    .limit(MAX_DATA_ADDRESSES);
+  if (id !== null) q = q.where("id", "=", id);
+  else
+    q = q
+      .where("drained", "=", 0)
+      .where("state", "!=", "DISCONNECTED")
+      .where("last_seen_at", ">=", ctx.clock.now() - ctx.config.heartbeatTimeoutSeconds * 1000);
+  return (await q.execute()).map((r) => r.address);
 }

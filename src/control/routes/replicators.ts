@@ -357,6 +357,7 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
               ? "drain a replicator: the pool moves its servers to other replicators and gives it no new ones"
               : "end a drain: the replicator takes servers from the pool again",
           params: idParams,
+          body: { type: "object", additionalProperties: false, properties: {} },
           response: { 200: replicatorSchema, ...errors },
         },
       },
