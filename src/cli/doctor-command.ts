@@ -13,7 +13,7 @@ import {
 } from "../net/index.js";
 import { type CliContext, parseDuration, parseSize } from "./context.js";
 import { printJson, printLines } from "./output.js";
-import { action } from "./store.js";
+import { action } from "./action.js";
 
 export interface DoctorOpts {
   endpoint?: string;
