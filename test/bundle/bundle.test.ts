@@ -40,7 +40,12 @@ void describe("agent bundle", () => {
     bundle = built.dir;
     fp = caFingerprint(path.join(d, "ca.pem"));
     tokenFile = path.join(tmp, "token");
-    await writeFile(tokenFile, "not-used-by-these-tests\n", { mode: 0o600 });
+    // A real token: install.sh's connectivity check asks the server about it (a dry run never spends it).
+    const made = await site.api<{ token: string }>("/api/v1/tokens", {
+      method: "POST",
+      body: { role: "agent" },
+    });
+    await writeFile(tokenFile, `${made.token}\n`, { mode: 0o600 });
   });
   after(async () => {
     await site?.close();
