@@ -347,7 +347,7 @@ say "ok   agent runs here ($([ $kind = sea ] && echo 'single executable' || echo
 # The connectivity doctor, when this agent has one.
 if agent --help 2>/dev/null | grep -q '^ *doctor'; then
 	say "== connectivity check"
-	set -- doctor --endpoint "$endpoint" --ca-file "$work/ca.pem" --token-file "$token_file"
+	set -- doctor --endpoint "$endpoint" --ca-file "$work/ca.pem" --token-file "$token_file" --config-dir "$config_dir"
 	if [ -n "$proxy" ]; then set -- "$@" --proxy "$proxy"; fi
 	agent "$@" || die "the connectivity check failed (report above); nothing was installed" "fix what it names, then run install.sh again"
 else

@@ -210,6 +210,13 @@ async function serverSteps(run: Run, reach: Reach, steps: DoctorStep[]): Promise
           );
         const r = await tokenStep(api, endpoint.url, opts.token, timeoutMs, clock.now());
         dataAddresses = r.dataAddresses;
+        // A host already registered needs no token (install.sh run again): a spent one is only news.
+        if (opts.identity && r.outcome.status === "fail")
+          return {
+            ...r.outcome,
+            status: "warn",
+            hint: `This host already has an agent identity for this endpoint, which needs no token. ${r.outcome.hint}`,
+          };
         return r.outcome;
       }),
     );
