@@ -13,12 +13,12 @@ import { appendFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { buildBundle, parseManifest } from "../../src/bundle/index.js";
+import { parseManifest } from "../../src/bundle/index.js";
 import { initServer } from "../../src/control/init.js";
 import { lifeboat } from "../support/cli.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
 import { startS3Server } from "../support/s3-server.js";
-import { caFingerprint, copyBundle, installSh, run } from "./helpers.js";
+import { buildSiteBundle, caFingerprint, copyBundle, installSh, run } from "./helpers.js";
 
 void describe("agent bundle", () => {
   let tmp = "";
@@ -29,16 +29,9 @@ void describe("agent bundle", () => {
   before(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), "lifeboat-bundle-"));
     site = await startSite(tmp);
-    const d = site.dataDir;
-    const built = await buildBundle({
-      outDir: path.join(d, "downloads", "agent"),
-      caPem: await readFile(path.join(d, "ca.pem"), "utf8"),
-      releaseCertPem: await readFile(path.join(d, "signing.pem"), "utf8"),
-      releaseKeyPem: await readFile(path.join(d, "keys", "signing.key"), "utf8"),
-      sea: false,
-    });
+    const built = await buildSiteBundle(site.dataDir, false);
     bundle = built.dir;
-    fp = caFingerprint(path.join(d, "ca.pem"));
+    fp = caFingerprint(path.join(site.dataDir, "ca.pem"));
     tokenFile = path.join(tmp, "token");
     // A real token: install.sh's connectivity check asks the server about it (a dry run never spends it).
     const made = await site.api<{ token: string }>("/api/v1/tokens", {

@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { cp, readFile } from "node:fs/promises";
 import path from "node:path";
+import { type BuildBundleOptions, type BuiltBundle, buildBundle } from "../../src/bundle/index.js";
 
 export interface ShRun {
   code: number | null;
@@ -44,4 +45,15 @@ export async function copyBundle(from: string, to: string): Promise<string> {
 
 export async function fileText(dir: string, name: string): Promise<string> {
   return readFile(path.join(dir, name), "utf8");
+}
+
+/** Builds the signed bundle of the server whose data directory is `dataDir` into D/downloads/agent (which it serves). */
+export async function buildSiteBundle(dataDir: string, sea: BuildBundleOptions["sea"]): Promise<BuiltBundle> {
+  return buildBundle({
+    outDir: path.join(dataDir, "downloads", "agent"),
+    caPem: await readFile(path.join(dataDir, "ca.pem"), "utf8"),
+    releaseCertPem: await readFile(path.join(dataDir, "signing.pem"), "utf8"),
+    releaseKeyPem: await readFile(path.join(dataDir, "keys", "signing.key"), "utf8"),
+    sea,
+  });
 }

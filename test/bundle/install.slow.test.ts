@@ -13,12 +13,11 @@ import { createHash, randomBytes } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { buildBundle } from "../../src/bundle/index.js";
 import { exportDisk, listPits } from "../../src/store/index.js";
 import { requireCapability } from "../support/capabilities.js";
 import { lifeboat } from "../support/cli.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
-import { caFingerprint, installSh, run } from "./helpers.js";
+import { buildSiteBundle, caFingerprint, installSh, run } from "./helpers.js";
 import { testNodeCache } from "./node-cache.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -31,16 +30,9 @@ void describe("install.sh end to end", () => {
   before(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), "lifeboat-install-"));
     site = await startSite(tmp);
-    const d = site.dataDir;
-    const built = await buildBundle({
-      outDir: path.join(d, "downloads", "agent"),
-      caPem: await readFile(path.join(d, "ca.pem"), "utf8"),
-      releaseCertPem: await readFile(path.join(d, "signing.pem"), "utf8"),
-      releaseKeyPem: await readFile(path.join(d, "keys", "signing.key"), "utf8"),
-      sea: { cacheDir: testNodeCache() },
-    });
+    const built = await buildSiteBundle(site.dataDir, { cacheDir: testNodeCache() });
     bundle = built.dir;
-    fp = caFingerprint(path.join(d, "ca.pem"));
+    fp = caFingerprint(path.join(site.dataDir, "ca.pem"));
   });
   after(async () => {
     await site?.close();

@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -84,31 +84,64 @@ void describe("a source server in a locked-down network", skipUnless("netns", "l
 
       const disk = await loopDiskForTest(t, { sizeMiB: 96 });
       spawnSync("sh", ["-c", `head -c 16M /dev/urandom > ${disk.mountPoint}/data && sync`]);
-      const configDir = path.join(tmp, "agent");
-      const install = await n.lifeboat(n.source, [
-        "agent",
-        "install",
+      // The operator builds the signed bundle (plain JavaScript: this host has Node); the server serves it.
+      const bundle = await lifeboat(["bundle", "build", "--data-dir", dataDir, "--no-sea"]);
+      assert.equal(bundle.code, 0, bundle.stderr);
+
+      // On the source: fetch install.sh over the one port, then let it fetch, verify and install the rest.
+      const site = `https://${n.hostName}:443`;
+      const work = path.join(tmp, "source");
+      await mkdir(work);
+      const fetched = await n.exec(n.source, "curl", [
+        "-fsSk",
+        "-o",
+        `${work}/install.sh`,
+        `${site}/downloads/agent/install.sh`,
+      ]);
+      assert.equal(fetched.code, 0, fetched.stderr);
+      const prefix = path.join(work, "opt");
+      const configDir = path.join(work, "etc");
+      const install = await n.exec(n.source, "sh", [
+        `${work}/install.sh`,
         "--endpoint",
-        `https://${n.hostName}:443`,
+        site,
         "--ca-fingerprint",
         fingerprint,
         "--token-file",
         tokenFile,
         "--devices",
         disk.device,
+        "--no-prompt",
+        "--no-systemd",
+        "--prefix",
+        prefix,
         "--config-dir",
         configDir,
-        "--no-prompt",
-        "--json",
+        "--unit-dir",
+        path.join(work, "units"),
+        "--runtime",
+        "node",
       ]);
-      assert.equal(install.code, 0, install.stderr);
-      const { serverName } = JSON.parse(install.stdout) as { serverName: string };
-      const agent = n.service(n.source, ["agent", "run", "--config-dir", configDir]);
+      assert.equal(install.code, 0, install.stdout + install.stderr);
+      assert.match(install.stdout + install.stderr, /verif/i);
+      const uninstall = () =>
+        n.exec(n.source, "sh", [
+          `${work}/install.sh`,
+          "uninstall",
+          "--prefix",
+          prefix,
+          "--config-dir",
+          configDir,
+        ]);
       try {
+        const servers = await n.lifeboat(n.recovery, ["servers", "list", ...operator, "--json"]);
+        const serverName = (JSON.parse(servers.stdout) as { servers: { name: string }[] }).servers[0]!.name;
         let status: AgentStatus | undefined;
         for (let i = 0; status?.state !== "CONTINUOUS"; i++) {
           if (i > 400)
-            assert.fail(`the agent did not reach CONTINUOUS: ${JSON.stringify(status)}\n${agent.log()}`);
+            assert.fail(
+              `the agent did not reach CONTINUOUS: ${JSON.stringify(status)}\n${await readFile(path.join(prefix, "agent.log"), "utf8").catch(() => "")}`,
+            );
           await sleep(250);
           const r = await lifeboat(["agent", "status", "--config-dir", configDir, "--json"]);
           if (r.code === 0) status = JSON.parse(r.stdout) as AgentStatus;
@@ -124,11 +157,11 @@ void describe("a source server in a locked-down network", skipUnless("netns", "l
           "--timeout",
           "2m",
         ]);
-        assert.equal(pit.code, 0, pit.stderr + agent.log());
+        assert.equal(pit.code, 0, pit.stderr);
         assert.equal((JSON.parse(pit.stdout) as { consistency: string }).consistency, "filesystem");
       } finally {
-        agent.child.kill("SIGTERM");
-        await agent.exited;
+        const u = await uninstall();
+        assert.equal(u.code, 0, u.stdout + u.stderr);
       }
       const dropped = await n.dropped();
       assert.deepEqual(dropped, { out: 0, in: 0 }, "the firewall saw no attempt to reach anything else");
