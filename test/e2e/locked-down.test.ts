@@ -7,7 +7,10 @@
  * an install token from a file, reaches the site by a name from its hosts
  * file, and replicates an ext4 loop device to a filesystem-consistent PIT.
  * The firewall's drop counter must stay at zero: nothing on the source tried
- * to reach anything but the recovery site's one port.
+ * to reach anything but the recovery site's one port. Then the doctor on the
+ * source: a wrong CA fingerprint fails at the TLS step, and a port the
+ * firewall drops fails at the TCP step with the firewall hint (and is
+ * counted).
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -166,15 +169,36 @@ void describe("a source server in a locked-down network", skipUnless("netns", "l
       const dropped = await n.dropped();
       assert.deepEqual(dropped, { out: 0, in: 0 }, "the firewall saw no attempt to reach anything else");
 
-      // The counter counts: a connection to another port of the recovery site is dropped and seen.
-      const probe = await n.exec(n.source, process.execPath, [
-        "-e",
-        `const s = require("node:net").connect(8443, "${n.recoveryAddress}");
-         s.setTimeout(1500, () => { console.log("timeout"); process.exit(0); });
-         s.on("error", (e) => { console.log(e.code); process.exit(0); });
-         s.on("connect", () => { console.log("connected"); process.exit(0); });`,
-      ]);
-      assert.equal(probe.stdout.trim(), "timeout", "a dropped SYN shows as a timeout, not a refusal");
+      // The doctor, on the source: a wrong CA fingerprint fails at the TLS step (over the allowed port).
+      type Report = { ok: boolean; steps: { name: string; status: string; hint?: string }[] };
+      const doctor = async (url: string, fp: string) => {
+        const r = await n.lifeboat(n.source, [
+          "doctor",
+          "--endpoint",
+          url,
+          "--ca-fingerprint",
+          fp,
+          "--timeout",
+          "2s",
+          "--json",
+        ]);
+        return { code: r.code, report: JSON.parse(r.stdout) as Report, stderr: r.stderr };
+      };
+      const wrong = await doctor(site, "AB".repeat(32));
+      assert.notEqual(wrong.code, 0);
+      assert.equal(
+        wrong.report.steps.find((x) => x.name === "tls")?.status,
+        "fail",
+        JSON.stringify(wrong.report),
+      );
+      assert.equal(wrong.report.steps.find((x) => x.name === "tcp")?.status, "ok");
+      assert.deepEqual(await n.dropped(), { out: 0, in: 0 }, "the doctor used only the allowed port");
+      // ... and a port the firewall drops fails at the TCP step with the firewall hint, and is counted.
+      const droppedPort = await doctor(`https://${n.hostName}:8443`, fingerprint);
+      assert.notEqual(droppedPort.code, 0);
+      const tcp = droppedPort.report.steps.find((x) => x.name === "tcp");
+      assert.equal(tcp?.status, "fail", JSON.stringify(droppedPort.report));
+      assert.match(tcp?.hint ?? "", /firewall/i);
       assert.ok((await n.dropped()).out >= 1, "the firewall counted the dropped attempt");
     },
   );
