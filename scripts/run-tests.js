@@ -43,9 +43,14 @@ if (fileIdx >= 0) {
 }
 
 const passthrough = args.filter((a, i) => a.startsWith("--test-") && i !== fileIdx);
+// A test file whose tests are done but that leaves a handle open (a worker, a socket) ends anyway,
+// and a test without a timeout of its own fails after 10 minutes: a hang fails one file, not CI.
+const guards = ["--test-force-exit", "--test-timeout=600000"].filter(
+  (g) => !passthrough.some((a) => a.startsWith(g.split("=")[0])),
+);
 const res = spawnSync(
   process.execPath,
-  ["--enable-source-maps", "--test", "--test-concurrency=2", ...passthrough, ...files],
+  ["--enable-source-maps", "--test", "--test-concurrency=2", ...guards, ...passthrough, ...files],
   { stdio: "inherit", cwd: root },
 );
 process.exit(res.status ?? 1);

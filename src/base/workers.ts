@@ -24,6 +24,8 @@ export function serveMessages<T>(handle: (msg: T) => void): void {
 export async function stopWorker(w: Worker, graceMs = 10_000): Promise<void> {
   if (w.threadId === -1) return;
   const exited = new Promise<void>((resolve) => w.once("exit", () => resolve()));
+  // An unref'd worker (the agent's) must still keep the process alive until it has stopped.
+  w.ref();
   try {
     w.postMessage({ type: STOP });
   } catch {
