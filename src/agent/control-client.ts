@@ -1,7 +1,7 @@
 import { X509Certificate } from "node:crypto";
 import type { Agent } from "undici";
 import { type Clock, type Logger, silentLogger, systemClock } from "../base/index.js";
-import { createApiDispatcher, csrForKey, fetchJson } from "../net/index.js";
+import { createApiDispatcher, csrForKey, fetchJson, proxyFromEnvironment } from "../net/index.js";
 
 export interface AgentCommand {
   id: string;
@@ -61,7 +61,10 @@ export class ControlClient {
   }
 
   private makeDispatcher(): Agent {
+    const url = new URL(this.endpoint);
+    const proxy = proxyFromEnvironment(url.hostname.replace(/^\[|\]$/g, ""), Number(url.port || 443));
     return createApiDispatcher({
+      ...(proxy ? { proxy } : {}),
       caPem: this.opts.caPem,
       clientCertPem: this.certPem,
       clientKeyPem: this.opts.keyPem,

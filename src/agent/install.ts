@@ -25,6 +25,7 @@ import {
   formatFingerprint,
   generateKeyAndCsr,
   parseFingerprint,
+  proxyFromEnvironment,
   sameFingerprint,
 } from "../net/index.js";
 import { blockDeviceSizeBytes, deviceNumbers } from "./block-device.js";
@@ -183,6 +184,7 @@ export async function installAgent(opts: InstallOptions): Promise<InstallResult>
   const dispatcher = createApiDispatcher({
     ...(opts.caPem !== undefined ? { caPem: opts.caPem } : {}),
     ...(pin !== undefined ? { caFingerprint: pin } : {}),
+    ...endpointProxy(opts.endpoint),
   });
   let r: Registered;
   try {
@@ -363,7 +365,11 @@ export async function deregister(
   config: Pick<AgentConfig, "endpoint">,
   tls: { caPem: string; clientCertPem: string; clientKeyPem: string },
 ): Promise<{ serverId: string; state: string }> {
-  const dispatcher = createApiDispatcher({ ...tls, connectTimeoutMs: 10_000 });
+  const dispatcher = createApiDispatcher({
+    ...tls,
+    connectTimeoutMs: 10_000,
+    ...endpointProxy(config.endpoint),
+  });
   try {
     return await fetchJson<{ serverId: string; state: string }>(
       dispatcher,
@@ -396,4 +402,11 @@ export async function removeInstallation(configDir: string, keepConfig: boolean)
   }
   await fs.rm(configDir, { recursive: true, force: true });
   return configDir;
+}
+
+/** `{ proxy }` when the environment's HTTPS proxy applies to `endpoint`, else nothing. */
+function endpointProxy(endpoint: string): { proxy?: URL } {
+  const url = new URL(endpoint);
+  const proxy = proxyFromEnvironment(url.hostname.replace(/^\[|\]$/g, ""), Number(url.port || 443));
+  return proxy ? { proxy } : {};
 }

@@ -21,7 +21,7 @@ import {
   systemClock,
   writeFileAtomic,
 } from "../base/index.js";
-import { assertPrivateFile } from "../net/index.js";
+import { assertPrivateFile, proxyFromEnvironment } from "../net/index.js";
 import { connectWire } from "../wire/index.js";
 import { BootWatcher } from "./boot-watcher.js";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
@@ -110,8 +110,19 @@ export class AgentService {
       disks: config.disks,
       blockSize: config.blockSize,
       settings: config.settings,
-      connect: () =>
-        connectWire({ host: data.host, port: data.port, caPem, certPem: identity.certPem, keyPem, clock }),
+      // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
+      connect: () => {
+        const proxy = proxyFromEnvironment(data.host, data.port);
+        return connectWire({
+          host: data.host,
+          port: data.port,
+          caPem,
+          certPem: identity.certPem,
+          keyPem,
+          clock,
+          ...(proxy ? { proxy } : {}),
+        });
+      },
       ...(opts.whileFrozen ? { whileFrozen: opts.whileFrozen } : {}),
       clock,
       logger: log,

@@ -1,7 +1,9 @@
+import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { Agent, buildConnector } from "undici";
 import { type Clock, LifeboatError, systemClock } from "../base/index.js";
 import { certFingerprint, formatFingerprint, parseFingerprint, sameFingerprint } from "./fingerprint.js";
+import { openTunnel } from "./doctor/proxy.js";
 import { CA_FINGERPRINT_HINT, toNetError } from "./net-errors.js";
 import { checkPinnedServer } from "./pinned-ca.js";
 
@@ -25,6 +27,8 @@ export interface ApiDispatcherOptions {
    * that reports every 5 s keeps its connection, and spares a TLS handshake a beat, with more.
    */
   keepAliveMs?: number;
+  /** An HTTP CONNECT proxy to reach the server through (TLS, and the CA checks, go end to end inside it). */
+  proxy?: URL;
   clock?: Clock;
 }
 
@@ -79,26 +83,38 @@ export function createApiDispatcher(opts: ApiDispatcherOptions = {}): Agent {
       );
       return;
     }
-    inner(options, (err, socket) => {
-      if (err) return callback(toNetError(err, target) as Error, null);
-      let refused: LifeboatError | undefined;
-      try {
-        refused = pinnedOnly
-          ? checkPinnedServer(socket as TLSSocket, options.hostname, target, pin, clock.now())
-          : undefined;
-      } catch (e) {
-        // Bytes the server sent that do not parse as certificates: refuse, never throw from a socket event.
-        refused = new LifeboatError("NET_TLS_FAILED", `cannot read the certificates ${target} sent`, {
-          hint: "Check that the endpoint is a Lifeboat server.",
-          cause: e,
-        });
-      }
-      if (refused) {
-        socket.destroy();
-        return callback(refused, null);
-      }
-      callback(null, socket);
-    });
+    const handshake = (httpSocket?: Socket) =>
+      inner({ ...options, ...(httpSocket ? { httpSocket } : {}) }, (err, socket) => {
+        if (err) return callback(toNetError(err, target) as Error, null);
+        let refused: LifeboatError | undefined;
+        try {
+          refused = pinnedOnly
+            ? checkPinnedServer(socket as TLSSocket, options.hostname, target, pin, clock.now())
+            : undefined;
+        } catch (e) {
+          // Bytes the server sent that do not parse as certificates: refuse, never throw from a socket event.
+          refused = new LifeboatError("NET_TLS_FAILED", `cannot read the certificates ${target} sent`, {
+            hint: "Check that the endpoint is a Lifeboat server.",
+            cause: e,
+          });
+        }
+        if (refused) {
+          socket.destroy();
+          return callback(refused, null);
+        }
+        callback(null, socket);
+      });
+    if (opts.proxy === undefined) handshake();
+    else
+      openTunnel(
+        opts.proxy,
+        options.hostname,
+        Number(options.port || 443),
+        opts.connectTimeoutMs ?? 10_000,
+      ).then(
+        (tunnel) => handshake(tunnel),
+        (err: unknown) => callback(toNetError(err, target) as Error, null),
+      );
   };
   return new Agent({
     connect,

@@ -47,8 +47,11 @@ export {
   type ProxyEnvironment,
   type StepOutcome,
   type StepStatus,
+  chooseProxy,
   doctorReport,
+  openTunnel,
   redactProxy,
   runDoctor,
   timedStep,
 } from "./doctor/index.js";
+export { proxyFromEnvironment } from "./proxy-environment.js";

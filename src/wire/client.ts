@@ -1,9 +1,11 @@
+import type { Socket } from "node:net";
 import { type TLSSocket, connect } from "node:tls";
 import { type Clock, LifeboatError, systemClock } from "../base/index.js";
 import {
   certFingerprint,
   checkPinnedServer,
   formatFingerprint,
+  openTunnel,
   parseFingerprint,
   sameFingerprint,
   toNetError,
@@ -27,6 +29,8 @@ export interface WireConnectOptions {
   servername?: string;
   /** Handshake timeout (default 15 s). */
   timeoutMs?: number;
+  /** An HTTP CONNECT proxy to reach the replicator through; TLS and its checks go end to end inside it. */
+  proxy?: URL;
   clock?: Clock;
 }
 
@@ -58,11 +62,24 @@ export function connectWire(opts: WireConnectOptions): Promise<TLSSocket> {
       ),
     );
   }
+  if (opts.proxy !== undefined) {
+    const { proxy, ...direct } = opts;
+    return openTunnel(proxy, opts.host, opts.port, opts.timeoutMs ?? 15_000).then(
+      (tunnel) => handshake(direct, tunnel),
+      (err: unknown) => Promise.reject(toNetError(err, `${opts.host}:${opts.port}`) as Error),
+    );
+  }
+  return handshake(opts);
+}
+
+function handshake(opts: WireConnectOptions, tunnel?: Socket): Promise<TLSSocket> {
+  const pin = opts.caFingerprint === undefined ? undefined : parseFingerprint(opts.caFingerprint);
   const pinnedOnly = opts.caPem === undefined;
   const target = `${opts.host}:${opts.port}`;
   const clock = opts.clock ?? systemClock;
   return new Promise((resolve, reject) => {
     const socket = connect({
+      ...(tunnel ? { socket: tunnel, servername: opts.servername ?? opts.host } : {}),
       host: opts.host,
       port: opts.port,
       ...(opts.servername ? { servername: opts.servername } : {}),

@@ -23,7 +23,7 @@ export {
   report as doctorReport,
   timed as timedStep,
 } from "./step.js";
-export { type ProxyEnvironment, redactProxy } from "./proxy.js";
+export { type ProxyEnvironment, chooseProxy, openTunnel, redactProxy } from "./proxy.js";
 export { EXPIRY_WARNING_MS } from "./tls-step.js";
 export { SKEW_WARNING_MS } from "./api-steps.js";
 export { isPrivateAddress, parseEndpoint } from "./addresses.js";
