@@ -28,6 +28,7 @@ import { type CliContext, parseIntOption, parseSize, requireOption } from "./con
 import { formatBytes, printJson, printLines } from "./output.js";
 import { action } from "./action.js";
 import { agentUpgradeCommand } from "./agent-upgrade.js";
+import { readTokenInput } from "./token-input.js";
 
 const HOSTNAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -269,30 +270,9 @@ async function readCaFile(file: string): Promise<string> {
   }
 }
 
-/**
- * The install token: --token-file, else LIFEBOAT_TOKEN, else standard input
- * when it is not a terminal. Never an argument: argv shows in `ps` and in
- * shell history.
- */
+/** The install token; standard input is read when it is not a terminal. */
 async function readToken(tokenFile: string | undefined): Promise<string> {
-  let token: string | undefined;
-  if (tokenFile !== undefined) {
-    token = await readFile(tokenFile, "utf8").catch((err: unknown) => {
-      throw new LifeboatError("USAGE", `cannot read --token-file ${tokenFile}`, {
-        hint: "check the path and its permissions",
-        cause: err,
-        exitCode: 2,
-      });
-    });
-  } else if (process.env.LIFEBOAT_TOKEN) {
-    // Read here, not in environment.ts, so the secret never sits in the frozen environment every command gets.
-    token = process.env.LIFEBOAT_TOKEN;
-  } else if (!process.stdin.isTTY) {
-    const chunks: Buffer[] = [];
-    for await (const c of process.stdin) chunks.push(c as Buffer);
-    token = Buffer.concat(chunks).toString("utf8");
-  }
-  token = token?.trim();
+  const token = await readTokenInput(tokenFile, () => !process.stdin.isTTY);
   if (!token)
     throw new LifeboatError("USAGE", "no install token", {
       hint: "give --token-file F, set LIFEBOAT_TOKEN, or pipe the token to standard input (never on the command line)",

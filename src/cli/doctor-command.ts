@@ -1,4 +1,3 @@
-import { fstatSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { Command } from "commander";
@@ -14,6 +13,7 @@ import {
 import { type CliContext, parseDuration, parseSize } from "./context.js";
 import { printJson, printLines } from "./output.js";
 import { action } from "./action.js";
+import { readTokenInput, stdinIsPipeOrFile } from "./token-input.js";
 
 export interface DoctorOpts {
   endpoint?: string;
@@ -175,39 +175,7 @@ async function readCaFile(file: string): Promise<string> {
   }
 }
 
-/**
- * The install token, if one is given: --token-file, else LIFEBOAT_TOKEN,
- * else standard input when it is a pipe or a file (not a terminal, not
- * /dev/null). Never an argument: argv shows in `ps` and in shell history.
- */
-async function readOptionalToken(tokenFile: string | undefined): Promise<string | undefined> {
-  let token: string | undefined;
-  if (tokenFile !== undefined) {
-    token = await readFile(tokenFile, "utf8").catch((err: unknown) => {
-      throw new LifeboatError("USAGE", `cannot read --token-file ${tokenFile}`, {
-        hint: "check the path and its permissions",
-        cause: err,
-        exitCode: 2,
-      });
-    });
-  } else if (process.env.LIFEBOAT_TOKEN) {
-    // Read here, not in environment.ts, so the secret never sits in the frozen environment every command gets.
-    token = process.env.LIFEBOAT_TOKEN;
-  } else if (stdinIsPipeOrFile()) {
-    const chunks: Buffer[] = [];
-    for await (const c of process.stdin) chunks.push(c as Buffer);
-    token = Buffer.concat(chunks).toString("utf8");
-  }
-  token = token?.trim();
-  return token ? token : undefined;
-}
-
-function stdinIsPipeOrFile(): boolean {
-  if (process.stdin.isTTY) return false;
-  try {
-    const st = fstatSync(0);
-    return st.isFIFO() || st.isFile();
-  } catch {
-    return false;
-  }
+/** The install token, if one is given; standard input only when it is a pipe or a file. */
+function readOptionalToken(tokenFile: string | undefined): Promise<string | undefined> {
+  return readTokenInput(tokenFile, stdinIsPipeOrFile);
 }

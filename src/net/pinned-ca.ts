@@ -80,7 +80,7 @@ export function checkPinnedServer(
 }
 
 /** The leaf's issuers as the server sent them, in order, without the leaf and without repeats. */
-function chainOf(peer: DetailedPeerCertificate): NodeX509Certificate[] {
+export function chainOf(peer: DetailedPeerCertificate): NodeX509Certificate[] {
   const out: NodeX509Certificate[] = [];
   const seen = new Set<string>([peer.fingerprint256]);
   for (

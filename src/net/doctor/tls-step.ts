@@ -1,10 +1,10 @@
 import { TIMEOUT_ERRNO } from "./timeout.js";
 import { X509Certificate, createHash } from "node:crypto";
 import type { Socket } from "node:net";
-import { type DetailedPeerCertificate, type TLSSocket, checkServerIdentity, connect } from "node:tls";
+import { type TLSSocket, checkServerIdentity, connect } from "node:tls";
 import { formatFingerprint, sameFingerprint } from "../fingerprint.js";
 import { CA_FILE_HINT, toNetError } from "../net-errors.js";
-import { checkPinnedServer } from "../pinned-ca.js";
+import { chainOf, checkPinnedServer } from "../pinned-ca.js";
 import { DAY_MS } from "../validity.js";
 import { type Outcome, fail, ok, warn } from "./step.js";
 
@@ -115,7 +115,7 @@ export function judgeTls(
       ),
     };
   const leaf = new X509Certificate(peer.raw);
-  const chain = issuers(peer);
+  const chain = chainOf(peer);
   const presented = chain.map((c) => formatFingerprint(sha256(c.raw)));
   const versionProblem =
     protocol === "TLSv1.3"
@@ -198,20 +198,6 @@ export function judgeTls(
       ...(caPem ? { caPem } : {}),
     };
   return { outcome: ok(value), ...(caPem ? { caPem } : {}) };
-}
-
-function issuers(peer: DetailedPeerCertificate): X509Certificate[] {
-  const out: X509Certificate[] = [];
-  const seen = new Set<string>([peer.fingerprint256]);
-  for (
-    let c = peer.issuerCertificate;
-    c && !seen.has(c.fingerprint256) && out.length < 8;
-    c = c.issuerCertificate
-  ) {
-    seen.add(c.fingerprint256);
-    out.push(new X509Certificate(c.raw));
-  }
-  return out;
 }
 
 function validityProblem(cert: X509Certificate, what: string, now: number): string | undefined {
