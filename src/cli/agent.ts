@@ -1,4 +1,3 @@
-import { readFile } from "node:fs/promises";
 import os from "node:os";
 import { createInterface } from "node:readline/promises";
 import { Command } from "commander";
@@ -28,7 +27,7 @@ import { type CliContext, parseIntOption, parseSize, requireOption } from "./con
 import { formatBytes, printJson, printLines } from "./output.js";
 import { action } from "./action.js";
 import { agentUpgradeCommand } from "./agent-upgrade.js";
-import { readTokenInput } from "./token-input.js";
+import { readCaFile, readTokenInput } from "./token-input.js";
 
 const HOSTNAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -252,22 +251,6 @@ async function install(ctx: CliContext, o: InstallOpts): Promise<void> {
 
 function inventoryOf(host: HostInfo | undefined, disks: ChosenDisk[]): Record<string, unknown> {
   return { ...(host ?? {}), disks: disks.map((d, index) => ({ index, ...d })) };
-}
-
-async function readCaFile(file: string): Promise<string> {
-  try {
-    return await readFile(file, "utf8");
-  } catch (err) {
-    throw new LifeboatError(
-      "USAGE",
-      `cannot read --ca-file ${file}: ${(err as NodeJS.ErrnoException).code ?? ""}`,
-      {
-        hint: "copy the server's D/ca.pem to this host, or give --ca-fingerprint",
-        cause: err,
-        exitCode: 2,
-      },
-    );
-  }
 }
 
 /** The install token; standard input is read when it is not a terminal. */

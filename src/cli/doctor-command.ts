@@ -13,7 +13,7 @@ import {
 import { type CliContext, parseDuration, parseSize } from "./context.js";
 import { printJson, printLines } from "./output.js";
 import { action } from "./action.js";
-import { readTokenInput, stdinIsPipeOrFile } from "./token-input.js";
+import { readCaFile, readTokenInput, stdinIsPipeOrFile } from "./token-input.js";
 
 export interface DoctorOpts {
   endpoint?: string;
@@ -156,22 +156,6 @@ function sameEndpoint(a: string, b: string): boolean {
     return new URL(a).host === new URL(b).host;
   } catch {
     return false;
-  }
-}
-
-async function readCaFile(file: string): Promise<string> {
-  try {
-    return await readFile(file, "utf8");
-  } catch (err) {
-    throw new LifeboatError(
-      "USAGE",
-      `cannot read --ca-file ${file}: ${(err as NodeJS.ErrnoException).code ?? ""}`,
-      {
-        hint: "copy the server's D/ca.pem to this host, or give --ca-fingerprint",
-        cause: err,
-        exitCode: 2,
-      },
-    );
   }
 }
 

@@ -3,6 +3,9 @@ import { readFile } from "node:fs/promises";
 import { LifeboatError } from "../base/index.js";
 
 /**
+ * What the agent-side commands read from files or standard input: the CA
+ * certificate and the install token.
+ *
  * An install token given to a command: --token-file, else LIFEBOAT_TOKEN,
  * else standard input when `readStdin` says so. Never an argument: argv
  * shows in `ps` and in shell history. Undefined when none was given.
@@ -40,5 +43,22 @@ export function stdinIsPipeOrFile(): boolean {
     return st.isFIFO() || st.isFile();
   } catch {
     return false;
+  }
+}
+
+/** The CA certificate given with --ca-file; USAGE (exit 2) when it cannot be read. */
+export async function readCaFile(file: string): Promise<string> {
+  try {
+    return await readFile(file, "utf8");
+  } catch (err) {
+    throw new LifeboatError(
+      "USAGE",
+      `cannot read --ca-file ${file}: ${(err as NodeJS.ErrnoException).code ?? ""}`,
+      {
+        hint: "copy the server's D/ca.pem to this host, or give --ca-fingerprint",
+        cause: err,
+        exitCode: 2,
+      },
+    );
   }
 }
