@@ -39,6 +39,8 @@ const TABLES: (keyof Schema)[] = [
   "webhooks",
   "rpo_status",
   "pool_assignments",
+  "failbacks",
+  "disk_generations",
   "console_sessions",
   "lag_samples",
 ];
@@ -51,6 +53,7 @@ const ALL_MIGRATIONS = [
   "0005_webhooks",
   "0006_console",
   "0007_replicator_pool",
+  "0008_failback",
 ];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */
