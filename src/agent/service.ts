@@ -430,11 +430,13 @@ export class AgentService {
   private async sleep(ms: number): Promise<void> {
     if (this.stopping) return;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.abort.signal.addEventListener("abort", () => {
+      const done = () => {
         clearTimeout(t);
+        this.abort.signal.removeEventListener("abort", done);
         resolve();
-      });
+      };
+      const t = setTimeout(done, ms);
+      this.abort.signal.addEventListener("abort", done);
     });
   }
 

@@ -7,6 +7,7 @@ import {
   diffBlockMaps,
   entryId,
   isZeroId,
+  listPits,
   readEntries,
   readHead,
   readPit,
@@ -699,6 +700,8 @@ async function knownDisks(
     .limit(1)
     .executeTakeFirst();
   if (pit) return parse<{ index: number; sizeBytes: number }[]>(pit.disks_json);
+  const latest = (await listPits(repo, { server: server.name })).at(-1);
+  if (latest) return latest.disks.map((d) => ({ index: d.index, sizeBytes: d.sizeBytes }));
   throw httpError(
     409,
     "FAILBACK_TARGET_UNKNOWN",
