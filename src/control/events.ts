@@ -17,6 +17,10 @@ import type { Database, EventRow } from "./db/index.js";
  * - job.finished            {jobId, type, state, serverIds}
  * - replicator.disconnected {replicatorId, lastSeenAt, timeoutSeconds}
  * - replicator.decommissioned {replicatorId, name}
+ * - server.failed_over      {jobId}: a recovery fenced the server (generations.ts)
+ * - server.split_brain      {fenced} or {disk, claimed, current}: a fenced or stale source was refused
+ * - failback.started        {failbackId, source}
+ * - failback.ready          {failbackId, pitId}: the original server's disks equal the cut-over PIT
  */
 export const EVENT_TYPES = [
   "server.state",
@@ -28,6 +32,10 @@ export const EVENT_TYPES = [
   "job.finished",
   "replicator.disconnected",
   "replicator.decommissioned",
+  "server.failed_over",
+  "server.split_brain",
+  "failback.started",
+  "failback.ready",
 ] as const;
 
 export interface EventView {
