@@ -410,7 +410,12 @@ async function verifyAll(dataDir: string, logger: Logger): Promise<void> {
     say(
       `   verify --read-data in ${since(t)}: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`,
     );
-    if (!report.ok) throw new LifeboatError("DEMO_FAILED", "verify --read-data found damage");
+    if (!report.ok) {
+      for (const d of report.damage.slice(0, 10))
+        say(`     ${d.code} (${d.kind} ${d.object}): ${d.message}`);
+      if (report.damage.length > 10) say(`     ... and ${report.damage.length - 10} more`);
+      throw new LifeboatError("DEMO_FAILED", "verify --read-data found damage");
+    }
   } finally {
     await repo.close();
   }

@@ -61,33 +61,15 @@ export async function verifyRepository(
   repo: Repository,
   opts: { readData?: boolean; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<VerifyReport> {
-  const sizes = new Map<string, number>();
-  let packs = 0;
-  let pages = 0;
-  for await (const o of repo.backend.list(PREFIX.packs)) {
-    sizes.set(o.name, o.size);
-    packs++;
-  }
-  for await (const o of repo.backend.list(PREFIX.pages)) {
-    sizes.set(o.name, o.size);
-    pages++;
-  }
-  // Objects GC moved to the trash are still readable (and put back by the next GC if referenced).
-  let inTrash = 0;
-  for await (const o of repo.backend.list(PREFIX.trash)) {
-    const original = o.name.slice(PREFIX.trash.length);
-    if (!sizes.has(original)) sizes.set(original, o.size);
-    inTrash++;
-  }
   const report: VerifyReport = {
     ok: true,
     readData: Boolean(opts.readData),
     pits: 0,
-    packs,
-    pages,
+    packs: 0,
+    pages: 0,
     referencedChunks: 0,
     unreferencedObjects: 0,
-    inTrash,
+    inTrash: 0,
     bytesRead: 0,
     transientErrors: 0,
     damage: [],
@@ -135,6 +117,30 @@ export async function verifyRepository(
       labels: {},
     });
   }
+
+  // The objects are listed after the roots (PITs, heads): a writer stores what a root names before the
+  // root, so everything a root read above references is in this listing, even while replicators write.
+  const sizes = new Map<string, number>();
+  let packs = 0;
+  let pages = 0;
+  for await (const o of repo.backend.list(PREFIX.packs)) {
+    sizes.set(o.name, o.size);
+    packs++;
+  }
+  for await (const o of repo.backend.list(PREFIX.pages)) {
+    sizes.set(o.name, o.size);
+    pages++;
+  }
+  // Objects GC moved to the trash are still readable (and put back by the next GC if referenced).
+  let inTrash = 0;
+  for await (const o of repo.backend.list(PREFIX.trash)) {
+    const original = o.name.slice(PREFIX.trash.length);
+    if (!sizes.has(original)) sizes.set(original, o.size);
+    inTrash++;
+  }
+  report.packs = packs;
+  report.pages = pages;
+  report.inTrash = inTrash;
 
   // Pass 1: walk every tree; check pages fully and chunks structurally.
   const referenced = new Map<string, ChunkRef>(); // chunk key (pack@offset) -> where and what
