@@ -411,8 +411,7 @@ async function verifyAll(dataDir: string, logger: Logger): Promise<void> {
       `   verify --read-data in ${since(t)}: ${report.ok ? "no damage" : "DAMAGE FOUND"} in ${report.pits} PITs, ${report.referencedChunks} chunks`,
     );
     if (!report.ok) {
-      for (const d of report.damage.slice(0, 10))
-        say(`     ${d.code} (${d.kind} ${d.object}): ${d.message}`);
+      for (const d of report.damage.slice(0, 10)) say(`     ${d.code} (${d.kind} ${d.object}): ${d.message}`);
       if (report.damage.length > 10) say(`     ... and ${report.damage.length - 10} more`);
       throw new LifeboatError("DEMO_FAILED", "verify --read-data found damage");
     }
