@@ -17,6 +17,7 @@ import type { Database, EventRow } from "./db/index.js";
  * - job.finished            {jobId, type, state, serverIds}
  * - replicator.disconnected {replicatorId, lastSeenAt, timeoutSeconds}
  * - replicator.decommissioned {replicatorId, name}
+ * - repository.damaged      {damagedObjects, byKind, affectedPits, servers, readData, jobId, objects}
  */
 export const EVENT_TYPES = [
   "server.state",
@@ -28,6 +29,7 @@ export const EVENT_TYPES = [
   "job.finished",
   "replicator.disconnected",
   "replicator.decommissioned",
+  "repository.damaged",
 ] as const;
 
 export interface EventView {

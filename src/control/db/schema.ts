@@ -41,6 +41,7 @@ export interface Schema {
   rpo_status: RpoStatusTable;
   console_sessions: ConsoleSessionsTable;
   lag_samples: LagSamplesTable;
+  repository_checks: RepositoryChecksTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -379,4 +380,15 @@ export interface LagSamplesTable {
   at: number;
   lag_seconds: number | null;
   backlog_bytes: number | null;
+}
+
+/** Since 0010: the last repository stats and verify results (repository-checks.ts), one row per kind. */
+export interface RepositoryChecksTable {
+  kind: "stats" | "verify";
+  /** When the check finished. */
+  at: number;
+  /** 1: no damage found (stats: always 1). */
+  ok: 0 | 1;
+  duration_ms: number;
+  result_json: string;
 }
