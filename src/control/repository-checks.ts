@@ -214,7 +214,9 @@ export function verifyJobHandler(deps: {
   repo: () => Promise<Repository>;
 }): JobHandler {
   return {
-    async run({ job, log }) {
+    async run(run) {
+      const { job } = run;
+      const log = (message: string, level?: "info" | "warn" | "error") => run.log(message, level);
       const params = JSON.parse(job.params_json) as { readData?: unknown };
       const readData = params.readData === true;
       const repo = await deps.repo();

@@ -93,7 +93,9 @@ async function runJobs(t: TestApp, repo: Repository, jobId: string) {
     database: t.database,
     clock: t.clock,
     logger: captureLogger().logger,
-    handlers: { verify: verifyJobHandler({ database: t.database, clock: t.clock, repo: async () => repo }) },
+    handlers: {
+      verify: verifyJobHandler({ database: t.database, clock: t.clock, repo: () => Promise.resolve(repo) }),
+    },
   });
   runner.start();
   try {
@@ -243,7 +245,7 @@ forEachDatabase("repository checks", (open) => {
     const t = await testApp(await open());
     const { repo } = await repositoryWithPit();
     try {
-      const opened = async () => repo;
+      const opened = () => Promise.resolve(repo);
       // No PIT in the catalog yet: stats only.
       assert.deepEqual(await repositoryCheckTick(t.database, t.clock, opened), {
         stats: true,
