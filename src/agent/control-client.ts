@@ -1,11 +1,11 @@
 import { X509Certificate } from "node:crypto";
 import type { Agent } from "undici";
 import { type Clock, type Logger, silentLogger, systemClock } from "../base/index.js";
-import { createApiDispatcher, csrForKey, fetchJson, proxyFromEnvironment } from "../net/index.js";
+import { createApiDispatcher, csrForKey, fetchBytes, fetchJson, proxyFromEnvironment } from "../net/index.js";
 
 export interface AgentCommand {
   id: string;
-  kind: "make-pit" | "group-pit" | "rescan" | "set-bandwidth";
+  kind: "make-pit" | "group-pit" | "rescan" | "set-bandwidth" | "failback";
   params: Record<string, unknown>;
 }
 
@@ -45,6 +45,23 @@ const SLACK_MS = 15_000;
  * fetchJson makes of a failure (the server's code, or NET_* for the
  * network); the caller's run loop decides on retries (`err.retryable`).
  */
+/** What the control plane wants of this agent now (GET /api/v1/agent/settings). */
+export type AgentMode =
+  | { mode: "replicate"; generations?: { index: number; generation: string }[] }
+  | { mode: "receive"; failbackId: string }
+  | { mode: "fenced"; reason: string };
+
+/** A failback pass for the receiving agent (control/failback.ts says what the kinds mean). */
+export interface FailbackPass {
+  failbackId: string;
+  end?: { state: string; generations?: { index: number; generation: string }[] };
+  idleMs?: number;
+  pass?: number;
+  kind?: "full" | "changes" | "verify";
+  final?: boolean;
+  disks?: { source: number; target: number; sizeBytes: number; chunkSize: number; chunkCount: number }[];
+}
+
 export class ControlClient {
   private readonly endpoint: string;
   private readonly clock: Clock;
@@ -85,10 +102,48 @@ export class ControlClient {
    * and the data address of the separate replicator it is assigned to (null:
    * the control plane's own port).
    */
-  async settings(): Promise<{ replication: ReplicationSettingsView; dataAddress: string | null }> {
-    return this.call<{ replication: ReplicationSettingsView; dataAddress: string | null }>(
+  async settings(): Promise<{
+    replication: ReplicationSettingsView;
+    dataAddress: string | null;
+    mode?: AgentMode;
+  }> {
+    return this.call<{ replication: ReplicationSettingsView; dataAddress: string | null; mode?: AgentMode }>(
       "/api/v1/agent/settings",
     );
+  }
+
+  /** The current pass of a failback this server receives, reporting the one it completed. */
+  async failbackPass(id: string, completed?: number): Promise<FailbackPass> {
+    return this.call<FailbackPass>(`/api/v1/agent/failback/${encodeURIComponent(id)}/pass`, {
+      method: "POST",
+      body: completed === undefined ? {} : { completed },
+    });
+  }
+
+  /** Sends the hashes of chunks `first`…; answers a chunk batch with the source's chunks that differ. */
+  async failbackCompare(
+    id: string,
+    req: { pass: number; disk: number; first: number; hashes: Buffer },
+  ): Promise<Buffer> {
+    return fetchBytes(this.dispatcher, `${this.endpoint}/api/v1/agent/failback/${encodeURIComponent(id)}/compare`, {
+      method: "POST",
+      body: { ...req, hashes: req.hashes.toString("base64") },
+      timeoutMs: 120_000,
+    });
+  }
+
+  /** A chunk batch of what changed on the source since the previous pass, from chunk `from`. */
+  async failbackChanges(id: string, req: { pass: number; disk: number; from: number }): Promise<Buffer> {
+    return fetchBytes(this.dispatcher, `${this.endpoint}/api/v1/agent/failback/${encodeURIComponent(id)}/changes`, {
+      method: "POST",
+      body: req,
+      timeoutMs: 120_000,
+    });
+  }
+
+  /** Tells the control plane why the failback cannot write (shown to the operator). */
+  async failbackProblem(id: string, problem: { code: string; message: string }): Promise<void> {
+    await this.call(`/api/v1/agent/failback/${encodeURIComponent(id)}/problem`, { method: "POST", body: problem });
   }
 
   /**

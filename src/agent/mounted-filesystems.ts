@@ -45,10 +45,15 @@ export async function diskAndPartitionDevs(device: string): Promise<string[]> {
 /**
  * The writable filesystems mounted from `device` or its partitions, one
  * entry per filesystem (bind mounts of the same one are listed once, by the
- * mount of its root when there is one). Read-only ones are left out: they
- * cannot change, so there is nothing to freeze.
+ * mount of its root when there is one). Read-only ones are left out unless
+ * `includeReadOnly`: they cannot change, so there is nothing to freeze (but a
+ * disk about to be written must have none mounted at all).
  */
-export async function mountedFilesystems(device: string, mountinfo?: string): Promise<MountedFilesystem[]> {
+export async function mountedFilesystems(
+  device: string,
+  mountinfo?: string,
+  includeReadOnly = false,
+): Promise<MountedFilesystem[]> {
   const devs = new Set(await diskAndPartitionDevs(device));
   const text = mountinfo ?? (await fs.readFile("/proc/self/mountinfo", "utf8"));
   const byDev = new Map<string, MountedFilesystem & { root: string }>();
@@ -60,7 +65,7 @@ export async function mountedFilesystems(device: string, mountinfo?: string): Pr
     if (!devs.has(dev)) continue;
     const superOpts = f[sep + 3]!.split(",");
     const mountOpts = f[5]!.split(",");
-    if (superOpts.includes("ro") || mountOpts.includes("ro")) continue;
+    if (!includeReadOnly && (superOpts.includes("ro") || mountOpts.includes("ro"))) continue;
     const entry = {
       mountPoint: unescape(f[4]!),
       fsType: f[sep + 1]!,

@@ -58,6 +58,8 @@ export interface ReplicationOptions {
   connect(): Promise<Duplex>;
   /** The wire resume token the agent kept from its last run, if any. */
   resumeToken?: string;
+  /** The disks' generation ids for HELLO (the control plane's split-brain check), asked at every connection. */
+  generations?(): { index: number; generation: string }[] | undefined;
   /** zstd level for blocks on the wire (0: uncompressed; default 1). */
   compressionLevel?: number;
   /** How often disk sizes are checked (default 10 s). */
@@ -239,6 +241,7 @@ export class Replication {
             blockSize: this.opts.blockSize,
           })),
         ...(this.opts.resumeToken ? { resumeToken: this.opts.resumeToken } : {}),
+        ...(this.opts.generations ? { generations: this.opts.generations } : {}),
         logger: this.log,
         clock: this.clock,
         onWelcome: (w) => this.onWelcome(w),

@@ -25,9 +25,10 @@ import { assertPrivateFile, proxyFromEnvironment } from "../net/index.js";
 import { connectWire } from "../wire/index.js";
 import { BootWatcher } from "./boot-watcher.js";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
-import { type AgentCommand, ControlClient } from "./control-client.js";
+import { type AgentCommand, type AgentMode, ControlClient } from "./control-client.js";
+import { FailbackReceiver, pendingFailback } from "./failback-receiver.js";
 import { type PointRequest, Replication, type ReplicationOptions } from "./replication.js";
-import { writeAgentStatus } from "./status.js";
+import { type AgentStatus, writeAgentStatus } from "./status.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -46,6 +47,8 @@ export interface AgentServiceOptions {
   statusIntervalMs?: number;
   /** How often /boot is checked for changes (default 60 s; boot-watcher.ts). */
   bootCheckIntervalMs?: number;
+  /** Chunks a failback compare covers per request (default 128; tests make it small). */
+  failbackBatchChunks?: number;
 }
 
 export class AgentService {
@@ -60,10 +63,21 @@ export class AgentService {
   /** Ends the heartbeat loop's wait early (a new boot inventory to send). */
   private wakeHeartbeat: (() => void) | undefined;
   private readonly boot: BootWatcher;
+  /** What the control plane wants (failback.ts): replicate, receive a failback, or stay fenced. */
+  private mode: "replicate" | "receive" | "fenced" = "replicate";
+  private fenceReason = "";
+  /** Whether `replication` was started (and not stopped since). */
+  private replicating = false;
+  private receiver: FailbackReceiver | undefined;
+  private modeChain: Promise<void> = Promise.resolve();
+  /** The disks' generation ids (D/state/generations.json), named in every HELLO. */
+  private generations: DiskGeneration[] = [];
+  /** Makes a fresh engine (after receive mode or a fence, the old one is stopped). */
+  private makeReplication: () => Promise<Replication> = () => Promise.resolve(this.replication);
 
   private constructor(
     readonly config: AgentConfig,
-    readonly replication: Replication,
+    public replication: Replication,
     private readonly control: ControlClient,
     private readonly opts: AgentServiceOptions,
     private readonly log: Logger,
@@ -101,9 +115,12 @@ export class AgentService {
       logger: log,
     });
     const identity = { certPem };
-    const resumeToken = await readSessionToken(p.session);
-    const replication = new Replication({
+    let svc: AgentService | undefined;
+    const engine = async (): Promise<Replication> => {
+      const resumeToken = await readSessionToken(p.session);
+      return new Replication({
       ...(resumeToken ? { resumeToken } : {}),
+      generations: () => svc?.generations,
       serverId: config.serverId,
       hostname: config.hostname,
       version: AGENT_VERSION,
@@ -127,7 +144,11 @@ export class AgentService {
       clock,
       logger: log,
     });
-    const svc = new AgentService(config, replication, control, opts, log, clock, data);
+    };
+    const replication = await engine();
+    svc = new AgentService(config, replication, control, opts, log, clock, data);
+    svc.makeReplication = engine;
+    svc.generations = await readGenerations(path.join(p.state, "generations.json"));
     await writeAgentStatus(p.status, {
       state: "INITIATING",
       tracker: "scan",
@@ -140,18 +161,28 @@ export class AgentService {
       connected: false,
       counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
     });
-    // The replicator this server is assigned to, before the first connection.
+    // The replicator this server is assigned to, and whether to replicate at all, before the first connection.
+    let mode: AgentMode | undefined;
     try {
-      const { dataAddress } = await control.settings();
-      if (dataAddress) Object.assign(data, parseAddress(dataAddress));
+      const s = await control.settings();
+      if (s.dataAddress) Object.assign(data, parseAddress(s.dataAddress));
+      mode = s.mode;
     } catch (err) {
       log.warn(
         { err: String(err) },
         "cannot read the replication settings; using the configured data address",
       );
     }
+    // A failback being received when the agent stopped goes on (the control plane confirms it at once).
+    const receiving = await pendingFailback(p.state);
+    if (!mode && receiving) mode = { mode: "receive", failbackId: receiving };
     try {
-      await replication.start();
+      if (mode && mode.mode !== "replicate") await svc.applyMode(mode);
+      else {
+        await svc.adoptGenerations(mode?.generations);
+        await replication.start();
+        svc.replicating = true;
+      }
     } catch (err) {
       await control.close();
       throw err;
@@ -197,7 +228,9 @@ export class AgentService {
     if (this.pitTimer) clearInterval(this.pitTimer);
     this.abort.abort();
     await this.boot.close();
-    await this.replication.stop();
+    await this.modeChain;
+    await this.receiver?.stop();
+    if (this.replicating) await this.replication.stop();
     await Promise.allSettled(this.loops);
     await this.statusWrite;
     const s = this.replication.status();
@@ -218,6 +251,7 @@ export class AgentService {
     this.pitSeconds = seconds;
     if (seconds <= 0) return;
     this.pitTimer = setInterval(() => {
+      if (!this.replicating) return;
       this.replication
         .requestPoint({ origin: "scheduled" })
         .catch((err: unknown) => this.log.warn({ err: String(err) }, "scheduled PIT failed"));
@@ -234,7 +268,8 @@ export class AgentService {
     let bandwidth = this.config.settings.bandwidthMbps;
     while (!this.stopping) {
       try {
-        const { replication: r, dataAddress } = await this.control.settings();
+        const { replication: r, dataAddress, mode } = await this.control.settings();
+        if (mode) await this.applyMode(mode);
         const address = dataAddress ? parseAddress(dataAddress) : dataAddressOf(this.config);
         if (address.host !== this.data.host || address.port !== this.data.port) {
           this.log.info({ dataAddress: `${address.host}:${address.port}` }, "replicator address set");
@@ -265,10 +300,121 @@ export class AgentService {
     this.timers.push(t);
   }
 
+  /** The engine's status while replicating; otherwise what receive mode or the fence says. */
+  private currentStatus(): AgentStatus | undefined {
+    if (this.replicating) return this.replication.status() ?? undefined;
+    return {
+      state: this.mode === "receive" ? "RECEIVING" : "FENCED",
+      tracker: "scan",
+      lagSeconds: 0,
+      backlogBytes: 0,
+      disks: [],
+      serverId: this.config.serverId,
+      pid: process.pid,
+      updatedAt: this.clock.now(),
+      connected: false,
+      counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
+      ...(this.mode === "receive" && this.receiver
+        ? { failback: { status: this.receiver.status, ...this.receiver.counters } }
+        : {}),
+      ...(this.mode === "fenced" ? { fence: this.fenceReason } : {}),
+    };
+  }
+
+  /**
+   * Switches to what the control plane wants, one switch at a time:
+   * replicate (starting a fresh engine if the last one was stopped), receive
+   * a failback (the engine stops first: a disk being written is not a
+   * source), or stay fenced (no engine, no receiver).
+   */
+  applyMode(m: AgentMode): Promise<void> {
+    const next = this.modeChain.then(() => this.switchMode(m));
+    this.modeChain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async switchMode(m: AgentMode): Promise<void> {
+    if (this.stopping) return;
+    if (m.mode === "replicate") {
+      if (this.receiver) {
+        await this.receiver.stop();
+        this.receiver = undefined;
+      }
+      await this.adoptGenerations(m.generations);
+      if (this.replicating) return;
+      this.mode = "replicate";
+      this.log.info({}, "replicating");
+      this.replication = await this.makeReplication();
+      try {
+        await this.replication.start();
+        this.replicating = true;
+      } catch (err) {
+        this.log.error({ err: String(err) }, "cannot start replicating; the next settings poll tries again");
+      }
+      return;
+    }
+    if (this.replicating) {
+      this.replicating = false;
+      await this.replication.stop();
+    }
+    if (m.mode === "fenced") {
+      if (this.receiver) {
+        await this.receiver.stop();
+        this.receiver = undefined;
+      }
+      if (this.mode !== "fenced" || this.fenceReason !== m.reason)
+        this.log.warn(
+          { reason: m.reason },
+          "fenced by the control plane: not replicating (the server's data lives elsewhere; see `lifeboat failback`)",
+        );
+      this.mode = "fenced";
+      this.fenceReason = m.reason;
+      return;
+    }
+    this.mode = "receive";
+    if (this.receiver?.failbackId === m.failbackId) return;
+    await this.receiver?.stop();
+    const p = agentPaths(this.opts.configDir);
+    this.log.info({ failbackId: m.failbackId }, "receiving a failback onto this server's disks");
+    const receiver = new FailbackReceiver({
+      failbackId: m.failbackId,
+      control: this.control,
+      disks: this.config.disks,
+      stateDir: p.state,
+      log: this.log,
+      clock: this.clock,
+      ...(this.opts.failbackBatchChunks ? { batchChunks: this.opts.failbackBatchChunks } : {}),
+      onEnd: async (end) => {
+        if (end.state === "ready" && end.generations) await this.saveGenerations(end.generations, true);
+        // Re-read the mode off the receiver's own loop (switching stops the receiver, which waits for that loop).
+        setImmediate(() => {
+          this.control
+            .settings()
+            .then(({ mode }) => (mode ? this.applyMode(mode) : undefined))
+            .catch((err: unknown) => this.log.warn({ err: String(err) }, "cannot read the mode after the failback"));
+        });
+      },
+    });
+    this.receiver = receiver;
+    receiver.start();
+  }
+
+  /** Keeps the control plane's generations when the agent has none yet (or `replace`: a failback made them). */
+  async adoptGenerations(g: DiskGeneration[] | undefined, replace = false): Promise<void> {
+    if (!g || g.length === 0 || (this.generations.length > 0 && !replace)) return;
+    await this.saveGenerations(g, replace);
+  }
+
+  private async saveGenerations(g: DiskGeneration[], _replace: boolean): Promise<void> {
+    const file = path.join(agentPaths(this.opts.configDir).state, "generations.json");
+    await writeFileAtomic(file, `${JSON.stringify(g)}\n`, { mode: 0o600 });
+    this.generations = g;
+  }
+
   private writeStatus(): void {
-    const s = this.replication.status();
+    const s = this.currentStatus();
     if (!s || this.stopping) return;
-    const token = this.replication.session.resumeToken;
+    const token = this.replicating ? this.replication.session.resumeToken : undefined;
     const p = agentPaths(this.opts.configDir);
     this.statusWrite = this.statusWrite
       .then(async () => {
@@ -284,18 +430,20 @@ export class AgentService {
   private async sleep(ms: number): Promise<void> {
     if (this.stopping) return;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.abort.signal.addEventListener("abort", () => {
+      const done = () => {
         clearTimeout(t);
+        this.abort.signal.removeEventListener("abort", done);
         resolve();
-      });
+      };
+      const t = setTimeout(done, ms);
+      this.abort.signal.addEventListener("abort", done);
     });
   }
 
   private async heartbeats(): Promise<void> {
     let every = 15;
     while (!this.stopping) {
-      const s = this.replication.status();
+      const s = this.currentStatus();
       if (s) {
         // The boot inventory only when it changed: heartbeats stay small.
         const boot = this.boot.pending();
@@ -385,6 +533,10 @@ export class AgentService {
         this.replication.requestRescan(disks);
       } else if (c.kind === "set-bandwidth") {
         this.replication.setBandwidth(Number(c.params.mbps ?? 0));
+      } else if (c.kind === "failback") {
+        // The mode changed (a failback started, ended or was cancelled): read it now.
+        const { mode } = await this.control.settings();
+        if (mode) await this.applyMode(mode);
       }
       await this.control.complete(c.id, { ok: true, result });
     } catch (err) {
@@ -411,6 +563,22 @@ export class AgentService {
 }
 
 /** The resume token kept in D/state/session.json, if it is there and sound. */
+type DiskGeneration = { index: number; generation: string };
+
+async function readGenerations(file: string): Promise<DiskGeneration[]> {
+  try {
+    const v = JSON.parse(await fs.readFile(file, "utf8")) as unknown;
+    return Array.isArray(v)
+      ? v.filter(
+          (g): g is DiskGeneration =>
+            typeof (g as DiskGeneration).index === "number" && typeof (g as DiskGeneration).generation === "string",
+        )
+      : [];
+  } catch {
+    return [];
+  }
+}
+
 async function readSessionToken(file: string): Promise<string | undefined> {
   try {
     const v = (JSON.parse(await fs.readFile(file, "utf8")) as { resumeToken?: unknown }).resumeToken;

@@ -15,7 +15,11 @@ export type AgentState =
   | "RESCAN"
   | "STALLED"
   | "DISCONNECTED"
-  | "STOPPED";
+  | "STOPPED"
+  /** Not replicating: the server's data lives on a recovered instance (failback.ts at the control plane). */
+  | "FENCED"
+  /** Receiving a failback onto its own disks. */
+  | "RECEIVING";
 
 export interface DiskStatus {
   index: number;

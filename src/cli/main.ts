@@ -37,6 +37,7 @@ export async function lifeboatProgram(): Promise<Command> {
   program.addCommand((await import("./jobs.js")).jobsCommand());
   program.addCommand((await import("./agent.js")).agentCommand());
   program.addCommand((await import("./webhooks.js")).webhooksCommand());
+  program.addCommand((await import("./failback.js")).failbackCommand());
   program.addCommand((await import("./bundle.js")).bundleCommand());
   program.addCommand((await import("./doctor.js")).doctorCommand());
   program.addCommand((await import("./keys.js")).keysCommand());

@@ -25,9 +25,10 @@ export function tokenCommand(): Command {
     .option("--uses <n>", "how many registrations it allows", "1")
     .option("--ttl <duration>", "how long it lives, at most 24h", "1h")
     .option("--server-name <name>", "the name the registering server gets")
+    .option("--recovery-of <job>", "for the agent of this recovery job's recovered instance (failback source)")
     .option("--out <file>", "write the token to this file (0600) instead of standard output")
     .action(
-      action<ApiOpts & { role: string; uses: string; ttl: string; serverName?: string; out?: string }>(
+      action<ApiOpts & { role: string; uses: string; ttl: string; serverName?: string; recoveryOf?: string; out?: string }>(
         async (ctx, o) => {
           if (o.role !== "agent" && o.role !== "replicator") {
             throw new LifeboatError("USAGE", `--role ${o.role}: use agent or replicator`, { exitCode: 2 });
@@ -44,6 +45,7 @@ export function tokenCommand(): Command {
                 uses: parseIntOption(o.uses, "--uses"),
                 ttlSeconds: Math.floor(ttlMs / 1000),
                 ...(o.serverName !== undefined ? { serverName: o.serverName } : {}),
+                ...(o.recoveryOf !== undefined ? { recoveryOf: o.recoveryOf } : {}),
               },
             }),
           );

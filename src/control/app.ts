@@ -41,6 +41,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
     clock: opts.clock,
     logger: opts.logger,
     ...(opts.jobs ? { jobs: opts.jobs } : {}),
+    ...(opts.repo ? { repo: opts.repo } : {}),
   };
   const app = Fastify({
     loggerInstance: opts.logger,
@@ -119,6 +120,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   (await import("./routes/console.js")).consoleRoutes(app, ctx);
   (await import("./routes/downloads.js")).downloadRoutes(app, ctx);
   (await import("./routes/doctor.js")).doctorRoutes(app, ctx);
+  (await import("./routes/failback.js")).failbackRoutes(app, ctx);
   (await import("./routes/api-keys.js")).apiKeyRoutes(app, ctx);
   (await import("./routes/repository.js")).repositoryRoutes(app, ctx);
   return app;

@@ -1,6 +1,7 @@
 import type { FastifyRequest } from "fastify";
 import type { Clock, Logger } from "../base/index.js";
 import type { CaCredentials } from "../net/index.js";
+import type { Repository } from "../store/index.js";
 import { type AuditResult, appendAudit } from "./audit.js";
 import { actorName } from "./auth.js";
 import type { ControlConfig } from "./config.js";
@@ -13,6 +14,8 @@ export interface AppContext {
   ca: CaCredentials;
   clock: Clock;
   logger: Logger;
+  /** The repository, opened on first use (absent in route tests that need none). */
+  repo?: () => Promise<Repository>;
   /** The job runner of this instance, told when a job was created here (absent in route tests). */
   jobs?: { poke(): void };
 }

@@ -12,6 +12,7 @@ import {
 } from "../launch/index.js";
 import { type Repository, readPit } from "../store/index.js";
 import type { Database, Job, Server } from "./db/index.js";
+import { fenceAfterRecovery } from "./generations.js";
 import { httpError } from "./http-error.js";
 import type { JobHandler, JobRun } from "./job-runner.js";
 import { type JobView, createJob } from "./jobs.js";
@@ -261,6 +262,21 @@ export function launchHandler(deps: LaunchDeps): JobHandler {
           { result },
         );
       }
+      // A recovery moved the servers' data to the recovered instances: fence the originals (generations.ts).
+      if (job.type === "recovery")
+        for (const { server } of results) {
+          const pit = await readPit(repo, params.pits[server.id]!);
+          await fenceAfterRecovery(
+            deps.database,
+            deps.clock,
+            server.id,
+            job.id,
+            pit.disks.map((d) => d.index),
+          );
+          await run.log(
+            `${server.name}: fenced — its disks have new generations, and its old agent is refused if it comes back (fail back with \`lifeboat failback start ${job.id}\`)`,
+          );
+        }
       return result;
     },
     async cleanup(job: Job, log) {

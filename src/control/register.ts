@@ -119,6 +119,7 @@ export async function registerAgent(
           token_id: token.id,
           registered_at: now,
           decommissioned_at: null,
+          recovery_job_id: token.recovery_job_id,
         })
         .execute();
       return { id, name };

@@ -1,3 +1,4 @@
+import { admitStream } from "./generations.js";
 import type { FastifyInstance } from "fastify";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
@@ -116,6 +117,7 @@ export async function startServer(
       clock,
       logger,
       jobs: runner,
+      repo: openRepo,
       https: serverTlsOptions({ certPem: serverCert!, keyPem: serverKey!, caPem: caCert! }),
     });
     if (opts.replicator !== false) {
@@ -290,6 +292,14 @@ function embeddedReplicator(repo: Repository, database: Database, clock: Clock, 
           retryable: false,
         });
       }
+      // A fenced server, or a disk of an older generation, is refused before anything is written.
+      await admitStream(
+        database,
+        clock,
+        serverId,
+        hello.disks.map((d) => d.index),
+        hello.generations,
+      );
       // A server assigned to a separate replicator sends there (GET /api/v1/agent/settings says where).
       const elsewhere = (await assignments(database)).get(serverId);
       if (elsewhere)
@@ -324,9 +334,10 @@ async function releaseElsewhere(database: Database, replicator: Replicator): Pro
   if (names.length === 0) return;
   const rows = await database.db
     .selectFrom("servers")
-    .select(["id", "name"])
+    .select(["id", "name", "fenced"])
     .where("name", "in", names)
     .execute();
   const assigned = await assignments(database);
-  for (const r of rows) if (assigned.get(r.id)) await replicator.release(r.name);
+  // A fenced server's stream ends too: its agent reconnects and is refused (generations.ts).
+  for (const r of rows) if (assigned.get(r.id) || r.fenced !== null) await replicator.release(r.name);
 }

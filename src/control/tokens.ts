@@ -14,6 +14,7 @@ export interface TokenView {
   usesCount: number;
   expiresAt: string;
   serverName: string | null;
+  recoveryOf: string | null;
   createdBy: string;
   createdAt: string;
   revokedAt: string | null;
@@ -27,6 +28,7 @@ export function tokenView(t: InstallToken): TokenView {
     usesCount: Number(t.uses_count),
     expiresAt: new Date(Number(t.expires_at)).toISOString(),
     serverName: t.server_name,
+    recoveryOf: t.recovery_job_id,
     createdBy: t.created_by,
     createdAt: new Date(Number(t.created_at)).toISOString(),
     revokedAt: t.revoked_at === null ? null : new Date(Number(t.revoked_at)).toISOString(),
@@ -42,6 +44,8 @@ export async function createToken(
     uses?: number;
     ttlSeconds?: number;
     serverName?: string;
+    /** A recovery job whose recovered instance's agent registers with this token (failback source). */
+    recoveryOf?: string;
     createdBy: string;
   },
 ): Promise<TokenView & { token: string }> {
@@ -54,6 +58,20 @@ export async function createToken(
       "install tokens live at most 24 hours; make a new one when needed",
     );
   }
+  if (opts.recoveryOf !== undefined) {
+    const job = await database.db
+      .selectFrom("jobs")
+      .select(["type"])
+      .where("id", "=", opts.recoveryOf)
+      .executeTakeFirst();
+    if (job?.type !== "recovery")
+      throw httpError(
+        400,
+        "REQUEST_INVALID",
+        `body.recoveryOf: ${opts.recoveryOf} is not a recovery job`,
+        "give the id of the recovery job (`lifeboat jobs list`)",
+      );
+  }
   const secret = issueSecret("tok");
   const now = clock.now();
   const row: InstallToken = {
@@ -64,6 +82,7 @@ export async function createToken(
     uses_count: 0,
     expires_at: now + ttl * 1000,
     server_name: opts.serverName ?? null,
+    recovery_job_id: opts.recoveryOf ?? null,
     created_by: opts.createdBy,
     created_at: now,
     revoked_at: null,

@@ -12,7 +12,7 @@ export interface FetchJsonOptions {
   signal?: AbortSignal;
 }
 
-/** Responses larger than this are refused: the API answers with small JSON documents. */
+/** Responses larger than this are refused: the API answers with small JSON documents and chunk batches of at most 8 MiB. */
 const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 
 /**
@@ -32,8 +32,31 @@ export async function fetchJson<T = unknown>(
   url: string | URL,
   opts: FetchJsonOptions = {},
 ): Promise<T> {
+  const { status, body, target } = await send(dispatcher, url, opts, "application/json");
+  const text = body.toString("utf8");
+  if (status >= 200 && status < 300) return parseBody(text, status, target) as T;
+  throw httpError(status, text, target);
+}
+
+/** Like fetchJson, for an endpoint that answers bytes (application/octet-stream): the body of a 2xx response. */
+export async function fetchBytes(
+  dispatcher: Dispatcher,
+  url: string | URL,
+  opts: FetchJsonOptions = {},
+): Promise<Buffer> {
+  const { status, body, target } = await send(dispatcher, url, opts, "application/octet-stream");
+  if (status >= 200 && status < 300) return body;
+  throw httpError(status, body.toString("utf8"), target);
+}
+
+async function send(
+  dispatcher: Dispatcher,
+  url: string | URL,
+  opts: FetchJsonOptions,
+  accept: string,
+): Promise<{ status: number; body: Buffer; target: string }> {
   const target = String(url);
-  const headers: Record<string, string> = { accept: "application/json", ...opts.headers };
+  const headers: Record<string, string> = { accept, ...opts.headers };
   let body: string | Uint8Array | undefined;
   if (typeof opts.body === "string" || opts.body instanceof Uint8Array) body = opts.body;
   else if (opts.body !== undefined) {
@@ -43,8 +66,6 @@ export async function fetchJson<T = unknown>(
     }
   }
   const timeout = opts.timeoutMs ?? 30_000;
-  let status: number;
-  let text: string;
   try {
     const res = await request(url, {
       dispatcher,
@@ -55,16 +76,13 @@ export async function fetchJson<T = unknown>(
       bodyTimeout: timeout,
       signal: opts.signal,
     });
-    status = res.statusCode;
-    text = await readCapped(res.body, target);
+    return { status: res.statusCode, body: await readCapped(res.body, target), target };
   } catch (err) {
     throw toNetError(err, target);
   }
-  if (status >= 200 && status < 300) return parseBody(text, status, target) as T;
-  throw httpError(status, text, target);
 }
 
-async function readCapped(body: Dispatcher.ResponseData["body"], target: string): Promise<string> {
+async function readCapped(body: Dispatcher.ResponseData["body"], target: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
@@ -77,7 +95,7 @@ async function readCapped(body: Dispatcher.ResponseData["body"], target: string)
     }
     chunks.push(chunk as Buffer);
   }
-  return Buffer.concat(chunks).toString("utf8");
+  return Buffer.concat(chunks);
 }
 
 function parseBody(text: string, status: number, target: string): unknown {

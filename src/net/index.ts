@@ -32,7 +32,7 @@ export { serverTlsOptions } from "./server-tls.js";
 export { checkPinnedServer } from "./pinned-ca.js";
 export { type ClientCertError, verifyClientCertificate } from "./verify-client.js";
 export { type ApiDispatcherOptions, createApiDispatcher } from "./api-dispatcher.js";
-export { type FetchJsonOptions, fetchJson } from "./fetch-json.js";
+export { type FetchJsonOptions, fetchBytes, fetchJson } from "./fetch-json.js";
 export { toNetError } from "./net-errors.js";
 export { assertPrivateFile } from "./private-file.js";
 export { type RevocationList, type RevocationListOptions, createRevocationList } from "./revocation-list.js";

@@ -27,6 +27,7 @@ export {
   ZERO_ENTRY,
   ZERO_ID,
 } from "./block-map.js";
+export { diffBlockMaps, readEntries } from "./block-map-diff.js";
 export { PackWriter, readPackIndex } from "./pack.js";
 export { type Head, deleteHead, listHeads, readHead, writeHead } from "./head.js";
 export { acquireLock, type RepositoryLock } from "./locks.js";

@@ -29,6 +29,8 @@ export interface AgentSessionOptions {
   /** Wait between reconnects: doubles from minMs up to maxMs, reset by a successful handshake. */
   backoff?: { minMs: number; maxMs: number };
   versions?: readonly number[];
+  /** The disks' generation ids for HELLO, asked at every connection (absent: none known). */
+  generations?(): { index: number; generation: string }[] | undefined;
   /** The resume token of a stream this agent ran before (kept across its restarts); see `token`. */
   resumeToken?: string;
   clock?: Clock;
@@ -247,6 +249,7 @@ export class AgentSession {
       agent: this.opts.agent,
       disks: typeof this.opts.disks === "function" ? this.opts.disks() : this.opts.disks,
       ...(this.token ? { resumeToken: this.token } : {}),
+      ...generationsOf(this.opts.generations?.()),
     });
     return { welcome: guarded, ended };
   }
@@ -303,4 +306,10 @@ function toRetryable(e: unknown): LifeboatError | undefined {
     return connectionClosed(`cannot connect: ${(e as Error).message}`, e);
   }
   return undefined;
+}
+
+function generationsOf(
+  g: { index: number; generation: string }[] | undefined,
+): { generations?: { index: number; generation: string }[] } {
+  return g && g.length > 0 ? { generations: g } : {};
 }

@@ -65,3 +65,4 @@ export {
 } from "./wire-server.js";
 export { WIRE_ALPN, attachWire, wireConnectionHandler } from "./listener.js";
 export { connectWire, type WireConnectOptions } from "./client.js";
+export { type BatchChunk, decodeChunkBatch, encodeChunkBatch } from "./chunk-batch.js";

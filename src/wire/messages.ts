@@ -38,6 +38,20 @@ export const helloSchema = z.object({
     .array(diskSchema)
     .max(256)
     .refine((ds) => new Set(ds.map((d) => d.index)).size === ds.length, "disk indexes must be distinct"),
+  /**
+   * Per disk, the generation id of the data it holds (changed by the control
+   * plane at every recovery and failback); absent until the agent learnt it.
+   * A replicator refuses a generation that is not the current one.
+   */
+  generations: z
+    .array(
+      z.object({
+        index: z.number().int().min(0).max(255),
+        generation: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+      }),
+    )
+    .max(256)
+    .optional(),
   /** From the last WELCOME; absent on a fresh start. */
   resumeToken: z
     .string()

@@ -39,6 +39,8 @@ const TABLES: (keyof Schema)[] = [
   "webhooks",
   "rpo_status",
   "pool_assignments",
+  "failbacks",
+  "disk_generations",
   "console_sessions",
   "lag_samples",
   "repository_checks",
@@ -52,6 +54,7 @@ const ALL_MIGRATIONS = [
   "0005_webhooks",
   "0006_console",
   "0007_replicator_pool",
+  "0008_failback",
   "0010_repository_checks",
 ];
 

@@ -41,6 +41,8 @@ export interface Schema {
   rpo_status: RpoStatusTable;
   console_sessions: ConsoleSessionsTable;
   lag_samples: LagSamplesTable;
+  failbacks: FailbacksTable;
+  disk_generations: DiskGenerationsTable;
   repository_checks: RepositoryChecksTable;
 }
 
@@ -76,6 +78,8 @@ export interface InstallTokensTable {
   expires_at: number;
   /** The server name an agent registering with this token gets (null: the agent says). */
   server_name: string | null;
+  /** Since 0008: a token for the agent of a recovery job's recovered instance. */
+  recovery_job_id: ColumnType<string | null, string | null | undefined, string | null>;
   created_by: string;
   created_at: number;
   revoked_at: number | null;
@@ -100,6 +104,10 @@ export interface ServersTable {
   decommissioned_at: number | null;
   /** Since 0003: the consistency group (at most one) the server belongs to. */
   group_name: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Since 0008: why the server's own agent may not replicate now ("failed-over", "receiving", "failed-back"). */
+  fenced: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Since 0008: the recovery job whose recovered instance this server is. */
+  recovery_job_id: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 /** Certificates the control plane's CA issued, for revocation and listing. */
@@ -252,7 +260,8 @@ export interface LeasesTable {
   expires_at: number;
 }
 
-export type AgentCommandKind = "make-pit" | "group-pit" | "rescan" | "set-bandwidth";
+/** "failback" (since 0008): re-read the mode (replicate, receive, fenced) now. */
+export type AgentCommandKind = "make-pit" | "group-pit" | "rescan" | "set-bandwidth" | "failback";
 /** queued → delivered → (frozen: group-pit only) → done | failed | expired. */
 export type AgentCommandState = "queued" | "delivered" | "frozen" | "done" | "failed" | "expired";
 
@@ -381,6 +390,42 @@ export interface LagSamplesTable {
   lag_seconds: number | null;
   backlog_bytes: number | null;
 }
+
+/** syncing → cutover → ready (then the original direction resumes) | failed | cancelled. */
+export type FailbackState = "syncing" | "cutover" | "ready" | "failed" | "cancelled";
+
+/** Since 0008: a failback, from a recovered instance's server back to the original server. */
+export interface FailbacksTable {
+  id: string;
+  job_id: string;
+  source_server_id: string;
+  target_server_id: string;
+  state: FailbackState;
+  /** [{source, target, sizeBytes}]: which source disk goes onto which target disk. */
+  disks_json: string;
+  /** The source states the target syncs to, by pass number (failback.ts). */
+  pins_json: ColumnType<string, string | undefined, string>;
+  /** What the target reported: pass, cursor, bytes received, verify outcome. */
+  progress_json: ColumnType<string, string | undefined, string>;
+  cutover_pit_id: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  created_at: number;
+  updated_at: number;
+  finished_at: number | null;
+}
+
+/** Since 0008: each disk's generation id, new at every recovery and failback. */
+export interface DiskGenerationsTable {
+  server_id: string;
+  disk_index: number;
+  generation: string;
+  changed_at: number;
+  reason: string;
+}
+
+export type Failback = Selectable<FailbacksTable>;
+export type DiskGeneration = Selectable<DiskGenerationsTable>;
 
 /** Since 0010: the last repository stats and verify results (repository-checks.ts), one row per kind. */
 export interface RepositoryChecksTable {

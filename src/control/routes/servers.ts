@@ -1,3 +1,4 @@
+import { agentMode } from "../failback.js";
 import type {} from "@fastify/swagger";
 import type { FastifyInstance } from "fastify";
 import { requireClient, requireOperator, requireOperatorOrClient } from "../auth.js";
@@ -179,6 +180,7 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
               serverId: { type: "string" },
               dataAddress: { type: ["string", "null"] },
               replication: { type: "object", additionalProperties: true },
+              mode: { type: "object", additionalProperties: true },
             },
           },
           ...errors,
@@ -201,7 +203,14 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
             .where("decommissioned_at", "is", null)
             .executeTakeFirst()
         : undefined;
-      return { serverId: id, replication: settings, dataAddress: rep?.address ?? null };
+      // A fenced server's agent does not replicate; a failback target receives (failback.ts).
+      const mode = await agentMode(ctx.database, id);
+      return {
+        serverId: id,
+        replication: settings,
+        dataAddress: mode.mode === "replicate" ? (rep?.address ?? null) : null,
+        mode,
+      };
     },
   );
 

@@ -13,6 +13,7 @@ const tokenProperties = {
   usesCount: { type: "integer" },
   expiresAt: { type: "string", format: "date-time" },
   serverName: { type: ["string", "null"] },
+  recoveryOf: { type: ["string", "null"] },
   createdBy: { type: "string" },
   createdAt: { type: "string", format: "date-time" },
   revokedAt: { type: ["string", "null"] },
@@ -35,6 +36,7 @@ interface CreateBody {
   uses?: number;
   ttlSeconds?: number;
   serverName?: string;
+  recoveryOf?: string;
 }
 
 /** Install tokens (admin only): create (the secret is shown once), list, revoke. */
@@ -61,6 +63,7 @@ export function tokenRoutes(app: FastifyInstance, ctx: AppContext): void {
               maxLength: 253,
               pattern: "^[A-Za-z0-9][A-Za-z0-9._-]*$",
             },
+            recoveryOf: { type: "string", minLength: 1, maxLength: 64 },
           },
         },
         response: {
@@ -80,6 +83,7 @@ export function tokenRoutes(app: FastifyInstance, ctx: AppContext): void {
         ...(b.uses !== undefined ? { uses: b.uses } : {}),
         ...(b.ttlSeconds !== undefined ? { ttlSeconds: b.ttlSeconds } : {}),
         ...(b.serverName !== undefined ? { serverName: b.serverName } : {}),
+        ...(b.recoveryOf !== undefined ? { recoveryOf: b.recoveryOf } : {}),
         createdBy: `apikey:${request.actor.kind === "apikey" ? request.actor.id : "?"}`,
       });
       const { token: _secret, ...view } = made;

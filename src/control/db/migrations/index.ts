@@ -6,6 +6,7 @@ import { launch } from "./0004-launch.js";
 import { webhooks } from "./0005-webhooks.js";
 import { consoleTables } from "./0006-console.js";
 import { replicatorPool } from "./0007-replicator-pool.js";
+import { failback } from "./0008-failback.js";
 import { repositoryChecks } from "./0010-repository-checks.js";
 
 /**
@@ -24,5 +25,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0005_webhooks": webhooks,
   "0006_console": consoleTables,
   "0007_replicator_pool": replicatorPool,
+  "0008_failback": failback,
   "0010_repository_checks": repositoryChecks,
 });
