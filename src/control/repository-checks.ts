@@ -122,10 +122,12 @@ export async function verifyAndRecord(
   database: Database,
   clock: Clock,
   repo: Repository,
-  opts: { readData: boolean; jobId?: string },
+  opts: { readData: boolean; jobId?: string; signal?: AbortSignal },
 ): Promise<VerifyView> {
   const started = clock.now();
   const report = await verifyRepository(repo, { readData: opts.readData });
+  // Terminated or shut down meanwhile: the result is not recorded (a resumed job verifies again).
+  opts.signal?.throwIfAborted();
   const at = clock.now();
   const previous = (await repositoryStatus(database)).verify;
   const view: VerifyView = {
@@ -225,7 +227,10 @@ export function verifyJobHandler(deps: {
           ? "verifying the repository: its structure and every referenced chunk's data"
           : "verifying the repository's structure (PITs, pages, packs); chunk data is not read",
       );
-      const v = await verifyAndRecord(deps.database, deps.clock, repo, { readData, jobId: job.id });
+      const v = await untilAborted(
+        verifyAndRecord(deps.database, deps.clock, repo, { readData, jobId: job.id, signal: run.signal }),
+        run.signal,
+      );
       await log(
         `${v.pits} PITs, ${v.packs} packs, ${v.pages} pages; ${v.referencedChunks} chunks referenced` +
           (readData ? `, ${v.bytesRead} bytes read` : "") +
@@ -256,6 +261,32 @@ export function verifyJobHandler(deps: {
       return v;
     },
   };
+}
+
+/**
+ * `work`, or a rejection as soon as `signal` fires: a verify of a large
+ * repository takes hours and cannot be stopped midway, and neither an
+ * operator's terminate nor a shutdown should wait for it. The verify then
+ * ends on its own (or fails once the repository is closed) and records
+ * nothing.
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  work.catch(() => undefined);
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (err: Error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
 }
 
 /**

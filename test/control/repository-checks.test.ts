@@ -14,7 +14,7 @@ import path from "node:path";
 import { after, before, it } from "node:test";
 import { type EventView, listEvents } from "../../src/control/events.js";
 import { JobRunner } from "../../src/control/job-runner.js";
-import { getJob } from "../../src/control/jobs.js";
+import { createJob, getJob, requestTerminate } from "../../src/control/jobs.js";
 import {
   type RepositoryStatus,
   repositoryCheckTick,
@@ -285,6 +285,57 @@ forEachDatabase("repository checks", (open) => {
       const after = await repositoryStatus(t.database);
       assert.equal(after.verify!.readData, false);
       assert.equal(after.verify!.lastReadDataAt, status.verify!.at, "the last full read is remembered");
+
+      // A verify that cannot finish (its repository's listing hangs) is terminated at once and records nothing.
+      let release = () => {};
+      const gate = new Promise<void>((r) => (release = r));
+      const inner = repo.backend;
+      const stuck = Object.create(repo) as Repository;
+      Object.defineProperty(stuck, "backend", {
+        value: {
+          ...inner,
+          properties: inner.properties,
+          list: async function* (prefix: string) {
+            await gate;
+            yield* inner.list(prefix);
+          },
+        },
+      });
+      const hung = await createJob(t.database, t.clock, {
+        type: "verify",
+        serverIds: [],
+        params: { readData: true },
+        createdBy: "test",
+      });
+      const runner = new JobRunner({
+        database: t.database,
+        clock: t.clock,
+        logger: captureLogger().logger,
+        handlers: {
+          verify: verifyJobHandler({
+            database: t.database,
+            clock: t.clock,
+            repo: () => Promise.resolve(stuck),
+          }),
+        },
+      });
+      runner.start();
+      try {
+        for (let i = 0; (await getJob(t.database, hung.id))!.job.state !== "running"; i++) {
+          assert.ok(i < 200, "the job runs");
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        await requestTerminate(t.database, t.clock, hung.id);
+        for (let i = 0; (await getJob(t.database, hung.id))!.job.state === "running"; i++) {
+          assert.ok(i < 200, "terminated without waiting for the verify");
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        assert.equal((await getJob(t.database, hung.id))!.job.state, "terminated");
+      } finally {
+        release();
+        await runner.close();
+      }
+      assert.equal((await repositoryStatus(t.database)).verify!.jobId, next.verifyJob, "nothing recorded");
 
       // Straight through verifyAndRecord: a sound repository appends nothing.
       const v = await verifyAndRecord(t.database, t.clock, repo, { readData: false });
