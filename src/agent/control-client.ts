@@ -125,25 +125,36 @@ export class ControlClient {
     id: string,
     req: { pass: number; disk: number; first: number; hashes: Buffer },
   ): Promise<Buffer> {
-    return fetchBytes(this.dispatcher, `${this.endpoint}/api/v1/agent/failback/${encodeURIComponent(id)}/compare`, {
-      method: "POST",
-      body: { ...req, hashes: req.hashes.toString("base64") },
-      timeoutMs: 120_000,
-    });
+    return fetchBytes(
+      this.dispatcher,
+      `${this.endpoint}/api/v1/agent/failback/${encodeURIComponent(id)}/compare`,
+      {
+        method: "POST",
+        body: { ...req, hashes: req.hashes.toString("base64") },
+        timeoutMs: 120_000,
+      },
+    );
   }
 
   /** A chunk batch of what changed on the source since the previous pass, from chunk `from`. */
   async failbackChanges(id: string, req: { pass: number; disk: number; from: number }): Promise<Buffer> {
-    return fetchBytes(this.dispatcher, `${this.endpoint}/api/v1/agent/failback/${encodeURIComponent(id)}/changes`, {
-      method: "POST",
-      body: req,
-      timeoutMs: 120_000,
-    });
+    return fetchBytes(
+      this.dispatcher,
+      `${this.endpoint}/api/v1/agent/failback/${encodeURIComponent(id)}/changes`,
+      {
+        method: "POST",
+        body: req,
+        timeoutMs: 120_000,
+      },
+    );
   }
 
   /** Tells the control plane why the failback cannot write (shown to the operator). */
   async failbackProblem(id: string, problem: { code: string; message: string }): Promise<void> {
-    await this.call(`/api/v1/agent/failback/${encodeURIComponent(id)}/problem`, { method: "POST", body: problem });
+    await this.call(`/api/v1/agent/failback/${encodeURIComponent(id)}/problem`, {
+      method: "POST",
+      body: problem,
+    });
   }
 
   /**

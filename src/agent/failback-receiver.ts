@@ -117,7 +117,8 @@ export class FailbackReceiver {
         await this.save(state);
       } catch (err) {
         if (this.stopped) return;
-        const e = err instanceof LifeboatError ? err : new LifeboatError("AGENT_IO", String(err), { cause: err });
+        const e =
+          err instanceof LifeboatError ? err : new LifeboatError("AGENT_IO", String(err), { cause: err });
         if (e.code === "FAILBACK_PASS_STALE") {
           state = { failbackId: this.o.failbackId, pass: -1, disk: 0, cursor: 0 };
           continue;
@@ -166,7 +167,7 @@ export class FailbackReceiver {
             await this.save(state);
           }
         } else {
-          for (let first = state.cursor; first < d.chunkCount && !this.stopped; ) {
+          for (let first = state.cursor; first < d.chunkCount && !this.stopped;) {
             const n = Math.min(batch, d.chunkCount - first);
             const hashes = await hashChunks(fd, first, n, d.chunkSize, d.sizeBytes);
             const buf = await this.o.control.failbackCompare(this.o.failbackId, {
@@ -268,13 +269,16 @@ async function openForWrite(cfg: AgentDisk, sizeBytes: number): Promise<fs.FileH
   try {
     fd = await fs.open(cfg.path, constants.O_RDWR | (cfg.kind === "device" ? constants.O_EXCL : 0));
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
+    if ((err as NodeJS.ErrnoException).code === "EBUSY")
+      throw new LifeboatError(
+        "FAILBACK_TARGET_MOUNTED",
+        `disk ${cfg.index} (${cfg.path}) is in use (mounted, or held by another device); a failback never writes it then`,
+        { hint: "unmount the disk and stop what holds it; the failback goes on by itself", cause: err },
+      );
     throw new LifeboatError(
-      code === "EBUSY" ? "FAILBACK_TARGET_MOUNTED" : "FAILBACK_TARGET_UNWRITABLE",
-      code === "EBUSY"
-        ? `disk ${cfg.index} (${cfg.path}) is in use (mounted, or held by another device); a failback never writes it then`
-        : `cannot open disk ${cfg.index} (${cfg.path}) for writing: ${(err as Error).message}`,
-      { hint: "unmount the disk and stop what holds it; the failback goes on by itself", cause: err },
+      "FAILBACK_TARGET_UNWRITABLE",
+      `cannot open disk ${cfg.index} (${cfg.path}) for writing: ${(err as Error).message}`,
+      { hint: "run the agent as root and check the disk's path in config.json", cause: err },
     );
   }
   const st = await fd.stat();

@@ -241,7 +241,7 @@ export class Replication {
             blockSize: this.opts.blockSize,
           })),
         ...(this.opts.resumeToken ? { resumeToken: this.opts.resumeToken } : {}),
-        ...(this.opts.generations ? { generations: this.opts.generations } : {}),
+        ...(this.opts.generations ? { generations: () => this.opts.generations?.() } : {}),
         logger: this.log,
         clock: this.clock,
         onWelcome: (w) => this.onWelcome(w),

@@ -115,38 +115,39 @@ export class AgentService {
       logger: log,
     });
     const identity = { certPem };
-    let svc: AgentService | undefined;
+    const ref: { svc?: AgentService } = {};
     const engine = async (): Promise<Replication> => {
       const resumeToken = await readSessionToken(p.session);
       return new Replication({
-      ...(resumeToken ? { resumeToken } : {}),
-      generations: () => svc?.generations,
-      serverId: config.serverId,
-      hostname: config.hostname,
-      version: AGENT_VERSION,
-      disks: config.disks,
-      blockSize: config.blockSize,
-      settings: config.settings,
-      // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
-      connect: () => {
-        const proxy = proxyFromEnvironment(data.host, data.port);
-        return connectWire({
-          host: data.host,
-          port: data.port,
-          caPem,
-          certPem: identity.certPem,
-          keyPem,
-          clock,
-          ...(proxy ? { proxy } : {}),
-        });
-      },
-      ...(opts.whileFrozen ? { whileFrozen: opts.whileFrozen } : {}),
-      clock,
-      logger: log,
-    });
+        ...(resumeToken ? { resumeToken } : {}),
+        generations: () => ref.svc?.generations,
+        serverId: config.serverId,
+        hostname: config.hostname,
+        version: AGENT_VERSION,
+        disks: config.disks,
+        blockSize: config.blockSize,
+        settings: config.settings,
+        // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
+        connect: () => {
+          const proxy = proxyFromEnvironment(data.host, data.port);
+          return connectWire({
+            host: data.host,
+            port: data.port,
+            caPem,
+            certPem: identity.certPem,
+            keyPem,
+            clock,
+            ...(proxy ? { proxy } : {}),
+          });
+        },
+        ...(opts.whileFrozen ? { whileFrozen: opts.whileFrozen } : {}),
+        clock,
+        logger: log,
+      });
     };
     const replication = await engine();
-    svc = new AgentService(config, replication, control, opts, log, clock, data);
+    const svc = new AgentService(config, replication, control, opts, log, clock, data);
+    ref.svc = svc;
     svc.makeReplication = engine;
     svc.generations = await readGenerations(path.join(p.state, "generations.json"));
     await writeAgentStatus(p.status, {
@@ -391,7 +392,9 @@ export class AgentService {
           this.control
             .settings()
             .then(({ mode }) => (mode ? this.applyMode(mode) : undefined))
-            .catch((err: unknown) => this.log.warn({ err: String(err) }, "cannot read the mode after the failback"));
+            .catch((err: unknown) =>
+              this.log.warn({ err: String(err) }, "cannot read the mode after the failback"),
+            );
         });
       },
     });
@@ -571,7 +574,8 @@ async function readGenerations(file: string): Promise<DiskGeneration[]> {
     return Array.isArray(v)
       ? v.filter(
           (g): g is DiskGeneration =>
-            typeof (g as DiskGeneration).index === "number" && typeof (g as DiskGeneration).generation === "string",
+            typeof (g as DiskGeneration).index === "number" &&
+            typeof (g as DiskGeneration).generation === "string",
         )
       : [];
   } catch {

@@ -68,15 +68,22 @@ export function failbackCommand(): Command {
       else
         printLines(
           r.failbacks.map((f) =>
-            [f.id, f.state, `${f.source.name}→${f.target.name}`, `pass ${f.pass}`, `${f.bytesSent} bytes`].join(
-              "\t",
-            ),
+            [
+              f.id,
+              f.state,
+              `${f.source.name}→${f.target.name}`,
+              `pass ${f.pass}`,
+              `${f.bytesSent} bytes`,
+            ].join("\t"),
           ),
         );
     }),
   );
   apiOptions(
-    failback.command("show").description("one failback, by id or job id").argument("<failback>", "id or job id"),
+    failback
+      .command("show")
+      .description("one failback, by id or job id")
+      .argument("<failback>", "id or job id"),
   ).action(
     action<ApiOpts>(async (ctx, o, cmd) => {
       const f = await withApi(ctx, o, (api) =>
@@ -99,7 +106,10 @@ export function failbackCommand(): Command {
       const key = encodeURIComponent(cmd.args[0]!);
       const waitMs = o.wait !== undefined ? parseDuration(o.wait, "--wait") : 0;
       const f = await withApi(ctx, o, async (api) => {
-        let v = await api.call<FailbackView>(`/api/v1/failbacks/${key}/cutover`, { method: "POST", body: {} });
+        let v = await api.call<FailbackView>(`/api/v1/failbacks/${key}/cutover`, {
+          method: "POST",
+          body: {},
+        });
         const until = Date.now() + waitMs;
         while (waitMs > 0 && (v.state === "cutover" || v.state === "syncing") && Date.now() < until) {
           await delay(1000);

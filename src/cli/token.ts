@@ -25,42 +25,52 @@ export function tokenCommand(): Command {
     .option("--uses <n>", "how many registrations it allows", "1")
     .option("--ttl <duration>", "how long it lives, at most 24h", "1h")
     .option("--server-name <name>", "the name the registering server gets")
-    .option("--recovery-of <job>", "for the agent of this recovery job's recovered instance (failback source)")
+    .option(
+      "--recovery-of <job>",
+      "for the agent of this recovery job's recovered instance (failback source)",
+    )
     .option("--out <file>", "write the token to this file (0600) instead of standard output")
     .action(
-      action<ApiOpts & { role: string; uses: string; ttl: string; serverName?: string; recoveryOf?: string; out?: string }>(
-        async (ctx, o) => {
-          if (o.role !== "agent" && o.role !== "replicator") {
-            throw new LifeboatError("USAGE", `--role ${o.role}: use agent or replicator`, { exitCode: 2 });
-          }
-          const ttlMs = parseDuration(o.ttl, "--ttl");
-          if (ttlMs < 1000 || ttlMs > 86_400_000) {
-            throw new LifeboatError("USAGE", `--ttl ${o.ttl}: give 1s to 24h`, { exitCode: 2 });
-          }
-          const made = await withApi(ctx, o, (api) =>
-            api.call<TokenView & { token: string }>("/api/v1/tokens", {
-              method: "POST",
-              body: {
-                role: o.role,
-                uses: parseIntOption(o.uses, "--uses"),
-                ttlSeconds: Math.floor(ttlMs / 1000),
-                ...(o.serverName !== undefined ? { serverName: o.serverName } : {}),
-                ...(o.recoveryOf !== undefined ? { recoveryOf: o.recoveryOf } : {}),
-              },
-            }),
-          );
-          if (o.out !== undefined) {
-            await writeFile(o.out, `${made.token}\n`, { mode: 0o600, flag: "wx" });
-            const { token: _secret, ...view } = made;
-            if (ctx.json) printJson({ ...view, file: o.out });
-            else printLines([o.out]);
-          } else if (ctx.json) printJson(made);
-          else printLines([made.token]);
-          process.stderr.write(
-            `token ${made.id} (${made.role}, ${made.usesAllowed} use(s)) expires ${made.expiresAt}\n`,
-          );
-        },
-      ),
+      action<
+        ApiOpts & {
+          role: string;
+          uses: string;
+          ttl: string;
+          serverName?: string;
+          recoveryOf?: string;
+          out?: string;
+        }
+      >(async (ctx, o) => {
+        if (o.role !== "agent" && o.role !== "replicator") {
+          throw new LifeboatError("USAGE", `--role ${o.role}: use agent or replicator`, { exitCode: 2 });
+        }
+        const ttlMs = parseDuration(o.ttl, "--ttl");
+        if (ttlMs < 1000 || ttlMs > 86_400_000) {
+          throw new LifeboatError("USAGE", `--ttl ${o.ttl}: give 1s to 24h`, { exitCode: 2 });
+        }
+        const made = await withApi(ctx, o, (api) =>
+          api.call<TokenView & { token: string }>("/api/v1/tokens", {
+            method: "POST",
+            body: {
+              role: o.role,
+              uses: parseIntOption(o.uses, "--uses"),
+              ttlSeconds: Math.floor(ttlMs / 1000),
+              ...(o.serverName !== undefined ? { serverName: o.serverName } : {}),
+              ...(o.recoveryOf !== undefined ? { recoveryOf: o.recoveryOf } : {}),
+            },
+          }),
+        );
+        if (o.out !== undefined) {
+          await writeFile(o.out, `${made.token}\n`, { mode: 0o600, flag: "wx" });
+          const { token: _secret, ...view } = made;
+          if (ctx.json) printJson({ ...view, file: o.out });
+          else printLines([o.out]);
+        } else if (ctx.json) printJson(made);
+        else printLines([made.token]);
+        process.stderr.write(
+          `token ${made.id} (${made.role}, ${made.usesAllowed} use(s)) expires ${made.expiresAt}\n`,
+        );
+      }),
     );
 
   apiOptions(token.command("list").description("list install tokens (without secrets)")).action(

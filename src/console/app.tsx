@@ -4,6 +4,7 @@ import { Badge, Loading } from "./components/ui.js";
 import { EventsPage } from "./pages/events.js";
 import { JobPage } from "./pages/job.js";
 import { JobsPage } from "./pages/jobs.js";
+import { FailbacksPage } from "./pages/failbacks.js";
 import { ReplicatorsPage } from "./pages/replicators.js";
 import { ServerPage } from "./pages/server.js";
 import { ServersPage } from "./pages/servers.js";
@@ -40,6 +41,7 @@ const NAV: { path: string; label: string; least?: Role }[] = [
   { path: "servers", label: "Servers" },
   { path: "jobs", label: "Jobs" },
   { path: "replicators", label: "Replicators" },
+  { path: "failbacks", label: "Failbacks" },
   { path: "tokens", label: "Tokens", least: "admin" },
   { path: "events", label: "Events & audit" },
 ];
@@ -85,6 +87,7 @@ function Shell(props: { session: Session; onSignedOut: () => void }) {
         {page === "jobs" && id === undefined ? <JobsPage /> : null}
         {page === "jobs" && id !== undefined ? <JobPage id={id} session={s} /> : null}
         {page === "replicators" ? <ReplicatorsPage /> : null}
+        {page === "failbacks" ? <FailbacksPage session={s} /> : null}
         {page === "tokens" ? <TokensPage session={s} /> : null}
         {page === "events" ? <EventsPage /> : null}
       </main>

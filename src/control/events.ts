@@ -17,6 +17,10 @@ import type { Database, EventRow } from "./db/index.js";
  * - job.finished            {jobId, type, state, serverIds}
  * - replicator.disconnected {replicatorId, lastSeenAt, timeoutSeconds}
  * - replicator.decommissioned {replicatorId, name}
+ * - server.failed_over      {jobId}: a recovery fenced the server (generations.ts)
+ * - server.split_brain      {fenced} or {disk, claimed, current}: a fenced or stale source was refused
+ * - failback.started        {failbackId, source}
+ * - failback.ready          {failbackId, pitId}: the original server's disks equal the cut-over PIT
  * - repository.damaged      {damagedObjects, byKind, affectedPits, servers, readData, jobId, objects}
  */
 export const EVENT_TYPES = [
@@ -29,6 +33,10 @@ export const EVENT_TYPES = [
   "job.finished",
   "replicator.disconnected",
   "replicator.decommissioned",
+  "server.failed_over",
+  "server.split_brain",
+  "failback.started",
+  "failback.ready",
   "repository.damaged",
 ] as const;
 

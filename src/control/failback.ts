@@ -261,7 +261,11 @@ export async function startFailback(
  * target syncs to it, verifies every block against it, and the failback is
  * then ready (state "ready").
  */
-export async function requestCutover(deps: FailbackDeps, key: string, createdBy: string): Promise<FailbackView> {
+export async function requestCutover(
+  deps: FailbackDeps,
+  key: string,
+  createdBy: string,
+): Promise<FailbackView> {
   const { database, clock } = deps;
   const row = await failbackByKey(database, key);
   if (row.state !== "syncing" && row.state !== "cutover")
@@ -337,7 +341,11 @@ export async function agentMode(database: Database, serverId: string): Promise<A
     .where("state", "in", [...ACTIVE])
     .executeTakeFirst();
   if (fb) return { mode: "receive", failbackId: fb.id };
-  const s = await database.db.selectFrom("servers").select("fenced").where("id", "=", serverId).executeTakeFirst();
+  const s = await database.db
+    .selectFrom("servers")
+    .select("fenced")
+    .where("id", "=", serverId)
+    .executeTakeFirst();
   if (s?.fenced) return { mode: "fenced", reason: s.fenced };
   return { mode: "replicate", generations: await diskGenerations(database, serverId) };
 }
@@ -377,14 +385,21 @@ export async function nextPass(
   row = await ownFailback(database, failbackId, serverId);
   if (!ACTIVE.includes(row.state)) return ended(database, row);
   const p = parse<Progress>(row.progress_json);
-  if (latest && p.completedPass < latest.pass && p.stalePass !== latest.pass) return passView(row, latest, disks);
+  if (latest && p.completedPass < latest.pass && p.stalePass !== latest.pass)
+    return passView(row, latest, disks);
   const next = await nextPin(deps, row, pins, p);
   if (!next) {
     await update(database, clock, row.id, { progress_json: JSON.stringify({ ...p, inSyncAt: clock.now() }) });
     return { failbackId, idleMs: 1000 };
   }
   pins.passes = [...pins.passes.slice(-1), next];
-  const current: PassCounters = { pass: next.pass, kind: next.kind, chunksCompared: 0, chunksSent: 0, bytesSent: 0 };
+  const current: PassCounters = {
+    pass: next.pass,
+    kind: next.kind,
+    chunksCompared: 0,
+    chunksSent: 0,
+    bytesSent: 0,
+  };
   await update(database, clock, row.id, {
     pins_json: JSON.stringify(pins),
     progress_json: JSON.stringify({ ...p, current }),
@@ -418,9 +433,16 @@ export async function compareChunks(
     const e = entries[i]!;
     const ours = isZeroId(e) ? ZERO_ID : entryId(e);
     if (ours.equals(theirs)) continue;
-    out.push(isZeroId(e) ? { index: req.first + i, data: Buffer.alloc(0), zero: true } : { index: req.first + i, data: await repo.readChunk(e) });
+    out.push(
+      isZeroId(e)
+        ? { index: req.first + i, data: Buffer.alloc(0), zero: true }
+        : { index: req.first + i, data: await repo.readChunk(e) },
+    );
   }
-  const body = encodeChunkBatch({ pass: pin.pass, next: req.first + n < disk.chunkCount ? req.first + n : null }, out);
+  const body = encodeChunkBatch(
+    { pass: pin.pass, next: req.first + n < disk.chunkCount ? req.first + n : null },
+    out,
+  );
   await count(deps, row, pin, { compared: n, sent: out.length, bytes: body.length });
   return body;
 }
@@ -455,7 +477,9 @@ export async function changedChunks(
   } catch (err) {
     // A pin whose pages were collected (or sizes that changed): the next pass compares everything.
     const p = parse<Progress>(row.progress_json);
-    await update(deps.database, deps.clock, row.id, { progress_json: JSON.stringify({ ...p, stalePass: pin.pass }) });
+    await update(deps.database, deps.clock, row.id, {
+      progress_json: JSON.stringify({ ...p, stalePass: pin.pass }),
+    });
     throw httpError(
       409,
       "FAILBACK_PASS_STALE",
@@ -500,14 +524,21 @@ async function nextPin(deps: FailbackDeps, row: Failback, pins: Pins, p: Progres
   // Cut-over: once the PIT exists, sync to it, then verify against it until a pass finds nothing.
   if (row.state === "cutover" && pins.cutover) {
     if (latest?.final && !stale) {
-      if (latest.kind === "verify" && p.verify?.pass === latest.pass && p.verify.mismatched === 0) return undefined;
+      if (latest.kind === "verify" && p.verify?.pass === latest.pass && p.verify.mismatched === 0)
+        return undefined;
       return { ...latest, pass, kind: "verify", final: true, takenAt: latest.takenAt };
     }
     const pit = await cutoverPit(deps, row, pins);
     if (pit) {
       const pinDisks = disks.map((d) => {
         const pd = pit.disks.find((x) => x.index === d.source)!;
-        return { index: d.source, root: pd.root, depth: pd.depth, chunkCount: pd.chunkCount, sizeBytes: pd.sizeBytes };
+        return {
+          index: d.source,
+          root: pd.root,
+          depth: pd.depth,
+          chunkCount: pd.chunkCount,
+          sizeBytes: pd.sizeBytes,
+        };
       });
       await update(database, clock, row.id, { cutover_pit_id: pit.id });
       return {
@@ -617,7 +648,9 @@ async function ended(database: Database, row: Failback): Promise<PassView> {
     failbackId: row.id,
     end: {
       state: row.state,
-      ...(row.state === "ready" ? { generations: await diskGenerations(database, row.target_server_id) } : {}),
+      ...(row.state === "ready"
+        ? { generations: await diskGenerations(database, row.target_server_id) }
+        : {}),
     },
   };
 }
@@ -677,12 +710,20 @@ function headDisks(head: Head, disks: FailbackDisk[]): PinDisk[] {
     const h = head.disks.find((x) => x.index === d.source);
     if (!h)
       throw httpError(409, "FAILBACK_DISK_MISSING", `the replica of the source has no disk ${d.source}`, "");
-    return { index: d.source, root: h.root, depth: h.depth, chunkCount: h.chunkCount, sizeBytes: h.sizeBytes };
+    return {
+      index: d.source,
+      root: h.root,
+      depth: h.depth,
+      chunkCount: h.chunkCount,
+      sizeBytes: h.sizeBytes,
+    };
   });
 }
 
 function sameRoots(a: PinDisk[], b: PinDisk[]): boolean {
-  return a.length === b.length && a.every((d, i) => d.root === b[i]!.root && d.chunkCount === b[i]!.chunkCount);
+  return (
+    a.length === b.length && a.every((d, i) => d.root === b[i]!.root && d.chunkCount === b[i]!.chunkCount)
+  );
 }
 
 async function knownDisks(
@@ -724,7 +765,12 @@ async function pairOf(
   let targetKey = toKey;
   if (job) {
     if (job.type !== "recovery")
-      throw httpError(400, "FAILBACK_NOT_RECOVERY", `job ${job.id} is a ${job.type}, not a recovery`, "give a recovery job or the recovered instance's server");
+      throw httpError(
+        400,
+        "FAILBACK_NOT_RECOVERY",
+        `job ${job.id} is a ${job.type}, not a recovery`,
+        "give a recovery job or the recovered instance's server",
+      );
     source = await database.db
       .selectFrom("servers")
       .selectAll()
@@ -741,12 +787,22 @@ async function pairOf(
     targetKey ??= (JSON.parse(job.server_ids_json) as string[])[0];
   } else source = await findServer(database, sourceKey);
   if (!source)
-    throw httpError(404, "SERVER_NOT_FOUND", `no server or recovery job ${sourceKey}`, "list servers with `lifeboat servers list`");
+    throw httpError(
+      404,
+      "SERVER_NOT_FOUND",
+      `no server or recovery job ${sourceKey}`,
+      "list servers with `lifeboat servers list`",
+    );
   if (targetKey === undefined)
     throw httpError(400, "FAILBACK_TARGET_REQUIRED", "name the original server with --to", "");
   const target = await findServer(database, targetKey);
   if (!target)
-    throw httpError(404, "SERVER_NOT_FOUND", `no server ${targetKey}`, "list servers with `lifeboat servers list`");
+    throw httpError(
+      404,
+      "SERVER_NOT_FOUND",
+      `no server ${targetKey}`,
+      "list servers with `lifeboat servers list`",
+    );
   return { source, target };
 }
 
@@ -758,7 +814,12 @@ async function failbackByKey(database: Database, key: string): Promise<Failback>
     .orderBy("created_at", "desc")
     .executeTakeFirst();
   if (!row)
-    throw httpError(404, "FAILBACK_NOT_FOUND", `no failback ${key}`, "list failbacks with `lifeboat failback list`");
+    throw httpError(
+      404,
+      "FAILBACK_NOT_FOUND",
+      `no failback ${key}`,
+      "list failbacks with `lifeboat failback list`",
+    );
   return row;
 }
 
@@ -787,7 +848,12 @@ async function update(
 }
 
 /** Queues a command that makes the agent re-read its mode now instead of at its next settings poll. */
-async function wakeAgent(database: Database, clock: Clock, serverId: string, failbackId: string): Promise<void> {
+async function wakeAgent(
+  database: Database,
+  clock: Clock,
+  serverId: string,
+  failbackId: string,
+): Promise<void> {
   await database.db
     .insertInto("agent_commands")
     .values(newCommand(clock, serverId, "failback", { failbackId }, {}))
@@ -834,4 +900,3 @@ async function view(database: Database, clock: Clock, row: Failback): Promise<Fa
 function parse<T>(text: string): T {
   return JSON.parse(text) as T;
 }
-

@@ -65,7 +65,11 @@ export async function renewGenerations(
   return diskGenerations(database, serverId);
 }
 
-export async function setFence(database: Database, serverId: string, fence: FenceReason | null): Promise<void> {
+export async function setFence(
+  database: Database,
+  serverId: string,
+  fence: FenceReason | null,
+): Promise<void> {
   await database.db.updateTable("servers").set({ fenced: fence }).where("id", "=", serverId).execute();
 }
 
@@ -160,7 +164,12 @@ function fenceHint(fence: string): string {
   return "shut this recovered instance down: the original server runs the workload again";
 }
 
-async function splitBrain(database: Database, clock: Clock, serverId: string, payload: object): Promise<void> {
+async function splitBrain(
+  database: Database,
+  clock: Clock,
+  serverId: string,
+  payload: object,
+): Promise<void> {
   // One event a minute per server: an agent retrying must not flood the event log.
   const since = clock.now() - 60_000;
   const recent = await database.db

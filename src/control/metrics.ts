@@ -29,6 +29,8 @@ export const SERVER_STATES = [
   "STALLED",
   "DISCONNECTED",
   "STOPPED",
+  "FENCED",
+  "RECEIVING",
 ] as const;
 
 /** The label value of servers on the control plane's own replicator. */

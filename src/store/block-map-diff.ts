@@ -51,7 +51,12 @@ export async function diffBlockMaps(
     throw new RangeError("block maps of different sizes cannot be compared chunk by chunk");
   const fanout = repo.config.pageFanout;
   // Returns false when visit asked to stop.
-  const rec = async (ida: Buffer | null, idb: Buffer | null, level: number, start: number): Promise<boolean> => {
+  const rec = async (
+    ida: Buffer | null,
+    idb: Buffer | null,
+    level: number,
+    start: number,
+  ): Promise<boolean> => {
     const span = fanout ** level;
     if (start + span * fanout <= from && level > 0) return true;
     const pa = ida ? decodePage(await repo.getPage(ida), fanout).entries : [];

@@ -308,8 +308,8 @@ function toRetryable(e: unknown): LifeboatError | undefined {
   return undefined;
 }
 
-function generationsOf(
-  g: { index: number; generation: string }[] | undefined,
-): { generations?: { index: number; generation: string }[] } {
+function generationsOf(g: { index: number; generation: string }[] | undefined): {
+  generations?: { index: number; generation: string }[];
+} {
   return g && g.length > 0 ? { generations: g } : {};
 }

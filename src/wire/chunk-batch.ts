@@ -44,7 +44,7 @@ export function decodeChunkBatch<H>(
   chunkSize: number,
 ): { header: H; chunks: { index: number; data: Buffer }[] } {
   const bad = (why: string) =>
-    new LifeboatError("WIRE_BAD_FRAME", `a chunk batch is malformed: ${why}`, {
+    new LifeboatError("FAILBACK_BAD_BATCH", `a chunk batch is malformed: ${why}`, {
       hint: "the control plane and agent disagree on the format; upgrade both to one release",
       retryable: true,
     });

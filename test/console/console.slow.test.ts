@@ -205,6 +205,9 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
     await page.locator("h1", { hasText: "Replicators" }).waitFor();
     await page.locator(".empty, .table").first().waitFor();
     await shot(page, "07-replicators");
+    await page.locator("nav.nav").getByRole("link", { name: "Failbacks" }).click();
+    await page.locator("h1", { hasText: "Failbacks" }).waitFor();
+    await page.locator(".empty", { hasText: "No failbacks" }).waitFor();
     await page.locator("nav.nav").getByRole("link", { name: "Tokens" }).click();
     await page.getByRole("button", { name: "Create token" }).click();
     await page.locator("#token-secret").waitFor();

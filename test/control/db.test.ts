@@ -161,6 +161,7 @@ forEachDatabase("control database", (open, dialect) => {
           uses_count: 1,
           expires_at: T + 3_600_000,
           server_name: "sap-db-01",
+          recovery_job_id: null,
           created_by: "apikey:key_1",
           created_at: T,
           revoked_at: null,
@@ -194,6 +195,8 @@ forEachDatabase("control database", (open, dialect) => {
           registered_at: T,
           decommissioned_at: null,
           group_name: "erp",
+          fenced: "failed-over",
+          recovery_job_id: null,
         },
         certificates: {
           serial: "0a1b2c",

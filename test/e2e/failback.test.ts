@@ -183,12 +183,20 @@ void describe(
       origService = undefined;
       const { job } = await site.api<{ job: JobView }>("/api/v1/launches", {
         method: "POST",
-        body: { servers: [origId.serverName], mode: "recovery", target: "block", devices: [rec.device], pit: "latest" },
+        body: {
+          servers: [origId.serverName],
+          mode: "recovery",
+          target: "block",
+          devices: [rec.device],
+          pit: "latest",
+        },
       });
       recoveryJob = job.id;
       const done = await waitJob(job.id);
       assert.equal(done.state, "succeeded", JSON.stringify(done.result));
-      const events = await site.api<{ events: { type: string; serverId: string | null }[] }>("/api/v1/events");
+      const events = await site.api<{ events: { type: string; serverId: string | null }[] }>(
+        "/api/v1/events",
+      );
       assert.ok(events.events.some((e) => e.type === "server.failed_over" && e.serverId === origId.serverId));
 
       const repo = await site.openRepo();
@@ -199,18 +207,24 @@ void describe(
       const status = JSON.parse(await fs.readFile(path.join(origDir, "state", "status.json"), "utf8")) as {
         state: string;
       };
-      await until("the old agent reports FENCED", async () => {
-        const s = JSON.parse(await fs.readFile(path.join(origDir, "state", "status.json"), "utf8")) as {
-          state: string;
-        };
-        return s.state === "FENCED";
-      }, 10_000, () => status);
+      await until(
+        "the old agent reports FENCED",
+        async () => {
+          const s = JSON.parse(await fs.readFile(path.join(origDir, "state", "status.json"), "utf8")) as {
+            state: string;
+          };
+          return s.state === "FENCED";
+        },
+        10_000,
+        () => status,
+      );
       // ...and a stream it opens anyway (an old release, a race) is refused at the replicator.
       const [certPem = "", keyPem = ""] = await Promise.all(
         ["agent.pem", "agent.key"].map((f) => fs.readFile(path.join(origDir, f), "utf8")),
       );
       const session = new AgentSession({
-        connect: () => connectWire({ host: "127.0.0.1", port: site.port, caPem: site.caPem, certPem, keyPem }),
+        connect: () =>
+          connectWire({ host: "127.0.0.1", port: site.port, caPem: site.caPem, certPem, keyPem }),
         agent: { serverId: origId.serverId, hostname: "orig", version: "test" },
         disks: [{ index: 0, id: orig.device, sizeBytes: orig.sizeBytes, blockSize: 64 * 1024 }],
       });
@@ -219,7 +233,11 @@ void describe(
       const after = await site.api<{ events: { type: string; serverId: string | null }[] }>("/api/v1/events");
       assert.ok(after.events.some((e) => e.type === "server.split_brain" && e.serverId === origId.serverId));
       const repo2 = await site.openRepo();
-      assert.equal(JSON.stringify(await readHead(repo2, origId.serverName)), headBefore, "the replica is untouched");
+      assert.equal(
+        JSON.stringify(await readHead(repo2, origId.serverName)),
+        headBefore,
+        "the replica is untouched",
+      );
       await repo2.close();
     });
 
@@ -269,8 +287,11 @@ void describe(
       proxy.cut("drop");
       await sleep(1500);
       proxy.restore();
-      await until("pass 1 complete", async () => (await failback(started.id)).completedPass >= 1, 120_000, () =>
-        failback(started.id),
+      await until(
+        "pass 1 complete",
+        async () => (await failback(started.id)).completedPass >= 1,
+        120_000,
+        () => failback(started.id),
       );
       const first = await failback(started.id);
       assert.ok(
@@ -296,8 +317,11 @@ void describe(
         body: {},
       });
       assert.equal(cut.state, "cutover");
-      await until("ready", async () => (await failback(started.id)).state === "ready", 120_000, () =>
-        failback(started.id),
+      await until(
+        "ready",
+        async () => (await failback(started.id)).state === "ready",
+        120_000,
+        () => failback(started.id),
       );
       const ready = await failback(started.id);
       assert.ok(ready.cutoverPitId);
@@ -306,7 +330,7 @@ void describe(
 
       // Byte-identical to the cut-over PIT, and a sound filesystem holding the outage's files.
       const out = path.join(tmp, "cutover.img");
-      await exportPit(site, recName, ready.cutoverPitId!, out);
+      await exportPit(site, recName, ready.cutoverPitId, out);
       const want = await fs.readFile(out);
       const got = await readDevice(orig.device, want.length);
       assert.equal(sha256(got), sha256(want), "the original disk equals the cut-over PIT");
@@ -315,7 +339,10 @@ void describe(
       await fs.mkdir(check, { recursive: true });
       await run("mount", ["-o", "ro", orig.device, check]);
       try {
-        assert.equal(await fs.readFile(path.join(check, "orders.txt"), "utf8"), "order 1 taken during the outage\n");
+        assert.equal(
+          await fs.readFile(path.join(check, "orders.txt"), "utf8"),
+          "order 1 taken during the outage\n",
+        );
         assert.equal(
           await fs.readFile(path.join(check, "before.txt"), "utf8"),
           "written before the disaster\n",
@@ -323,12 +350,17 @@ void describe(
       } finally {
         await run("umount", [check]);
       }
-      const { job } = await site.api<{ job: { state: string }; log?: unknown }>(`/api/v1/jobs/${ready.jobId}`);
+      const { job } = await site.api<{ job: { state: string }; log?: unknown }>(
+        `/api/v1/jobs/${ready.jobId}`,
+      );
       assert.equal(job.state, "succeeded");
 
       // The original direction resumes without a full resync: references, not the disk's bytes.
-      await until("the original server replicates again", () => origService!.replication.status()?.state === "CONTINUOUS", 60_000, () =>
-        origService!.replication.status(),
+      await until(
+        "the original server replicates again",
+        () => origService!.replication.status()?.state === "CONTINUOUS",
+        60_000,
+        () => origService!.replication.status(),
       );
       const sent = origService!.replication.counters.bytesSent;
       t.diagnostic(

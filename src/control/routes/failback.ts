@@ -15,7 +15,13 @@ import {
 } from "../failback.js";
 import { errorSchema, httpError } from "../http-error.js";
 
-const errors = { 400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema } as const;
+const errors = {
+  400: errorSchema,
+  401: errorSchema,
+  403: errorSchema,
+  404: errorSchema,
+  409: errorSchema,
+} as const;
 const idParams = {
   type: "object",
   required: ["id"],
@@ -38,7 +44,11 @@ const failbackSchema = {
   },
 } as const;
 const emptyBody = { type: "object", additionalProperties: false, properties: {} } as const;
-const binary = { type: "string", format: "binary", description: "a chunk batch (wire/chunk-batch.ts)" } as const;
+const binary = {
+  type: "string",
+  format: "binary",
+  description: "a chunk batch (wire/chunk-batch.ts)",
+} as const;
 const uint = { type: "integer", minimum: 0, maximum: Number.MAX_SAFE_INTEGER } as const;
 
 /**
@@ -73,7 +83,12 @@ export function failbackRoutes(app: FastifyInstance, ctx: AppContext): void {
           required: ["source"],
           additionalProperties: false,
           properties: {
-            source: { type: "string", minLength: 1, maxLength: 253, description: "recovery job or recovered instance's server" },
+            source: {
+              type: "string",
+              minLength: 1,
+              maxLength: 253,
+              description: "recovery job or recovered instance's server",
+            },
             to: { type: "string", minLength: 1, maxLength: 253, description: "the original server" },
           },
         },
@@ -124,7 +139,11 @@ export function failbackRoutes(app: FastifyInstance, ctx: AppContext): void {
   );
 
   for (const [verb, action, summary] of [
-    ["cutover", "failback.cutover", "make the final consistency point on the source, sync and verify the target"],
+    [
+      "cutover",
+      "failback.cutover",
+      "make the final consistency point on the source, sync and verify the target",
+    ],
     ["cancel", "failback.cancel", "stop a failback; the original server stays fenced"],
   ] as const)
     app.post<{ Params: { id: string } }>(
