@@ -40,6 +40,8 @@ export async function lifeboatProgram(): Promise<Command> {
   program.addCommand((await import("./failback.js")).failbackCommand());
   program.addCommand((await import("./bundle.js")).bundleCommand());
   program.addCommand((await import("./doctor.js")).doctorCommand());
+  program.addCommand((await import("./keys.js")).keysCommand());
+  program.addCommand((await import("./repository.js")).repositoryCommand());
   return program;
 }
 

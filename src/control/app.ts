@@ -121,6 +121,8 @@ export async function buildApp(opts: BuildAppOptions): Promise<FastifyInstance> 
   (await import("./routes/downloads.js")).downloadRoutes(app, ctx);
   (await import("./routes/doctor.js")).doctorRoutes(app, ctx);
   (await import("./routes/failback.js")).failbackRoutes(app, ctx);
+  (await import("./routes/api-keys.js")).apiKeyRoutes(app, ctx);
+  (await import("./routes/repository.js")).repositoryRoutes(app, ctx);
   return app;
 }
 

@@ -34,7 +34,7 @@ export function actorName(actor: Actor): string {
   }
 }
 
-/** admin > operator > viewer: a route names the least role it needs. */
+/** admin > operator > viewer: a route names the least role it needs. Viewers never change state. */
 const RANK: Record<ApiKeyRole, number> = { viewer: 0, operator: 1, admin: 2 };
 
 /**
@@ -49,6 +49,14 @@ export function requireOperator(database: Database, clock: Clock, least: ApiKeyR
     const actor = request.actor;
     if (actor.kind !== "apikey")
       throw httpError(401, "AUTH_REQUIRED", "this route needs an API key", BEARER_HINT);
+    if (actor.role === "viewer" && STATE_CHANGING.has(request.method) && !viewerMayWrite(request)) {
+      throw httpError(
+        403,
+        "AUTH_FORBIDDEN",
+        `API key ${actor.id} is a viewer key: it reads, and changes nothing`,
+        "use an operator or admin key for this",
+      );
+    }
     if (RANK[actor.role] < RANK[least]) {
       throw httpError(
         403,
@@ -58,6 +66,18 @@ export function requireOperator(database: Database, clock: Clock, least: ApiKeyR
       );
     }
   };
+}
+
+/**
+ * The state-changing routes a viewer key may use: only ending its own console
+ * session. Every other POST, PUT, PATCH and DELETE refuses a viewer even when
+ * its route asks for no more than "viewer", so that a route added with the
+ * wrong role still cannot be used to change anything with a read-only key.
+ */
+const VIEWER_WRITES: ReadonlySet<string> = new Set(["DELETE /api/v1/session"]);
+
+function viewerMayWrite(request: FastifyRequest): boolean {
+  return VIEWER_WRITES.has(`${request.method} ${request.routeOptions.url ?? ""}`);
 }
 
 const BEARER_HINT = "send `Authorization: Bearer <key>` (lifeboat ... --api-key-file F)";

@@ -21,6 +21,7 @@ import type { Database, EventRow } from "./db/index.js";
  * - server.split_brain      {fenced} or {disk, claimed, current}: a fenced or stale source was refused
  * - failback.started        {failbackId, source}
  * - failback.ready          {failbackId, pitId}: the original server's disks equal the cut-over PIT
+ * - repository.damaged      {damagedObjects, byKind, affectedPits, servers, readData, jobId, objects}
  */
 export const EVENT_TYPES = [
   "server.state",
@@ -36,6 +37,7 @@ export const EVENT_TYPES = [
   "server.split_brain",
   "failback.started",
   "failback.ready",
+  "repository.damaged",
 ] as const;
 
 export interface EventView {

@@ -1,7 +1,8 @@
-import { Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Clock } from "../base/index.js";
 import type { Database } from "./db/index.js";
 import { assignments } from "./replicators.js";
+import { repositoryStatus } from "./repository-checks.js";
 import { rpoStatuses, pitSummary } from "./rpo.js";
 
 /**
@@ -13,7 +14,10 @@ import { rpoStatuses, pitSummary } from "./rpo.js";
  * a scrape with the same numbers, with nothing kept in memory that another
  * instance would contradict (and two scrapes at once cannot mix). What is
  * per instance is per instance by nature: the request-duration histogram of
- * this instance's API and the process metrics (process_*, nodejs_*).
+ * this instance's API, what this instance's embedded replicator ingested,
+ * and the process metrics (process_*, nodejs_*). The repository's size and
+ * last verify are read from what repository-checks.ts recorded, never
+ * computed at scrape time.
  */
 export const SERVER_STATES = [
   "REGISTERED",
@@ -67,6 +71,14 @@ export interface ScrapeOptions {
   /** A replicator silent for longer is down (the config's heartbeatTimeoutSeconds). */
   heartbeatTimeoutSeconds: number;
   requests: RequestMetrics;
+  /** This instance's embedded replicator, when it runs one. */
+  ingest?: IngestSource;
+}
+
+/** What an embedded replicator tells the metrics: bytes applied by server name, streams open. */
+export interface IngestSource {
+  ingested(): Map<string, number>;
+  servers(): string[];
 }
 
 /** The text of one scrape, in the Prometheus text format 0.0.4. */
@@ -77,6 +89,8 @@ export async function scrapeMetrics(opts: ScrapeOptions): Promise<string> {
     replicatorMetrics(registry, opts),
     jobMetrics(registry, opts.database),
     webhookMetrics(registry, opts.database),
+    repositoryMetrics(registry, opts.database),
+    ingestMetrics(registry, opts),
   ]);
   const parts = await Promise.all([
     registry.metrics(),
@@ -270,4 +284,107 @@ async function webhookMetrics(registry: Registry, database: Database): Promise<v
     failures.set(l, Number(h.failures));
     if (h.last_delivered_at !== null) delivered.set(l, Number(h.last_delivered_at) / 1000);
   }
+}
+
+async function repositoryMetrics(registry: Registry, database: Database): Promise<void> {
+  const { stats, verify } = await repositoryStatus(database);
+  if (stats !== null) {
+    const stored = gauge(
+      registry,
+      "lifeboat_repository_stored_bytes",
+      "Bytes stored in the repository by object kind (packs, pages, trash, other), at the last stats refresh",
+      ["kind"],
+    );
+    const objects = gauge(
+      registry,
+      "lifeboat_repository_objects",
+      "Objects in the repository by kind, at the last stats refresh",
+      ["kind"],
+    );
+    for (const kind of ["packs", "pages", "trash", "other"] as const) {
+      stored.set({ kind }, stats.storedBytes[kind]);
+      objects.set({ kind }, stats.objects[kind]);
+    }
+    gauge(registry, "lifeboat_repository_pits", "PITs in the repository, at the last stats refresh", []).set(
+      stats.pits,
+    );
+    gauge(
+      registry,
+      "lifeboat_repository_stats_timestamp_seconds",
+      "When the repository's size was last measured (Unix time)",
+      [],
+    ).set(Date.parse(stats.at) / 1000);
+  }
+  if (verify !== null) {
+    const one = (name: string, help: string, value: number) => gauge(registry, name, help, []).set(value);
+    one(
+      "lifeboat_repository_chunks",
+      "Chunks the repository's PITs and replicas reference, at the last verify",
+      verify.referencedChunks,
+    );
+    one(
+      "lifeboat_repository_last_verify_timestamp_seconds",
+      "When the last repository verify finished (Unix time)",
+      Date.parse(verify.at) / 1000,
+    );
+    one(
+      "lifeboat_repository_last_verify_success",
+      "1 when the last repository verify found no damage, else 0",
+      verify.ok ? 1 : 0,
+    );
+    one(
+      "lifeboat_repository_last_verify_damaged_objects",
+      "Damaged objects the last repository verify found",
+      verify.damage.objects,
+    );
+    one(
+      "lifeboat_repository_last_verify_duration_seconds",
+      "How long the last repository verify took",
+      verify.durationMs / 1000,
+    );
+    if (verify.lastReadDataAt !== null)
+      one(
+        "lifeboat_repository_last_data_verify_timestamp_seconds",
+        "When a verify last read every referenced chunk's data (Unix time)",
+        Date.parse(verify.lastReadDataAt) / 1000,
+      );
+  }
+}
+
+async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<void> {
+  const source = opts.ingest;
+  if (source === undefined) return;
+  const perServer = new Counter({
+    name: "lifeboat_server_replicated_bytes_total",
+    help: "Bytes of block data this instance's embedded replicator applied for the server since the instance started",
+    labelNames: ["server", "server_id", "replicator"] as const,
+    registers: [registry],
+  });
+  const ingest = new Counter({
+    name: "lifeboat_replicator_ingest_bytes_total",
+    help: "Bytes of block data this instance's embedded replicator applied since the instance started",
+    labelNames: ["replicator", "replicator_id"] as const,
+    registers: [registry],
+  });
+  const streams = gauge(
+    registry,
+    "lifeboat_replicator_sessions",
+    "Replication streams this instance's embedded replicator holds open now",
+    ["replicator", "replicator_id"],
+  );
+  const counts = source.ingested();
+  const ids = new Map(
+    (await opts.database.db.selectFrom("servers").select(["id", "name"]).execute()).map((r) => [
+      r.name,
+      r.id,
+    ]),
+  );
+  let total = 0;
+  for (const [server, bytes] of counts) {
+    perServer.inc({ server, server_id: ids.get(server) ?? "", replicator: EMBEDDED_REPLICATOR }, bytes);
+    total += bytes;
+  }
+  const l = { replicator: EMBEDDED_REPLICATOR, replicator_id: "" };
+  ingest.inc(l, total);
+  streams.set(l, source.servers().length);
 }

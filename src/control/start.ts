@@ -18,6 +18,7 @@ import {
 import { attachWire, wireConnectionHandler } from "../wire/index.js";
 import { isRevoked } from "./auth.js";
 import { buildApp } from "./app.js";
+import { reportIngest } from "./routes/metrics.js";
 import { recordPit } from "./catalog.js";
 import { type ControlConfig, dataPaths, loadConfig } from "./config.js";
 import { type Database, migrateToLatest, openDatabase, tryAcquireLease } from "./db/index.js";
@@ -29,6 +30,7 @@ import { balancePool } from "./replicator-pool.js";
 import { assignments } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
 import { startRpoChecks } from "./rpo.js";
+import { VERIFY_JOB, startRepositoryChecks, verifyJobHandler } from "./repository-checks.js";
 import { WebhookDeliverer } from "./webhook-delivery.js";
 
 export interface RunningServer {
@@ -105,6 +107,7 @@ export async function startServer(
   };
   const runner = new JobRunner({ database, clock, logger, handlers, waitsOnOthers: ["plan"] });
   handlers.plan = planHandler({ database, clock, poke: () => runner.poke() });
+  handlers[VERIFY_JOB] = verifyJobHandler({ database, clock, repo: openRepo });
   try {
     await migrateToLatest(database);
     app = await buildApp({
@@ -119,6 +122,7 @@ export async function startServer(
     });
     if (opts.replicator !== false) {
       replicator = embeddedReplicator(await openRepo(), database, clock, logger);
+      reportIngest(app, replicator);
       attachWire(
         app.server as unknown as TlsServer, // fastify built it with `https`: an https.Server, a tls.Server
         wireConnectionHandler(replicator.wire, async (socket) => {
@@ -165,6 +169,15 @@ export async function startServer(
   const rpoChecks = startRpoChecks({ database, clock, logger, instance: runner.instance });
   const deliverer = new WebhookDeliverer({ database, clock, logger, instance: runner.instance });
   deliverer.start();
+  // Repository size now and then, and a verify a day (a full read a week): repository-checks.ts.
+  const repoChecks = startRepositoryChecks({
+    database,
+    clock,
+    logger,
+    instance: runner.instance,
+    repo: openRepo,
+    onJob: () => runner.poke(),
+  });
   let closing: Promise<void> | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     logger.info({ signal }, "shutting down");
@@ -176,6 +189,7 @@ export async function startServer(
       process.removeListener("SIGINT", onSignal);
       clearInterval(sweeper);
       await rpoChecks.close();
+      await repoChecks.close();
       await deliverer.close();
       // Wire connections first: the HTTP server's close waits for every socket.
       await runner.close();

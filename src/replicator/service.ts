@@ -3,6 +3,7 @@ import { type Pit, type Repository, readHead } from "../store/index.js";
 import {
   type Hello,
   type HeartbeatSettings,
+  type SequencedMessage,
   type ServerConnection,
   type StreamHandlers,
   type WindowLimits,
@@ -55,6 +56,8 @@ export class Replicator {
   private readonly log: Logger;
   private closed = false;
   private commandIds = 0;
+  /** Bytes of block data applied, by server name, since this replicator started (metrics). */
+  private readonly applied = new Map<string, number>();
 
   constructor(private readonly opts: ReplicatorOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -65,6 +68,15 @@ export class Replicator {
       clock: opts.clock ?? systemClock,
       logger: this.log,
     });
+  }
+
+  /**
+   * Bytes of block data (as sent: compressed blocks and patches, not
+   * references to blocks the repository holds) applied durably, by server
+   * name, since this replicator started.
+   */
+  ingested(): Map<string, number> {
+    return new Map(this.applied);
   }
 
   /** The servers (by name) whose streams this replicator holds now. */
@@ -159,7 +171,11 @@ export class Replicator {
     this.log.info({ server, peer: peer.id, appliedSeq: applier.appliedSeq }, "replication stream accepted");
     return {
       pipelined: true,
-      apply: (msg, seq) => replica.stream.submit(msg, seq),
+      apply: (msg, seq) =>
+        replica.stream.submit(msg, seq).then(() => {
+          const n = dataBytes(msg);
+          if (n > 0) this.applied.set(server, (this.applied.get(server) ?? 0) + n);
+        }),
       have: (hashes) => Promise.resolve(hashes.map((h) => applier.holds(h))),
       ...(head?.session ? { persisted: { token: head.session, lastApplied: head.appliedSeq } } : {}),
       onStream: (token) => {
@@ -184,6 +200,12 @@ export class Replicator {
     })();
     return r.closing;
   }
+}
+
+function dataBytes(msg: SequencedMessage): number {
+  if (msg.type !== "BLOCKS") return 0;
+  if (msg.kind === "patch") return msg.patches.reduce((n, p) => n + p.data.length, 0);
+  return msg.blocks.reduce((n, b) => n + b.data.length, 0);
 }
 
 function asLifeboatError(err: Error): LifeboatError {

@@ -43,6 +43,7 @@ const TABLES: (keyof Schema)[] = [
   "disk_generations",
   "console_sessions",
   "lag_samples",
+  "repository_checks",
 ];
 
 const ALL_MIGRATIONS = [
@@ -54,6 +55,7 @@ const ALL_MIGRATIONS = [
   "0006_console",
   "0007_replicator_pool",
   "0008_failback",
+  "0010_repository_checks",
 ];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
+import { rm, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { createJob, logJobStep } from "../../src/control/jobs.js";
+import { refreshRepositoryStats, verifyAndRecord } from "../../src/control/repository-checks.js";
+import { reportIngest } from "../../src/control/routes/metrics.js";
+import { importDisks } from "../../src/store/index.js";
+import { newRepository, tempDir } from "../support/repo.js";
 import { forEachDatabase } from "../support/databases.js";
 import { T0, testApp } from "./helpers.js";
 import { addPit, addReplicator, addServer, setReplication } from "./seed.js";
@@ -217,5 +223,60 @@ forEachDatabase("metrics", (open) => {
     assert.equal(value(m2, "lifeboat_server_rpo_breached", a), 0);
     assert.equal(value(m2, "lifeboat_server_last_pit_age_seconds", a), 60);
     await t.app.close();
+  });
+
+  void it("/metrics: repository size and last verify as recorded, the embedded replicator's ingest", async () => {
+    const t = await testApp(await open());
+    const db = t.database;
+    await addServer(db, "srv_a", "db-01");
+    // Nothing recorded yet: no repository series rather than zeros.
+    let m = parsePrometheus((await t.app.inject({ url: "/metrics", headers: t.auth("viewer") })).body);
+    assert.equal(m.has("lifeboat_repository_stored_bytes"), false);
+    assert.equal(m.has("lifeboat_repository_last_verify_success"), false);
+    assert.equal(m.has("lifeboat_server_replicated_bytes_total"), false, "no embedded replicator");
+
+    const repo = await newRepository({ clock: t.clock });
+    const dir = await tempDir();
+    try {
+      const image = Buffer.alloc(4 * 65536, 1);
+      image.fill(2, 65536);
+      const file = path.join(dir, "disk.img");
+      await writeFile(file, image);
+      await importDisks(repo, { server: "db-01", disks: [file] });
+      const stats = await refreshRepositoryStats(db, t.clock, repo);
+      t.clock.advance(1000);
+      const verify = await verifyAndRecord(db, t.clock, repo, { readData: true });
+      reportIngest(t.app, { ingested: () => new Map([["db-01", 123_456]]), servers: () => ["db-01"] });
+
+      m = parsePrometheus((await t.app.inject({ url: "/metrics", headers: t.auth("viewer") })).body);
+      for (const kind of ["packs", "pages", "trash", "other"] as const) {
+        assert.equal(value(m, "lifeboat_repository_stored_bytes", { kind }), stats.storedBytes[kind]);
+        assert.equal(value(m, "lifeboat_repository_objects", { kind }), stats.objects[kind]);
+      }
+      assert.ok(stats.storedBytes.packs > 0 && stats.objects.packs > 0);
+      assert.equal(value(m, "lifeboat_repository_pits", {}), 1);
+      assert.equal(value(m, "lifeboat_repository_stats_timestamp_seconds", {}), T0 / 1000);
+      assert.equal(value(m, "lifeboat_repository_chunks", {}), 2, "two distinct chunks");
+      assert.equal(verify.referencedChunks, 2);
+      assert.equal(value(m, "lifeboat_repository_last_verify_timestamp_seconds", {}), (T0 + 1000) / 1000);
+      assert.equal(value(m, "lifeboat_repository_last_verify_success", {}), 1);
+      assert.equal(value(m, "lifeboat_repository_last_verify_damaged_objects", {}), 0);
+      assert.equal(
+        value(m, "lifeboat_repository_last_data_verify_timestamp_seconds", {}),
+        (T0 + 1000) / 1000,
+      );
+      assert.equal(m.get("lifeboat_repository_last_verify_duration_seconds")!.type, "gauge");
+
+      const a = { server: "db-01", server_id: "srv_a", replicator: "embedded" };
+      assert.equal(m.get("lifeboat_server_replicated_bytes_total")!.type, "counter");
+      assert.equal(value(m, "lifeboat_server_replicated_bytes_total", a), 123_456);
+      const e = { replicator: "embedded", replicator_id: "" };
+      assert.equal(value(m, "lifeboat_replicator_ingest_bytes_total", e), 123_456);
+      assert.equal(value(m, "lifeboat_replicator_sessions", e), 1);
+    } finally {
+      await repo.close();
+      await t.app.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

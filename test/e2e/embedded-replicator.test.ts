@@ -16,6 +16,7 @@ import { startServer } from "../../src/control/start.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../../src/net/index.js";
 import { exportDisk, listPits, openRepository } from "../../src/store/index.js";
 import { AgentSession, connectWire, type PointDone } from "../../src/wire/index.js";
+import { request } from "undici";
 import { prng, randomBuffer } from "../support/images.js";
 
 const CHUNK = 64 * 1024;
@@ -105,6 +106,18 @@ void describe("the replicator embedded in server start", () => {
       await exportDisk(repo, pits[0]!, 0, out);
       assert.ok((await readFile(out)).equals(disk));
       await repo.close();
+
+      // /metrics: what the embedded replicator applied for db1, while its stream is open.
+      const scrape = await request(`${server.url}/metrics`, { dispatcher: operator, headers: auth });
+      const text = await scrape.body.text();
+      assert.match(
+        text,
+        new RegExp(
+          `^lifeboat_server_replicated_bytes_total\\{server="db1",server_id="${db1.serverId}",replicator="embedded"\\} ${32 * CHUNK}$`,
+          "m",
+        ),
+      );
+      assert.match(text, /^lifeboat_replicator_sessions\{replicator="embedded",replicator_id=""\} 1$/m);
 
       // An agent claiming another server's id is refused for good.
       const liar = session(app1, db1.serverId).s;

@@ -110,6 +110,9 @@ void describe("replicator over the wire", () => {
     });
     await session.whenAcked(seq);
     assert.equal(session.lastAcked, seq);
+    // 76 raw blocks of data; the 20 zero blocks carry none.
+    assert.deepEqual(replicator.ingested(), new Map([["srv-1", 76 * CHUNK]]));
+    assert.deepEqual(replicator.servers(), ["srv-1"]);
     await until(() => done.length === 1);
     assert.equal(done[0]!.pointId, "initial");
     assert.equal(pits.length, 1);

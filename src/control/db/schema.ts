@@ -43,6 +43,7 @@ export interface Schema {
   lag_samples: LagSamplesTable;
   failbacks: FailbacksTable;
   disk_generations: DiskGenerationsTable;
+  repository_checks: RepositoryChecksTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -425,3 +426,14 @@ export interface DiskGenerationsTable {
 
 export type Failback = Selectable<FailbacksTable>;
 export type DiskGeneration = Selectable<DiskGenerationsTable>;
+
+/** Since 0010: the last repository stats and verify results (repository-checks.ts), one row per kind. */
+export interface RepositoryChecksTable {
+  kind: "stats" | "verify";
+  /** When the check finished. */
+  at: number;
+  /** 1: no damage found (stats: always 1). */
+  ok: 0 | 1;
+  duration_ms: number;
+  result_json: string;
+}

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { requireOperator } from "../auth.js";
 import type { AppContext } from "../context.js";
-import { METRICS_CONTENT_TYPE, RequestMetrics, scrapeMetrics } from "../metrics.js";
+import { type IngestSource, METRICS_CONTENT_TYPE, RequestMetrics, scrapeMetrics } from "../metrics.js";
 import { authErrors } from "./schemas.js";
 
 /**
@@ -12,6 +12,13 @@ import { authErrors } from "./schemas.js";
  * pattern ("unmatched" for a URL no route serves), leaving out streams
  * (server-sent events, whose duration is the client's choice).
  */
+const ingestSources = new WeakMap<FastifyInstance, IngestSource>();
+
+/** The embedded replicator whose ingest `app`'s /metrics reports (server start sets it once it runs one). */
+export function reportIngest(app: FastifyInstance, source: IngestSource): void {
+  ingestSources.set(app, source);
+}
+
 export function metricsRoutes(app: FastifyInstance, ctx: AppContext): void {
   const requests = new RequestMetrics();
   app.addHook("onResponse", (request, reply, done) => {
@@ -44,6 +51,7 @@ export function metricsRoutes(app: FastifyInstance, ctx: AppContext): void {
         clock: ctx.clock,
         heartbeatTimeoutSeconds: ctx.config.heartbeatTimeoutSeconds,
         requests,
+        ...(ingestSources.has(app) ? { ingest: ingestSources.get(app)! } : {}),
       });
       return reply.type(METRICS_CONTENT_TYPE).send(text);
     },
