@@ -184,12 +184,12 @@ async function copyBundle(bundleDir: string, to: string, caPem: string): Promise
   });
   const [text, sig, releasePem] = await Promise.all([
     readFile(path.join(bundleDir, MANIFEST)),
-    readFile(path.join(bundleDir, MANIFEST_SIG), "utf8"),
+    readFile(path.join(bundleDir, MANIFEST_SIG)),
     readFile(path.join(bundleDir, RELEASE_PEM), "utf8"),
   ]);
   let signed = false;
   try {
-    signed = verifyDetached(releasePem, caPem, text, sig);
+    signed = verifyDetached(releasePem, caPem, text, sig.toString("base64"));
   } catch {
     signed = false;
   }
