@@ -645,6 +645,7 @@ export async function runAgent(opts: {
     await new Promise<void>((resolve) => {
       const done = () => resolve();
       endWait = done;
+      if (ended !== undefined) done(); // it ended while the service was starting
       process.once("SIGTERM", done);
       process.once("SIGINT", done);
       opts.signal?.addEventListener("abort", done);
