@@ -49,6 +49,12 @@ export interface AgentServiceOptions {
   bootCheckIntervalMs?: number;
   /** Chunks a failback compare covers per request (default 128; tests make it small). */
   failbackBatchChunks?: number;
+  /**
+   * The failback boot environment (bundle/failback-image.ts): never replicate,
+   * only receive a failback; `onFailbackEnd` hears how it ended.
+   */
+  failbackOnly?: boolean;
+  onFailbackEnd?: (state: string) => void;
 }
 
 export class AgentService {
@@ -179,6 +185,7 @@ export class AgentService {
     if (!mode && receiving) mode = { mode: "receive", failbackId: receiving };
     try {
       if (mode && mode.mode !== "replicate") await svc.applyMode(mode);
+      else if (opts.failbackOnly) log.info({}, "failback only: waiting for a failback to receive");
       else {
         await svc.adoptGenerations(mode?.generations);
         await replication.start();
@@ -342,7 +349,7 @@ export class AgentService {
         this.receiver = undefined;
       }
       await this.adoptGenerations(m.generations);
-      if (this.replicating) return;
+      if (this.replicating || this.opts.failbackOnly) return;
       this.mode = "replicate";
       this.log.info({}, "replicating");
       this.replication = await this.makeReplication();
@@ -387,6 +394,7 @@ export class AgentService {
       ...(this.opts.failbackBatchChunks ? { batchChunks: this.opts.failbackBatchChunks } : {}),
       onEnd: async (end) => {
         if (end.state === "ready" && end.generations) await this.saveGenerations(end.generations, true);
+        if (this.opts.onFailbackEnd) return this.opts.onFailbackEnd(end.state);
         // Re-read the mode off the receiver's own loop (switching stops the receiver, which waits for that loop).
         setImmediate(() => {
           this.control
@@ -613,16 +621,31 @@ export async function runAgent(opts: {
   configDir: string;
   logger?: Logger;
   signal?: AbortSignal;
-}): Promise<void> {
+  /** Receive a failback only, and return once it ends: with true when it ended ready. */
+  failbackOnly?: boolean;
+}): Promise<boolean> {
+  let ended: string | undefined;
+  let endWait: () => void = () => undefined;
   const svc = await AgentService.start({
     configDir: opts.configDir,
     ...(opts.logger ? { logger: opts.logger } : {}),
+    ...(opts.failbackOnly
+      ? {
+          failbackOnly: true,
+          onFailbackEnd: (state: string) => {
+            ended = state;
+            endWait();
+          },
+        }
+      : {}),
   });
   const onUsr2 = () => void svc.readRescanRequest();
   process.on("SIGUSR2", onUsr2);
   try {
     await new Promise<void>((resolve) => {
       const done = () => resolve();
+      endWait = done;
+      if (ended !== undefined) done(); // it ended while the service was starting
       process.once("SIGTERM", done);
       process.once("SIGINT", done);
       opts.signal?.addEventListener("abort", done);
@@ -631,4 +654,6 @@ export async function runAgent(opts: {
     process.off("SIGUSR2", onUsr2);
     await svc.stop();
   }
+  if (ended !== undefined) opts.logger?.info({ state: ended }, "failback ended; the agent exits");
+  return ended === "ready";
 }

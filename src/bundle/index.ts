@@ -18,6 +18,14 @@ export {
 } from "./build.js";
 export { AGENT_JS, WORKER_FILES } from "./esbuild.js";
 export {
+  buildFailbackImage,
+  DEFAULT_IMAGE_MODULES,
+  type FailbackImage,
+  type FailbackImageOptions,
+  IMAGE_AGENT_DIR,
+  IMAGE_CONFIG_DIR,
+} from "./failback-image.js";
+export {
   MANIFEST,
   MANIFEST_SIG,
   type Manifest,

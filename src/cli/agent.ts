@@ -72,14 +72,28 @@ export function agentCommand(): Command {
     .option("--block-size <bytes>", "block size on the wire, a power of two from 16KiB to 16MiB", "65536")
     .action(action<InstallOpts>((ctx, o) => install(ctx, o)));
 
-  configDirOption(agent.command("run").description("run the agent service in the foreground")).action(
-    action<{ configDir: string }>(async (ctx, o) => {
-      // A launched copy of a protected server must never connect as that server.
-      await refuseLaunchedCopy(o.configDir);
-      const { runAgent } = await import("../agent/service.js");
-      await runAgent({ configDir: o.configDir, logger: ctx.logger });
-    }),
-  );
+  configDirOption(agent.command("run").description("run the agent service in the foreground"))
+    .option(
+      "--failback-only",
+      "never replicate; receive a failback and exit when it ends (0: ready; the failback boot environment)",
+    )
+    .action(
+      action<{ configDir: string; failbackOnly?: boolean }>(async (ctx, o) => {
+        // A launched copy of a protected server must never connect as that server.
+        await refuseLaunchedCopy(o.configDir);
+        const { runAgent } = await import("../agent/service.js");
+        const ready = await runAgent({
+          configDir: o.configDir,
+          logger: ctx.logger,
+          failbackOnly: o.failbackOnly === true,
+        });
+        if (o.failbackOnly && !ready)
+          throw new LifeboatError("FAILBACK_RECEIVE_ENDED", "the failback ended without becoming ready", {
+            hint: "see `lifeboat failback show` on the recovery site",
+            exitCode: 1,
+          });
+      }),
+    );
 
   configDirOption(
     agent.command("status").description("what the agent is doing (STOPPED when it does not run)"),

@@ -2,7 +2,8 @@ import { readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Command } from "commander";
-import { buildBundle, publishBundle, readManifest } from "../bundle/index.js";
+import { buildBundle, buildFailbackImage, publishBundle, readManifest } from "../bundle/index.js";
+import { LifeboatError } from "../base/index.js";
 import { DEFAULT_DATA_DIR, dataPaths, loadConfig } from "../control/index.js";
 import { action } from "./action.js";
 import { requireOption } from "./context.js";
@@ -18,6 +19,20 @@ interface BuildOpts extends ServerOpts {
   sea: boolean;
   nodeBinary?: string;
   nodeCache?: string;
+}
+
+interface FailbackImageOpts extends ServerOpts {
+  out?: string;
+  from?: string;
+  agentConfig?: string;
+  endpoint?: string;
+  disk?: string[];
+  kernelVersion?: string;
+  modulesRoot?: string;
+  module?: string[];
+  busybox?: string;
+  then: string;
+  compression: string;
 }
 
 interface PublishOpts extends ServerOpts {
@@ -117,5 +132,77 @@ export function bundleCommand(): Command {
           ]);
       }),
     );
+  serverOptions(
+    bundle
+      .command("failback-image")
+      .description(
+        "the failback boot environment of one server: an initramfs booting its own kernel into the agent in receive mode (docs/failback-boot.md)",
+      ),
+  )
+    .option("--out <file>", "the image file to write (0600: it holds the server's agent key)")
+    .option("--from <dir>", "the signed bundle with its single executable (default D/downloads/agent)")
+    .option(
+      "--agent-config <dir>",
+      "the original server's agent directory (its /etc/lifeboat/agent, copied in)",
+    )
+    .option("--endpoint <url>", "the site as the boot environment reaches it (default: the agent's endpoint)")
+    .option(
+      "--disk <index=path>",
+      "the device a disk has in the boot environment, e.g. 0=/dev/vda (repeatable)",
+      collect,
+      undefined,
+    )
+    .option("--kernel-version <version>", "the kernel the image boots with (default: this host's, uname -r)")
+    .option("--modules-root <dir>", "where lib/modules/VERSION is (default /)", "/")
+    .option("--module <name>", "another kernel module to load (repeatable)", collect, undefined)
+    .option("--busybox <file>", "a statically linked busybox (default /bin/busybox)")
+    .option("--then <what>", "after the failback: reboot or poweroff", "reboot")
+    .option("--compression <how>", "gzip or zstd", "gzip")
+    .action(
+      action<FailbackImageOpts>(async (ctx, o) => {
+        const out = requireOption(o.out, "--out");
+        const agentConfig = requireOption(o.agentConfig, "--agent-config");
+        if (o.then !== "reboot" && o.then !== "poweroff") throw usage("--then is reboot or poweroff");
+        if (o.compression !== "gzip" && o.compression !== "zstd")
+          throw usage("--compression is gzip or zstd");
+        const disks = (o.disk ?? []).map((d) => {
+          const m = /^(\d+)=(\/.+)$/.exec(d);
+          if (!m) throw usage(`--disk ${d} is not INDEX=/dev/NAME`);
+          return { index: Number(m[1]), path: m[2]! };
+        });
+        const image = await buildFailbackImage({
+          out,
+          bundleDir: o.from ?? dataPaths(await dataDirOf(o)).agentBundle,
+          agentConfigDir: agentConfig,
+          disks,
+          modulesRoot: o.modulesRoot ?? "/",
+          then: o.then,
+          compression: o.compression,
+          ...(o.endpoint !== undefined ? { endpoint: o.endpoint } : {}),
+          ...(o.kernelVersion !== undefined ? { kernelVersion: o.kernelVersion } : {}),
+          ...(o.module ? { modules: o.module } : {}),
+          ...(o.busybox !== undefined ? { busybox: o.busybox } : {}),
+        });
+        if (ctx.json) printJson(image);
+        else
+          printLines([
+            `${image.file}  ${formatBytes(image.bytes)}  (a secret: it holds ${image.serverName}'s agent key)`,
+            `  server ${image.serverName}, endpoint ${image.endpoint}, kernel ${image.kernelVersion}`,
+            `  ${image.modules.length} modules${image.missingModules.length ? `; not found: ${image.missingModules.join(", ")}` : ""}`,
+            `boot it with the server's own kernel: see docs/failback-boot.md`,
+          ]);
+      }),
+    );
   return bundle;
+}
+
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
+
+function usage(message: string): LifeboatError {
+  return new LifeboatError("USAGE", message, {
+    hint: "see `lifeboat bundle failback-image --help`",
+    exitCode: 2,
+  });
 }

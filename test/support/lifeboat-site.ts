@@ -49,9 +49,10 @@ export interface Site {
   close(): Promise<void>;
 }
 
-export async function startSite(dir: string): Promise<Site> {
+/** `hostnames`: the names and addresses in the server's TLS certificate (default localhost and 127.0.0.1). */
+export async function startSite(dir: string, opts: { hostnames?: string[] } = {}): Promise<Site> {
   const dataDir = path.join(dir, "server");
-  const init = await initServer({ dataDir });
+  const init = await initServer({ dataDir, ...(opts.hostnames ? { hostnames: opts.hostnames } : {}) });
   const server = await startServer(dataDir, { listen: "127.0.0.1:0", handleSignals: false });
   const caPem = await readFile(path.join(dataDir, "ca.pem"), "utf8");
   const operator = createApiDispatcher({ caPem });
