@@ -91,7 +91,7 @@ export interface ReplicationResults {
     traceLosses: number;
     rescans: number;
   };
-  /** Uncapped 4 KiB random writes, rounds with the agent replicating (trace mode), then without it. */
+  /** Uncapped 4 KiB random writes: rounds on the replicated disk (trace mode) alternating with an untracked twin. */
   overhead: {
     roundSeconds: number;
     rounds: number;
@@ -103,7 +103,7 @@ export interface ReplicationResults {
     without: FioFigures;
     load1With: number;
     load1Without: number;
-    /** How much worse with the agent than without, in % (positive: the agent costs the workload). */
+    /** How much worse with the agent than on the untracked twin, in % (positive: the agent costs the workload). */
     iopsCostPercent: number;
     latencyMeanCostPercent: number;
     latencyP99CostPercent: number;
@@ -142,15 +142,18 @@ export function renderOverhead(r: ReplicationResults): string[] {
   const o = r.overhead;
   const rounds = (xs: FioFigures[]): string => xs.map((x) => x.iops).join(", ");
   return [
-    `\`${r.options.fio4k}\` (runtime ${o.roundSeconds} s) on a ${o.fileMiB} MiB file of the mounted ext4: ` +
-      `${o.rounds} rounds with the agent replicating in trace mode (tracefs block events; it tracks and ships ` +
-      `while fio writes, and catches up between rounds), then ${o.rounds} rounds after it stopped. Medians of the rounds.`,
+    `\`${r.options.fio4k}\` (runtime ${o.roundSeconds} s, one write at a time) on a ${o.fileMiB} MiB file: ` +
+      `${o.rounds} rounds on the replicated ext4 with the agent replicating it in trace mode (tracefs block ` +
+      "events; it tracks and ships while fio writes, and catches up after each round, outside it), alternating " +
+      `with ${o.rounds} rounds on an untracked twin (an ext4 on its own loop device, --direct-io=on, backed by ` +
+      "the same host filesystem), so both see the same background load. Medians of the rounds; load = mean " +
+      "1-minute load average before the rounds.",
     "",
     table(
       ["run", "IOPS", "MB/s", "latency mean µs", "p50 µs", "p99 µs", "IOPS per round", "load before"],
       [
-        [...fioRow("with the agent", o.with), rounds(o.withRounds), String(o.load1With)],
-        [...fioRow("without", o.without), rounds(o.withoutRounds), String(o.load1Without)],
+        [...fioRow("replicated disk, agent tracing", o.with), rounds(o.withRounds), String(o.load1With)],
+        [...fioRow("untracked twin, no agent", o.without), rounds(o.withoutRounds), String(o.load1Without)],
       ],
     ),
     "",

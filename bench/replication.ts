@@ -13,8 +13,8 @@
  * scattered 4 KiB writes through the filesystem, time from their end until a
  * PIT holding them is committed, and the peers' second backups; lag under a
  * steady 20 MiB/s random-write fio workload (RPO); the trace-mode overhead:
- * uncapped 4 KiB random writes, IOPS and latency with the agent replicating
- * and after it stopped; CPU and peak RSS of both sides. `--no-peers` leaves
+ * uncapped 4 KiB random writes, IOPS and latency on the replicated disk with
+ * the agent replicating, alternating with the same on an untracked twin disk; CPU and peak RSS of both sides. `--no-peers` leaves
  * the peers out (run.js does: its peers section backs up the same image).
  *
  * A full-size run (2 GiB, default durations) writes bench/results/replication.{json,md};
@@ -43,6 +43,7 @@ import { machineFacts } from "./report.js";
 import { renderReplication, type FioFigures, type ReplicationResults } from "./replication-report.js";
 import { dropCachesAsync, replicationPeers, spawnAsync } from "./replication-peers.js";
 import { peakRssMiB, processCpuSeconds, startServerChild } from "./replication-site.js";
+import { twinDisk } from "./twin-disk.js";
 import {
   GiB,
   Interrupted,
@@ -357,37 +358,57 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     };
     log(`RPO: lag p50 ${rpo.lagP50} s, p95 ${rpo.lagP95} s, max ${rpo.lagMax} s over ${lags.length} samples`);
 
-    // 4. Trace-mode overhead: uncapped 4 KiB random writes with the agent replicating (tracing and
-    // shipping), then the same rounds after it stopped. The agent catches up between its rounds, so
-    // each starts from the same state; that wait is not part of any round.
+    // 4. Trace-mode overhead: uncapped 4 KiB random writes on the replicated disk, with the agent
+    // tracing and shipping them, alternating with the same workload on an untracked twin disk, so
+    // both kinds of round see the same background load. The agent catches up after each of its
+    // rounds, outside the rounds, so each starts from the same state.
     log(
-      `trace overhead: ${OVERHEAD_ROUNDS} × ${opts.overheadSeconds} s of 4 KiB random writes with the agent`,
+      `trace overhead: ${OVERHEAD_ROUNDS} × ${opts.overheadSeconds} s of 4 KiB random writes with the agent, ` +
+        "alternating with the same on an untracked twin disk",
     );
+    const twin = twinDisk(path.join(work, "twin"), fioMiB + 64);
     const withRounds: FioFigures[] = [];
-    const withLoad = load1();
+    const withoutRounds: FioFigures[] = [];
+    const loads = { with: [] as number[], without: [] as number[] };
     const losses1 = agent.counters.traceLosses;
     let withCpu = { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 };
-    for (let r = 0; r < OVERHEAD_ROUNDS; r++) {
-      const m = new Meter(server.pid);
-      withRounds.push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
-      const used = m.read();
-      withCpu = {
-        seconds: withCpu.seconds + used.seconds,
-        agentCpuSeconds: withCpu.agentCpuSeconds + used.agentCpuSeconds,
-        serverCpuSeconds: withCpu.serverCpuSeconds + used.serverCpuSeconds,
-      };
-      await until("the agent to catch up after an overhead round", () => caughtUp(agent.status()), 600_000);
+    try {
+      const twinFile = path.join(twin.mnt, "fio-workload.dat");
+      await fioLayout(twinFile, fioMiB);
+      for (let r = 0; r < OVERHEAD_ROUNDS; r++) {
+        for (const tracked of r % 2 === 0 ? [true, false] : [false, true]) {
+          (tracked ? loads.with : loads.without).push(load1());
+          if (!tracked) {
+            withoutRounds.push(fioFigures(await fioRandom4k(twinFile, fioMiB, opts.overheadSeconds)));
+            continue;
+          }
+          const m = new Meter(server.pid);
+          withRounds.push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+          const used = m.read();
+          withCpu = {
+            seconds: withCpu.seconds + used.seconds,
+            agentCpuSeconds: withCpu.agentCpuSeconds + used.agentCpuSeconds,
+            serverCpuSeconds: withCpu.serverCpuSeconds + used.serverCpuSeconds,
+          };
+          await until(
+            "the agent to catch up after an overhead round",
+            () => caughtUp(agent.status()),
+            600_000,
+          );
+        }
+      }
+    } finally {
+      twin.dispose();
     }
     const overheadLosses = agent.counters.traceLosses - losses1;
     const finalPoint = await agent.requestPoint();
     const counters = { ...agent.counters };
     await agent.stop();
     rep = undefined;
-    log("trace overhead: the same rounds without the agent");
-    const withoutLoad = load1();
-    const withoutRounds: FioFigures[] = [];
-    for (let r = 0; r < OVERHEAD_ROUNDS; r++)
-      withoutRounds.push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+    const meanLoad = (xs: number[]): number =>
+      round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length), 1);
+    const withLoad = meanLoad(loads.with);
+    const withoutLoad = meanLoad(loads.without);
     const w = medianFigures(withRounds);
     const wo = medianFigures(withoutRounds);
     const overhead = {
