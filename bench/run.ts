@@ -295,21 +295,34 @@ function main(): number {
     secrets: makeSecrets(path.join(repos, "secrets")),
   };
   const all = opts.only === null && !opts.warm;
-  let failed = false;
+  const failures: string[] = [];
+  const check = (section: string, status: number): void => {
+    if (status !== 0) failures.push(section);
+  };
   try {
     const peers = timedSection("store ingest and peers", () => peersSection(opts, images, ctx, dir, start));
-    failed ||= peers.failed;
+    check("store ingest and peers (a tool failed or a restore differed)", peers.failed ? 1 : 0);
     if (all) {
-      failed ||=
-        timedSection("replication, RPO, trace overhead", () => replicationBench(opts, dir, false)) !== 0;
+      check(
+        "replication",
+        timedSection("replication, RPO, trace overhead", () => replicationBench(opts, dir, false)),
+      );
       // After replication: the launch restores from the peers section's repositories, then they go.
-      failed ||= timedSection("launch", () => launchBench(opts, dir, repos)) !== 0;
+      check(
+        "launch (a restore failed or differed)",
+        timedSection("launch", () => launchBench(opts, dir, repos)),
+      );
     }
   } finally {
     if (opts.keep) log(`repositories kept in ${repos}`);
     else removeTree(repos);
   }
-  if (opts.only === null) failed ||= timedSection("API load", () => apiBench(opts, dir, notes)) !== 0;
+  if (opts.only === null)
+    check(
+      "API load (requests failed)",
+      timedSection("API load", () => apiBench(opts, dir, notes)),
+    );
+  const failed = failures.length > 0;
   if (opts.warm) return failed ? 1 : 0;
 
   const file = partial ? path.join(dir, "RESULTS.md") : path.join(ROOT, "bench", "RESULTS.md");
@@ -330,7 +343,7 @@ function main(): number {
       opts.only === null && existsSync(apiFile) && statSync(apiFile).mtime >= startedAt
         ? readFileSync(apiFile, "utf8")
         : null,
-    notes: [...notes, ...(failed ? ["A section failed or a restore differed: see the log of the run."] : [])],
+    notes: [...notes, ...failures.map((f) => `Section failed: ${f}; see its report and the log of the run.`)],
   });
   console.log(markdown);
   log(`results written to ${path.relative(process.cwd(), file)} (run: ${Math.round(since(start))} s)`);
