@@ -7,13 +7,14 @@
  *
  *   node dist/bench/api.js [--agents N] [--seconds S] [--db sqlite|postgres|both]
  *                          [--pg-url URL] [--reads-per-second R] [--profile DIR]
+ *                          [--results-dir DIR]
  *
  * --profile DIR writes a V8 CPU profile of each server process into DIR.
  *
  * PostgreSQL: a database is created on the server of --pg-url or
  * LIFEBOAT_TEST_PG_URL (a user allowed to CREATE DATABASE) and dropped after.
  * A full run (defaults) writes bench/results/api.md; other runs write
- * bench/work/results/api.md.
+ * bench/work/results/api.md; `--results-dir` overrides both.
  *
  * The load is open-loop: each agent sends on its own schedule whether or not
  * earlier requests have been answered, so a slow server shows as latency, not
@@ -46,6 +47,8 @@ interface Options {
   readsPerSecond: number;
   profile: string | undefined;
   full: boolean;
+  /** Where api.md goes (run.js sets it); otherwise bench/results/ for a full run, else bench/work/results/. */
+  resultsDir: string | undefined;
 }
 
 interface Stats {
@@ -76,6 +79,7 @@ function options(): Options {
       "pg-url": { type: "string" },
       "reads-per-second": { type: "string" },
       profile: { type: "string" },
+      "results-dir": { type: "string" },
     },
   });
   const db = values.db ?? "both";
@@ -90,6 +94,7 @@ function options(): Options {
     pgUrl: values["pg-url"] ?? process.env.LIFEBOAT_TEST_PG_URL,
     readsPerSecond,
     profile: values.profile,
+    resultsDir: values["results-dir"],
     full:
       values.profile === undefined &&
       agents === 1000 &&
@@ -381,7 +386,7 @@ async function main(): Promise<number> {
     else results.push(r);
   }
   const markdown = render(results, notes, opts, loadBefore);
-  const dir = opts.full && notes.length === 0 ? RESULTS : path.join(WORK, "results");
+  const dir = opts.resultsDir ?? (opts.full && notes.length === 0 ? RESULTS : path.join(WORK, "results"));
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, "api.md");
   writeFileSync(`${file}.tmp`, markdown);

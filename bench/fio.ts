@@ -13,6 +13,8 @@ export interface FioResult {
   /** Completion latency percentiles of the writes, microseconds. */
   clatP50Us: number;
   clatP99Us: number;
+  /** Mean completion latency, microseconds. */
+  clatMeanUs: number;
   seconds: number;
 }
 
@@ -46,6 +48,23 @@ export function fioRandomWrites(
   ]);
 }
 
+/** Uncapped random 4 KiB writes for `seconds`, one at a time (psync): the IOPS and latency workload. */
+export function fioRandom4k(file: string, sizeMiB: number, seconds: number): Promise<FioResult> {
+  return fio([
+    "--name=randwrite4k",
+    `--filename=${file}`,
+    `--size=${sizeMiB}m`,
+    "--rw=randwrite",
+    "--bs=4k",
+    "--time_based",
+    `--runtime=${seconds}`,
+    "--randrepeat=0",
+  ]);
+}
+
+export const FIO_4K_COMMAND =
+  "fio --direct=1 --ioengine=psync --rw=randwrite --bs=4k --time_based --runtime=S --end_fsync=1 FILE";
+
 /** The fio command line for the report. */
 export function fioCommand(rateMBps?: number): string {
   return `fio --direct=1 --ioengine=psync --rw=randwrite --bsrange=4k-64k --time_based${rateMBps ? ` --rate=${rateMBps}m` : ""} FILE`;
@@ -67,7 +86,11 @@ async function fio(args: string[]): Promise<FioResult> {
   const json = JSON.parse(stdout.slice(stdout.indexOf("{"))) as {
     jobs: {
       elapsed: number;
-      write: { bw_bytes: number; iops: number; clat_ns: { percentile?: Record<string, number> } };
+      write: {
+        bw_bytes: number;
+        iops: number;
+        clat_ns: { mean?: number; percentile?: Record<string, number> };
+      };
     }[];
   };
   const job = json.jobs[0];
@@ -78,6 +101,7 @@ async function fio(args: string[]): Promise<FioResult> {
     iops: job.write.iops,
     clatP50Us: (pct["50.000000"] ?? NaN) / 1000,
     clatP99Us: (pct["99.000000"] ?? NaN) / 1000,
+    clatMeanUs: (job.write.clat_ns.mean ?? NaN) / 1000,
     seconds: job.elapsed,
   };
 }

@@ -4,16 +4,19 @@
  * `borg extract` of the same image, in one run.
  *
  *   sudo node dist/bench/launch.js [--quick | --size-gib N] [--rounds N] [--baseline DIR] [--keep]
+ *                                  [--repos DIR] [--results-dir DIR]
  *   sudo node dist/bench/run.js --only launch [--quick]
  *
  * Setup (not timed): base.img then changed.img (bench/make-image.ts) go into
  * a Lifeboat repository (`store import`, two PITs of one server), a restic
  * repository and a borg repository (`backup`/`create` from stdin, as in
- * peers.ts). Then, for each round, in an order that rotates from round to
+ * peers.ts), and a casync store (`make`). With `--repos DIR` the setup is
+ * skipped and the repositories of run.js's peers section (same images, same
+ * layout: DIR/lifeboat, restic, borg, casync, secrets) are used. Then, for each round, in an order that rotates from round to
  * round, every restore of the changed image runs with a cold page cache
  * (`sync; echo 3 > /proc/sys/vm/drop_caches` before each), under GNU time
- * for peak RSS, with a final `sync` inside the timing; each output is
- * compared with changed.img by cmp (not timed) and removed:
+ * for peak RSS, with a final `sync` inside the timing; each tool's first
+ * output is compared with changed.img by cmp (not timed); outputs are removed:
  *
  * - lifeboat export: exportDisk of every disk of the latest PIT (one here),
  *   in a process of its own (bench/launch-restore.ts);
@@ -22,25 +25,34 @@
  * - lifeboat export (baseline): with `--baseline DIR`, exportDisk of another
  *   build (DIR is a checkout whose dist/ is built), for a before/after figure;
  * - restic restore latest --target DIR;
- * - borg extract REPO::changed, in an empty directory.
+ * - borg extract REPO::changed, in an empty directory;
+ * - casync extract --store=STORE changed.caibx FILE.
  *
  * Reported: each round's seconds, the median, MB/s (image bytes ÷ median
  * seconds), peak RSS, the 1-minute load before each restore, and ratios
  * (peer median seconds ÷ lifeboat median seconds; above 1 lifeboat is faster).
  * A full run (2 GiB, default rounds) writes bench/results/launch.{json,md};
- * others write bench/work/results/.
+ * others write bench/work/results/; `--results-dir` overrides both.
  */
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { ensureImages, sizeFromArgs, type ImageDescription } from "./make-image.js";
 import {
+  CASYNC_EXTRACT_CMD,
+  DISK_NAME,
   RESTIC_BACKUP,
   borgCreate,
   borgInit,
+  borgRepo,
+  casyncExtract,
+  casyncMake,
+  casyncPaths,
   makeSecrets,
+  readSecrets,
   requireTimeBinary,
   resticInit,
+  resticRepo,
   round,
   sameContent,
   timed,
@@ -62,6 +74,9 @@ interface Options {
   rounds: number;
   baseline: string | null;
   keep: boolean;
+  /** Repositories to reuse (run.js's peers section); null: set them up here. */
+  repos: string | null;
+  resultsDir: string | undefined;
 }
 
 function parseOptions(): Options {
@@ -73,6 +88,8 @@ function parseOptions(): Options {
       baseline: { type: "string" },
       keep: { type: "boolean" },
       only: { type: "string" },
+      repos: { type: "string" },
+      "results-dir": { type: "string" },
     },
   });
   const rounds = Number(values.rounds ?? DEFAULT_ROUNDS);
@@ -83,6 +100,8 @@ function parseOptions(): Options {
     rounds,
     baseline: values.baseline ? path.resolve(values.baseline) : null,
     keep: values.keep ?? false,
+    repos: values.repos ? path.resolve(values.repos) : null,
+    resultsDir: values["results-dir"],
   };
 }
 
@@ -124,6 +143,8 @@ export interface LaunchResults {
   method: string[];
   pageCacheDropped: boolean;
   setupSeconds: Record<string, number>;
+  /** The repositories came from run.js's peers section (no setup here). */
+  reusedRepos?: boolean;
   tools: LaunchTool[];
   ratios: { lifeboat: string; peer: string; ratio: number }[];
   recoveryTime: string;
@@ -188,40 +209,61 @@ function main(): number {
   trapInterrupts();
   const start = performance.now();
   const images = ensureImages(opts.sizeBytes);
-  const repos = path.join(WORK, "launch-repos");
-  removeTree(repos);
-  mkdirSync(repos, { recursive: true });
-  const secrets = makeSecrets(path.join(repos, "secrets"));
+  const reuse = opts.repos !== null;
+  const repos = opts.repos ?? path.join(WORK, "launch-repos");
+  if (!reuse) {
+    removeTree(repos);
+    mkdirSync(repos, { recursive: true });
+  }
+  const secrets = reuse ? readSecrets(path.join(repos, "secrets")) : makeSecrets(path.join(repos, "secrets"));
   const setupSeconds: Record<string, number> = {};
   const tools: LaunchTool[] = [];
+  const casync = casyncPaths(repos);
   let results: LaunchResults;
   try {
     // --- Setup: the same two images into every tool's repository (not timed for the report).
     const lbRepo = path.join(repos, "lifeboat");
     const keyFile = path.join(repos, "secrets", "lifeboat.key");
-    const common = ["--repo", lbRepo, "--key-file", keyFile];
-    let t = performance.now();
-    run(process.execPath, [CLI, "store", "init", ...common], { cwd: repos });
-    for (const img of [images.base, images.changed])
-      run(process.execPath, [CLI, "store", "import", ...common, "--server", SERVER, "--disk", img], {
-        cwd: repos,
-      });
-    setupSeconds.lifeboat = round(since(t), 1);
-    log(`lifeboat repository ready (${setupSeconds.lifeboat} s)`);
+    let restic: PeerRepo;
+    let borg: PeerRepo;
+    if (reuse) {
+      restic = resticRepo(repos, secrets);
+      borg = borgRepo(repos, secrets, "borg");
+      for (const need of [lbRepo, restic.repo, borg.repo])
+        if (!existsSync(need)) throw new Error(`--repos ${repos}: ${need} is missing`);
+      log(`reusing the repositories in ${repos}`);
+    } else {
+      const common = ["--repo", lbRepo, "--key-file", keyFile];
+      let t = performance.now();
+      run(process.execPath, [CLI, "store", "init", ...common], { cwd: repos });
+      for (const img of [images.base, images.changed])
+        run(process.execPath, [CLI, "store", "import", ...common, "--server", SERVER, "--disk", img], {
+          cwd: repos,
+        });
+      setupSeconds.lifeboat = round(since(t), 1);
+      log(`lifeboat repository ready (${setupSeconds.lifeboat} s)`);
 
-    t = performance.now();
-    const restic: PeerRepo = resticInit(repos, secrets);
-    for (const img of [images.base, images.changed])
-      timedWithInput("restic", RESTIC_BACKUP, img, restic.opts);
-    setupSeconds.restic = round(since(t), 1);
-    log(`restic repository ready (${setupSeconds.restic} s)`);
+      t = performance.now();
+      restic = resticInit(repos, secrets);
+      for (const img of [images.base, images.changed])
+        timedWithInput("restic", RESTIC_BACKUP, img, restic.opts);
+      setupSeconds.restic = round(since(t), 1);
+      log(`restic repository ready (${setupSeconds.restic} s)`);
 
-    t = performance.now();
-    const borg: PeerRepo = borgInit(repos, secrets, "borg");
-    timedWithInput("borg", borgCreate(borg.repo, "initial"), images.base, borg.opts);
-    timedWithInput("borg", borgCreate(borg.repo, "changed"), images.changed, borg.opts);
-    setupSeconds.borg = round(since(t), 1);
-    log(`borg repository ready (${setupSeconds.borg} s)`);
+      t = performance.now();
+      borg = borgInit(repos, secrets, "borg");
+      timedWithInput("borg", borgCreate(borg.repo, "initial"), images.base, borg.opts);
+      timedWithInput("borg", borgCreate(borg.repo, "changed"), images.changed, borg.opts);
+      setupSeconds.borg = round(since(t), 1);
+      log(`borg repository ready (${setupSeconds.borg} s)`);
+
+      t = performance.now();
+      mkdirSync(casync.store, { recursive: true });
+      run("casync", casyncMake(casync.store, casync.index("initial"), images.base));
+      run("casync", casyncMake(casync.store, casync.index("changed"), images.changed));
+      setupSeconds.casync = round(since(t), 1);
+      log(`casync store ready (${setupSeconds.casync} s)`);
+    }
 
     const contenders: Contender[] = [
       lifeboatContender("lifeboat export", "export", lbRepo, keyFile),
@@ -253,6 +295,21 @@ function main(): number {
           return { m, image: path.join(dir, "disk0.img") };
         },
       },
+      ...(existsSync(casync.index("changed"))
+        ? [
+            {
+              name: "casync",
+              command: CASYNC_EXTRACT_CMD,
+              restore(dir: string) {
+                const out = path.join(dir, DISK_NAME);
+                return {
+                  m: timed("casync", casyncExtract(casync.store, casync.index("changed"), out)),
+                  image: out,
+                };
+              },
+            },
+          ]
+        : []),
     ];
 
     // --- Rounds: every restore, cold cache, in an order that rotates so no tool always goes first.
@@ -265,7 +322,8 @@ function main(): number {
         mkdirSync(dir, { recursive: true });
         settle();
         const { m, image, callSeconds } = c.restore(dir);
-        const verified = sameContent(image, images.changed);
+        // Each tool's first output is compared; later rounds run the same command on the same repository.
+        const verified = r === 1 ? sameContent(image, images.changed) : true;
         removeTree(dir);
         const sample: LaunchSample = {
           round: r,
@@ -326,18 +384,20 @@ function main(): number {
       method: METHOD,
       pageCacheDropped: true,
       setupSeconds,
+      reusedRepos: reuse,
       tools,
       ratios,
       recoveryTime: drillRecovery(images.changed, repos),
       runSeconds: Math.round(since(start)),
     };
   } finally {
-    if (opts.keep) log(`repositories kept in ${repos}`);
+    if (reuse) log(`repositories left to their owner in ${repos}`);
+    else if (opts.keep) log(`repositories kept in ${repos}`);
     else removeTree(repos);
   }
 
   const full = opts.sizeBytes === 2 * GiB && opts.rounds >= DEFAULT_ROUNDS && !opts.quick;
-  const dir = full ? RESULTS : path.join(WORK, "results");
+  const dir = opts.resultsDir ?? (full ? RESULTS : path.join(WORK, "results"));
   mkdirSync(dir, { recursive: true });
   const markdown = renderLaunch(results);
   for (const [file, text] of [
@@ -353,10 +413,10 @@ function main(): number {
 }
 
 const METHOD = [
-  "Repositories: base.img then changed.img imported into each (lifeboat `store import` as two PITs of one server, `store init` defaults; restic `backup --stdin`, repository format 2; borg `create` from stdin, repokey-blake2, default chunker and lz4). Every restore is of the changed image.",
+  "Repositories: base.img then changed.img imported into each (lifeboat `store import` as two PITs of one server, `store init` defaults; restic `backup --stdin`, repository format 2; borg `create` from stdin, repokey-blake2, default chunker and lz4; casync `make --compression=zstd`, default chunk sizes). Every restore is of the changed image. Under `npm run bench` these are the peers section's repositories of the same run.",
   "Before every timed restore: `sync; echo 3 > /proc/sys/vm/drop_caches` (the page cache is dropped: repositories are read from the disk). The timing ends after a final `sync`, so a tool that leaves its output dirty in the page cache pays for writing it.",
   "Each restore runs in a process of its own under GNU time (peak RSS). lifeboat's process time includes starting Node and loading modules; `call` is the time inside exportDisk / materializePit, as a launch job running in the server spends it.",
-  "restic and borg write every byte of the image (neither is asked for sparse output); lifeboat leaves zero chunks as holes. Every output is compared with changed.img by cmp, outside the timing.",
+  "restic and borg write every byte of the image (neither is asked for sparse output); lifeboat and casync (its default) leave zero chunks as holes. Each tool's first output is compared with changed.img by cmp, outside the timing.",
   "Rounds run every restore once, in an order rotated by one each round; the figure per tool is the median of its rounds. Before each restore: sync and a 5 s pause, so that one tool does not pay for the writes of the one before. Other work on the machine slows every tool: the load column shows it.",
 ];
 
@@ -404,15 +464,17 @@ function renderLaunch(r: LaunchResults): string {
   const gib = (r.options.sizeBytes / GiB).toFixed(2);
   L.push(`# Launch benchmark: materializing a PIT, ${r.generatedAt.slice(0, 16).replace("T", " ")} UTC`, "");
   L.push(
-    `Machine: ${m.nproc} × ${m.cpuModel}, ${m.memoryGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, lifeboat ${m.lifeboatCommit}. restic: ${m.tools.restic}; borg: ${m.tools.borg}.`,
+    `Machine: ${m.nproc} × ${m.cpuModel}, ${m.memoryGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, lifeboat ${m.lifeboatCommit}. restic: ${m.tools.restic}; borg: ${m.tools.borg}; casync: ${m.tools.casync ?? "?"}.`,
     "",
   );
   L.push(
-    `Image: ${gib} GiB raw ext4 (generator v${r.image.generatorVersion}), the changed image restored; ${r.options.rounds} round(s); page cache dropped before each restore: ${r.pageCacheDropped ? "yes" : "no"}. Setup (imports/backups, not timed for the comparison): ${Object.entries(
-      r.setupSeconds,
-    )
-      .map(([k, v]) => `${k} ${v} s`)
-      .join(", ")}.`,
+    `Image: ${gib} GiB raw ext4 (generator v${r.image.generatorVersion}), the changed image restored; ${r.options.rounds} round(s); page cache dropped before each restore: ${r.pageCacheDropped ? "yes" : "no"}. Setup (imports/backups, not timed for the comparison): ${
+      r.reusedRepos
+        ? "the repositories of the peers section of the same run"
+        : Object.entries(r.setupSeconds)
+            .map(([k, v]) => `${k} ${v} s`)
+            .join(", ")
+    }.`,
     "",
   );
   if (r.options.baseline)

@@ -152,6 +152,12 @@ export interface Secrets {
   passphrase: string;
 }
 
+/** The secrets of an earlier makeSecrets in `dir` (to reuse its repositories). */
+export function readSecrets(dir: string): Secrets {
+  const passwordFile = path.join(dir, "password");
+  return { passwordFile, passphrase: readFileSync(passwordFile, "utf8").trim() };
+}
+
 export function makeSecrets(dir: string): Secrets {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const passwordFile = path.join(dir, "password");
@@ -169,8 +175,8 @@ export interface PeerRepo {
   opts: { env: NodeJS.ProcessEnv; cwd: string };
 }
 
-/** Creates restic's repository in `repos`/restic (format 2: zstd compression, like lifeboat's). */
-export function resticInit(repos: string, secrets: Secrets): PeerRepo {
+/** restic's repository in `repos`/restic, as its commands reach it (no init). */
+export function resticRepo(repos: string, secrets: Secrets): PeerRepo {
   const repo = path.join(repos, "restic");
   const env = {
     ...process.env,
@@ -178,9 +184,14 @@ export function resticInit(repos: string, secrets: Secrets): PeerRepo {
     RESTIC_PASSWORD_FILE: secrets.passwordFile,
     RESTIC_CACHE_DIR: path.join(repos, "restic-cache"),
   };
-  const opts = { env, cwd: repos };
-  run("restic", ["init", "--repository-version", "2"], opts);
-  return { repo, opts };
+  return { repo, opts: { env, cwd: repos } };
+}
+
+/** Creates restic's repository in `repos`/restic (format 2: zstd compression, like lifeboat's). */
+export function resticInit(repos: string, secrets: Secrets): PeerRepo {
+  const r = resticRepo(repos, secrets);
+  run("restic", ["init", "--repository-version", "2"], r.opts);
+  return r;
 }
 
 /** `restic backup` of a disk image fed on stdin. */
@@ -218,9 +229,8 @@ export function resticSuite(ctx: SuiteContext): StepResult[] {
 // ---------------------------------------------------------------------------
 // borg
 
-/** borg with its default buzhash chunker, or with `chunker` parameters (e.g. fixed 4 MiB). */
-/** Creates a borg repository named `name` in `repos` (repokey-blake2, default lz4 compression). */
-export function borgInit(repos: string, secrets: Secrets, name: string): PeerRepo {
+/** The borg repository named `name` in `repos`, as its commands reach it (no init). */
+export function borgRepo(repos: string, secrets: Secrets, name: string): PeerRepo {
   const repo = path.join(repos, name);
   const env = {
     ...process.env,
@@ -228,9 +238,14 @@ export function borgInit(repos: string, secrets: Secrets, name: string): PeerRep
     // Keys, cache and security dirs stay inside the run, not in root's home.
     BORG_BASE_DIR: path.join(repos, `${name}-home`),
   };
-  const opts = { env, cwd: repos };
-  run("borg", ["init", "--encryption=repokey-blake2", repo], opts);
-  return { repo, opts };
+  return { repo, opts: { env, cwd: repos } };
+}
+
+/** Creates a borg repository named `name` in `repos` (repokey-blake2, default lz4 compression). */
+export function borgInit(repos: string, secrets: Secrets, name: string): PeerRepo {
+  const r = borgRepo(repos, secrets, name);
+  run("borg", ["init", "--encryption=repokey-blake2", r.repo], r.opts);
+  return r;
 }
 
 /** `borg create` of a disk image fed on stdin, as archive `archive`; `chunker` as --chunker-params. */
@@ -287,6 +302,67 @@ export function rsyncSuite(ctx: SuiteContext): StepResult[] {
 }
 
 // ---------------------------------------------------------------------------
+// casync: content-defined chunks (64 KiB average by default) in a directory
+// store, one file per chunk, like lifeboat's chunk objects. A disk image is a
+// "blob": `make` writes a .caibx index of its chunks into the store, `extract`
+// writes the blob back. casync reads the file itself (no stdin).
+
+export const CASYNC_STORE = "store";
+
+/** casync's store and indexes in `repos`/casync; `changed.caibx` is the latest "snapshot". */
+export function casyncPaths(repos: string): { dir: string; store: string; index(phase: string): string } {
+  const dir = path.join(repos, "casync");
+  return { dir, store: path.join(dir, CASYNC_STORE), index: (phase) => path.join(dir, `${phase}.caibx`) };
+}
+
+/** `casync make` of an image into the store (zstd, the default chunk sizes, sha512-256). */
+export function casyncMake(store: string, index: string, image: string): string[] {
+  return ["make", `--store=${store}`, "--compression=zstd", index, image];
+}
+export const CASYNC_MAKE_CMD = "casync make --store=STORE --compression=zstd INDEX.caibx IMG";
+
+/** `casync extract` of an index to a file; no seed (the output does not exist before). */
+export function casyncExtract(store: string, index: string, out: string): string[] {
+  return ["extract", `--store=${store}`, "--seed-output=no", index, out];
+}
+export const CASYNC_EXTRACT_CMD = "casync extract --store=STORE --seed-output=no changed.caibx FILE";
+
+export function casyncSuite(ctx: SuiteContext): StepResult[] {
+  const c = casyncPaths(ctx.repos);
+  mkdirSync(c.store, { recursive: true });
+  const opts = { cwd: ctx.repos };
+  const results = [
+    step(
+      "casync",
+      "initial",
+      CASYNC_MAKE_CMD,
+      timed("casync", casyncMake(c.store, c.index("initial"), ctx.base), opts),
+      ctx.imageBytes,
+      c.dir,
+    ),
+    step(
+      "casync",
+      "changed",
+      CASYNC_MAKE_CMD,
+      timed("casync", casyncMake(c.store, c.index("changed"), ctx.changed), opts),
+      ctx.imageBytes,
+      c.dir,
+    ),
+  ];
+  const outDir = path.join(ctx.repos, "casync-restore");
+  mkdirSync(outDir, { recursive: true });
+  const out = path.join(outDir, DISK_NAME);
+  const restored = timed("casync", casyncExtract(c.store, c.index("changed"), out), opts);
+  results.push(
+    step("casync", "restore", CASYNC_EXTRACT_CMD, restored, ctx.imageBytes, c.dir, {
+      verified: sameContent(out, ctx.changed),
+    }),
+  );
+  rmSync(outDir, { recursive: true, force: true });
+  return results;
+}
+
+// ---------------------------------------------------------------------------
 // Versions, for the report.
 
 export function toolVersions(): Record<string, string> {
@@ -298,6 +374,8 @@ export function toolVersions(): Record<string, string> {
     restic: first("restic", ["version"]),
     borg: first("borg", ["--version"]),
     rsync: first("rsync", ["--version"]),
+    casync: first("casync", ["--version"]),
+    fio: first("fio", ["--version"]),
     debootstrap: first("dpkg-query", ["-W", "-f", "${Version}", "debootstrap"]),
     e2fsprogs: first("dpkg-query", ["-W", "-f", "${Version}", "e2fsprogs"]),
   };

@@ -12,6 +12,7 @@ export interface FioFigures {
   iops: number;
   clatP50Us: number;
   clatP99Us: number;
+  clatMeanUs: number;
 }
 
 export interface ReplicationResults {
@@ -23,6 +24,10 @@ export interface ReplicationResults {
     overheadSeconds: number;
     fioRateMiBps: number;
     fio: string;
+    /** The trace-overhead workload. */
+    fio4k: string;
+    /** Whether restic, borg and rsync ran inside this benchmark. */
+    peers: boolean;
     blockSize: number;
   };
   machine: MachineFacts;
@@ -73,6 +78,7 @@ export interface ReplicationResults {
     load1: number;
     samples: number;
     lagP50: number;
+    lagP95: number;
     lagP99: number;
     lagMax: number;
     workload: FioFigures;
@@ -85,10 +91,25 @@ export interface ReplicationResults {
     traceLosses: number;
     rescans: number;
   };
+  /** Uncapped 4 KiB random writes: rounds on the replicated disk (trace mode) alternating with an untracked twin. */
   overhead: {
-    seconds: number;
-    rated: { with: FioFigures; without: FioFigures; differencePercent: number };
-    uncapped: { with: FioFigures; without: FioFigures; differencePercent: number };
+    roundSeconds: number;
+    rounds: number;
+    fileMiB: number;
+    withRounds: FioFigures[];
+    withoutRounds: FioFigures[];
+    /** Medians of the rounds. */
+    with: FioFigures;
+    without: FioFigures;
+    load1With: number;
+    load1Without: number;
+    /** How much worse with the agent than on the untracked twin, in % (positive: the agent costs the workload). */
+    iopsCostPercent: number;
+    latencyMeanCostPercent: number;
+    latencyP99CostPercent: number;
+    agentCpuPercentOfCore: number;
+    serverCpuPercentOfCore: number;
+    traceLosses: number;
   };
   rss: { agentMaxRssMiB: number; serverVmHwmMiB: number };
   counters: Record<string, number>;
@@ -104,14 +125,49 @@ function table(header: string[], rows: string[][]): string {
 }
 
 function fioRow(name: string, f: FioFigures): string[] {
-  return [name, f.mbPerSec.toFixed(1), String(f.iops), String(f.clatP50Us), String(f.clatP99Us)];
+  return [
+    name,
+    String(f.iops),
+    f.mbPerSec.toFixed(1),
+    String(f.clatMeanUs),
+    String(f.clatP50Us),
+    String(f.clatP99Us),
+  ];
+}
+
+const signed = (n: number): string => `${n > 0 ? "+" : ""}${n.toFixed(1)}%`;
+
+/** The trace-mode overhead table and its summary line (shared with RESULTS.md). */
+export function renderOverhead(r: ReplicationResults): string[] {
+  const o = r.overhead;
+  const rounds = (xs: FioFigures[]): string => xs.map((x) => x.iops).join(", ");
+  return [
+    `\`${r.options.fio4k}\` (runtime ${o.roundSeconds} s, one write at a time) on a ${o.fileMiB} MiB file: ` +
+      `${o.rounds} rounds on the replicated ext4 with the agent replicating it in trace mode (tracefs block ` +
+      "events; it tracks and ships while fio writes, and catches up after each round, outside it), alternating " +
+      `with ${o.rounds} rounds on an untracked twin (an ext4 on its own loop device, --direct-io=on, backed by ` +
+      "the same host filesystem), so both see the same background load. Medians of the rounds; load = mean " +
+      "1-minute load average before the rounds.",
+    "",
+    table(
+      ["run", "IOPS", "MB/s", "latency mean µs", "p50 µs", "p99 µs", "IOPS per round", "load before"],
+      [
+        [...fioRow("replicated disk, agent tracing", o.with), rounds(o.withRounds), String(o.load1With)],
+        [...fioRow("untracked twin, no agent", o.without), rounds(o.withoutRounds), String(o.load1Without)],
+      ],
+    ),
+    "",
+    `Overhead of the agent (with vs without; positive = worse with the agent): IOPS ${signed(o.iopsCostPercent)}, ` +
+      `mean latency ${signed(o.latencyMeanCostPercent)}, p99 latency ${signed(o.latencyP99CostPercent)}. ` +
+      `While it ran, the agent used ${o.agentCpuPercentOfCore}% of a core and the server ${o.serverCpuPercentOfCore}%; ` +
+      `trace losses: ${o.traceLosses}.`,
+  ];
 }
 
 export function renderReplication(r: ReplicationResults): string {
   const m = r.machine;
   const i = r.initial;
   const c = r.incremental;
-  const o = r.overhead;
   const peer = (tool: string, phase: Phase): StepResult | undefined =>
     r.peers.find((s) => s.tool === tool && s.phase === phase);
   const steps: string[][] = [
@@ -173,38 +229,46 @@ export function renderReplication(r: ReplicationResults): string {
     "",
     `Change: ${c.writes} scattered 4 KiB writes (fsync per file) in ${c.filesTouched} files, ` +
       `written in ${c.writeSeconds.toFixed(1)} s while the agent ran; \`status()\` first showed no backlog ` +
-      `${c.ackSeconds.toFixed(2)} s after the last write (too early: see Method), and the PIT holding them ` +
+      `${c.ackSeconds.toFixed(2)} s after the last write, and the PIT holding them ` +
       `(asked for then) was committed ${c.pitSeconds.toFixed(2)} s after the last write ` +
       `(${c.totalSeconds.toFixed(1)} s from the first).`,
     "",
     `The change took ${c.framesSent} wire frames; while it shipped, up to ${c.windowFramesMax} frames were in flight ` +
       `(sent, not yet acknowledged), and ${Math.round(c.windowFullShare * 100)}% of the 20 ms samples were at that maximum.`,
     "",
-    "Peer seconds ÷ lifeboat seconds (above 1: lifeboat has the new point sooner). Initial: lifeboat's time to " +
-      "all blocks acknowledged; changed: lifeboat's time from the end of the writes to the committed PIT, " +
-      "against each peer's full backup of the changed image.",
-    "",
-    table(
-      ["step", "peer", "lifeboat s", "peer s", "ratio"],
-      r.comparisons.map((x) => [
-        x.phase,
-        x.peer,
-        x.lifeboatSeconds.toFixed(2),
-        x.peerSeconds.toFixed(1),
-        `${x.speedup.toFixed(2)}×`,
-      ]),
-    ),
+    ...(r.comparisons.length === 0
+      ? [
+          "Peers were not run inside this benchmark (`--no-peers`): `npm run bench` compares against the " +
+            "peers section's backups of the same image in bench/RESULTS.md.",
+        ]
+      : [
+          "Peer seconds ÷ lifeboat seconds (above 1: lifeboat has the new point sooner). Initial: lifeboat's time to " +
+            "all blocks acknowledged; changed: lifeboat's time from the end of the writes to the committed PIT, " +
+            "against each peer's full backup of the changed image.",
+          "",
+          table(
+            ["step", "peer", "lifeboat s", "peer s", "ratio"],
+            r.comparisons.map((x) => [
+              x.phase,
+              x.peer,
+              x.lifeboatSeconds.toFixed(2),
+              x.peerSeconds.toFixed(1),
+              `${x.speedup.toFixed(2)}×`,
+            ]),
+          ),
+        ]),
     "",
     "## Lag under a steady write workload (RPO)",
     "",
     `\`${r.options.fio}\` on a file on the mounted disk for ${r.rpo.seconds} s (load before: ${r.rpo.load1}); ` +
-      "`status().lagSeconds` (age of the oldest write not yet acknowledged by the replicator, as the agent " +
-      "reports it: a lower bound, see Method) sampled every 100 ms.",
+      "`status().lagSeconds` (age of the oldest write not yet acknowledged by the replicator, i.e. of the " +
+      "newest data durable there; see Method) sampled every 100 ms.",
     "",
     table(
       [
         "samples",
         "lag p50 s",
+        "lag p95 s",
         "lag p99 s",
         "lag max s",
         "workload MB/s",
@@ -218,6 +282,7 @@ export function renderReplication(r: ReplicationResults): string {
         [
           String(r.rpo.samples),
           r.rpo.lagP50.toFixed(3),
+          r.rpo.lagP95.toFixed(3),
           r.rpo.lagP99.toFixed(3),
           r.rpo.lagMax.toFixed(3),
           r.rpo.workload.mbPerSec.toFixed(1),
@@ -230,23 +295,9 @@ export function renderReplication(r: ReplicationResults): string {
       ],
     ),
     "",
-    "## What the agent costs the workload",
+    "## Trace-mode overhead",
     "",
-    `The same fio workload with the agent running (tracking and shipping) and after it stopped. Rate-capped: ` +
-      `the RPO run (${r.rpo.seconds} s) against ${o.seconds} s without the agent; uncapped: ${o.seconds} s each. ` +
-      "The agent's CPU while shipping is in the RPO table.",
-    "",
-    table(
-      ["run", "MB/s", "IOPS", "write latency p50 µs", "p99 µs"],
-      [
-        fioRow(`capped at ${r.options.fioRateMiBps} MiB/s, with agent`, o.rated.with),
-        fioRow(`capped at ${r.options.fioRateMiBps} MiB/s, without`, o.rated.without),
-        fioRow("uncapped, with agent", o.uncapped.with),
-        fioRow("uncapped, without", o.uncapped.without),
-      ],
-    ),
-    "",
-    `Throughput with the agent vs without: capped ${o.rated.differencePercent}%, uncapped ${o.uncapped.differencePercent}%.`,
+    ...renderOverhead(r),
     "",
     "## Memory",
     "",
@@ -262,10 +313,10 @@ export function renderReplication(r: ReplicationResults): string {
     "- CPU: the agent side is `process.cpuUsage()` of the benchmark process (all threads, including the " +
       "agent's block workers), the server side utime+stime from `/proc/<pid>/stat`.",
     "- Rate-capped fio MiB/s is fio's (2^20 bytes); every MB in the tables is 10^6 bytes.",
-    "- `status()` does not count dirty blocks the agent has taken for shipping but not yet sent (they wait for " +
-      "room in the wire window): `backlogBytes` and `lagSeconds` read low while the window is full, and can " +
-      "read 0 just after an acknowledgement. The committed PIT is the reliable end of the change step; the " +
-      "lag percentiles are lower bounds.",
+    "- Lag is `status().lagSeconds`: the age of the oldest write the replicator has not acknowledged (it " +
+      "acknowledges at a checkpoint, once the data is durable), counting dirty blocks not yet read, blocks " +
+      "taken for shipping and frames in flight. It is the RPO at that instant: the age of the newest data " +
+      "that could be lost. Sampled every 100 ms; the committed PIT is the end of the change step.",
     ...r.notes.map((n) => `- ${n}`),
     "",
     `Run time: ${r.runSeconds} s.`,

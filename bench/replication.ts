@@ -5,17 +5,20 @@
  * benchmark's base image attached as a loop device and mounted, with restic,
  * borg and rsync backing up the same image file after each step.
  *
- *   sudo node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S] [--keep]
+ *   sudo node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S] [--no-peers]
+ *                                       [--results-dir DIR] [--keep]
  *
  * Steps, in one run: initial sync (time until every block is acknowledged,
  * then until a first PIT is committed) and the peers' first backups; ~1%
  * scattered 4 KiB writes through the filesystem, time from their end until a
  * PIT holding them is committed, and the peers' second backups; lag under a
- * steady 20 MiB/s random-write fio workload (RPO); the workload's own write
- * rate with and without the agent; CPU and peak RSS of both sides.
+ * steady 20 MiB/s random-write fio workload (RPO); the trace-mode overhead:
+ * uncapped 4 KiB random writes, IOPS and latency on the replicated disk with
+ * the agent replicating, alternating with the same on an untracked twin disk; CPU and peak RSS of both sides. `--no-peers` leaves
+ * the peers out (run.js does: its peers section backs up the same image).
  *
  * A full-size run (2 GiB, default durations) writes bench/results/replication.{json,md};
- * other runs write bench/work/results/.
+ * other runs write bench/work/results/; `--results-dir` overrides both.
  */
 import { mkdirSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -25,13 +28,22 @@ import { Replication } from "../src/agent/replication.js";
 import type { AgentStatus } from "../src/agent/status.js";
 import { createLogger } from "../src/base/index.js";
 import { scatterArgs } from "./fill.js";
-import { fioCommand, fioLayout, fioRandomWrites, requireFio, type FioResult } from "./fio.js";
+import {
+  FIO_4K_COMMAND,
+  fioCommand,
+  fioLayout,
+  fioRandom4k,
+  fioRandomWrites,
+  requireFio,
+  type FioResult,
+} from "./fio.js";
 import { ensureImages, sizeFromArgs } from "./make-image.js";
 import { makeSecrets, requireTimeBinary, round } from "./peers.js";
 import { machineFacts } from "./report.js";
-import { renderReplication, type ReplicationResults } from "./replication-report.js";
+import { renderReplication, type FioFigures, type ReplicationResults } from "./replication-report.js";
 import { dropCachesAsync, replicationPeers, spawnAsync } from "./replication-peers.js";
 import { peakRssMiB, processCpuSeconds, startServerChild } from "./replication-site.js";
+import { twinDisk } from "./twin-disk.js";
 import {
   GiB,
   Interrupted,
@@ -52,6 +64,10 @@ import {
 const SEED = "lifeboat-bench-replication-v1";
 const BLOCK_SIZE = 64 * 1024;
 const FIO_RATE_MIB = 20;
+/** Rounds of the trace-overhead workload, with the agent and without. */
+const OVERHEAD_ROUNDS = 3;
+/** The RPO run's length by default: long enough for stable percentiles, short enough for one `npm run bench`. */
+const RPO_SECONDS = 45;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Options {
@@ -59,7 +75,10 @@ interface Options {
   quick: boolean;
   keep: boolean;
   rpoSeconds: number;
+  /** Seconds of each trace-overhead round. */
   overheadSeconds: number;
+  peers: boolean;
+  resultsDir: string | undefined;
 }
 
 function parseOptions(): Options {
@@ -69,17 +88,21 @@ function parseOptions(): Options {
       quick: { type: "boolean" },
       keep: { type: "boolean" },
       "rpo-seconds": { type: "string" },
+      "no-peers": { type: "boolean" },
+      "results-dir": { type: "string" },
     },
   });
   const quick = values.quick ?? false;
-  const rpoSeconds = Number(values["rpo-seconds"] ?? (quick ? 20 : 120));
+  const rpoSeconds = Number(values["rpo-seconds"] ?? (quick ? 20 : RPO_SECONDS));
   if (!(rpoSeconds >= 5)) throw new Error(`--rpo-seconds must be at least 5, got ${values["rpo-seconds"]}`);
   return {
     sizeBytes: sizeFromArgs(values),
     quick,
     keep: values.keep ?? false,
     rpoSeconds,
-    overheadSeconds: quick ? 10 : 30,
+    overheadSeconds: quick ? 5 : 10,
+    peers: !(values["no-peers"] ?? false),
+    resultsDir: values["results-dir"],
   };
 }
 
@@ -123,13 +146,38 @@ function quantile(sorted: readonly number[], q: number): number {
   return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
-function fioFigures(r: FioResult): ReplicationResults["overhead"]["rated"]["with"] {
+function fioFigures(r: FioResult): FioFigures {
   return {
     mbPerSec: round(r.mbPerSec, 1),
     iops: Math.round(r.iops),
     clatP50Us: Math.round(r.clatP50Us),
     clatP99Us: Math.round(r.clatP99Us),
+    clatMeanUs: Math.round(r.clatMeanUs),
   };
+}
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+
+/** Median of each figure over rounds. */
+function medianFigures(rounds: readonly FioFigures[]): FioFigures {
+  const m = (k: keyof FioFigures): number => median(rounds.map((r) => r[k]));
+  return {
+    mbPerSec: round(m("mbPerSec"), 1),
+    iops: Math.round(m("iops")),
+    clatP50Us: Math.round(m("clatP50Us")),
+    clatP99Us: Math.round(m("clatP99Us")),
+    clatMeanUs: Math.round(m("clatMeanUs")),
+  };
+}
+
+/** How much worse `with` is than `without`, in %: positive when the agent costs the workload. */
+function costPercent(withAgent: number, without: number, higherIsBetter: boolean): number {
+  const d = higherIsBetter ? without - withAgent : withAgent - without;
+  return round((d / without) * 100, 1);
 }
 
 async function measure(opts: Options, device: string, mnt: string, image: string, work: string) {
@@ -138,11 +186,9 @@ async function measure(opts: Options, device: string, mnt: string, image: string
   let rep: Replication | undefined;
   try {
     const who = await server.register("bench-replication");
-    const peers = replicationPeers(
-      path.join(work, "repos"),
-      makeSecrets(path.join(work, "secrets")),
-      opts.sizeBytes,
-    );
+    const peers = opts.peers
+      ? replicationPeers(path.join(work, "repos"), makeSecrets(path.join(work, "secrets")), opts.sizeBytes)
+      : null;
     rep = new Replication({
       serverId: who.serverId,
       hostname: "bench-replication",
@@ -195,7 +241,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       `initial sync: ${initial.seconds} s (${initial.mbPerSec} MB/s), PIT after ${initial.pitSeconds} s; ` +
         `sent ${(initial.bytesSent / 1e6).toFixed(1)} MB; CPU agent ${initial.agentCpuSeconds} s, server ${initial.serverCpuSeconds} s`,
     );
-    const peerSteps = await peers.backup("initial", image);
+    const peerSteps = peers ? await peers.backup("initial", image) : [];
 
     // 2. Incremental: scattered 4 KiB writes through the filesystem, then a PIT.
     log("incremental: scattered 4 KiB writes");
@@ -262,7 +308,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       `incremental: ${scatter.writes} writes in ${incremental.writeSeconds} s; PIT ${incremental.pitSeconds} s after ` +
         `the last; sent ${(bytesSent / 1e6).toFixed(1)} MB for ${(bytesWritten / 1e6).toFixed(1)} MB written`,
     );
-    peerSteps.push(...(await peers.backup("changed", image)));
+    if (peers) peerSteps.push(...(await peers.backup("changed", image)));
 
     // 3. RPO: lag under a steady rate-capped random-write workload.
     const fioFile = path.join(mnt, "fio-workload.dat");
@@ -297,6 +343,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       load1: rpoLoad,
       samples: lags.length,
       lagP50: round(quantile(lags, 0.5), 3),
+      lagP95: round(quantile(lags, 0.95), 3),
       lagP99: round(quantile(lags, 0.99), 3),
       lagMax: round(lags.at(-1) ?? NaN, 3),
       workload: fioFigures(rated),
@@ -309,34 +356,82 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       traceLosses: agent.counters.traceLosses - losses0.traceLosses,
       rescans: agent.counters.rescans - losses0.rescans,
     };
-    log(`RPO: lag p50 ${rpo.lagP50} s, p99 ${rpo.lagP99} s, max ${rpo.lagMax} s over ${lags.length} samples`);
+    log(`RPO: lag p50 ${rpo.lagP50} s, p95 ${rpo.lagP95} s, max ${rpo.lagMax} s over ${lags.length} samples`);
 
-    // 4. Overhead: the workload without a rate cap with the agent, then both runs without it.
-    log(`overhead: ${opts.overheadSeconds} s uncapped random writes with the agent`);
-    const uncappedWith = await fioRandomWrites(fioFile, fioMiB, opts.overheadSeconds);
-    await until("the agent to catch up after the uncapped run", () => caughtUp(agent.status()), 600_000);
+    // 4. Trace-mode overhead: uncapped 4 KiB random writes on the replicated disk, with the agent
+    // tracing and shipping them, alternating with the same workload on an untracked twin disk, so
+    // both kinds of round see the same background load. The agent catches up after each of its
+    // rounds, outside the rounds, so each starts from the same state.
+    log(
+      `trace overhead: ${OVERHEAD_ROUNDS} × ${opts.overheadSeconds} s of 4 KiB random writes with the agent, ` +
+        "alternating with the same on an untracked twin disk",
+    );
+    const twin = twinDisk(path.join(work, "twin"), fioMiB + 64);
+    const withRounds: FioFigures[] = [];
+    const withoutRounds: FioFigures[] = [];
+    const loads = { with: [] as number[], without: [] as number[] };
+    const losses1 = agent.counters.traceLosses;
+    let withCpu = { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 };
+    try {
+      const twinFile = path.join(twin.mnt, "fio-workload.dat");
+      await fioLayout(twinFile, fioMiB);
+      for (let r = 0; r < OVERHEAD_ROUNDS; r++) {
+        for (const tracked of r % 2 === 0 ? [true, false] : [false, true]) {
+          (tracked ? loads.with : loads.without).push(load1());
+          if (!tracked) {
+            withoutRounds.push(fioFigures(await fioRandom4k(twinFile, fioMiB, opts.overheadSeconds)));
+            continue;
+          }
+          const m = new Meter(server.pid);
+          withRounds.push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+          const used = m.read();
+          withCpu = {
+            seconds: withCpu.seconds + used.seconds,
+            agentCpuSeconds: withCpu.agentCpuSeconds + used.agentCpuSeconds,
+            serverCpuSeconds: withCpu.serverCpuSeconds + used.serverCpuSeconds,
+          };
+          await until(
+            "the agent to catch up after an overhead round",
+            () => caughtUp(agent.status()),
+            600_000,
+          );
+        }
+      }
+    } finally {
+      twin.dispose();
+    }
+    const overheadLosses = agent.counters.traceLosses - losses1;
     const finalPoint = await agent.requestPoint();
     const counters = { ...agent.counters };
     await agent.stop();
     rep = undefined;
-    log("overhead: the same runs without the agent");
-    const ratedWithout = await fioRandomWrites(fioFile, fioMiB, opts.overheadSeconds, FIO_RATE_MIB);
-    const uncappedWithout = await fioRandomWrites(fioFile, fioMiB, opts.overheadSeconds);
-    const pct = (w: FioResult, wo: FioResult): number =>
-      round(((w.mbPerSec - wo.mbPerSec) / wo.mbPerSec) * 100, 1);
+    const meanLoad = (xs: number[]): number =>
+      round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length), 1);
+    const withLoad = meanLoad(loads.with);
+    const withoutLoad = meanLoad(loads.without);
+    const w = medianFigures(withRounds);
+    const wo = medianFigures(withoutRounds);
     const overhead = {
-      seconds: opts.overheadSeconds,
-      rated: {
-        with: fioFigures(rated),
-        without: fioFigures(ratedWithout),
-        differencePercent: pct(rated, ratedWithout),
-      },
-      uncapped: {
-        with: fioFigures(uncappedWith),
-        without: fioFigures(uncappedWithout),
-        differencePercent: pct(uncappedWith, uncappedWithout),
-      },
+      roundSeconds: opts.overheadSeconds,
+      rounds: OVERHEAD_ROUNDS,
+      fileMiB: fioMiB,
+      withRounds,
+      withoutRounds,
+      with: w,
+      without: wo,
+      load1With: withLoad,
+      load1Without: withoutLoad,
+      iopsCostPercent: costPercent(w.iops, wo.iops, true),
+      latencyMeanCostPercent: costPercent(w.clatMeanUs, wo.clatMeanUs, false),
+      latencyP99CostPercent: costPercent(w.clatP99Us, wo.clatP99Us, false),
+      agentCpuPercentOfCore: round((withCpu.agentCpuSeconds / Math.max(0.001, withCpu.seconds)) * 100, 1),
+      serverCpuPercentOfCore: round((withCpu.serverCpuSeconds / Math.max(0.001, withCpu.seconds)) * 100, 1),
+      traceLosses: overheadLosses,
     };
+    log(
+      `trace overhead: ${w.iops} IOPS with the agent, ${wo.iops} without (${overhead.iopsCostPercent}% fewer); ` +
+        `mean latency ${w.clatMeanUs} vs ${wo.clatMeanUs} µs`,
+    );
     if (counters.traceLosses > 0)
       notes.push(`The tracker reported ${counters.traceLosses} trace losses (each one costs a rescan).`);
     if (!finalPoint.pitId) notes.push("The last PIT's id was lost to a reconnect.");
@@ -424,6 +519,8 @@ async function main(): Promise<number> {
       overheadSeconds: opts.overheadSeconds,
       fioRateMiBps: FIO_RATE_MIB,
       fio: fioCommand(FIO_RATE_MIB),
+      fio4k: FIO_4K_COMMAND,
+      peers: opts.peers,
       blockSize: BLOCK_SIZE,
     },
     machine: machineFacts(),
@@ -443,8 +540,8 @@ async function main(): Promise<number> {
     repoBytes: figures.repoBytes,
     notes: figures.notes,
   };
-  const full = opts.sizeBytes === 2 * GiB && !opts.quick && opts.rpoSeconds === 120;
-  const dir = full ? RESULTS : path.join(WORK, "results");
+  const full = opts.sizeBytes === 2 * GiB && !opts.quick && opts.rpoSeconds === RPO_SECONDS && opts.peers;
+  const dir = opts.resultsDir ?? (full ? RESULTS : path.join(WORK, "results"));
   mkdirSync(dir, { recursive: true });
   const markdown = renderReplication(results);
   for (const [name, text] of [

@@ -3,15 +3,28 @@
  * throughput and repository size relative to each peer, step by step) and
  * renders the results as JSON and as a markdown report.
  */
+import { existsSync } from "node:fs";
 import { cpus, release, totalmem, availableParallelism } from "node:os";
 import type { ImageDescription } from "./make-image.js";
 import type { Phase, StepResult } from "./peers.js";
 import { round, toolVersions } from "./peers.js";
-import { GiB, MiB, run } from "./sys.js";
+import { GiB, MiB, ROOT, WORK, run } from "./sys.js";
 
 /** Peers lifeboat is compared with; rsync is a baseline shown in the steps table only. */
-const COMPARED = ["restic", "borg", "borg-fixed4m"] as const;
+const COMPARED = ["restic", "borg", "borg-fixed4m", "casync"] as const;
 const PHASES: Phase[] = ["initial", "changed", "restore"];
+
+/** The disk the benchmark's images and repositories live on. */
+export interface DiskFacts {
+  /** Block device under bench/work (e.g. /dev/vda). */
+  device: string;
+  model: string;
+  /** The kernel's rotational flag: false for SSDs and most virtual disks. */
+  rotational: boolean | null;
+  sizeGiB: number;
+  filesystem: string;
+  freeGiB: number;
+}
 
 export interface MachineFacts {
   nproc: number;
@@ -21,6 +34,7 @@ export interface MachineFacts {
   node: string;
   lifeboatCommit: string;
   tools: Record<string, string>;
+  disk?: DiskFacts | null;
 }
 
 export interface Comparison {
@@ -56,8 +70,9 @@ export const METHOD = [
   "Wall seconds from a monotonic clock around the command and a final `sync` (the step ends when its output is on disk); peak RSS from /usr/bin/time %M.",
   "Steps run one at a time; 'load before' is the 1-minute load average as each step starts (other work on the machine slows every tool).",
   "MB/s = image bytes / seconds, 1 MB = 10^6 bytes. Repository sizes are `du -sb` after the step.",
-  "Restores (lifeboat export, restic restore) write the latest snapshot to a file, then cmp it with changed.img (not timed).",
+  "Restores (lifeboat export, restic restore, casync extract) write the latest snapshot to a file, then cmp it with changed.img (not timed).",
   "restic: repository format 2 (zstd, auto). borg: repokey-blake2, default lz4 compression; default buzhash chunker and fixed 4 MiB chunks.",
+  "casync: `make --compression=zstd` with its default content-defined chunks (64 KiB average) into a directory store, no encryption; it reads the image file itself. Its restore (`extract`) punches holes for zero chunks (its default), so the output is sparse.",
 ];
 
 export function machineFacts(): MachineFacts {
@@ -70,6 +85,36 @@ export function machineFacts(): MachineFacts {
     node: process.version,
     lifeboatCommit: git.status === 0 ? git.stdout.trim() : "unknown",
     tools: toolVersions(),
+    disk: diskFacts(),
+  };
+}
+
+/** What `findmnt`, `lsblk` and `df` say about the filesystem holding bench/work (null if they cannot tell). */
+export function diskFacts(dir: string = WORK): DiskFacts | null {
+  const q = (cmd: string, args: string[]): string => {
+    const r = run(cmd, args, { allowFail: true });
+    return r.status === 0 ? r.stdout.trim() : "";
+  };
+  const target = existsSync(dir) ? dir : ROOT;
+  const [source = "", fstype = "", size = "", avail = ""] = q("findmnt", [
+    "-n",
+    "-b",
+    "-o",
+    "SOURCE,FSTYPE,SIZE,AVAIL",
+    "--target",
+    target,
+  ]).split(/\s+/);
+  if (!source.startsWith("/dev/")) return null;
+  // The whole disk under a partition or mapper device, for its model and rotational flag.
+  const parent = q("lsblk", ["-ndo", "PKNAME", source]).split("\n")[0] || source.replace("/dev/", "");
+  const [rota = "", ...model] = q("lsblk", ["-ndo", "ROTA,MODEL", `/dev/${parent}`]).split(/\s+/);
+  return {
+    device: source,
+    model: model.join(" ") || "no model reported",
+    rotational: rota === "1" ? true : rota === "0" ? false : null,
+    sizeGiB: round(Number(size) / GiB, 1),
+    filesystem: fstype,
+    freeGiB: round(Number(avail) / GiB, 1),
   };
 }
 
@@ -103,12 +148,12 @@ export function compare(steps: readonly StepResult[]): Comparison[] {
 
 const mb = (bytes: number): string => (bytes / 1e6).toFixed(1);
 
-function table(header: string[], rows: string[][]): string {
+export function table(header: string[], rows: string[][]): string {
   const line = (cells: string[]): string => `| ${cells.join(" | ")} |`;
   return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
 }
 
-function stepRows(steps: readonly StepResult[]): string[][] {
+export function stepRows(steps: readonly StepResult[]): string[][] {
   return steps.map((s) => {
     const initial = steps.find((x) => x.tool === s.tool && x.phase === "initial");
     const delta = s.phase === "changed" && initial ? mb(s.repoBytes - initial.repoBytes) : "";
@@ -128,7 +173,7 @@ function stepRows(steps: readonly StepResult[]): string[][] {
   });
 }
 
-function comparisonRows(comparisons: readonly Comparison[]): string[][] {
+export function comparisonRows(comparisons: readonly Comparison[]): string[][] {
   return comparisons.map((c) => [
     c.phase,
     c.peer,
@@ -140,7 +185,7 @@ function comparisonRows(comparisons: readonly Comparison[]): string[][] {
   ]);
 }
 
-function imageSummary(d: ImageDescription): string {
+export function imageSummary(d: ImageDescription): string {
   const c = d.contents;
   const part = (name: string, w: { bytes: number; files: number }): string =>
     `${name} ${mb(w.bytes)} MB (${w.files} files)`;

@@ -1,32 +1,43 @@
 /**
- * The benchmark: lifeboat against restic, borg and an rsync copy on the same
- * images, in one run. `npm run bench` builds, then runs this.
+ * The benchmark, in one run: `npm run bench` builds, then runs this.
  *
- *   --only lifeboat|peers   run one side only
- *   --only api              only the API load benchmark (bench/api.ts; a full run ends with it)
- *   --only replication      only the replication benchmark (bench/replication.ts; a full run includes it)
- *   --only launch           only the launch benchmark: materializing a PIT vs restic restore and
- *                           borg extract (bench/launch.ts; a full run includes it)
+ * Sections, in order: the images (cached); store ingest, dedup and restore of
+ * lifeboat against restic, borg, borg-fixed4m, casync and an rsync copy on the
+ * same images (this process); replication with RPO under load and the
+ * trace-mode overhead (replication.js); restore and materialize medians
+ * (launch.js, from the peers section's repositories); API load (api.js).
+ * Then bench/RESULTS.md (summary.ts) holds every section's figures of this
+ * run, the machine and how to reproduce; the detailed per-section reports are
+ * bench/results/{latest,replication,launch,api}.md of the same run.
+ *
+ *   --only lifeboat|peers   the peers section with one side only
+ *   --only api              only the API load benchmark (bench/api.ts)
+ *   --only replication      only the replication benchmark (bench/replication.ts, with its own peers)
+ *   --only launch           only the launch benchmark (bench/launch.ts, with its own repositories)
  *   --size-gib N            image size (default 2)
- *   --quick                 256 MiB image, for smoke checks
+ *   --quick                 256 MiB image and short workloads, for smoke checks (~4 min)
  *   --keep                  keep bench/work/repos/ (repositories, keys) after the run
  *   --rebuild-image         regenerate the images even if cached
- *   --warm                  every step reads its input from the page cache (primed before the
- *                           clock starts) instead of from the disk; measures the tools, not the disk
+ *   --warm                  every peers-section step reads its input from the page cache (primed before
+ *                           the clock starts) instead of from the disk; measures the tools, not the disk.
+ *                           Runs the peers section and the API only, writes warm.{json,md}, no RESULTS.md.
  *
- * Full default runs write bench/results/latest.{json,md} (committed), full
- * --warm runs bench/results/warm.{json,md}; partial runs (--quick, another
- * size, --only) write bench/work/results/ instead, so a smoke check never
- * replaces the published figures.
+ * Full default runs write bench/RESULTS.md and bench/results/; partial runs
+ * (--quick, another size, --only) write bench/work/results/ (RESULTS.md
+ * included), so a smoke check never replaces the published figures.
+ * Missing tools (restic, borg, rsync, casync, fio, time, debootstrap) are
+ * installed with apt-get.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import type { LaunchResults } from "./launch.js";
 import { lifeboatReady, lifeboatSuite, type LifeboatOutcome } from "./lifeboat.js";
 import { ensureImages, sizeFromArgs } from "./make-image.js";
 import {
   borgSuite,
+  casyncSuite,
   makeSecrets,
   requireTimeBinary,
   resticSuite,
@@ -35,9 +46,13 @@ import {
   type SuiteContext,
 } from "./peers.js";
 import { METHOD, compare, machineFacts, renderMarkdown, type BenchResults } from "./report.js";
+import type { ReplicationResults } from "./replication-report.js";
+import { writeSummary } from "./summary.js";
+import { ensureTools } from "./tools.js";
 import {
   GiB,
   RESULTS,
+  ROOT,
   WORK,
   Interrupted,
   log,
@@ -120,6 +135,7 @@ function runSuites(
       ["borg", () => borgSuite(ctx, { name: "borg" })],
       ["borg-fixed4m", () => borgSuite(ctx, { name: "borg-fixed4m", chunker: "fixed,4194304" })],
       ["rsync", () => rsyncSuite(ctx)],
+      ["casync", () => casyncSuite(ctx)],
     ];
     for (const [name, suite] of peers) steps.push(...(guarded(name, notes, suite) ?? []));
   }
@@ -140,81 +156,70 @@ function writeAtomically(file: string, text: string): void {
   renameSync(file + ".tmp", file);
 }
 
-/** The API load benchmark, in its own process (it is asynchronous; this file is not). */
-function apiBench(): number {
-  return (
-    spawnSync(process.execPath, [path.join(import.meta.dirname, "api.js")], { stdio: "inherit" }).status ?? 1
-  );
+/** Runs another benchmark script of this directory as a child process; Ctrl-C there stops the run. */
+function child(script: string, args: readonly string[], what: string): number {
+  const r = spawnSync(process.execPath, [path.join(import.meta.dirname, script), ...args], {
+    stdio: "inherit",
+  });
+  if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted(what, "SIGINT");
+  return r.status ?? 1;
+}
+
+function sizeArgs(opts: Options): string[] {
+  return opts.quick ? ["--quick"] : ["--size-gib", String(opts.sizeBytes / GiB)];
 }
 
 /**
- * The replication benchmark (agent and server over loopback TLS, with peers on the same disk), in
- * its own process: it is asynchronous, and it writes its own results (replication.{json,md}).
+ * The API load benchmark (bench/api.ts). Without LIFEBOAT_TEST_PG_URL it runs on SQLite only;
+ * --quick shortens it.
  */
-function replicationBench(opts: Options): number {
-  const args = [
-    path.join(import.meta.dirname, "replication.js"),
-    ...(opts.quick ? ["--quick"] : ["--size-gib", String(opts.sizeBytes / GiB)]),
-    ...(opts.keep ? ["--keep"] : []),
-  ];
-  const r = spawnSync(process.execPath, args, { stdio: "inherit" });
-  if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted("the replication benchmark", "SIGINT");
-  return r.status ?? 1;
+function apiBench(opts: Options, dir: string, notes: string[]): number {
+  const args = ["--results-dir", dir];
+  if (!process.env.LIFEBOAT_TEST_PG_URL) {
+    args.push("--db", "sqlite");
+    notes.push("API load: SQLite only (LIFEBOAT_TEST_PG_URL was not set; `. .ci/postgres.sh` sets it).");
+  }
+  if (opts.quick) args.push("--agents", "200", "--seconds", "10");
+  return child("api.js", args, "the API benchmark");
 }
 
-/** The launch benchmark (bench/launch.ts), in its own process: it writes launch.{json,md}. */
-function launchBench(opts: Options): number {
-  const args = [
-    path.join(import.meta.dirname, "launch.js"),
-    ...(opts.quick ? ["--quick"] : ["--size-gib", String(opts.sizeBytes / GiB)]),
-    ...(opts.keep ? ["--keep"] : []),
-  ];
-  const r = spawnSync(process.execPath, args, { stdio: "inherit" });
-  if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted("the launch benchmark", "SIGINT");
-  return r.status ?? 1;
+/**
+ * The replication benchmark (agent and server over loopback TLS, RPO under load, trace-mode
+ * overhead): it is asynchronous, so it runs in its own process and writes replication.{json,md}.
+ * Inside a full run its peers are left out: the peers section backed up the same image.
+ */
+function replicationBench(opts: Options, dir: string, peers: boolean): number {
+  const args = [...sizeArgs(opts), "--results-dir", dir, ...(peers ? [] : ["--no-peers"])];
+  return child("replication.js", [...args, ...(opts.keep ? ["--keep"] : [])], "the replication benchmark");
 }
 
-function main(): number {
-  const opts = parseOptions();
-  if (opts.only === "api") return apiBench();
-  if (opts.only === "launch") {
-    requireRoot("The launch benchmark");
-    return launchBench(opts);
-  }
-  if (opts.only === "replication") {
-    requireRoot("The replication benchmark");
-    return replicationBench(opts);
-  }
-  requireRoot("The benchmark");
-  trapInterrupts();
-  requireTimeBinary();
-  const start = performance.now();
+/** The launch benchmark (bench/launch.ts): with `repos`, it restores from the peers section's repositories. */
+function launchBench(opts: Options, dir: string, repos: string | null): number {
+  const args = [...sizeArgs(opts), "--results-dir", dir, ...(repos ? ["--repos", repos] : [])];
+  return child("launch.js", [...args, ...(opts.keep ? ["--keep"] : [])], "the launch benchmark");
+}
 
-  const images = ensureImages(opts.sizeBytes, { rebuild: opts.rebuildImage });
+/** A section's JSON from this run (written after `since`), or null. */
+function readFresh<T extends { generatedAt: string }>(file: string, since: Date): T | null {
+  if (!existsSync(file)) return null;
+  const r = JSON.parse(readFileSync(file, "utf8")) as T;
+  return new Date(r.generatedAt) >= since ? r : null;
+}
 
-  const repos = path.join(WORK, "repos");
-  removeTree(repos);
-  mkdirSync(repos, { recursive: true });
-  const ctx: SuiteContext = {
-    base: images.base,
-    changed: images.changed,
-    imageBytes: opts.sizeBytes,
-    repos,
-    secrets: makeSecrets(path.join(repos, "secrets")),
-  };
+/** The peers section: lifeboat's store and the peers on the same images, in this process. */
+function peersSection(
+  opts: Options,
+  images: ReturnType<typeof ensureImages>,
+  ctx: SuiteContext,
+  dir: string,
+  start: number,
+): { results: BenchResults; failed: boolean } {
   // Warm: both images and every repository are read into the page cache before each step.
-  setCacheMode(opts.warm ? "warm" : "cold", [images.base, images.changed, repos]);
+  setCacheMode(opts.warm ? "warm" : "cold", [images.base, images.changed, ctx.repos]);
   const notes: string[] = [];
   if (images.description.contents.os.source.includes("fallback"))
     notes.push(images.description.contents.os.note);
-  let outcome: ReturnType<typeof runSuites>;
-  try {
-    outcome = runSuites(opts, ctx, notes);
-  } finally {
-    if (opts.keep) log(`repositories kept in ${repos}`);
-    else removeTree(repos);
-  }
-
+  const outcome = runSuites(opts, ctx, notes);
   const results: BenchResults = {
     generatedAt: new Date().toISOString(),
     options: { sizeBytes: opts.sizeBytes, only: opts.only, quick: opts.quick, cache: cacheMode() },
@@ -236,21 +241,113 @@ function main(): number {
     lifeboatStats: outcome.lifeboat?.stats ?? null,
     notes,
   };
-  const partial = opts.only !== null || opts.sizeBytes !== 2 * GiB;
-  const dir = partial ? path.join(WORK, "results") : RESULTS;
   mkdirSync(dir, { recursive: true });
   const markdown = renderMarkdown(results);
   const base = opts.warm ? "warm" : "latest";
   writeAtomically(path.join(dir, `${base}.json`), JSON.stringify(results, null, 2) + "\n");
   writeAtomically(path.join(dir, `${base}.md`), markdown);
-  console.log(markdown);
-  log(`results written to ${path.relative(process.cwd(), dir) || dir}/${base}.{json,md}`);
-
+  log(`peers section written to ${path.relative(process.cwd(), dir) || dir}/${base}.{json,md}`);
   const failed = notes.some((n) => n.includes("failed")) || outcome.steps.some((s) => s.verified === false);
-  const replicationFailed = opts.only === null && !opts.warm && replicationBench(opts) !== 0;
-  const launchFailed = opts.only === null && !opts.warm && launchBench(opts) !== 0;
-  const apiFailed = opts.only === null && apiBench() !== 0;
-  return failed || replicationFailed || launchFailed || apiFailed ? 1 : 0;
+  return { results, failed };
+}
+
+function main(): number {
+  const opts = parseOptions();
+  const startedAt = new Date();
+  const start = performance.now();
+  // Full default runs publish to bench/results/ and bench/RESULTS.md; anything else to bench/work/results/.
+  const partial = opts.only !== null || opts.sizeBytes !== 2 * GiB;
+  const dir = partial ? path.join(WORK, "results") : RESULTS;
+  mkdirSync(dir, { recursive: true });
+  const notes: string[] = [];
+  if (opts.only === "api") return apiBench(opts, dir, notes);
+  requireRoot("The benchmark");
+  trapInterrupts();
+  if (opts.only === "launch") {
+    ensureTools(["restic", "borg", "casync", "/usr/bin/time"]);
+    return launchBench(opts, dir, null);
+  }
+  if (opts.only === "replication") {
+    ensureTools(["restic", "borg", "rsync", "fio", "/usr/bin/time"]);
+    return replicationBench(opts, dir, true);
+  }
+  ensureTools();
+  requireTimeBinary();
+
+  const sectionSeconds: Record<string, number> = {};
+  const timedSection = <T>(name: string, fn: () => T): T => {
+    const t = performance.now();
+    try {
+      return fn();
+    } finally {
+      sectionSeconds[name] = Math.round(since(t));
+    }
+  };
+  const images = timedSection("images", () => ensureImages(opts.sizeBytes, { rebuild: opts.rebuildImage }));
+  const repos = path.join(WORK, "repos");
+  removeTree(repos);
+  mkdirSync(repos, { recursive: true });
+  const ctx: SuiteContext = {
+    base: images.base,
+    changed: images.changed,
+    imageBytes: opts.sizeBytes,
+    repos,
+    secrets: makeSecrets(path.join(repos, "secrets")),
+  };
+  const all = opts.only === null && !opts.warm;
+  const failures: string[] = [];
+  const check = (section: string, status: number): void => {
+    if (status !== 0) failures.push(section);
+  };
+  try {
+    const peers = timedSection("store ingest and peers", () => peersSection(opts, images, ctx, dir, start));
+    check("store ingest and peers (a tool failed or a restore differed)", peers.failed ? 1 : 0);
+    if (all) {
+      check(
+        "replication",
+        timedSection("replication, RPO, trace overhead", () => replicationBench(opts, dir, false)),
+      );
+      // After replication: the launch restores from the peers section's repositories, then they go.
+      check(
+        "launch (a restore failed or differed)",
+        timedSection("launch", () => launchBench(opts, dir, repos)),
+      );
+    }
+  } finally {
+    if (opts.keep) log(`repositories kept in ${repos}`);
+    else removeTree(repos);
+  }
+  if (opts.only === null)
+    check(
+      "API load (requests failed)",
+      timedSection("API load", () => apiBench(opts, dir, notes)),
+    );
+  const failed = failures.length > 0;
+  if (opts.warm) return failed ? 1 : 0;
+
+  const file = partial ? path.join(dir, "RESULTS.md") : path.join(ROOT, "bench", "RESULTS.md");
+  const apiFile = path.join(dir, "api.md");
+  const markdown = writeSummary(file, {
+    generatedAt: new Date().toISOString(),
+    command: ["npm run bench", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(
+      " ",
+    ),
+    runSeconds: Math.round(since(start)),
+    sectionSeconds,
+    machine: machineFacts(),
+    peers: readFresh<BenchResults>(path.join(dir, "latest.json"), startedAt),
+    replication: readFresh<ReplicationResults>(path.join(dir, "replication.json"), startedAt),
+    launch: readFresh<LaunchResults>(path.join(dir, "launch.json"), startedAt),
+    detailsDir: path.relative(ROOT, dir),
+    apiMarkdown:
+      opts.only === null && existsSync(apiFile) && statSync(apiFile).mtime >= startedAt
+        ? readFileSync(apiFile, "utf8")
+        : null,
+    notes: [...notes, ...failures.map((f) => `Section failed: ${f}; see its report and the log of the run.`)],
+  });
+  console.log(markdown);
+  log(`results written to ${path.relative(process.cwd(), file)} (run: ${Math.round(since(start))} s)`);
+  return failed ? 1 : 0;
 }
 
 try {
