@@ -22,8 +22,6 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
-import { checkDisk, installAgent } from "../../src/agent/install.js";
-import { loadAgentConfig, saveAgentConfig } from "../../src/agent/config.js";
 import { AgentService } from "../../src/agent/service.js";
 import { createLogger } from "../../src/base/index.js";
 import { buildFailbackImage } from "../../src/bundle/index.js";
@@ -32,6 +30,7 @@ import { missingCapabilities, strictCapabilities } from "../support/capabilities
 import { type Site, startSite } from "../support/lifeboat-site.js";
 import { type LoopDisk, createLoopDisk } from "../support/loop-disk.js";
 import { exportPit, until } from "../support/pit-check.js";
+import { type JobView, installTestAgent, takePit, waitForJob } from "../support/site-actions.js";
 import { buildSiteBundle } from "./helpers.js";
 import { testNodeCache } from "./node-cache.js";
 
@@ -41,11 +40,6 @@ const DISK_MIB = 32;
 const log = (name: string) => createLogger(process.env.LIFEBOAT_TEST_LOG ?? "silent", name);
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
-interface JobView {
-  id: string;
-  state: string;
-  result: Record<string, unknown> | null;
-}
 interface FailbackView {
   id: string;
   jobId: string;
@@ -124,57 +118,6 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
   const services: AgentService[] = [];
   let guest: Awaited<ReturnType<typeof guestKernel>> = "not prepared";
 
-  async function waitJob(id: string, ms = 180_000): Promise<JobView> {
-    let job: JobView | undefined;
-    await until(
-      `job ${id}`,
-      async () => {
-        job = (await site.api<{ job: JobView }>(`/api/v1/jobs/${id}`)).job;
-        return ["succeeded", "failed", "terminated"].includes(job.state);
-      },
-      ms,
-      () => job,
-    );
-    return job!;
-  }
-
-  async function pit(server: string): Promise<string> {
-    const r = await site.api<{ jobId: string; commandId: string }>(`/api/v1/servers/${server}/pits`, {
-      method: "POST",
-      body: { consistency: "filesystem" },
-    });
-    const job = await waitJob(r.jobId);
-    const command = await site.api<{ result: { pitId: string }; error: unknown }>(
-      `/api/v1/commands/${r.commandId}`,
-    );
-    assert.equal(job.state, "succeeded", JSON.stringify(command.error));
-    return command.result.pitId;
-  }
-
-  async function agent(name: string, device: string, recoveryOf?: string) {
-    const token = await site.api<{ token: string }>("/api/v1/tokens", {
-      method: "POST",
-      body: { role: "agent", uses: 1, ...(recoveryOf ? { recoveryOf } : {}) },
-    });
-    const configDir = path.join(tmp, `agent-${name}`);
-    const installed = await installAgent({
-      configDir,
-      endpoint: site.url,
-      token: token.token,
-      caPem: site.caPem,
-      hostname: name,
-      blockSize: 64 * 1024,
-      disks: [await checkDisk(device, "device")],
-      inventory: {},
-    });
-    const config = await loadAgentConfig(configDir);
-    await saveAgentConfig(configDir, {
-      ...config,
-      settings: { ...config.settings, freezeCapMs: 15_000, pitIntervalSeconds: 0 },
-    });
-    return { ...installed, configDir };
-  }
-
   async function startAgent(configDir: string, name: string): Promise<AgentService> {
     const svc = await AgentService.start({ configDir, logger: log(name), settingsIntervalMs: 1000 });
     services.push(svc);
@@ -214,9 +157,9 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
     orig = await createLoopDisk({ sizeMiB: DISK_MIB });
     spawnSync("sh", ["-c", `head -c ${8 * MiB} /dev/urandom > ${orig.mountPoint}/base && sync`]);
     await fs.writeFile(path.join(orig.mountPoint!, "before.txt"), "written before the disaster\n");
-    const o = await agent("orig", orig.device);
+    const o = await installTestAgent(site, { dir: tmp, name: "orig", device: orig.device });
     const origService = await startAgent(o.configDir, "orig");
-    await pit(o.serverName);
+    await takePit(site, o.serverName);
     await origService.stop();
 
     // The recovery, onto another disk; the recovered instance takes orders and gets its own agent.
@@ -231,7 +174,7 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
         pit: "latest",
       },
     });
-    const recovered = await waitJob(job.id);
+    const recovered = await waitForJob(site, job.id, 180_000);
     assert.equal(recovered.state, "succeeded", JSON.stringify(recovered.result));
     const mnt = path.join(tmp, "rec-mnt");
     await fs.mkdir(mnt, { recursive: true });
@@ -239,9 +182,14 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
     spawnSync("sh", ["-c", `head -c ${2 * MiB} /dev/urandom > ${mnt}/during-outage.bin && sync`]);
     await fs.writeFile(path.join(mnt, "orders.txt"), "order 1 taken during the outage\n");
     spawnSync("sync");
-    const r = await agent("orig-recovered", rec.device, job.id);
+    const r = await installTestAgent(site, {
+      dir: tmp,
+      name: "orig-recovered",
+      device: rec.device,
+      recoveryOf: job.id,
+    });
     await startAgent(r.configDir, "rec");
-    await pit(r.serverName);
+    await takePit(site, r.serverName);
     t.diagnostic(`recovered instance replicating at ${since()}`);
 
     // The boot environment of the original server, from its agent directory.

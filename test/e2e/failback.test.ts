@@ -6,8 +6,6 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
-import { checkDisk, installAgent } from "../../src/agent/install.js";
-import { loadAgentConfig, saveAgentConfig } from "../../src/agent/config.js";
 import { AgentService } from "../../src/agent/service.js";
 import { createLogger, isLifeboatError } from "../../src/base/index.js";
 import { importDisks, readHead } from "../../src/store/index.js";
@@ -17,17 +15,13 @@ import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
 import { type LoopDisk, createLoopDisk } from "../support/loop-disk.js";
 import { exportPit, sleep, until } from "../support/pit-check.js";
+import { type JobView, installTestAgent, takePit, waitForJob } from "../support/site-actions.js";
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
 const DISK_MIB = 64;
 const CHUNKS = (DISK_MIB * MiB) / (64 * 1024);
 
-interface JobView {
-  id: string;
-  state: string;
-  result: Record<string, unknown> | null;
-}
 interface FailbackView {
   id: string;
   jobId: string;
@@ -86,57 +80,6 @@ void describe(
     let recoveryJob = "";
     let origService: AgentService | undefined;
 
-    async function waitJob(id: string, ms = 120_000): Promise<JobView> {
-      let job: JobView | undefined;
-      await until(
-        `job ${id}`,
-        async () => {
-          job = (await site.api<{ job: JobView }>(`/api/v1/jobs/${id}`)).job;
-          return ["succeeded", "failed", "terminated"].includes(job.state);
-        },
-        ms,
-        () => job,
-      );
-      return job!;
-    }
-
-    async function pit(server: string, consistency = "filesystem"): Promise<string> {
-      const r = await site.api<{ jobId: string; commandId: string }>(`/api/v1/servers/${server}/pits`, {
-        method: "POST",
-        body: { consistency },
-      });
-      const job = await waitJob(r.jobId);
-      const command = await site.api<{ result: { pitId: string }; error: unknown }>(
-        `/api/v1/commands/${r.commandId}`,
-      );
-      assert.equal(job.state, "succeeded", JSON.stringify(command.error));
-      return command.result.pitId;
-    }
-
-    async function agent(name: string, device: string, endpoint: string, recoveryOf?: string) {
-      const token = await site.api<{ token: string }>("/api/v1/tokens", {
-        method: "POST",
-        body: { role: "agent", uses: 1, ...(recoveryOf ? { recoveryOf } : {}) },
-      });
-      const configDir = path.join(tmp, `agent-${name}`);
-      const installed = await installAgent({
-        configDir,
-        endpoint,
-        token: token.token,
-        caPem: site.caPem,
-        hostname: name,
-        blockSize: 64 * 1024,
-        disks: [await checkDisk(device, "device")],
-        inventory: {},
-      });
-      const config = await loadAgentConfig(configDir);
-      await saveAgentConfig(configDir, {
-        ...config,
-        settings: { ...config.settings, freezeCapMs: 15_000, pitIntervalSeconds: 0 },
-      });
-      return { ...installed, configDir };
-    }
-
     async function startAgent(configDir: string, name: string): Promise<AgentService> {
       const svc = await AgentService.start({
         configDir,
@@ -160,7 +103,12 @@ void describe(
       await fs.writeFile(path.join(orig.mountPoint!, "before.txt"), "written before the disaster\n");
       spawnSync("sync");
       // The original server's agent reaches the site through a proxy the test can cut.
-      const a = await agent("orig", orig.device, `https://127.0.0.1:${proxy.port}`);
+      const a = await installTestAgent(site, {
+        dir: tmp,
+        name: "orig",
+        device: orig.device,
+        endpoint: `https://127.0.0.1:${proxy.port}`,
+      });
       origDir = a.configDir;
       origId = { serverId: a.serverId, serverName: a.serverName };
       origService = await startAgent(origDir, "orig");
@@ -177,7 +125,7 @@ void describe(
     });
 
     void it("a recovery fences the original server; its agent coming back is refused, with an event, and nothing is written", async () => {
-      await pit(origId.serverName);
+      await takePit(site, origId.serverName);
       // The disaster: the original server goes down.
       await origService!.stop();
       origService = undefined;
@@ -192,7 +140,7 @@ void describe(
         },
       });
       recoveryJob = job.id;
-      const done = await waitJob(job.id);
+      const done = await waitForJob(site, job.id);
       assert.equal(done.state, "succeeded", JSON.stringify(done.result));
       const events = await site.api<{ events: { type: string; serverId: string | null }[] }>(
         "/api/v1/events",
@@ -249,10 +197,15 @@ void describe(
       spawnSync("sh", ["-c", `head -c ${3 * MiB} /dev/urandom > ${mnt}/during-outage.bin && sync`]);
       await fs.writeFile(path.join(mnt, "orders.txt"), "order 1 taken during the outage\n");
       spawnSync("sync");
-      const r = await agent("orig-recovered", rec.device, site.url, recoveryJob);
+      const r = await installTestAgent(site, {
+        dir: tmp,
+        name: "orig-recovered",
+        device: rec.device,
+        recoveryOf: recoveryJob,
+      });
       recName = r.serverName;
       await startAgent(r.configDir, "rec");
-      await pit(recName);
+      await takePit(site, recName);
 
       // A server whose only disk is smaller than the recovered instance's.
       const small = path.join(tmp, "small.img");
@@ -370,7 +323,7 @@ void describe(
       );
       assert.ok(sent < (DISK_MIB * MiB) / 10, `resumed with ${sent} bytes, not a full copy`);
       // Its disk is not mounted (a data disk waiting for its workload): crash-consistent is what is true.
-      await pit(origId.serverName, "crash");
+      await takePit(site, origId.serverName, "crash");
     });
   },
 );
