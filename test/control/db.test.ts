@@ -41,6 +41,7 @@ const TABLES: (keyof Schema)[] = [
   "pool_assignments",
   "console_sessions",
   "lag_samples",
+  "replica_epochs",
 ];
 
 const ALL_MIGRATIONS = [
@@ -51,6 +52,7 @@ const ALL_MIGRATIONS = [
   "0005_webhooks",
   "0006_console",
   "0007_replicator_pool",
+  "0009_replica_epochs",
 ];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */

@@ -41,6 +41,7 @@ export interface Schema {
   rpo_status: RpoStatusTable;
   console_sessions: ConsoleSessionsTable;
   lag_samples: LagSamplesTable;
+  replica_epochs: ReplicaEpochsTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -379,4 +380,13 @@ export interface LagSamplesTable {
   at: number;
   lag_seconds: number | null;
   backlog_bytes: number | null;
+}
+
+/** Since 0009: the epoch a server's replica is written with, and who took it (store/head.ts, "Fencing"). */
+export interface ReplicaEpochsTable {
+  server_id: string;
+  /** The replicator id, or `control-plane:INSTANCE` for an embedded replicator. */
+  holder: string;
+  epoch: number;
+  taken_at: number;
 }

@@ -6,6 +6,7 @@ import { launch } from "./0004-launch.js";
 import { webhooks } from "./0005-webhooks.js";
 import { consoleTables } from "./0006-console.js";
 import { replicatorPool } from "./0007-replicator-pool.js";
+import { replicaEpochs } from "./0009-replica-epochs.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -23,4 +24,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0005_webhooks": webhooks,
   "0006_console": consoleTables,
   "0007_replicator_pool": replicatorPool,
+  "0009_replica_epochs": replicaEpochs,
 });
