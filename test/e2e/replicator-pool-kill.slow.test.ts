@@ -174,9 +174,9 @@ void describe("kill -9 of one replicator of the pool under load", () => {
       });
       cleanups.push(() => repo.close());
       for (const a of agents) {
-        await until(`${a.name} continuous`, 120_000, async () => {
+        await until(`${a.name} continuous`, 120_000, () => {
           const s = a.svc.replication.status();
-          return s?.connected && s.disks.every((d) => d.state === "CONTINUOUS");
+          return Promise.resolve(s?.connected && s.disks.every((d) => d.state === "CONTINUOUS"));
         });
         const point = await a.svc.replication.requestPoint();
         assert.ok(point.pitId, `${a.name} made a PIT`);
