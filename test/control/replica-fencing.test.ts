@@ -24,9 +24,11 @@ import {
   readHead,
   verifyRepository,
 } from "../../src/store/index.js";
+import { fetchJson } from "../../src/net/index.js";
 import { forEachDatabase } from "../support/databases.js";
 import { prng, randomBuffer } from "../support/images.js";
 import { newRepository, tempDir } from "../support/repo.js";
+import { startTlsServer } from "./tls-helpers.js";
 
 const CHUNK = 64 * 1024;
 const SIZE = 32 * CHUNK;
@@ -149,5 +151,36 @@ forEachDatabase("replica epochs", (open) => {
     const epochs = got.filter((e): e is number => e !== undefined);
     assert.equal(new Set(epochs).size, epochs.length, `distinct: ${JSON.stringify(got)}`);
     assert.ok(epochs.every((e) => e > 8));
+  });
+
+  void it("are handed out over the replicator API only to the replicator the server is assigned to", async (t) => {
+    const database = await open();
+    const dir = await tempDir("lifeboat-epoch-route-");
+    t.after(() => fs.rm(dir, { recursive: true, force: true }));
+    const site = await startTlsServer(database, path.join(dir, "server"));
+    try {
+      const rep1 = await site.registerReplicator(await site.token("replicator"), "rep-1");
+      const rep2 = await site.registerReplicator(await site.token("replicator"), "rep-2");
+      const agent = await site.registerAgent(await site.token("agent"), "app-1");
+      const assign = (replicatorId: string) =>
+        site.adminCall(`/api/v1/servers/${agent.id}/settings/replication`, {
+          method: "PUT",
+          body: { replicatorId },
+        });
+      const epoch = (rep: typeof rep1, headEpoch: number) =>
+        fetchJson<{ epoch: number }>(rep.dispatcher, `${site.url}/api/v1/replicator/epoch`, {
+          body: { serverId: agent.id, headEpoch },
+        }).then((r) => r.epoch);
+      await assign(rep1.id);
+      assert.equal(await epoch(rep1, 0), 1);
+      assert.equal(await epoch(rep1, 1), 1);
+      await assert.rejects(epoch(rep2, 1), { code: "REPLICATOR_NOT_ASSIGNED" });
+      await assign(rep2.id);
+      assert.equal(await epoch(rep2, 1), 2);
+      await assert.rejects(epoch(rep1, 2), { code: "REPLICATOR_NOT_ASSIGNED" });
+      assert.equal(await epoch(rep2, 5), 6, "a repository ahead of the database is passed");
+    } finally {
+      await site.close();
+    }
   });
 });
