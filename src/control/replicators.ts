@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import type { Clock } from "../base/index.js";
 import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
 import { OVERRIDE_SCHEMAS } from "./settings.js";
@@ -62,6 +63,53 @@ export async function assignedServerIds(database: Database, replicatorId: string
     .filter(([, r]) => r === replicatorId)
     .map(([s]) => s)
     .sort();
+}
+
+/**
+ * The epoch `holder` (a replicator id, or `control-plane:INSTANCE` for an
+ * embedded replicator) writes `serverId`'s replica with (store/head.ts,
+ * "Fencing"). A holder that was the last to take the stream keeps its epoch;
+ * any other gets a new one, above the last one and above `headEpoch` (the
+ * highest epoch the repository's head has: a control database restored from
+ * an older backup must not hand out an epoch the repository has passed).
+ * Each step is one atomic statement, so two takers never get one epoch.
+ * Undefined when another holder took it meanwhile. The caller checks first
+ * that the server is assigned to the holder.
+ */
+export async function takeReplicaEpoch(
+  database: Database,
+  clock: Clock,
+  serverId: string,
+  holder: string,
+  headEpoch: number,
+): Promise<number | undefined> {
+  const now = clock.now();
+  const created = await database.db
+    .insertInto("replica_epochs")
+    .values({ server_id: serverId, holder, epoch: headEpoch + 1, taken_at: now })
+    .onConflict((oc) => oc.column("server_id").doNothing())
+    .returning("epoch")
+    .executeTakeFirst();
+  if (created) return Number(created.epoch);
+  const raised = await database.db
+    .updateTable("replica_epochs")
+    .set({
+      holder,
+      taken_at: now,
+      epoch: sql<number>`(case when epoch < ${headEpoch} then ${headEpoch} else epoch end) + 1`,
+    })
+    .where("server_id", "=", serverId)
+    .where((eb) => eb.or([eb("holder", "<>", holder), eb("epoch", "<", headEpoch)]))
+    .returning("epoch")
+    .executeTakeFirst();
+  if (raised) return Number(raised.epoch);
+  const kept = await database.db
+    .selectFrom("replica_epochs")
+    .select("epoch")
+    .where("server_id", "=", serverId)
+    .where("holder", "=", holder)
+    .executeTakeFirst();
+  return kept ? Number(kept.epoch) : undefined;
 }
 
 export interface ReplicatorReport {

@@ -27,7 +27,7 @@ import { JobRunner } from "./job-runner.js";
 import { launchHandler } from "./launch-job.js";
 import { planHandler } from "./plans.js";
 import { balancePool } from "./replicator-pool.js";
-import { assignments } from "./replicators.js";
+import { assignments, takeReplicaEpoch } from "./replicators.js";
 import { effectiveSettings } from "./settings.js";
 import { startRpoChecks } from "./rpo.js";
 import { VERIFY_JOB, startRepositoryChecks, verifyJobHandler } from "./repository-checks.js";
@@ -121,7 +121,7 @@ export async function startServer(
       https: serverTlsOptions({ certPem: serverCert!, keyPem: serverKey!, caPem: caCert! }),
     });
     if (opts.replicator !== false) {
-      replicator = embeddedReplicator(await openRepo(), database, clock, logger);
+      replicator = embeddedReplicator(await openRepo(), database, clock, logger, runner.instance);
       reportIngest(app, replicator);
       attachWire(
         app.server as unknown as TlsServer, // fastify built it with `https`: an https.Server, a tls.Server
@@ -255,11 +255,32 @@ async function applyRetention(
   await database.db.deleteFrom("pits").where("id", "in", forget).execute();
 }
 
-function embeddedReplicator(repo: Repository, database: Database, clock: Clock, logger: Logger): Replicator {
+function embeddedReplicator(
+  repo: Repository,
+  database: Database,
+  clock: Clock,
+  logger: Logger,
+  instance: string,
+): Replicator {
   return new Replicator({
     repo,
     clock,
     logger,
+    // Fencing (store/head.ts): each instance's embedded replicator is a holder of its own.
+    takeEpoch: async (server, peer, headEpoch) => {
+      const serverId = peer.id.split(":", 2)[1]!;
+      const epoch = await takeReplicaEpoch(database, clock, serverId, `control-plane:${instance}`, headEpoch);
+      if (epoch === undefined)
+        throw new LifeboatError(
+          "REPLICATOR_NOT_ASSIGNED",
+          `the stream of server ${server} was just taken elsewhere`,
+          {
+            hint: "the agent reads its replicator's address from its settings and reconnects there",
+            retryable: true,
+          },
+        );
+      return epoch;
+    },
     onPit: (server, pit) => {
       void (async () => {
         const row = await database.db

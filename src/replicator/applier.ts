@@ -11,6 +11,7 @@ import {
   type Repository,
   type RepositoryLock,
   acquireLock,
+  assertNotFenced,
   entryLocation,
   isZeroId,
   listPits,
@@ -93,6 +94,7 @@ export class ReplicaApplier {
     private readonly lock: RepositoryLock,
     head: Head,
     private readonly maxInFlight: number,
+    private readonly epoch: number,
   ) {
     this.head = head;
     this.sessionToken = head.session;
@@ -103,18 +105,25 @@ export class ReplicaApplier {
    * head, else its latest PIT, else empty disks. A disk whose size changed is
    * grown (new space reads as zeros) or shrunk; a disk not in the head starts
    * empty. Holds a writer lock until closed.
+   *
+   * `epoch` is the writer's assignment epoch (head.ts, "Fencing"): every
+   * head and PIT it writes carries it, and it is refused (STORE_HEAD_FENCED)
+   * from the moment a head of a higher epoch exists, here already when one
+   * does at open.
    */
   static async open(
     repo: Repository,
     server: string,
     disks: ReplicaDisk[],
-    opts: { packBytes?: number; maxInFlight?: number } = {},
+    opts: { packBytes?: number; maxInFlight?: number; epoch?: number } = {},
   ): Promise<ReplicaApplier> {
     const lock = await acquireLock(repo, "writer", `replica of ${server}`);
     lock.keepAlive();
     try {
       const pits = await listPits(repo, { damaged: [] });
       const head = await readHead(repo, server);
+      const epoch = opts.epoch ?? 0;
+      if ((head?.epoch ?? 0) > epoch) await assertNotFenced(repo, server, epoch);
       const latest = pits.filter((p) => p.server === server).at(-1);
       const base: PitDisk[] = head?.disks ?? latest?.disks ?? [];
       const known = await loadKnownIds(repo, [...pits, ...(head ? [head.disks] : [])]);
@@ -144,7 +153,7 @@ export class ReplicaApplier {
         timeMs: repo.clock.now(),
         session: "",
       };
-      return new ReplicaApplier(repo, server, states, ingest, lock, start, opts.maxInFlight ?? 4);
+      return new ReplicaApplier(repo, server, states, ingest, lock, start, opts.maxInFlight ?? 4, epoch);
     } catch (err) {
       await lock.release();
       throw err;
@@ -438,6 +447,7 @@ export class ReplicaApplier {
       appliedSeq: seq,
       timeMs: this.repo.clock.now(),
       session: this.sessionToken || randomBytes(16).toString("hex"),
+      ...(this.epoch > 0 ? { epoch: this.epoch } : {}),
     });
     return this.head;
   }
@@ -450,6 +460,8 @@ export class ReplicaApplier {
     labels?: Record<string, string>;
   }): Promise<Pit> {
     const head = await this.checkpoint(opts.seq);
+    // The checkpoint was just refused if fenced; this narrows the gap to the PIT's write.
+    await assertNotFenced(this.repo, this.server, this.epoch);
     return writePit(this.repo, {
       server: this.server,
       timeMs: opts.timeMs ?? this.repo.clock.now(),

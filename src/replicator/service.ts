@@ -21,6 +21,13 @@ export interface ReplicatorOptions {
    * not its certificate's, a decommissioned server).
    */
   serverName(peer: WirePeer, hello: Hello): Promise<string> | string;
+  /**
+   * The assignment epoch this replicator writes `server`'s replica with
+   * (store/head.ts, "Fencing"), given the highest epoch its head has now;
+   * throws a LifeboatError to refuse the stream. Without it the replica is
+   * written with epoch 0 (a single replicator).
+   */
+  takeEpoch?(server: string, peer: WirePeer, headEpoch: number): Promise<number> | number;
   /** A checkpoint runs at most this long after the writes it covers (default 1 s). */
   commitIntervalMs?: number;
   commitBytes?: number;
@@ -133,10 +140,12 @@ export class Replicator {
       await this.retire(previous);
     }
     const head = await readHead(repo, server);
+    const epoch = this.opts.takeEpoch ? await this.opts.takeEpoch(server, peer, head?.epoch ?? 0) : 0;
     const applier = await ReplicaApplier.open(
       repo,
       server,
       hello.disks.map((d) => ({ index: d.index, sizeBytes: d.sizeBytes, source: d.id })),
+      { epoch },
     );
     const replica: Replica = {
       server,

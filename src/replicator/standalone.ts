@@ -169,6 +169,15 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
         );
       return name;
     },
+    // Fencing (store/head.ts): the control plane raises the epoch when another replicator held the stream.
+    takeEpoch: async (_server, peer, headEpoch) => {
+      const serverId = peer.id.split(":", 2)[1]!;
+      const r = await call<{ epoch: number }>("/api/v1/replicator/epoch", {
+        method: "POST",
+        body: { serverId, headEpoch },
+      });
+      return r.epoch;
+    },
   });
   const revocations = createRevocationList({ dispatcher, endpoint, clock });
   const onSocket = wireConnectionHandler(replicator.wire, async (socket) => {

@@ -29,7 +29,7 @@ export {
 } from "./block-map.js";
 export { diffBlockMaps, readEntries } from "./block-map-diff.js";
 export { PackWriter, readPackIndex } from "./pack.js";
-export { type Head, deleteHead, listHeads, readHead, writeHead } from "./head.js";
+export { type Head, assertNotFenced, deleteHead, headEpoch, listHeads, readHead, writeHead } from "./head.js";
 export { acquireLock, type RepositoryLock } from "./locks.js";
 export { DEFAULT_CHUNK_SIZE, type RepositoryConfig } from "./config.js";
 export { exportDisk, type ExportOptions, type ExportResult } from "./export.js";

@@ -44,6 +44,7 @@ const TABLES: (keyof Schema)[] = [
   "console_sessions",
   "lag_samples",
   "repository_checks",
+  "replica_epochs",
 ];
 
 const ALL_MIGRATIONS = [
@@ -55,6 +56,7 @@ const ALL_MIGRATIONS = [
   "0006_console",
   "0007_replicator_pool",
   "0008_failback",
+  "0009_replica_epochs",
   "0010_repository_checks",
 ];
 

@@ -44,6 +44,7 @@ export interface Schema {
   failbacks: FailbacksTable;
   disk_generations: DiskGenerationsTable;
   repository_checks: RepositoryChecksTable;
+  replica_epochs: ReplicaEpochsTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -436,4 +437,11 @@ export interface RepositoryChecksTable {
   ok: 0 | 1;
   duration_ms: number;
   result_json: string;
+/** Since 0009: the epoch a server's replica is written with, and who took it (store/head.ts, "Fencing"). */
+export interface ReplicaEpochsTable {
+  server_id: string;
+  /** The replicator id, or `control-plane:INSTANCE` for an embedded replicator. */
+  holder: string;
+  epoch: number;
+  taken_at: number;
 }

@@ -13,6 +13,7 @@ import {
   assignedServerIds,
   assignments,
   recordReplicatorHeartbeat,
+  takeReplicaEpoch,
 } from "../replicators.js";
 import { splitSecret } from "../secrets.js";
 import { decommissionRoute } from "./decommission.js";
@@ -289,6 +290,52 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
             .execute()
         : [];
       return { servers: rows };
+    },
+  );
+
+  app.post<{ Body: { serverId: string; headEpoch: number } }>(
+    "/api/v1/replicator/epoch",
+    {
+      onRequest: replicator,
+      config: { action: "replicator.epoch" },
+      logLevel: "warn",
+      schema: {
+        summary:
+          "the epoch the calling replicator writes a server's replica with, when it accepts the stream (raised if another replicator held it)",
+        body: {
+          type: "object",
+          required: ["serverId", "headEpoch"],
+          additionalProperties: false,
+          properties: {
+            serverId: { type: "string", minLength: 1, maxLength: 253 },
+            headEpoch: { type: "integer", minimum: 0 },
+          },
+        },
+        response: {
+          200: { type: "object", required: ["epoch"], properties: { epoch: { type: "integer" } } },
+          400: errorSchema,
+          409: errorSchema,
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      if (request.actor.kind !== "client")
+        throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "replicator route");
+      request.audited = true; // once per accepted stream; the epoch is in the replica's head
+      const id = request.actor.subjectId;
+      const { serverId, headEpoch } = request.body;
+      const notAssigned = () =>
+        httpError(
+          409,
+          "REPLICATOR_NOT_ASSIGNED",
+          `server ${serverId} is not assigned to replicator ${id}`,
+          "the agent reads its replicator's address from its settings and reconnects there",
+        );
+      if ((await assignments(ctx.database)).get(serverId) !== id) throw notAssigned();
+      const epoch = await takeReplicaEpoch(ctx.database, ctx.clock, serverId, id, headEpoch);
+      if (epoch === undefined) throw notAssigned();
+      return { epoch };
     },
   );
 

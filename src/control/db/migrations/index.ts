@@ -7,6 +7,7 @@ import { webhooks } from "./0005-webhooks.js";
 import { consoleTables } from "./0006-console.js";
 import { replicatorPool } from "./0007-replicator-pool.js";
 import { failback } from "./0008-failback.js";
+import { replicaEpochs } from "./0009-replica-epochs.js";
 import { repositoryChecks } from "./0010-repository-checks.js";
 
 /**
@@ -26,5 +27,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0006_console": consoleTables,
   "0007_replicator_pool": replicatorPool,
   "0008_failback": failback,
+  "0009_replica_epochs": replicaEpochs,
   "0010_repository_checks": repositoryChecks,
 });
