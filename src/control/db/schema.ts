@@ -437,6 +437,8 @@ export interface RepositoryChecksTable {
   ok: 0 | 1;
   duration_ms: number;
   result_json: string;
+}
+
 /** Since 0009: the epoch a server's replica is written with, and who took it (store/head.ts, "Fencing"). */
 export interface ReplicaEpochsTable {
   server_id: string;
