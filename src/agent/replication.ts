@@ -58,6 +58,8 @@ export interface ReplicationOptions {
   connect(): Promise<Duplex>;
   /** The wire resume token the agent kept from its last run, if any. */
   resumeToken?: string;
+  /** A connection to the replicator ended (the session reconnects unless the error is permanent). */
+  onDisconnect?(err: LifeboatError): void;
   /** The disks' generation ids for HELLO (the control plane's split-brain check), asked at every connection. */
   generations?(): { index: number; generation: string }[] | undefined;
   /** zstd level for blocks on the wire (0: uncompressed; default 1). */
@@ -250,6 +252,7 @@ export class Replication {
         onDisconnect: (err) => {
           this.connected = false;
           this.lastError = { code: err.code, message: err.message, at: this.clock.now() };
+          this.opts.onDisconnect?.(err);
         },
       });
       await this.wire.start();

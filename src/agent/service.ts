@@ -76,6 +76,9 @@ export class AgentService {
   private replicating = false;
   private receiver: FailbackReceiver | undefined;
   private modeChain: Promise<void> = Promise.resolve();
+  /** Ends the settings poll's wait early (wakeSettings). */
+  private settingsWake: (() => void) | undefined;
+  private lastSettingsWake = 0;
   /** The disks' generation ids (D/state/generations.json), named in every HELLO. */
   private generations: DiskGeneration[] = [];
   /** Makes a fresh engine (after receive mode or a fence, the old one is stopped). */
@@ -127,6 +130,8 @@ export class AgentService {
       return new Replication({
         ...(resumeToken ? { resumeToken } : {}),
         generations: () => ref.svc?.generations,
+        // The replicator went away: it may have been replaced (pool failover), so read the settings now.
+        onDisconnect: () => ref.svc?.wakeSettings(),
         serverId: config.serverId,
         hostname: config.hostname,
         version: AGENT_VERSION,
@@ -298,7 +303,8 @@ export class AgentService {
       } catch (err) {
         if (!this.stopping) this.log.warn({ err: String(err) }, "cannot read the replication settings");
       }
-      await this.sleep(this.opts.settingsIntervalMs ?? 30_000);
+      await this.sleep(this.opts.settingsIntervalMs ?? 30_000, (wake) => (this.settingsWake = wake));
+      this.settingsWake = undefined;
     }
   }
 
@@ -438,7 +444,8 @@ export class AgentService {
       .catch((err: unknown) => this.log.warn({ err: String(err) }, "cannot write the status file"));
   }
 
-  private async sleep(ms: number): Promise<void> {
+  /** Waits `ms`, or less when stopping or when the `wakeable` handle it hands out is called. */
+  private async sleep(ms: number, wakeable?: (wake: () => void) => void): Promise<void> {
     if (this.stopping) return;
     await new Promise<void>((resolve) => {
       const done = () => {
@@ -448,7 +455,19 @@ export class AgentService {
       };
       const t = setTimeout(done, ms);
       this.abort.signal.addEventListener("abort", done);
+      wakeable?.(done);
     });
+  }
+
+  /**
+   * Reads the settings soon instead of at the next poll (at most once a
+   * second): after a lost connection the server may have a new replicator.
+   */
+  wakeSettings(): void {
+    const now = this.clock.now();
+    if (now - this.lastSettingsWake < 1000) return;
+    this.lastSettingsWake = now;
+    this.settingsWake?.();
   }
 
   private async heartbeats(): Promise<void> {

@@ -165,7 +165,7 @@ void describe("kill -9 of one replicator of the pool under load", () => {
       for (const a of installed) {
         const logs: string[] = [];
         const logger = pino({ level: "info" }, { write: (s: string) => void logs.push(s) });
-        const svc = await AgentService.start({ configDir: a.configDir, settingsIntervalMs: 1000, logger });
+        const svc = await AgentService.start({ configDir: a.configDir, logger });
         cleanups.push(() => svc.stop());
         agents.push({ ...a, svc, logs });
       }
