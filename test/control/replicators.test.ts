@@ -94,6 +94,20 @@ forEachDatabase("replicators", (open, dialect) => {
       await t.adminCall("/api/v1/settings/replication", { method: "PUT", body: { replicatorId: rep.id } });
       assert.deepEqual((await hb()).servers, [a.id, b.id].sort());
       assert.deepEqual(await list(), [a.id, b.id].sort());
+      // A fenced server (failed over) is served by no separate replicator: its stream there is released.
+      const assignments = () =>
+        fetchJson<{ servers: { id: string }[] }>(
+          rep.dispatcher,
+          `${t.url}/api/v1/replicator/assignments`,
+        ).then((r) => r.servers.map((s) => s.id).sort());
+      assert.deepEqual(await assignments(), [a.id, b.id].sort());
+      await database.db
+        .updateTable("servers")
+        .set({ fenced: "failed-over" })
+        .where("id", "=", b.id)
+        .execute();
+      assert.deepEqual(await assignments(), [a.id]);
+      await database.db.updateTable("servers").set({ fenced: null }).where("id", "=", b.id).execute();
       await assert.rejects(fetchJson(rep.dispatcher, `${t.url}/api/v1/servers/${c.id}`), {
         code: "SERVER_NOT_FOUND",
       });

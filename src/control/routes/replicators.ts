@@ -286,6 +286,9 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
             .selectFrom("servers")
             .select(["id", "name"])
             .where("id", "in", ids)
+            // A fenced server (failed over, receiving a failback) is served by no separate replicator:
+            // its stream there is released and a new one refused (failback.md, "Split brain").
+            .where("fenced", "is", null)
             .orderBy("name")
             .execute()
         : [];
