@@ -130,6 +130,9 @@ export async function listPits(
           const pit = await readPit(repo, id);
           if (!opts.server || pit.server === opts.server) pits.push(pit);
         } catch (err) {
+          // Listed a moment ago and gone now: forgotten meanwhile (retention runs beside a listing).
+          if (err instanceof LifeboatError && err.code === "PIT_NOT_FOUND" && /^[0-9a-f]{24}$/.test(id))
+            continue;
           if (!opts.damaged || (err instanceof LifeboatError && err.code === "PIT_NOT_FOUND")) throw err;
           const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_IO", String(err));
           opts.damaged.push({ id, code: e.code, message: e.message });

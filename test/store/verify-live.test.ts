@@ -8,6 +8,7 @@ import {
   type Backend,
   MemoryBackend,
   importDisks,
+  listPits,
   verifyRepository,
   writeHead,
 } from "../../src/store/index.js";
@@ -67,6 +68,42 @@ void it("verify of a live repository reports no damage for what a replicator wri
     assert.equal(hook, undefined, "the write happened during verify");
     assert.deepEqual(report.damage, []);
     assert.equal(report.ok, true);
+    await repo.close();
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
+
+void it("listing PITs while retention forgets one lists the others instead of failing", async () => {
+  const dir = await tempDir("lifeboat-list-live-");
+  try {
+    const inner = new MemoryBackend();
+    let forget: string | undefined;
+    const backend: Backend = {
+      properties: inner.properties,
+      put: (n, d) => inner.put(n, d),
+      get: (n, r) => inner.get(n, r),
+      stat: (n) => inner.stat(n),
+      async *list(prefix) {
+        const all = [];
+        for await (const o of inner.list(prefix)) all.push(o);
+        // Forgotten after the listing saw it, before it is read.
+        if (prefix === PREFIX.pits && forget) await inner.delete(forget);
+        yield* all;
+      },
+      delete: (n) => inner.delete(n),
+      close: () => inner.close(),
+    };
+    const repo = await newRepository({ backend });
+    const f = path.join(dir, "a.img");
+    await fs.writeFile(f, randomBytes(256 << 10));
+    const a = (await importDisks(repo, { server: "s", disks: [f], consistency: "crash" })).pit;
+    const b = (await importDisks(repo, { server: "s", disks: [f], consistency: "crash" })).pit;
+    forget = `${PREFIX.pits}${a.id}`;
+    assert.deepEqual(
+      (await listPits(repo, { server: "s" })).map((p) => p.id),
+      [b.id],
+    );
     await repo.close();
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
