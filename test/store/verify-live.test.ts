@@ -78,7 +78,7 @@ void it("listing PITs while retention forgets one lists the others instead of fa
   const dir = await tempDir("lifeboat-list-live-");
   try {
     const inner = new MemoryBackend();
-    let forget: string | undefined;
+    const gone: { name?: string } = {};
     const backend: Backend = {
       properties: inner.properties,
       put: (n, d) => inner.put(n, d),
@@ -88,7 +88,7 @@ void it("listing PITs while retention forgets one lists the others instead of fa
         const all = [];
         for await (const o of inner.list(prefix)) all.push(o);
         // Forgotten after the listing saw it, before it is read.
-        if (prefix === PREFIX.pits && forget) await inner.delete(forget);
+        if (prefix === PREFIX.pits && gone.name) await inner.delete(gone.name);
         yield* all;
       },
       delete: (n) => inner.delete(n),
@@ -99,7 +99,7 @@ void it("listing PITs while retention forgets one lists the others instead of fa
     await fs.writeFile(f, randomBytes(256 << 10));
     const a = (await importDisks(repo, { server: "s", disks: [f], consistency: "crash" })).pit;
     const b = (await importDisks(repo, { server: "s", disks: [f], consistency: "crash" })).pit;
-    forget = `${PREFIX.pits}${a.id}`;
+    gone.name = `${PREFIX.pits}${a.id}`;
     assert.deepEqual(
       (await listPits(repo, { server: "s" })).map((p) => p.id),
       [b.id],
