@@ -28,7 +28,7 @@ import { buildFailbackImage } from "../../src/bundle/index.js";
 import { debianKernel, staticBusybox } from "../support/boot-kernel.js";
 import { missingCapabilities, strictCapabilities } from "../support/capabilities.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
-import { type LoopDisk, createLoopDisk } from "../support/loop-disk.js";
+import { type LoopDisk, createLoopDisk, unmountForTest } from "../support/loop-disk.js";
 import { exportPit, until } from "../support/pit-check.js";
 import { type JobView, installTestAgent, takePit, waitForJob } from "../support/site-actions.js";
 import { buildSiteBundle } from "./helpers.js";
@@ -135,7 +135,7 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
   after(async () => {
     if (qemu && qemu.exitCode === null) qemu.kill("SIGKILL");
     for (const s of services) await s.stop().catch(() => undefined);
-    if (tmp) await run("umount", [path.join(tmp, "rec-mnt")]).catch(() => undefined);
+    if (tmp) await unmountForTest(path.join(tmp, "rec-mnt"));
     await site?.close();
     await orig?.cleanup();
     await rec?.cleanup();

@@ -13,7 +13,7 @@ import { AgentSession, connectWire } from "../../src/wire/index.js";
 import { missingCapabilities } from "../support/capabilities.js";
 import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
-import { type LoopDisk, createLoopDisk } from "../support/loop-disk.js";
+import { type LoopDisk, createLoopDisk, unmountForTest } from "../support/loop-disk.js";
 import { exportPit, sleep, until } from "../support/pit-check.js";
 import { type JobView, installTestAgent, takePit, waitForJob } from "../support/site-actions.js";
 
@@ -116,7 +116,7 @@ void describe(
 
     after(async () => {
       for (const s of services) await s.stop().catch(() => undefined);
-      await run("umount", [path.join(tmp, "rec-mnt")]).catch(() => undefined);
+      await unmountForTest(path.join(tmp, "rec-mnt"));
       await proxy?.close();
       await site?.close();
       await orig?.cleanup();

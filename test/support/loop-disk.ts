@@ -135,6 +135,12 @@ function mountsUnder(dir: string): string[] {
     .sort((a, b) => b.length - a.length);
 }
 
+/** Thaws (a test may have left it frozen) and unmounts `mnt`, retrying while busy, lazily at last. */
+export async function unmountForTest(mnt: string): Promise<void> {
+  await run("fsfreeze", ["-u", mnt]).catch(() => undefined);
+  await umountWithRetry(mnt);
+}
+
 async function umountWithRetry(mnt: string): Promise<void> {
   for (let i = 0; i < 20; i++) {
     try {
