@@ -79,10 +79,6 @@ export class FailbackReceiver {
     return this.statusText;
   }
 
-  get done(): Promise<void> {
-    return this.loopDone;
-  }
-
   private get file(): string {
     return path.join(this.o.stateDir, "failback.json");
   }

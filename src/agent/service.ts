@@ -399,7 +399,7 @@ export class AgentService {
       clock: this.clock,
       ...(this.opts.failbackBatchChunks ? { batchChunks: this.opts.failbackBatchChunks } : {}),
       onEnd: async (end) => {
-        if (end.state === "ready" && end.generations) await this.saveGenerations(end.generations, true);
+        if (end.state === "ready" && end.generations) await this.saveGenerations(end.generations);
         if (this.opts.onFailbackEnd) return this.opts.onFailbackEnd(end.state);
         // Re-read the mode off the receiver's own loop (switching stops the receiver, which waits for that loop).
         setImmediate(() => {
@@ -416,13 +416,13 @@ export class AgentService {
     receiver.start();
   }
 
-  /** Keeps the control plane's generations when the agent has none yet (or `replace`: a failback made them). */
-  async adoptGenerations(g: DiskGeneration[] | undefined, replace = false): Promise<void> {
-    if (!g || g.length === 0 || (this.generations.length > 0 && !replace)) return;
-    await this.saveGenerations(g, replace);
+  /** Keeps the control plane's generations when the agent has none yet (a failback's replace them: saveGenerations). */
+  async adoptGenerations(g: DiskGeneration[] | undefined): Promise<void> {
+    if (!g || g.length === 0 || this.generations.length > 0) return;
+    await this.saveGenerations(g);
   }
 
-  private async saveGenerations(g: DiskGeneration[], _replace: boolean): Promise<void> {
+  private async saveGenerations(g: DiskGeneration[]): Promise<void> {
     const file = path.join(agentPaths(this.opts.configDir).state, "generations.json");
     await writeFileAtomic(file, `${JSON.stringify(g)}\n`, { mode: 0o600 });
     this.generations = g;

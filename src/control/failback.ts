@@ -693,9 +693,10 @@ async function count(
 }
 
 function pinDisk(row: Failback, pass: number, disk: number): { pin: Pin; disk: PinDisk } {
-  const pin = parse<Pins>(row.pins_json).passes.find((p) => p.pass === pass);
-  const d = pin?.disks.find((x) => x.index === disk);
-  if (!pin || !d || pass !== parse<Pins>(row.pins_json).passes.at(-1)?.pass)
+  // Only the latest pass is served: an older one's chunks may no longer be what the target needs.
+  const pin = parse<Pins>(row.pins_json).passes.at(-1);
+  const d = pin?.pass === pass ? pin.disks.find((x) => x.index === disk) : undefined;
+  if (!pin || !d)
     throw httpError(
       409,
       "FAILBACK_PASS_STALE",
