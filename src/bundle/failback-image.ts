@@ -41,6 +41,8 @@ const execFileP = promisify(execFile);
 /** Where the agent's files go in the image. */
 export const IMAGE_AGENT_DIR = "/opt/lifeboat";
 export const IMAGE_CONFIG_DIR = "/etc/lifeboat/agent";
+/** The server's config.json as given, before the image's endpoint and disk names replaced its own. */
+const SERVER_CONFIG = "/etc/lifeboat/server-config.json";
 /** Drivers for the disks and network cards of virtual machines and common servers; missing ones are skipped. */
 export const DEFAULT_IMAGE_MODULES = [
   "virtio_pci",
@@ -52,7 +54,14 @@ export const DEFAULT_IMAGE_MODULES = [
   "nvme",
   "e1000",
   "e1000e",
+  // the filesystems /init mounts to put the original agent directory back
+  // (crc32c: a soft dependency of both, which modinfo's depends= does not name)
+  "crc32c_generic",
+  "ext4",
+  "xfs",
 ] as const;
+/** Where `agent install` puts the agent directory (the agent's DEFAULT_AGENT_CONFIG_DIR). */
+export const SERVER_AGENT_DIR = "/etc/lifeboat/agent";
 
 export interface FailbackImageOptions {
   /** The image file to write (0600). */
@@ -76,6 +85,11 @@ export interface FailbackImageOptions {
   /** After the failback: reboot (default) or power off. */
   then?: "reboot" | "poweroff";
   compression?: "gzip" | "zstd";
+  /**
+   * The agent directory's path on the server (default SERVER_AGENT_DIR):
+   * after a ready failback /init puts the original one back there. null: leave the disks as verified.
+   */
+  restoreIdentity?: string | null;
 }
 
 export interface FailbackImage {
@@ -111,6 +125,9 @@ export async function buildFailbackImage(opts: FailbackImageOptions): Promise<Fa
     });
     const agentFiles = await copyBundle(opts.bundleDir, path.join(root, IMAGE_AGENT_DIR.slice(1)), caPem);
     const config = await copyAgentConfig(opts, path.join(root, IMAGE_CONFIG_DIR.slice(1)));
+    // The server's own config.json, unchanged, for the agent directory /init puts back.
+    await copyFile(path.join(opts.agentConfigDir, "config.json"), path.join(root, SERVER_CONFIG.slice(1)));
+    await chmod(path.join(root, SERVER_CONFIG.slice(1)), 0o600);
     const libraries = await copyLibraries(
       agentFiles.filter((f) => f.endsWith(SEA_FILE) || f.endsWith(".node")),
       root,
@@ -138,6 +155,9 @@ export async function buildFailbackImage(opts: FailbackImageOptions): Promise<Fa
         configDir: IMAGE_CONFIG_DIR,
         disks: config.disks.map((d) => d.path),
         serverName: config.serverName,
+        ...(opts.restoreIdentity === null
+          ? {}
+          : { restoreIdentity: { dir: opts.restoreIdentity ?? SERVER_AGENT_DIR, config: SERVER_CONFIG } }),
       }),
       { mode: 0o755 },
     );

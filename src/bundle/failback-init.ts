@@ -10,6 +10,16 @@
  *   lifeboat.iface=NAME                the network interface (default: the first one found)
  *   lifeboat.then=reboot|poweroff      what to do at the end (default: what the image was built with)
  *   lifeboat.shell=1                   a shell on the console before rebooting, to look around
+ *
+ * When the failback is ready, the failed-back disks hold the recovered
+ * instance's files, its agent directory too. With \`restoreIdentity\` (the
+ * agent directory's path on the server, /etc/lifeboat/agent by default),
+ * /init mounts each filesystem of those disks in turn and, where it finds
+ * that directory, puts the original server's back: the image's copy, with
+ * the state (generations) the agent kept during the failback. The swap is
+ * a rename inside the directory's parent, so a crash leaves one directory
+ * or the other, never a mixture. The site verified the disks before this
+ * change; it is the only one, and the console says where it was made.
  */
 
 export interface FailbackInitOptions {
@@ -20,6 +30,14 @@ export interface FailbackInitOptions {
   /** The disk paths of the copied config.json, waited for before the agent starts. */
   disks: string[];
   serverName: string;
+  /**
+   * After a ready failback, put the original agent directory back at `dir`
+   * (its absolute path on the server): the server's own config.json (kept
+   * unchanged at `config` in the image, without the boot environment's
+   * endpoint and disk names), the key and certificates, and the state the
+   * agent kept during the failback (its new disk generations).
+   */
+  restoreIdentity?: { dir: string; config: string };
 }
 
 const quote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -98,7 +116,51 @@ ${quote(o.agent)} agent run --failback-only --config-dir ${quote(o.configDir)}
 rc=$?
 sync
 if [ $rc -eq 0 ]; then say "ready"; else say "failed: the agent exited with $rc"; fi
-finish
+${o.restoreIdentity === undefined ? "" : restoreIdentityScript(o)}finish
+`;
+}
+
+/** After a ready failback: the original agent directory back onto the filesystem that holds one. */
+function restoreIdentityScript(o: FailbackInitOptions): string {
+  const { dir, config } = o.restoreIdentity!;
+  const rel = dir.replace(/^\/+|\/+$/g, "");
+  if (rel === "" || rel.split("/").includes("..")) throw new Error(`not an agent directory path: ${dir}`);
+  const from = o.configDir;
+  return `restore_identity() {
+  rel=${quote(rel)}
+  mkdir -p /mnt/failed-back
+  found=""
+  for d in ${o.disks.map(quote).join(" ")}; do
+    [ -b "$d" ] || continue
+    blockdev --rereadpt "$d" 2>/dev/null
+    sleep 1
+    base=$(basename "$(readlink -f "$d")")
+    for p in "$d" /dev/"$base"[0-9]* /dev/"$base"p[0-9]*; do
+      [ -b "$p" ] || continue
+      mount "$p" /mnt/failed-back 2>/dev/null || continue
+      t="/mnt/failed-back/$rel"
+      if [ -f "$t/config.json" ]; then
+        rm -rf "$t.lifeboat-new" "$t.lifeboat-old"
+        if mkdir -m 700 "$t.lifeboat-new" && cp ${quote(config)} "$t.lifeboat-new/config.json" &&
+          chmod 600 "$t.lifeboat-new/config.json" &&
+          cp -p ${quote(`${from}/agent.key`)} ${quote(`${from}/agent.pem`)} ${quote(`${from}/ca.pem`)} "$t.lifeboat-new/" &&
+          { [ ! -d ${quote(`${from}/state`)} ] || cp -a ${quote(`${from}/state`)} "$t.lifeboat-new/state"; } &&
+          sync && mv "$t" "$t.lifeboat-old" && mv "$t.lifeboat-new" "$t"; then
+          rm -rf "$t.lifeboat-old"
+          sync
+          say "agent identity of this server restored on $p (/$rel)"
+          found=1
+        else
+          say "could not restore the agent identity on $p (/$rel): restore it by hand"
+          found=1
+        fi
+      fi
+      umount /mnt/failed-back
+    done
+  done
+  [ -n "$found" ] || say "no /$rel on the failed-back disks: the agent directory is not there to restore"
+}
+[ $rc -eq 0 ] && restore_identity
 `;
 }
 

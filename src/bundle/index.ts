@@ -24,6 +24,7 @@ export {
   type FailbackImageOptions,
   IMAGE_AGENT_DIR,
   IMAGE_CONFIG_DIR,
+  SERVER_AGENT_DIR,
 } from "./failback-image.js";
 export {
   MANIFEST,

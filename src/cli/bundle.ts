@@ -2,7 +2,13 @@ import { readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Command } from "commander";
-import { buildBundle, buildFailbackImage, publishBundle, readManifest } from "../bundle/index.js";
+import {
+  SERVER_AGENT_DIR,
+  buildBundle,
+  buildFailbackImage,
+  publishBundle,
+  readManifest,
+} from "../bundle/index.js";
 import { LifeboatError } from "../base/index.js";
 import { DEFAULT_DATA_DIR, dataPaths, loadConfig } from "../control/index.js";
 import { action } from "./action.js";
@@ -33,6 +39,8 @@ interface FailbackImageOpts extends ServerOpts {
   busybox?: string;
   then: string;
   compression: string;
+  identityDir: string;
+  restoreIdentity: boolean;
 }
 
 interface PublishOpts extends ServerOpts {
@@ -158,6 +166,15 @@ export function bundleCommand(): Command {
     .option("--busybox <file>", "a statically linked busybox (default /bin/busybox)")
     .option("--then <what>", "after the failback: reboot or poweroff", "reboot")
     .option("--compression <how>", "gzip or zstd", "gzip")
+    .option(
+      "--identity-dir <path>",
+      "the agent directory's path on the server, put back after a ready failback",
+      SERVER_AGENT_DIR,
+    )
+    .option(
+      "--no-restore-identity",
+      "leave the failed-back disks exactly as verified (restore the agent directory by hand)",
+    )
     .action(
       action<FailbackImageOpts>(async (ctx, o) => {
         const out = requireOption(o.out, "--out");
@@ -178,6 +195,7 @@ export function bundleCommand(): Command {
           modulesRoot: o.modulesRoot ?? "/",
           then: o.then,
           compression: o.compression,
+          restoreIdentity: o.restoreIdentity ? o.identityDir : null,
           ...(o.endpoint !== undefined ? { endpoint: o.endpoint } : {}),
           ...(o.kernelVersion !== undefined ? { kernelVersion: o.kernelVersion } : {}),
           ...(o.module ? { modules: o.module } : {}),

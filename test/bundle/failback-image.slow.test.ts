@@ -7,8 +7,11 @@
  * on the host, the image made from the original's agent directory boots a
  * Debian kernel with the original's disk image as a virtio disk and
  * user-mode networking, reaching the site at 10.0.2.2 (which the site's
- * certificate names). After the cut-over the disk image is byte-identical
- * to the cut-over PIT and the console says `lifeboat-failback: ready`.
+ * certificate names). After the cut-over the console says
+ * `lifeboat-failback: ready`, /init puts the original server's agent
+ * directory back on the disk, and the disk holds the cut-over PIT's files
+ * with the original's identity (the site verified it block for block
+ * against the PIT first).
  *
  * The kernel is Debian's (test/support/boot-kernel.ts); its network modules
  * (virtio_net and what it needs) are extracted here from the same package,
@@ -38,7 +41,28 @@ const run = promisify(execFile);
 const MiB = 1 << 20;
 const DISK_MIB = 32;
 const log = (name: string) => createLogger(process.env.LIFEBOAT_TEST_LOG ?? "silent", name);
-const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+/** The agent directory's place on a server's root filesystem (relative). */
+const AGENT_DIR = "etc/lifeboat/agent";
+
+async function fileHash(file: string): Promise<string> {
+  return createHash("sha256")
+    .update(await fs.readFile(file))
+    .digest("hex");
+}
+
+/** An agent's identity files, copied where a server keeps them. */
+async function copyAgentDir(from: string, to: string): Promise<void> {
+  await fs.mkdir(to, { recursive: true, mode: 0o700 });
+  for (const f of ["config.json", "agent.key", "agent.pem", "ca.pem"])
+    await fs.copyFile(path.join(from, f), path.join(to, f));
+  await fs.chmod(path.join(to, "agent.key"), 0o600);
+}
+
+async function mountImage(image: string, dir: string): Promise<string> {
+  await fs.mkdir(dir, { recursive: true });
+  await run("mount", ["-o", "ro,loop", image, dir]);
+  return dir;
+}
 
 interface FailbackView {
   id: string;
@@ -60,11 +84,11 @@ function cacheRoot(): string {
 
 /**
  * lib/modules/VERSION of the Debian kernel package, with the modules the
- * boot environment loads for a virtio disk and a virtio network card:
+ * boot environment loads for a virtio disk, a virtio network card and ext4:
  * extracted once (apt-get download, dpkg-deb) and cached.
  */
 async function kernelModules(version: string): Promise<string> {
-  const dir = path.join(cacheRoot(), "failback-image-modules", version);
+  const dir = path.join(cacheRoot(), "failback-image-modules-2", version);
   const root = path.join(dir, "root");
   if (existsSync(path.join(dir, "extracted"))) return root;
   await fs.rm(dir, { recursive: true, force: true });
@@ -85,6 +109,11 @@ async function kernelModules(version: string): Promise<string> {
     "./lib/modules/*/kernel/drivers/net/virtio_net.ko",
     "./lib/modules/*/kernel/drivers/net/net_failover.ko",
     "./lib/modules/*/kernel/net/core/failover.ko",
+    "./lib/modules/*/kernel/fs/ext4/ext4.ko",
+    "./lib/modules/*/kernel/fs/jbd2/jbd2.ko",
+    "./lib/modules/*/kernel/fs/mbcache.ko",
+    "./lib/modules/*/kernel/lib/crc16.ko",
+    "./lib/modules/*/kernel/crypto/crc32c_generic.ko",
   ]);
   await fs.rm(path.join(dir, deb));
   await fs.writeFile(path.join(dir, "extracted"), "");
@@ -158,6 +187,8 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
     spawnSync("sh", ["-c", `head -c ${8 * MiB} /dev/urandom > ${orig.mountPoint}/base && sync`]);
     await fs.writeFile(path.join(orig.mountPoint!, "before.txt"), "written before the disaster\n");
     const o = await installTestAgent(site, { dir: tmp, name: "orig", device: orig.device });
+    // As on a real boot disk, the agent directory lives on it (what the failback overwrites, then restores).
+    await copyAgentDir(o.configDir, path.join(orig.mountPoint!, AGENT_DIR));
     const origService = await startAgent(o.configDir, "orig");
     await takePit(site, o.serverName);
     await origService.stop();
@@ -188,6 +219,8 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
       device: rec.device,
       recoveryOf: job.id,
     });
+    await copyAgentDir(r.configDir, path.join(mnt, AGENT_DIR));
+    spawnSync("sync");
     await startAgent(r.configDir, "rec");
     await takePit(site, r.serverName);
     t.diagnostic(`recovered instance replicating at ${since()}`);
@@ -284,10 +317,38 @@ void describe("failback boot environment", { timeout: 1_800_000 }, () => {
     for (const line of text.split(/\r?\n/).filter((l) => l.startsWith("lifeboat-failback:")))
       t.diagnostic(`serial: ${line}`);
 
+    assert.match(
+      text,
+      /^lifeboat-failback: agent identity of this server restored on \/dev\/vda \(\/etc\/lifeboat\/agent\)\r?$/m,
+    );
+
+    // The disk holds the cut-over PIT's files, and the original server's agent directory again.
     const cutImg = path.join(tmp, "cutover.img");
     await exportPit(site, r.serverName, ready.cutoverPitId, cutImg);
-    const want = await fs.readFile(cutImg);
-    const got = (await fs.readFile(orig.image)).subarray(0, want.length);
-    assert.equal(sha256(got), sha256(want), "the original disk equals the cut-over PIT");
+    await run("e2fsck", ["-f", "-n", orig.image]);
+    const want = await mountImage(cutImg, path.join(tmp, "cut-mnt"));
+    const got = await mountImage(orig.image, path.join(tmp, "orig-mnt"));
+    try {
+      for (const f of ["base", "before.txt", "during-outage.bin", "orders.txt"])
+        assert.equal(await fileHash(path.join(got, f)), await fileHash(path.join(want, f)), f);
+      const agentFile = (root: string, f: string) => fs.readFile(path.join(root, AGENT_DIR, f));
+      assert.deepEqual(
+        await agentFile(want, "config.json"),
+        await fs.readFile(path.join(r.configDir, "config.json")),
+      );
+      for (const f of ["config.json", "agent.key", "agent.pem", "ca.pem"])
+        assert.deepEqual(
+          await agentFile(got, f),
+          await fs.readFile(path.join(o.configDir, f)),
+          `${AGENT_DIR}/${f}`,
+        );
+      const generations = JSON.parse((await agentFile(got, "state/generations.json")).toString()) as unknown;
+      assert.ok(generations, "the generations the failback gave the disk are kept");
+      assert.equal((await fs.stat(path.join(got, AGENT_DIR))).mode & 0o777, 0o700);
+      assert.equal((await fs.stat(path.join(got, AGENT_DIR, "agent.key"))).mode & 0o777, 0o600);
+    } finally {
+      await run("umount", [want]);
+      await run("umount", [got]);
+    }
   });
 });

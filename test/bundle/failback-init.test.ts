@@ -26,6 +26,31 @@ void describe("failback boot environment scripts", () => {
     assert.match(init, /^then='poweroff'$/m);
   });
 
+  void it("puts the original agent directory back only when asked, and only under a plain path", () => {
+    const base = {
+      then: "reboot" as const,
+      agent: "/opt/lifeboat/lifeboat-agent",
+      configDir: "/etc/lifeboat/agent",
+      disks: ["/dev/vda"],
+      serverName: "web-1",
+    };
+    assert.doesNotMatch(failbackInit(base), /restore_identity/);
+    const init = failbackInit({
+      ...base,
+      restoreIdentity: { dir: "/etc/lifeboat/agent/", config: "/etc/lifeboat/server-config.json" },
+    });
+    assert.equal(parses(init), "");
+    assert.match(init, /^\[ \$rc -eq 0 \] && restore_identity$/m, "only after a ready failback");
+    assert.match(init, /^ {2}rel='etc\/lifeboat\/agent'$/m);
+    assert.match(init, /cp '\/etc\/lifeboat\/server-config.json' "\$t.lifeboat-new\/config.json"/);
+    assert.ok(init.indexOf("restore_identity\n") < init.lastIndexOf("finish"), "before the reboot");
+    for (const dir of ["/", "/etc/../root", ""])
+      assert.throws(
+        () => failbackInit({ ...base, restoreIdentity: { dir, config: "/x" } }),
+        /not an agent directory path/,
+      );
+  });
+
   void it("udhcpc's script parses", () => {
     assert.equal(parses(udhcpcScript()), "");
   });

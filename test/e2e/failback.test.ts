@@ -221,6 +221,18 @@ void describe(
     });
 
     void it("fails back: refused while mounted, only differences travel, a cut link resumes, cut-over verifies block for block", async (t) => {
+      // An operator's `jobs terminate` of a failback cancels it; the original server stays fenced.
+      const abandoned = await site.api<FailbackView>("/api/v1/failbacks", {
+        method: "POST",
+        body: { source: recoveryJob },
+      });
+      await site.api(`/api/v1/jobs/${abandoned.jobId}/terminate`, { method: "POST", body: {} });
+      assert.equal((await failback(abandoned.id)).state, "cancelled");
+      const { job: abandonedJob } = await site.api<{ job: { state: string } }>(
+        `/api/v1/jobs/${abandoned.jobId}`,
+      );
+      assert.equal(abandonedJob.state, "terminated");
+
       const started = await site.api<FailbackView>("/api/v1/failbacks", {
         method: "POST",
         body: { source: recoveryJob },

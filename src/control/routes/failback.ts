@@ -60,11 +60,7 @@ export function failbackRoutes(app: FastifyInstance, ctx: AppContext): void {
   const operator = requireOperator(ctx.database, ctx.clock, "operator");
   const viewer = requireOperator(ctx.database, ctx.clock, "viewer");
   const agent = requireClient(ctx.database, ctx.clock, ctx.ca.certPem, "agent");
-  const deps = (): FailbackDeps => {
-    if (!ctx.repo)
-      throw httpError(503, "STORE_UNAVAILABLE", "this control plane has no repository", "start it with one");
-    return { database: ctx.database, clock: ctx.clock, repo: ctx.repo };
-  };
+  const deps = (): FailbackDeps => failbackDeps(ctx);
   const agentId = (request: FastifyRequest): string => {
     if (request.actor.kind !== "client") throw httpError(401, "NET_CLIENT_CERT_REQUIRED", "agent route", "");
     request.audited = true; // polled by the agent: its progress is in the job log, not the audit log
@@ -257,4 +253,11 @@ export function failbackRoutes(app: FastifyInstance, ctx: AppContext): void {
       return reply.code(204).send();
     },
   );
+}
+
+/** What failback.ts needs from the app (503 without a repository). */
+export function failbackDeps(ctx: AppContext): FailbackDeps {
+  if (!ctx.repo)
+    throw httpError(503, "STORE_UNAVAILABLE", "this control plane has no repository", "start it with one");
+  return { database: ctx.database, clock: ctx.clock, repo: ctx.repo };
 }

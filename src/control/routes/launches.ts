@@ -7,6 +7,8 @@ import { authErrors, idParams } from "./schemas.js";
 import { errorSchema, httpError } from "../http-error.js";
 import { getJob, jobLogAfter, requestTerminate } from "../jobs.js";
 import { createLaunchJob, launchRequestSchema } from "../launch-job.js";
+import { cancelFailback } from "../failback.js";
+import { failbackDeps } from "./failback.js";
 
 const logLine = {
   type: "object",
@@ -117,7 +119,7 @@ export function launchRoutes(app: FastifyInstance, ctx: AppContext): void {
       onRequest: operator,
       config: { action: "job.terminate" },
       schema: {
-        summary: "stop a job; for a drill, also remove what it made",
+        summary: "stop a job; for a drill, also remove what it made; for a failback, cancel it",
         params: idParams,
         body: { type: ["object", "null"], additionalProperties: false, properties: {} },
         response: { 202: jobRef, 409: errorSchema, ...authErrors },
@@ -125,6 +127,16 @@ export function launchRoutes(app: FastifyInstance, ctx: AppContext): void {
     },
     async (request, reply) => {
       request.auditTarget = `job:${request.params.id}`;
+      const found = await getJob(ctx.database, request.params.id);
+      if (
+        found?.job.type === "failback" &&
+        (found.job.state === "pending" || found.job.state === "running")
+      ) {
+        // A failback runs on its agents, not in a job runner: terminate is its cancel.
+        await cancelFailback(failbackDeps(ctx), request.params.id);
+        await auditRequest(ctx, request, "job.terminate", `job:${request.params.id}`, "ok");
+        return reply.code(202).send({ job: (await getJob(ctx.database, request.params.id))!.job });
+      }
       const job = await requestTerminate(ctx.database, ctx.clock, request.params.id).catch((err: unknown) => {
         if (isLifeboatError(err))
           throw httpError(err.code === "JOB_NOT_FOUND" ? 404 : 409, err.code, err.message, err.hint);
