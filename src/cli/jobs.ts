@@ -81,7 +81,9 @@ export function jobsCommand(): Command {
   apiOptions(
     jobs
       .command("terminate")
-      .description("stop a job; a drill's outputs (images, VM) are removed, a failback is cancelled (operator)")
+      .description(
+        "stop a job; a drill's outputs (images, VM) are removed, a failback is cancelled (operator)",
+      )
       .argument("<job>", "job id")
       .option("--no-wait", "return once the request is recorded"),
   ).action(
