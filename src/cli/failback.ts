@@ -2,7 +2,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { Command } from "commander";
 import { LifeboatError } from "../base/index.js";
 import { type ApiOpts, apiOptions, withApi } from "./api-client.js";
-import { printJson, printLines } from "./output.js";
+import { formatBytes, printJson, printLines } from "./output.js";
 import { action } from "./action.js";
 import { parseDuration } from "./context.js";
 
@@ -17,6 +17,7 @@ interface FailbackView {
   passKind: string | null;
   completedPass: number;
   lagSeconds: number | null;
+  backlog: { chunks: number; bytes: number } | null;
   bytesSent: number;
   chunksSent: number;
   chunksCompared: number;
@@ -28,7 +29,8 @@ interface FailbackView {
 function lines(f: FailbackView): string[] {
   return [
     `failback ${f.id} (job ${f.jobId}): ${f.source.name} → ${f.target.name}, ${f.state}`,
-    `pass ${f.pass}${f.passKind ? ` (${f.passKind})` : ""}, ${f.completedPass} complete; lag ${f.lagSeconds ?? "-"} s`,
+    `pass ${f.pass}${f.passKind ? ` (${f.passKind})` : ""}, ${f.completedPass} complete; lag ${f.lagSeconds ?? "-"} s` +
+      (f.backlog ? `; backlog ${f.backlog.chunks} chunks (${formatBytes(f.backlog.bytes)} at most)` : ""),
     `sent ${f.bytesSent} bytes: ${f.chunksSent} of ${f.chunksCompared} compared chunks differed`,
     ...(f.cutoverPitId ? [`cut-over PIT ${f.cutoverPitId}`] : []),
     ...(f.verify ? [`verify: ${f.verify.chunks} chunks, ${f.verify.mismatched} differed`] : []),

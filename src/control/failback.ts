@@ -73,6 +73,8 @@ interface Pin {
   /** The cut-over PIT: the last state the target syncs to. */
   final: boolean;
   disks: PinDisk[];
+  /** Chunks the pass goes through: every chunk for full and verify, the differing ones for changes. */
+  chunks?: number;
 }
 
 interface Pins {
@@ -114,6 +116,12 @@ export interface FailbackView {
   completedPass: number;
   /** Seconds since the target was last confirmed equal to the source (null before the first pass ended). */
   lagSeconds: number | null;
+  /**
+   * What the current pass still has to go through (chunks, and their bytes at
+   * most): to compare in a full or verify pass, to send in a changes pass; 0
+   * when the target holds the latest pinned state; null once it ended.
+   */
+  backlog: { chunks: number; bytes: number } | null;
   bytesSent: number;
   chunksSent: number;
   chunksCompared: number;
@@ -392,6 +400,7 @@ export async function nextPass(
     await update(database, clock, row.id, { progress_json: JSON.stringify({ ...p, inSyncAt: clock.now() }) });
     return { failbackId, idleMs: 1000 };
   }
+  next.chunks = await passChunks(await deps.repo(), pins, next);
   pins.passes = [...pins.passes.slice(-1), next];
   const current: PassCounters = {
     pass: next.pass,
@@ -655,6 +664,38 @@ async function ended(database: Database, row: Failback): Promise<PassView> {
   };
 }
 
+/** How many chunks a new pass goes through (undefined when a changes pass's diff cannot be read now). */
+async function passChunks(repo: Repository, pins: Pins, pin: Pin): Promise<number | undefined> {
+  if (pin.kind !== "changes") return pin.disks.reduce((n, d) => n + d.chunkCount, 0);
+  const from = pins.passes.find((p) => p.pass === pin.fromPass);
+  let n = 0;
+  try {
+    for (const d of pin.disks) {
+      const base = from?.disks.find((x) => x.index === d.index);
+      if (!base) return undefined;
+      await diffBlockMaps(repo, base, d, 0, () => {
+        n++;
+        return true;
+      });
+    }
+  } catch {
+    return undefined; // the pass itself finds out and says so (FAILBACK_PASS_STALE)
+  }
+  return n;
+}
+
+function backlogOf(row: Failback, pins: Pins, p: Progress): FailbackView["backlog"] {
+  if (!ACTIVE.includes(row.state)) return null;
+  const latest = pins.passes.at(-1);
+  if (!latest || p.completedPass >= latest.pass) return { chunks: 0, bytes: 0 };
+  if (latest.chunks === undefined) return null;
+  const c = p.current?.pass === latest.pass ? p.current : undefined;
+  const done = c === undefined ? 0 : latest.kind === "changes" ? c.chunksSent : c.chunksCompared;
+  const chunks = Math.max(0, latest.chunks - done);
+  const chunkSize = Math.max(0, ...parse<FailbackDisk[]>(row.disks_json).map((d) => d.chunkSize));
+  return { chunks, bytes: chunks * chunkSize };
+}
+
 function passView(row: Failback, pin: Pin, disks: FailbackDisk[]): PassView {
   return {
     failbackId: row.id,
@@ -886,6 +927,7 @@ async function view(database: Database, clock: Clock, row: Failback): Promise<Fa
       p.inSyncAt === undefined || !ACTIVE.includes(row.state)
         ? null
         : Math.max(0, Math.round((clock.now() - p.inSyncAt) / 1000)),
+    backlog: backlogOf(row, pins, p),
     bytesSent: p.bytesSent,
     chunksSent: p.chunksSent,
     chunksCompared: p.chunksCompared,

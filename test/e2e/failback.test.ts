@@ -33,6 +33,7 @@ interface FailbackView {
   chunksCompared: number;
   cutoverPitId: string | null;
   verify: { chunks: number; mismatched: number } | null;
+  backlog: { chunks: number; bytes: number } | null;
   error: { code: string; message: string } | null;
 }
 
@@ -244,7 +245,10 @@ void describe(
         30_000,
         () => failback(started.id),
       );
-      assert.equal((await failback(started.id)).chunksSent, 0);
+      const waiting = await failback(started.id);
+      assert.equal(waiting.chunksSent, 0);
+      // The whole first pass is still ahead: every chunk of the disk, to compare.
+      assert.deepEqual(waiting.backlog, { chunks: CHUNKS, bytes: DISK_MIB * MiB });
       await run("umount", [orig.mountPoint!]);
 
       // Cut the link in the middle of the first pass; it resumes from its cursor.
@@ -290,6 +294,7 @@ void describe(
       );
       const ready = await failback(started.id);
       assert.ok(ready.cutoverPitId);
+      assert.equal(ready.backlog, null, "nothing left once ready");
       assert.equal(ready.verify?.mismatched, 0);
       assert.equal(ready.verify?.chunks, CHUNKS);
 

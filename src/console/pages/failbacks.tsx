@@ -17,6 +17,7 @@ interface Failback {
   passKind: string | null;
   completedPass: number;
   lagSeconds: number | null;
+  backlog: { chunks: number; bytes: number } | null;
   bytesSent: number;
   chunksSent: number;
   chunksCompared: number;
@@ -119,7 +120,10 @@ export function FailbacksPage(props: { session: Session }) {
                         </div>
                       ) : null}
                     </td>
-                    <td class="num">{duration(f.lagSeconds)}</td>
+                    <td class="num">
+                      {duration(f.lagSeconds)}
+                      {f.backlog ? <div class="muted small">backlog {bytes(f.backlog.bytes)}</div> : null}
+                    </td>
                     <td class="num">
                       {bytes(f.bytesSent)}
                       <div class="muted small">

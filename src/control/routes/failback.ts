@@ -41,6 +41,12 @@ const failbackSchema = {
     disks: { type: "array", items: { type: "object", additionalProperties: true } },
     pass: { type: "integer" },
     bytesSent: { type: "integer" },
+    lagSeconds: { type: ["integer", "null"] },
+    backlog: {
+      type: ["object", "null"],
+      description: "what the current pass still goes through: chunks, and their bytes at most",
+      properties: { chunks: { type: "integer" }, bytes: { type: "integer" } },
+    },
   },
 } as const;
 const emptyBody = { type: "object", additionalProperties: false, properties: {} } as const;
