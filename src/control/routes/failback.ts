@@ -1,18 +1,9 @@
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { actorName, requireClient, requireOperator } from "../auth.js";
 import { type AppContext, auditRequest } from "../context.js";
-import {
-  type FailbackDeps,
-  cancelFailback,
-  changedChunks,
-  compareChunks,
-  getFailback,
-  listFailbacks,
-  nextPass,
-  reportProblem,
-  requestCutover,
-  startFailback,
-} from "../failback.js";
+import { cancelFailback, getFailback, listFailbacks, requestCutover, startFailback } from "../failback.js";
+import { changedChunks, compareChunks, nextPass, reportProblem } from "../failback-passes.js";
+import type { FailbackDeps } from "../failback-rows.js";
 import { errorSchema, httpError } from "../http-error.js";
 
 const errors = {

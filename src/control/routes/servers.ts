@@ -1,4 +1,4 @@
-import { agentMode } from "../failback.js";
+import { agentMode } from "../failback-passes.js";
 import type {} from "@fastify/swagger";
 import type { FastifyInstance } from "fastify";
 import { requireClient, requireOperator, requireOperatorOrClient } from "../auth.js";
