@@ -100,10 +100,11 @@ void describe("agent replication end to end", () => {
       try {
         await until("initial sync", () => rep.status()?.state === "CONTINUOUS");
         const afterSync = rep.counters.bytesSent;
-        await sleep(3000);
+        // Continuous writes are shipped (within a bound a loaded machine meets, not a fixed sleep).
+        await until("continuous writes are shipped", () => rep.counters.bytesSent > afterSync, 30_000);
+        await sleep(1000);
         const s = rep.status()!;
         assert.equal(s.tracker, "trace");
-        assert.ok(rep.counters.bytesSent > afterSync, "continuous writes are shipped");
         // Shipping keeps up: the lag stays under the BACKLOG threshold (a generous bound on a busy machine).
         assert.ok(s.lagSeconds < settings.lagThresholdSeconds, `lag ${s.lagSeconds}s`);
 
