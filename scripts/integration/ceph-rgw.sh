@@ -31,7 +31,8 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 t0=$(now)
 
 # --- packages -------------------------------------------------------------
-packages=(ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
+# uuid-runtime, jq and curl: uuidgen for the fsid, jq for JSON output, curl to probe the gateway.
+packages=(ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime jq curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,7 +46,7 @@ if ((${#missing[@]})); then
   say "installing ${missing[*]}"
   ti=$(now)
   # No recommends: the manager's dashboard and its Python stack are not needed here.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   install_s=$(since "$ti")
   say "packages installed in ${install_s} s"
 fi
@@ -277,8 +278,17 @@ fi
 tt=$(now)
 umask 022
 set +e
-"$@"
-rc=$?
+if [[ $1 == "${SHELL:-bash}" ]]; then
+  "$@"
+  rc=$?
+else
+  # In the background so that a TERM to this script stops it at once (a
+  # foreground child would delay the trap until it ends).
+  "$@" &
+  pids+=($!)
+  wait "${pids[-1]}"
+  rc=$?
+fi
 set -e
 say "timings: packages ${install_s} s, cluster ${cluster_s} s, command $(since "$tt") s, total $(since "$t0") s; exit $rc"
 exit "$rc"

@@ -108,6 +108,19 @@ void describe("S3Backend on a real S3 server: beyond the contract", { skip }, ()
     }
   });
 
+  void it("keeps names with characters that URLs and signatures encode (heads are SERVER@EPOCH)", async () => {
+    const odd = ["heads/db1@7", "n/a+b=c", "n/x:y~z", "n/with space", "n/ünïcødé", "n/semi;colon,comma"];
+    for (const n of odd) await backend.put(n, Buffer.from(n));
+    for (const n of odd) {
+      assert.equal((await backend.get(n)).toString(), n, n);
+      assert.equal((await backend.stat(n))?.size, Buffer.byteLength(n), n);
+    }
+    assert.deepEqual(await names(backend, "n/"), odd.filter((n) => n.startsWith("n/")).sort());
+    assert.deepEqual(await names(backend, "heads/db1@"), ["heads/db1@7"]);
+    for (const n of odd) await backend.delete(n);
+    assert.deepEqual(await names(backend, "n/"), []);
+  });
+
   void it("answers a ranged read of an empty object with no bytes", async () => {
     await backend.put("empty", new Uint8Array(0));
     assert.equal((await backend.get("empty", { offset: 0, length: 10 })).length, 0);

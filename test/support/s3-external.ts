@@ -45,7 +45,10 @@ function credentialsFromEnv(): { accessKeyId: string; secretAccessKey: string } 
   return { accessKeyId, secretAccessKey };
 }
 
-export async function startExternalS3(endpoint: string, opts: { prefix?: string } = {}): Promise<TestS3Server> {
+export async function startExternalS3(
+  endpoint: string,
+  opts: { prefix?: string } = {},
+): Promise<TestS3Server> {
   const credentials = credentialsFromEnv();
   const region = process.env.LIFEBOAT_TEST_S3_REGION || "us-east-1";
   const client = new S3Client({
@@ -64,7 +67,11 @@ export async function startExternalS3(endpoint: string, opts: { prefix?: string 
     await chmod(credentialsFile, 0o600);
     await client.send(new CreateBucketCommand({ Bucket: bucket }));
     const prefix = opts.prefix ?? "repo";
-    const query = new URLSearchParams({ endpoint, "path-style": "true", "credentials-file": credentialsFile });
+    const query = new URLSearchParams({
+      endpoint,
+      "path-style": "true",
+      "credentials-file": credentialsFile,
+    });
     if (region !== "us-east-1") query.set("region", region);
     return {
       url: `s3://${bucket}/${prefix}?${query.toString()}`,
