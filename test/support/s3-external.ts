@@ -94,7 +94,7 @@ export async function startExternalS3(
   }
 }
 
-/** One DeleteObject per key (DeleteObjects needs a checksum header that older gateways differ on). */
+/** One DeleteObject per key: the plainest request, which every S3-compatible server takes. */
 async function emptyAndRemove(client: S3Client, bucket: string): Promise<void> {
   for (;;) {
     const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, MaxKeys: 1000 }));
