@@ -170,7 +170,6 @@ osd max object size = 134217728
 rgw data = $dir/rgw.a
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
 rgw thread pool size = 32
-rgw dns name = 127.0.0.1
 EOF
 
 ceph_() { ceph -c "$conf" --connect-timeout 20 "$@"; }
@@ -187,7 +186,8 @@ monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_v2,v1:127.0.0.1:
 ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.keyring"
 ceph-mon -c "$conf" -i a -f &
 pids+=($!)
-ceph_ mon stat >/dev/null
+# The first contact waits for the monitor to form its quorum of one.
+ceph -c "$conf" --connect-timeout 90 mon stat >/dev/null
 
 # --- manager ----------------------------------------------------------------
 ceph_ auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' \
@@ -208,7 +208,7 @@ ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$osd_uuid" 2>"$dir/log/osd.0.mkfs.er
 ceph-osd -c "$conf" -i 0 -f &
 pids+=($!)
 for i in $(seq 120); do
-  up=$(ceph_ osd stat -f json | jq -r '.num_up_osds')
+  up=$(ceph_ osd stat -f json 2>/dev/null | jq -r '.num_up_osds' 2>/dev/null || true)
   [[ $up == 1 ]] && break
   ((i == 120)) && { say "the OSD did not come up in 60 s"; exit 1; }
   sleep 0.5
