@@ -49,10 +49,20 @@ export interface Site {
   close(): Promise<void>;
 }
 
-/** `hostnames`: the names and addresses in the server's TLS certificate (default localhost and 127.0.0.1). */
-export async function startSite(dir: string, opts: { hostnames?: string[] } = {}): Promise<Site> {
+/**
+ * `hostnames`: the names and addresses in the server's TLS certificate (default localhost and
+ * 127.0.0.1); `repository`: where the repository goes (default DATA/repo), a directory or s3:// URL.
+ */
+export async function startSite(
+  dir: string,
+  opts: { hostnames?: string[]; repository?: string } = {},
+): Promise<Site> {
   const dataDir = path.join(dir, "server");
-  const init = await initServer({ dataDir, ...(opts.hostnames ? { hostnames: opts.hostnames } : {}) });
+  const init = await initServer({
+    dataDir,
+    ...(opts.hostnames ? { hostnames: opts.hostnames } : {}),
+    ...(opts.repository ? { repository: opts.repository } : {}),
+  });
   const server = await startServer(dataDir, { listen: "127.0.0.1:0", handleSignals: false });
   const caPem = await readFile(path.join(dataDir, "ca.pem"), "utf8");
   const operator = createApiDispatcher({ caPem });
@@ -89,8 +99,7 @@ export async function startSite(dir: string, opts: { hostnames?: string[] } = {}
     },
     connect: (who) =>
       connectWire({ host: "127.0.0.1", port: server.port, caPem, certPem: who.certPem, keyPem: who.keyPem }),
-    openRepo: () =>
-      openRepository(path.join(dataDir, "repo"), { keyFile: path.join(dataDir, "keys", "repo.key") }),
+    openRepo: () => openRepository(init.repository, { keyFile: path.join(dataDir, "keys", "repo.key") }),
     async close() {
       await operator.close();
       await server.close();

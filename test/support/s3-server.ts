@@ -1,6 +1,8 @@
 /**
  * An S3 server for tests: s3rver on 127.0.0.1, a random port, a fresh temp
- * directory and a random bucket, with a 0600 credentials file.
+ * directory and a random bucket, with a 0600 credentials file. With
+ * LIFEBOAT_TEST_S3_URL set, a fresh bucket on that server instead
+ * (s3-external.ts).
  *
  * Gaps of s3rver 3.7.1 seen from here (real S3 and MinIO behave otherwise):
  * - PutObject writes the object file in place, not to a temporary name:
@@ -27,6 +29,7 @@ import type { AddressInfo } from "node:net";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
+import { externalS3Endpoint, startExternalS3 } from "./s3-external.js";
 
 interface S3rverInstance {
   run(): Promise<AddressInfo>;
@@ -55,6 +58,9 @@ export interface TestS3Server {
 }
 
 export async function startS3Server(opts: { prefix?: string } = {}): Promise<TestS3Server> {
+  // LIFEBOAT_TEST_S3_URL names a real S3 server to use instead (npm run test:integration).
+  const external = externalS3Endpoint();
+  if (external !== undefined) return startExternalS3(external, opts);
   emulateDesForS3rver();
   const dir = await mkdtemp(path.join(os.tmpdir(), "lifeboat-s3rver-"));
   const data = path.join(dir, "data");
