@@ -24,7 +24,14 @@
 import { createHash, randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import type { Duplex } from "node:stream";
-import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
+import {
+  type Clock,
+  LifeboatError,
+  type Logger,
+  isLifeboatError,
+  silentLogger,
+  systemClock,
+} from "../base/index.js";
 import {
   AgentSession,
   type Block,
@@ -137,6 +144,8 @@ const RETRY_AFTER_RESCAN = new Error("retry the point after the rescan");
 const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
 const RUN_BLOCKS = 64; // one BLOCKS frame: 64 blocks, 4 MiB at 64 KiB
 const PIPELINE = 3;
+/** How often a rescan asks again which blocks the replicator holds while the link is down. */
+const HAVE_RETRY_MS = 250;
 const zeroHash = Buffer.alloc(32);
 
 export class Replication {
@@ -612,14 +621,7 @@ export class Replication {
   ): Promise<BlocksMessage[]> {
     const prepared = await this.pool.prepare(data, this.opts.blockSize);
     const nonZero = prepared.filter((b) => b.encoding !== "zero");
-    let held: boolean[] = nonZero.map(() => false);
-    if (nonZero.length) {
-      try {
-        held = await this.session.have(nonZero.map((b) => b.sha256));
-      } catch {
-        // Not connected just now: send the blocks themselves; the replicator deduplicates them anyway.
-      }
-    }
+    const held = nonZero.length ? await this.held(nonZero.map((b) => b.sha256)) : [];
     const blocks: (Block | null)[] = [];
     let k = 0;
     for (const b of prepared) {
@@ -645,6 +647,23 @@ export class Replication {
       i = j;
     }
     return out;
+  }
+
+  /**
+   * Which of `hashes` the replicator holds. While the link is down this waits
+   * for it rather than answering "none": a rescan during a cut would
+   * otherwise fill the window with whole blocks the repository already has.
+   */
+  private async held(hashes: Buffer[]): Promise<boolean[]> {
+    for (;;) {
+      try {
+        return await this.session.have(hashes);
+      } catch (err) {
+        if (this.stopping || !(isLifeboatError(err) && err.code === "WIRE_CONNECTION_CLOSED"))
+          return hashes.map(() => false); // send the blocks themselves; the replicator deduplicates them
+        await this.clock.sleep(HAVE_RETRY_MS);
+      }
+    }
   }
 
   // ---- continuous shipping ---------------------------------------------------

@@ -61,6 +61,8 @@ export class AgentSession {
   private readonly clock: Clock;
   private readonly log: Logger;
   private channel: FrameChannel | undefined;
+  /** The channel once its handshake finished (a HAVE_QUERY before WELCOME is a protocol error). */
+  private shaken: FrameChannel | undefined;
   private token: string | undefined;
   private welcome: Welcome | undefined;
   private stopped: LifeboatError | undefined;
@@ -102,8 +104,8 @@ export class AgentSession {
   /** Asks which of `hashes` (SHA-256 of blocks) the replicator holds. Rejects if the connection drops first; ask again. */
   have(hashes: Buffer[]): Promise<boolean[]> {
     if (this.stopped) return Promise.reject(this.stopped);
-    const channel = this.channel;
-    if (!channel || channel.closed)
+    const channel = this.shaken;
+    if (!channel || channel.closed || channel !== this.channel)
       return Promise.reject(connectionClosed("not connected to the replicator"));
     if (this.queries.size >= MAX_PENDING_QUERIES) {
       return Promise.reject(new RangeError(`at most ${MAX_PENDING_QUERIES} have() calls may be outstanding`));
@@ -180,6 +182,7 @@ export class AgentSession {
       }
       this.sender.detach();
       this.channel = undefined;
+      this.shaken = undefined;
       for (const q of this.queries.values()) q.reject(err);
       this.queries.clear();
       if (this.stopped) break;
@@ -266,6 +269,7 @@ export class AgentSession {
       this.sender.continueAfter(w.lastAcked);
     this.token = w.resumeToken;
     this.welcome = w;
+    this.shaken = channel;
     this.sender.attach((f, resent) => channel.sendSequenced(f, resent), w.resumed ? w.lastAcked : 0);
     this.opts.onWelcome?.(w);
   }

@@ -54,7 +54,7 @@ export interface TestWireServer {
 export async function startWireServer(opts: {
   ca?: CaCredentials;
   /** Either handlers for a WireServer made here, or a WireServer of the caller's (e.g. a Replicator's). */
-  handlers?: (peerId: string, connection: ServerConnection) => StreamHandlers;
+  handlers?: (peerId: string, connection: ServerConnection) => StreamHandlers | Promise<StreamHandlers>;
   wire?: WireServer;
   /** Listen on this port (default: any free one). */
   port?: number;

@@ -260,4 +260,32 @@ void describe("wire sessions across broken connections", () => {
       await local.close();
     }
   });
+
+  void it("asks have-queries only once the handshake is done; before, have() says not connected", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const local = await startWireServer({
+      ca: server.ca,
+      handlers: async () => {
+        await gate; // the replicator still opening the replica: no WELCOME yet
+        return { apply: () => Promise.resolve(), have: (hashes) => Promise.resolve(hashes.map(() => true)) };
+      },
+    });
+    const session = agentSession(local, creds);
+    try {
+      const started = session.start();
+      await sleep(200);
+      await assert.rejects(
+        session.have([Buffer.alloc(32)]),
+        (err) => isLifeboatError(err) && err.code === "WIRE_CONNECTION_CLOSED",
+      );
+      release();
+      await started;
+      assert.deepEqual(await session.have([Buffer.alloc(32, 1)]), [true]);
+      assert.equal(session.connections, 1, "no protocol error tore the connection down");
+    } finally {
+      await session.close();
+      await local.close();
+    }
+  });
 });
