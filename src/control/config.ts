@@ -38,6 +38,12 @@ export const configSchema = z
     launchRoot: z.string().min(1).optional(),
     /** Registrations per client address per minute. */
     registerRateLimitPerMinute: z.number().int().positive().default(30),
+    /**
+     * A job whose control-plane instance has not renewed its claim for this
+     * long (the instance died) is taken over by another instance. Claims are
+     * renewed every 10 s, or a third of this when shorter.
+     */
+    jobClaimTimeoutSeconds: z.number().int().min(3).default(60),
   })
   .strict();
 

@@ -22,8 +22,12 @@ export interface JobHandler {
   cleanup?(job: Job, log: JobRun["log"]): Promise<void>;
 }
 
-/** A claim not renewed for this long is taken over by another instance (its claimant died). */
+/**
+ * A claim not renewed for this long is taken over by another instance (its
+ * claimant died). The default; config.json's jobClaimTimeoutSeconds changes it.
+ */
 export const CLAIM_TIMEOUT_MS = 60_000;
+/** Claims are renewed this often, or at a third of a shorter claim timeout. */
 const RENEW_MS = 10_000;
 const POLL_MS = 1000;
 
@@ -61,8 +65,16 @@ export class JobRunner {
        * plans can never hold every place while their waves wait for one.
        */
       waitsOnOthers?: string[];
+      /** A claim not renewed for this long is taken over (default CLAIM_TIMEOUT_MS). */
+      claimTimeoutMs?: number;
     },
-  ) {}
+  ) {
+    this.claimTimeoutMs = deps.claimTimeoutMs ?? CLAIM_TIMEOUT_MS;
+    this.renewMs = Math.min(RENEW_MS, Math.floor(this.claimTimeoutMs / 3));
+  }
+
+  private readonly claimTimeoutMs: number;
+  private readonly renewMs: number;
 
   start(): void {
     this.timer = setInterval(() => this.poke(), POLL_MS);
@@ -118,7 +130,7 @@ export class JobRunner {
           r.reason = "terminate";
           r.abort.abort(new Error("terminated by an operator"));
         }
-        if (now - Number(j.claimed_at ?? 0) >= RENEW_MS)
+        if (now - Number(j.claimed_at ?? 0) >= this.renewMs)
           await database.db
             .updateTable("jobs")
             .set({ claimed_at: now })
@@ -137,7 +149,7 @@ export class JobRunner {
       .where((eb) =>
         eb.or([
           eb("state", "=", "pending"),
-          eb.and([eb("state", "=", "running"), eb("claimed_at", "<", now - CLAIM_TIMEOUT_MS)]),
+          eb.and([eb("state", "=", "running"), eb("claimed_at", "<", now - this.claimTimeoutMs)]),
         ]),
       )
       .orderBy("created_at")

@@ -105,7 +105,14 @@ export async function startServer(
     drill: launch,
     recovery: launch,
   };
-  const runner = new JobRunner({ database, clock, logger, handlers, waitsOnOthers: ["plan"] });
+  const runner = new JobRunner({
+    database,
+    clock,
+    logger,
+    handlers,
+    waitsOnOthers: ["plan"],
+    claimTimeoutMs: config.jobClaimTimeoutSeconds * 1000,
+  });
   handlers.plan = planHandler({ database, clock, poke: () => runner.poke() });
   handlers[VERIFY_JOB] = verifyJobHandler({ database, clock, repo: openRepo });
   try {

@@ -140,6 +140,55 @@ forEachDatabase("job runner", (open) => {
     }
   });
 
+  void it("a shorter claim timeout (jobClaimTimeoutSeconds): renewed at a third of it, taken over after it", async () => {
+    const database = await open();
+    const clock = new ManualClock(T0);
+    const g = gatedHandler();
+    const opts = {
+      database,
+      clock,
+      logger: silentLogger,
+      handlers: { drill: g.handler },
+      claimTimeoutMs: 6000,
+    };
+    const a = new JobRunner(opts);
+    const b = new JobRunner(opts);
+    try {
+      const job = await createJob(database, clock, { type: "drill", serverIds: [], createdBy: "test" });
+      a.poke();
+      await until("a runs it", () => g.runs.length === 1);
+      // a renews its claim once it is a third of the timeout old: b never sees it stale.
+      for (let i = 0; i < 4; i++) {
+        clock.advance(2500);
+        a.poke();
+        const claimedAt = async () =>
+          Number(
+            (
+              await database.db
+                .selectFrom("jobs")
+                .select("claimed_at")
+                .where("id", "=", job.id)
+                .executeTakeFirst()
+            )?.claimed_at,
+          );
+        await until("a renews", async () => (await claimedAt()) === clock.now());
+        b.poke();
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(g.runs.length, 1, "a renewed claim is not taken over");
+      await a.close(); // as a crash would
+      clock.advance(6001);
+      b.poke();
+      await until("b resumes it", () => g.runs.length === 2);
+      assert.equal(g.runs[1]!.run.resumed, true);
+      g.runs[1]!.release({});
+      await until("it ends", async () => (await state(database, job.id)) === "succeeded");
+    } finally {
+      await b.close();
+      await database.close();
+    }
+  });
+
   void it("terminate: a pending job ends at once, a running one is aborted, a finished drill is cleaned up", async () => {
     const database = await open();
     const clock = new ManualClock(T0);
