@@ -48,9 +48,7 @@ const server = new S3rver({
   directory: values.dir,
   configureBuckets: [{ name: values.bucket, configs: [] }],
   ...(values["service-endpoint"] ? { serviceEndpoint: values["service-endpoint"] } : {}),
-  ...(values.key && values.cert
-    ? { key: readFileSync(values.key), cert: readFileSync(values.cert) }
-    : {}),
+  ...(values.key && values.cert ? { key: readFileSync(values.key), cert: readFileSync(values.cert) } : {}),
 });
 const address = await server.run();
 process.stdout.write(`${JSON.stringify({ port: address.port })}\n`);
