@@ -4,10 +4,13 @@
  * to a `recovery` namespace, and an nftables firewall in `source` that
  * accepts only TCP 443 to the recovery site's address and drops and counts
  * everything else (IPv6 is off in `source`, so that router solicitations do
- * not count as attempts).
+ * not count as attempts). More names for the recovery site's address go into
+ * the source's hosts file (`names`), and a site's own CA into the source's
+ * system trust store (`trust`), as on a managed server of that site.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { BIN } from "./cli.js";
@@ -20,7 +23,7 @@ export interface PrivateNetwork {
   /** The recovery site's address, as the source sees it. */
   recoveryAddress: string;
   sourceAddress: string;
-  /** Resolves to recoveryAddress in `source` (its hosts file), nowhere else. */
+  /** Resolves to recoveryAddress in `source` (its hosts file), nowhere else; so do `names`. */
   hostName: string;
   /** `lifeboat ARGS` in namespace `ns`, to completion; the environment is passed as is plus `env`. */
   lifeboat(
@@ -29,21 +32,37 @@ export interface PrivateNetwork {
     opts?: { env?: Record<string, string>; stdin?: string },
   ): Promise<{ code: number | null; stdout: string; stderr: string }>;
   /** `lifeboat ARGS` in namespace `ns`, left running. */
-  service(ns: string, args: string[]): { child: ChildProcess; log(): string; exited: Promise<number | null> };
+  service(ns: string, args: string[]): Service;
+  /** Any command in namespace `ns`, left running. */
+  spawn(ns: string, cmd: string, args: string[], opts?: { env?: Record<string, string> }): Service;
   /** Any command in namespace `ns`. */
   exec(
     ns: string,
     cmd: string,
     args: string[],
+    opts?: { env?: Record<string, string>; stdin?: string },
   ): Promise<{ code: number | null; stdout: string; stderr: string }>;
+  /**
+   * Adds a CA certificate (PEM) to the system trust store that `source` sees
+   * (/etc/ssl/certs/ca-certificates.crt: curl's and openssl's default), as a
+   * site's own CA is on its managed servers. Nothing outside `source` changes.
+   */
+  trust(caPem: string): Promise<void>;
   /** Packets the source's firewall dropped so far, outbound and inbound. */
   dropped(): Promise<{ out: number; in: number }>;
   close(): Promise<void>;
 }
 
+export interface Service {
+  child: ChildProcess;
+  /** stdout and stderr so far. */
+  log(): string;
+  exited: Promise<number | null>;
+}
+
 const FW = "lifeboat_site";
 
-export async function createPrivateNetwork(): Promise<PrivateNetwork> {
+export async function createPrivateNetwork(opts: { names?: string[] } = {}): Promise<PrivateNetwork> {
   const id = `${process.pid % 10000}${Math.floor(Math.random() * 90 + 10)}`;
   const source = `lbsrc${id}`;
   const recovery = `lbrec${id}`;
@@ -90,7 +109,10 @@ export async function createPrivateNetwork(): Promise<PrivateNetwork> {
     }
     // `ip netns exec` puts these over /etc/hosts and /etc/resolv.conf: a hosts entry, no name server.
     await fs.mkdir(etc, { recursive: true });
-    await fs.writeFile(path.join(etc, "hosts"), `127.0.0.1 localhost\n${recoveryAddress} ${hostName}\n`);
+    await fs.writeFile(
+      path.join(etc, "hosts"),
+      `127.0.0.1 localhost\n${recoveryAddress} ${[hostName, ...(opts.names ?? [])].join(" ")}\n`,
+    );
     await fs.writeFile(path.join(etc, "resolv.conf"), "# no name server on this site\n");
     const rules = `table inet ${FW} {
   counter dropped_out { }
@@ -109,9 +131,14 @@ export async function createPrivateNetwork(): Promise<PrivateNetwork> {
   }
 }
 `;
-    const rulesFile = path.join(etc, "firewall.nft");
+    // Not in /etc/netns/SOURCE: `ip netns exec` would try to mount it over /etc.
+    const rulesFile = path.join(os.tmpdir(), `lifeboat-${source}.nft`);
     await fs.writeFile(rulesFile, rules);
-    await inNs(source, "nft", ["-f", rulesFile]);
+    try {
+      await inNs(source, "nft", ["-f", rulesFile]);
+    } finally {
+      await fs.rm(rulesFile, { force: true });
+    }
   } catch (err) {
     await close();
     throw err;
@@ -134,23 +161,38 @@ export async function createPrivateNetwork(): Promise<PrivateNetwork> {
       child.once("close", (code) => resolve({ code, stdout, stderr }));
       child.stdin.end(opts.stdin ?? "");
     });
+  const start = (ns: string, cmd: string, args: string[], opts: { env?: Record<string, string> } = {}) => {
+    const child = spawn("ip", ["netns", "exec", ns, cmd, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...opts.env },
+    });
+    let log = "";
+    child.stdout.on("data", (d: Buffer) => (log += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (log += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once("close", (code) => r(code)));
+    return { child, log: () => log, exited };
+  };
   return {
     source,
     recovery,
     recoveryAddress,
     sourceAddress,
     hostName,
-    exec: (ns, cmd, args) => exec(ns, cmd, args),
+    exec,
     lifeboat: (ns, args, opts = {}) => exec(ns, process.execPath, [BIN, ...args], opts),
-    service: (ns, args) => {
-      const child = spawn("ip", ["netns", "exec", ns, process.execPath, BIN, ...args], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let log = "";
-      child.stdout.on("data", (d: Buffer) => (log += d.toString()));
-      child.stderr.on("data", (d: Buffer) => (log += d.toString()));
-      const exited = new Promise<number | null>((r) => child.once("close", (code) => r(code)));
-      return { child, log: () => log, exited };
+    service: (ns, args) => start(ns, process.execPath, [BIN, ...args]),
+    spawn: start,
+    trust: async (caPem) => {
+      // `ip netns exec` mounts /etc/netns/SOURCE/ssl over /etc/ssl: a copy of the host's, plus the CA.
+      const ssl = path.join(etc, "ssl");
+      await fs.rm(ssl, { recursive: true, force: true });
+      await fs.mkdir(ssl);
+      await fs.cp("/etc/ssl/certs", path.join(ssl, "certs"), { recursive: true, verbatimSymlinks: true });
+      await fs.copyFile("/etc/ssl/openssl.cnf", path.join(ssl, "openssl.cnf")).catch(() => undefined);
+      const bundle = path.join(ssl, "certs", "ca-certificates.crt");
+      const system = await fs.readFile(bundle, "utf8").catch(() => "");
+      await fs.rm(bundle, { force: true });
+      await fs.writeFile(bundle, `${system}${system && !system.endsWith("\n") ? "\n" : ""}${caPem.trim()}\n`);
     },
     dropped: async () => {
       const { stdout } = await inNs(source, "nft", ["-j", "list", "counters", "table", "inet", FW]);
