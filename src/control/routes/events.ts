@@ -187,7 +187,10 @@ async function stream(
       // A revoked key or an ended session ends its streams too (the client's reconnection gets the 401).
       if (ctx.clock.now() - lastAuth >= authCheckMs) {
         if (!(await stillAllowed())) {
-          request.log.info({ lastSeq: cursor }, "event stream ended: its API key or session is no longer valid");
+          request.log.info(
+            { lastSeq: cursor },
+            "event stream ended: its API key or session is no longer valid",
+          );
           break;
         }
         lastAuth = ctx.clock.now();
