@@ -63,6 +63,20 @@ export function eventRoutes(app: FastifyInstance, ctx: AppContext, opts: EventRo
       onRequest: viewer,
       schema: {
         summary: "events, as a JSON page or (Accept: text/event-stream) a server-sent-events stream",
+        description:
+          "With `Accept: text/event-stream`: a stream of `id: <seq>` / `data: <event JSON>` messages, " +
+          "starting after `Last-Event-ID` (what a reconnecting EventSource sends), else after `after`, " +
+          "else with the events to come; `server` and `type` filter it. New events within about a second, " +
+          "from the database (any instance serves every event); a `: keep-alive` comment after 15 s of " +
+          "silence; it ends when the key is revoked or the session ends (checked every 30 s). " +
+          "The web console follows it (docs/console.md, Live updates).",
+        headers: {
+          type: "object",
+          properties: {
+            accept: { type: "string" },
+            "last-event-id": { type: "string", maxLength: 64 },
+          },
+        },
         querystring: {
           type: "object",
           additionalProperties: false,
