@@ -12,6 +12,10 @@ import type { EventItem } from "./types.js";
  * sending the last event's id as Last-Event-ID, so nothing is missed. When
  * the server refuses the stream (a 401, a proxy's 502) it gives up for good:
  * the stream is opened again after RETRY_MS, from `?after=` the last seq seen.
+ *
+ * A hidden tab closes its stream and opens it again when shown (from the
+ * last seq seen): a browser allows only a few connections to one host, and
+ * tabs nobody looks at must not hold them.
  */
 
 export type LiveState = "connecting" | "live" | "down";
@@ -73,12 +77,32 @@ function close(): void {
   setState("connecting");
 }
 
-/** Keeps the stream open while the calling component (the signed-in shell) is mounted. */
+function pause(): void {
+  if (retry !== undefined) clearTimeout(retry);
+  retry = undefined;
+  source?.close();
+  source = undefined;
+  setState("connecting");
+}
+
+function onVisibility(): void {
+  if (users === 0) return;
+  if (document.visibilityState === "hidden") pause();
+  else if (source === undefined && retry === undefined) open();
+}
+
+/** Keeps the stream open while the calling component (the signed-in shell) is mounted and the tab shown. */
 export function useLiveStream(): void {
   useEffect(() => {
-    if (users++ === 0) open();
+    if (users++ === 0) {
+      document.addEventListener("visibilitychange", onVisibility);
+      if (document.visibilityState !== "hidden") open();
+    }
     return () => {
-      if (--users === 0) close();
+      if (--users === 0) {
+        document.removeEventListener("visibilitychange", onVisibility);
+        close();
+      }
     };
   }, []);
 }

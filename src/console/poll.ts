@@ -71,6 +71,15 @@ export function usePoll<T>(
     };
   }, [...deps, tick, interval]);
   const reload = useCallback(() => setTick((t) => t + 1), []);
+  // Back in a shown tab: fresh data at once (a hidden tab loads nothing and holds no stream).
+  useEffect(() => {
+    if (interval === 0) return;
+    const shown = () => {
+      if (document.visibilityState === "visible") reload();
+    };
+    document.addEventListener("visibilitychange", shown);
+    return () => document.removeEventListener("visibilitychange", shown);
+  }, [interval === 0]);
   const matchRef = useRef(live?.match);
   matchRef.current = live?.match;
   useLiveEvents(

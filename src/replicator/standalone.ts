@@ -20,6 +20,7 @@ import type { Agent } from "undici";
 import {
   type Clock,
   LifeboatError,
+  isLifeboatError,
   type Logger,
   silentLogger,
   systemClock,
@@ -151,6 +152,8 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
   const pendingPits = new Map<string, string>(); // PIT id -> server id
   let wake: (() => void) | undefined;
   let newPit = false;
+  // A control plane older than these reports refuses them (REQUEST_INVALID): heartbeats go on without.
+  let plain = false;
   const startedAt = new Date(clock.now()).toISOString();
   const replicator = new Replicator({
     repo,
@@ -158,7 +161,7 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
     logger: log,
     onPit: (server, pit) => {
       const serverId = [...assigned].find(([, name]) => name === server)?.[0];
-      if (serverId === undefined) return;
+      if (serverId === undefined || plain) return;
       if (pendingPits.size >= MAX_PENDING_PITS) {
         const oldest = pendingPits.keys().next().value!;
         pendingPits.delete(oldest);
@@ -234,8 +237,8 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
             body: {
               state: "ACTIVE",
               address,
-              ingest: { startedAt, ...replicator.ingestCounters() },
-              ...(pits.length > 0 ? { pits } : {}),
+              ...(plain ? {} : { ingest: { startedAt, ...replicator.ingestCounters() } }),
+              ...(pits.length > 0 && !plain ? { pits } : {}),
             },
           },
         );
@@ -248,6 +251,15 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
           for (const server of replicator.servers()) if (!names.has(server)) await replicator.release(server);
         }
       } catch (err) {
+        if (!plain && isLifeboatError(err) && err.code === "REQUEST_INVALID") {
+          plain = true;
+          pendingPits.clear();
+          log.warn(
+            { err: String(err) },
+            "the control plane takes no ingest or PIT reports (older version): its catalog learns this replicator's PITs at `lifeboat store reindex`",
+          );
+          continue;
+        }
         if (!stopped) log.warn({ err: String(err) }, "replicator heartbeat failed");
       }
       // A PIT made meanwhile, or more than one heartbeat carries: the next one goes at once.
