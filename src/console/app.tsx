@@ -1,6 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, SIGNED_OUT_EVENT, api } from "./api.js";
 import { Badge, Loading } from "./components/ui.js";
+import { type LiveState, useLiveState, useLiveStream } from "./live.js";
 import { EventsPage } from "./pages/events.js";
 import { JobPage } from "./pages/job.js";
 import { JobsPage } from "./pages/jobs.js";
@@ -46,9 +47,28 @@ const NAV: { path: string; label: string; least?: Role }[] = [
   { path: "events", label: "Events & audit" },
 ];
 
+const LIVE_TEXT: Record<LiveState, { label: string; title: string }> = {
+  live: { label: "Live", title: "Updates arrive as they happen (event stream connected)" },
+  connecting: { label: "Connecting", title: "Opening the event stream" },
+  down: { label: "Polling", title: "The event stream is down: pages refresh every few seconds" },
+};
+
+/** Whether the event stream is up: pages update as things happen, or poll while it is down. */
+function LiveIndicator() {
+  const state = useLiveState();
+  const t = LIVE_TEXT[state];
+  return (
+    <span id="live" class={`stream stream-${state}`} data-live={state} title={t.title}>
+      <span class="stream-dot" aria-hidden="true" />
+      {t.label}
+    </span>
+  );
+}
+
 function Shell(props: { session: Session; onSignedOut: () => void }) {
   const route = useRoute();
   const [page = "servers", id] = route;
+  useLiveStream();
   const s = props.session;
   const signOut = async () => {
     try {
@@ -72,6 +92,7 @@ function Shell(props: { session: Session; onSignedOut: () => void }) {
           ))}
         </nav>
         <div class="who">
+          <LiveIndicator />
           <span class="who-name" title={`API key ${s.keyId}`}>
             {s.name}
           </span>

@@ -131,6 +131,8 @@ export interface EventItem {
   at: string;
   type: string;
   serverId?: string | null;
+  /** The server's name (null when the event is not about one, or it is gone). */
+  server?: string | null;
   payload?: Record<string, unknown>;
 }
 

@@ -15,6 +15,7 @@ interface Schema {
 
 interface Operation {
   summary?: string;
+  description?: string;
   parameters?: { name: string; in: string; required?: boolean; schema?: Schema }[];
   requestBody?: { content?: Record<string, { schema?: Schema }> };
   responses?: Record<string, { description?: string; content?: Record<string, { schema?: Schema }> }>;
@@ -51,6 +52,7 @@ export function renderApiReference(doc: OpenApiDocument): string {
         if (!op) continue;
         out.push(`### \`${m.toUpperCase()} ${p}\``, "");
         if (op.summary) out.push(op.summary, "");
+        if (op.description) out.push(op.description, "");
         const params = op.parameters ?? [];
         if (params.length > 0) {
           out.push("| Parameter | In | Type | Required |", "| --- | --- | --- | --- |");

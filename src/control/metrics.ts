@@ -14,8 +14,9 @@ import { rpoStatuses, pitSummary } from "./rpo.js";
  * a scrape with the same numbers, with nothing kept in memory that another
  * instance would contradict (and two scrapes at once cannot mix). What is
  * per instance is per instance by nature: the request-duration histogram of
- * this instance's API, what this instance's embedded replicator ingested,
- * and the process metrics (process_*, nodejs_*). The repository's size and
+ * this instance's API, what this instance's embedded replicator ingested
+ * (separate replicators report theirs with their heartbeats, into the
+ * database), and the process metrics (process_*, nodejs_*). The repository's size and
  * last verify are read from what repository-checks.ts recorded, never
  * computed at scrape time.
  */
@@ -75,10 +76,11 @@ export interface ScrapeOptions {
   ingest?: IngestSource;
 }
 
-/** What an embedded replicator tells the metrics: bytes applied by server name, streams open. */
+/** What an embedded replicator tells the metrics: bytes applied by server name, streams open, bytes stored. */
 export interface IngestSource {
   ingested(): Map<string, number>;
   servers(): string[];
+  ingestCounters?(): { storedBytes: number };
 }
 
 /** The text of one scrape, in the Prometheus text format 0.0.4. */
@@ -351,8 +353,58 @@ async function repositoryMetrics(registry: Registry, database: Database): Promis
   }
 }
 
+/**
+ * What replicators ingested: this instance's embedded replicator from its
+ * memory, separate replicators from what their last heartbeat reported
+ * (table replicator_ingest: the same on every instance). Counters restart
+ * from 0 when the replicator (or the instance) does.
+ */
 async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<void> {
   const source = opts.ingest;
+  const rows = await opts.database.db
+    .selectFrom("replicator_ingest as i")
+    .innerJoin("replicators as r", "r.id", "i.replicator_id")
+    .select([
+      "r.id",
+      "r.name",
+      "r.state",
+      "r.last_seen_at",
+      "i.received_bytes",
+      "i.stored_bytes",
+      "i.sessions",
+    ])
+    .where("r.decommissioned_at", "is", null)
+    .execute();
+  if (source === undefined && rows.length === 0) return;
+  const labels = ["replicator", "replicator_id"] as const;
+  const ingest = new Counter({
+    name: "lifeboat_replicator_ingest_bytes_total",
+    help: "Bytes of block data the replicator received from agents and applied since it started",
+    labelNames: labels,
+    registers: [registry],
+  });
+  const stored = new Counter({
+    name: "lifeboat_replicator_stored_bytes_total",
+    help: "Bytes of new chunks (compressed, deduplicated) the replicator wrote to the repository since it started",
+    labelNames: labels,
+    registers: [registry],
+  });
+  const streams = gauge(
+    registry,
+    "lifeboat_replicator_sessions",
+    "Replication streams the replicator holds now (0 for a replicator that is not up)",
+    labels,
+  );
+  const now = opts.clock.now();
+  for (const r of rows) {
+    const l = { replicator: r.name, replicator_id: r.id };
+    const seen = r.last_seen_at === null ? null : Number(r.last_seen_at);
+    const up =
+      seen !== null && r.state !== "DISCONNECTED" && now - seen <= opts.heartbeatTimeoutSeconds * 1000;
+    ingest.inc(l, Number(r.received_bytes));
+    stored.inc(l, Number(r.stored_bytes));
+    streams.set(l, up ? Number(r.sessions) : 0);
+  }
   if (source === undefined) return;
   const perServer = new Counter({
     name: "lifeboat_server_replicated_bytes_total",
@@ -360,18 +412,6 @@ async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<v
     labelNames: ["server", "server_id", "replicator"] as const,
     registers: [registry],
   });
-  const ingest = new Counter({
-    name: "lifeboat_replicator_ingest_bytes_total",
-    help: "Bytes of block data this instance's embedded replicator applied since the instance started",
-    labelNames: ["replicator", "replicator_id"] as const,
-    registers: [registry],
-  });
-  const streams = gauge(
-    registry,
-    "lifeboat_replicator_sessions",
-    "Replication streams this instance's embedded replicator holds open now",
-    ["replicator", "replicator_id"],
-  );
   const counts = source.ingested();
   const ids = new Map(
     (await opts.database.db.selectFrom("servers").select(["id", "name"]).execute()).map((r) => [
@@ -386,5 +426,6 @@ async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<v
   }
   const l = { replicator: EMBEDDED_REPLICATOR, replicator_id: "" };
   ingest.inc(l, total);
+  if (source.ingestCounters !== undefined) stored.inc(l, source.ingestCounters().storedBytes);
   streams.set(l, source.servers().length);
 }

@@ -1,5 +1,7 @@
 import { sql } from "kysely";
-import type { Clock } from "../base/index.js";
+import { type Clock, LifeboatError, type Logger, silentLogger } from "../base/index.js";
+import { type Repository, readPit } from "../store/index.js";
+import { recordPit } from "./catalog.js";
 import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
 import { OVERRIDE_SCHEMAS } from "./settings.js";
 
@@ -116,6 +118,21 @@ export interface ReplicatorReport {
   state?: string;
   address?: string;
   capacity?: Record<string, unknown>;
+  /** What a separate replicator ingested since it started (its process), for /metrics. */
+  ingest?: ReplicatorIngest;
+  /** PITs it made that the catalog may not hold yet (recordReplicatorPits). */
+  pits?: { serverId: string; pitId: string }[];
+}
+
+export interface ReplicatorIngest {
+  /** When its counters started (its process start): they restart from 0 with it. */
+  startedAt: string;
+  /** Bytes of block data received from agents and applied (as sent: compressed, no references). */
+  receivedBytes: number;
+  /** Bytes of new chunks written to the repository. */
+  storedBytes: number;
+  /** Replication streams it holds now. */
+  sessions: number;
 }
 
 /** A replicator's heartbeat; false when it is unknown or decommissioned. */
@@ -136,7 +153,85 @@ export async function recordReplicatorHeartbeat(
     .where("id", "=", replicatorId)
     .where("decommissioned_at", "is", null)
     .executeTakeFirst();
-  return Number(r.numUpdatedRows) > 0;
+  if (Number(r.numUpdatedRows) === 0) return false;
+  const i = report.ingest;
+  if (i !== undefined) {
+    const row = {
+      started_at: Number.isNaN(Date.parse(i.startedAt)) ? clock.now() : Date.parse(i.startedAt),
+      received_bytes: i.receivedBytes,
+      stored_bytes: i.storedBytes,
+      sessions: i.sessions,
+      reported_at: clock.now(),
+    };
+    await database.db
+      .insertInto("replicator_ingest")
+      .values({ replicator_id: replicatorId, ...row })
+      .onConflict((oc) => oc.column("replicator_id").doUpdateSet(row))
+      .execute();
+  }
+  return true;
+}
+
+/**
+ * Adds the PITs a separate replicator reports having made to the catalog,
+ * each with its `pit.created` event (once: a PIT the catalog holds already
+ * adds nothing). Each PIT is read from the repository, so the catalog holds
+ * what the repository holds, whatever the report says. Returns the ids the
+ * replicator may forget: recorded now or before, or never to be recorded
+ * (no such server, no such PIT, a PIT of another server). A PIT whose read
+ * failed otherwise (the repository unreachable) is not among them: the
+ * replicator reports it again with its next heartbeat.
+ */
+export async function recordReplicatorPits(
+  database: Database,
+  clock: Clock,
+  repo: (() => Promise<Repository>) | undefined,
+  reports: readonly { serverId: string; pitId: string }[],
+  log: Pick<Logger, "warn"> = silentLogger,
+): Promise<string[]> {
+  if (repo === undefined || reports.length === 0) return [];
+  const servers = new Map(
+    (
+      await database.db
+        .selectFrom("servers")
+        .select(["id", "name"])
+        .where(
+          "id",
+          "in",
+          reports.map((r) => r.serverId),
+        )
+        .execute()
+    ).map((s) => [s.id, s.name]),
+  );
+  const repository = await repo();
+  const handled: string[] = [];
+  for (const { serverId, pitId } of reports) {
+    const name = servers.get(serverId);
+    if (name === undefined) {
+      handled.push(pitId);
+      continue;
+    }
+    try {
+      const pit = await readPit(repository, pitId);
+      if (pit.server !== name) {
+        log.warn(
+          { pit: pitId, serverId, pitServer: pit.server },
+          "a replicator reported a PIT of another server",
+        );
+      } else {
+        await recordPit(database, repository.config.id, serverId, pit, clock);
+      }
+      handled.push(pitId);
+    } catch (err) {
+      if (err instanceof LifeboatError && err.code === "PIT_NOT_FOUND") {
+        log.warn({ pit: pitId, serverId }, "a replicator reported a PIT the repository does not hold");
+        handled.push(pitId);
+      } else {
+        log.warn({ pit: pitId, err: String(err) }, "cannot add a replicator's PIT to the catalog yet");
+      }
+    }
+  }
+  return handled;
 }
 
 /**

@@ -65,6 +65,10 @@ export class Replicator {
   private commandIds = 0;
   /** Bytes of block data applied, by server name, since this replicator started (metrics). */
   private readonly applied = new Map<string, number>();
+  /** Bytes of new chunks stored by the streams that ended (the others count theirs in their applier). */
+  private storedByEnded = 0;
+  /** Every replica not yet closed, even one another connection of its server replaced. */
+  private readonly unclosed = new Set<Replica>();
 
   constructor(private readonly opts: ReplicatorOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -84,6 +88,21 @@ export class Replicator {
    */
   ingested(): Map<string, number> {
     return new Map(this.applied);
+  }
+
+  /**
+   * What this replicator ingested since it started, for its heartbeat:
+   * `receivedBytes` is ingested() over every server; `storedBytes` the
+   * encoded bytes of new chunks it wrote to the repository (what
+   * deduplication and compression left of them); `sessions` the streams it
+   * holds now.
+   */
+  ingestCounters(): { receivedBytes: number; storedBytes: number; sessions: number } {
+    let receivedBytes = 0;
+    for (const n of this.applied.values()) receivedBytes += n;
+    let storedBytes = this.storedByEnded;
+    for (const r of this.unclosed) storedBytes += r.applier.stats.storedBytes;
+    return { receivedBytes, storedBytes, sessions: this.replicas.size };
   }
 
   /** The servers (by name) whose streams this replicator holds now. */
@@ -170,6 +189,7 @@ export class Replicator {
       }),
     };
     this.replicas.set(server, replica);
+    this.unclosed.add(replica);
     if (this.closed) {
       await this.retire(replica);
       throw new LifeboatError("WIRE_SHUTTING_DOWN", "the replicator is shutting down", {
@@ -205,6 +225,9 @@ export class Replicator {
       }
       await r.stream.close();
       await r.applier.close();
+      // In one step, so that the sum never drops (a counter that drops reads as a restart).
+      this.storedByEnded += r.applier.stats.storedBytes;
+      this.unclosed.delete(r);
       if (this.replicas.get(r.server) === r) this.replicas.delete(r.server);
     })();
     return r.closing;

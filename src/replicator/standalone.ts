@@ -20,6 +20,7 @@ import type { Agent } from "undici";
 import {
   type Clock,
   LifeboatError,
+  isLifeboatError,
   type Logger,
   silentLogger,
   systemClock,
@@ -35,6 +36,11 @@ import {
 import { openRepository } from "../store/index.js";
 import { attachWire, wireConnectionHandler } from "../wire/index.js";
 import { Replicator } from "./service.js";
+
+/** PITs one heartbeat reports (the control plane reads each from the repository). */
+const PITS_PER_HEARTBEAT = 20;
+/** PITs kept for a control plane that does not answer; older ones wait for `store reindex`. */
+const MAX_PENDING_PITS = 1000;
 
 export interface StandaloneOptions {
   /** The control plane, https://host:port. */
@@ -141,10 +147,33 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
     for (const s of r.servers) assigned.set(s.id, s.name);
   };
   await refresh();
+  // PITs made here go to the control plane's catalog with the next heartbeat, which a PIT
+  // brings forward; a heartbeat that fails keeps them for the one after (at most MAX_PENDING_PITS).
+  const pendingPits = new Map<string, string>(); // PIT id -> server id
+  let wake: (() => void) | undefined;
+  let newPit = false;
+  // A control plane older than these reports refuses them (REQUEST_INVALID): heartbeats go on without.
+  let plain = false;
+  const startedAt = new Date(clock.now()).toISOString();
   const replicator = new Replicator({
     repo,
     clock,
     logger: log,
+    onPit: (server, pit) => {
+      const serverId = [...assigned].find(([, name]) => name === server)?.[0];
+      if (serverId === undefined || plain) return;
+      if (pendingPits.size >= MAX_PENDING_PITS) {
+        const oldest = pendingPits.keys().next().value!;
+        pendingPits.delete(oldest);
+        log.warn(
+          { pit: oldest },
+          "the control plane has not taken this PIT: `lifeboat store reindex` catalogs it",
+        );
+      }
+      pendingPits.set(pit.id, serverId);
+      newPit = true;
+      wake?.();
+    },
     serverName: async (peer, hello) => {
       const [role, serverId] = peer.id.split(":", 2);
       if (role !== "agent" || !serverId || hello.agent.serverId !== serverId)
@@ -195,15 +224,26 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
   let every = 15;
   const beat = async (): Promise<void> => {
     while (!stopped) {
+      newPit = false;
+      let progressed = false;
       try {
-        const r = await call<{ heartbeatSeconds: number; servers: string[] }>(
+        const pits = [...pendingPits]
+          .slice(0, PITS_PER_HEARTBEAT)
+          .map(([pitId, serverId]) => ({ pitId, serverId }));
+        const r = await call<{ heartbeatSeconds: number; servers: string[]; pitsRecorded?: string[] }>(
           "/api/v1/replicator/heartbeat",
           {
             method: "POST",
-            body: { state: "ACTIVE", address },
+            body: {
+              state: "ACTIVE",
+              address,
+              ...(plain ? {} : { ingest: { startedAt, ...replicator.ingestCounters() } }),
+              ...(pits.length > 0 && !plain ? { pits } : {}),
+            },
           },
         );
         every = r.heartbeatSeconds;
+        for (const id of r.pitsRecorded ?? []) progressed = pendingPits.delete(id) || progressed;
         if (r.servers.some((id) => !assigned.has(id)) || r.servers.length !== assigned.size) {
           await refresh();
           // Streams of servers assigned elsewhere (a drain, the pool's rebalance) end here.
@@ -211,16 +251,32 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
           for (const server of replicator.servers()) if (!names.has(server)) await replicator.release(server);
         }
       } catch (err) {
+        if (!plain && isLifeboatError(err) && err.code === "REQUEST_INVALID") {
+          plain = true;
+          pendingPits.clear();
+          log.warn(
+            { err: String(err) },
+            "the control plane takes no ingest or PIT reports (older version): its catalog learns this replicator's PITs at `lifeboat store reindex`",
+          );
+          continue;
+        }
         if (!stopped) log.warn({ err: String(err) }, "replicator heartbeat failed");
       }
+      // A PIT made meanwhile, or more than one heartbeat carries: the next one goes at once.
+      if (!stopped && (newPit || (progressed && pendingPits.size > 0))) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, every * 1000);
         t.unref();
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
         stopping.then(() => {
           clearTimeout(t);
           resolve();
         }, resolve);
       });
+      wake = undefined;
     }
   };
   let stop!: () => void;

@@ -45,6 +45,7 @@ const TABLES: (keyof Schema)[] = [
   "lag_samples",
   "repository_checks",
   "replica_epochs",
+  "replicator_ingest",
 ];
 
 const ALL_MIGRATIONS = [
@@ -58,6 +59,7 @@ const ALL_MIGRATIONS = [
   "0008_failback",
   "0009_replica_epochs",
   "0010_repository_checks",
+  "0011_replicator_ingest",
 ];
 
 /** A time past 2^32 ms (and past 2^31 s): catches int4 columns and int8-as-string. */

@@ -1,8 +1,9 @@
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, api } from "../api.js";
 import { Badge, Empty, ErrorNote, Loading } from "../components/ui.js";
 import { ago, time } from "../format.js";
-import { usePoll } from "../poll.js";
+import { useLiveEvents, useLiveState } from "../live.js";
+import { LIVE_REFRESH_MS, usePoll } from "../poll.js";
 import type { AuditRecord, EventItem } from "../types.js";
 import { useServerNames } from "./jobs.js";
 
@@ -45,45 +46,60 @@ function eventTone(type: string): "ok" | "warn" | "bad" | "info" | "muted" {
   return "info";
 }
 
-const PAGE = 500;
 const KEEP = 300;
 
 /**
- * The events API answers oldest first after a seq (`?after=&limit=`): read
- * to the end once (at most 40 pages), keep the newest, then ask every few
- * seconds for what came after the last one seen.
+ * The newest events, then the ones that come: from the event stream
+ * (live.ts) as they arrive, and by asking for what came after the last one
+ * seen (`?after=`) every 5 s while the stream is down (every 30 s while up).
  */
 function useEvents(): { events: EventItem[] | undefined; error: Error | undefined } {
   const [events, setEvents] = useState<EventItem[] | undefined>(undefined);
   const [error, setError] = useState<Error | undefined>(undefined);
+  const stream = useLiveState();
+  const kept = useRef<{ after: number; events: EventItem[] } | undefined>(undefined);
+  const add = (more: EventItem[]) => {
+    const k = kept.current;
+    if (k === undefined) return;
+    const fresh = more.filter((e) => e.seq > k.after);
+    if (fresh.length === 0) return;
+    k.after = Math.max(k.after, ...fresh.map((e) => e.seq));
+    k.events = [...k.events, ...fresh].slice(-KEEP);
+    setEvents(k.events);
+  };
+  useLiveEvents((e) => add([e]));
   useEffect(() => {
     const ctl = new AbortController();
-    let after = 0;
-    let kept: EventItem[] = [];
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const run = async () => {
-      for (let pages = 0; !ctl.signal.aborted;) {
-        try {
-          const r = await api<{ events: EventItem[] }>(`/api/v1/events?after=${after}&limit=${PAGE}`, {
+      try {
+        if (kept.current === undefined) {
+          const r = await api<{ events: EventItem[]; latestSeq: number }>(`/api/v1/events?limit=${KEEP}`, {
             signal: ctl.signal,
           });
-          if (r.events.length > 0) {
-            after = Math.max(after, ...r.events.map((e) => e.seq));
-            kept = [...kept, ...r.events].slice(-KEEP);
-          }
-          setEvents(kept);
-          setError(undefined);
-          if (r.events.length === PAGE && ++pages < 40) continue;
-        } catch (err) {
-          if (ctl.signal.aborted) return;
-          setError(err as Error);
-          if (err instanceof ApiError && err.status === 404) return;
+          kept.current = { after: r.latestSeq, events: r.events };
+          setEvents(r.events);
+        } else {
+          const r = await api<{ events: EventItem[] }>(
+            `/api/v1/events?after=${kept.current.after}&limit=${KEEP}`,
+            { signal: ctl.signal },
+          );
+          add(r.events);
         }
-        await new Promise((r) => setTimeout(r, 5000));
+        setError(undefined);
+      } catch (err) {
+        if (ctl.signal.aborted) return;
+        setError(err as Error);
+        if (err instanceof ApiError && err.status === 404) return;
       }
+      timer = setTimeout(() => void run(), stream === "down" ? 5000 : LIVE_REFRESH_MS);
     };
     void run();
-    return () => ctl.abort();
-  }, []);
+    return () => {
+      ctl.abort();
+      if (timer !== undefined) clearTimeout(timer);
+    };
+  }, [stream === "down"]);
   return { events, error };
 }
 
@@ -101,7 +117,7 @@ function Events() {
   if (events.length === 0)
     return <Empty title="No events yet">State changes and finished jobs appear here.</Empty>;
   return (
-    <table class="table">
+    <table class="table" id="events-table">
       <thead>
         <tr>
           <th>When</th>
@@ -112,12 +128,12 @@ function Events() {
       </thead>
       <tbody>
         {events.map((e) => (
-          <tr key={e.seq}>
+          <tr key={e.seq} data-seq={e.seq}>
             <td title={time(e.at)}>{ago(e.at)}</td>
             <td>
               <Badge tone={eventTone(e.type)}>{e.type}</Badge>
             </td>
-            <td>{e.serverId ? (names.get(e.serverId) ?? e.serverId) : "—"}</td>
+            <td>{e.serverId ? (names.get(e.serverId) ?? e.server ?? e.serverId) : "—"}</td>
             <td class="muted small">{e.payload ? summarize(e.payload) : ""}</td>
           </tr>
         ))}

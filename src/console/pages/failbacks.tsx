@@ -3,6 +3,7 @@ import { api, enc } from "../api.js";
 import { can } from "../app.js";
 import { Badge, Confirm, Empty, ErrorNote, Loading, StateBadge } from "../components/ui.js";
 import { bytes, duration, time } from "../format.js";
+import { about } from "../live.js";
 import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { Session } from "../types.js";
@@ -31,7 +32,11 @@ const ACTIVE = new Set(["syncing", "cutover"]);
 
 /** Failbacks: pass, lag and bytes sent of each, with cut-over and cancel for operators. */
 export function FailbacksPage(props: { session: Session }) {
-  const r = usePoll((signal) => api<{ failbacks: Failback[] }>("/api/v1/failbacks", { signal }), 3000, []);
+  // A failback's progress moves with the agent's reports, which are not events: 10 s while live.
+  const r = usePoll((signal) => api<{ failbacks: Failback[] }>("/api/v1/failbacks", { signal }), 3000, [], {
+    match: about.failbacks,
+    everyMs: 10_000,
+  });
   const [ask, setAsk] = useState<{ fb: Failback; verb: "cutover" | "cancel" } | null>(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<Error | undefined>(undefined);

@@ -3,6 +3,7 @@ import { ApiError, api, enc } from "../api.js";
 import { can } from "../app.js";
 import { Badge, Card, Confirm, Empty, ErrorNote, Loading, Stat, stateTone } from "../components/ui.js";
 import { ago, duration, jobType, time } from "../format.js";
+import { about } from "../live.js";
 import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { DrillReport, Job, LogLine, Session } from "../types.js";
@@ -12,7 +13,10 @@ const FINISHED = new Set(["succeeded", "failed", "terminated"]);
 
 export function JobPage(props: { id: string; session: Session }) {
   const id = props.id;
-  const job = usePoll((signal) => api<{ job: Job }>(`/api/v1/jobs/${enc(id)}`, { signal }), 3000, [id]);
+  // Its log follows by long poll (log lines are not events); the job itself reloads when it finishes.
+  const job = usePoll((signal) => api<{ job: Job }>(`/api/v1/jobs/${enc(id)}`, { signal }), 3000, [id], {
+    match: about.job(id),
+  });
   const { lines, state } = useFollowLog(id);
   const names = useServerNames();
   const [terminate, setTerminate] = useState(false);

@@ -2,6 +2,7 @@ import { useState } from "preact/hooks";
 import { api } from "../api.js";
 import { Badge, Empty, ErrorNote, Loading, stateTone } from "../components/ui.js";
 import { ago, duration, jobType, time, title } from "../format.js";
+import { about } from "../live.js";
 import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { Job, ServerRow } from "../types.js";
@@ -14,6 +15,8 @@ export function JobsPage() {
     (signal) => api<{ jobs: Job[] }>(`/api/v1/jobs${state === "all" ? "" : `?state=${state}`}`, { signal }),
     4000,
     [state],
+    // A job's start and steps are not events, its end is: 15 s while live for the first.
+    { match: about.jobs, everyMs: 15_000 },
   );
   const names = useServerNames();
   return (
@@ -95,6 +98,7 @@ export function useServerNames(): Map<string, string> {
     (signal) => api<{ servers: ServerRow[] }>("/api/v1/console/servers", { signal }),
     60_000,
     [],
+    { match: (e) => e.type === "server.decommissioned", everyMs: 60_000 },
   );
   return new Map((r.data?.servers ?? []).map((s) => [s.id, s.name]));
 }

@@ -1,6 +1,7 @@
 import { api } from "../api.js";
 import { Badge, Empty, ErrorNote, Loading, StateBadge } from "../components/ui.js";
 import { ago, time } from "../format.js";
+import { about } from "../live.js";
 import { usePoll } from "../poll.js";
 import type { Replicator } from "../types.js";
 
@@ -9,6 +10,8 @@ export function ReplicatorsPage() {
     (signal) => api<{ replicators: Replicator[] }>("/api/v1/replicators", { signal }),
     5000,
     [],
+    // Last-seen times and assignments move with heartbeats, which are not events: 15 s while live.
+    { match: about.replicators, everyMs: 15_000 },
   );
   return (
     <div class="page">

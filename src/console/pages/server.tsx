@@ -14,6 +14,7 @@ import {
   stateTone,
 } from "../components/ui.js";
 import { ago, bytes, duration, jobType, time } from "../format.js";
+import { about } from "../live.js";
 import { usePoll } from "../poll.js";
 import { go, href } from "../router.js";
 import type { Job, Pit, Replicator, Server, Session } from "../types.js";
@@ -28,7 +29,12 @@ const CONSISTENCY_TONE: Record<string, "ok" | "info" | "warn" | "muted"> = {
 
 export function ServerPage(props: { id: string; session: Session }) {
   const id = props.id;
-  const server = usePoll((signal) => api<Server>(`/api/v1/servers/${enc(id)}`, { signal }), 5000, [id]);
+  const mine = about.server(id);
+  // Lag, backlog and sync progress change with every heartbeat, which is not an event: 15 s while live.
+  const server = usePoll((signal) => api<Server>(`/api/v1/servers/${enc(id)}`, { signal }), 5000, [id], {
+    match: mine,
+    everyMs: 15_000,
+  });
   const lag = usePoll(
     (signal) =>
       api<{ samples: { at: string; lagSeconds: number | null }[] }>(
@@ -44,11 +50,13 @@ export function ServerPage(props: { id: string; session: Session }) {
     (signal) => api<{ pits: Pit[] }>(`/api/v1/pits?server=${enc(id)}`, { signal }),
     30_000,
     [id],
+    { match: (e) => e.type === "pit.created" && mine(e), everyMs: 120_000 },
   );
   const jobs = usePoll(
     (signal) => api<{ jobs: Job[] }>(`/api/v1/jobs?server=${enc(id)}`, { signal }),
     10_000,
     [id],
+    { match: mine },
   );
   const replicators = usePoll(
     (signal) => api<{ replicators: Replicator[] }>("/api/v1/replicators", { signal }),

@@ -2,6 +2,7 @@ import { useMemo, useState } from "preact/hooks";
 import { api } from "../api.js";
 import { Badge, Empty, ErrorNote, Loading, StateBadge } from "../components/ui.js";
 import { bytes, duration } from "../format.js";
+import { about } from "../live.js";
 import { usePoll } from "../poll.js";
 import { href } from "../router.js";
 import type { ServerRow } from "../types.js";
@@ -61,6 +62,8 @@ export function ServersPage() {
     (signal) => api<{ servers: ServerRow[]; generatedAt: string }>("/api/v1/console/servers", { signal }),
     5000,
     [],
+    // Lag and backlog change with every heartbeat, which is not an event: reloaded every 15 s while live.
+    { match: about.servers, everyMs: 15_000 },
   );
   const [filter, setFilter] = useState("");
   const [state, setState] = useState("all");

@@ -45,6 +45,7 @@ export interface Schema {
   disk_generations: DiskGenerationsTable;
   repository_checks: RepositoryChecksTable;
   replica_epochs: ReplicaEpochsTable;
+  replicator_ingest: ReplicatorIngestTable;
 }
 
 export type ApiKeyRole = "admin" | "operator" | "viewer";
@@ -446,4 +447,18 @@ export interface ReplicaEpochsTable {
   holder: string;
   epoch: number;
   taken_at: number;
+}
+
+/**
+ * Since 0011: what a separate replicator reported ingesting in its last
+ * heartbeat, counted since `started_at` (its process start; the counters
+ * start at 0 again after a restart).
+ */
+export interface ReplicatorIngestTable {
+  replicator_id: string;
+  started_at: number;
+  received_bytes: number;
+  stored_bytes: number;
+  sessions: number;
+  reported_at: number;
 }

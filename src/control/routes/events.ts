@@ -10,6 +10,8 @@ export interface EventRouteOptions {
   pollMs?: number;
   /** A comment line after this much silence keeps proxies from closing the stream (default 15 s). */
   keepAliveMs?: number;
+  /** How often a stream checks that its API key or console session is still good (default 30 s). */
+  authCheckMs?: number;
 }
 
 /** Numbers come as strings: the app does not coerce types (a query string is text). */
@@ -42,8 +44,10 @@ const TYPES = /^(\*|[a-z][a-z0-9_.]*)(,(\*|[a-z][a-z0-9_.]*))*$/;
  * JSON>`; it starts after `Last-Event-ID` (what a reconnecting EventSource
  * sends) or `?after=SEQ`, else with the events that come from now on; a
  * comment line keeps it alive; it ends when the server shuts down (the
- * client reconnects with its last id and misses nothing). Each stream polls
- * the events table (seq is its primary key). Otherwise, a JSON page.
+ * client reconnects with its last id and misses nothing), or when its API key
+ * is revoked or its console session ends (checked every authCheckMs). Each
+ * stream polls the events table (seq is its primary key): any instance of
+ * the control plane serves every event. Otherwise, a JSON page.
  */
 export function eventRoutes(app: FastifyInstance, ctx: AppContext, opts: EventRouteOptions = {}): void {
   const viewer = requireOperator(ctx.database, ctx.clock, "viewer");
@@ -59,6 +63,20 @@ export function eventRoutes(app: FastifyInstance, ctx: AppContext, opts: EventRo
       onRequest: viewer,
       schema: {
         summary: "events, as a JSON page or (Accept: text/event-stream) a server-sent-events stream",
+        description:
+          "With `Accept: text/event-stream`: a stream of `id: <seq>` / `data: <event JSON>` messages, " +
+          "starting after `Last-Event-ID` (what a reconnecting EventSource sends), else after `after`, " +
+          "else with the events to come; `server` and `type` filter it. New events within about a second, " +
+          "from the database (any instance serves every event); a `: keep-alive` comment after 15 s of " +
+          "silence; it ends when the key is revoked or the session ends (checked every 30 s). " +
+          "The web console follows it (docs/console.md, Live updates).",
+        headers: {
+          type: "object",
+          properties: {
+            accept: { type: "string" },
+            "last-event-id": { type: "string", maxLength: 64 },
+          },
+        },
         querystring: {
           type: "object",
           additionalProperties: false,
@@ -93,7 +111,15 @@ export function eventRoutes(app: FastifyInstance, ctx: AppContext, opts: EventRo
       };
       if (/text\/event-stream/.test(request.headers.accept ?? "")) {
         const from = startSeq(request) ?? num(q.after) ?? (await latestEventSeq(ctx.database));
-        return stream(ctx, request, reply, filter, from, streams, opts);
+        const stillAllowed = async () => {
+          try {
+            await viewer(request, reply);
+            return true;
+          } catch {
+            return false;
+          }
+        };
+        return stream(ctx, request, reply, filter, from, streams, opts, stillAllowed);
       }
       const latestSeq = await latestEventSeq(ctx.database);
       const events = await listEvents(ctx.database, {
@@ -141,9 +167,12 @@ async function stream(
   from: number,
   streams: Set<() => void>,
   opts: EventRouteOptions,
+  stillAllowed: () => Promise<boolean>,
 ): Promise<void> {
   const pollMs = opts.pollMs ?? 1000;
   const keepAliveMs = opts.keepAliveMs ?? 15_000;
+  const authCheckMs = opts.authCheckMs ?? 30_000;
+  let lastAuth = ctx.clock.now();
   const raw = reply.raw;
   reply.hijack();
   raw.writeHead(200, {
@@ -169,6 +198,17 @@ async function stream(
   try {
     await write(`retry: ${Math.max(1000, pollMs)}\n: from ${cursor}\n\n`);
     while (open && !raw.destroyed) {
+      // A revoked key or an ended session ends its streams too (the client's reconnection gets the 401).
+      if (ctx.clock.now() - lastAuth >= authCheckMs) {
+        if (!(await stillAllowed())) {
+          request.log.info(
+            { lastSeq: cursor },
+            "event stream ended: its API key or session is no longer valid",
+          );
+          break;
+        }
+        lastAuth = ctx.clock.now();
+      }
       const page = await listEvents(ctx.database, { ...filter, after: cursor, limit: 500 });
       for (const e of page) {
         if (!open) break;

@@ -13,6 +13,7 @@ import {
   assignedServerIds,
   assignments,
   recordReplicatorHeartbeat,
+  recordReplicatorPits,
   takeReplicaEpoch,
 } from "../replicators.js";
 import { splitSecret } from "../secrets.js";
@@ -155,6 +156,35 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
             state: { type: "string", minLength: 1, maxLength: 64, pattern: "^[A-Z][A-Z0-9_]*$" },
             address: { type: "string", minLength: 3, maxLength: 260, pattern: ADDRESS },
             capacity: { type: "object", additionalProperties: true },
+            ingest: {
+              type: "object",
+              required: ["startedAt", "receivedBytes", "storedBytes", "sessions"],
+              additionalProperties: false,
+              properties: {
+                startedAt: {
+                  type: "string",
+                  minLength: 20,
+                  maxLength: 40,
+                  pattern: "^[0-9]{4}-[0-9]{2}-[0-9]{2}T",
+                },
+                receivedBytes: { type: "integer", minimum: 0 },
+                storedBytes: { type: "integer", minimum: 0 },
+                sessions: { type: "integer", minimum: 0 },
+              },
+            },
+            pits: {
+              type: "array",
+              maxItems: 100,
+              items: {
+                type: "object",
+                required: ["serverId", "pitId"],
+                additionalProperties: false,
+                properties: {
+                  serverId: { type: "string", minLength: 1, maxLength: 64 },
+                  pitId: { type: "string", pattern: "^[0-9a-f]{24}$" },
+                },
+              },
+            },
           },
         },
         response: {
@@ -165,6 +195,8 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
               replicatorId: { type: "string" },
               heartbeatSeconds: { type: "integer" },
               servers: { type: "array", items: { type: "string" } },
+              /** The reported PITs the replicator may forget (recordReplicatorPits). */
+              pitsRecorded: { type: "array", items: { type: "string" } },
             },
           },
           400: errorSchema,
@@ -180,6 +212,10 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
       // Accepted heartbeats are not audited (see heartbeats.ts); refusals are, by the app.
       request.audited = true;
       const assigned = await assignments(ctx.database);
+      const pitsRecorded =
+        request.body.pits === undefined
+          ? undefined
+          : await recordReplicatorPits(ctx.database, ctx.clock, ctx.repo, request.body.pits, request.log);
       return {
         replicatorId: id,
         heartbeatSeconds: Math.max(1, Math.floor(ctx.config.heartbeatTimeoutSeconds / 4)),
@@ -187,6 +223,7 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
           .filter(([, r]) => r === id)
           .map(([s]) => s)
           .sort(),
+        ...(pitsRecorded !== undefined ? { pitsRecorded } : {}),
       };
     },
   );

@@ -9,6 +9,7 @@ import { replicatorPool } from "./0007-replicator-pool.js";
 import { failback } from "./0008-failback.js";
 import { replicaEpochs } from "./0009-replica-epochs.js";
 import { repositoryChecks } from "./0010-repository-checks.js";
+import { replicatorIngest } from "./0011-replicator-ingest.js";
 
 /**
  * Every migration this build knows, keyed by name. Names sort in the order
@@ -29,4 +30,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   "0008_failback": failback,
   "0009_replica_epochs": replicaEpochs,
   "0010_repository_checks": repositoryChecks,
+  "0011_replicator_ingest": replicatorIngest,
 });
