@@ -119,24 +119,33 @@ export class JobRunner {
     const now = clock.now();
     // Renew our claims; honour terminate requests of jobs running here.
     if (this.running.size > 0) {
-      const mine = await database.db
+      const rows = await database.db
         .selectFrom("jobs")
-        .select(["id", "terminate_requested_at", "claimed_at"])
+        .select(["id", "terminate_requested_at", "claimed_at", "claimed_by"])
         .where("id", "in", [...this.running.keys()])
         .execute();
-      for (const j of mine) {
+      for (const j of rows) {
         const r = this.running.get(j.id);
         if (r && j.terminate_requested_at !== null && !r.abort.signal.aborted) {
           r.reason = "terminate";
           r.abort.abort(new Error("terminated by an operator"));
         }
-        if (now - Number(j.claimed_at ?? 0) >= this.renewMs)
-          await database.db
+        let mine = j.claimed_by === this.instance;
+        if (mine && now - Number(j.claimed_at ?? 0) >= this.renewMs) {
+          const renewed = await database.db
             .updateTable("jobs")
             .set({ claimed_at: now })
             .where("id", "=", j.id)
             .where("claimed_by", "=", this.instance)
-            .execute();
+            .executeTakeFirst();
+          mine = Number(renewed.numUpdatedRows) === 1;
+        }
+        // Another instance took it over (this one stalled past the claim timeout): stop here.
+        if (r && !mine && !r.abort.signal.aborted) {
+          this.deps.logger.warn({ job: j.id }, "another instance took this job over; its run here stops");
+          r.reason = "shutdown";
+          r.abort.abort(new Error("another control-plane instance took the job over"));
+        }
       }
     }
     await this.cleanupTerminated();
@@ -215,7 +224,7 @@ export class JobRunner {
           },
         });
         if (abort.signal.aborted && entry.reason === "shutdown") return;
-        await finish(database, clock, job.id, {
+        await finish(database, clock, job.id, this.instance, {
           state: entry.reason === "terminate" ? "terminated" : "succeeded",
           message: entry.reason === "terminate" ? "terminated by an operator" : "succeeded",
           result,
@@ -225,11 +234,15 @@ export class JobRunner {
           logger.info({ job: job.id }, "job interrupted by shutdown; it resumes on the next claim");
           return;
         }
+        if (isLifeboatError(err) && err.code === "JOB_CLAIM_LOST") {
+          logger.warn({ job: job.id, err: err.message }, "the job was taken over; this run records nothing");
+          return;
+        }
         const e = err instanceof Error ? err : new Error(String(err));
         const code = isLifeboatError(e) ? e.code : "JOB_FAILED";
         const hint = isLifeboatError(e) ? e.hint : "";
         const partial = (e as { result?: unknown }).result;
-        await finish(database, clock, job.id, {
+        await finish(database, clock, job.id, this.instance, {
           state: entry.reason === "terminate" ? "terminated" : "failed",
           level: entry.reason === "terminate" ? "info" : "error",
           message:
@@ -264,7 +277,7 @@ export class JobRunner {
       };
       try {
         await this.deps.handlers[job.type]?.cleanup?.(job, log);
-        await finish(database, clock, job.id, {
+        await finish(database, clock, job.id, undefined, {
           state: "terminated",
           message: "terminated: outputs removed",
         });
@@ -283,9 +296,12 @@ async function finish(
   database: Database,
   clock: Clock,
   jobId: string,
+  /** The instance that must still hold the claim (undefined: any). */
+  claimedBy: string | undefined,
   end: { state: string; message: string; level?: "info" | "warn" | "error"; result?: unknown },
 ): Promise<void> {
   await logJobStep(database, clock, jobId, {
+    ...(claimedBy !== undefined ? { claimedBy } : {}),
     level: end.level ?? "info",
     message: end.message,
     state: end.state,

@@ -93,19 +93,30 @@ export async function logJobStep(
     result?: unknown;
     /** Allows a finished job to become "terminated" (its outputs were removed). */
     fromFinished?: boolean;
+    /** Only while this instance holds the job's claim (JOB_CLAIM_LOST otherwise): a run taken over records nothing. */
+    claimedBy?: string;
   },
 ): Promise<JobLogView> {
   return database.db.transaction().execute(async (trx) => {
     // The events lock before the job's row lock: the order every writer keeps (db/events.ts).
     const finishing = line.state !== undefined && FINISHED.has(line.state);
     if (finishing) await lockForAppend(trx, database.dialect, "events");
-    let q = trx.selectFrom("jobs").select(["id", "type", "state", "server_ids_json"]).where("id", "=", jobId);
+    let q = trx
+      .selectFrom("jobs")
+      .select(["id", "type", "state", "server_ids_json", "claimed_by"])
+      .where("id", "=", jobId);
     if (database.dialect === "postgres") q = q.forUpdate();
     const job = await q.executeTakeFirst();
     if (job === undefined)
       throw new LifeboatError("JOB_NOT_FOUND", `no job ${jobId}`, {
         hint: "list jobs with `lifeboat jobs list`",
       });
+    if (line.claimedBy !== undefined && job.claimed_by !== line.claimedBy)
+      throw new LifeboatError(
+        "JOB_CLAIM_LOST",
+        `job ${jobId} is now run by ${job.claimed_by ?? "no instance"}, not ${line.claimedBy}`,
+        { hint: "nothing to do: the instance that took the job over finishes it" },
+      );
     const now = clock.now();
     const reopen = line.fromFinished === true && line.state === "terminated";
     if (line.state !== undefined && line.state !== job.state && FINISHED.has(job.state) && !reopen) {

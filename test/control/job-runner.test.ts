@@ -3,7 +3,7 @@ import { it } from "node:test";
 import { ManualClock, LifeboatError, silentLogger } from "../../src/base/index.js";
 import type { Database } from "../../src/control/db/index.js";
 import { CLAIM_TIMEOUT_MS, type JobHandler, type JobRun, JobRunner } from "../../src/control/job-runner.js";
-import { createJob, getJob, requestTerminate } from "../../src/control/jobs.js";
+import { createJob, getJob, logJobStep, requestTerminate } from "../../src/control/jobs.js";
 import { forEachDatabase } from "../support/databases.js";
 import { T0 } from "./helpers.js";
 
@@ -184,6 +184,53 @@ forEachDatabase("job runner", (open) => {
       g.runs[1]!.release({});
       await until("it ends", async () => (await state(database, job.id)) === "succeeded");
     } finally {
+      await b.close();
+      await database.close();
+    }
+  });
+
+  void it("an instance that stalled past the claim timeout stops its run and records nothing", async () => {
+    const database = await open();
+    const clock = new ManualClock(T0);
+    const g = gatedHandler();
+    const opts = {
+      database,
+      clock,
+      logger: silentLogger,
+      handlers: { drill: g.handler },
+      claimTimeoutMs: 6000,
+    };
+    const a = new JobRunner(opts);
+    const b = new JobRunner(opts);
+    try {
+      const job = await createJob(database, clock, { type: "drill", serverIds: [], createdBy: "test" });
+      a.poke();
+      await until("a runs it", () => g.runs.length === 1);
+      // a stalls (no renewal) past the timeout; b takes the job over.
+      clock.advance(6001);
+      b.poke();
+      await until("b resumes it", () => g.runs.length === 2);
+      // a wakes up: its renewal finds the claim gone and its run stops without finishing the job.
+      a.poke();
+      await until("a's run is stopped", () => g.runs[0]!.run.signal.aborted);
+      assert.equal(g.runs[0]!.run.stopReason, "shutdown");
+      await a.idle();
+      assert.equal(await state(database, job.id), "running", "a recorded no end");
+      // Finishing a run whose claim is gone is refused.
+      await assert.rejects(
+        logJobStep(database, clock, job.id, {
+          message: "succeeded",
+          state: "succeeded",
+          claimedBy: a.instance,
+        }),
+        (err) => err instanceof LifeboatError && err.code === "JOB_CLAIM_LOST",
+      );
+      g.runs[1]!.release({ by: "b" });
+      await until("b ends it", async () => (await state(database, job.id)) === "succeeded");
+      const { log } = (await getJob(database, job.id))!;
+      assert.equal(log.filter((l) => l.message === "succeeded").length, 1, "finished exactly once");
+    } finally {
+      await a.close();
       await b.close();
       await database.close();
     }
