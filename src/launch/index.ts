@@ -11,10 +11,10 @@ export * from "./inspect/index.js";
 export {
   type LaunchManifest,
   type MaterializedDisk,
-  hashPrefix,
   imagePath,
   materializePit,
 } from "./materialize.js";
+export { hashPrefix } from "./hash-file.js";
 export { type DrillReport, writeDrillReport } from "./drill-report.js";
 export {
   type LaunchLog,
