@@ -44,7 +44,12 @@ export async function hashPrefix(file: string, size: number, signal?: AbortSigna
     let got = 0;
     while (got < length) {
       const whole = (position + got) % PAGE === 0 && (length - got) % PAGE === 0;
-      const { bytesRead } = await (whole && direct ? direct : fh).read(buf, got, length - got, position + got);
+      const { bytesRead } = await (whole && direct ? direct : fh).read(
+        buf,
+        got,
+        length - got,
+        position + got,
+      );
       if (bytesRead === 0)
         throw new LifeboatError(
           "LAUNCH_IMAGE_SHORT",

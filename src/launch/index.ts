@@ -8,12 +8,7 @@
  * launch for auditors.
  */
 export * from "./inspect/index.js";
-export {
-  type LaunchManifest,
-  type MaterializedDisk,
-  imagePath,
-  materializePit,
-} from "./materialize.js";
+export { type LaunchManifest, type MaterializedDisk, imagePath, materializePit } from "./materialize.js";
 export { hashPrefix } from "./hash-file.js";
 export { type DrillReport, writeDrillReport } from "./drill-report.js";
 export {

@@ -281,7 +281,7 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
 function copyChunks(msg: RestoreRunRequest, out: Buffer, items: RunItem[], into: Uint8Array): void {
   const cs = msg.chunkSize;
   const slots = items.map((it) => it.slot).sort((a, b) => a - b);
-  for (let i = 0; i < slots.length; ) {
+  for (let i = 0; i < slots.length;) {
     let j = i + 1;
     while (j < slots.length && slots[j] === slots[j - 1]! + 1) j++;
     const from = slots[i]! * cs;

@@ -246,7 +246,7 @@ function hashRun(
     return;
   }
   let at = 0;
-  for (let i = 0; i < slots.length; ) {
+  for (let i = 0; i < slots.length;) {
     let j = i + 1;
     while (j < slots.length && slots[j] === slots[j - 1]! + 1) j++;
     const from = slots[i]! * cs;
