@@ -110,9 +110,13 @@ export async function materializePit(
       opts.signal?.throwIfAborted();
       const sha256 = r.sha256!;
       const disk = { index: d.index, path: out, sizeBytes: d.sizeBytes, sha256, dataBytes: r.dataBytes };
+      // Not synced: the image was synced and renamed before it, so a marker that survives a crash
+      // always names a whole image, and a lost one only costs writing the disk again. The
+      // manifest's sync at the end makes the whole directory durable.
       if (!opts.devices)
         await writeFileAtomic(path.join(dir, DONE(d.index)), JSON.stringify({ pitId: pit.id, ...disk }), {
           mode: 0o600,
+          durable: false,
         });
       opts.log?.(
         `disk ${d.index}: ${d.sizeBytes} bytes written to ${out} (${r.dataBytes} not zero), sha256 ${sha256}`,

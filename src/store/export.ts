@@ -114,8 +114,9 @@ export async function exportDisk(
   const cs = disk.chunkSize;
   const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
   // With sha256, each run's chunks come back through one of these (taken in disk order, given back once
-  // hashed): a few runs beyond those in flight may wait for an earlier one to be hashed, no more.
-  const hashBuffers = hash ? new SharedBuffers(RUNS_PER_WORKER * pool.size + 2, perRun * cs) : undefined;
+  // hashed): as many runs again as are in flight may wait for the hash, so that a hash running behind
+  // (it is one thread) does not hold up the workers at once; no more (2 cores: 16 × 4 MiB per disk).
+  const hashBuffers = hash ? new SharedBuffers(2 * RUNS_PER_WORKER * pool.size + 4, perRun * cs) : undefined;
   let done = 0;
 
   const restoreRun = async (first: number, records: Buffer, count: number, copy?: SharedArrayBuffer) => {
