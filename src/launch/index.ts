@@ -8,13 +8,8 @@
  * launch for auditors.
  */
 export * from "./inspect/index.js";
-export {
-  type LaunchManifest,
-  type MaterializedDisk,
-  hashPrefix,
-  imagePath,
-  materializePit,
-} from "./materialize.js";
+export { type LaunchManifest, type MaterializedDisk, imagePath, materializePit } from "./materialize.js";
+export { hashPrefix } from "./hash-file.js";
 export { type DrillReport, writeDrillReport } from "./drill-report.js";
 export {
   type LaunchLog,

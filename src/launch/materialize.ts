@@ -1,5 +1,4 @@
-import { createHash } from "node:crypto";
-import { createReadStream, promises as fs } from "node:fs";
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { LifeboatError, writeFileAtomic } from "../base/index.js";
 import { type Pit, type Repository, WorkerPool, exportDisk } from "../store/index.js";
@@ -111,9 +110,13 @@ export async function materializePit(
       opts.signal?.throwIfAborted();
       const sha256 = r.sha256!;
       const disk = { index: d.index, path: out, sizeBytes: d.sizeBytes, sha256, dataBytes: r.dataBytes };
+      // Not synced: the image was synced and renamed before it, so a marker that survives a crash
+      // always names a whole image, and a lost one only costs writing the disk again. The
+      // manifest's sync at the end makes the whole directory durable.
       if (!opts.devices)
         await writeFileAtomic(path.join(dir, DONE(d.index)), JSON.stringify({ pitId: pit.id, ...disk }), {
           mode: 0o600,
+          durable: false,
         });
       opts.log?.(
         `disk ${d.index}: ${d.sizeBytes} bytes written to ${out} (${r.dataBytes} not zero), sha256 ${sha256}`,
@@ -162,17 +165,4 @@ async function finishedBefore(
   const st = await fs.stat(out).catch(() => undefined);
   if (rec.pitId !== pit.id || !st?.isFile() || st.size !== rec.sizeBytes) return undefined;
   return { index, path: out, sizeBytes: rec.sizeBytes, sha256: rec.sha256, dataBytes: rec.dataBytes };
-}
-
-/** SHA-256 of the first `size` bytes of a file or device. */
-export async function hashPrefix(file: string, size: number, signal?: AbortSignal): Promise<string> {
-  const h = createHash("sha256");
-  if (size > 0) {
-    const stream = createReadStream(file, { start: 0, end: size - 1, highWaterMark: 4 << 20 });
-    for await (const piece of stream) {
-      signal?.throwIfAborted();
-      h.update(piece as Buffer);
-    }
-  }
-  return h.digest("hex");
 }

@@ -5,7 +5,8 @@ import { LifeboatError, writeFileAtomic } from "../base/index.js";
 import type { ReportCheck } from "./drill-report.js";
 import { prepareLaunchedCopy } from "./copy/index.js";
 import { type InspectReport, inspectDisks } from "./inspect/index.js";
-import { type LaunchManifest, type MaterializedDisk, hashPrefix } from "./materialize.js";
+import { hashPrefix } from "./hash-file.js";
+import { type LaunchManifest, type MaterializedDisk } from "./materialize.js";
 import type { ServerLaunchSpec } from "./launch-server.js";
 import {
   type TargetOutcome,

@@ -247,7 +247,10 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
         }),
       );
     }
-    if (!failed) await writeRun(msg, out, items);
+    if (!failed) {
+      await writeRun(msg, out, items);
+      if (msg.hashCopy) copyChunks(msg, out, items, new Uint8Array(msg.hashCopy));
+    }
   } catch (err) {
     fail(err, 0);
   } finally {
@@ -271,15 +274,21 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
       hint: e.hint,
       slot: failed.slot,
     });
-  } else if (msg.returnData) {
-    // A copy with zeros where the run has no chunk (the reused buffer holds older bytes there).
-    const data = new Uint8Array(msg.length);
-    for (const it of runItems(new Uint8Array(msg.entries))) {
-      const at = it.slot * msg.chunkSize;
-      data.set(out.subarray(at, Math.min(msg.length, at + msg.chunkSize)), at);
-    }
-    reply({ type: "restored", req: msg.req, data: data.buffer }, [data.buffer]);
   } else reply({ type: "restored", req: msg.req });
+}
+
+/** The run's stored chunks into `into` at their places, one copy per stretch of consecutive chunks. */
+function copyChunks(msg: RestoreRunRequest, out: Buffer, items: RunItem[], into: Uint8Array): void {
+  const cs = msg.chunkSize;
+  const slots = items.map((it) => it.slot).sort((a, b) => a - b);
+  for (let i = 0; i < slots.length;) {
+    let j = i + 1;
+    while (j < slots.length && slots[j] === slots[j - 1]! + 1) j++;
+    const from = slots[i]! * cs;
+    const to = Math.min(msg.length, (slots[j - 1]! + 1) * cs);
+    into.set(out.subarray(from, to), from);
+    i = j;
+  }
 }
 
 /** A write to the target failed: its error goes back as it is (ENOSPC, EIO…), not as damage. */

@@ -4,7 +4,7 @@ import { LifeboatError } from "../base/index.js";
 import { LEAF_ENTRY_LEN, walkBlockMap } from "./block-map.js";
 import { blockDeviceSize } from "./disk-source.js";
 import { Limiter } from "./limiter.js";
-import { OrderedHash } from "./ordered-hash.js";
+import { OrderedHash, SharedBuffers } from "./ordered-hash.js";
 import { stretchRange } from "./pack.js";
 import type { Pit, PitDisk } from "./pit.js";
 import type { Repository } from "./repository.js";
@@ -113,9 +113,13 @@ export async function exportDisk(
   let failure: Error | undefined;
   const cs = disk.chunkSize;
   const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
+  // With sha256, each run's chunks come back through one of these (taken in disk order, given back once
+  // hashed): as many runs again as are in flight may wait for the hash, so that a hash running behind
+  // (it is one thread) does not hold up the workers at once; no more (2 cores: 16 × 4 MiB per disk).
+  const hashBuffers = hash ? new SharedBuffers(2 * RUNS_PER_WORKER * pool.size + 4, perRun * cs) : undefined;
   let done = 0;
 
-  const restoreRun = async (first: number, records: Buffer, count: number) => {
+  const restoreRun = async (first: number, records: Buffer, count: number, copy?: SharedArrayBuffer) => {
     const length = Math.min(perRun * cs, disk.sizeBytes - first * cs);
     const entries = transferable(records.subarray(0, count * RUN_RECORD_LEN));
     const items = runItems(new Uint8Array(entries));
@@ -136,10 +140,10 @@ export async function exportDisk(
       chunkSize: cs,
       entries,
       fill: toDevice,
-      ...(hash ? { returnData: true } : {}),
+      ...(copy ? { hashCopy: copy } : {}),
     };
-    const data = await pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
-    if (hash) hash.put(first * cs, Buffer.from(data!));
+    await pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
+    if (hash) hashRun(hash, first * cs, length, cs, items, copy, () => hashBuffers!.give(copy!));
     result.chunks += items.length;
     result.dataBytes += items.reduce((n, it) => n + Math.min(cs, length - it.slot * cs), 0);
     done += length;
@@ -149,11 +153,13 @@ export async function exportDisk(
   const dispatch = async (first: number, records: Buffer, count: number) => {
     if (failure) throw failure;
     opts.signal?.throwIfAborted();
+    const copy = count > 0 ? await hashBuffers?.take() : undefined;
     await runs.waitForSlot();
     const task = runs
-      .run(() => restoreRun(first, records, count))
+      .run(() => restoreRun(first, records, count, copy))
       .catch((err: unknown) => {
         failure ??= chunkError(err, pit, disk, first, records, count);
+        hashBuffers?.fail(failure);
       })
       .finally(() => tasks.delete(task));
     tasks.add(task);
@@ -219,6 +225,40 @@ export async function exportDisk(
   } finally {
     if (!opts.pool) await pool.close();
   }
+}
+
+/**
+ * Hands a restored run to the hash in order: each stretch of consecutive
+ * chunks from the shared buffer the worker copied them to, the places
+ * between as zeros; `release` once the last stretch was hashed.
+ */
+function hashRun(
+  hash: OrderedHash,
+  position: number,
+  length: number,
+  cs: number,
+  items: { slot: number }[],
+  copy: SharedArrayBuffer | undefined,
+  release: () => void,
+): void {
+  const slots = items.map((it) => it.slot).sort((a, b) => a - b);
+  if (!copy || slots.length === 0) {
+    hash.zeros(position, length);
+    return;
+  }
+  let at = 0;
+  for (let i = 0; i < slots.length;) {
+    let j = i + 1;
+    while (j < slots.length && slots[j] === slots[j - 1]! + 1) j++;
+    const from = slots[i]! * cs;
+    const to = Math.min(length, (slots[j - 1]! + 1) * cs);
+    if (from > at) hash.zeros(position + at, from - at);
+    const last = j === slots.length;
+    hash.put(position + from, new Uint8Array(copy, from, to - from), last ? release : undefined);
+    at = to;
+    i = j;
+  }
+  if (at < length) hash.zeros(position + at, length - at);
 }
 
 /** Makes a rename in `dir` durable. */

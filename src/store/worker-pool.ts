@@ -43,8 +43,13 @@ export interface RestoreRunRequest {
    * otherwise only the chunks, so that zero chunks stay holes in a new file.
    */
   fill: boolean;
-  /** Send the run's bytes back (zero chunks as zeros), for a hash of the whole disk in order. */
-  returnData?: boolean;
+  /**
+   * For a hash of the whole disk in order: once the run is written, copy each
+   * stored chunk's bytes to its place in this buffer (at least `length`
+   * bytes, shared with the main thread and reused across runs). Places of
+   * zero chunks are left as they are: the main thread hashes zeros for them.
+   */
+  hashCopy?: SharedArrayBuffer;
 }
 
 /** Bytes of one record of RestoreRunRequest.entries. */
@@ -113,11 +118,7 @@ export type WorkerResponse =
       data: ArrayBuffer;
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
-  | {
-      type: "restored";
-      req: number;
-      /** The run's bytes, zeros included, when asked for. */ data?: ArrayBuffer;
-    }
+  | { type: "restored"; req: number }
   | {
       type: "failed";
       req: number;
@@ -281,18 +282,17 @@ export class WorkerPool {
    * worker with the fewest runs in hand. Rejects with the error of the
    * run's first bad chunk, its `slot` set.
    */
-  async restoreRun(msg: Omit<RestoreRunRequest, "type" | "req">): Promise<ArrayBuffer | undefined> {
+  async restoreRun(msg: Omit<RestoreRunRequest, "type" | "req">): Promise<void> {
     return this.runSlots.run(async () => {
       const req = this.nextReq++;
       let w = this.workers[0]!;
       for (const c of this.workers) if ((this.load.get(c) ?? 0) < (this.load.get(w) ?? 0)) w = c;
       this.load.set(w, (this.load.get(w) ?? 0) + 1);
       try {
-        const r = await this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
+        await this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
           msg.entries,
           ...(msg.stretches ?? []),
         ]);
-        return (r as { data?: ArrayBuffer }).data;
       } finally {
         this.load.set(w, this.load.get(w)! - 1);
       }
