@@ -2,6 +2,7 @@ import { sql } from "kysely";
 import { type Clock, LifeboatError, type Logger, silentLogger } from "../base/index.js";
 import { type Repository, readPit } from "../store/index.js";
 import { recordPit } from "./catalog.js";
+import { applyRetention } from "./retention.js";
 import { type Database, appendEventIn, lockForAppend } from "./db/index.js";
 import { OVERRIDE_SCHEMAS } from "./settings.js";
 
@@ -205,6 +206,7 @@ export async function recordReplicatorPits(
   );
   const repository = await repo();
   const handled: string[] = [];
+  const recorded = new Map<string, string>();
   for (const { serverId, pitId } of reports) {
     const name = servers.get(serverId);
     if (name === undefined) {
@@ -220,6 +222,7 @@ export async function recordReplicatorPits(
         );
       } else {
         await recordPit(database, repository.config.id, serverId, pit, clock);
+        recorded.set(serverId, name);
       }
       handled.push(pitId);
     } catch (err) {
@@ -231,6 +234,11 @@ export async function recordReplicatorPits(
       }
     }
   }
+  // As for the embedded replicator's PITs: the server's retention policy, once per server.
+  for (const [serverId, name] of recorded)
+    await applyRetention(database, repository, serverId, name).catch((err: unknown) =>
+      log.warn({ serverId, err: String(err) }, "cannot apply the retention policy after a replicator's PIT"),
+    );
   return handled;
 }
 

@@ -7,14 +7,7 @@ import type { Server as TlsServer } from "node:tls";
 import { type Clock, LifeboatError, type Logger, createLogger, systemClock } from "../base/index.js";
 import { assertPrivateFile, serverTlsOptions, verifyClientCertificate } from "../net/index.js";
 import { Replicator } from "../replicator/index.js";
-import {
-  type Repository,
-  forgetPits,
-  listPits,
-  openRepository,
-  parseRetention,
-  planRetention,
-} from "../store/index.js";
+import { type Repository, openRepository } from "../store/index.js";
 import { attachWire, wireConnectionHandler } from "../wire/index.js";
 import { isRevoked } from "./auth.js";
 import { buildApp } from "./app.js";
@@ -28,7 +21,7 @@ import { launchHandler } from "./launch-job.js";
 import { planHandler } from "./plans.js";
 import { balancePool } from "./replicator-pool.js";
 import { assignments, takeReplicaEpoch } from "./replicators.js";
-import { effectiveSettings } from "./settings.js";
+import { applyRetention } from "./retention.js";
 import { startRpoChecks } from "./rpo.js";
 import { VERIFY_JOB, startRepositoryChecks, verifyJobHandler } from "./repository-checks.js";
 import { WebhookDeliverer } from "./webhook-delivery.js";
@@ -229,39 +222,6 @@ export async function startServer(
  * its certificate names a registered, not decommissioned server and its
  * HELLO claims that same server; PITs carry the server's registered name.
  */
-/**
- * The server's retention policy, applied after each of its PITs: PITs it no
- * longer keeps are forgotten in the repository (their data goes at the next
- * `store gc`) and in the catalog. The policy thins out scheduled PITs; a PIT
- * taken on demand (its point id starts with "d") is kept until it is older
- * than the policy's longest horizon, so that an operator's PIT before a
- * risky change is not thinned out by the next scheduled one.
- */
-async function applyRetention(
-  database: Database,
-  repo: Repository,
-  serverId: string,
-  server: string,
-): Promise<void> {
-  const { settings } = await effectiveSettings(database, serverId, "replication");
-  const policy = parseRetention(String(settings.retention));
-  const pits = await listPits(repo, { server, damaged: [] });
-  const now = repo.clock.now();
-  const horizon = Math.max(...policy.tiers.map((t) => t.keepMs));
-  const onDemand = (p: (typeof pits)[number]) => (p.labels.point ?? "").startsWith("d");
-  const forget = [
-    ...planRetention(
-      pits.filter((p) => !onDemand(p)),
-      policy,
-      now,
-    ).forget.map((f) => f.id),
-    ...pits.filter((p) => onDemand(p) && now - p.timeMs > horizon).map((p) => p.id),
-  ];
-  if (!forget.length) return;
-  await forgetPits(repo, policy, { server, pits: forget });
-  await database.db.deleteFrom("pits").where("id", "in", forget).execute();
-}
-
 function embeddedReplicator(
   repo: Repository,
   database: Database,

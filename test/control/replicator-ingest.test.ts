@@ -8,7 +8,7 @@ import {
   recordReplicatorPits,
 } from "../../src/control/replicators.js";
 import { type Database } from "../../src/control/db/index.js";
-import { type Repository, writePit } from "../../src/store/index.js";
+import { type Repository, listPits, writePit } from "../../src/store/index.js";
 import { newRepository } from "../support/repo.js";
 import { forEachDatabase } from "../support/databases.js";
 import { T0 } from "./helpers.js";
@@ -139,5 +139,40 @@ forEachDatabase("separate replicators' ingest and PITs", (open) => {
     e = await events();
     assert.equal(e.length, 1);
     await repo.close();
+  });
+
+  void it("a separate replicator's PITs are thinned by the server's retention policy, as the embedded one's", async () => {
+    const database = await open();
+    const clock = new ManualClock(T0);
+    await addServer(database, "srv_a", "db-01");
+    const repo: Repository = await newRepository();
+    try {
+      // Three scheduled PITs seconds apart: one ten-minute bucket of the policy keeps only one of them.
+      const now = repo.clock.now();
+      const made = [];
+      for (let i = 0; i < 3; i++)
+        made.push(
+          await writePit(repo, {
+            server: "db-01",
+            timeMs: now - 3000 + i * 1000,
+            consistency: "crash",
+            disks: [],
+            labels: { point: `s${i}` },
+          }),
+        );
+      await recordReplicatorPits(
+        database,
+        clock,
+        () => Promise.resolve(repo),
+        made.map((p) => ({ serverId: "srv_a", pitId: p.id })),
+      );
+      const left = (await listPits(repo, { server: "db-01" })).map((p) => p.id).sort();
+      assert.ok(left.length < 3, `retention forgot some: ${left.length} left`);
+      assert.ok(left.includes(made[2]!.id), "the latest is kept");
+      const catalog = (await database.db.selectFrom("pits").select("id").execute()).map((r) => r.id).sort();
+      assert.deepEqual(catalog, left, "the catalog follows the repository");
+    } finally {
+      await repo.close();
+    }
   });
 });
