@@ -174,12 +174,13 @@ export async function walkBlockMap(
   repo: Repository,
   ref: BlockMapRef,
   visit: (index: number, entry: Buffer) => void | Promise<void>,
-  onPage?: (id: Buffer, level: number) => void | Promise<void>,
+  /** Called before a page is read; `false` skips the page and everything under it. */
+  onPage?: (id: Buffer, level: number) => void | boolean | Promise<void | boolean>,
 ): Promise<void> {
   if (ref.root === null) return;
   const fanout = repo.config.pageFanout;
   const rec = async (id: Buffer, level: number, start: number): Promise<void> => {
-    if (onPage) await onPage(id, level);
+    if (onPage && (await onPage(id, level)) === false) return;
     const { entries } = decodePage(await repo.getPage(id), fanout);
     const span = fanout ** level;
     for (let i = 0; i < entries.length; i++) {

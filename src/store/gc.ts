@@ -120,7 +120,13 @@ async function mark(repo: Repository, staleLockMs?: number): Promise<Marked & { 
           repo,
           disk,
           (_i, e) => void reachable.add(packName(entryLocation(e).pack)),
-          (id) => void reachable.add(repo.pageName(id)),
+          (id) => {
+            // A page reached before: everything under it is reachable already.
+            const name = repo.pageName(id);
+            if (reachable.has(name)) return false;
+            reachable.add(name);
+            return true;
+          },
         );
       } catch (err) {
         throw new LifeboatError(

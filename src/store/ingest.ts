@@ -24,7 +24,13 @@ export async function loadKnownIds(repo: Repository, maps: (Pit | BlockMapRef[])
         repo,
         d,
         (_i, e) => void known.chunks.set(entryId(e).toString("latin1"), Buffer.from(e)),
-        (id) => void known.pages.add(id.toString("latin1")),
+        (id) => {
+          // A page seen before (PITs share most of their pages): its whole subtree is known already.
+          const key = id.toString("latin1");
+          if (known.pages.has(key)) return false;
+          known.pages.add(key);
+          return true;
+        },
       );
     }
   }

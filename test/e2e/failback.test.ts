@@ -10,7 +10,7 @@ import { AgentService } from "../../src/agent/service.js";
 import { createLogger, isLifeboatError } from "../../src/base/index.js";
 import { importDisks, readHead } from "../../src/store/index.js";
 import { AgentSession, connectWire } from "../../src/wire/index.js";
-import { missingCapabilities } from "../support/capabilities.js";
+import { skipUnless } from "../support/capabilities.js";
 import { type FaultProxy, startFaultProxy } from "../support/fault-proxy.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
 import { type LoopDisk, createLoopDisk, unmountForTest } from "../support/loop-disk.js";
@@ -67,7 +67,7 @@ async function readDevice(device: string, bytes: number): Promise<Buffer> {
  */
 void describe(
   "failback",
-  { skip: missingCapabilities("root", "loop", "tracefs", "fsfreeze") ?? false, timeout: 600_000 },
+  { ...skipUnless("root", "loop", "tracefs", "fsfreeze"), timeout: 600_000 },
   () => {
     let tmp = "";
     let site: Site;

@@ -6,6 +6,7 @@ import {
   BlockMapBuilder,
   ZERO_ENTRY,
   leafEntry,
+  loadKnownIds,
   updateBlockMap,
   walkBlockMap,
 } from "../../src/store/index.js";
@@ -91,6 +92,37 @@ void describe("block map", () => {
     // 1024 entries in pages of 256: 4 leaves and a root; 10 changes touch every leaf at most once.
     assert.ok(backend.puts.length <= 5, `wrote ${backend.puts.length} pages`);
     assert.ok(backend.puts.every((n) => n.startsWith("pages/")));
+  });
+
+  void it("the known set of two maps that share pages reads each shared page once, and misses nothing", async () => {
+    const repo = await newRepository({ backend: new MemoryBackend(), chunkSize: 1 << 20 });
+    const model = Array.from({ length: 1024 }, (_, i) => (i % 3 === 0 ? 0 : i + 1));
+    const base = await build(repo, model);
+    const changes = new Map<number, Buffer>();
+    for (let k = 0; k < 10; k++) changes.set(k * 20 + 7, id(5000 + k)); // all in the first leaf
+    const next = await updateBlockMap(repo, base, changes);
+    const getPage = repo.getPage.bind(repo);
+    let reads = 0;
+    repo.getPage = (pageId) => {
+      reads++;
+      return getPage(pageId);
+    };
+    const known = await loadKnownIds(repo, [[base], [next]]);
+    const knownReads = reads;
+    // The union of both maps' chunks and pages, as a full walk of each finds them.
+    const chunks = new Set<string>();
+    const pages = new Set<string>();
+    for (const ref of [base, next])
+      await walkBlockMap(
+        repo,
+        ref,
+        (_i, e) => void chunks.add(e.subarray(0, 32).toString("latin1")),
+        (p) => void pages.add(p.toString("latin1")),
+      );
+    assert.deepEqual(new Set(known.chunks.keys()), chunks);
+    assert.deepEqual(known.pages, pages);
+    // base: a root and 4 leaves; next shares the 3 leaves it did not change: its root and one leaf more.
+    assert.equal(knownReads, 7, `${knownReads} page reads for two maps of 5 pages each`);
   });
 
   void it("all-zero disks and all-zero subtrees store no pages", async () => {
