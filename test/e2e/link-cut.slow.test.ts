@@ -24,7 +24,8 @@ import { assertPitIsSnapshot, sleep, snapshotDevice, until } from "../support/pi
 
 const settings = {
   pitIntervalSeconds: 0,
-  freezeCapMs: 5000,
+  // The test reads the whole device while frozen (its reference image): room for a loaded machine.
+  freezeCapMs: 15_000,
   lagThresholdSeconds: 5,
   stallSeconds: 20,
   bandwidthMbps: 0,
