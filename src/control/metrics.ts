@@ -372,6 +372,7 @@ async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<v
       "i.received_bytes",
       "i.stored_bytes",
       "i.sessions",
+      "i.servers_json",
     ])
     .where("r.decommissioned_at", "is", null)
     .execute();
@@ -395,9 +396,23 @@ async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<v
     "Replication streams the replicator holds now (0 for a replicator that is not up)",
     labels,
   );
+  const perServer = new Counter({
+    name: "lifeboat_server_replicated_bytes_total",
+    help: "Bytes of block data a replicator applied for the server since the replicator started",
+    labelNames: ["server", "server_id", "replicator"] as const,
+    registers: [registry],
+  });
+  const ids = new Map(
+    (await opts.database.db.selectFrom("servers").select(["id", "name"]).execute()).map((r) => [
+      r.name,
+      r.id,
+    ]),
+  );
   const now = opts.clock.now();
   for (const r of rows) {
     const l = { replicator: r.name, replicator_id: r.id };
+    for (const [server, bytes] of Object.entries(JSON.parse(r.servers_json) as Record<string, number>))
+      perServer.inc({ server, server_id: ids.get(server) ?? "", replicator: r.name }, bytes);
     const seen = r.last_seen_at === null ? null : Number(r.last_seen_at);
     const up =
       seen !== null && r.state !== "DISCONNECTED" && now - seen <= opts.heartbeatTimeoutSeconds * 1000;
@@ -406,19 +421,7 @@ async function ingestMetrics(registry: Registry, opts: ScrapeOptions): Promise<v
     streams.set(l, up ? Number(r.sessions) : 0);
   }
   if (source === undefined) return;
-  const perServer = new Counter({
-    name: "lifeboat_server_replicated_bytes_total",
-    help: "Bytes of block data this instance's embedded replicator applied for the server since the instance started",
-    labelNames: ["server", "server_id", "replicator"] as const,
-    registers: [registry],
-  });
   const counts = source.ingested();
-  const ids = new Map(
-    (await opts.database.db.selectFrom("servers").select(["id", "name"]).execute()).map((r) => [
-      r.name,
-      r.id,
-    ]),
-  );
   let total = 0;
   for (const [server, bytes] of counts) {
     perServer.inc({ server, server_id: ids.get(server) ?? "", replicator: EMBEDDED_REPLICATOR }, bytes);

@@ -134,6 +134,8 @@ export interface ReplicatorIngest {
   storedBytes: number;
   /** Replication streams it holds now. */
   sessions: number;
+  /** receivedBytes by server name. */
+  servers?: Record<string, number>;
 }
 
 /** A replicator's heartbeat; false when it is unknown or decommissioned. */
@@ -162,6 +164,7 @@ export async function recordReplicatorHeartbeat(
       received_bytes: i.receivedBytes,
       stored_bytes: i.storedBytes,
       sessions: i.sessions,
+      servers_json: JSON.stringify(i.servers ?? {}),
       reported_at: clock.now(),
     };
     await database.db

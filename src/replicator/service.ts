@@ -97,12 +97,22 @@ export class Replicator {
    * deduplication and compression left of them); `sessions` the streams it
    * holds now.
    */
-  ingestCounters(): { receivedBytes: number; storedBytes: number; sessions: number } {
+  ingestCounters(): {
+    receivedBytes: number;
+    storedBytes: number;
+    sessions: number;
+    servers: Record<string, number>;
+  } {
     let receivedBytes = 0;
     for (const n of this.applied.values()) receivedBytes += n;
     let storedBytes = this.storedByEnded;
     for (const r of this.unclosed) storedBytes += r.applier.stats.storedBytes;
-    return { receivedBytes, storedBytes, sessions: this.replicas.size };
+    return {
+      receivedBytes,
+      storedBytes,
+      sessions: this.replicas.size,
+      servers: Object.fromEntries(this.applied),
+    };
   }
 
   /** The servers (by name) whose streams this replicator holds now. */

@@ -49,6 +49,15 @@ forEachDatabase("separate replicators' ingest and PITs", (open) => {
     assert.equal(await beat("rep_b", 5, 0, 1), true);
     clock.advance(5000);
     assert.equal(await beat("rep_a", 3_000_000, 900_000, 2), true, "a later heartbeat replaces the numbers");
+    // Per server: bytes by server name, exported with the server's id and the replicator that applied them.
+    await addServer(database, "srv_a", "db-01");
+    assert.equal(
+      await recordReplicatorHeartbeat(database, clock, "rep_b", {
+        state: "ACTIVE",
+        ingest: { startedAt, receivedBytes: 5, storedBytes: 0, sessions: 1, servers: { "db-01": 5 } },
+      }),
+      true,
+    );
     text = await scrape(database, clock);
     assert.match(text, /^# TYPE lifeboat_replicator_ingest_bytes_total counter$/m);
     assert.match(text, /^# TYPE lifeboat_replicator_stored_bytes_total counter$/m);
@@ -57,6 +66,14 @@ forEachDatabase("separate replicators' ingest and PITs", (open) => {
     assert.equal(sample(text, "lifeboat_replicator_stored_bytes_total", a), 900_000);
     assert.equal(sample(text, "lifeboat_replicator_sessions", a), 2);
     assert.equal(sample(text, "lifeboat_replicator_ingest_bytes_total", b), 5);
+    assert.equal(
+      sample(
+        text,
+        "lifeboat_server_replicated_bytes_total",
+        'server="db-01",server_id="srv_a",replicator="rep-b"',
+      ),
+      5,
+    );
     const row = await database.db
       .selectFrom("replicator_ingest")
       .selectAll()

@@ -460,5 +460,7 @@ export interface ReplicatorIngestTable {
   received_bytes: number;
   stored_bytes: number;
   sessions: number;
+  /** {server name: bytes of block data applied for it since started_at}. */
+  servers_json: string;
   reported_at: number;
 }

@@ -170,6 +170,12 @@ export function replicatorRoutes(app: FastifyInstance, ctx: AppContext): void {
                 receivedBytes: { type: "integer", minimum: 0 },
                 storedBytes: { type: "integer", minimum: 0 },
                 sessions: { type: "integer", minimum: 0 },
+                servers: {
+                  type: "object",
+                  description: "bytes applied by server name since startedAt",
+                  maxProperties: 10000,
+                  additionalProperties: { type: "integer", minimum: 0 },
+                },
               },
             },
             pits: {

@@ -16,6 +16,8 @@ export const replicatorIngest: Migration = {
       .addColumn("received_bytes", "bigint", (c) => c.notNull())
       .addColumn("stored_bytes", "bigint", (c) => c.notNull())
       .addColumn("sessions", "integer", (c) => c.notNull())
+      // {server name: bytes applied since started_at}
+      .addColumn("servers_json", "text", (c) => c.notNull().defaultTo("{}"))
       .addColumn("reported_at", "bigint", (c) => c.notNull())
       .execute();
   },
