@@ -1,3 +1,4 @@
+import { createInterface } from "node:readline/promises";
 import { Command } from "commander";
 import { LifeboatError } from "../base/index.js";
 import { type ApiOpts, apiOptions, withApi } from "./api-client.js";
@@ -39,6 +40,33 @@ export function readinessLines(r: Readiness | null | undefined): string[] {
     `readiness: ${r.verdict} (checked ${r.checkedAt} by the agent)`,
     ...r.problems.flatMap((p) => [`  ${p.severity} ${p.code}: ${p.message}`, `    remedy: ${p.remedy}`]),
   ];
+}
+
+/**
+ * Purging cannot be undone: without --yes, a terminal asks to type the
+ * server's id or name as given; without a terminal it is a usage error.
+ */
+async function confirmByName(key: string): Promise<void> {
+  if (!process.stdin.isTTY)
+    throw new LifeboatError(
+      "CONFIRMATION_REQUIRED",
+      `this would forget every PIT of server ${key}, its replica head and its catalog rows; it cannot be undone`,
+      { hint: "add --yes to do it without a terminal", exitCode: 2 },
+    );
+  process.stderr.write(
+    `this forgets every PIT of server ${key}, its replica head and its catalog rows; it cannot be undone\n`,
+  );
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    const answer = (await rl.question(`type the server's name (${key}) to confirm: `)).trim();
+    if (answer !== key)
+      throw new LifeboatError("CONFIRMATION_REQUIRED", `the answer was not ${key}: nothing purged`, {
+        hint: "type the name exactly as given, or add --yes",
+        exitCode: 2,
+      });
+  } finally {
+    rl.close();
+  }
 }
 
 /** `lifeboat servers list|show`: protected servers, over the API (any role). */
@@ -100,6 +128,32 @@ export function serversCommand(): Command {
       await decommissionCommand(ctx.json, o, "servers", cmd.args[0]!, (path) =>
         withApi(ctx, o, (api) => api.call(path, { method: "POST", body: {} })),
       );
+    }),
+  );
+  apiOptions(
+    servers
+      .command("purge")
+      .description(
+        "forget every PIT, the replica head and the catalog rows of a decommissioned server (admin); space is freed at the next `store gc`",
+      )
+      .argument("<server>", "id or name")
+      .option("--yes", "do not ask (without it, a terminal asks to type the server's name)"),
+  ).action(
+    action<ApiOpts & { yes?: boolean }>(async (ctx, o, cmd) => {
+      const key = cmd.args[0]!;
+      if (!o.yes) await confirmByName(key);
+      const r = await withApi(ctx, o, (api) =>
+        api.call<{ id: string; name: string; pitsForgotten: number; catalogRows: number }>(
+          `/api/v1/servers/${encodeURIComponent(key)}/purge`,
+          { method: "POST", body: {} },
+        ),
+      );
+      if (ctx.json) printJson(r);
+      else
+        printLines([
+          `purged server ${r.id} (${r.name}): ${r.pitsForgotten} PIT(s) forgotten, replica head removed, ${r.catalogRows} catalog row(s) deleted`,
+          "the space is freed at the next `lifeboat store gc`",
+        ]);
     }),
   );
   apiOptions(

@@ -22,6 +22,7 @@ import type { Database, EventRow } from "./db/index.js";
  * - failback.started        {failbackId, source}
  * - failback.ready          {failbackId, pitId}: the original server's disks equal the cut-over PIT
  * - repository.damaged      {damagedObjects, byKind, affectedPits, servers, readData, jobId, objects}
+ * - server.purged           {name, pitsForgotten}: an admin purged a decommissioned server (purge.ts)
  */
 export const EVENT_TYPES = [
   "server.state",
@@ -38,6 +39,7 @@ export const EVENT_TYPES = [
   "failback.started",
   "failback.ready",
   "repository.damaged",
+  "server.purged",
 ] as const;
 
 export interface EventView {

@@ -10,6 +10,7 @@ import { bootProfiles, readinessOf } from "../readiness.js";
 import { assignments, decommission } from "../replicators.js";
 import { effectiveSettings } from "../settings.js";
 import { decommissionRoute } from "./decommission.js";
+import { purgeRoute } from "./purge.js";
 
 const serverProperties = {
   id: { type: "string" },
@@ -162,6 +163,7 @@ export function serverRoutes(app: FastifyInstance, ctx: AppContext): void {
     summary: "decommission a server: revoke its certificates, stop accepting its agent",
     notFound,
   });
+  purgeRoute(app, ctx, admin, notFound);
 
   app.get(
     "/api/v1/agent/settings",
