@@ -543,7 +543,8 @@ export class Replication {
         b.available -= bytes;
         return;
       }
-      await this.clock.sleep(Math.ceil(((bytes - b.available) / b.bytesPerSecond) * 1000));
+      // In short steps: a cap raised or removed meanwhile (setBandwidth) applies at once.
+      await this.clock.sleep(Math.min(250, Math.ceil(((bytes - b.available) / b.bytesPerSecond) * 1000)));
     }
   }
 
