@@ -84,6 +84,7 @@ const ROUTES: Record<string, readonly Kind[]> = {
   "GET /api/v1/servers/{id}": [...READ, "agent", "replicator"],
   "PATCH /api/v1/servers/{id}": OPERATE,
   "POST /api/v1/servers/{id}/decommission": ADMIN,
+  "POST /api/v1/servers/{id}/purge": ADMIN,
   "GET /api/v1/servers/{id}/lag": READ,
   "POST /api/v1/servers/{id}/pits": OPERATE,
   "POST /api/v1/groups/{group}/pits": OPERATE,
