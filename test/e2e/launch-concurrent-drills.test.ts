@@ -5,7 +5,7 @@
  * shipping, never rescans).
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -14,7 +14,7 @@ import { AgentService } from "../../src/agent/service.js";
 import { createLogger } from "../../src/base/index.js";
 import { requireCapability } from "../support/capabilities.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
-import { loopDiskForTest } from "../support/loop-disk.js";
+import { createLoopDisk } from "../support/loop-disk.js";
 import { sleep, until } from "../support/pit-check.js";
 import { type JobView, installTestAgent, takePit, waitForJob } from "../support/site-actions.js";
 
@@ -41,7 +41,15 @@ void describe("concurrent drills of a replicating server", () => {
     { timeout: 180_000 },
     async (t) => {
       if (!requireCapability(t, "root", "loop", "tracefs", "fsfreeze")) return;
-      const disk = await loopDiskForTest(t, { sizeMiB: 48 });
+      // Cleaned up last, once the workload and the agent stopped (t.after hooks run in order).
+      const disk = await createLoopDisk({ sizeMiB: 48 });
+      let stopAgent = async () => {};
+      let stopWorkload = async () => {};
+      t.after(async () => {
+        await stopWorkload();
+        await stopAgent();
+        await disk.cleanup();
+      });
       const mp = disk.mountPoint!;
       spawnSync("sh", ["-c", `head -c 8M /dev/urandom > ${mp}/base && sync`]);
       const agent = await installTestAgent(site, { dir: tmp, name: "busy-01", device: disk.device });
@@ -49,18 +57,10 @@ void describe("concurrent drills of a replicating server", () => {
         configDir: agent.configDir,
         logger: createLogger(process.env.LIFEBOAT_TEST_LOG ?? "silent", "busy-01"),
       });
-      let workload: ChildProcess | undefined;
-      t.after(async () => {
-        if (workload) {
-          const stopped = new Promise((r) => workload!.once("exit", r));
-          workload.kill("SIGKILL");
-          await stopped;
-        }
-        await svc.stop();
-      });
+      stopAgent = () => svc.stop();
       const rep = svc.replication;
       await until("the agent in CONTINUOUS", () => rep.status()?.state === "CONTINUOUS", 120_000);
-      workload = spawn(
+      const workload = spawn(
         "sh",
         [
           "-c",
@@ -72,6 +72,11 @@ void describe("concurrent drills of a replicating server", () => {
         ],
         { stdio: "ignore" },
       );
+      const stopped = new Promise((r) => workload.once("exit", r));
+      stopWorkload = async () => {
+        workload.kill("SIGKILL");
+        await stopped;
+      };
       const pitId = await takePit(site, agent.serverName);
       await until(
         "the agent back in CONTINUOUS after the PIT",
