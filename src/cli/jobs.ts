@@ -67,14 +67,18 @@ export function jobsCommand(): Command {
   ).action(
     action<ApiOpts & { follow?: boolean }>(async (ctx, o, cmd) => {
       const id = cmd.args[0]!;
-      await withApi(ctx, o, async (api) => {
+      return withApi(ctx, o, async (api) => {
         if (o.follow) {
-          await followJob(api, id, (l) => (ctx.json ? printJson(l) : printLines([formatJobLine(l)])));
-          return;
+          const state = await followJob(api, id, (l) =>
+            ctx.json ? printJson(l) : printLines([formatJobLine(l)]),
+          );
+          // Like `lifeboat launch`: the job's outcome is the exit code.
+          return state === "succeeded" ? 0 : 1;
         }
         const r = await api.call<{ log: JobLogLine[] }>(`/api/v1/jobs/${encodeURIComponent(id)}`);
         if (ctx.json) printJson({ log: r.log });
         else printLines(r.log.map(formatJobLine));
+        return undefined;
       });
     }),
   );

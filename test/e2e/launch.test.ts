@@ -19,7 +19,10 @@ import {
   importDisks,
   walkBlockMap,
 } from "../../src/store/index.js";
-import { runLifeboat } from "../support/cli.js";
+import { systemClock } from "../../src/base/index.js";
+import { logJobStep } from "../../src/control/jobs.js";
+import { lifeboatService, runLifeboat } from "../support/cli.js";
+import { until } from "../support/pit-check.js";
 import { type AgentIdentity, type Site, startSite } from "../support/lifeboat-site.js";
 import {
   BASE_TOOLS,
@@ -154,6 +157,15 @@ void describe(
         "store export of disk 0 is the source",
       );
       await run("e2fsck", ["-fn", outputs.images[1]!]);
+      // The prepared boot disk's root filesystem (partition 1, 1 MiB in) is clean too.
+      const loop = (
+        await run("losetup", ["--find", "--show", "--offset", String(1 << 20), outputs.images[0]!])
+      ).stdout.trim();
+      try {
+        await run("e2fsck", ["-fn", loop]);
+      } finally {
+        await run("losetup", ["-d", loop]);
+      }
       const manifest = JSON.parse(await fs.readFile(outputs.manifest, "utf8")) as {
         pit: { id: string };
         disks: { file: string; sha256: string; sizeBytes: number; launchedSha256?: string }[];
@@ -270,6 +282,50 @@ void describe(
       assert.equal(logs.code, 0, logs.stderr);
       assert.match(logs.stdout, /materialize/);
       assert.match(logs.stdout, /succeeded/);
+    });
+
+    void it("jobs logs --follow prints lines as they come and exits with the job's outcome", async () => {
+      const keyFile = path.join(work, "admin.key");
+      await fs.writeFile(keyFile, site.adminKey, { mode: 0o600 });
+      // A PIT request waits for the server's agent, which does not run here: the job stays open.
+      const asked = await site.api<{ jobId: string }>(`/api/v1/servers/${serverId}/pits`, {
+        method: "POST",
+        body: { consistency: "crash" },
+      });
+      const follower = lifeboatService([
+        "jobs",
+        "logs",
+        asked.jobId,
+        "--follow",
+        "--endpoint",
+        site.url,
+        "--ca-file",
+        path.join(site.dataDir, "ca.pem"),
+        "--api-key-file",
+        keyFile,
+      ]);
+      let exited = false;
+      void follower.exited.then(() => (exited = true));
+      try {
+        for (const step of ["first step of the follow test", "second step of the follow test"]) {
+          await logJobStep(database, systemClock, asked.jobId, { message: step });
+          await until(
+            `the follower printed "${step}"`,
+            () => follower.log().includes(step),
+            20_000,
+            () => follower.log(),
+          );
+          assert.equal(exited, false, "still following a running job");
+        }
+        await logJobStep(database, systemClock, asked.jobId, {
+          message: "the follow test gives up",
+          state: "failed",
+        });
+        assert.equal(await follower.exited, 1, "a failed job: exit 1");
+        assert.match(follower.log(), /first step[^]*second step[^]*gives up/);
+      } finally {
+        follower.child.kill();
+      }
     });
 
     void it("a corrupted chunk fails the job naming the disk and byte range; no manifest; a rerun resumes", async () => {

@@ -3,13 +3,17 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { ManualClock, systemClock } from "../../src/base/index.js";
 import { recordPit } from "../../src/control/catalog.js";
+import { completeCommand } from "../../src/control/commands.js";
+import { reportFrozen } from "../../src/control/group-pits.js";
 import { loadConfig } from "../../src/control/config.js";
 import { type Database, openDatabase } from "../../src/control/db/index.js";
-import { type Repository, importDisks } from "../../src/store/index.js";
+import { type Repository, importDisks, openRepository } from "../../src/store/index.js";
 import { runLifeboat } from "../support/cli.js";
 import { writeMixedImage } from "../support/images.js";
 import { type Site, startSite } from "../support/lifeboat-site.js";
+import { waitForJob } from "../support/site-actions.js";
 
 interface JobView {
   id: string;
@@ -28,6 +32,7 @@ void describe("recovery plans", () => {
   let database: Database;
   let repo: Repository;
   let cli: (args: string[]) => ReturnType<typeof runLifeboat>;
+  const serverIds: Record<string, string> = {};
 
   before(async () => {
     work = await fs.mkdtemp(path.join(os.tmpdir(), "lifeboat-plans-"));
@@ -37,6 +42,7 @@ void describe("recovery plans", () => {
     database = await openDatabase(config.databaseUrl);
     for (const [i, name] of ["db-01", "app-01", "app-02"].entries()) {
       const who = await site.register(name);
+      serverIds[name] = who.serverId;
       const image = path.join(work, `${name}.img`);
       await writeMixedImage(image, 4 << 20, 100 + i, 1 << 20);
       const { pit } = await importDisks(repo, { server: who.serverName, disks: [image] });
@@ -148,5 +154,98 @@ void describe("recovery plans", () => {
     );
     assert.equal(await refuse({ name: "y", waves: [{ name: "a", servers: ["nope"] }] }), "SERVER_NOT_FOUND");
     assert.equal(await refuse({ name: "erp", waves: [{ name: "a", servers: ["db-01"] }] }), "PLAN_EXISTS");
+  });
+
+  void it("a plan of one consistency group launches the group PIT's members, not each server's latest", async () => {
+    const names = ["db-01", "app-01", "app-02"];
+    for (const name of names)
+      await site.api(`/api/v1/servers/${serverIds[name]}`, { method: "PATCH", body: { group: "erp-group" } });
+    // A group PIT as the agents make it: each member freezes at the barrier (released with one
+    // takenAt), writes its PIT at that time and reports it. The agents' side is played here.
+    const asked = await site.api<{
+      groupPitId: string;
+      jobId: string;
+      commands: { serverId: string; commandId: string }[];
+    }>("/api/v1/groups/erp-group/pits", { method: "POST", body: {} });
+    let takenAt = 0;
+    for (const c of asked.commands) {
+      const r = await reportFrozen(database, systemClock, c.serverId, c.commandId);
+      if ("proceed" in r.state && r.state.proceed) takenAt = r.state.takenAt;
+    }
+    assert.ok(takenAt > 0, "the barrier released once every member froze");
+    const atBarrier = await openRepository(path.join(site.dataDir, "repo"), {
+      keyFile: path.join(site.dataDir, "keys", "repo.key"),
+      clock: new ManualClock(takenAt),
+    });
+    const members: Record<string, string> = {};
+    try {
+      for (const [i, name] of names.entries()) {
+        const image = path.join(work, `${name}-group.img`);
+        await writeMixedImage(image, 4 << 20, 200 + i, 1 << 20);
+        const { pit } = await importDisks(atBarrier, { server: name, disks: [image] });
+        await recordPit(database, repo.config.id, serverIds[name]!, pit);
+        members[serverIds[name]!] = pit.id;
+      }
+    } finally {
+      await atBarrier.close();
+    }
+    for (const c of asked.commands)
+      await completeCommand(database, systemClock, c.serverId, c.commandId, {
+        ok: true,
+        result: { pitId: members[c.serverId], takenAt },
+      });
+    assert.equal((await waitForJob(site, asked.jobId)).state, "succeeded", "the group PIT is done");
+    // Then each server takes a PIT of its own, later than the group's.
+    await new Promise((r) => setTimeout(r, 5));
+    const latest: Record<string, string> = {};
+    for (const [i, name] of names.entries()) {
+      const image = path.join(work, `${name}-later.img`);
+      await writeMixedImage(image, 4 << 20, 300 + i, 1 << 20);
+      const { pit } = await importDisks(repo, { server: name, disks: [image] });
+      assert.ok(pit.timeMs > takenAt);
+      await recordPit(database, repo.config.id, serverIds[name]!, pit);
+      latest[serverIds[name]!] = pit.id;
+    }
+
+    const { plan } = await site.api<{ plan: { id: string } }>("/api/v1/plans", {
+      method: "POST",
+      body: {
+        name: "erp-group",
+        waves: [
+          { name: "db", servers: ["db-01"] },
+          { name: "app", servers: ["app-01", "app-02"] },
+        ],
+      },
+    });
+    const started = await site.api<{ job: JobView }>(`/api/v1/plans/${plan.id}/run`, {
+      method: "POST",
+      body: {},
+    });
+    const job = await waitForJob(site, started.job.id);
+    assert.equal(job.state, "succeeded", JSON.stringify(job.result));
+    const result = job.result as { groupPitId: string | null; pits: Record<string, string> };
+    assert.equal(result.groupPitId, asked.groupPitId);
+    assert.deepEqual(result.pits, members);
+    const waves = await children(job.id);
+    assert.equal(waves.length, 2);
+    const launched: Record<string, string> = {};
+    for (const w of waves) {
+      assert.equal(w.state, "succeeded");
+      const { job: full } = await site.api<{ job: { params: { pits: Record<string, string> } } }>(
+        `/api/v1/jobs/${w.id}`,
+      );
+      Object.assign(launched, full.params.pits);
+    }
+    assert.deepEqual(launched, members, "every wave launched the group PIT's member");
+    for (const id of Object.values(serverIds))
+      assert.notEqual(launched[id], latest[id], "not the latest PIT");
+    const times = new Set<number>();
+    for (const name of names) {
+      const { pits } = await site.api<{ pits: { id: string; time: string }[] }>(
+        `/api/v1/pits?server=${serverIds[name]}`,
+      );
+      times.add(Date.parse(pits.find((p) => p.id === members[serverIds[name]!])!.time));
+    }
+    assert.deepEqual([...times], [takenAt], "the members share the group's takenAt");
   });
 });
