@@ -179,6 +179,10 @@ export class AgentService {
       const s = await control.settings();
       if (s.dataAddress) Object.assign(data, parseAddress(s.dataAddress));
       mode = s.mode;
+      // The site's bandwidth cap holds from the first block, not from the first settings poll.
+      const mbps = s.replication.bandwidthMbps ?? 0;
+      config.settings = { ...config.settings, bandwidthMbps: mbps };
+      replication.setBandwidth(mbps);
     } catch (err) {
       log.warn(
         { err: String(err) },
