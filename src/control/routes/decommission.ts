@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import type { requireOperator } from "../auth.js";
+import { idParams } from "./schemas.js";
 import { type AppContext, auditRequest } from "../context.js";
 import { errorSchema, type HttpError } from "../http-error.js";
 import { decommission } from "../replicators.js";
@@ -26,12 +27,7 @@ export function decommissionRoute(
       config: { action: `${kind}.decommission` },
       schema: {
         summary: opts.summary,
-        params: {
-          type: "object",
-          required: ["id"],
-          additionalProperties: false,
-          properties: { id: { type: "string", maxLength: 253 } },
-        },
+        params: idParams,
         body: { type: "object", additionalProperties: false, properties: {} },
         response: {
           200: {

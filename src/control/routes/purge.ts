@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import type { requireOperator } from "../auth.js";
+import { idParams } from "./schemas.js";
 import { type AppContext, auditRequest } from "../context.js";
 import { errorSchema, type HttpError, httpError } from "../http-error.js";
 import { purgeServer } from "../purge.js";
@@ -23,12 +24,7 @@ export function purgeRoute(
       schema: {
         summary:
           "purge a decommissioned server: forget its PITs, head and catalog rows (space freed at the next store gc)",
-        params: {
-          type: "object",
-          required: ["id"],
-          additionalProperties: false,
-          properties: { id: { type: "string", maxLength: 253 } },
-        },
+        params: idParams,
         body: { type: "object", additionalProperties: false, properties: {} },
         response: {
           200: {
