@@ -1,13 +1,14 @@
 import { type RawBuilder, sql } from "kysely";
 import type { Clock } from "../base/index.js";
-import { type Database, type Dialect, appendEventIn, lockForAppend } from "./db/index.js";
+import { type Database, type Dialect, appendEventIn, lockForAppend, softWrite } from "./db/index.js";
 import { recordLagSample } from "./lag-history.js";
 
 /**
  * Heartbeats and the DISCONNECTED sweep.
  *
- * A heartbeat that repeats the server's state is one UPDATE, and is not
- * audited: at a few hundred heartbeats a second the audit chain would hold
+ * A heartbeat that repeats the server's state is one UPDATE (and, once a
+ * minute, a lag sample), committed without waiting for the disk
+ * (db/soft-write.ts: the next heartbeat repeats it), and is not audited: at a few hundred heartbeats a second the audit chain would hold
  * little else. A heartbeat that changes the state takes the events lock,
  * updates the row and appends a `server.state` event in one transaction; the
  * route audits it. Refused heartbeats are audited by the app.
@@ -52,18 +53,21 @@ export async function recordHeartbeat(
       ? { inventory_json: inventoryValue(database.dialect, report.inventory) }
       : {}),
   };
-  const same = await database.db
-    .updateTable("servers")
-    .set(values)
-    .where("id", "=", serverId)
-    .where("state", "=", report.state)
-    .where("decommissioned_at", "is", null)
-    .executeTakeFirst();
-  if (Number(same.numUpdatedRows) > 0) {
+  // Repeating the state: nothing here needs to survive a database crash (soft-write.ts).
+  const same = await softWrite(database, async (db) => {
+    const r = await db
+      .updateTable("servers")
+      .set(values)
+      .where("id", "=", serverId)
+      .where("state", "=", report.state)
+      .where("decommissioned_at", "is", null)
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) return false;
     // The console's lag chart (lag-history.ts): a sample a minute at most; a change of state waits for the next.
-    await recordLagSample(database, clock, serverId, report);
-    return { found: true };
-  }
+    await recordLagSample(db, clock, serverId, report);
+    return true;
+  });
+  if (same) return { found: true };
   return database.db.transaction().execute(async (trx) => {
     await lockForAppend(trx, database.dialect, "events");
     const row = await trx

@@ -1,5 +1,6 @@
+import type { Kysely } from "kysely";
 import type { Clock } from "../base/index.js";
-import type { Database } from "./db/index.js";
+import type { Database, Schema } from "./db/index.js";
 
 /**
  * A server's lag over the last hours, for the console's chart. Heartbeats
@@ -19,21 +20,21 @@ export interface LagSample {
 
 /** Records a sample for `serverId` unless it has one younger than a minute. */
 export async function recordLagSample(
-  database: Database,
+  db: Kysely<Schema>,
   clock: Clock,
   serverId: string,
   report: { lagSeconds?: number; backlogBytes?: number },
 ): Promise<void> {
   if (report.lagSeconds === undefined && report.backlogBytes === undefined) return;
   const now = clock.now();
-  const recent = await database.db
+  const recent = await db
     .selectFrom("lag_samples")
     .select("at")
     .where("server_id", "=", serverId)
     .where("at", ">", now - LAG_SAMPLE_EVERY_MS)
     .executeTakeFirst();
   if (recent !== undefined) return;
-  await database.db
+  await db
     .insertInto("lag_samples")
     .values({
       server_id: serverId,
@@ -43,7 +44,7 @@ export async function recordLagSample(
     })
     .onConflict((oc) => oc.doNothing())
     .execute();
-  await database.db
+  await db
     .deleteFrom("lag_samples")
     .where("server_id", "=", serverId)
     .where("at", "<", now - LAG_HISTORY_HOURS * 3600_000)

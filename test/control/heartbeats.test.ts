@@ -5,7 +5,8 @@ import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { after, before, it } from "node:test";
 import { ManualClock } from "../../src/base/index.js";
-import type { Database } from "../../src/control/db/index.js";
+import { type Kysely, sql } from "kysely";
+import { type Database, type Schema, softWrite } from "../../src/control/db/index.js";
 import { recordHeartbeat, sweepDisconnected } from "../../src/control/heartbeats.js";
 import { fetchJson } from "../../src/net/index.js";
 import { forEachDatabase } from "../support/databases.js";
@@ -193,5 +194,42 @@ forEachDatabase("heartbeats and DISCONNECTED", (open, dialect) => {
     } finally {
       await t.close();
     }
+  });
+
+  void it("soft writes skip the WAL flush for their own transaction only, and roll back whole", async () => {
+    const database = await open();
+    const setting = async (db: Kysely<Schema>) =>
+      String(
+        (await sql<{ v: string }>`SELECT current_setting('synchronous_commit') AS v`.execute(db)).rows[0]!.v,
+      );
+    const clock = new ManualClock(T0);
+    const [a] = await addServers(database, 1, T0);
+    if (dialect === "postgres") {
+      assert.equal(await softWrite(database, setting), "off");
+      // SET LOCAL: the pooled connection goes back to the server's default.
+      for (let i = 0; i < 12; i++) assert.equal(await setting(database.db), "on");
+    }
+    // A failure inside leaves nothing of it behind (PostgreSQL: one transaction).
+    await assert.rejects(
+      softWrite(database, async (db) => {
+        await db.updateTable("servers").set({ lag_seconds: 99 }).where("id", "=", a!).execute();
+        throw new Error("boom");
+      }),
+      /boom/,
+    );
+    const lag = async () =>
+      (
+        await database.db
+          .selectFrom("servers")
+          .select("lag_seconds")
+          .where("id", "=", a!)
+          .executeTakeFirstOrThrow()
+      ).lag_seconds;
+    if (dialect === "postgres") assert.equal(await lag(), null);
+    // The same-state heartbeat goes through it and is visible at once.
+    assert.deepEqual(await recordHeartbeat(database, clock, a!, { state: "CONTINUOUS", lagSeconds: 3 }), {
+      found: true,
+    });
+    assert.equal(Number(await lag()), 3);
   });
 });

@@ -13,6 +13,7 @@ export { type MigrationStatus, migrateToLatest, migrationStatus } from "./migrat
 export { MIGRATIONS } from "./migrations/index.js";
 export { currentLease, releaseLease, tryAcquireLease } from "./leases.js";
 export { type AppendLog, lockForAppend } from "./append-lock.js";
+export { softWrite } from "./soft-write.js";
 export { type NewEvent, appendEvent, appendEventIn } from "./events.js";
 export { parseDatabaseUrl, redactUrl } from "./url.js";
 export type * from "./schema.js";
