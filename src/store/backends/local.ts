@@ -1,13 +1,10 @@
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
-import { promisify } from "node:util";
 import { LifeboatError, isRetryable } from "../../base/index.js";
 import type { Backend, ObjectInfo } from "../backend.js";
+import { syncFileSystem } from "./fs-sync.js";
 import { missing } from "./memory.js";
-
-const execFileAsync = promisify(execFile);
 
 const TMP_DIR = "tmp";
 
@@ -15,7 +12,7 @@ const TMP_DIR = "tmp";
  * A repository in a local directory. put() writes a temporary file under
  * tmp/ and renames it into place, so a reader or a crashed process never
  * sees part of an object. Durability is batched: flush() syncs the whole
- * filesystem once (syncfs, through `sync --file-system`) instead of two
+ * filesystem once (syncfs, through `sync --file-system`: fs-sync.ts) instead of two
  * fsyncs per object, which on these disks cost about a millisecond each. An
  * object renamed into place but not yet flushed may be lost or empty after a
  * power failure; that is harmless because nothing refers to an object before
@@ -36,7 +33,7 @@ export class LocalBackend implements Backend {
 
   async flush(): Promise<void> {
     try {
-      await execFileAsync("sync", ["--file-system", this.root]);
+      await syncFileSystem(this.root);
     } catch (err) {
       throw wrap(err, "flushing", this.properties.location);
     }
