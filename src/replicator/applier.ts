@@ -178,9 +178,16 @@ export class ReplicaApplier {
   /**
    * Writes whole chunks: `data` starts at a chunk boundary and holds whole
    * chunks (the disk's last chunk may be short). Resolves once the write is
-   * queued; errors surface on a later call or at the checkpoint.
+   * queued; errors surface on a later call or at the checkpoint. `owned`:
+   * `data` is a Buffer of its own (byteOffset 0, not pooled) that the caller
+   * hands over and never touches again; it moves to a worker without a copy.
    */
-  async writeChunks(diskIndex: number, offset: number, data: Uint8Array): Promise<void> {
+  async writeChunks(
+    diskIndex: number,
+    offset: number,
+    data: Uint8Array,
+    opts: { owned?: boolean } = {},
+  ): Promise<void> {
     this.check();
     const disk = this.disk(diskIndex);
     const cs = this.repo.config.chunkSize;
@@ -194,8 +201,18 @@ export class ReplicaApplier {
     }
     if (data.length === 0) return;
     await this.slot();
-    const own = Buffer.allocUnsafeSlow(data.length); // moves to a worker
-    own.set(data);
+    let own: Buffer; // moves to a worker
+    if (
+      opts.owned &&
+      Buffer.isBuffer(data) &&
+      data.byteOffset === 0 &&
+      data.buffer.byteLength === data.length
+    )
+      own = data;
+    else {
+      own = Buffer.allocUnsafeSlow(data.length);
+      own.set(data);
+    }
     // A copy of the last few chunks for patches that may follow (the buffer above is transferred).
     const keep = Math.min(RECENT_CHUNKS, Math.ceil(data.length / cs)) * cs;
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));

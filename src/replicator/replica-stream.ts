@@ -1,4 +1,4 @@
-import { Decompressor } from "zstd-napi";
+import zstdBinding from "zstd-napi/binding.js";
 import { LifeboatError } from "../base/index.js";
 import type { ConsistencyLevel, Pit } from "../store/index.js";
 import type { ReplicaApplier } from "./applier.js";
@@ -71,7 +71,7 @@ export interface ReplicaStreamOptions {
  * checkpoint and the next connection starts again from the head.
  */
 export class ReplicaStream {
-  private readonly decompressor = new Decompressor();
+  private readonly dctx = new zstdBinding.DCtx();
   private appliedSeq: number;
   private durableSeq: number;
   private bytesSinceCommit = 0;
@@ -183,22 +183,71 @@ export class ReplicaStream {
     }
     let offset = msg.offset;
     let bytes = 0;
+    // Consecutive blocks with content go to the applier as one run: one buffer, one trip to a worker.
+    let run: { offset: number; blocks: (typeof msg.blocks)[number][] } | undefined;
+    const flush = async () => {
+      if (run === undefined) return;
+      const { offset: from, blocks } = run;
+      run = undefined;
+      const data = this.runContent(msg.disk, from, blocks);
+      await this.applier.writeChunks(msg.disk, from, data, { owned: true });
+      bytes += data.length;
+    };
     for (const b of msg.blocks) {
       if (this.diverged.size) this.diverged.delete(`${msg.disk}:${offset}`);
-      if (b.encoding === "ref") await this.applier.writeKnownChunk(msg.disk, offset, b.sha256);
-      else {
-        const data =
-          b.encoding === "zero"
-            ? Buffer.alloc(this.chunkLength(msg.disk, offset))
-            : b.encoding === "zstd"
-              ? this.decompressor.decompress(b.data)
-              : b.data;
-        await this.applier.writeChunks(msg.disk, offset, data);
-        bytes += data.length;
+      if (b.encoding === "ref") {
+        await flush();
+        await this.applier.writeKnownChunk(msg.disk, offset, b.sha256);
+      } else {
+        run ??= { offset, blocks: [] };
+        run.blocks.push(b);
       }
       offset += cs;
     }
+    await flush();
     this.count(seq, bytes);
+  }
+
+  /**
+   * The content of consecutive blocks from `offset`, in one buffer of its own:
+   * zero blocks as zeros, compressed ones decompressed in place. Each block
+   * must come out exactly as long as its chunk (the disk's last may be short).
+   */
+  private runContent(
+    disk: number,
+    offset: number,
+    blocks: { encoding: string; data?: Uint8Array }[],
+  ): Buffer {
+    const cs = this.applier.repo.config.chunkSize;
+    const lengths = blocks.map((_, i) => this.chunkLength(disk, offset + i * cs));
+    const total = lengths.reduce((a, b) => a + b, 0);
+    const out = Buffer.allocUnsafeSlow(total);
+    let at = 0;
+    for (const [i, b] of blocks.entries()) {
+      const want = lengths[i]!;
+      const dest = out.subarray(at, at + want);
+      const data = b.data ?? new Uint8Array(0);
+      let got: number;
+      if (b.encoding === "zero") {
+        dest.fill(0);
+        got = want;
+      } else if (b.encoding === "zstd") {
+        const size = zstdBinding.getFrameContentSize(data);
+        got = size !== null && size !== want ? size : this.dctx.decompress(dest, data);
+      } else {
+        if (data.length === want) dest.set(data);
+        got = data.length;
+      }
+      if (got !== want) {
+        throw new LifeboatError(
+          "REPLICA_BAD_WRITE",
+          `block ${(offset + i * cs) / cs} of disk ${disk} holds ${got} bytes, expected ${want}`,
+          { hint: "the sender must send whole blocks of the disk's size as it reported it" },
+        );
+      }
+      at += want;
+    }
+    return out;
   }
 
   /** Ends the stream; what was applied and not checkpointed is not durable, and was never reported so. */

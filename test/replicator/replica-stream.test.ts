@@ -134,4 +134,46 @@ void describe("replica stream", () => {
     await stream.close();
     await applier.close();
   });
+  void it("refuses a block whose content is not exactly one chunk, raw or compressed, and applies none of its run", async () => {
+    const repo = await newRepository({ chunkSize: CHUNK });
+    for (const [name, bad] of [
+      ["short zstd", { encoding: "zstd" as const, data: new Compressor().compress(Buffer.alloc(100, 7)) }],
+      [
+        "long zstd",
+        { encoding: "zstd" as const, data: new Compressor().compress(Buffer.alloc(CHUNK + 1, 7)) },
+      ],
+      ["short raw", { encoding: "raw" as const, data: Buffer.alloc(CHUNK - 1, 7) }],
+    ] as const) {
+      const applier = await ReplicaApplier.open(repo, "app03", [
+        { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+      ]);
+      const failures: unknown[] = [];
+      const stream = new ReplicaStream(applier, {
+        onDurable: () => undefined,
+        onFailure: (e) => failures.push(e),
+      });
+      const good = Buffer.alloc(CHUNK, 1);
+      await assert.rejects(
+        stream.apply(
+          {
+            type: "BLOCKS",
+            disk: 0,
+            offset: 0,
+            kind: "blocks",
+            blocks: [
+              { encoding: "raw", sha256: sha(good), data: good },
+              { ...bad, sha256: sha(good) },
+            ],
+          },
+          1,
+        ),
+        { code: "REPLICA_BAD_WRITE" },
+        name,
+      );
+      assert.equal(stream.hasFailed, true, `${name}: the stream is closed for good`);
+      await stream.close();
+      await applier.close();
+      assert.equal(await readHead(repo, "app03"), undefined, `${name}: nothing became durable`);
+    }
+  });
 });
