@@ -91,24 +91,35 @@ export interface ReplicationResults {
     traceLosses: number;
     rescans: number;
   };
-  /** Uncapped 4 KiB random writes: rounds on the replicated disk (trace mode) alternating with an untracked twin. */
+  /**
+   * Uncapped 4 KiB random writes: rounds on the replicated disk (trace mode) with the agent shipping
+   * ("with") and with its shipping held ("held": tracing only), rotated with an untracked twin.
+   */
   overhead: {
     roundSeconds: number;
     rounds: number;
     fileMiB: number;
+    heldMbps: number;
     withRounds: FioFigures[];
+    heldRounds: FioFigures[];
     withoutRounds: FioFigures[];
     /** Medians of the rounds. */
     with: FioFigures;
+    held: FioFigures;
     without: FioFigures;
     load1With: number;
+    load1Held: number;
     load1Without: number;
-    /** How much worse with the agent than on the untracked twin, in % (positive: the agent costs the workload). */
+    /** How much worse than on the untracked twin, in % (positive: the agent costs the workload). */
     iopsCostPercent: number;
     latencyMeanCostPercent: number;
     latencyP99CostPercent: number;
+    heldIopsCostPercent: number;
+    heldLatencyMeanCostPercent: number;
+    heldLatencyP99CostPercent: number;
     agentCpuPercentOfCore: number;
     serverCpuPercentOfCore: number;
+    heldAgentCpuPercentOfCore: number;
     traceLosses: number;
   };
   rss: { agentMaxRssMiB: number; serverVmHwmMiB: number };
@@ -142,25 +153,40 @@ export function renderOverhead(r: ReplicationResults): string[] {
   const o = r.overhead;
   const rounds = (xs: FioFigures[]): string => xs.map((x) => x.iops).join(", ");
   return [
-    `\`${r.options.fio4k}\` (runtime ${o.roundSeconds} s, one write at a time) on a ${o.fileMiB} MiB file: ` +
-      `${o.rounds} rounds on the replicated ext4 with the agent replicating it in trace mode (tracefs block ` +
-      "events; it tracks and ships while fio writes, and catches up after each round, outside it), alternating " +
-      `with ${o.rounds} rounds on an untracked twin (an ext4 on its own loop device, --direct-io=on, backed by ` +
-      "the same host filesystem), so both see the same background load. Medians of the rounds; load = mean " +
-      "1-minute load average before the rounds.",
+    `\`${r.options.fio4k}\` (runtime ${o.roundSeconds} s, one write at a time) on a ${o.fileMiB} MiB file, ` +
+      `${o.rounds} rounds of each kind, rotated: on the replicated ext4 with the agent tracking it in trace mode ` +
+      "(tracefs block events) and shipping while fio writes; the same with the agent's shipping held (a " +
+      `bandwidth cap of ${o.heldMbps} Mbit/s: it reads the trace and keeps its dirty set, and sends at most a ` +
+      "frame a second), which is the cost of tracking alone; and on an untracked twin (an ext4 on its own loop " +
+      "device, --direct-io=on, backed by the same host filesystem), so every kind sees the same background " +
+      "load. The agent catches up after each of its rounds, outside them. The server (control plane and " +
+      "replicator) runs on the same two cores here; at a site it runs elsewhere. Medians of the rounds; load " +
+      "= mean 1-minute load average before the rounds.",
     "",
     table(
       ["run", "IOPS", "MB/s", "latency mean µs", "p50 µs", "p99 µs", "IOPS per round", "load before"],
       [
-        [...fioRow("replicated disk, agent tracing", o.with), rounds(o.withRounds), String(o.load1With)],
+        [
+          ...fioRow("replicated disk, agent tracing and shipping", o.with),
+          rounds(o.withRounds),
+          String(o.load1With),
+        ],
+        [
+          ...fioRow("replicated disk, agent tracing, shipping held", o.held),
+          rounds(o.heldRounds),
+          String(o.load1Held),
+        ],
         [...fioRow("untracked twin, no agent", o.without), rounds(o.withoutRounds), String(o.load1Without)],
       ],
     ),
     "",
-    `Overhead of the agent (with vs without; positive = worse with the agent): IOPS ${signed(o.iopsCostPercent)}, ` +
-      `mean latency ${signed(o.latencyMeanCostPercent)}, p99 latency ${signed(o.latencyP99CostPercent)}. ` +
-      `While it ran, the agent used ${o.agentCpuPercentOfCore}% of a core and the server ${o.serverCpuPercentOfCore}%; ` +
-      `trace losses: ${o.traceLosses}.`,
+    `Cost of tracking alone (held vs twin; positive = worse with the agent): IOPS ${signed(o.heldIopsCostPercent)}, ` +
+      `mean latency ${signed(o.heldLatencyMeanCostPercent)}, p99 latency ${signed(o.heldLatencyP99CostPercent)}; ` +
+      `the agent used ${o.heldAgentCpuPercentOfCore}% of a core. ` +
+      `Tracking and shipping (with vs twin): IOPS ${signed(o.iopsCostPercent)}, ` +
+      `mean latency ${signed(o.latencyMeanCostPercent)}, p99 latency ${signed(o.latencyP99CostPercent)}; ` +
+      `the agent used ${o.agentCpuPercentOfCore}% of a core and the server ${o.serverCpuPercentOfCore}%. ` +
+      `Trace losses: ${o.traceLosses}.`,
   ];
 }
 

@@ -66,6 +66,8 @@ const BLOCK_SIZE = 64 * 1024;
 const FIO_RATE_MIB = 20;
 /** Rounds of the trace-overhead workload, with the agent and without. */
 const OVERHEAD_ROUNDS = 3;
+/** The bandwidth cap (Mbit/s) that holds the agent's shipping in the tracing-only overhead rounds. */
+const HELD_MBPS = 0.01;
 /** The RPO run's length by default: long enough for stable percentiles, short enough for one `npm run bench`. */
 const RPO_SECONDS = 45;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -358,38 +360,48 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     };
     log(`RPO: lag p50 ${rpo.lagP50} s, p95 ${rpo.lagP95} s, max ${rpo.lagMax} s over ${lags.length} samples`);
 
-    // 4. Trace-mode overhead: uncapped 4 KiB random writes on the replicated disk, with the agent
-    // tracing and shipping them, alternating with the same workload on an untracked twin disk, so
-    // both kinds of round see the same background load. The agent catches up after each of its
+    // 4. Trace-mode overhead: uncapped 4 KiB random writes on the replicated disk in two kinds of
+    // round: with the agent tracing and shipping them, and with the agent tracing while its shipping
+    // is held (a bandwidth cap of HELD_MBPS: it still reads the trace and keeps its dirty set, and
+    // sends a frame a second at most), rotated with the same workload on an untracked twin disk, so
+    // every kind of round sees the same background load. The agent catches up after each of its
     // rounds, outside the rounds, so each starts from the same state.
     log(
-      `trace overhead: ${OVERHEAD_ROUNDS} × ${opts.overheadSeconds} s of 4 KiB random writes with the agent, ` +
-        "alternating with the same on an untracked twin disk",
+      `trace overhead: ${OVERHEAD_ROUNDS} × ${opts.overheadSeconds} s of 4 KiB random writes with the agent ` +
+        "shipping, with its shipping held, and on an untracked twin disk, rotated",
     );
     const twin = twinDisk(path.join(work, "twin"), fioMiB + 64);
-    const withRounds: FioFigures[] = [];
-    const withoutRounds: FioFigures[] = [];
-    const loads = { with: [] as number[], without: [] as number[] };
+    const rounds = { ship: [] as FioFigures[], held: [] as FioFigures[], twin: [] as FioFigures[] };
+    const loads = { ship: [] as number[], held: [] as number[], twin: [] as number[] };
     const losses1 = agent.counters.traceLosses;
-    let withCpu = { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 };
+    const cpu = {
+      ship: { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 },
+      held: { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 },
+    };
     try {
       const twinFile = path.join(twin.mnt, "fio-workload.dat");
       await fioLayout(twinFile, fioMiB);
+      const kinds = ["ship", "held", "twin"] as const;
       for (let r = 0; r < OVERHEAD_ROUNDS; r++) {
-        for (const tracked of r % 2 === 0 ? [true, false] : [false, true]) {
-          (tracked ? loads.with : loads.without).push(load1());
-          if (!tracked) {
-            withoutRounds.push(fioFigures(await fioRandom4k(twinFile, fioMiB, opts.overheadSeconds)));
+        for (let k = 0; k < kinds.length; k++) {
+          const kind = kinds[(k + r) % kinds.length]!;
+          loads[kind].push(load1());
+          if (kind === "twin") {
+            rounds.twin.push(fioFigures(await fioRandom4k(twinFile, fioMiB, opts.overheadSeconds)));
             continue;
           }
+          if (kind === "held") agent.setBandwidth(HELD_MBPS);
           const m = new Meter(server.pid);
-          withRounds.push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+          try {
+            rounds[kind].push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+          } finally {
+            agent.setBandwidth(0);
+          }
           const used = m.read();
-          withCpu = {
-            seconds: withCpu.seconds + used.seconds,
-            agentCpuSeconds: withCpu.agentCpuSeconds + used.agentCpuSeconds,
-            serverCpuSeconds: withCpu.serverCpuSeconds + used.serverCpuSeconds,
-          };
+          const c = cpu[kind];
+          c.seconds += used.seconds;
+          c.agentCpuSeconds += used.agentCpuSeconds;
+          c.serverCpuSeconds += used.serverCpuSeconds;
           await until(
             "the agent to catch up after an overhead round",
             () => caughtUp(agent.status()),
@@ -407,30 +419,38 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     rep = undefined;
     const meanLoad = (xs: number[]): number =>
       round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length), 1);
-    const withLoad = meanLoad(loads.with);
-    const withoutLoad = meanLoad(loads.without);
-    const w = medianFigures(withRounds);
-    const wo = medianFigures(withoutRounds);
+    const ship = medianFigures(rounds.ship);
+    const held = medianFigures(rounds.held);
+    const wo = medianFigures(rounds.twin);
+    const percentOfCore = (used: number, of: number): number => round((used / Math.max(0.001, of)) * 100, 1);
     const overhead = {
       roundSeconds: opts.overheadSeconds,
       rounds: OVERHEAD_ROUNDS,
       fileMiB: fioMiB,
-      withRounds,
-      withoutRounds,
-      with: w,
+      heldMbps: HELD_MBPS,
+      withRounds: rounds.ship,
+      heldRounds: rounds.held,
+      withoutRounds: rounds.twin,
+      with: ship,
+      held,
       without: wo,
-      load1With: withLoad,
-      load1Without: withoutLoad,
-      iopsCostPercent: costPercent(w.iops, wo.iops, true),
-      latencyMeanCostPercent: costPercent(w.clatMeanUs, wo.clatMeanUs, false),
-      latencyP99CostPercent: costPercent(w.clatP99Us, wo.clatP99Us, false),
-      agentCpuPercentOfCore: round((withCpu.agentCpuSeconds / Math.max(0.001, withCpu.seconds)) * 100, 1),
-      serverCpuPercentOfCore: round((withCpu.serverCpuSeconds / Math.max(0.001, withCpu.seconds)) * 100, 1),
+      load1With: meanLoad(loads.ship),
+      load1Held: meanLoad(loads.held),
+      load1Without: meanLoad(loads.twin),
+      iopsCostPercent: costPercent(ship.iops, wo.iops, true),
+      latencyMeanCostPercent: costPercent(ship.clatMeanUs, wo.clatMeanUs, false),
+      latencyP99CostPercent: costPercent(ship.clatP99Us, wo.clatP99Us, false),
+      heldIopsCostPercent: costPercent(held.iops, wo.iops, true),
+      heldLatencyMeanCostPercent: costPercent(held.clatMeanUs, wo.clatMeanUs, false),
+      heldLatencyP99CostPercent: costPercent(held.clatP99Us, wo.clatP99Us, false),
+      agentCpuPercentOfCore: percentOfCore(cpu.ship.agentCpuSeconds, cpu.ship.seconds),
+      serverCpuPercentOfCore: percentOfCore(cpu.ship.serverCpuSeconds, cpu.ship.seconds),
+      heldAgentCpuPercentOfCore: percentOfCore(cpu.held.agentCpuSeconds, cpu.held.seconds),
       traceLosses: overheadLosses,
     };
     log(
-      `trace overhead: ${w.iops} IOPS with the agent, ${wo.iops} without (${overhead.iopsCostPercent}% fewer); ` +
-        `mean latency ${w.clatMeanUs} vs ${wo.clatMeanUs} µs`,
+      `trace overhead: ${ship.iops} IOPS with the agent shipping, ${held.iops} tracing only, ${wo.iops} without ` +
+        `(${overhead.iopsCostPercent}% and ${overhead.heldIopsCostPercent}% fewer)`,
     );
     if (counters.traceLosses > 0)
       notes.push(`The tracker reported ${counters.traceLosses} trace losses (each one costs a rescan).`);

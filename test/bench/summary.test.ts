@@ -167,17 +167,25 @@ const replication = {
     roundSeconds: 10,
     rounds: 3,
     fileMiB: 300,
+    heldMbps: 0.01,
     withRounds: [fio, fio, fio],
+    heldRounds: [fio, fio, fio],
     withoutRounds: [fio, fio, fio],
     with: { ...fio, iops: 4500 },
+    held: { ...fio, iops: 4900 },
     without: fio,
     load1With: 1,
+    load1Held: 1,
     load1Without: 1,
     iopsCostPercent: 10,
     latencyMeanCostPercent: 11.1,
     latencyP99CostPercent: 5,
+    heldIopsCostPercent: 2,
+    heldLatencyMeanCostPercent: 2.1,
+    heldLatencyP99CostPercent: 1,
     agentCpuPercentOfCore: 30,
     serverCpuPercentOfCore: 40,
+    heldAgentCpuPercentOfCore: 8,
     traceLosses: 0,
   },
   rss: { agentMaxRssMiB: 300, serverVmHwmMiB: 400 },
@@ -236,6 +244,10 @@ void test("the report writer turns a run's figures into a well-formed RESULTS.md
     assert.ok(lines.some((l) => l.startsWith("| lag p50 s | p95 s |")));
     assert.ok(md.includes("| 0.50 | 1.50 | 2.00 | 3.00 |"), "RPO percentiles");
     assert.ok(md.includes("IOPS +10.0%"), "trace-mode IOPS overhead");
+    assert.ok(
+      md.includes("Cost of tracking alone (held vs twin; positive = worse with the agent): IOPS +2.0%"),
+      "tracking alone",
+    );
     assert.ok(!existsSync(file + ".tmp"));
   } finally {
     rmSync(dir, { recursive: true, force: true });
