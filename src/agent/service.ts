@@ -355,7 +355,12 @@ export class AgentService {
     this.timers.push(t);
   }
 
-  /** The engine's status while replicating; otherwise what receive mode or the fence says. */
+  /** What `agent status` shows (undefined while filesystems are frozen). */
+  status(): AgentStatus | undefined {
+    return this.currentStatus();
+  }
+
+  /** The engine's status (with the missing disks) while replicating; otherwise what receive mode or the fence says. */
   private currentStatus(): AgentStatus | undefined {
     if (this.replicating) {
       const s = this.replication.status();
