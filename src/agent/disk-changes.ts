@@ -27,7 +27,7 @@
  * rescan, no resync.
  */
 import { promises as fs } from "node:fs";
-import { type Clock, type Logger, isLifeboatError } from "../base/index.js";
+import { type Clock, LifeboatError, type Logger, isLifeboatError } from "../base/index.js";
 import type { AgentSession } from "../wire/index.js";
 import { type AgentConfig, type AgentDisk, agentPaths, loadAgentConfig } from "./config.js";
 import { type DiskRun, closeDiskRun } from "./disk-run.js";
@@ -106,17 +106,22 @@ export async function applyDiskChange(
   return result;
 }
 
-/** Waits until every frame sent so far is acknowledged (across reconnects); gives up only when stopping. */
+/**
+ * Waits until every frame sent so far is acknowledged, across reconnects
+ * (the link may be down for long); gives up only when the engine stops,
+ * which it notices within 250 ms: the engine's stop waits for this step.
+ */
 async function drain(host: DiskChangeHost): Promise<void> {
   for (;;) {
+    if (host.stopping())
+      throw new LifeboatError("AGENT_STOPPING", "the agent is stopping", {
+        hint: "the change of disks is applied at the next start",
+      });
     const { session } = host;
     if (session.inFlight.frames === 0) return;
-    try {
-      await session.whenAcked(session.lastAcked + session.inFlight.frames);
-    } catch (err) {
-      if (host.stopping()) throw err;
-      await host.clock.sleep(250); // the stream was reset and renumbered: wait for the new numbers
-    }
+    // A rejection (the stream was reset and renumbered) only means: look again.
+    const acked = session.whenAcked(session.lastAcked + session.inFlight.frames).catch(() => undefined);
+    await Promise.race([acked, host.clock.sleep(250)]);
   }
 }
 

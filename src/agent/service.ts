@@ -281,10 +281,11 @@ export class AgentService {
     if (this.pitTimer) clearInterval(this.pitTimer);
     this.abort.abort();
     await this.boot.close();
-    await this.disks.idle();
     await this.modeChain;
     await this.receiver?.stop();
     if (this.replicating) await this.replication.stop();
+    // After the engine: a check waiting on it (a disk change) ends once it stopped.
+    await this.disks.idle();
     await Promise.allSettled(this.loops);
     await this.statusWrite;
     const s = this.replication.status();
