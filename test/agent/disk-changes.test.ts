@@ -31,8 +31,9 @@ function fakeRun(cfg: AgentDisk): DiskRun & { closed: boolean } {
     tracker: undefined,
     owed: undefined,
     reader: {
-      close: async () => {
+      close: () => {
         run.closed = true;
+        return Promise.resolve();
       },
     },
   };
