@@ -405,7 +405,13 @@ function statusLines(s: AgentStatus): string[] {
           d.progress.etaSeconds !== null ? ` ETA ${d.progress.etaSeconds.toFixed(0)}s` : ""
         }`
       : "";
-    lines.push(`disk ${d.index}  ${d.path}  ${d.state}${progress}  dirty ${formatBytes(d.dirtyBytes)}`);
+    const missing =
+      d.missingSince !== undefined
+        ? `  since ${new Date(d.missingSince).toISOString()} (${d.missingReason ?? "gone"})`
+        : "";
+    lines.push(
+      `disk ${d.index}  ${d.path}  ${d.state}${progress}${missing}  dirty ${formatBytes(d.dirtyBytes)}`,
+    );
   }
   return lines;
 }
