@@ -36,6 +36,19 @@ const diskSchema = z.object({
 });
 export type AgentDisk = z.infer<typeof diskSchema>;
 
+/**
+ * A disk the agent no longer replicates (`agent disks remove`, or gone for
+ * longer than the grace period). Its index is never given to another disk,
+ * so the PITs that hold it keep meaning what they meant.
+ */
+const retiredDiskSchema = diskSchema.extend({
+  /** When it was retired, ISO 8601. */
+  retiredAt: z.string(),
+  /** "removed": by the operator; "missing": its device was gone for the grace period. */
+  reason: z.enum(["removed", "missing"]),
+});
+export type RetiredDisk = z.infer<typeof retiredDiskSchema>;
+
 const settingsSchema = z.object({
   /** Seconds between scheduled consistency points (0: only on demand). */
   pitIntervalSeconds: z.number().int().min(0).default(600),
@@ -54,25 +67,47 @@ const settingsSchema = z.object({
   traceBufferKb: z.number().int().min(4).optional(),
   /** "auto": trace where the disk is a block device and tracefs works, else scan. */
   tracker: z.enum(["auto", "trace", "scan"]).default("auto"),
+  /** Seconds between checks of the disks: config.json's list, missing devices, new disks (default 10). */
+  diskCheckSeconds: z.number().min(0.1).max(3600).optional(),
+  /** A configured disk whose device stays gone this long is retired (default 300). */
+  missingDiskGraceSeconds: z.number().min(0).optional(),
 });
 export type AgentSettings = z.infer<typeof settingsSchema>;
 
-export const agentConfigSchema = z.object({
-  version: z.literal(AGENT_CONFIG_VERSION),
-  /** The control plane, https://host:port. */
-  endpoint: z.string().url(),
-  /** Where replication data goes, host:port; defaults to the endpoint's. */
-  dataAddress: z.string().optional(),
-  serverId: z.string().min(1),
-  serverName: z.string().min(1),
-  hostname: z.string().min(1),
-  /** Block size on the wire; the repository's chunk size. */
-  blockSize: z.number().int().default(65536),
-  disks: z.array(diskSchema).max(256),
-  settings: settingsSchema.prefault({}),
-  /** The root directory whose /boot the boot inventory reads (default "/"; tests give a tree). */
-  bootRoot: z.string().startsWith("/").optional(),
-});
+export const agentConfigSchema = z
+  .object({
+    version: z.literal(AGENT_CONFIG_VERSION),
+    /** The control plane, https://host:port. */
+    endpoint: z.string().url(),
+    /** Where replication data goes, host:port; defaults to the endpoint's. */
+    dataAddress: z.string().optional(),
+    serverId: z.string().min(1),
+    serverName: z.string().min(1),
+    hostname: z.string().min(1),
+    /** Block size on the wire; the repository's chunk size. */
+    blockSize: z.number().int().default(65536),
+    disks: z.array(diskSchema).max(256),
+    /**
+     * "all": installed without a disk list, the running agent adds new
+     * non-removable disks itself; "listed": only the disks named (and those
+     * added with `agent disks add`). Configurations written before this field
+     * are "listed".
+     */
+    diskSelection: z.enum(["all", "listed"]).default("listed"),
+    /** Disks no longer replicated; their indexes stay taken. */
+    retiredDisks: z.array(retiredDiskSchema).max(256).default([]),
+    settings: settingsSchema.prefault({}),
+    /** The root directory whose /boot the boot inventory reads (default "/"; tests give a tree). */
+    bootRoot: z.string().startsWith("/").optional(),
+  })
+  .superRefine((c, ctx) => {
+    const seen = new Set<number>();
+    for (const d of [...c.disks, ...c.retiredDisks]) {
+      if (seen.has(d.index))
+        ctx.addIssue({ code: "custom", path: ["disks"], message: `disk index ${d.index} is used twice` });
+      seen.add(d.index);
+    }
+  });
 export type AgentConfig = z.infer<typeof agentConfigSchema>;
 
 export interface AgentPaths {
@@ -85,6 +120,8 @@ export interface AgentPaths {
   status: string;
   session: string;
   dirty(index: number): string;
+  /** Held while config.json is read, changed and written back (disk-set.ts). */
+  configLock: string;
 }
 
 export function agentPaths(dir: string): AgentPaths {
@@ -99,6 +136,7 @@ export function agentPaths(dir: string): AgentPaths {
     status: path.join(state, "status.json"),
     session: path.join(state, "session.json"),
     dirty: (index) => path.join(state, `disk-${index}.dirty`),
+    configLock: path.join(dir, "config.lock"),
   };
 }
 

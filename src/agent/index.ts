@@ -50,7 +50,18 @@ export {
   type AgentDisk,
   type AgentPaths,
   type AgentSettings,
+  type RetiredDisk,
 } from "./config.js";
+export {
+  addDisks,
+  checkNewDisk,
+  editAgentConfig,
+  findDisk,
+  nextDiskIndex,
+  retireDisk,
+  MAX_DISK_INDEX,
+} from "./disk-set.js";
+export { probeDisk, type DiskPresence } from "./disk-probe.js";
 export {
   readAgentStatus,
   writeAgentStatus,

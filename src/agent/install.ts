@@ -119,6 +119,11 @@ export interface InstallOptions {
   hostname: string;
   blockSize: number;
   disks: ChosenDisk[];
+  /**
+   * "all" when the disks are every non-removable disk found (no list given):
+   * the running agent then adds disks that appear later. Default "listed".
+   */
+  diskSelection?: AgentConfig["diskSelection"];
   /** Sent with the registration (host facts, disks). */
   inventory: Record<string, unknown>;
   logger?: Logger;
@@ -177,6 +182,7 @@ export async function installAgent(opts: InstallOptions): Promise<InstallResult>
     hostname: opts.hostname,
     blockSize: opts.blockSize,
     disks: disks.map(({ sizeBytes: _size, ...d }) => d),
+    diskSelection: opts.diskSelection ?? "listed",
     settings: {},
   });
 
@@ -321,6 +327,21 @@ export async function requestRescan(
     return { file, delivered: true };
   } catch {
     return { file, delivered: false };
+  }
+}
+
+/**
+ * Tells a running agent (SIGUSR2) to look at its configuration and state
+ * now rather than at its next check; false when none runs.
+ */
+export async function notifyAgent(configDir: string, clock: Clock = systemClock): Promise<boolean> {
+  const pid = runningAgentPid(await readAgentStatus(agentPaths(configDir).status), clock.now());
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, "SIGUSR2");
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -46,13 +46,13 @@ import {
 import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "./block-device.js";
 import { BlockPool, type PreparedBlock } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
+import { type DiskChange, applyDiskChange } from "./disk-changes.js";
+import { type DiskRun, closeDiskRun, openDiskRun } from "./disk-run.js";
 import { DirtySet } from "./dirty-set.js";
-import { InFlight } from "./in-flight.js";
 import { withFrozen } from "./freeze.js";
 import { type MountedFilesystem, mountedFilesystems } from "./mounted-filesystems.js";
 import { DiskReader } from "./reader.js";
 import type { AgentState, AgentStatus, DiskStatus } from "./status.js";
-import { TraceTracker } from "./trace.js";
 
 export interface ReplicationOptions {
   serverId: string;
@@ -73,6 +73,8 @@ export interface ReplicationOptions {
   compressionLevel?: number;
   /** How often disk sizes are checked (default 10 s). */
   sizeCheckMs?: number;
+  /** A step of the loop failed (a disk may have gone: the caller checks them sooner). */
+  onStepFailed?(err: LifeboatError): void;
   /** Wait between moving fresh writes to the settled set (default 200 ms). */
   settleMs?: number;
   /**
@@ -104,24 +106,6 @@ export interface PointResult {
   takenAt: number;
   consistency: ConsistencyLevel;
   disks: { index: number; sizeBytes: number }[];
-}
-
-interface DiskRun {
-  cfg: AgentDisk;
-  reader: DiskReader;
-  size: number;
-  fresh: DirtySet;
-  settled: DirtySet;
-  /** Writes queued and not yet completed (trace mode). */
-  inFlight: InFlight;
-  tracker: TraceTracker | undefined;
-  /** A pass over the whole disk is owed: "initial" when the replica has nothing of it. */
-  owed: "initial" | "rescan" | undefined;
-  /** Another rescan was asked for while one ran. */
-  rescanAgain: boolean;
-  pass: { kind: "initial" | "rescan"; done: number; started: number } | undefined;
-  /** An image file's size and mtime when a scan-mode pass started. */
-  imageStamp?: string;
 }
 
 interface QueuedPoint {
@@ -173,6 +157,8 @@ export class Replication {
   private lastError: AgentStatus["lastError"];
   private bandwidth: { bytesPerSecond: number; available: number; at: number };
   private pointSeq = 0;
+  /** Changes of the disk set waiting for the loop (changeDisks). */
+  private readonly diskChanges: DiskChange[] = [];
   readonly counters = { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 };
 
   constructor(private readonly opts: ReplicationOptions) {
@@ -185,62 +171,8 @@ export class Replication {
 
   /** Opens the disks and their trackers, connects, and starts the loop. */
   async start(): Promise<void> {
-    const { settings } = this.opts;
     try {
-      for (const cfg of this.opts.disks) {
-        const reader = await DiskReader.open(cfg.path, { logger: this.log });
-        const size = reader.size;
-        const set = () => new DirtySet({ diskSize: size, blockSize: this.opts.blockSize });
-        const run: DiskRun = {
-          cfg,
-          reader,
-          size,
-          fresh: set(),
-          settled: set(),
-          inFlight: new InFlight(),
-          tracker: undefined,
-          owed: "rescan",
-          rescanAgain: false,
-          pass: undefined,
-        };
-        this.disks.push(run);
-        if (settings.tracker !== "scan" && reader.isBlockDevice) {
-          try {
-            run.tracker = await TraceTracker.start({
-              device: cfg.path,
-              ...(settings.traceBufferKb !== undefined ? { bufferSizeKb: settings.traceBufferKb } : {}),
-              onRanges: (ranges) => {
-                const at = this.clock.now();
-                for (const r of ranges) {
-                  run.fresh.addSectors(r.sector, r.sectors, at);
-                  run.inFlight.queued(r.sector, r.sectors, at);
-                }
-              },
-              onCompleted: (ranges) => {
-                const at = this.clock.now();
-                for (const r of ranges) run.inFlight.completed(r.sector, r.sectors, at);
-              },
-              onLost: (loss) => {
-                this.counters.traceLosses++;
-                if (!this.frozen)
-                  this.log.warn(
-                    { disk: cfg.path, ...loss, error: undefined },
-                    "trace events lost; rescanning",
-                  );
-                this.owe(run, "rescan");
-              },
-              logger: this.log,
-              clock: this.clock,
-            });
-          } catch (err) {
-            if (settings.tracker === "trace") throw err;
-            this.log.warn(
-              { disk: cfg.path, err: String(err) },
-              "block trace unavailable; tracking by rescans",
-            );
-          }
-        }
-      }
+      for (const cfg of this.opts.disks) this.disks.push(await this.openDisk(cfg));
       this.wire = new AgentSession({
         connect: () => this.opts.connect(),
         agent: { serverId: this.opts.serverId, hostname: this.opts.hostname, version: this.opts.version },
@@ -277,6 +209,32 @@ export class Replication {
   get session(): AgentSession {
     if (!this.wire) throw new Error("start() first");
     return this.wire;
+  }
+
+  /** The indexes of the disks replicated now. */
+  get diskIndexes(): number[] {
+    return this.disks.map((d) => d.cfg.index);
+  }
+
+  /**
+   * Replicates `want` from now on, between two steps of the loop
+   * (disk-changes.ts): a disk it names that is not replicated yet is opened
+   * and owes an initial sync (a rescan when its index is in `rescan`: the
+   * replica may hold an older copy); a replicated disk it does not name is
+   * let go once what was sent of it is acknowledged. The session then
+   * reconnects, so the replicator learns the new set from the HELLO. The
+   * other disks go on as they were. Resolves once applied, with the indexes
+   * opened, let go, and those that could not be opened.
+   */
+  changeDisks(
+    want: AgentDisk[],
+    rescan: number[] = [],
+  ): Promise<{ added: number[]; removed: number[]; failed: number[] }> {
+    if (this.stopping) return Promise.reject(stoppedError());
+    return new Promise((resolve, reject) => {
+      this.diskChanges.push({ want, rescan: new Set(rescan), resolve, reject });
+      this.wake?.();
+    });
   }
 
   /** `trace` when every disk has a tracker, else `scan`. */
@@ -385,6 +343,7 @@ export class Replication {
     this.wake?.();
     await this.loopDone;
     for (const p of this.points.splice(0)) p.reject(stoppedError());
+    for (const c of this.diskChanges.splice(0)) c.reject(stoppedError());
     if (!this.wire) return;
     const last = this.session.lastAcked;
     const sent = last + this.session.inFlight.frames;
@@ -399,8 +358,41 @@ export class Replication {
   }
 
   private async closeDisks(): Promise<void> {
-    await Promise.allSettled(this.disks.map((d) => d.tracker?.stop() ?? Promise.resolve()));
-    await Promise.allSettled(this.disks.map((d) => d.reader.close()));
+    await Promise.allSettled(this.disks.map((d) => closeDiskRun(d)));
+  }
+
+  private openDisk(cfg: AgentDisk): Promise<DiskRun> {
+    return openDiskRun(cfg, {
+      blockSize: this.opts.blockSize,
+      settings: this.opts.settings,
+      clock: this.clock,
+      log: this.log,
+      onLost: (run, loss) => {
+        this.counters.traceLosses++;
+        if (!this.frozen)
+          this.log.warn({ disk: cfg.path, ...loss, error: undefined }, "trace events lost; rescanning");
+        this.owe(run, "rescan");
+      },
+    });
+  }
+
+  /** Applies the oldest queued change of the disk set (changeDisks); a failure rejects it. */
+  private async nextDiskChange(): Promise<void> {
+    const change = this.diskChanges.shift()!;
+    try {
+      change.resolve(
+        await applyDiskChange(change, {
+          disks: this.disks,
+          session: this.session,
+          open: (cfg) => this.openDisk(cfg),
+          stopping: () => this.stopping,
+          clock: this.clock,
+          log: this.log,
+        }),
+      );
+    } catch (err) {
+      change.reject(err);
+    }
   }
 
   private owe(d: DiskRun, kind: "initial" | "rescan"): void {
@@ -441,6 +433,10 @@ export class Replication {
   private async loop(): Promise<void> {
     while (!this.stopping) {
       try {
+        if (this.diskChanges.length) {
+          await this.nextDiskChange();
+          continue;
+        }
         this.rotate();
         await this.checkSizes();
         const owed = this.disks.find((d) => d.owed);
@@ -456,6 +452,7 @@ export class Replication {
           err instanceof LifeboatError ? err : new LifeboatError("AGENT_IO", String(err), { cause: err });
         this.lastError = { code: e.code, message: e.message, at: this.clock.now() };
         this.log.error({ code: e.code, err: e.message }, "replication step failed; retrying");
+        this.opts.onStepFailed?.(e);
         await this.pauseFor(1000);
       }
     }
@@ -482,7 +479,9 @@ export class Replication {
     this.lastSizeCheck = now;
     let changed = false;
     for (const d of this.disks) {
-      if ((await sizeOf(d.cfg.path)) === d.size) continue;
+      // A device that reads as size 0 (or not at all) is gone, not shrunk: disk-changes.ts sees to it.
+      const size = await sizeOf(d.cfg.path).catch(() => 0);
+      if (size === 0 || size === d.size) continue;
       const old = d.size;
       await d.reader.close();
       d.reader = await DiskReader.open(d.cfg.path, { logger: this.log });

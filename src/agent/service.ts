@@ -8,8 +8,9 @@
  * poll for commands (PITs on demand, group PITs, rescans, bandwidth); and the
  * status file that `agent status` reads, written about once a second except
  * while filesystems are frozen. Scheduled PITs run every
- * `pitIntervalSeconds`. SIGUSR2 (sent by `agent rescan`) makes it read
- * D/state/rescan-request.json.
+ * `pitIntervalSeconds`. SIGUSR2 (sent by `agent rescan` and `agent disks`)
+ * makes it read D/state/rescan-request.json and check its disks at once
+ * (they are checked every `diskCheckSeconds` anyway: disk-changes.ts).
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
@@ -26,6 +27,8 @@ import { connectWire } from "../wire/index.js";
 import { BootWatcher } from "./boot-watcher.js";
 import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
 import { type AgentCommand, type AgentMode, ControlClient } from "./control-client.js";
+import { DiskMonitor } from "./disk-changes.js";
+import type { BlockDeviceInfo } from "./discovery.js";
 import { FailbackReceiver, pendingFailback } from "./failback-receiver.js";
 import { type PointRequest, Replication, type ReplicationOptions } from "./replication.js";
 import { type AgentStatus, writeAgentStatus } from "./status.js";
@@ -55,6 +58,8 @@ export interface AgentServiceOptions {
    */
   failbackOnly?: boolean;
   onFailbackEnd?: (state: string) => void;
+  /** The block devices "all disks" mode picks new disks from (default: discovery; tests narrow it). */
+  discoverDisks?: () => Promise<BlockDeviceInfo[]>;
 }
 
 export class AgentService {
@@ -81,6 +86,8 @@ export class AgentService {
   private lastSettingsWake = 0;
   /** The disks' generation ids (D/state/generations.json), named in every HELLO. */
   private generations: DiskGeneration[] = [];
+  /** Disks that come and go (disk-changes.ts); set in start(). */
+  private disks!: DiskMonitor;
   /** Makes a fresh engine (after receive mode or a fence, the old one is stopped). */
   private makeReplication: () => Promise<Replication> = () => Promise.resolve(this.replication);
 
@@ -125,6 +132,25 @@ export class AgentService {
     });
     const identity = { certPem };
     const ref: { svc?: AgentService } = {};
+    const disks = new DiskMonitor({
+      configDir: opts.configDir,
+      config,
+      engine: () => (ref.svc?.replicating ? ref.svc.replication : undefined),
+      // The running agent's copy follows config.json's disks (a failback receives onto them).
+      onConfig: (c) =>
+        Object.assign(config, {
+          disks: c.disks,
+          retiredDisks: c.retiredDisks,
+          diskSelection: c.diskSelection,
+        }),
+      // The control plane's inventory follows at once, not at the next heartbeat.
+      onChange: () => ref.svc?.wakeHeartbeat?.(),
+      ...(opts.discoverDisks ? { discover: opts.discoverDisks } : {}),
+      clock,
+      logger: log,
+    });
+    // A configured disk that is gone at start is missing, not a reason not to start.
+    await disks.probeAtStart();
     const engine = async (): Promise<Replication> => {
       const resumeToken = await readSessionToken(p.session);
       return new Replication({
@@ -135,9 +161,12 @@ export class AgentService {
         serverId: config.serverId,
         hostname: config.hostname,
         version: AGENT_VERSION,
-        disks: config.disks,
+        disks: disks.wanted(),
         blockSize: config.blockSize,
         settings: config.settings,
+        // Sizes and the disk set are checked at the same cadence.
+        sizeCheckMs: disks.intervalMs,
+        onStepFailed: () => ref.svc?.disks.soon(),
         // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
         connect: () => {
           const proxy = proxyFromEnvironment(data.host, data.port);
@@ -159,6 +188,7 @@ export class AgentService {
     const replication = await engine();
     const svc = new AgentService(config, replication, control, opts, log, clock, data);
     ref.svc = svc;
+    svc.disks = disks;
     svc.makeReplication = engine;
     svc.generations = await readGenerations(path.join(p.state, "generations.json"));
     await writeAgentStatus(p.status, {
@@ -213,6 +243,7 @@ export class AgentService {
     svc.every(3600_000, () => void svc.renew(identity));
     svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings(), svc.boot.check()];
     svc.every(opts.bootCheckIntervalMs ?? 60_000, () => void svc.boot.check());
+    svc.every(disks.intervalMs, () => void disks.tick());
     await svc.readRescanRequest();
     return svc;
   }
@@ -238,6 +269,11 @@ export class AgentService {
     this.replication.requestRescan(disks);
   }
 
+  /** Checks the disks now (config.json's list, missing devices, new disks): disk-changes.ts. */
+  checkDisks(): void {
+    if (!this.stopping) void this.disks.tick();
+  }
+
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
@@ -248,6 +284,8 @@ export class AgentService {
     await this.modeChain;
     await this.receiver?.stop();
     if (this.replicating) await this.replication.stop();
+    // After the engine: a check waiting on it (a disk change) ends once it stopped.
+    await this.disks.idle();
     await Promise.allSettled(this.loops);
     await this.statusWrite;
     const s = this.replication.status();
@@ -318,9 +356,20 @@ export class AgentService {
     this.timers.push(t);
   }
 
-  /** The engine's status while replicating; otherwise what receive mode or the fence says. */
+  /** What `agent status` shows (undefined while filesystems are frozen). */
+  status(): AgentStatus | undefined {
+    return this.currentStatus();
+  }
+
+  /** The engine's status (with the missing disks) while replicating; otherwise what receive mode or the fence says. */
   private currentStatus(): AgentStatus | undefined {
-    if (this.replicating) return this.replication.status() ?? undefined;
+    if (this.replicating) {
+      const s = this.replication.status();
+      if (!s) return undefined;
+      const missing = this.disks.missingStatus();
+      if (missing.length) s.disks = [...s.disks, ...missing].sort((a, b) => a.index - b.index);
+      return s;
+    }
     return {
       state: this.mode === "receive" ? "RECEIVING" : "FENCED",
       tracker: "scan",
@@ -494,6 +543,7 @@ export class AgentService {
                 state: d.state,
                 // Initial sync and rescan progress, for the console's disks table.
                 ...(d.progress ? { progress: d.progress } : {}),
+                ...(d.missingSince !== undefined ? { missingSince: d.missingSince } : {}),
               })),
               tracker: s.tracker,
               ...(boot ? { boot } : {}),
@@ -662,7 +712,11 @@ export async function runAgent(opts: {
         }
       : {}),
   });
-  const onUsr2 = () => void svc.readRescanRequest();
+  // `agent rescan` and `agent disks add|remove` signal: a rescan request, or config.json's disks changed.
+  const onUsr2 = () => {
+    void svc.readRescanRequest();
+    svc.checkDisks();
+  };
   process.on("SIGUSR2", onUsr2);
   try {
     await new Promise<void>((resolve) => {

@@ -25,10 +25,14 @@ export interface DiskStatus {
   index: number;
   path: string;
   sizeBytes: number;
-  state: "INITIAL_SYNC" | "RESCAN" | "CONTINUOUS" | "REMOVED";
+  /** MISSING: configured, but its device is gone (disk-changes.ts); not replicated until it is back. */
+  state: "INITIAL_SYNC" | "RESCAN" | "CONTINUOUS" | "REMOVED" | "MISSING";
   /** Of the current initial sync or rescan pass; absent otherwise. */
   progress?: { doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null };
   dirtyBytes: number;
+  /** A MISSING disk's: since when (ms since the epoch) and why; it is retired after the grace period. */
+  missingSince?: number;
+  missingReason?: string;
 }
 
 export interface AgentStatus {

@@ -26,6 +26,7 @@ import { parseFingerprint } from "../net/index.js";
 import { type CliContext, parseIntOption, parseSize, requireOption } from "./context.js";
 import { formatBytes, printJson, printLines } from "./output.js";
 import { action } from "./action.js";
+import { agentDisksCommand } from "./agent-disks.js";
 import { agentUpgradeCommand } from "./agent-upgrade.js";
 import { readCaFile, readTokenInput } from "./token-input.js";
 
@@ -145,6 +146,7 @@ export function agentCommand(): Command {
     .option("--keep-config", "remove only the private key; keep config.json and the state")
     .option("--force", "remove the local installation even when the server cannot be told")
     .action(action<UninstallOpts>((ctx, o) => uninstall(ctx, o)));
+  agent.addCommand(agentDisksCommand());
   agent.addCommand(agentUpgradeCommand(DEFAULT_AGENT_CONFIG_DIR));
   return agent;
 }
@@ -245,7 +247,7 @@ async function install(ctx: CliContext, o: InstallOpts): Promise<void> {
       hint: "give --hostname with letters, digits, '.', '_' and '-'",
       exitCode: 2,
     });
-  const disks = await chooseDisks(ctx, o);
+  const { disks, selection } = await chooseDisks(ctx, o);
   const r = await installAgent({
     configDir: o.configDir,
     endpoint,
@@ -255,6 +257,7 @@ async function install(ctx: CliContext, o: InstallOpts): Promise<void> {
     hostname,
     blockSize,
     disks,
+    diskSelection: selection,
     inventory: inventoryOf(host, disks),
     logger: ctx.logger,
   });
@@ -278,17 +281,28 @@ async function readToken(tokenFile: string | undefined): Promise<string> {
   return token;
 }
 
-/** --devices, --disk-image, or the discovered disks (asking on a terminal unless --no-prompt). */
-async function chooseDisks(ctx: CliContext, o: InstallOpts): Promise<ChosenDisk[]> {
-  if (o.diskImage !== undefined) return checkAll(o.diskImage, "image");
+/**
+ * --devices, --disk-image, or the discovered disks (asking on a terminal
+ * unless --no-prompt). `selection` is "all" when no list was given nor
+ * chosen: the running agent then adds disks that appear later.
+ */
+async function chooseDisks(
+  ctx: CliContext,
+  o: InstallOpts,
+): Promise<{ disks: ChosenDisk[]; selection: "all" | "listed" }> {
+  if (o.diskImage !== undefined) return { disks: await checkAll(o.diskImage, "image"), selection: "listed" };
   if (o.devices !== undefined)
-    return checkAll(
-      o.devices
-        .split(",")
-        .map((s) => s.trim())
-        .filter(Boolean),
-      "device",
-    );
+    return {
+      disks: await checkAll(
+        o.devices
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean),
+        "device",
+      ),
+      selection: "listed",
+    };
+  let selection: "all" | "listed" = "all";
   const found = (
     await discoverBlockDevices().catch((err: unknown) => {
       ctx.logger.warn({ err }, "block device discovery failed");
@@ -309,6 +323,7 @@ async function chooseDisks(ctx: CliContext, o: InstallOpts): Promise<ChosenDisk[
       const answer = (
         await rl.question("replicate which (numbers, comma-separated; empty: all non-removable)? ")
       ).trim();
+      if (answer !== "") selection = "listed";
       if (answer !== "")
         chosen = answer.split(",").map((s) => {
           const n = Number(s.trim());
@@ -329,7 +344,7 @@ async function chooseDisks(ctx: CliContext, o: InstallOpts): Promise<ChosenDisk[
       hint: "give --devices /dev/sdb,... or --disk-image PATH",
       exitCode: 2,
     });
-  return checkAll([...new Set(chosen.map((d) => d.path))], "device");
+  return { disks: await checkAll([...new Set(chosen.map((d) => d.path))], "device"), selection };
 }
 
 async function checkAll(paths: string[], kind: ChosenDisk["kind"]): Promise<ChosenDisk[]> {
@@ -390,7 +405,13 @@ function statusLines(s: AgentStatus): string[] {
           d.progress.etaSeconds !== null ? ` ETA ${d.progress.etaSeconds.toFixed(0)}s` : ""
         }`
       : "";
-    lines.push(`disk ${d.index}  ${d.path}  ${d.state}${progress}  dirty ${formatBytes(d.dirtyBytes)}`);
+    const missing =
+      d.missingSince !== undefined
+        ? `  since ${new Date(d.missingSince).toISOString()} (${d.missingReason ?? "gone"})`
+        : "";
+    lines.push(
+      `disk ${d.index}  ${d.path}  ${d.state}${progress}${missing}  dirty ${formatBytes(d.dirtyBytes)}`,
+    );
   }
   return lines;
 }

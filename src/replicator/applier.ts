@@ -103,8 +103,12 @@ export class ReplicaApplier {
   /**
    * Opens the replica of `server` with the given disks, starting from its
    * head, else its latest PIT, else empty disks. A disk whose size changed is
-   * grown (new space reads as zeros) or shrunk; a disk not in the head starts
-   * empty. Holds a writer lock until closed.
+   * grown (new space reads as zeros) or shrunk; a disk not in the head (a
+   * disk added to the server) starts empty: agents never give a retired
+   * disk's index to another disk (agent/disk-set.ts). A disk of the head that `disks` does not name (one
+   * the server stopped replicating) is in no later head or PIT; the PITs made
+   * before keep it, and so its chunks (gc.ts marks from every PIT). Holds a
+   * writer lock until closed.
    *
    * `epoch` is the writer's assignment epoch (head.ts, "Fencing"): every
    * head and PIT it writes carries it, and it is refused (STORE_HEAD_FENCED)

@@ -32,10 +32,12 @@ void describe("agent install without --devices", () => {
     return { tokenFile, configDir: path.join(tmp, `agent-${n}`) };
   };
   const disks = async () => (await discoverBlockDevices()).filter((d) => d.kind === "disk" && !d.readOnly);
-  const configDisks = async (configDir: string) =>
-    (
-      JSON.parse(await readFile(path.join(configDir, "config.json"), "utf8")) as { disks: { path: string }[] }
-    ).disks.map((d) => d.path);
+  const configOf = async (configDir: string) =>
+    JSON.parse(await readFile(path.join(configDir, "config.json"), "utf8")) as {
+      disks: { path: string }[];
+      diskSelection: string;
+    };
+  const configDisks = async (configDir: string) => (await configOf(configDir)).disks.map((d) => d.path);
 
   before(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), "lifeboat-choose-disks-"));
@@ -80,6 +82,8 @@ void describe("agent install without --devices", () => {
     );
     assert.ok(out.disks.every((d) => d.kind === "device"));
     assert.deepEqual(await configDisks(configDir), expected);
+    // Every disk: the running agent adds new ones too.
+    assert.equal((await configOf(configDir)).diskSelection, "all");
   });
 
   /** `agent install` on a terminal (script(1) gives it one), answering `answer`. */
@@ -130,6 +134,7 @@ void describe("agent install without --devices", () => {
     assert.equal(r.code, 0, r.output);
     for (const d of found) assert.ok(r.output.includes(d.path), `${d.path} listed:\n${r.output}`);
     assert.deepEqual(await configDisks(r.configDir), [found[0]!.path]);
+    assert.equal((await configOf(r.configDir)).diskSelection, "listed", "the disks chosen, no others");
   });
 
   void it("on a terminal, refuses a number not listed", { timeout: 60_000 }, async (t) => {
