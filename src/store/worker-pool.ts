@@ -246,22 +246,33 @@ export class WorkerPool {
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }
 
-  /** Compresses and encrypts the given chunks of a scanned batch (in order), and frees the batch. */
+  /**
+   * Compresses and encrypts the given chunks of a scanned batch (in order),
+   * and frees the batch. The objects come back in `buffer`: the batch's own
+   * buffer when they fit in it (so the caller may reuse it once done with
+   * the objects), else a new one.
+   */
   async encode(
     batch: number,
     chunks: { index: number; id: Uint8Array }[],
-  ): Promise<{ index: number; name: string; size: number; data: Buffer }[]> {
+  ): Promise<{
+    objects: { index: number; name: string; size: number; data: Buffer }[];
+    buffer: ArrayBuffer;
+  }> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
     const msg: WorkerRequest = { type: "encode", batch, chunks };
     const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
     const { objects, data } = r as Extract<WorkerResponse, { type: "encoded" }>;
-    return objects.map((o) => ({
-      index: o.index,
-      name: o.name,
-      size: o.size,
-      data: Buffer.from(data, o.offset, o.size),
-    }));
+    return {
+      objects: objects.map((o) => ({
+        index: o.index,
+        name: o.name,
+        size: o.size,
+        data: Buffer.from(data, o.offset, o.size),
+      })),
+      buffer: data,
+    };
   }
 
   /** Decrypts, decompresses and checks a chunk object against its id. */
