@@ -41,6 +41,8 @@ export async function loadKnownIds(
   return known;
 }
 
+/** Young generation of an ingest worker (WorkerPool): cuts the garbage encoding leaves, at no cost in CPU measured. */
+const WORKER_YOUNG_GENERATION_MB = 2;
 /** Run buffers kept for reuse: enough for an import's reads in flight and a few more. */
 const MAX_SPARE_BUFFERS = 8;
 
@@ -82,7 +84,9 @@ export class ChunkIngest {
     readonly known: KnownIds,
     opts: { packBytes?: number; writeConcurrency?: number } = {},
   ) {
-    this.pool = new WorkerPool(repo.keys, repo.config.compression.level);
+    this.pool = new WorkerPool(repo.keys, repo.config.compression.level, undefined, {
+      youngGenerationMb: WORKER_YOUNG_GENERATION_MB,
+    });
     this.packs = new PackWriter(repo, opts.packBytes, opts.writeConcurrency ?? 2);
   }
 
@@ -156,7 +160,7 @@ export class ChunkIngest {
   takeBuffer(length: number): Buffer {
     const room = length + Math.ceil(length / this.repo.config.chunkSize) * OBJECT_OVERHEAD;
     const i = this.spare.findIndex((ab) => ab.byteLength >= room);
-    const ab = i >= 0 ? this.spare.splice(i, 1)[0]! : (Buffer.allocUnsafeSlow(room).buffer as ArrayBuffer);
+    const ab = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(room).buffer;
     this.lent++;
     return Buffer.from(ab, 0, length);
   }

@@ -157,9 +157,23 @@ export class WorkerPool {
   private rr = 0;
   private failure: Error | undefined;
 
-  constructor(keys: RepositoryKeys, compressionLevel: number, size = Math.max(1, os.availableParallelism())) {
+  /**
+   * `youngGenerationMb` caps each worker's young generation: encoding
+   * allocates a few buffers per chunk that die at once, and they are freed
+   * only when the worker collects garbage; a small young generation collects
+   * often, so they do not pile up to tens of MiB per worker.
+   */
+  constructor(
+    keys: RepositoryKeys,
+    compressionLevel: number,
+    size = Math.max(1, os.availableParallelism()),
+    opts: { youngGenerationMb?: number } = {},
+  ) {
     for (let i = 0; i < size; i++) {
       const w = new Worker(new URL("./chunk-worker.js", import.meta.url), {
+        ...(opts.youngGenerationMb
+          ? { resourceLimits: { maxYoungGenerationSizeMb: opts.youngGenerationMb } }
+          : {}),
         workerData: {
           encryptionKey: new Uint8Array(keys.encryptionKey),
           namingKey: new Uint8Array(keys.namingKey),
