@@ -6,6 +6,7 @@ import {
   ChunkIngest,
   type ConsistencyLevel,
   type Head,
+  type KnownIds,
   type Pit,
   type PitDisk,
   type Repository,
@@ -123,6 +124,7 @@ export class ReplicaApplier {
   ): Promise<ReplicaApplier> {
     const lock = await acquireLock(repo, "writer", `replica of ${server}`);
     lock.keepAlive();
+    let known: KnownIds | undefined;
     try {
       const pits = await listPits(repo, { damaged: [] });
       const head = await readHead(repo, server);
@@ -130,7 +132,7 @@ export class ReplicaApplier {
       if ((head?.epoch ?? 0) > epoch) await assertNotFenced(repo, server, epoch);
       const latest = pits.filter((p) => p.server === server).at(-1);
       const base: PitDisk[] = head?.disks ?? latest?.disks ?? [];
-      const known = await loadKnownIds(repo, [...pits, ...(head ? [head.disks] : [])]);
+      known = await loadKnownIds(repo, [...pits, ...(head ? [head.disks] : [])]);
       const chunkSize = repo.config.chunkSize;
       const states = new Map<number, DiskState>();
       for (const d of disks) {
@@ -159,6 +161,7 @@ export class ReplicaApplier {
       };
       return new ReplicaApplier(repo, server, states, ingest, lock, start, opts.maxInFlight ?? 4, epoch);
     } catch (err) {
+      known?.close();
       await lock.release();
       throw err;
     }
@@ -360,7 +363,7 @@ export class ReplicaApplier {
 
   /** Whether the replica can reuse a stored chunk with this id (a sender may then send only the id). */
   holds(id: Uint8Array): boolean {
-    return this.ingest.known.chunks.has(Buffer.from(id).toString("latin1"));
+    return this.ingest.known.chunks.has(id);
   }
 
   /**
@@ -378,7 +381,7 @@ export class ReplicaApplier {
         { hint: "the sender must refer to whole chunks" },
       );
     }
-    const known = this.ingest.known.chunks.get(Buffer.from(id).toString("latin1"));
+    const known = this.ingest.known.chunks.get(id);
     if (!known) {
       throw new LifeboatError(
         "REPLICA_UNKNOWN_CHUNK",

@@ -27,6 +27,12 @@ export const ZERO_ID: Buffer = Buffer.alloc(ID_LEN);
 export const ZERO_ENTRY: Buffer = Buffer.alloc(LEAF_ENTRY_LEN);
 const PAGE_HEADER = 8;
 
+/** Page ids (latin1 strings) known to be stored: a Set, or the writer's compact set (known-index.ts). */
+export interface PageIdSet {
+  has(id: string): boolean;
+  add(id: string): unknown;
+}
+
 /** Where a chunk's stored object lies: a byte range of a pack (pack.ts). */
 export interface ChunkLocation {
   pack: Buffer;
@@ -122,7 +128,7 @@ export class BlockMapBuilder {
   constructor(
     private readonly repo: Repository,
     private readonly chunkCount: number,
-    private readonly known?: Set<string>,
+    private readonly known?: PageIdSet,
   ) {
     this.depth = depthFor(chunkCount, repo.config.pageFanout);
     this.levels = Array.from({ length: this.depth }, () => []);
@@ -202,7 +208,7 @@ export async function updateBlockMap(
   repo: Repository,
   ref: BlockMapRef,
   changes: ReadonlyMap<number, Uint8Array>,
-  known?: Set<string>,
+  known?: PageIdSet,
 ): Promise<BlockMapRef> {
   const fanout = repo.config.pageFanout;
   for (const i of changes.keys()) {
@@ -273,7 +279,7 @@ export async function resizeBlockMap(
   repo: Repository,
   ref: BlockMapRef,
   chunkCount: number,
-  known?: Set<string>,
+  known?: PageIdSet,
 ): Promise<BlockMapRef> {
   if (chunkCount === ref.chunkCount) return ref;
   const builder = new BlockMapBuilder(repo, chunkCount, known);

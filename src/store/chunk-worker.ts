@@ -81,8 +81,12 @@ function handle(msg: WorkerRequest): void {
         const name = `chunks/${h.slice(0, 2)}/${h}`;
         return { index, name, data: codec.encode(name, ObjectKind.chunk, chunkAt(batch, index)) };
       });
-      // One buffer for the batch: one transfer, and one allocation for the main thread to free.
-      const all = Buffer.allocUnsafeSlow(objects.reduce((n, o) => n + o.data.length, 0));
+      // The objects go back in the batch's own buffer when they fit (its plaintext is no longer
+      // needed), so that buffer returns to the main thread for the next read: nothing is allocated
+      // per batch. Otherwise one buffer for them all: one transfer, one allocation to free.
+      const total = objects.reduce((n, o) => n + o.data.length, 0);
+      const own = batch.data.buffer as ArrayBuffer;
+      const all = total <= own.byteLength ? Buffer.from(own) : Buffer.allocUnsafeSlow(total);
       let at = 0;
       const placed = objects.map((o) => {
         o.data.copy(all, at);

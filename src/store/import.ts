@@ -11,7 +11,7 @@ import {
   validateServerName,
   writePit,
 } from "./pit.js";
-import { ChunkIngest, loadKnownIds } from "./ingest.js";
+import { ChunkIngest, type KnownIdsOptions, loadKnownIds } from "./ingest.js";
 import type { Repository } from "./repository.js";
 
 export interface ImportProgress {
@@ -44,6 +44,8 @@ export interface ImportOptions {
   writeConcurrency?: number;
   /** Target pack size (default 16 MiB). */
   packBytes?: number;
+  /** Memory for the set of chunks and pages already stored, and where it spills beyond that. */
+  known?: KnownIdsOptions;
 }
 
 /**
@@ -73,11 +75,16 @@ export async function importDisks(
   let ingest: ChunkIngest | undefined;
   let bytesRead = 0;
   try {
-    const known = await loadKnownIds(repo, await listPits(repo, { damaged: [] }));
-    ingest = new ChunkIngest(repo, known, {
-      ...(opts.packBytes ? { packBytes: opts.packBytes } : {}),
-      ...(opts.writeConcurrency ? { writeConcurrency: opts.writeConcurrency } : {}),
-    });
+    const known = await loadKnownIds(repo, await listPits(repo, { damaged: [] }), opts.known);
+    try {
+      ingest = new ChunkIngest(repo, known, {
+        ...(opts.packBytes ? { packBytes: opts.packBytes } : {}),
+        ...(opts.writeConcurrency ? { writeConcurrency: opts.writeConcurrency } : {}),
+      });
+    } catch (err) {
+      known.close();
+      throw err;
+    }
     const disks: PitDisk[] = [];
     for (const [index, src] of sources.entries()) {
       const ref = await importOne(ingest, src, index, opts);
@@ -126,7 +133,7 @@ async function importOne(
   for (let offset = 0; offset < src.size;) {
     while (inflight.length >= readAhead) await drainOne();
     const length = Math.min(batchBytes, src.size - offset);
-    const buf = Buffer.allocUnsafeSlow(length);
+    const buf = ingest.takeBuffer(length);
     let got = 0;
     while (got < length) {
       const { bytesRead } = await src.handle.read(buf, got, length - got, offset + got);

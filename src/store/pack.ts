@@ -26,6 +26,8 @@ const TRAILER_LEN = 8;
 const INDEX_ENTRY_LEN = ID_LEN + 8;
 /** A pack is sealed once it holds this many bytes (a chunk never straddles two packs). */
 export const DEFAULT_PACK_BYTES = 16 << 20;
+/** Pack buffers kept for reuse. */
+const SPARE_PACKS = 2;
 
 export interface PackIndexEntry {
   id: Buffer;
@@ -49,7 +51,15 @@ export class PackWriter {
   private readonly stores: Limiter;
   private readonly running = new Set<Promise<void>>();
   private readonly storing = new Set<string>();
+  /**
+   * Buffers of stored packs, for the next ones: a pack buffer is large, and
+   * allocating one per pack costs page faults and leaves the allocator's
+   * heaps fragmented (freed blocks of this size are not returned to the system).
+   */
+  private readonly spare: Buffer[] = [];
   private failure: Error | undefined;
+  /** The seal under way, while it waits for a store slot (see add). */
+  private sealing: Promise<void> | undefined;
   /** Packs stored so far and their bytes. */
   packs = 0;
   bytes = 0;
@@ -63,6 +73,9 @@ export class PackWriter {
   }
 
   async add(id: Uint8Array, encoded: Buffer): Promise<ChunkLocation> {
+    // A full pack waits for a store slot before it is sealed; nothing is added meanwhile, so at
+    // most `concurrency` packs are being stored and one filled: that is all the memory packs take.
+    while (this.sealing) await this.sealing;
     if (this.failure !== undefined) throw this.failure;
     const loc = { pack: this.packId, offset: this.size, length: encoded.length };
     const e = Buffer.alloc(INDEX_ENTRY_LEN);
@@ -84,6 +97,7 @@ export class PackWriter {
 
   /** Stores the pack being filled (if any) and waits for every store; rethrows the first failure. */
   async finish(): Promise<void> {
+    while (this.sealing) await this.sealing;
     await this.seal();
     await Promise.all(this.running);
     if (this.failure !== undefined) throw this.failure;
@@ -92,15 +106,24 @@ export class PackWriter {
   /** Makes room for `more` bytes after the pack's current end (one buffer per pack, grown rarely). */
   private reserve(more: number): void {
     if (this.size + more <= this.buf.length) return;
-    const next = Buffer.allocUnsafeSlow(
-      Math.max(this.targetBytes + 64 * 1024, 2 * this.buf.length, this.size + more),
-    );
+    const want = Math.max(this.targetBytes + 64 * 1024, 2 * this.buf.length, this.size + more);
+    const i = this.spare.findIndex((b) => b.length >= want);
+    const next = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(want);
     this.buf.copy(next, 0, 0, this.size);
     this.buf = next;
   }
 
-  private async seal(): Promise<void> {
+  private seal(): Promise<void> {
+    const sealing = this.sealNow().finally(() => {
+      if (this.sealing === sealing) this.sealing = undefined;
+    });
+    this.sealing = sealing;
+    return sealing;
+  }
+
+  private async sealNow(): Promise<void> {
     if (this.index.length === 0) return;
+    await this.stores.waitForSlot();
     const name = packName(this.packId);
     const index = this.repo.codec.encode(name, ObjectKind.packIndex, Buffer.concat(this.index));
     const trailer = Buffer.alloc(TRAILER_LEN);
@@ -109,20 +132,23 @@ export class PackWriter {
     this.reserve(index.length + TRAILER_LEN);
     index.copy(this.buf, this.size);
     trailer.copy(this.buf, this.size + index.length);
-    const data = this.buf.subarray(0, this.size + index.length + TRAILER_LEN);
+    const whole = this.buf;
+    const data = whole.subarray(0, this.size + index.length + TRAILER_LEN);
     this.buf = Buffer.alloc(0); // the next pack gets a buffer of its own: this one is being stored
     this.index = [];
     this.size = 0;
     this.storing.add(this.packId.toString("hex"));
     const stored = this.packId.toString("hex");
     this.packId = randomBytes(PACK_ID_LEN);
-    await this.stores.waitForSlot();
+    // A slot is free (nothing else stores packs, and nothing was awaited since): the store starts now.
     const task = this.stores
       .run(() => this.repo.backend.put(name, data))
       .then(
         () => {
           this.packs++;
           this.bytes += data.length;
+          // Stored: a backend keeps no reference to the bytes of a put once it resolved.
+          if (this.spare.length < SPARE_PACKS) this.spare.push(whole);
         },
         (err: unknown) => {
           this.failure ??= err instanceof Error ? err : new Error(String(err));

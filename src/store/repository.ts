@@ -10,7 +10,7 @@ import {
   validateChunkSize,
 } from "./config.js";
 import { type KeyFile, type RepositoryKeys, deriveKeys, keyCheck } from "./keys.js";
-import { type ChunkLocation, entryId, entryLocation } from "./block-map.js";
+import { type ChunkLocation, type PageIdSet, entryId, entryLocation } from "./block-map.js";
 import { CONFIG_NAME, PREFIX, keyedName, packName, trashName } from "./names.js";
 
 export const PAGE_FANOUT = 256;
@@ -136,7 +136,7 @@ export class Repository {
   }
 
   /** Stores a block-map page unless `known` says it is already there; returns its id. */
-  async putPage(plain: Buffer, known?: Set<string>): Promise<Buffer> {
+  async putPage(plain: Buffer, known?: PageIdSet): Promise<Buffer> {
     const id = sha256(plain);
     const key = id.toString("latin1");
     if (known?.has(key)) return id;

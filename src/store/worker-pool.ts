@@ -157,9 +157,23 @@ export class WorkerPool {
   private rr = 0;
   private failure: Error | undefined;
 
-  constructor(keys: RepositoryKeys, compressionLevel: number, size = Math.max(1, os.availableParallelism())) {
+  /**
+   * `youngGenerationMb` caps each worker's young generation: encoding
+   * allocates a few buffers per chunk that die at once, and they are freed
+   * only when the worker collects garbage; a small young generation collects
+   * often, so they do not pile up to tens of MiB per worker.
+   */
+  constructor(
+    keys: RepositoryKeys,
+    compressionLevel: number,
+    size = Math.max(1, os.availableParallelism()),
+    opts: { youngGenerationMb?: number } = {},
+  ) {
     for (let i = 0; i < size; i++) {
       const w = new Worker(new URL("./chunk-worker.js", import.meta.url), {
+        ...(opts.youngGenerationMb
+          ? { resourceLimits: { maxYoungGenerationSizeMb: opts.youngGenerationMb } }
+          : {}),
         workerData: {
           encryptionKey: new Uint8Array(keys.encryptionKey),
           namingKey: new Uint8Array(keys.namingKey),
@@ -246,22 +260,33 @@ export class WorkerPool {
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }
 
-  /** Compresses and encrypts the given chunks of a scanned batch (in order), and frees the batch. */
+  /**
+   * Compresses and encrypts the given chunks of a scanned batch (in order),
+   * and frees the batch. The objects come back in `buffer`: the batch's own
+   * buffer when they fit in it (so the caller may reuse it once done with
+   * the objects), else a new one.
+   */
   async encode(
     batch: number,
     chunks: { index: number; id: Uint8Array }[],
-  ): Promise<{ index: number; name: string; size: number; data: Buffer }[]> {
+  ): Promise<{
+    objects: { index: number; name: string; size: number; data: Buffer }[];
+    buffer: ArrayBuffer;
+  }> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
     const msg: WorkerRequest = { type: "encode", batch, chunks };
     const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
     const { objects, data } = r as Extract<WorkerResponse, { type: "encoded" }>;
-    return objects.map((o) => ({
-      index: o.index,
-      name: o.name,
-      size: o.size,
-      data: Buffer.from(data, o.offset, o.size),
-    }));
+    return {
+      objects: objects.map((o) => ({
+        index: o.index,
+        name: o.name,
+        size: o.size,
+        data: Buffer.from(data, o.offset, o.size),
+      })),
+      buffer: data,
+    };
   }
 
   /** Decrypts, decompresses and checks a chunk object against its id. */
