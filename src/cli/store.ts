@@ -25,7 +25,6 @@ import {
 } from "../store/index.js";
 import { parseDuration, parseIntOption, parseSize, requireOption, withRepo } from "./context.js";
 import { Progress, formatBytes, printJson, printLines } from "./output.js";
-import { reindexCatalog } from "./reindex.js";
 import { action } from "./action.js";
 
 type RepoOpts = { repo?: string; keyFile?: string };
@@ -270,6 +269,8 @@ export function storeCommand(): Command {
     .action(
       action<RepoOpts & { db: string }>(async (ctx, o) =>
         withRepo(ctx, o, async (repo) => {
+          // The control plane's modules load only for this command.
+          const { reindexCatalog } = await import("./reindex.js");
           const r = await reindexCatalog(repo, o.db);
           if (ctx.json) printJson(r);
           else printLines([`${r.pits} PIT(s) of ${r.servers} server(s) indexed into ${r.db}`]);
