@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { describe, it } from "node:test";
-import { allCommands, lifeboatProgram } from "../../src/cli/main.js";
+import { allCommands, commandIn, lifeboatProgram } from "../../src/cli/main.js";
 import { renderCliReference } from "../../src/cli/reference.js";
 
 void describe("CLI reference", () => {
@@ -23,5 +23,21 @@ void describe("CLI reference", () => {
     for (const name of ["store import", "server init", "agent install", "launch", "jobs logs"]) {
       assert.ok(text.includes(`\`lifeboat ${name}\``), `${name} is in the reference`);
     }
+  });
+  void it("loads only the command that runs, and every command when none is named", async () => {
+    const argv = (...words: string[]) => ["node", "lifeboat", ...words];
+    assert.equal(commandIn(argv("store", "import", "--repo", "r")), "store");
+    assert.equal(commandIn(argv("--json", "--debug", "agent", "status")), "agent");
+    assert.equal(commandIn(argv("--help")), undefined);
+    assert.equal(commandIn(argv("help", "store")), undefined);
+    assert.equal(commandIn(argv("no-such-command")), undefined);
+    const all = (await lifeboatProgram()).commands.map((c) => c.name());
+    assert.ok(all.length > 15, `${all.length} commands`);
+    // Every command can be loaded alone, under the name it declares.
+    for (const name of all)
+      assert.deepEqual(
+        (await lifeboatProgram(name)).commands.map((c) => c.name()),
+        [name],
+      );
   });
 });
