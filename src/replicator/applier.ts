@@ -4,6 +4,7 @@ import { LifeboatError } from "../base/index.js";
 import {
   type BlockMapRef,
   ChunkIngest,
+  type ChunkFrames,
   type ConsistencyLevel,
   type Head,
   type KnownIds,
@@ -188,12 +189,14 @@ export class ReplicaApplier {
    * queued; errors surface on a later call or at the checkpoint. `owned`:
    * `data` is a Buffer of its own (byteOffset 0, not pooled) that the caller
    * hands over and never touches again; it moves to a worker without a copy.
+   * `frames`: the chunks' zstd frames as received, stored as they are
+   * instead of compressed again (ChunkFrames; handed over too).
    */
   async writeChunks(
     diskIndex: number,
     offset: number,
     data: Uint8Array,
-    opts: { owned?: boolean } = {},
+    opts: { owned?: boolean; frames?: ChunkFrames } = {},
   ): Promise<void> {
     this.check();
     const disk = this.disk(diskIndex);
@@ -224,7 +227,7 @@ export class ReplicaApplier {
     const keep = Math.min(RECENT_CHUNKS, Math.ceil(data.length / cs)) * cs;
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
     const keptFrom = data.length - kept.length;
-    const entries = this.ingest.run(own);
+    const entries = this.ingest.run(own, opts.frames);
     entries.catch(() => undefined); // handled in the chain below
     this.enqueue(async () => {
       try {

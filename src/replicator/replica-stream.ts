@@ -1,6 +1,6 @@
 import zstdBinding from "zstd-napi/binding.js";
 import { LifeboatError } from "../base/index.js";
-import type { ConsistencyLevel, Pit } from "../store/index.js";
+import type { ChunkFrames, ConsistencyLevel, Pit } from "../store/index.js";
 import type { ReplicaApplier } from "./applier.js";
 
 /** One whole block of a BLOCKS message: its bytes (raw or a zstd frame), or only its hash. */
@@ -190,7 +190,7 @@ export class ReplicaStream {
       const { offset: from, blocks } = run;
       run = undefined;
       const data = this.runContent(msg.disk, from, blocks);
-      await this.applier.writeChunks(msg.disk, from, data, { owned: true });
+      await this.applier.writeChunks(msg.disk, from, data, { owned: true, frames: framesOf(blocks) });
       bytes += data.length;
     };
     for (const b of msg.blocks) {
@@ -358,4 +358,29 @@ function closedError(): LifeboatError {
   return new LifeboatError("REPLICA_CLOSED", "the replica stream is closed", {
     hint: "the sender reconnects and resumes after the last acknowledged message",
   });
+}
+
+/**
+ * The zstd frames of a run's compressed blocks, copied into one buffer (the
+ * message's buffers are not the stream's to hand over), so that the
+ * repository stores them as they came rather than compressing every block
+ * again. runContent has checked that each decompresses to its whole block.
+ */
+function framesOf(blocks: { encoding: string; data?: Uint8Array }[]): ChunkFrames | undefined {
+  let total = 0;
+  for (const b of blocks) if (b.encoding === "zstd") total += b.data?.length ?? 0;
+  if (total === 0) return undefined;
+  const data = Buffer.allocUnsafeSlow(total);
+  const spans: number[] = [];
+  let at = 0;
+  for (const b of blocks) {
+    if (b.encoding !== "zstd" || !b.data) {
+      spans.push(-1, 0);
+      continue;
+    }
+    data.set(b.data, at);
+    spans.push(at, b.data.length);
+    at += b.data.length;
+  }
+  return { data, spans };
 }

@@ -14,6 +14,7 @@ import { LifeboatError } from "../base/index.js";
 import { serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
+import zstd from "zstd-napi/binding.js";
 import { stretchRange } from "./pack.js";
 import {
   type RestoreRunRequest,
@@ -40,7 +41,10 @@ const { encryptionKey, namingKey, compressionLevel } = workerData as {
 };
 const codec = new ObjectCodec(Buffer.from(encryptionKey), compressionLevel);
 const nameKey = Buffer.from(namingKey);
-const batches = new Map<number, { data: Buffer; chunkSize: number }>();
+const batches = new Map<
+  number,
+  { data: Buffer; chunkSize: number; frames?: { data: Buffer; spans: number[] } }
+>();
 let zeros = Buffer.alloc(0);
 
 function reply(msg: WorkerResponse, transfer: ArrayBuffer[] = []): void {
@@ -51,11 +55,34 @@ function chunkAt(b: { data: Buffer; chunkSize: number }, i: number): Buffer {
   return b.data.subarray(i * b.chunkSize, Math.min(b.data.length, (i + 1) * b.chunkSize));
 }
 
+/** Chunk i's zstd frame from the writer (ChunkFrames), if it has one that is a single frame of exactly `length` bytes. */
+function frameOf(
+  b: { frames?: { data: Buffer; spans: number[] } },
+  i: number,
+  length: number,
+): Buffer | undefined {
+  const f = b.frames;
+  const start = f?.spans[2 * i] ?? -1;
+  if (!f || start < 0) return undefined;
+  const frame = f.data.subarray(start, start + (f.spans[2 * i + 1] ?? 0));
+  try {
+    if (zstd.getFrameContentSize(frame) !== length || zstd.findFrameCompressedSize(frame) !== frame.length)
+      return undefined;
+  } catch {
+    return undefined;
+  }
+  return frame;
+}
+
 function handle(msg: WorkerRequest): void {
   switch (msg.type) {
     case "scan": {
       const data = Buffer.from(msg.buffer, 0, msg.length);
-      const batch = { data, chunkSize: msg.chunkSize };
+      const batch = {
+        data,
+        chunkSize: msg.chunkSize,
+        ...(msg.frames ? { frames: { data: Buffer.from(msg.frames.data), spans: msg.frames.spans } } : {}),
+      };
       batches.set(msg.batch, batch);
       if (zeros.length < msg.chunkSize) zeros = Buffer.alloc(msg.chunkSize);
       const n = Math.ceil(msg.length / msg.chunkSize);
@@ -79,7 +106,12 @@ function handle(msg: WorkerRequest): void {
       const objects = msg.chunks.map(({ index, id }) => {
         const h = createHmac("sha256", nameKey).update(Buffer.from(id)).digest("hex");
         const name = `chunks/${h.slice(0, 2)}/${h}`;
-        return { index, name, data: codec.encode(name, ObjectKind.chunk, chunkAt(batch, index)) };
+        const plain = chunkAt(batch, index);
+        return {
+          index,
+          name,
+          data: codec.encode(name, ObjectKind.chunk, plain, frameOf(batch, index, plain.length)),
+        };
       });
       // The objects go back in the batch's own buffer when they fit (its plaintext is no longer
       // needed), so that buffer returns to the main thread for the next read: nothing is allocated

@@ -39,11 +39,17 @@ export class ObjectCodec {
     this.compressor.setParameters({ compressionLevel });
   }
 
-  encode(name: string, kind: ObjectKind, plaintext: Uint8Array): Buffer {
+  /**
+   * `compressed`: a zstd frame of `plaintext` made elsewhere (the agent's, as
+   * it came over the wire), used instead of compressing again. The caller
+   * vouches that it decompresses to exactly `plaintext`; every read checks
+   * the chunk's id anyway.
+   */
+  encode(name: string, kind: ObjectKind, plaintext: Uint8Array, compressed?: Uint8Array): Buffer {
     let body: Uint8Array = plaintext;
     let flags = 0;
     if (plaintext.length > 0) {
-      const z = this.compressor.compress(plaintext);
+      const z = compressed ?? this.compressor.compress(plaintext);
       if (z.length < plaintext.length) {
         body = z;
         flags |= FLAG_ZSTD;

@@ -54,6 +54,6 @@ export {
 export { Repository } from "./repository.js";
 export { repositoryStats, type StoreStats } from "./stats.js";
 export { verifyRepository, type VerifyReport } from "./verify.js";
-export { WorkerPool } from "./worker-pool.js";
+export { type ChunkFrames, WorkerPool } from "./worker-pool.js";
 export { forgetPits, type ForgetReport } from "./forget.js";
 export { DEFAULT_RETENTION, parseRetention, planRetention, type RetentionPolicy } from "./retention.js";

@@ -4,7 +4,7 @@ import { OBJECT_OVERHEAD } from "./codec.js";
 import { PackWriter } from "./pack.js";
 import type { Pit } from "./pit.js";
 import type { Repository } from "./repository.js";
-import { WorkerPool } from "./worker-pool.js";
+import { type ChunkFrames, WorkerPool } from "./worker-pool.js";
 
 export { KnownIds, type KnownIdsOptions } from "./known-index.js";
 
@@ -93,12 +93,13 @@ export class ChunkIngest {
   /**
    * The leaf entries of the chunks in `buf` (consecutive chunks of a disk; the
    * last may be short). The buffer moves to a worker: the caller must not
-   * touch it again.
+   * touch it again; so do `frames` (compressed forms of some of the chunks,
+   * stored as they are: ChunkFrames).
    */
-  async run(buf: Buffer): Promise<Buffer[]> {
+  async run(buf: Buffer, frames?: ChunkFrames): Promise<Buffer[]> {
     const chunkSize = this.repo.config.chunkSize;
     const length = buf.length;
-    const { batch, ids } = await this.pool.scan(buf, chunkSize);
+    const { batch, ids } = await this.pool.scan(buf, chunkSize, frames);
     const { known, stats } = this;
     const n = ids.length / 32;
     // Per chunk: its entry, or a promise of it (a chunk a run is storing, this one included).

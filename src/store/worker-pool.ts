@@ -7,8 +7,29 @@ import type { RepositoryKeys } from "./keys.js";
 import { Limiter } from "./limiter.js";
 import { packName } from "./names.js";
 
+/**
+ * Compressed forms of a run's chunks that a writer already has (the
+ * replicator: the agent's zstd frames, which it decompressed to get the run),
+ * so that they are encrypted as they are instead of compressed again. Chunk
+ * i's frame is `data[spans[2i], spans[2i] + spans[2i+1])`; a negative start:
+ * none. A frame is used only if it is one zstd frame that declares exactly
+ * the chunk's length; `data` moves to the worker.
+ */
+export interface ChunkFrames {
+  data: Buffer;
+  spans: number[];
+}
+
 export type WorkerRequest =
-  | { type: "scan"; batch: number; buffer: ArrayBuffer; length: number; chunkSize: number }
+  | {
+      type: "scan";
+      batch: number;
+      buffer: ArrayBuffer;
+      length: number;
+      chunkSize: number;
+      /** zstd frames of some of the chunks (ChunkFrames), to store as they are. */
+      frames?: { data: ArrayBuffer; spans: number[] };
+    }
   | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
   | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
   | RestoreRunRequest;
@@ -244,18 +265,23 @@ export class WorkerPool {
   }
 
   /** Hashes each chunk of `buffer` (ownership moves to the worker); zero chunks get the all-zero id. */
-  async scan(buffer: Buffer, chunkSize: number): Promise<{ batch: number; ids: Buffer }> {
+  async scan(
+    buffer: Buffer,
+    chunkSize: number,
+    frames?: ChunkFrames,
+  ): Promise<{ batch: number; ids: Buffer }> {
     const batch = this.nextBatch++;
     const w = this.pick();
     this.owner.set(batch, w);
     const ab = buffer.buffer as ArrayBuffer;
     if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length)
       throw new Error("scan needs a buffer of its own");
+    const f = frames && { data: transferable(frames.data), spans: frames.spans };
     const r = await this.send(
       w,
       `scanned:${batch}`,
-      { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize },
-      [ab],
+      { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize, ...(f ? { frames: f } : {}) },
+      f ? [ab, f.data] : [ab],
     );
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }
