@@ -137,19 +137,12 @@ function giveBack(b: Buffer): void {
 
 /**
  * Open packs, kept while runs are being restored (a 16 MiB pack feeds several
- * runs) and closed when the worker has none left. `direct`: the same pack
- * opened with O_DIRECT, where its filesystem allows it (not tmpfs): a pack is
- * read once per restore, so its pages would only fill (and be evicted from)
- * the page cache, at the cost of a copy and of the kernel's bookkeeping.
+ * runs) and closed when the worker has none left.
  */
-interface PackFds {
-  fd: number;
-  direct?: number;
-}
-const packFds = new Map<string, Promise<PackFds>>();
+const packFds = new Map<string, Promise<number>>();
 let running = 0;
 
-function packFd(root: string, name: string): Promise<PackFds> {
+function packFd(root: string, name: string): Promise<number> {
   let fd = packFds.get(name);
   if (!fd) {
     fd = openPack(root, name);
@@ -160,20 +153,15 @@ function packFd(root: string, name: string): Promise<PackFds> {
 }
 
 /** A pack of a local repository, or its copy in the trash (see gc.ts). */
-async function openPack(root: string, name: string): Promise<PackFds> {
-  const withDirect = async (file: string): Promise<PackFds> => {
-    const fd = await openFile(file, "r");
-    const direct = await openFile(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT).catch(() => undefined);
-    return direct === undefined ? { fd } : { fd, direct };
-  };
+async function openPack(root: string, name: string): Promise<number> {
   try {
-    return await withDirect(path.join(root, name));
+    return await openFile(path.join(root, name), "r");
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT")
       throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
   }
   try {
-    return await withDirect(path.join(root, "trash", name));
+    return await openFile(path.join(root, "trash", name), "r");
   } catch {
     throw new LifeboatError("STORE_OBJECT_MISSING", `object ${name} is missing from ${root}`, {
       hint: "run `lifeboat store verify` to see which PITs are affected",
@@ -182,66 +170,26 @@ async function openPack(root: string, name: string): Promise<PackFds> {
 }
 
 function closePacks(): void {
-  for (const fds of packFds.values())
-    void fds.then(
-      ({ fd, direct }) => {
-        fs.close(fd, () => undefined);
-        if (direct !== undefined) fs.close(direct, () => undefined);
-      },
+  for (const fd of packFds.values())
+    void fd.then(
+      (n) => fs.close(n, () => undefined),
       () => undefined,
     );
   packFds.clear();
 }
 
-/**
- * Bytes of `into` that a read of `length` bytes at `offset` needs: with
- * O_DIRECT the read starts and ends on page boundaries.
- */
-function readSpan(offset: number, length: number): number {
-  const from = offset - (offset % PAGE);
-  return Math.ceil((offset + length - from) / PAGE) * PAGE;
-}
-
-/**
- * Reads up to `length` bytes of a pack at `offset` (fewer only at the pack's
- * end) into `into`, which is page-aligned and holds readSpan(offset, length)
- * bytes; returns the bytes read, a part of `into`.
- */
-async function readPack(
-  root: string,
-  name: string,
-  offset: number,
-  length: number,
-  into: Buffer,
-): Promise<Buffer> {
-  const { fd, direct } = await packFd(root, name);
-  const readAll = async (f: number, buf: Buffer, at: number): Promise<number> => {
-    let got = 0;
-    while (got < buf.length) {
-      const { bytesRead } = await read(f, buf, got, buf.length - got, at + got);
-      if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
-      got += bytesRead;
-      // O_DIRECT reads stop short only at the end of the file.
-      if (f === direct && got % PAGE !== 0) break;
-    }
-    return got;
-  };
-  try {
-    if (direct !== undefined) {
-      const skip = offset % PAGE;
-      try {
-        const got = await readAll(direct, into.subarray(0, readSpan(offset, length)), offset - skip);
-        return into.subarray(skip, Math.max(skip, Math.min(got, skip + length)));
-      } catch (err) {
-        // A filesystem that opens with O_DIRECT but refuses such reads: read through the cache.
-        if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
-      }
-    }
-    const got = await readAll(fd, into.subarray(0, length), offset);
-    return into.subarray(0, got);
-  } catch (err) {
-    throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
+/** Reads up to `length` bytes of a pack at `offset` into `into`; fewer only at the pack's end. */
+async function readPack(root: string, name: string, offset: number, into: Buffer): Promise<Buffer> {
+  const fd = await packFd(root, name);
+  let got = 0;
+  while (got < into.length) {
+    const { bytesRead } = await read(fd, into, got, into.length - got, offset + got).catch((err: unknown) => {
+      throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
+    });
+    if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
+    got += bytesRead;
   }
+  return into.subarray(0, got);
 }
 
 /**
@@ -280,14 +228,14 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
     } else {
       const root = msg.root;
       const groups = runStretches(items, MAX_GAP).map((group) => ({ group, ...stretchRange(group) }));
-      stored = takeBuffer(groups.reduce((n, g) => n + readSpan(g.offset, g.length), 0));
+      stored = takeBuffer(groups.reduce((n, g) => n + g.length, 0));
       let at = 0;
       await Promise.all(
         groups.map(async ({ group, offset, length }) => {
-          const into = stored!.subarray(at, (at += readSpan(offset, length)));
+          const into = stored!.subarray(at, (at += length));
           let data: Buffer;
           try {
-            data = await readPack(root, group[0]!.pack, offset, length, into);
+            data = await readPack(root, group[0]!.pack, offset, into);
           } catch (err) {
             fail(err, Math.min(...group.map((g) => g.slot)));
             return;

@@ -246,7 +246,7 @@ void describe("export from a local repository", () => {
     }
   });
 
-  void it("a pack cut short inside a chunk fails that chunk naming its range (packs are read with O_DIRECT, ending off a page)", async () => {
+  void it("a pack cut short inside a chunk fails that chunk naming its range (the cut off a page boundary)", async () => {
     const victim = await locate(100);
     const original = await fs.readFile(victim.file);
     try {
