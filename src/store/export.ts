@@ -3,6 +3,7 @@ import path from "node:path";
 import { LifeboatError } from "../base/index.js";
 import { LEAF_ENTRY_LEN, walkBlockMap } from "./block-map.js";
 import { blockDeviceSize } from "./disk-source.js";
+import { HashThread } from "./hash-thread.js";
 import { Limiter } from "./limiter.js";
 import { OrderedHash, SharedBuffers } from "./ordered-hash.js";
 import { stretchRange } from "./pack.js";
@@ -108,9 +109,16 @@ export async function exportDisk(
   const fetches = new Limiter(opts.concurrency ?? 32);
   const runs = new Limiter(RUNS_PER_WORKER * pool.size);
   const result: ExportResult = { path: out, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
-  const hash = opts.sha256 ? new OrderedHash() : undefined;
   const tasks = new Set<Promise<void>>();
   let failure: Error | undefined;
+  // The disk's hash runs on a thread of its own, fed in disk order from the main thread.
+  const hashThread = opts.sha256
+    ? new HashThread((err) => {
+        failure ??= err;
+        hashBuffers?.fail(err);
+      })
+    : undefined;
+  const hash = hashThread ? new OrderedHash(hashThread) : undefined;
   const cs = disk.chunkSize;
   const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
   // With sha256, each run's chunks come back through one of these (taken in disk order, given back once
@@ -207,7 +215,7 @@ export async function exportDisk(
     await Promise.all(tasks);
     if (failure) throw failure;
     opts.signal?.throwIfAborted();
-    if (hash) result.sha256 = hash.digest(disk.sizeBytes);
+    if (hash) result.sha256 = await hash.digest(disk.sizeBytes);
     await direct?.close();
     await fh.sync();
     await fh.close();
@@ -223,6 +231,7 @@ export async function exportDisk(
     if (!toDevice) await fs.rm(target, { force: true });
     throw err;
   } finally {
+    await hashThread?.close();
     if (!opts.pool) await pool.close();
   }
 }

@@ -1,6 +1,10 @@
-import { type Hash, createHash } from "node:crypto";
-
-const ZEROS = Buffer.alloc(4 << 20);
+/** Where an ordered hash sends its pieces, in order (HashThread). */
+export interface HashSink {
+  /** `then` runs once the bytes were hashed (their buffer may be reused). */
+  update(bytes: Uint8Array, then?: () => void): void;
+  zeros(length: number): void;
+  digest(): Promise<string>;
+}
 
 /** Bytes, or a length of zeros; `then` runs once the piece was hashed (its buffer may be reused). */
 type Piece = { bytes: Uint8Array; then?: () => void } | { zeros: number };
@@ -8,16 +12,17 @@ type Piece = { bytes: Uint8Array; then?: () => void } | { zeros: number };
 /**
  * SHA-256 of a disk whose pieces arrive out of order (runs restored by
  * several workers at once): each piece is held until everything before it
- * was hashed. A piece is bytes, or a length of zeros (a run with no chunk,
- * or the holes of a run), hashed from one static buffer of zeros: nothing is
- * allocated or copied for them.
+ * was handed to the sink, which hashes them in order (on a thread of its
+ * own). A piece is bytes, or a length of zeros (a run with no chunk, or the
+ * holes of a run), which the sink hashes without any buffer being sent.
  */
 export class OrderedHash {
-  private readonly hash: Hash = createHash("sha256");
   private readonly waiting = new Map<number, Piece>();
   private next = 0;
 
-  /** Bytes at `offset`; `then` is called once they were hashed (at once when nothing before is missing). */
+  constructor(private readonly sink: HashSink) {}
+
+  /** Bytes at `offset`; `then` is called once they were hashed. */
   put(offset: number, bytes: Uint8Array, then?: () => void): void {
     this.waiting.set(offset, then ? { bytes, then } : { bytes });
     this.drain();
@@ -29,28 +34,26 @@ export class OrderedHash {
     this.drain();
   }
 
-  /** Bytes hashed so far: the disk's first `hashed` bytes. */
+  /** Bytes handed to the sink so far: the disk's first `hashed` bytes. */
   get hashed(): number {
     return this.next;
   }
 
-  /** The digest (hex); throws when a piece before `size` is missing. */
-  digest(size: number): string {
+  /** The digest (hex); rejects when a piece before `size` is missing. */
+  async digest(size: number): Promise<string> {
     if (this.next !== size) throw new Error(`hashed ${this.next} of ${size} bytes: a piece is missing`);
-    return this.hash.digest("hex");
+    return this.sink.digest();
   }
 
   private drain(): void {
     for (let p = this.waiting.get(this.next); p !== undefined; p = this.waiting.get(this.next)) {
       this.waiting.delete(this.next);
       if ("zeros" in p) {
-        for (let left = p.zeros; left > 0; left -= ZEROS.length)
-          this.hash.update(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
+        this.sink.zeros(p.zeros);
         this.next += p.zeros;
       } else {
-        this.hash.update(p.bytes);
+        this.sink.update(p.bytes, p.then);
         this.next += p.bytes.length;
-        p.then?.();
       }
     }
   }

@@ -3,7 +3,8 @@
  * the workers read the packs themselves: images come out byte-identical and
  * sparse, several disks share one worker pool, a damaged chunk fails the
  * export naming the disk, PIT and byte range and leaves no file behind, and
- * a block device gets zeros written where the disk has zero chunks.
+ * a block device gets zeros written where the disk has zero chunks; a pack
+ * cut short fails the chunks past its end.
  */
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
@@ -241,6 +242,24 @@ void describe("export from a local repository", () => {
       );
     } finally {
       await fs.rm(trashed, { force: true });
+      await fs.writeFile(victim.file, original);
+    }
+  });
+
+  void it("a pack cut short inside a chunk fails that chunk naming its range (the cut off a page boundary)", async () => {
+    const victim = await locate(100);
+    const original = await fs.readFile(victim.file);
+    try {
+      await fs.truncate(victim.file, victim.offset + 4097);
+      await assert.rejects(
+        exportDisk(repo, pit, 0, path.join(dir, "cut.img")),
+        (e: Error & { code?: string }) => {
+          assert.match(e.code ?? "", /^STORE_OBJECT_(TRUNCATED|CORRUPT|EMPTY)$/);
+          assert.match(e.message, /^disk 0 of PIT .* chunk \d+ at bytes \d+-\d+/);
+          return true;
+        },
+      );
+    } finally {
       await fs.writeFile(victim.file, original);
     }
   });
