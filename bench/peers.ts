@@ -37,6 +37,8 @@ export interface StepResult {
   /** For restores: the output equals changed.img (cmp). */
   verified?: boolean;
   note?: string;
+  /** With several rounds: this step's seconds in each round (the step's figures are the median round's). */
+  roundSeconds?: number[];
 }
 
 export interface Measurement extends RunResult {

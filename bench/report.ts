@@ -69,6 +69,7 @@ export const METHOD = [
   "The page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed step.",
   "Wall seconds from a monotonic clock around the command and a final `sync` (the step ends when its output is on disk); peak RSS from /usr/bin/time %M.",
   "Steps run one at a time; 'load before' is the 1-minute load average as each step starts (other work on the machine slows every tool).",
+  "Several rounds (--rounds, default 3), each into fresh repositories: a step's figures are those of its median round by seconds, and the last column lists every round's seconds.",
   "MB/s = image bytes / seconds, 1 MB = 10^6 bytes. Repository sizes are `du -sb` after the step.",
   "Restores (lifeboat export, restic restore, casync extract) write the latest snapshot to a file, then cmp it with changed.img (not timed).",
   "restic: repository format 2 (zstd, auto). borg: repokey-blake2, default lz4 compression; default buzhash chunker and fixed 4 MiB chunks.",
@@ -169,7 +170,41 @@ export function stepRows(steps: readonly StepResult[]): string[][] {
       delta,
       check,
       s.load1.toFixed(1),
+      (s.roundSeconds ?? []).map((x) => x.toFixed(1)).join(", "),
     ];
+  });
+}
+
+/** The steps table's header (stepRows). */
+export const STEP_HEADER = [
+  "tool",
+  "step",
+  "seconds",
+  "of which sync",
+  "MB/s",
+  "peak RSS MiB",
+  "repo MB",
+  "Δ repo MB",
+  "restore check",
+  "load before",
+  "seconds per round",
+];
+
+/**
+ * One step per tool and phase from several rounds of the same steps: the
+ * round with the median seconds (the lower of the two middle ones for an
+ * even count), with every round's seconds beside it.
+ */
+export function medianSteps(rounds: readonly (readonly StepResult[])[]): StepResult[] {
+  const first = rounds[0] ?? [];
+  if (rounds.length <= 1) return [...first];
+  return first.map((s) => {
+    const all = rounds
+      .map((r) => r.find((x) => x.tool === s.tool && x.phase === s.phase))
+      .filter((x): x is StepResult => x !== undefined);
+    const sorted = [...all].sort((a, b) => a.seconds - b.seconds);
+    const median = sorted[Math.floor((sorted.length - 1) / 2)]!;
+    return { ...median, roundSeconds: all.map((x) => x.seconds) };
   });
 }
 
@@ -226,21 +261,7 @@ export function renderMarkdown(r: BenchResults): string {
     "",
     "## Steps",
     "",
-    table(
-      [
-        "tool",
-        "step",
-        "seconds",
-        "of which sync",
-        "MB/s",
-        "peak RSS MiB",
-        "repo MB",
-        "Δ repo MB",
-        "restore check",
-        "load before",
-      ],
-      stepRows(r.steps),
-    ),
+    table(STEP_HEADER, stepRows(r.steps)),
   ];
   if (r.comparisons.length > 0) {
     parts.push(

@@ -18,6 +18,8 @@
  *   --quick                 256 MiB image and short workloads, for smoke checks (~4 min)
  *   --keep                  keep bench/work/repos/ (repositories, keys) after the run
  *   --rebuild-image         regenerate the images even if cached
+ *   --rounds N              rounds of the peers section's steps, each into fresh repositories (default 3,
+ *                           1 with --quick); every figure is the median round's
  *   --warm                  every peers-section step reads its input from the page cache (primed before
  *                           the clock starts) instead of from the disk; measures the tools, not the disk.
  *                           Runs the peers section and the API only, writes warm.{json,md}, no RESULTS.md.
@@ -45,7 +47,7 @@ import {
   type StepResult,
   type SuiteContext,
 } from "./peers.js";
-import { METHOD, compare, machineFacts, renderMarkdown, type BenchResults } from "./report.js";
+import { METHOD, compare, machineFacts, medianSteps, renderMarkdown, type BenchResults } from "./report.js";
 import type { ReplicationResults } from "./replication-report.js";
 import { writeSummary } from "./summary.js";
 import { ensureTools } from "./tools.js";
@@ -71,6 +73,8 @@ interface Options {
   keep: boolean;
   rebuildImage: boolean;
   warm: boolean;
+  /** Rounds of the peers section's steps (fresh repositories each); figures are medians. */
+  rounds: number;
 }
 
 function parseOptions(): Options {
@@ -82,6 +86,7 @@ function parseOptions(): Options {
       keep: { type: "boolean" },
       "rebuild-image": { type: "boolean" },
       warm: { type: "boolean" },
+      rounds: { type: "string" },
     },
   });
   const only = values.only ?? null;
@@ -96,7 +101,15 @@ function parseOptions(): Options {
     keep: values.keep ?? false,
     rebuildImage: values["rebuild-image"] ?? false,
     warm: values.warm ?? false,
+    rounds: roundsFromArgs(values.rounds, values.quick ?? false),
   };
+}
+
+function roundsFromArgs(value: string | undefined, quick: boolean): number {
+  if (value === undefined) return quick ? 1 : 3;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 9) throw new Error(`--rounds must be 1 to 9; got ${value}`);
+  return n;
 }
 
 /** Runs one suite; a failing peer is reported, not fatal, so the others still get measured. */
@@ -219,7 +232,27 @@ function peersSection(
   const notes: string[] = [];
   if (images.description.contents.os.source.includes("fallback"))
     notes.push(images.description.contents.os.note);
-  const outcome = runSuites(opts, ctx, notes);
+  // Rounds before the last run in repositories of their own, removed after; the last one's stay
+  // (the launch section restores from them).
+  const rounds: StepResult[][] = [];
+  let outcome = { steps: [] as StepResult[], lifeboat: null as LifeboatOutcome | null };
+  for (let r = 1; r <= opts.rounds; r++) {
+    const last = r === opts.rounds;
+    const repos = last ? ctx.repos : path.join(WORK, `repos-round${r}`);
+    if (!last) {
+      removeTree(repos);
+      mkdirSync(repos, { recursive: true });
+    }
+    try {
+      if (opts.rounds > 1) log(`peers section, round ${r} of ${opts.rounds}`);
+      const secrets = last ? ctx.secrets : makeSecrets(path.join(repos, "secrets"));
+      outcome = runSuites(opts, { ...ctx, repos, secrets }, notes);
+      rounds.push(outcome.steps);
+    } finally {
+      if (!last) removeTree(repos);
+    }
+  }
+  outcome = { ...outcome, steps: medianSteps(rounds) };
   const results: BenchResults = {
     generatedAt: new Date().toISOString(),
     options: { sizeBytes: opts.sizeBytes, only: opts.only, quick: opts.quick, cache: cacheMode() },

@@ -12,6 +12,7 @@ import type { StepResult } from "./peers.js";
 import {
   comparisonRows,
   imageSummary,
+  STEP_HEADER,
   stepRows,
   table,
   type BenchResults,
@@ -189,24 +190,13 @@ function ingestSection(p: BenchResults): string[] {
     "",
     `Cache: ${p.options.cache === "cold" ? "cold (page cache dropped before every step)" : "warm"}. ` +
       "Each tool backs up base.img (initial), then changed.img (changed), into one repository; restores write " +
-      "the changed image back to a file and are checked with cmp. One run per step here; the restore medians " +
-      "are in the launch section.",
+      "the changed image back to a file and are checked with cmp. " +
+      (p.steps.some((s) => (s.roundSeconds?.length ?? 0) > 1)
+        ? "Each step's figures are its median round's (fresh repositories every round), with every round's " +
+          "seconds in the last column; the restore medians of the launch section are over rounds of their own."
+        : "One run per step here; the restore medians are in the launch section."),
     "",
-    table(
-      [
-        "tool",
-        "step",
-        "seconds",
-        "of which sync",
-        "MB/s",
-        "peak RSS MiB",
-        "repo MB",
-        "Δ repo MB",
-        "restore check",
-        "load before",
-      ],
-      stepRows(p.steps),
-    ),
+    table(STEP_HEADER, stepRows(p.steps)),
     "",
     "Lifeboat relative to each peer, as throughput (lifeboat MB/s ÷ peer MB/s) and size (lifeboat repository ÷ " +
       "peer repository: below 1 lifeboat is smaller):",

@@ -7,7 +7,14 @@ import path from "node:path";
 import { test } from "node:test";
 import type { ImageDescription } from "../../bench/make-image.js";
 import type { StepResult } from "../../bench/peers.js";
-import { compare, type BenchResults, type MachineFacts } from "../../bench/report.js";
+import {
+  STEP_HEADER,
+  compare,
+  medianSteps,
+  stepRows,
+  type BenchResults,
+  type MachineFacts,
+} from "../../bench/report.js";
 import type { FioFigures, ReplicationResults } from "../../bench/replication-report.js";
 import { writeSummary, type SummaryInput } from "../../bench/summary.js";
 
@@ -252,4 +259,23 @@ void test("the report writer turns a run's figures into a well-formed RESULTS.md
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+void test("several rounds give each step its median round's figures and every round's seconds", () => {
+  const round = (f: number) => [
+    stepOf("lifeboat", "initial", 10 * f, 600e6 + f),
+    stepOf("restic", "initial", 12, 650e6),
+  ];
+  const m = medianSteps([round(3), round(1), round(2)]);
+  assert.equal(m.length, 2);
+  assert.equal(m[0]!.seconds, 20);
+  assert.equal(m[0]!.repoBytes, 600e6 + 2, "the figures of the median round, not a mix");
+  assert.deepEqual(m[0]!.roundSeconds, [30, 10, 20]);
+  assert.deepEqual(m[1]!.roundSeconds, [12, 12, 12]);
+  // An even count takes the lower middle; one round leaves the steps as they are.
+  assert.equal(medianSteps([round(1), round(4)])[0]!.seconds, 10);
+  assert.equal(medianSteps([round(1)])[0]!.roundSeconds, undefined);
+  const row = stepRows(m)[0]!;
+  assert.equal(row.length, STEP_HEADER.length);
+  assert.equal(row.at(-1), "30.0, 10.0, 20.0");
 });
