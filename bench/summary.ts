@@ -127,7 +127,7 @@ function headline(r: SummaryInput): string[] {
     ["store ingest, incremental after ~1% change (seconds)", ...peers.map(speed("changed"))],
     ["repository size after the first backup", ...peers.map(size("initial"))],
     ["repository size after both (dedup)", ...peers.map(size("changed"))],
-    ["restore of the changed image, one run (seconds)", ...peers.map(speed("restore"))],
+    ["restore of the changed image, peers section (seconds)", ...peers.map(speed("restore"))],
   ];
   const launch = r.launch;
   if (launch) {
