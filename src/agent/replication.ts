@@ -123,6 +123,31 @@ interface ReadRun {
   dirty: ("all" | number[])[];
 }
 
+/** A run to read: its place on the disk instead of its bytes. */
+type PlannedRun = Omit<ReadRun, "data"> & { length: number };
+
+/** Continuous shipping reads and ships the dirty runs in batches of at most this many bytes... */
+const SHIP_BATCH_BYTES = 16 * 1024 * 1024;
+/** ...and runs. */
+const SHIP_BATCH_RUNS = 512;
+
+/** Planned runs in batches of at most SHIP_BATCH_BYTES and SHIP_BATCH_RUNS (a larger run is a batch alone). */
+function batchRuns(runs: PlannedRun[]): PlannedRun[][] {
+  const out: PlannedRun[][] = [];
+  let bytes = 0;
+  for (const run of runs) {
+    const last = out.at(-1);
+    if (last && last.length < SHIP_BATCH_RUNS && bytes + run.length <= SHIP_BATCH_BYTES) {
+      last.push(run);
+      bytes += run.length;
+    } else {
+      out.push([run]);
+      bytes = run.length;
+    }
+  }
+  return out;
+}
+
 /** Thrown inside makePoint when lost trace events make the point unsound: it is made again after the rescan. */
 const RETRY_AFTER_RESCAN = new Error("retry the point after the rescan");
 const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
@@ -676,24 +701,34 @@ export class Replication {
       const taken = d.settled.take();
       const shipping = { bytes: taken.dirtyBytes(), since: taken.dirtySince };
       this.shipping.add(shipping);
+      let reading: Promise<ReadRun[]> | undefined;
       try {
-        const runs = await this.readDirty(d, taken, true);
-        read += runs.length;
-        // A patch carries the hash of the block as read, which must equal the replica's copy plus
-        // the patch. A write the read saw but this set does not hold breaks that: blocks that the
-        // trace marked again since the take (drained now, so every write done before the read is
-        // in) go whole.
-        await d.tracker?.drain();
-        const touched = touchedBlocks([d.fresh, d.settled], this.opts.blockSize);
-        const now = this.clock.now();
-        await this.shipRuns(
-          runs,
-          taken.dirtySince,
-          (_disk, offset) =>
-            touched.has(offset / this.opts.blockSize) ||
-            d.inFlight.overlaps(offset, this.opts.blockSize, now),
-        );
+        // In batches, each read while the one before is shipped: the device and the link work at
+        // once, and memory holds two batches, however large the set.
+        const batches = batchRuns(this.planDirty(d, taken, true));
+        read += batches.reduce((n, b) => n + b.length, 0);
+        reading = batches.length ? this.readRuns(d, batches[0]!) : undefined;
+        for (let k = 0; k < batches.length; k++) {
+          const runs = await reading!;
+          reading = k + 1 < batches.length ? this.readRuns(d, batches[k + 1]!) : undefined;
+          reading?.catch(() => undefined); // awaited in the next round, or below after a failure
+          // A patch carries the hash of the block as read, which must equal the replica's copy plus
+          // the patch. A write the read saw but this set does not hold breaks that: blocks that the
+          // trace marked again since the take (drained now, so every write done before the read is
+          // in) go whole.
+          await d.tracker?.drain();
+          const touched = touchedBlocks([d.fresh, d.settled], this.opts.blockSize);
+          const now = this.clock.now();
+          await this.shipRuns(
+            runs,
+            taken.dirtySince,
+            (_disk, offset) =>
+              touched.has(offset / this.opts.blockSize) ||
+              d.inFlight.overlaps(offset, this.opts.blockSize, now),
+          );
+        }
       } catch (err) {
+        await reading?.catch(() => undefined); // the reader is free again before anything else reads
         d.settled.merge(taken);
         throw err;
       } finally {
@@ -704,13 +739,18 @@ export class Replication {
     return read;
   }
 
+  /** Reads the whole blocks that hold `set`'s dirty bytes (planDirty, then readRuns). */
+  private async readDirty(d: DiskRun, set: DirtySet): Promise<ReadRun[]> {
+    return this.readRuns(d, this.planDirty(d, set));
+  }
+
   /**
-   * Reads the whole blocks that hold `set`'s dirty bytes, in runs of
-   * consecutive blocks. With `deferInFlight`, a block with a write still in
-   * flight is not read: its dirty bytes go back to the settled set for a
+   * The runs of consecutive whole blocks that hold `set`'s dirty bytes, to
+   * read (readRuns). With `deferInFlight`, a block with a write still in
+   * flight is left out: its dirty bytes go back to the settled set for a
    * later pass (a read now could return the bytes from before the write).
    */
-  private async readDirty(d: DiskRun, set: DirtySet, deferInFlight = false): Promise<ReadRun[]> {
+  private planDirty(d: DiskRun, set: DirtySet, deferInFlight = false): PlannedRun[] {
     const bs = this.opts.blockSize;
     const now = this.clock.now();
     // Block index → dirty pairs inside it.
@@ -738,22 +778,41 @@ export class Replication {
       }
     }
     const order = [...blocks.keys()].sort((a, b) => a - b);
-    const runs: ReadRun[] = [];
+    const runs: PlannedRun[] = [];
     for (let i = 0; i < order.length;) {
       let j = i + 1;
       while (j < order.length && order[j] === order[j - 1]! + 1 && j - i < RUN_BLOCKS) j++;
-      const first = order[i]!;
-      const offset = first * bs;
-      const length = Math.min((order[j - 1]! + 1) * bs, d.size) - offset;
+      const offset = order[i]! * bs;
       runs.push({
         disk: d.cfg.index,
         offset,
-        data: await d.reader.read(offset, length),
+        length: Math.min((order[j - 1]! + 1) * bs, d.size) - offset,
         dirty: order.slice(i, j).map((b) => blocks.get(b)!),
       });
-      this.counters.bytesRead += length;
       i = j;
     }
+    return runs;
+  }
+
+  /**
+   * Reads planned runs in one pass over the disk: the reader keeps a read in
+   * flight while the last one is copied (runs scattered over the disk are
+   * small, and read one at a time each would wait for the device in turn).
+   */
+  private async readRuns(d: DiskRun, planned: PlannedRun[]): Promise<ReadRun[]> {
+    const runs: ReadRun[] = planned.map(({ length, ...run }) => ({
+      ...run,
+      data: Buffer.allocUnsafe(length),
+    }));
+    let r = 0;
+    await d.reader.readRanges(
+      planned.map(({ offset, length }) => ({ offset, length })),
+      (offset, data) => {
+        while (offset >= runs[r]!.offset + runs[r]!.data.length) r++;
+        data.copy(runs[r]!.data, offset - runs[r]!.offset);
+      },
+    );
+    for (const run of runs) this.counters.bytesRead += run.data.length;
     return runs;
   }
 

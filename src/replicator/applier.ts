@@ -41,30 +41,38 @@ interface DiskState {
   /** Entries a running checkpoint is putting into `ref` (newer than `ref`, older than `pending`). */
   committing?: Map<number, Buffer>;
   /**
-   * Plain bytes of chunks written lately, by chunk index, with their id: a
-   * patch to one of them starts from these instead of reading the chunk back
-   * (which, for a chunk in a pack not stored yet, would store the pack early).
+   * The plain bytes of chunks as their latest write leaves them, by chunk
+   * index, in the order written: every chunk with a write in flight (a patch
+   * to it starts from these, so patches to different chunks run at once and
+   * patches to one chunk follow each other), and the last few written, so
+   * that a patch soon after a write does not read the chunk back (which, for
+   * a chunk in a pack not stored yet, would store the pack early).
    */
-  recent: Map<number, { id: Buffer; data: Buffer }>;
-  /** Bumped by every write to a chunk, in stream order: a late result of an older write never wins. */
-  versions: Map<number, number>;
-  /** Chunks whose patched bytes are still being encoded, by index. */
-  encoding: Map<number, Promise<void>>;
+  contents: Map<number, ChunkContent>;
 }
 
-/** Chunks kept in each disk's `recent` cache (at 64 KiB, 16 MiB a disk). */
+interface ChunkContent {
+  /** The write these are the bytes of (ReplicaApplier.nextVersion: later writes have higher numbers). */
+  v: number;
+  /** The bytes; a write that kept no copy reads them back when asked. */
+  bytes: () => Promise<Buffer>;
+  /** The write has taken effect in `pending` (or lost to a later one): the entry may go. */
+  done: boolean;
+}
+
+/** Settled chunks kept in each disk's `contents` (at 64 KiB, 16 MiB a disk). */
 const RECENT_CHUNKS = 256;
 
-function bump(disk: DiskState, index: number): number {
-  const v = (disk.versions.get(index) ?? 0) + 1;
-  disk.versions.set(index, v);
-  return v;
-}
+/** Patches in flight at once: each holds two copies of its chunk while a worker encodes it. */
+const PATCHES_IN_FLIGHT = 64;
 
-function remember(disk: DiskState, index: number, entry: Buffer, data: Buffer): void {
-  disk.recent.delete(index);
-  disk.recent.set(index, { id: Buffer.from(entry.subarray(0, 32)), data });
-  if (disk.recent.size > RECENT_CHUNKS) disk.recent.delete(disk.recent.keys().next().value!);
+/** Patched chunks sent to a worker as one run at most (at 64 KiB, 2 MiB). */
+const PATCH_RUN_CHUNKS = 32;
+
+/** Calls `read` once, when first asked, and remembers its promise. */
+function lazily(read: () => Promise<Buffer>): () => Promise<Buffer> {
+  let p: Promise<Buffer> | undefined;
+  return () => (p ??= read());
 }
 
 /**
@@ -85,6 +93,16 @@ export class ReplicaApplier {
   private failure: Error | undefined;
   private inFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
+  /** Patches issued and not done (issuePatch). */
+  private readonly patches = new Set<Promise<void>>();
+  private readonly patchWaiters: (() => void)[] = [];
+  /** Settled chunks kept in each disk's `contents` (RECENT_CHUNKS unless opened with another number). */
+  private recentChunks = RECENT_CHUNKS;
+  /** Patched chunks waiting to go to a worker as one run (encodePatched). */
+  private readonly encoding: { content: Buffer; resolve(e: Buffer): void; reject(e: unknown): void }[] = [];
+  private encodeTimer: NodeJS.Immediate | undefined;
+  /** The version of the last write issued (track). */
+  private nextVersion = 0;
   private head: Head;
   private sessionToken: string;
 
@@ -121,7 +139,7 @@ export class ReplicaApplier {
     repo: Repository,
     server: string,
     disks: ReplicaDisk[],
-    opts: { packBytes?: number; maxInFlight?: number; epoch?: number } = {},
+    opts: { packBytes?: number; maxInFlight?: number; epoch?: number; recentChunks?: number } = {},
   ): Promise<ReplicaApplier> {
     const lock = await acquireLock(repo, "writer", `replica of ${server}`);
     lock.keepAlive();
@@ -146,9 +164,7 @@ export class ReplicaApplier {
           meta: d,
           ref,
           pending: new Map(),
-          recent: new Map(),
-          versions: new Map(),
-          encoding: new Map(),
+          contents: new Map(),
         });
       }
       const ingest = new ChunkIngest(repo, known, opts.packBytes ? { packBytes: opts.packBytes } : {});
@@ -160,7 +176,18 @@ export class ReplicaApplier {
         timeMs: repo.clock.now(),
         session: "",
       };
-      return new ReplicaApplier(repo, server, states, ingest, lock, start, opts.maxInFlight ?? 4, epoch);
+      const applier = new ReplicaApplier(
+        repo,
+        server,
+        states,
+        ingest,
+        lock,
+        start,
+        opts.maxInFlight ?? 4,
+        epoch,
+      );
+      applier.recentChunks = opts.recentChunks ?? RECENT_CHUNKS;
+      return applier;
     } catch (err) {
       known?.close();
       await lock.release();
@@ -224,20 +251,34 @@ export class ReplicaApplier {
       own.set(data);
     }
     // A copy of the last few chunks for patches that may follow (the buffer above is transferred).
-    const keep = Math.min(RECENT_CHUNKS, Math.ceil(data.length / cs)) * cs;
+    const keep = Math.min(this.recentChunks, Math.ceil(data.length / cs)) * cs;
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
     const keptFrom = data.length - kept.length;
+    const length = data.length; // `data` may be `own`, detached once it moves
+    const first = offset / cs;
+    const count = Math.ceil(length / cs);
     const entries = this.ingest.run(own, opts.frames);
     entries.catch(() => undefined); // handled in the chain below
+    const versions: number[] = new Array<number>(count);
+    for (let i = 0; i < count; i++) {
+      const at = i * cs;
+      versions[i] = this.track(
+        disk,
+        first + i,
+        at >= keptFrom
+          ? (() => {
+              const bytes = Promise.resolve(
+                kept.subarray(at - keptFrom, Math.min(at + cs, length) - keptFrom),
+              );
+              return () => bytes;
+            })()
+          : lazily(async () => this.readByEntry(disk, first + i, (await entries)[i]!)),
+      );
+    }
     this.enqueue(async () => {
       try {
-        const first = offset / cs;
         for (const [i, e] of (await entries).entries()) {
-          bump(disk, first + i);
-          disk.pending.set(first + i, e);
-          if (i * cs >= keptFrom)
-            remember(disk, first + i, e, kept.subarray(i * cs - keptFrom, (i + 1) * cs - keptFrom));
-          else disk.recent.delete(first + i);
+          if (this.settled(disk, first + i, versions[i]!, i * cs >= keptFrom)) disk.pending.set(first + i, e);
         }
       } finally {
         this.release();
@@ -248,7 +289,7 @@ export class ReplicaApplier {
   /**
    * Writes an arbitrary byte range (a small write, a discard as zeros): each
    * chunk it touches is read, patched and stored again, so only the range
-   * itself needs to travel.
+   * itself needs to travel. Resolves once the write is issued, like writeChunks.
    */
   async writeBytes(diskIndex: number, offset: number, data: Uint8Array): Promise<void> {
     this.check();
@@ -260,51 +301,38 @@ export class ReplicaApplier {
         { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
       );
     }
-    await this.slot();
-    const bytes = Buffer.from(data); // a copy: the caller may reuse its buffer
-    this.enqueue(async () => {
-      try {
-        await this.patch(disk, offset, bytes);
-      } finally {
-        this.release();
-      }
-    });
-  }
-
-  private async patch(disk: DiskState, offset: number, bytes: Buffer): Promise<void> {
     const cs = this.repo.config.chunkSize;
-    for (let pos = offset; pos < offset + bytes.length;) {
+    for (let pos = offset; pos < offset + data.length;) {
       const index = Math.floor(pos / cs);
       const chunkStart = index * cs;
       const chunkLen = Math.min(cs, disk.meta.sizeBytes - chunkStart);
-      const until = Math.min(chunkStart + chunkLen, offset + bytes.length);
-      const content = Buffer.allocUnsafeSlow(chunkLen);
-      if (pos === chunkStart && until === chunkStart + chunkLen) content.fill(0);
-      else (await this.chunkContent(disk, index)).copy(content);
-      bytes.copy(content, pos - chunkStart, pos - offset, until - offset);
-      const moving = Buffer.allocUnsafeSlow(content.length); // moves to a worker; `content` stays
-      content.copy(moving);
-      const v = bump(disk, index);
-      remember(disk, index, createHash("sha256").update(content).digest(), content);
-      const [entry] = await this.ingest.run(moving);
-      if (disk.versions.get(index) === v) disk.pending.set(index, entry!);
+      const until = Math.min(chunkStart + chunkLen, offset + data.length);
+      const piece = Buffer.from(data.subarray(pos - offset, until - offset)); // the caller may reuse `data`
+      const at = pos - chunkStart;
+      await this.patchSlot();
+      this.issuePatch(disk, index, (content) => piece.copy(content, at), {
+        whole: at === 0 && piece.length === chunkLen,
+      });
       pos = until;
     }
   }
 
   /**
    * Applies byte ranges (`at` relative to the chunk) to the chunk at
-   * `offset` and says whether the result hashes to `sha256`, the sender's
-   * hash of its block. The hash is checked, and the next message may start,
-   * as soon as the bytes are patched; encoding and storing the chunk go on in
-   * a worker meanwhile (a checkpoint waits for them).
+   * `offset`, then calls `onPatched` with whether the result hashes to
+   * `sha256`, the sender's hash of its block. Resolves once the patch is
+   * issued: it starts from the chunk as the writes issued before it leave
+   * it, but patches to other chunks, and the next messages, go on
+   * meanwhile. `onPatched` runs before a checkpoint can cover the patch; if
+   * it throws, the applier fails (nothing after is checkpointed).
    */
   async patchChunk(
     diskIndex: number,
     offset: number,
     patches: { at: number; data: Uint8Array }[],
     sha256: Uint8Array,
-  ): Promise<boolean> {
+    onPatched: (same: boolean) => void,
+  ): Promise<void> {
     this.check();
     const disk = this.disk(diskIndex);
     const cs = this.repo.config.chunkSize;
@@ -320,43 +348,68 @@ export class ReplicaApplier {
         { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
       );
     }
-    await this.slot();
-    const index = offset / cs;
-    return new Promise<boolean>((resolve, reject) => {
-      this.enqueue(async () => {
-        let handedOver = false;
-        try {
-          const content = Buffer.allocUnsafeSlow(chunkLen);
-          (await this.chunkContent(disk, index)).copy(content);
-          for (const p of patches) content.set(p.data, p.at);
-          const id = createHash("sha256").update(content).digest();
-          const v = bump(disk, index);
-          remember(disk, index, id, content);
-          const moving = Buffer.allocUnsafeSlow(chunkLen); // moves to a worker; `content` stays
-          content.copy(moving);
-          const done = this.ingest
-            .run(moving)
-            .then(([entry]) => {
-              if (disk.versions.get(index) === v) disk.pending.set(index, entry!);
-            })
-            .catch((err: unknown) => {
-              this.failure ??= err instanceof Error ? err : new Error(String(err));
-            })
-            .finally(() => {
-              if (disk.encoding.get(index) === done) disk.encoding.delete(index);
-              this.release();
-            });
-          disk.encoding.set(index, done);
-          handedOver = true;
-          resolve(id.equals(sha256));
-        } catch (err) {
-          reject(err instanceof Error ? err : new Error(String(err)));
-          throw err;
-        } finally {
-          if (!handedOver) this.release();
-        }
-      });
+    await this.patchSlot();
+    this.issuePatch(
+      disk,
+      offset / cs,
+      (content) => {
+        for (const p of patches) content.set(p.data, p.at);
+      },
+      { check: (content) => onPatched(createHash("sha256").update(content).digest().equals(sha256)) },
+    );
+  }
+
+  /**
+   * Issues a patch of one chunk (a patch slot taken): `patch` changes the
+   * chunk's bytes as the writes issued before leave them (zeros when
+   * `whole`: it overwrites the chunk), then a worker encodes the result. In
+   * flight until settle() sees it done.
+   */
+  private issuePatch(
+    disk: DiskState,
+    index: number,
+    patch: (content: Buffer) => void,
+    opts: { whole?: boolean; check?: (content: Buffer) => void },
+  ): void {
+    const chunkLen = Math.min(
+      this.repo.config.chunkSize,
+      disk.meta.sizeBytes - index * this.repo.config.chunkSize,
+    );
+    const base = opts.whole ? undefined : this.contentOf(disk, index);
+    let patched!: (b: Buffer) => void;
+    let failed!: (e: unknown) => void;
+    const bytes = new Promise<Buffer>((resolve, reject) => {
+      patched = resolve;
+      failed = reject;
     });
+    bytes.catch(() => undefined); // a failure surfaces through `failure`
+    const v = this.track(disk, index, () => bytes);
+    const run = async (): Promise<void> => {
+      try {
+        const content = Buffer.allocUnsafeSlow(chunkLen);
+        if (base) (await base()).copy(content);
+        else content.fill(0);
+        patch(content);
+        patched(content);
+        opts.check?.(content);
+        const entry = await this.encodePatched(content);
+        if (this.settled(disk, index, v, true)) disk.pending.set(index, entry);
+      } catch (err) {
+        failed(err);
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+      }
+    };
+    // Removed from `patches` in a later tick than it is added, even if it failed at once.
+    const op: Promise<void> = run().finally(() => {
+      this.patches.delete(op);
+      this.releasePatch();
+    });
+    this.patches.add(op);
+  }
+
+  /** Resolves once every write issued so far has taken effect; rejects if one failed. */
+  applied(): Promise<void> {
+    return this.settle();
   }
 
   /** The size in bytes of one of the replica's disks. */
@@ -393,11 +446,16 @@ export class ReplicaApplier {
       );
     }
     await this.slot();
+    const index = offset / cs;
+    const v = this.track(
+      disk,
+      index,
+      lazily(async () => this.readByEntry(disk, index, Buffer.from(await known))),
+    );
     this.enqueue(async () => {
       try {
-        bump(disk, offset / cs);
-        disk.recent.delete(offset / cs);
-        disk.pending.set(offset / cs, Buffer.from(await known));
+        const entry = Buffer.from(await known);
+        if (this.settled(disk, index, v, false)) disk.pending.set(index, entry);
       } finally {
         this.release();
       }
@@ -417,13 +475,91 @@ export class ReplicaApplier {
     return Buffer.from(entry.subarray(0, 32));
   }
 
-  /** The bytes of a chunk as applied so far. */
-  private async chunkContent(disk: DiskState, index: number): Promise<Buffer> {
-    // Every write keeps `recent` current in stream order, so a chunk there is the latest.
-    const recent = disk.recent.get(index);
-    if (recent) return recent.data;
-    await disk.encoding.get(index);
-    const entry = await this.entryOf(disk, index);
+  /**
+   * Stores a patched chunk (copied: `content` stays with the caller) and
+   * resolves to its entry. Patched chunks ready in the same turn of the
+   * event loop go to a worker as one run, so that scattered small writes do
+   * not cost a round trip to a worker each.
+   */
+  private encodePatched(content: Buffer): Promise<Buffer> {
+    const cs = this.repo.config.chunkSize;
+    if (content.length !== cs) {
+      // A disk's short last chunk: a run of its own (a run's chunks are whole but for its last).
+      const own = Buffer.allocUnsafeSlow(content.length);
+      content.copy(own);
+      return this.ingest.run(own).then(([entry]) => entry!);
+    }
+    return new Promise<Buffer>((resolve, reject) => {
+      this.encoding.push({ content, resolve, reject });
+      if (this.encoding.length >= PATCH_RUN_CHUNKS) this.encodeBatch();
+      else this.encodeTimer ??= setImmediate(() => this.encodeBatch());
+    });
+  }
+
+  private encodeBatch(): void {
+    if (this.encodeTimer) clearImmediate(this.encodeTimer);
+    this.encodeTimer = undefined;
+    const items = this.encoding.splice(0);
+    if (items.length === 0) return;
+    const cs = this.repo.config.chunkSize;
+    const run = Buffer.allocUnsafeSlow(items.length * cs); // moves to a worker
+    items.forEach((it, i) => it.content.copy(run, i * cs));
+    this.ingest.run(run).then(
+      (entries) => items.forEach((it, i) => it.resolve(entries[i]!)),
+      (err: unknown) => items.forEach((it) => it.reject(err)),
+    );
+  }
+
+  /**
+   * Records a write to a chunk, issued now, whose bytes `bytes` gives: the
+   * chunk's latest write from now on. Returns its version.
+   */
+  private track(disk: DiskState, index: number, bytes: () => Promise<Buffer>): number {
+    const v = ++this.nextVersion;
+    disk.contents.delete(index); // re-inserted last: the order of `contents` is the order written
+    disk.contents.set(index, { v, bytes, done: false });
+    return v;
+  }
+
+  /**
+   * A write of version `v` to a chunk has its entry: whether it is still the
+   * chunk's latest write (its entry then goes into `pending`). The chunk's
+   * bytes stay in `contents` (among the last few) if `keep`, else they go:
+   * a later patch reads the chunk by its entry.
+   */
+  private settled(disk: DiskState, index: number, v: number, keep: boolean): boolean {
+    const c = disk.contents.get(index);
+    if (c?.v !== v) return false;
+    c.done = true;
+    if (!keep) disk.contents.delete(index);
+    else if (disk.contents.size > this.recentChunks) {
+      // The oldest settled chunks go; chunks with a write in flight stay whatever their age.
+      for (const [i, old] of disk.contents) {
+        if (disk.contents.size <= this.recentChunks) break;
+        if (old.done) disk.contents.delete(i);
+      }
+    }
+    return true;
+  }
+
+  /**
+   * The bytes of a chunk as every write issued so far leaves it, taken now
+   * and read when asked (a write issued later does not change them).
+   */
+  private contentOf(disk: DiskState, index: number): () => Promise<Buffer> {
+    const c = disk.contents.get(index);
+    if (c) return c.bytes;
+    // No write to it in flight: its entry is the one applied last.
+    const applied = disk.pending.get(index) ?? disk.committing?.get(index);
+    const read = (applied ? Promise.resolve(applied) : readEntry(this.repo, disk.ref, index)).then((e) =>
+      this.readByEntry(disk, index, e),
+    );
+    read.catch(() => undefined); // surfaces where it is awaited
+    return () => read;
+  }
+
+  /** The bytes of the chunk that `entry` names. */
+  private async readByEntry(disk: DiskState, index: number, entry: Buffer): Promise<Buffer> {
     const cs = this.repo.config.chunkSize;
     if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
     // A chunk written since the last checkpoint may sit in a pack not stored yet.
@@ -506,6 +642,7 @@ export class ReplicaApplier {
   /** Stops without a checkpoint: what was applied since the last one is not part of the head. */
   async close(): Promise<void> {
     await this.chain.catch(() => undefined);
+    await Promise.all([...this.patches]); // they never reject: a failure is kept in `failure`
     await this.ingest.finish().catch(() => undefined);
     await this.ingest.close();
     await this.lock.release();
@@ -543,9 +680,11 @@ export class ReplicaApplier {
     });
   }
 
+  /** Every write issued so far has taken effect (or the applier failed: then this throws). */
   private async settle(): Promise<void> {
     await this.chain;
-    for (const d of this.disks.values()) await Promise.all(d.encoding.values());
+    // The patches issued by now; later ones (the stream goes on) belong to the next checkpoint.
+    await Promise.all([...this.patches]);
     this.check();
   }
 
@@ -557,5 +696,13 @@ export class ReplicaApplier {
   private release(): void {
     this.inFlight--;
     this.slotWaiters.shift()?.();
+  }
+
+  private async patchSlot(): Promise<void> {
+    while (this.patches.size >= PATCHES_IN_FLIGHT) await new Promise<void>((r) => this.patchWaiters.push(r));
+  }
+
+  private releasePatch(): void {
+    this.patchWaiters.shift()?.();
   }
 }

@@ -85,6 +85,12 @@ export class ReplicaStream {
   private readonly waiters: { seq: number; resolve(): void; reject(e: Error): void }[] = [];
   /** "disk:offset" of blocks a patch left different from the sender's copy. */
   private readonly diverged = new Set<string>();
+  /**
+   * "disk:offset" of blocks with patches whose hash is not checked yet (the
+   * applier patches while later messages are applied): how many, and the
+   * last message that wrote the whole block.
+   */
+  private readonly checking = new Map<string, { count: number; wholeAt: number }>();
 
   constructor(
     private readonly applier: ReplicaApplier,
@@ -164,17 +170,30 @@ export class ReplicaStream {
     }
     const cs = this.applier.repo.config.chunkSize;
     if (msg.kind === "patch") {
-      const same = await this.applier.patchChunk(msg.disk, msg.offset, msg.patches, msg.sha256);
-      if (!same && this.opts.onDiverged) {
-        this.diverged.add(`${msg.disk}:${msg.offset}`);
-        this.opts.onDiverged(msg.disk, msg.offset);
-      } else if (!same) {
-        throw new LifeboatError(
+      const key = `${msg.disk}:${msg.offset}`;
+      const check = this.checking.get(key) ?? { count: 0, wholeAt: 0 };
+      check.count++;
+      this.checking.set(key, check);
+      await this.applier.patchChunk(msg.disk, msg.offset, msg.patches, msg.sha256, (same) => {
+        if (--check.count === 0) this.checking.delete(key);
+        if (same) return;
+        if (this.opts.onDiverged) {
+          // A whole block written after the patch replaced what diverged.
+          if (check.wholeAt > seq) return;
+          this.diverged.add(key);
+          this.opts.onDiverged(msg.disk, msg.offset);
+          return;
+        }
+        const err = new LifeboatError(
           "REPLICA_DIVERGED",
           `after patching, block ${msg.offset / cs} of disk ${msg.disk} does not hash to what the sender has`,
           { hint: "the sender must send the whole block (a rescan of the disk repairs every such block)" },
         );
-      }
+        this.failed = true;
+        this.shut(err);
+        this.opts.onFailure(err);
+        throw err; // the applier fails too: nothing after the patch is checkpointed
+      });
       this.count(
         seq,
         msg.patches.reduce((n, p) => n + p.data.length, 0),
@@ -195,6 +214,10 @@ export class ReplicaStream {
     };
     for (const b of msg.blocks) {
       if (this.diverged.size) this.diverged.delete(`${msg.disk}:${offset}`);
+      if (this.checking.size) {
+        const check = this.checking.get(`${msg.disk}:${offset}`);
+        if (check) check.wholeAt = seq;
+      }
       if (b.encoding === "ref") {
         await flush();
         await this.applier.writeKnownChunk(msg.disk, offset, b.sha256);
@@ -332,6 +355,7 @@ export class ReplicaStream {
     this.framesSinceCommit = 0;
     let pit: Pit | undefined;
     this.committing = this.committing.then(async () => {
+      await this.applier.applied(); // every patch before the point has been checked
       // A block that differs from the sender's makes the point an image the disk never held.
       const diverged = msg.disks.some((d) => [...this.diverged].some((k) => k.startsWith(`${d.index}:`)));
       pit = await this.applier.makePit({

@@ -241,7 +241,8 @@ export async function updateBlockMap(
       j = k;
     }
     if (entries.every(isZeroId)) return ZERO_ID;
-    return repo.putPage(encodePage(level, entries), known);
+    // Cached: the next update (a replica's next checkpoint) starts from these pages.
+    return repo.putPage(encodePage(level, entries), known, { cache: true });
   };
   const root = await rec(ref.root ? Buffer.from(ref.root, "hex") : ZERO_ID, ref.depth - 1, 0, sorted);
   return { ...ref, root: isZeroId(root) ? null : root.toString("hex") };

@@ -136,9 +136,10 @@ export class Repository {
   }
 
   /** Stores a block-map page unless `known` says it is already there; returns its id. */
-  async putPage(plain: Buffer, known?: PageIdSet): Promise<Buffer> {
+  async putPage(plain: Buffer, known?: PageIdSet, opts: { cache?: boolean } = {}): Promise<Buffer> {
     const id = sha256(plain);
     const key = id.toString("latin1");
+    if (opts.cache) this.cachePage(key, plain);
     if (known?.has(key)) return id;
     const name = this.pageName(id);
     await this.backend.put(name, this.codec.encode(name, ObjectKind.page, plain));
@@ -152,9 +153,13 @@ export class Repository {
     if (hit) return hit;
     const name = this.pageName(id);
     const plain = this.decodeVerified(name, ObjectKind.page, id, await this.getObject(name));
+    this.cachePage(key, plain);
+    return plain;
+  }
+
+  private cachePage(key: string, plain: Buffer): void {
     if (this.pageCache.size > 4096) this.pageCache.clear();
     this.pageCache.set(key, plain);
-    return plain;
   }
 
   async putMeta(name: string, value: unknown, kind: ObjectKind = ObjectKind.meta): Promise<void> {

@@ -4,6 +4,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Compressor } from "zstd-napi";
+import type { LifeboatError } from "../../src/base/index.js";
 import { ReplicaApplier } from "../../src/replicator/applier.js";
 import { type IncomingMessage, ReplicaStream } from "../../src/replicator/replica-stream.js";
 import { type Pit, exportDisk, readHead } from "../../src/store/index.js";
@@ -33,8 +34,14 @@ void describe("replica stream", () => {
       commitBytes: 8 * CHUNK,
       onDurable: (seq) => durable.push(seq),
       onPit: (_id, _seq, pit) => pits.push(pit),
-      onFailure: (err) => assert.fail(err),
+      onFailure: (err) => {
+        if (!expectFailure) assert.fail(err);
+        failed(err);
+      },
     });
+    let expectFailure = false;
+    let failed!: (err: Error) => void;
+    const failure = new Promise<Error>((resolve) => (failed = resolve));
     const rand = prng(9);
     const disk = Buffer.alloc(SIZE);
     const blocks = (offset: number, n: number): IncomingMessage => {
@@ -99,22 +106,24 @@ void describe("replica stream", () => {
     await exportDisk(repo, pits[0]!, 0, out);
     assert.ok((await fs.readFile(out)).equals(disk), "the PIT holds exactly what was sent");
 
-    // A patch whose result differs from the sender's block is refused; so is a gap.
-    await assert.rejects(
-      stream.apply(
-        {
-          type: "BLOCKS",
-          disk: 0,
-          offset: 0,
-          kind: "patch",
-          sha256: Buffer.alloc(32, 1),
-          patches: [{ at: 0, data: Buffer.from("x") }],
-        },
-        7,
-      ),
-      { code: "REPLICA_DIVERGED" },
+    // A patch whose result differs from the sender's block fails the stream once its hash is
+    // checked (later messages may have been applied meanwhile); nothing after it is checkpointed.
+    expectFailure = true;
+    await stream.apply(
+      {
+        type: "BLOCKS",
+        disk: 0,
+        offset: 0,
+        kind: "patch",
+        sha256: Buffer.alloc(32, 1),
+        patches: [{ at: 0, data: Buffer.from("x") }],
+      },
+      7,
     );
+    assert.equal(((await failure) as LifeboatError).code, "REPLICA_DIVERGED");
+    assert.equal(stream.hasFailed, true);
     await assert.rejects(stream.apply(blocks(0, 1), 8), { code: "REPLICA_CLOSED" });
+    await assert.rejects(applier.checkpoint(8), { code: "REPLICA_DIVERGED" });
     await stream.close();
     await applier.close();
     // The failed patch never became durable: the head is still the PIT's state.

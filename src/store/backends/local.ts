@@ -4,9 +4,20 @@ import path from "node:path";
 import { LifeboatError, isRetryable } from "../../base/index.js";
 import type { Backend, ObjectInfo } from "../backend.js";
 import { syncFileSystem } from "./fs-sync.js";
+import { PREFIX } from "../names.js";
 import { missing } from "./memory.js";
 
 const TMP_DIR = "tmp";
+
+/** Packs kept open for ranged reads (they never change once stored). */
+const OPEN_PACKS = 64;
+
+/** A pack file open for ranged reads: closed once evicted and no read is using it. */
+interface OpenPack {
+  handle: Promise<fs.FileHandle>;
+  readers: number;
+  evicted: boolean;
+}
 
 /**
  * A repository in a local directory. put() writes a temporary file under
@@ -23,6 +34,8 @@ const TMP_DIR = "tmp";
 export class LocalBackend implements Backend {
   readonly properties;
   private readonly knownDirs = new Set<string>();
+  /** Open pack files by path, least recently read first. */
+  private readonly openPacks = new Map<string, OpenPack>();
 
   constructor(
     private readonly root: string,
@@ -102,6 +115,7 @@ export class LocalBackend implements Backend {
     const file = this.file(name);
     try {
       if (!range) return await fs.readFile(file);
+      if (name.startsWith(PREFIX.packs)) return await this.readPack(file, range);
       const fh = await fs.open(file, "r");
       try {
         const buf = Buffer.alloc(range.length);
@@ -113,6 +127,43 @@ export class LocalBackend implements Backend {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") throw missing(name, this.properties.location);
       throw wrap(err, `reading ${name}`, this.properties.location);
+    }
+  }
+
+  /**
+   * A range of a pack through a file kept open: reading chunks one by one
+   * (a replica patching scattered blocks) would otherwise open and close a
+   * file per chunk. A pack is never rewritten under its name, so an open
+   * file always holds what the name does (or did, until deleted).
+   */
+  private async readPack(file: string, range: { offset: number; length: number }): Promise<Buffer> {
+    let open = this.openPacks.get(file);
+    if (open)
+      this.openPacks.delete(file); // re-inserted last: recently read
+    else {
+      open = { handle: fs.open(file, "r"), readers: 0, evicted: false };
+      open.handle.catch(() => undefined); // awaited below
+    }
+    this.openPacks.set(file, open);
+    for (const [f, old] of this.openPacks) {
+      if (this.openPacks.size <= OPEN_PACKS) break;
+      this.openPacks.delete(f);
+      old.evicted = true;
+      if (old.readers === 0) closeQuietly(old.handle);
+    }
+    open.readers++;
+    try {
+      const fh = await open.handle;
+      const buf = Buffer.alloc(range.length);
+      const { bytesRead } = await fh.read(buf, 0, range.length, range.offset);
+      return buf.subarray(0, bytesRead);
+    } catch (err) {
+      if (this.openPacks.get(file) === open) this.openPacks.delete(file); // opened again next time
+      open.evicted = true;
+      throw err;
+    } finally {
+      open.readers--;
+      if (open.evicted && open.readers === 0) closeQuietly(open.handle);
     }
   }
 
@@ -155,6 +206,12 @@ export class LocalBackend implements Backend {
   }
 
   async delete(name: string): Promise<void> {
+    const open = this.openPacks.get(this.file(name));
+    if (open) {
+      this.openPacks.delete(this.file(name));
+      open.evicted = true;
+      if (open.readers === 0) closeQuietly(open.handle);
+    }
     try {
       await fs.rm(this.file(name), { force: true });
     } catch (err) {
@@ -183,8 +240,21 @@ export class LocalBackend implements Backend {
   }
 
   close(): Promise<void> {
+    for (const open of this.openPacks.values()) {
+      open.evicted = true;
+      if (open.readers === 0) closeQuietly(open.handle);
+    }
+    this.openPacks.clear();
     return Promise.resolve();
   }
+}
+
+/** Closes a file once its open settles; a file that failed to open has nothing to close. */
+function closeQuietly(handle: Promise<fs.FileHandle>): void {
+  handle.then(
+    (fh) => fh.close().catch(() => undefined),
+    () => undefined,
+  );
 }
 
 async function syncDir(dir: string): Promise<void> {
