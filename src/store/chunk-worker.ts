@@ -43,7 +43,7 @@ const codec = new ObjectCodec(Buffer.from(encryptionKey), compressionLevel);
 const nameKey = Buffer.from(namingKey);
 const batches = new Map<
   number,
-  { data: Buffer; chunkSize: number; frames?: { data: Buffer; spans: number[] } }
+  { data: Buffer; chunkSize: number; ids?: Buffer; frames?: { data: Buffer; spans: number[] } }
 >();
 let zeros = Buffer.alloc(0);
 
@@ -78,7 +78,12 @@ function handle(msg: WorkerRequest): void {
   switch (msg.type) {
     case "scan": {
       const data = Buffer.from(msg.buffer, 0, msg.length);
-      const batch = {
+      const batch: {
+        data: Buffer;
+        chunkSize: number;
+        ids?: Buffer;
+        frames?: { data: Buffer; spans: number[] };
+      } = {
         data,
         chunkSize: msg.chunkSize,
         ...(msg.frames ? { frames: { data: Buffer.from(msg.frames.data), spans: msg.frames.spans } } : {}),
@@ -96,6 +101,7 @@ function handle(msg: WorkerRequest): void {
           .digest()
           .copy(view, i * 32);
       }
+      batch.ids = Buffer.from(view); // a copy: `ids` moves to the main thread
       reply({ type: "scanned", batch: msg.batch, ids }, [ids]);
       return;
     }
@@ -103,8 +109,9 @@ function handle(msg: WorkerRequest): void {
       const batch = batches.get(msg.batch);
       batches.delete(msg.batch);
       if (!batch) throw new Error(`unknown batch ${msg.batch}`);
-      const objects = msg.chunks.map(({ index, id }) => {
-        const h = createHmac("sha256", nameKey).update(Buffer.from(id)).digest("hex");
+      const objects = msg.indexes.map((index) => {
+        const id = batch.ids!.subarray(index * 32, index * 32 + 32); // as this worker hashed it
+        const h = createHmac("sha256", nameKey).update(id).digest("hex");
         const name = `chunks/${h.slice(0, 2)}/${h}`;
         const plain = chunkAt(batch, index);
         return {

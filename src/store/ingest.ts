@@ -126,7 +126,7 @@ export class ChunkIngest {
     try {
       const { objects, buffer } = await this.pool.encode(
         batch,
-        toEncode.map(({ index, id }) => ({ index, id })),
+        toEncode.map(({ index }) => index),
       );
       for (const [k, o] of objects.entries()) {
         const { index, id, claim } = toEncode[k]!;

@@ -15,6 +15,9 @@ import { CONFIG_NAME, PREFIX, keyedName, packName, trashName } from "./names.js"
 
 export const PAGE_FANOUT = 256;
 
+/** Bytes of block-map pages a repository keeps in memory (a leaf page is 14 KiB: 1,200 of them). */
+const PAGE_CACHE_BYTES = 16 * 1024 * 1024;
+
 export function sha256(data: Uint8Array): Buffer {
   return createHash("sha256").update(data).digest();
 }
@@ -26,7 +29,9 @@ export function sha256(data: Uint8Array): Buffer {
  */
 export class Repository {
   readonly codec: ObjectCodec;
+  /** Block-map pages read or written lately, least recently used first, and their bytes. */
   private readonly pageCache = new Map<string, Buffer>();
+  private pageCacheBytes = 0;
 
   private constructor(
     readonly backend: Backend,
@@ -150,7 +155,11 @@ export class Repository {
   async getPage(id: Uint8Array): Promise<Buffer> {
     const key = Buffer.from(id).toString("latin1");
     const hit = this.pageCache.get(key);
-    if (hit) return hit;
+    if (hit) {
+      this.pageCache.delete(key); // re-inserted last: recently used
+      this.pageCache.set(key, hit);
+      return hit;
+    }
     const name = this.pageName(id);
     const plain = this.decodeVerified(name, ObjectKind.page, id, await this.getObject(name));
     this.cachePage(key, plain);
@@ -158,8 +167,16 @@ export class Repository {
   }
 
   private cachePage(key: string, plain: Buffer): void {
-    if (this.pageCache.size > 4096) this.pageCache.clear();
+    const old = this.pageCache.get(key);
+    if (old) this.pageCacheBytes -= old.length;
+    this.pageCache.delete(key);
     this.pageCache.set(key, plain);
+    this.pageCacheBytes += plain.length;
+    for (const [k, page] of this.pageCache) {
+      if (this.pageCacheBytes <= PAGE_CACHE_BYTES) break;
+      this.pageCache.delete(k);
+      this.pageCacheBytes -= page.length;
+    }
   }
 
   async putMeta(name: string, value: unknown, kind: ObjectKind = ObjectKind.meta): Promise<void> {

@@ -30,7 +30,8 @@ export type WorkerRequest =
       /** zstd frames of some of the chunks (ChunkFrames), to store as they are. */
       frames?: { data: ArrayBuffer; spans: number[] };
     }
-  | { type: "encode"; batch: number; chunks: { index: number; id: Uint8Array }[] }
+  /** The chunks to encode, by index in the batch: the worker names them by the ids it computed. */
+  | { type: "encode"; batch: number; indexes: number[] }
   | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
   | RestoreRunRequest;
 
@@ -294,14 +295,14 @@ export class WorkerPool {
    */
   async encode(
     batch: number,
-    chunks: { index: number; id: Uint8Array }[],
+    indexes: number[],
   ): Promise<{
     objects: { index: number; name: string; size: number; data: Buffer }[];
     buffer: ArrayBuffer;
   }> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
-    const msg: WorkerRequest = { type: "encode", batch, chunks };
+    const msg: WorkerRequest = { type: "encode", batch, indexes };
     const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
     const { objects, data } = r as Extract<WorkerResponse, { type: "encoded" }>;
     return {

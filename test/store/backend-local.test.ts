@@ -74,3 +74,43 @@ void describe("LocalBackend interrupted puts", () => {
     await utimes(fresh, new Date(), new Date());
   });
 });
+
+void describe("LocalBackend ranged reads of packs", () => {
+  let dir: string;
+  let backend: LocalBackend;
+  beforeEach(async () => {
+    dir = await tempDir();
+    backend = new LocalBackend(dir);
+  });
+  afterEach(async () => {
+    await backend.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const pack = (i: number) => `packs/${(i % 256).toString(16).padStart(2, "0")}/pack-${i}`;
+  const bytesOf = (i: number) => Buffer.from(Array.from({ length: 4096 }, (_, k) => (i * 7 + k) & 0xff));
+
+  void it("reads ranges of more packs than it keeps open, at once, each from its own file", async () => {
+    const n = 150; // more than the files kept open
+    for (let i = 0; i < n; i++) await backend.put(pack(i), bytesOf(i));
+    for (let round = 0; round < 3; round++) {
+      const reads = Array.from({ length: n }, (_, i) => {
+        const offset = (i * 13 + round * 101) % 4000;
+        return backend
+          .get(pack(i), { offset, length: 64 })
+          .then((got) => assert.deepEqual(got, bytesOf(i).subarray(offset, offset + 64), `pack ${i}`));
+      });
+      await Promise.all(reads);
+    }
+  });
+
+  void it("a deleted pack is missing, not read through a file kept open", async () => {
+    await backend.put(pack(1), bytesOf(1));
+    assert.deepEqual(await backend.get(pack(1), { offset: 10, length: 5 }), bytesOf(1).subarray(10, 15));
+    await backend.delete(pack(1));
+    await assert.rejects(backend.get(pack(1), { offset: 10, length: 5 }), { code: "STORE_OBJECT_MISSING" });
+    // Stored again under the name (as GC's restore from the trash does), it reads as stored now.
+    await backend.put(pack(1), bytesOf(2));
+    assert.deepEqual(await backend.get(pack(1), { offset: 10, length: 5 }), bytesOf(2).subarray(10, 15));
+  });
+});
