@@ -266,12 +266,7 @@ export class ReplicaApplier {
         disk,
         first + i,
         at >= keptFrom
-          ? (() => {
-              const bytes = Promise.resolve(
-                kept.subarray(at - keptFrom, Math.min(at + cs, length) - keptFrom),
-              );
-              return () => bytes;
-            })()
+          ? lazily(() => Promise.resolve(kept.subarray(at - keptFrom, Math.min(at + cs, length) - keptFrom)))
           : lazily(async () => this.readByEntry(disk, first + i, (await entries)[i]!)),
       );
     }

@@ -76,16 +76,17 @@ void describe("LocalBackend interrupted puts", () => {
 });
 
 void describe("LocalBackend ranged reads of packs", () => {
-  let dir: string;
   let backend: LocalBackend;
+  let cleanup: () => Promise<void>;
   beforeEach(async () => {
-    dir = await tempDir();
+    const dir = await tempDir();
     backend = new LocalBackend(dir);
+    cleanup = async () => {
+      await backend.close();
+      await rm(dir, { recursive: true, force: true });
+    };
   });
-  afterEach(async () => {
-    await backend.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  afterEach(() => cleanup());
 
   const pack = (i: number) => `packs/${(i % 256).toString(16).padStart(2, "0")}/pack-${i}`;
   const bytesOf = (i: number) => Buffer.from(Array.from({ length: 4096 }, (_, k) => (i * 7 + k) & 0xff));
