@@ -41,8 +41,6 @@ export async function loadKnownIds(
   return known;
 }
 
-/** Young generation of an ingest worker (WorkerPool): cuts the garbage encoding leaves, at no cost in CPU measured. */
-const WORKER_YOUNG_GENERATION_MB = 2;
 /** Run buffers kept for reuse: enough for an import's reads in flight and a few more. */
 const MAX_SPARE_BUFFERS = 8;
 
@@ -84,9 +82,7 @@ export class ChunkIngest {
     readonly known: KnownIds,
     opts: { packBytes?: number; writeConcurrency?: number } = {},
   ) {
-    this.pool = new WorkerPool(repo.keys, repo.config.compression.level, undefined, {
-      youngGenerationMb: WORKER_YOUNG_GENERATION_MB,
-    });
+    this.pool = new WorkerPool(repo.keys, repo.config.compression.level);
     this.packs = new PackWriter(repo, opts.packBytes, opts.writeConcurrency ?? 2);
   }
 

@@ -155,6 +155,16 @@ export type WorkerResponse =
 /** Runs in flight per worker: while one is decoded, the reads of the next are under way. */
 export const RUNS_PER_WORKER = 3;
 
+/**
+ * Young generation of a worker, MiB. Encoding and decoding allocate a few
+ * buffers per chunk that die at once (the cipher's output among them), and
+ * they are freed only when the worker collects garbage: a small young
+ * generation collects often, so they do not pile up to tens of MiB per
+ * worker (an export's peak RSS fell from about 300 to 250 MiB), at no cost
+ * in CPU measured.
+ */
+const WORKER_YOUNG_GENERATION_MB = 2;
+
 interface Pending {
   resolve(v: WorkerResponse): void;
   reject(e: unknown): void;
@@ -180,10 +190,8 @@ export class WorkerPool {
   private failure: Error | undefined;
 
   /**
-   * `youngGenerationMb` caps each worker's young generation: encoding
-   * allocates a few buffers per chunk that die at once, and they are freed
-   * only when the worker collects garbage; a small young generation collects
-   * often, so they do not pile up to tens of MiB per worker.
+   * `youngGenerationMb` caps each worker's young generation (default
+   * WORKER_YOUNG_GENERATION_MB).
    */
   constructor(
     keys: RepositoryKeys,
@@ -193,9 +201,7 @@ export class WorkerPool {
   ) {
     for (let i = 0; i < size; i++) {
       const w = new Worker(new URL("./chunk-worker.js", import.meta.url), {
-        ...(opts.youngGenerationMb
-          ? { resourceLimits: { maxYoungGenerationSizeMb: opts.youngGenerationMb } }
-          : {}),
+        resourceLimits: { maxYoungGenerationSizeMb: opts.youngGenerationMb ?? WORKER_YOUNG_GENERATION_MB },
         workerData: {
           encryptionKey: new Uint8Array(keys.encryptionKey),
           namingKey: new Uint8Array(keys.namingKey),
