@@ -209,8 +209,8 @@ export class ReplicaStream {
       const { offset: from, blocks } = run;
       run = undefined;
       const data = this.runContent(msg.disk, from, blocks);
+      bytes += data.length; // before the write: it moves the buffer to a worker, which empties it here
       await this.applier.writeChunks(msg.disk, from, data, { owned: true, frames: framesOf(blocks) });
-      bytes += data.length;
     };
     for (const b of msg.blocks) {
       if (this.diverged.size) this.diverged.delete(`${msg.disk}:${offset}`);
