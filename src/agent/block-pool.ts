@@ -75,8 +75,10 @@ export class BlockPool {
    */
   async prepare(data: Buffer, blockSize: number, compress = true): Promise<PreparedBlock[]> {
     if (this.failure) throw this.failure;
-    const ab = new ArrayBuffer(data.length);
-    data.copy(Buffer.from(ab));
+    // A buffer of its own (not zero-filled first): it moves to the worker and back.
+    const own = Buffer.allocUnsafeSlow(data.length);
+    data.copy(own);
+    const ab = own.buffer as ArrayBuffer;
     const id = this.next++;
     const w = this.workers[id % this.workers.length]!;
     const r = await new Promise<BlockJobResult>((resolve, reject) => {

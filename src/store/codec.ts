@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
 import { Compressor, Decompressor } from "zstd-napi";
 import zstd from "zstd-napi/binding.js";
 import { LifeboatError } from "../base/index.js";
@@ -20,6 +20,7 @@ const MAGIC = Buffer.from("LBOB", "latin1");
 const HEADER_LEN = 8;
 const NONCE_LEN = 12;
 const TAG_LEN = 16;
+const NONCES = 256;
 export const OBJECT_OVERHEAD = HEADER_LEN + NONCE_LEN + TAG_LEN;
 const FLAG_ZSTD = 1;
 
@@ -32,11 +33,25 @@ export class ObjectCodec {
   private readonly decompressor = new Decompressor();
   private readonly dctx = new zstd.DCtx();
 
+  /** Random bytes for nonces, filled NONCES at a time: one call to the generator per object costs more than the cipher of a small one. */
+  private readonly nonces = Buffer.allocUnsafe(NONCE_LEN * NONCES);
+  private noncesUsed = NONCES;
+
   constructor(
     private readonly encryptionKey: Buffer,
     compressionLevel = 1,
   ) {
     this.compressor.setParameters({ compressionLevel });
+  }
+
+  /** A fresh random nonce, valid until the next call (encode copies it at once). */
+  private nonce(): Buffer {
+    if (this.noncesUsed === NONCES) {
+      randomFillSync(this.nonces);
+      this.noncesUsed = 0;
+    }
+    const at = NONCE_LEN * this.noncesUsed++;
+    return this.nonces.subarray(at, at + NONCE_LEN);
   }
 
   /**
@@ -56,7 +71,7 @@ export class ObjectCodec {
       }
     }
     const header = Buffer.from([...MAGIC, OBJECT_FORMAT_VERSION, kind, flags, 0]);
-    const nonce = randomBytes(NONCE_LEN);
+    const nonce = this.nonce();
     const cipher = createCipheriv("aes-256-gcm", this.encryptionKey, nonce);
     cipher.setAAD(Buffer.concat([header, Buffer.from(name, "utf8")]));
     const out = Buffer.allocUnsafe(HEADER_LEN + NONCE_LEN + body.length + TAG_LEN);

@@ -18,6 +18,18 @@ void describe("object codec", () => {
     }
   });
 
+  void it("gives every object a nonce of its own, across refills of its nonce buffer", () => {
+    const c = new ObjectCodec(randomBytes(32), 1);
+    const plain = Buffer.from("the same plaintext every time");
+    const seen = new Set<string>();
+    for (let i = 0; i < 1000; i++) {
+      const enc = c.encode(name, ObjectKind.chunk, plain);
+      seen.add(enc.subarray(8, 20).toString("hex")); // after the 8-byte header
+      assert.deepEqual(c.decode(name, ObjectKind.chunk, enc), plain);
+    }
+    assert.equal(seen.size, 1000);
+  });
+
   void it("compresses what compresses and never expands by more than the fixed overhead", () => {
     assert.ok(codec.encode(name, ObjectKind.chunk, Buffer.alloc(1 << 20, 1)).length < 1000);
     const random = randomBytes(1 << 16);
