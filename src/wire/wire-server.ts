@@ -82,7 +82,8 @@ interface Stream {
   current: FrameChannel | undefined;
 }
 
-export const DEFAULT_SERVER_WINDOW: WindowLimits = { frames: 1024, bytes: 32 * 1024 * 1024 };
+/** What a replicator accepts unacknowledged (the agent's DEFAULT_WINDOW says why 4096 frames). */
+export const DEFAULT_SERVER_WINDOW: WindowLimits = { frames: 4096, bytes: 32 * 1024 * 1024 };
 
 /**
  * The replicator's end of the wire. `handle(socket, peer)` runs the protocol
