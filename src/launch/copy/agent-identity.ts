@@ -2,7 +2,7 @@ import {
   DEFAULT_AGENT_CONFIG_DIR,
   type LaunchedCopyMarker,
   launchedCopyMarkerText,
-} from "../../agent/index.js";
+} from "../../agent/config.js";
 import type { ChangeLog } from "./change-log.js";
 import type { CopyTree } from "./copy-tree.js";
 
