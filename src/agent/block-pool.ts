@@ -78,7 +78,7 @@ export class BlockPool {
     // A buffer of its own (not zero-filled first): it moves to the worker and back.
     const own = Buffer.allocUnsafeSlow(data.length);
     data.copy(own);
-    const ab = own.buffer as ArrayBuffer;
+    const ab = own.buffer;
     const id = this.next++;
     const w = this.workers[id % this.workers.length]!;
     const r = await new Promise<BlockJobResult>((resolve, reject) => {

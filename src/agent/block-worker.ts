@@ -56,5 +56,5 @@ serveMessages<BlockJob>((job) => {
   // The frames move too when their buffer is theirs alone (a small one may share Node's pool).
   const ownFrames = packed.byteOffset === 0 && packed.buffer.byteLength === packed.length;
   const transfer = [job.buffer, out.hashes, out.kinds, out.lengths];
-  parentPort!.postMessage(out, ownFrames ? [...transfer, packed.buffer as ArrayBuffer] : transfer);
+  parentPort!.postMessage(out, ownFrames ? [...transfer, packed.buffer] : transfer);
 });
