@@ -20,38 +20,36 @@
  *
  * Nothing here writes to a file while filesystems are frozen: the status
  * callback is skipped and log records wait until the thaw.
+ *
+ * The passes live beside the engine, which hands each the little it needs of
+ * its state: scan.ts reads a whole disk (initial syncs and rescans), ship.ts
+ * reads dirty blocks and sends them (continuous shipping, and the reads and
+ * sends of a consistency point), blocks-messages.ts puts whole blocks into
+ * BLOCKS frames for both. This file keeps the loop, the disks, the session,
+ * sending and its bandwidth cap, and consistency points.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { promises as fs } from "node:fs";
+import { randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
-import {
-  type Clock,
-  LifeboatError,
-  type Logger,
-  isLifeboatError,
-  silentLogger,
-  systemClock,
-} from "../base/index.js";
+import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
 import {
   AgentSession,
-  type Block,
-  type BlocksMessage,
   type Command,
   type ConsistencyLevel,
-  type Patch,
   type PointDone,
   type SequencedMessage,
   type Welcome,
 } from "../wire/index.js";
 import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "./block-device.js";
-import { BlockPool, type PreparedBlock } from "./block-pool.js";
+import { BlockPool } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { type DiskChange, applyDiskChange } from "./disk-changes.js";
 import { type DiskRun, closeDiskRun, openDiskRun } from "./disk-run.js";
-import { DirtySet } from "./dirty-set.js";
+import type { DirtySet } from "./dirty-set.js";
 import { withFrozen } from "./freeze.js";
 import { type MountedFilesystem, mountedFilesystems } from "./mounted-filesystems.js";
 import { DiskReader } from "./reader.js";
+import { type ScanContext, scanDisk, stampOf } from "./scan.js";
+import { type ReadRun, type ShipContext, readDirty, shipRuns, shipSettled, touchedBlocks } from "./ship.js";
 import type { AgentState, AgentStatus, DiskStatus } from "./status.js";
 
 export interface ReplicationOptions {
@@ -114,48 +112,9 @@ interface QueuedPoint {
   reject(e: unknown): void;
 }
 
-/** Blocks read from a disk, with the dirty byte ranges inside each. */
-interface ReadRun {
-  disk: number;
-  offset: number;
-  data: Buffer;
-  /** Per block of the run: dirty [start, end) pairs relative to the block, or "all". */
-  dirty: ("all" | number[])[];
-}
-
-/** A run to read: its place on the disk instead of its bytes. */
-type PlannedRun = Omit<ReadRun, "data"> & { length: number };
-
-/** Continuous shipping reads and ships the dirty runs in batches of at most this many bytes... */
-const SHIP_BATCH_BYTES = 16 * 1024 * 1024;
-/** ...and runs. */
-const SHIP_BATCH_RUNS = 512;
-
-/** Planned runs in batches of at most SHIP_BATCH_BYTES and SHIP_BATCH_RUNS (a larger run is a batch alone). */
-function batchRuns(runs: PlannedRun[]): PlannedRun[][] {
-  const out: PlannedRun[][] = [];
-  let bytes = 0;
-  for (const run of runs) {
-    const last = out.at(-1);
-    if (last && last.length < SHIP_BATCH_RUNS && bytes + run.length <= SHIP_BATCH_BYTES) {
-      last.push(run);
-      bytes += run.length;
-    } else {
-      out.push([run]);
-      bytes = run.length;
-    }
-  }
-  return out;
-}
-
 /** Thrown inside makePoint when lost trace events make the point unsound: it is made again after the rescan. */
 const RETRY_AFTER_RESCAN = new Error("retry the point after the rescan");
 const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
-const RUN_BLOCKS = 64; // one BLOCKS frame: 64 blocks, 4 MiB at 64 KiB
-const PIPELINE = 3;
-/** How often a rescan asks again which blocks the replicator holds while the link is down. */
-const HAVE_RETRY_MS = 250;
-const zeroHash = Buffer.alloc(32);
 
 export class Replication {
   private wire: AgentSession | undefined;
@@ -185,6 +144,8 @@ export class Replication {
   /** Changes of the disk set waiting for the loop (changeDisks). */
   private readonly diskChanges: DiskChange[] = [];
   readonly counters = { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 };
+  /** What the scan and shipping passes use of the engine (scan.ts, ship.ts). */
+  private readonly passes: ScanContext & ShipContext;
 
   constructor(private readonly opts: ReplicationOptions) {
     this.clock = opts.clock ?? systemClock;
@@ -192,6 +153,22 @@ export class Replication {
     this.pool = new BlockPool(opts.compressionLevel ?? 1);
     this.bandwidth = { bytesPerSecond: 0, available: 0, at: 0 };
     this.setBandwidth(opts.settings.bandwidthMbps);
+    this.passes = {
+      blockSize: opts.blockSize,
+      pool: this.pool,
+      clock: this.clock,
+      log: this.log,
+      counters: this.counters,
+      stopping: () => this.stopping,
+      maxBlocksPerFrame: () => this.welcome?.limits.maxBlocksPerFrame,
+      have: (hashes) => this.session.have(hashes),
+      send: (msg, since) => this.send(msg, since),
+      owe: (d, kind) => this.owe(d, kind),
+      shipping: this.shipping,
+      progressed: () => {
+        this.lastProgress = this.clock.now();
+      },
+    };
   }
 
   /** Opens the disks and their trackers, connects, and starts the loop. */
@@ -465,11 +442,11 @@ export class Replication {
         this.rotate();
         await this.checkSizes();
         const owed = this.disks.find((d) => d.owed);
-        if (owed) await this.scan(owed);
+        if (owed) await scanDisk(owed, this.passes);
         else if (this.points.length) await this.point(this.points.shift()!);
         else if (this.disks.some((d) => !d.settled.isEmpty)) {
           // Only blocks with writes in flight left: give the device a moment.
-          if ((await this.shipSettled()) === 0) await this.pauseFor(20);
+          if ((await shipSettled(this.disks, this.passes)) === 0) await this.pauseFor(20);
         } else await this.idle();
       } catch (err) {
         if (this.stopping) break;
@@ -572,304 +549,6 @@ export class Replication {
     }
   }
 
-  /** Turns prepared whole blocks starting at `offset` into BLOCKS messages of at most one frame each. */
-  private blocksMessages(disk: number, offset: number, blocks: Block[]): BlocksMessage[] {
-    const bs = this.opts.blockSize;
-    const per = Math.min(RUN_BLOCKS, this.welcome?.limits.maxBlocksPerFrame ?? RUN_BLOCKS);
-    const out: BlocksMessage[] = [];
-    for (let i = 0; i < blocks.length; i += per)
-      out.push({
-        type: "BLOCKS",
-        disk,
-        offset: offset + i * bs,
-        kind: "blocks",
-        blocks: blocks.slice(i, i + per),
-      });
-    return out;
-  }
-
-  // ---- initial sync and rescan --------------------------------------------
-
-  /**
-   * Reads the whole disk in runs of 64 blocks, pipelined: while one run's
-   * blocks are hashed and compressed in the workers and checked against the
-   * repository (HAVE), the next is read. Zero blocks are skipped on an
-   * initial sync (the replica starts empty) and sent as `zero` on a rescan;
-   * blocks the repository holds go as references.
-   */
-  private async scan(d: DiskRun): Promise<void> {
-    const kind = d.owed!;
-    d.owed = undefined;
-    d.rescanAgain = false;
-    d.pass = { kind, done: 0, started: this.clock.now() };
-    if (kind === "rescan") this.counters.rescans++;
-    const bs = this.opts.blockSize;
-    const runBytes = bs * RUN_BLOCKS;
-    if (!d.tracker) d.imageStamp = await stampOf(d.cfg.path);
-    // The dirty sets stay as they are: a range dirty now may belong to a write still in flight,
-    // which the pass could read before it lands; shipping it again afterwards costs little.
-    this.log.info(
-      { disk: d.cfg.path, kind, sizeBytes: d.size },
-      `${kind === "initial" ? "initial sync" : "rescan"} started`,
-    );
-    const inflight: Promise<BlocksMessage[]>[] = [];
-    const flush = async (): Promise<void> => {
-      for (const m of await inflight.shift()!) await this.send(m, null);
-    };
-    try {
-      for (let offset = 0; offset < d.size && !this.stopping; offset += runBytes) {
-        const len = Math.min(runBytes, d.size - offset);
-        const data = await d.reader.read(offset, len);
-        this.counters.bytesRead += len;
-        inflight.push(this.prepareScanRun(d, offset, data, kind));
-        inflight[inflight.length - 1]!.catch(() => undefined);
-        if (inflight.length >= PIPELINE) await flush();
-        d.pass.done = offset + len;
-      }
-      while (inflight.length) await flush();
-    } catch (err) {
-      await Promise.allSettled(inflight);
-      d.pass = undefined;
-      this.owe(d, kind);
-      throw err;
-    }
-    d.pass = undefined;
-    if (d.rescanAgain) this.owe(d, "rescan");
-    this.log.info({ disk: d.cfg.path, kind }, `${kind === "initial" ? "initial sync" : "rescan"} done`);
-  }
-
-  private async prepareScanRun(
-    d: DiskRun,
-    offset: number,
-    data: Buffer,
-    kind: "initial" | "rescan",
-  ): Promise<BlocksMessage[]> {
-    const prepared = await this.pool.prepare(data, this.opts.blockSize);
-    const nonZero = prepared.filter((b) => b.encoding !== "zero");
-    const held = nonZero.length ? await this.held(nonZero.map((b) => b.sha256)) : [];
-    const blocks: (Block | null)[] = [];
-    let k = 0;
-    for (const b of prepared) {
-      if (b.encoding === "zero")
-        blocks.push(
-          kind === "initial" ? null : { encoding: "zero", sha256: zeroHash, data: Buffer.alloc(0) },
-        );
-      else if (held[k++]) blocks.push({ encoding: "ref", sha256: b.sha256, data: Buffer.alloc(0) });
-      else blocks.push({ encoding: b.encoding, sha256: b.sha256, data: b.data });
-    }
-    // Runs of consecutive blocks to send; a skipped zero block splits them.
-    const out: BlocksMessage[] = [];
-    for (let i = 0; i < blocks.length;) {
-      if (!blocks[i]) {
-        i++;
-        continue;
-      }
-      let j = i;
-      while (j < blocks.length && blocks[j]) j++;
-      out.push(
-        ...this.blocksMessages(d.cfg.index, offset + i * this.opts.blockSize, blocks.slice(i, j) as Block[]),
-      );
-      i = j;
-    }
-    return out;
-  }
-
-  /**
-   * Which of `hashes` the replicator holds. While the link is down this waits
-   * for it rather than answering "none": a rescan during a cut would
-   * otherwise fill the window with whole blocks the repository already has.
-   */
-  private async held(hashes: Buffer[]): Promise<boolean[]> {
-    for (;;) {
-      try {
-        return await this.session.have(hashes);
-      } catch (err) {
-        if (this.stopping || !(isLifeboatError(err) && err.code === "WIRE_CONNECTION_CLOSED"))
-          return hashes.map(() => false); // send the blocks themselves; the replicator deduplicates them
-        await this.clock.sleep(HAVE_RETRY_MS);
-      }
-    }
-  }
-
-  // ---- continuous shipping ---------------------------------------------------
-
-  /** Ships every disk's settled set; returns how many runs of blocks were read. */
-  private async shipSettled(): Promise<number> {
-    let read = 0;
-    for (const d of this.disks) {
-      if (d.settled.isEmpty || d.owed) continue;
-      const taken = d.settled.take();
-      const shipping = { bytes: taken.dirtyBytes(), since: taken.dirtySince };
-      this.shipping.add(shipping);
-      let reading: Promise<ReadRun[]> | undefined;
-      try {
-        // In batches, each read while the one before is shipped: the device and the link work at
-        // once, and memory holds two batches, however large the set.
-        const batches = batchRuns(this.planDirty(d, taken, true));
-        read += batches.reduce((n, b) => n + b.length, 0);
-        reading = batches.length ? this.readRuns(d, batches[0]!) : undefined;
-        for (let k = 0; k < batches.length; k++) {
-          const runs = await reading!;
-          reading = k + 1 < batches.length ? this.readRuns(d, batches[k + 1]!) : undefined;
-          reading?.catch(() => undefined); // awaited in the next round, or below after a failure
-          // A patch carries the hash of the block as read, which must equal the replica's copy plus
-          // the patch. A write the read saw but this set does not hold breaks that: blocks that the
-          // trace marked again since the take (drained now, so every write done before the read is
-          // in) go whole.
-          await d.tracker?.drain();
-          const touched = touchedBlocks([d.fresh, d.settled], this.opts.blockSize);
-          const now = this.clock.now();
-          await this.shipRuns(
-            runs,
-            taken.dirtySince,
-            (_disk, offset) =>
-              touched.has(offset / this.opts.blockSize) ||
-              d.inFlight.overlaps(offset, this.opts.blockSize, now),
-          );
-        }
-      } catch (err) {
-        await reading?.catch(() => undefined); // the reader is free again before anything else reads
-        d.settled.merge(taken);
-        throw err;
-      } finally {
-        this.shipping.delete(shipping);
-      }
-      this.lastProgress = this.clock.now();
-    }
-    return read;
-  }
-
-  /** Reads the whole blocks that hold `set`'s dirty bytes (planDirty, then readRuns). */
-  private async readDirty(d: DiskRun, set: DirtySet): Promise<ReadRun[]> {
-    return this.readRuns(d, this.planDirty(d, set));
-  }
-
-  /**
-   * The runs of consecutive whole blocks that hold `set`'s dirty bytes, to
-   * read (readRuns). With `deferInFlight`, a block with a write still in
-   * flight is left out: its dirty bytes go back to the settled set for a
-   * later pass (a read now could return the bytes from before the write).
-   */
-  private planDirty(d: DiskRun, set: DirtySet, deferInFlight = false): PlannedRun[] {
-    const bs = this.opts.blockSize;
-    const now = this.clock.now();
-    // Block index → dirty pairs inside it.
-    const blocks = new Map<number, "all" | number[]>();
-    for (const e of set.extents()) {
-      const end = e.offset + e.length;
-      for (let b = Math.floor(e.offset / bs); b * bs < end; b++) {
-        const s = Math.max(e.offset, b * bs) - b * bs;
-        const t = Math.min(end, Math.min((b + 1) * bs, d.size)) - b * bs;
-        const blockLen = Math.min(bs, d.size - b * bs);
-        const prev = blocks.get(b);
-        if (prev === "all") continue;
-        if (s === 0 && t >= blockLen) blocks.set(b, "all");
-        else blocks.set(b, [...(prev ?? []), s, t]);
-      }
-    }
-    if (deferInFlight && d.inFlight.size > 0) {
-      for (const [b, dirty] of blocks) {
-        if (!d.inFlight.overlaps(b * bs, Math.min(bs, d.size - b * bs), now)) continue;
-        blocks.delete(b);
-        if (dirty === "all") d.settled.add(b * bs, bs, set.dirtySince ?? now);
-        else
-          for (let k = 0; k < dirty.length; k += 2)
-            d.settled.add(b * bs + dirty[k]!, dirty[k + 1]! - dirty[k]!, set.dirtySince ?? now);
-      }
-    }
-    const order = [...blocks.keys()].sort((a, b) => a - b);
-    const runs: PlannedRun[] = [];
-    for (let i = 0; i < order.length;) {
-      let j = i + 1;
-      while (j < order.length && order[j] === order[j - 1]! + 1 && j - i < RUN_BLOCKS) j++;
-      const offset = order[i]! * bs;
-      runs.push({
-        disk: d.cfg.index,
-        offset,
-        length: Math.min((order[j - 1]! + 1) * bs, d.size) - offset,
-        dirty: order.slice(i, j).map((b) => blocks.get(b)!),
-      });
-      i = j;
-    }
-    return runs;
-  }
-
-  /**
-   * Reads planned runs in one pass over the disk: the reader keeps a read in
-   * flight while the last one is copied (runs scattered over the disk are
-   * small, and read one at a time each would wait for the device in turn).
-   */
-  private async readRuns(d: DiskRun, planned: PlannedRun[]): Promise<ReadRun[]> {
-    const runs: ReadRun[] = planned.map(({ length, ...run }) => ({
-      ...run,
-      data: Buffer.allocUnsafe(length),
-    }));
-    let r = 0;
-    await d.reader.readRanges(
-      planned.map(({ offset, length }) => ({ offset, length })),
-      (offset, data) => {
-        while (offset >= runs[r]!.offset + runs[r]!.data.length) r++;
-        data.copy(runs[r]!.data, offset - runs[r]!.offset);
-      },
-    );
-    for (const run of runs) this.counters.bytesRead += run.data.length;
-    return runs;
-  }
-
-  /**
-   * Sends read runs: a block of which less than half is dirty goes as a
-   * patch of its dirty bytes (with the whole block's hash, so the replicator
-   * can tell if its copy differed), the others whole.
-   */
-  private async shipRuns(
-    runs: ReadRun[],
-    since: number | null,
-    mustBeWhole?: (disk: number, offset: number) => boolean,
-  ): Promise<void> {
-    const bs = this.opts.blockSize;
-    for (const run of runs) {
-      // Consecutive whole blocks are prepared together.
-      let wholeStart = -1;
-      const flushWhole = async (end: number): Promise<void> => {
-        if (wholeStart < 0) return;
-        const slice = run.data.subarray(wholeStart * bs, Math.min(end * bs, run.data.length));
-        const prepared = await this.pool.prepare(slice, bs);
-        const blocks = prepared.map(toWireBlock);
-        for (const m of this.blocksMessages(run.disk, run.offset + wholeStart * bs, blocks))
-          await this.send(m, since);
-        wholeStart = -1;
-      };
-      for (let i = 0; i < run.dirty.length; i++) {
-        const dirty = run.dirty[i]!;
-        const block = run.data.subarray(i * bs, Math.min((i + 1) * bs, run.data.length));
-        const pairs = dirty === "all" ? null : mergePairs(dirty);
-        const dirtyBytes = pairs
-          ? pairs.reduce((n, _, k) => (k % 2 ? n + pairs[k]! - pairs[k - 1]! : n), 0)
-          : block.length;
-        // An all-zero block goes whole (as `zero`): the replica stores it as no chunk at all.
-        if (
-          !pairs ||
-          dirtyBytes * 2 >= block.length ||
-          isZero(block) ||
-          mustBeWhole?.(run.disk, run.offset + i * bs)
-        ) {
-          if (wholeStart < 0) wholeStart = i;
-          continue;
-        }
-        await flushWhole(i);
-        const patches: Patch[] = [];
-        for (let k = 0; k < pairs.length; k += 2)
-          patches.push({ at: pairs[k]!, data: Buffer.from(block.subarray(pairs[k], pairs[k + 1])) });
-        const sha256 = createHash("sha256").update(block).digest();
-        await this.send(
-          { type: "BLOCKS", disk: run.disk, offset: run.offset + i * bs, kind: "patch", sha256, patches },
-          since,
-        );
-      }
-      await flushWhole(run.dirty.length);
-    }
-  }
-
   // ---- consistency points ----------------------------------------------------
 
   private async point(q: QueuedPoint): Promise<void> {
@@ -891,7 +570,7 @@ export class Replication {
     for (let i = 0; i < 3; i++) {
       this.rotate();
       if (!this.disks.some((d) => !d.settled.isEmpty)) break;
-      await this.shipSettled();
+      await shipSettled(this.disks, this.passes);
     }
     const scanOnly = this.disks.filter((d) => !d.tracker);
     const filesystems: MountedFilesystem[] = [];
@@ -922,7 +601,7 @@ export class Replication {
             if (d.inFlight.overlaps(e.offset, e.length, now))
               d.settled.add(e.offset, e.length, set.dirtySince ?? now);
       }
-      for (const [d, set] of taken) runs.push(...(await this.readDirty(d, set)));
+      for (const [d, set] of taken) runs.push(...(await readDirty(d, set, this.passes)));
     };
     try {
       if (filesystems.length) {
@@ -973,7 +652,7 @@ export class Replication {
     // Image files (scan mode) are read whole; unchanged size and mtime over the pass make it a crash-consistent image.
     for (const d of scanOnly) {
       d.owed = "rescan";
-      await this.scan(d);
+      await scanDisk(d, this.passes);
       if ((await stampOf(d.cfg.path)) !== d.imageStamp) level = "none";
     }
     // A block written during an unfrozen read may hold bytes outside its dirty ranges that the
@@ -984,9 +663,10 @@ export class Replication {
         if (!d.fresh.isEmpty)
           writtenDuringRead.set(d.cfg.index, touchedBlocks([d.fresh], this.opts.blockSize));
     try {
-      await this.shipRuns(
+      await shipRuns(
         runs,
         takenAt,
+        this.passes,
         (disk, offset) => writtenDuringRead.get(disk)?.has(offset / this.opts.blockSize) ?? false,
       );
     } catch (err) {
@@ -1034,21 +714,6 @@ export class Replication {
   }
 }
 
-/** Indexes of the blocks that hold a dirty byte of any of `sets`. */
-function touchedBlocks(sets: DirtySet[], blockSize: number): Set<number> {
-  const out = new Set<number>();
-  for (const set of sets)
-    for (const e of set.extents())
-      for (let b = Math.floor(e.offset / blockSize); b * blockSize < e.offset + e.length; b++) out.add(b);
-  return out;
-}
-
-function toWireBlock(b: PreparedBlock): Block {
-  return b.encoding === "zero"
-    ? { encoding: "zero", sha256: zeroHash, data: Buffer.alloc(0) }
-    : { encoding: b.encoding, sha256: b.sha256, data: b.data };
-}
-
 /** `p`'s value, or undefined after `ms` (a timer that does not outlive the wait). */
 async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
   let timer: NodeJS.Timeout | undefined;
@@ -1062,35 +727,12 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
   }
 }
 
-/** Sorts and merges [start, end) pairs. */
-function mergePairs(pairs: number[]): number[] {
-  const list: [number, number][] = [];
-  for (let i = 0; i < pairs.length; i += 2) list.push([pairs[i]!, pairs[i + 1]!]);
-  list.sort((a, b) => a[0] - b[0]);
-  const out: number[] = [];
-  for (const [s, e] of list) {
-    if (out.length && s <= out[out.length - 1]!) out[out.length - 1] = Math.max(out[out.length - 1]!, e);
-    else out.push(s, e);
-  }
-  return out;
-}
-
-const zeros = Buffer.alloc(1 << 20);
-function isZero(b: Buffer): boolean {
-  return b.length <= zeros.length && b.equals(zeros.subarray(0, b.length));
-}
-
 /** A disk's size now: a block device's from sysfs, an image file's from stat. */
 async function sizeOf(file: string): Promise<number> {
   const st = await statDisk(file);
   if (!st.isBlockDevice()) return st.size;
   const { major, minor } = deviceNumbers(st.rdev);
   return blockDeviceSizeBytes(major, minor);
-}
-
-async function stampOf(file: string): Promise<string> {
-  const st = await fs.stat(file);
-  return `${st.size}:${st.mtimeMs}`;
 }
 
 function groupAborted(): LifeboatError {

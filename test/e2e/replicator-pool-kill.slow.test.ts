@@ -186,7 +186,7 @@ void describe("kill -9 of one replicator of the pool under load", () => {
       let loading = true;
       // No PITs asked for between the kill and the resume: a scan-mode point made while the agent is
       // disconnected rereads the image and, unable to ask which blocks the replica holds, sends
-      // every block whole (agent/replication.ts, prepareScanRun), which is not what this measures.
+      // every block whole (agent/scan.ts, prepareScanRun), which is not what this measures.
       let pointsPaused = false;
       const load = agents.map(async (a, i) => {
         const f = await openFile(a.image, "r+");

@@ -1,0 +1,275 @@
+/**
+ * Reading dirty blocks and sending them: continuous shipping of a disk's
+ * settled set (shipSettled), and the reads and sends of a consistency point
+ * (readDirty and shipRuns, which replication.ts calls while and after the
+ * filesystems are frozen).
+ *
+ * A dirty block is read whole. A block of which less than half is dirty goes
+ * as a patch of its dirty bytes, with the hash of the whole block as read,
+ * which must equal the replica's copy plus the patch: a block that may hold
+ * bytes outside its dirty ranges that the replica lacks (the trace marked it
+ * again since the read, or a write to it is in flight) goes whole.
+ */
+import { createHash } from "node:crypto";
+import type { Clock } from "../base/index.js";
+import type { Patch, SequencedMessage } from "../wire/index.js";
+import type { BlockPool } from "./block-pool.js";
+import { RUN_BLOCKS, blocksMessages, toWireBlock } from "./blocks-messages.js";
+import type { DirtySet } from "./dirty-set.js";
+import type { DiskRun } from "./disk-run.js";
+
+/** Blocks read from a disk, with the dirty byte ranges inside each. */
+export interface ReadRun {
+  disk: number;
+  offset: number;
+  data: Buffer;
+  /** Per block of the run: dirty [start, end) pairs relative to the block, or "all". */
+  dirty: ("all" | number[])[];
+}
+
+/** A run to read: its place on the disk instead of its bytes. */
+type PlannedRun = Omit<ReadRun, "data"> & { length: number };
+
+/** Continuous shipping reads and ships the dirty runs in batches of at most this many bytes... */
+const SHIP_BATCH_BYTES = 16 * 1024 * 1024;
+/** ...and runs. */
+const SHIP_BATCH_RUNS = 512;
+
+/** What shipping uses of the replication engine. */
+export interface ShipContext {
+  blockSize: number;
+  pool: BlockPool;
+  clock: Clock;
+  counters: { bytesRead: number };
+  /** The replicator's cap on blocks per BLOCKS frame (WELCOME), once known. */
+  maxBlocksPerFrame(): number | undefined;
+  /** Sends a message (throttled); `since` is the time of the oldest write it carries, null for now. */
+  send(msg: SequencedMessage, since: number | null): Promise<number>;
+  /** Dirty sets taken and not yet all sent: part of the backlog until they are. */
+  shipping: Set<{ bytes: number; since: number | null }>;
+  /** A disk's settled set was all sent. */
+  progressed(): void;
+}
+
+/** Ships every disk's settled set; returns how many runs of blocks were read. */
+export async function shipSettled(disks: DiskRun[], ctx: ShipContext): Promise<number> {
+  let read = 0;
+  for (const d of disks) {
+    if (d.settled.isEmpty || d.owed) continue;
+    const taken = d.settled.take();
+    const shipping = { bytes: taken.dirtyBytes(), since: taken.dirtySince };
+    ctx.shipping.add(shipping);
+    let reading: Promise<ReadRun[]> | undefined;
+    try {
+      // In batches, each read while the one before is shipped: the device and the link work at
+      // once, and memory holds two batches, however large the set.
+      const batches = batchRuns(planDirty(d, taken, ctx, true));
+      read += batches.reduce((n, b) => n + b.length, 0);
+      reading = batches.length ? readRuns(d, batches[0]!, ctx) : undefined;
+      for (let k = 0; k < batches.length; k++) {
+        const runs = await reading!;
+        reading = k + 1 < batches.length ? readRuns(d, batches[k + 1]!, ctx) : undefined;
+        reading?.catch(() => undefined); // awaited in the next round, or below after a failure
+        // A patch carries the hash of the block as read, which must equal the replica's copy plus
+        // the patch. A write the read saw but this set does not hold breaks that: blocks that the
+        // trace marked again since the take (drained now, so every write done before the read is
+        // in) go whole.
+        await d.tracker?.drain();
+        const touched = touchedBlocks([d.fresh, d.settled], ctx.blockSize);
+        const now = ctx.clock.now();
+        await shipRuns(
+          runs,
+          taken.dirtySince,
+          ctx,
+          (_disk, offset) =>
+            touched.has(offset / ctx.blockSize) || d.inFlight.overlaps(offset, ctx.blockSize, now),
+        );
+      }
+    } catch (err) {
+      await reading?.catch(() => undefined); // the reader is free again before anything else reads
+      d.settled.merge(taken);
+      throw err;
+    } finally {
+      ctx.shipping.delete(shipping);
+    }
+    ctx.progressed();
+  }
+  return read;
+}
+
+/** Reads the whole blocks that hold `set`'s dirty bytes (planDirty, then readRuns). */
+export async function readDirty(d: DiskRun, set: DirtySet, ctx: ShipContext): Promise<ReadRun[]> {
+  return readRuns(d, planDirty(d, set, ctx), ctx);
+}
+
+/**
+ * The runs of consecutive whole blocks that hold `set`'s dirty bytes, to
+ * read (readRuns). With `deferInFlight`, a block with a write still in
+ * flight is left out: its dirty bytes go back to the settled set for a
+ * later pass (a read now could return the bytes from before the write).
+ */
+function planDirty(d: DiskRun, set: DirtySet, ctx: ShipContext, deferInFlight = false): PlannedRun[] {
+  const bs = ctx.blockSize;
+  const now = ctx.clock.now();
+  // Block index → dirty pairs inside it.
+  const blocks = new Map<number, "all" | number[]>();
+  for (const e of set.extents()) {
+    const end = e.offset + e.length;
+    for (let b = Math.floor(e.offset / bs); b * bs < end; b++) {
+      const s = Math.max(e.offset, b * bs) - b * bs;
+      const t = Math.min(end, Math.min((b + 1) * bs, d.size)) - b * bs;
+      const blockLen = Math.min(bs, d.size - b * bs);
+      const prev = blocks.get(b);
+      if (prev === "all") continue;
+      if (s === 0 && t >= blockLen) blocks.set(b, "all");
+      else blocks.set(b, [...(prev ?? []), s, t]);
+    }
+  }
+  if (deferInFlight && d.inFlight.size > 0) {
+    for (const [b, dirty] of blocks) {
+      if (!d.inFlight.overlaps(b * bs, Math.min(bs, d.size - b * bs), now)) continue;
+      blocks.delete(b);
+      if (dirty === "all") d.settled.add(b * bs, bs, set.dirtySince ?? now);
+      else
+        for (let k = 0; k < dirty.length; k += 2)
+          d.settled.add(b * bs + dirty[k]!, dirty[k + 1]! - dirty[k]!, set.dirtySince ?? now);
+    }
+  }
+  const order = [...blocks.keys()].sort((a, b) => a - b);
+  const runs: PlannedRun[] = [];
+  for (let i = 0; i < order.length;) {
+    let j = i + 1;
+    while (j < order.length && order[j] === order[j - 1]! + 1 && j - i < RUN_BLOCKS) j++;
+    const offset = order[i]! * bs;
+    runs.push({
+      disk: d.cfg.index,
+      offset,
+      length: Math.min((order[j - 1]! + 1) * bs, d.size) - offset,
+      dirty: order.slice(i, j).map((b) => blocks.get(b)!),
+    });
+    i = j;
+  }
+  return runs;
+}
+
+/** Planned runs in batches of at most SHIP_BATCH_BYTES and SHIP_BATCH_RUNS (a larger run is a batch alone). */
+function batchRuns(runs: PlannedRun[]): PlannedRun[][] {
+  const out: PlannedRun[][] = [];
+  let bytes = 0;
+  for (const run of runs) {
+    const last = out.at(-1);
+    if (last && last.length < SHIP_BATCH_RUNS && bytes + run.length <= SHIP_BATCH_BYTES) {
+      last.push(run);
+      bytes += run.length;
+    } else {
+      out.push([run]);
+      bytes = run.length;
+    }
+  }
+  return out;
+}
+
+/**
+ * Reads planned runs in one pass over the disk: the reader keeps a read in
+ * flight while the last one is copied (runs scattered over the disk are
+ * small, and read one at a time each would wait for the device in turn).
+ */
+async function readRuns(d: DiskRun, planned: PlannedRun[], ctx: ShipContext): Promise<ReadRun[]> {
+  const runs: ReadRun[] = planned.map(({ length, ...run }) => ({
+    ...run,
+    data: Buffer.allocUnsafe(length),
+  }));
+  let r = 0;
+  await d.reader.readRanges(
+    planned.map(({ offset, length }) => ({ offset, length })),
+    (offset, data) => {
+      while (offset >= runs[r]!.offset + runs[r]!.data.length) r++;
+      data.copy(runs[r]!.data, offset - runs[r]!.offset);
+    },
+  );
+  for (const run of runs) ctx.counters.bytesRead += run.data.length;
+  return runs;
+}
+
+/**
+ * Sends read runs: a block of which less than half is dirty goes as a
+ * patch of its dirty bytes (with the whole block's hash, so the replicator
+ * can tell if its copy differed), the others whole.
+ */
+export async function shipRuns(
+  runs: ReadRun[],
+  since: number | null,
+  ctx: ShipContext,
+  mustBeWhole?: (disk: number, offset: number) => boolean,
+): Promise<void> {
+  const bs = ctx.blockSize;
+  for (const run of runs) {
+    // Consecutive whole blocks are prepared together.
+    let wholeStart = -1;
+    const flushWhole = async (end: number): Promise<void> => {
+      if (wholeStart < 0) return;
+      const slice = run.data.subarray(wholeStart * bs, Math.min(end * bs, run.data.length));
+      const prepared = await ctx.pool.prepare(slice, bs);
+      const blocks = prepared.map(toWireBlock);
+      const offset = run.offset + wholeStart * bs;
+      for (const m of blocksMessages(run.disk, offset, blocks, bs, ctx.maxBlocksPerFrame()))
+        await ctx.send(m, since);
+      wholeStart = -1;
+    };
+    for (let i = 0; i < run.dirty.length; i++) {
+      const dirty = run.dirty[i]!;
+      const block = run.data.subarray(i * bs, Math.min((i + 1) * bs, run.data.length));
+      const pairs = dirty === "all" ? null : mergePairs(dirty);
+      const dirtyBytes = pairs
+        ? pairs.reduce((n, _, k) => (k % 2 ? n + pairs[k]! - pairs[k - 1]! : n), 0)
+        : block.length;
+      // An all-zero block goes whole (as `zero`): the replica stores it as no chunk at all.
+      if (
+        !pairs ||
+        dirtyBytes * 2 >= block.length ||
+        isZero(block) ||
+        mustBeWhole?.(run.disk, run.offset + i * bs)
+      ) {
+        if (wholeStart < 0) wholeStart = i;
+        continue;
+      }
+      await flushWhole(i);
+      const patches: Patch[] = [];
+      for (let k = 0; k < pairs.length; k += 2)
+        patches.push({ at: pairs[k]!, data: Buffer.from(block.subarray(pairs[k], pairs[k + 1])) });
+      const sha256 = createHash("sha256").update(block).digest();
+      await ctx.send(
+        { type: "BLOCKS", disk: run.disk, offset: run.offset + i * bs, kind: "patch", sha256, patches },
+        since,
+      );
+    }
+    await flushWhole(run.dirty.length);
+  }
+}
+
+/** Indexes of the blocks that hold a dirty byte of any of `sets`. */
+export function touchedBlocks(sets: DirtySet[], blockSize: number): Set<number> {
+  const out = new Set<number>();
+  for (const set of sets)
+    for (const e of set.extents())
+      for (let b = Math.floor(e.offset / blockSize); b * blockSize < e.offset + e.length; b++) out.add(b);
+  return out;
+}
+
+/** Sorts and merges [start, end) pairs. */
+function mergePairs(pairs: number[]): number[] {
+  const list: [number, number][] = [];
+  for (let i = 0; i < pairs.length; i += 2) list.push([pairs[i]!, pairs[i + 1]!]);
+  list.sort((a, b) => a[0] - b[0]);
+  const out: number[] = [];
+  for (const [s, e] of list) {
+    if (out.length && s <= out[out.length - 1]!) out[out.length - 1] = Math.max(out[out.length - 1]!, e);
+    else out.push(s, e);
+  }
+  return out;
+}
+
+const zeros = Buffer.alloc(1 << 20);
+function isZero(b: Buffer): boolean {
+  return b.length <= zeros.length && b.equals(zeros.subarray(0, b.length));
+}
