@@ -2,7 +2,6 @@ import { createHash } from "node:crypto";
 import { randomBytes } from "node:crypto";
 import { LifeboatError } from "../base/index.js";
 import {
-  type BlockMapRef,
   ChunkIngest,
   type ChunkFrames,
   type ConsistencyLevel,
@@ -14,8 +13,6 @@ import {
   type RepositoryLock,
   acquireLock,
   assertNotFenced,
-  entryLocation,
-  isZeroId,
   listPits,
   loadKnownIds,
   readEntry,
@@ -25,6 +22,7 @@ import {
   writeHead,
   writePit,
 } from "../store/index.js";
+import { ChunkWrites, RECENT_CHUNKS, type TrackedDisk, lazily } from "./chunk-writes.js";
 
 export interface ReplicaDisk {
   index: number;
@@ -33,46 +31,8 @@ export interface ReplicaDisk {
   source: string;
 }
 
-interface DiskState {
+interface DiskState extends TrackedDisk {
   meta: ReplicaDisk;
-  ref: BlockMapRef;
-  /** Leaf entries written since the last checkpoint, by chunk index. */
-  pending: Map<number, Buffer>;
-  /** Entries a running checkpoint is putting into `ref` (newer than `ref`, older than `pending`). */
-  committing?: Map<number, Buffer>;
-  /**
-   * The plain bytes of chunks as their latest write leaves them, by chunk
-   * index, in the order written: every chunk with a write in flight (a patch
-   * to it starts from these, so patches to different chunks run at once and
-   * patches to one chunk follow each other), and the last few written, so
-   * that a patch soon after a write does not read the chunk back (which, for
-   * a chunk in a pack not stored yet, would store the pack early).
-   */
-  contents: Map<number, ChunkContent>;
-}
-
-interface ChunkContent {
-  /** The write these are the bytes of (ReplicaApplier.nextVersion: later writes have higher numbers). */
-  v: number;
-  /** The bytes; a write that kept no copy reads them back when asked. */
-  bytes: () => Promise<Buffer>;
-  /** The write has taken effect in `pending` (or lost to a later one): the entry may go. */
-  done: boolean;
-}
-
-/** Settled chunks kept in each disk's `contents` (at 64 KiB, 16 MiB a disk). */
-const RECENT_CHUNKS = 256;
-
-/** Patches in flight at once: each holds two copies of its chunk while a worker encodes it. */
-const PATCHES_IN_FLIGHT = 64;
-
-/** Patched chunks sent to a worker as one run at most (at 64 KiB, 2 MiB). */
-const PATCH_RUN_CHUNKS = 32;
-
-/** Calls `read` once, when first asked, and remembers its promise. */
-function lazily(read: () => Promise<Buffer>): () => Promise<Buffer> {
-  let p: Promise<Buffer> | undefined;
-  return () => (p ??= read());
 }
 
 /**
@@ -85,7 +45,9 @@ function lazily(read: () => Promise<Buffer>): () => Promise<Buffer> {
  * Writes may be issued without waiting (up to `maxInFlight` chunk runs are
  * hashed, compressed and encrypted at once); they take effect in the order
  * they were issued. Nothing is durable, and nothing may be acknowledged to
- * the sender, before the checkpoint that follows it has resolved.
+ * the sender, before the checkpoint that follows it has resolved. Writes
+ * to single chunks (versions, contents, patches) are kept by ChunkWrites
+ * (chunk-writes.ts).
  */
 export class ReplicaApplier {
   private chain: Promise<void> = Promise.resolve();
@@ -93,16 +55,7 @@ export class ReplicaApplier {
   private failure: Error | undefined;
   private inFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
-  /** Patches issued and not done (issuePatch). */
-  private readonly patches = new Set<Promise<void>>();
-  private readonly patchWaiters: (() => void)[] = [];
-  /** Settled chunks kept in each disk's `contents` (RECENT_CHUNKS unless opened with another number). */
-  private recentChunks = RECENT_CHUNKS;
-  /** Patched chunks waiting to go to a worker as one run (encodePatched). */
-  private readonly encoding: { content: Buffer; resolve(e: Buffer): void; reject(e: unknown): void }[] = [];
-  private encodeTimer: NodeJS.Immediate | undefined;
-  /** The version of the last write issued (track). */
-  private nextVersion = 0;
+  private readonly writes: ChunkWrites;
   private head: Head;
   private sessionToken: string;
 
@@ -115,9 +68,14 @@ export class ReplicaApplier {
     head: Head,
     private readonly maxInFlight: number,
     private readonly epoch: number,
+    /** Settled chunks kept in each disk's `contents` (RECENT_CHUNKS unless opened with another number). */
+    private readonly recentChunks: number,
   ) {
     this.head = head;
     this.sessionToken = head.session;
+    this.writes = new ChunkWrites(repo, ingest, recentChunks, (err) => {
+      this.failure ??= err instanceof Error ? err : new Error(String(err));
+    });
   }
 
   /**
@@ -176,7 +134,7 @@ export class ReplicaApplier {
         timeMs: repo.clock.now(),
         session: "",
       };
-      const applier = new ReplicaApplier(
+      return new ReplicaApplier(
         repo,
         server,
         states,
@@ -185,9 +143,8 @@ export class ReplicaApplier {
         start,
         opts.maxInFlight ?? 4,
         epoch,
+        opts.recentChunks ?? RECENT_CHUNKS,
       );
-      applier.recentChunks = opts.recentChunks ?? RECENT_CHUNKS;
-      return applier;
     } catch (err) {
       known?.close();
       await lock.release();
@@ -262,18 +219,19 @@ export class ReplicaApplier {
     const versions: number[] = new Array<number>(count);
     for (let i = 0; i < count; i++) {
       const at = i * cs;
-      versions[i] = this.track(
+      versions[i] = this.writes.track(
         disk,
         first + i,
         at >= keptFrom
           ? lazily(() => Promise.resolve(kept.subarray(at - keptFrom, Math.min(at + cs, length) - keptFrom)))
-          : lazily(async () => this.readByEntry(disk, first + i, (await entries)[i]!)),
+          : lazily(async () => this.writes.readByEntry(disk, first + i, (await entries)[i]!)),
       );
     }
     this.enqueue(async () => {
       try {
         for (const [i, e] of (await entries).entries()) {
-          if (this.settled(disk, first + i, versions[i]!, i * cs >= keptFrom)) disk.pending.set(first + i, e);
+          if (this.writes.settled(disk, first + i, versions[i]!, i * cs >= keptFrom))
+            disk.pending.set(first + i, e);
         }
       } finally {
         this.release();
@@ -304,8 +262,8 @@ export class ReplicaApplier {
       const until = Math.min(chunkStart + chunkLen, offset + data.length);
       const piece = Buffer.from(data.subarray(pos - offset, until - offset)); // the caller may reuse `data`
       const at = pos - chunkStart;
-      await this.patchSlot();
-      this.issuePatch(disk, index, (content) => piece.copy(content, at), {
+      await this.writes.patchSlot();
+      this.writes.issuePatch(disk, index, (content) => piece.copy(content, at), {
         whole: at === 0 && piece.length === chunkLen,
       });
       pos = until;
@@ -343,8 +301,8 @@ export class ReplicaApplier {
         { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
       );
     }
-    await this.patchSlot();
-    this.issuePatch(
+    await this.writes.patchSlot();
+    this.writes.issuePatch(
       disk,
       offset / cs,
       (content) => {
@@ -352,54 +310,6 @@ export class ReplicaApplier {
       },
       { check: (content) => onPatched(createHash("sha256").update(content).digest().equals(sha256)) },
     );
-  }
-
-  /**
-   * Issues a patch of one chunk (a patch slot taken): `patch` changes the
-   * chunk's bytes as the writes issued before leave them (zeros when
-   * `whole`: it overwrites the chunk), then a worker encodes the result. In
-   * flight until settle() sees it done.
-   */
-  private issuePatch(
-    disk: DiskState,
-    index: number,
-    patch: (content: Buffer) => void,
-    opts: { whole?: boolean; check?: (content: Buffer) => void },
-  ): void {
-    const chunkLen = Math.min(
-      this.repo.config.chunkSize,
-      disk.meta.sizeBytes - index * this.repo.config.chunkSize,
-    );
-    const base = opts.whole ? undefined : this.contentOf(disk, index);
-    let patched!: (b: Buffer) => void;
-    let failed!: (e: unknown) => void;
-    const bytes = new Promise<Buffer>((resolve, reject) => {
-      patched = resolve;
-      failed = reject;
-    });
-    bytes.catch(() => undefined); // a failure surfaces through `failure`
-    const v = this.track(disk, index, () => bytes);
-    const run = async (): Promise<void> => {
-      try {
-        const content = Buffer.allocUnsafeSlow(chunkLen);
-        if (base) (await base()).copy(content);
-        else content.fill(0);
-        patch(content);
-        patched(content);
-        opts.check?.(content);
-        const entry = await this.encodePatched(content);
-        if (this.settled(disk, index, v, true)) disk.pending.set(index, entry);
-      } catch (err) {
-        failed(err);
-        this.failure ??= err instanceof Error ? err : new Error(String(err));
-      }
-    };
-    // Removed from `patches` in a later tick than it is added, even if it failed at once.
-    const op: Promise<void> = run().finally(() => {
-      this.patches.delete(op);
-      this.releasePatch();
-    });
-    this.patches.add(op);
   }
 
   /** Resolves once every write issued so far has taken effect; rejects if one failed. */
@@ -442,15 +352,15 @@ export class ReplicaApplier {
     }
     await this.slot();
     const index = offset / cs;
-    const v = this.track(
+    const v = this.writes.track(
       disk,
       index,
-      lazily(async () => this.readByEntry(disk, index, Buffer.from(await known))),
+      lazily(async () => this.writes.readByEntry(disk, index, Buffer.from(await known))),
     );
     this.enqueue(async () => {
       try {
         const entry = Buffer.from(await known);
-        if (this.settled(disk, index, v, false)) disk.pending.set(index, entry);
+        if (this.writes.settled(disk, index, v, false)) disk.pending.set(index, entry);
       } finally {
         this.release();
       }
@@ -468,98 +378,6 @@ export class ReplicaApplier {
     const index = Math.floor(offset / this.repo.config.chunkSize);
     const entry = await this.entryOf(disk, index);
     return Buffer.from(entry.subarray(0, 32));
-  }
-
-  /**
-   * Stores a patched chunk (copied: `content` stays with the caller) and
-   * resolves to its entry. Patched chunks ready in the same turn of the
-   * event loop go to a worker as one run, so that scattered small writes do
-   * not cost a round trip to a worker each.
-   */
-  private encodePatched(content: Buffer): Promise<Buffer> {
-    const cs = this.repo.config.chunkSize;
-    if (content.length !== cs) {
-      // A disk's short last chunk: a run of its own (a run's chunks are whole but for its last).
-      const own = Buffer.allocUnsafeSlow(content.length);
-      content.copy(own);
-      return this.ingest.run(own).then(([entry]) => entry!);
-    }
-    return new Promise<Buffer>((resolve, reject) => {
-      this.encoding.push({ content, resolve, reject });
-      if (this.encoding.length >= PATCH_RUN_CHUNKS) this.encodeBatch();
-      else this.encodeTimer ??= setImmediate(() => this.encodeBatch());
-    });
-  }
-
-  private encodeBatch(): void {
-    if (this.encodeTimer) clearImmediate(this.encodeTimer);
-    this.encodeTimer = undefined;
-    const items = this.encoding.splice(0);
-    if (items.length === 0) return;
-    const cs = this.repo.config.chunkSize;
-    const run = Buffer.allocUnsafeSlow(items.length * cs); // moves to a worker
-    items.forEach((it, i) => it.content.copy(run, i * cs));
-    this.ingest.run(run).then(
-      (entries) => items.forEach((it, i) => it.resolve(entries[i]!)),
-      (err: unknown) => items.forEach((it) => it.reject(err)),
-    );
-  }
-
-  /**
-   * Records a write to a chunk, issued now, whose bytes `bytes` gives: the
-   * chunk's latest write from now on. Returns its version.
-   */
-  private track(disk: DiskState, index: number, bytes: () => Promise<Buffer>): number {
-    const v = ++this.nextVersion;
-    disk.contents.delete(index); // re-inserted last: the order of `contents` is the order written
-    disk.contents.set(index, { v, bytes, done: false });
-    return v;
-  }
-
-  /**
-   * A write of version `v` to a chunk has its entry: whether it is still the
-   * chunk's latest write (its entry then goes into `pending`). The chunk's
-   * bytes stay in `contents` (among the last few) if `keep`, else they go:
-   * a later patch reads the chunk by its entry.
-   */
-  private settled(disk: DiskState, index: number, v: number, keep: boolean): boolean {
-    const c = disk.contents.get(index);
-    if (c?.v !== v) return false;
-    c.done = true;
-    if (!keep) disk.contents.delete(index);
-    else if (disk.contents.size > this.recentChunks) {
-      // The oldest settled chunks go; chunks with a write in flight stay whatever their age.
-      for (const [i, old] of disk.contents) {
-        if (disk.contents.size <= this.recentChunks) break;
-        if (old.done) disk.contents.delete(i);
-      }
-    }
-    return true;
-  }
-
-  /**
-   * The bytes of a chunk as every write issued so far leaves it, taken now
-   * and read when asked (a write issued later does not change them).
-   */
-  private contentOf(disk: DiskState, index: number): () => Promise<Buffer> {
-    const c = disk.contents.get(index);
-    if (c) return c.bytes;
-    // No write to it in flight: its entry is the one applied last.
-    const applied = disk.pending.get(index) ?? disk.committing?.get(index);
-    const read = (applied ? Promise.resolve(applied) : readEntry(this.repo, disk.ref, index)).then((e) =>
-      this.readByEntry(disk, index, e),
-    );
-    read.catch(() => undefined); // surfaces where it is awaited
-    return () => read;
-  }
-
-  /** The bytes of the chunk that `entry` names. */
-  private async readByEntry(disk: DiskState, index: number, entry: Buffer): Promise<Buffer> {
-    const cs = this.repo.config.chunkSize;
-    if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
-    // A chunk written since the last checkpoint may sit in a pack not stored yet.
-    if (this.ingest.packs.holds(entryLocation(entry).pack)) await this.ingest.finish();
-    return this.repo.readChunk(entry);
   }
 
   /**
@@ -637,7 +455,7 @@ export class ReplicaApplier {
   /** Stops without a checkpoint: what was applied since the last one is not part of the head. */
   async close(): Promise<void> {
     await this.chain.catch(() => undefined);
-    await Promise.all([...this.patches]); // they never reject: a failure is kept in `failure`
+    await Promise.all(this.writes.inFlight()); // they never reject: a failure is kept in `failure`
     await this.ingest.finish().catch(() => undefined);
     await this.ingest.close();
     await this.lock.release();
@@ -679,7 +497,7 @@ export class ReplicaApplier {
   private async settle(): Promise<void> {
     await this.chain;
     // The patches issued by now; later ones (the stream goes on) belong to the next checkpoint.
-    await Promise.all([...this.patches]);
+    await Promise.all(this.writes.inFlight());
     this.check();
   }
 
@@ -691,13 +509,5 @@ export class ReplicaApplier {
   private release(): void {
     this.inFlight--;
     this.slotWaiters.shift()?.();
-  }
-
-  private async patchSlot(): Promise<void> {
-    while (this.patches.size >= PATCHES_IN_FLIGHT) await new Promise<void>((r) => this.patchWaiters.push(r));
-  }
-
-  private releasePatch(): void {
-    this.patchWaiters.shift()?.();
   }
 }
