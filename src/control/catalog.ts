@@ -75,9 +75,11 @@ export async function rebuildPitCatalog(
     const byName = new Map(servers.map((s) => [s.name, s.id]));
     await tx.deleteFrom("pits").where("repository_id", "=", repositoryId).execute();
     for (const p of pits) {
+      // A replicator may record a PIT meanwhile (recordPit): the row is then there already, and the same.
       await tx
         .insertInto("pits")
         .values(pitRow(repositoryId, byName.get(p.server) ?? null, p))
+        .onConflict((oc) => oc.column("id").doNothing())
         .execute();
     }
   });
