@@ -70,14 +70,18 @@ export class BlockPool {
 
   /**
    * Prepares the blocks of `data` (consecutive blocks of `blockSize`, the
-   * last possibly short). `data` is copied into a transferable buffer first,
-   * so the caller may reuse it at once.
+   * last possibly short; or parts of whole blocks, one after another, of
+   * which only the last may end in a short block). `data` is copied into a
+   * transferable buffer first, so the caller may reuse it at once.
    */
-  async prepare(data: Buffer, blockSize: number, compress = true): Promise<PreparedBlock[]> {
+  async prepare(data: Buffer | Buffer[], blockSize: number, compress = true): Promise<PreparedBlock[]> {
     if (this.failure) throw this.failure;
+    const parts = Array.isArray(data) ? data : [data];
+    const length = parts.reduce((n, p) => n + p.length, 0);
     // A buffer of its own (not zero-filled first): it moves to the worker and back.
-    const own = Buffer.allocUnsafeSlow(data.length);
-    data.copy(own);
+    const own = Buffer.allocUnsafeSlow(length);
+    let at = 0;
+    for (const p of parts) at += p.copy(own, at);
     const ab = own.buffer;
     const id = this.next++;
     const w = this.workers[id % this.workers.length]!;
@@ -86,13 +90,13 @@ export class BlockPool {
       const job: BlockJob = {
         id,
         buffer: ab,
-        length: data.length,
+        length,
         blockSize,
         compress: compress && this.level > 0,
       };
       w.postMessage(job, [ab]);
     });
-    const plain = Buffer.from(r.buffer, 0, data.length);
+    const plain = Buffer.from(r.buffer, 0, length);
     const hashes = Buffer.from(r.hashes);
     const kinds = new Uint8Array(r.kinds);
     const lengths = new Uint32Array(r.lengths);

@@ -13,9 +13,9 @@
 import { createHash } from "node:crypto";
 import type { Clock } from "../base/index.js";
 import type { Patch, SequencedMessage } from "../wire/index.js";
-import type { BlockPool } from "./block-pool.js";
+import type { BlockPool, PreparedBlock } from "./block-pool.js";
 import { RUN_BLOCKS, blocksMessages, toWireBlock } from "./blocks-messages.js";
-import type { DirtySet } from "./dirty-set.js";
+import { DirtySet } from "./dirty-set.js";
 import type { DiskRun } from "./disk-run.js";
 
 /** Blocks read from a disk, with the dirty byte ranges inside each. */
@@ -51,7 +51,16 @@ export interface ShipContext {
   progressed(): void;
 }
 
-/** Ships every disk's settled set; returns how many runs of blocks were read. */
+/**
+ * Ships every disk's settled set; returns how many runs of blocks were read.
+ *
+ * A block with a write in flight is not read with the others (planDirty):
+ * once they are sent, the trace is drained (which reads the completions)
+ * and such blocks are tried again, a few times, in the same pass. Put back
+ * into the settled set, a block would carry the age of the whole set it came
+ * from into the next, and under steady writes some block always is in
+ * flight: the lag would only grow.
+ */
 export async function shipSettled(disks: DiskRun[], ctx: ShipContext): Promise<number> {
   let read = 0;
   for (const d of disks) {
@@ -59,34 +68,18 @@ export async function shipSettled(disks: DiskRun[], ctx: ShipContext): Promise<n
     const taken = d.settled.take();
     const shipping = { bytes: taken.dirtyBytes(), since: taken.dirtySince };
     ctx.shipping.add(shipping);
-    let reading: Promise<ReadRun[]> | undefined;
+    let left: DirtySet | undefined = taken;
     try {
-      // In batches, each read while the one before is shipped: the device and the link work at
-      // once, and memory holds two batches, however large the set.
-      const batches = batchRuns(planDirty(d, taken, ctx, true));
-      read += batches.reduce((n, b) => n + b.length, 0);
-      reading = batches.length ? readRuns(d, batches[0]!, ctx) : undefined;
-      for (let k = 0; k < batches.length; k++) {
-        const runs = await reading!;
-        reading = k + 1 < batches.length ? readRuns(d, batches[k + 1]!, ctx) : undefined;
-        reading?.catch(() => undefined); // awaited in the next round, or below after a failure
-        // A patch carries the hash of the block as read, which must equal the replica's copy plus
-        // the patch. A write the read saw but this set does not hold breaks that: blocks that the
-        // trace marked again since the take (drained now, so every write done before the read is
-        // in) go whole.
-        await d.tracker?.drain();
-        const touched = touchedBlocks([d.fresh, d.settled], ctx.blockSize);
-        const now = ctx.clock.now();
-        await shipRuns(
-          runs,
-          taken.dirtySince,
-          ctx,
-          (_disk, offset) =>
-            touched.has(offset / ctx.blockSize) || d.inFlight.overlaps(offset, ctx.blockSize, now),
-        );
+      for (let round = 0; left && !left.isEmpty; round++) {
+        if (round > 0) {
+          await d.tracker?.drain();
+          if (round > 1) await ctx.clock.sleep(IN_FLIGHT_RETRY_MS);
+        }
+        const deferred = round < IN_FLIGHT_ROUNDS ? new DirtySet(taken.options) : d.settled;
+        read += await shipSet(d, left, deferred, ctx, taken.dirtySince);
+        left = deferred === d.settled ? undefined : deferred;
       }
     } catch (err) {
-      await reading?.catch(() => undefined); // the reader is free again before anything else reads
       d.settled.merge(taken);
       throw err;
     } finally {
@@ -97,6 +90,52 @@ export async function shipSettled(disks: DiskRun[], ctx: ShipContext): Promise<n
   return read;
 }
 
+/** Rounds of shipSettled for blocks with writes in flight; what is still in flight after them waits for the next pass. */
+const IN_FLIGHT_ROUNDS = 4;
+const IN_FLIGHT_RETRY_MS = 20;
+
+/**
+ * Reads and sends the dirty blocks of `set` but those with a write in flight,
+ * which go to `deferred`; returns how many runs were read.
+ */
+async function shipSet(
+  d: DiskRun,
+  set: DirtySet,
+  deferred: DirtySet,
+  ctx: ShipContext,
+  since: number | null,
+): Promise<number> {
+  // In batches, each read while the one before is shipped: the device and the link work at
+  // once, and memory holds two batches, however large the set.
+  const batches = batchRuns(planDirty(d, set, ctx, deferred));
+  let reading = batches.length ? readRuns(d, batches[0]!, ctx) : undefined;
+  try {
+    for (let k = 0; k < batches.length; k++) {
+      const runs = await reading!;
+      reading = k + 1 < batches.length ? readRuns(d, batches[k + 1]!, ctx) : undefined;
+      reading?.catch(() => undefined); // awaited in the next round, or below after a failure
+      // A patch carries the hash of the block as read, which must equal the replica's copy plus
+      // the patch. A write the read saw but this set does not hold breaks that: blocks that the
+      // trace marked again since the take (drained now, so every write done before the read is
+      // in) go whole.
+      await d.tracker?.drain();
+      const touched = touchedBlocks([d.fresh, d.settled], ctx.blockSize);
+      const now = ctx.clock.now();
+      await shipRuns(
+        runs,
+        since,
+        ctx,
+        (_disk, offset) =>
+          touched.has(offset / ctx.blockSize) || d.inFlight.overlaps(offset, ctx.blockSize, now),
+      );
+    }
+  } catch (err) {
+    await reading?.catch(() => undefined); // the reader is free again before anything else reads
+    throw err;
+  }
+  return batches.reduce((n, b) => n + b.length, 0);
+}
+
 /** Reads the whole blocks that hold `set`'s dirty bytes (planDirty, then readRuns). */
 export async function readDirty(d: DiskRun, set: DirtySet, ctx: ShipContext): Promise<ReadRun[]> {
   return readRuns(d, planDirty(d, set, ctx), ctx);
@@ -104,11 +143,11 @@ export async function readDirty(d: DiskRun, set: DirtySet, ctx: ShipContext): Pr
 
 /**
  * The runs of consecutive whole blocks that hold `set`'s dirty bytes, to
- * read (readRuns). With `deferInFlight`, a block with a write still in
- * flight is left out: its dirty bytes go back to the settled set for a
- * later pass (a read now could return the bytes from before the write).
+ * read (readRuns). With `deferTo`, a block with a write still in flight is
+ * left out: its dirty bytes go to that set, to be read later (a read now
+ * could return the bytes from before the write).
  */
-function planDirty(d: DiskRun, set: DirtySet, ctx: ShipContext, deferInFlight = false): PlannedRun[] {
+function planDirty(d: DiskRun, set: DirtySet, ctx: ShipContext, deferTo?: DirtySet): PlannedRun[] {
   const bs = ctx.blockSize;
   const now = ctx.clock.now();
   // Block index → dirty pairs inside it.
@@ -125,14 +164,14 @@ function planDirty(d: DiskRun, set: DirtySet, ctx: ShipContext, deferInFlight = 
       else blocks.set(b, [...(prev ?? []), s, t]);
     }
   }
-  if (deferInFlight && d.inFlight.size > 0) {
+  if (deferTo && d.inFlight.size > 0) {
     for (const [b, dirty] of blocks) {
       if (!d.inFlight.overlaps(b * bs, Math.min(bs, d.size - b * bs), now)) continue;
       blocks.delete(b);
-      if (dirty === "all") d.settled.add(b * bs, bs, set.dirtySince ?? now);
+      if (dirty === "all") deferTo.add(b * bs, bs, set.dirtySince ?? now);
       else
         for (let k = 0; k < dirty.length; k += 2)
-          d.settled.add(b * bs + dirty[k]!, dirty[k + 1]! - dirty[k]!, set.dirtySince ?? now);
+          deferTo.add(b * bs + dirty[k]!, dirty[k + 1]! - dirty[k]!, set.dirtySince ?? now);
     }
   }
   const order = [...blocks.keys()].sort((a, b) => a - b);
@@ -191,10 +230,22 @@ async function readRuns(d: DiskRun, planned: PlannedRun[], ctx: ShipContext): Pr
   return runs;
 }
 
+/** Whole blocks that go to a worker as one job at most (the groups in a job need not be consecutive)... */
+const PREPARE_JOB_BYTES = 1 << 20;
+/** ...and jobs started ahead of the one being sent (bounds memory when a point ships a large set). */
+const PREPARE_JOBS_AHEAD = 8;
+
+/** A group of consecutive whole blocks in a prepare job, or a patch, in the order they are sent. */
+type ShipItem =
+  { disk: number; offset: number; job: number; from: number; count: number } | { patch: SequencedMessage };
+
 /**
  * Sends read runs: a block of which less than half is dirty goes as a
  * patch of its dirty bytes (with the whole block's hash, so the replicator
- * can tell if its copy differed), the others whole.
+ * can tell if its copy differed), the others whole. The whole blocks of
+ * scattered writes are prepared on the workers many at once, in jobs of
+ * several groups, not a worker round trip per group; what is sent keeps the
+ * order of the runs.
  */
 export async function shipRuns(
   runs: ReadRun[],
@@ -203,19 +254,31 @@ export async function shipRuns(
   mustBeWhole?: (disk: number, offset: number) => boolean,
 ): Promise<void> {
   const bs = ctx.blockSize;
+  const items: ShipItem[] = [];
+  const jobs: Buffer[][] = [];
+  let jobBytes = 0;
+  let jobBlocks = 0;
+  const addWhole = (run: ReadRun, start: number, end: number): void => {
+    const slice = run.data.subarray(start * bs, Math.min(end * bs, run.data.length));
+    if (!jobs.length || (jobBytes > 0 && jobBytes + slice.length > PREPARE_JOB_BYTES)) {
+      jobs.push([]);
+      jobBytes = 0;
+      jobBlocks = 0;
+    }
+    items.push({
+      disk: run.disk,
+      offset: run.offset + start * bs,
+      job: jobs.length - 1,
+      from: jobBlocks,
+      count: end - start,
+    });
+    jobs.at(-1)!.push(slice);
+    jobBlocks += end - start;
+    // A disk's short last block must end its job: a job is whole blocks but for its last.
+    jobBytes = slice.length % bs === 0 ? jobBytes + slice.length : Infinity;
+  };
   for (const run of runs) {
-    // Consecutive whole blocks are prepared together.
     let wholeStart = -1;
-    const flushWhole = async (end: number): Promise<void> => {
-      if (wholeStart < 0) return;
-      const slice = run.data.subarray(wholeStart * bs, Math.min(end * bs, run.data.length));
-      const prepared = await ctx.pool.prepare(slice, bs);
-      const blocks = prepared.map(toWireBlock);
-      const offset = run.offset + wholeStart * bs;
-      for (const m of blocksMessages(run.disk, offset, blocks, bs, ctx.maxBlocksPerFrame()))
-        await ctx.send(m, since);
-      wholeStart = -1;
-    };
     for (let i = 0; i < run.dirty.length; i++) {
       const dirty = run.dirty[i]!;
       const block = run.data.subarray(i * bs, Math.min((i + 1) * bs, run.data.length));
@@ -233,17 +296,42 @@ export async function shipRuns(
         if (wholeStart < 0) wholeStart = i;
         continue;
       }
-      await flushWhole(i);
+      if (wholeStart >= 0) addWhole(run, wholeStart, i);
+      wholeStart = -1;
       const patches: Patch[] = [];
       for (let k = 0; k < pairs.length; k += 2)
         patches.push({ at: pairs[k]!, data: Buffer.from(block.subarray(pairs[k], pairs[k + 1])) });
       const sha256 = createHash("sha256").update(block).digest();
-      await ctx.send(
-        { type: "BLOCKS", disk: run.disk, offset: run.offset + i * bs, kind: "patch", sha256, patches },
-        since,
-      );
+      items.push({
+        patch: {
+          type: "BLOCKS",
+          disk: run.disk,
+          offset: run.offset + i * bs,
+          kind: "patch",
+          sha256,
+          patches,
+        },
+      });
     }
-    await flushWhole(run.dirty.length);
+    if (wholeStart >= 0) addWhole(run, wholeStart, run.dirty.length);
+  }
+  const prepared: Promise<PreparedBlock[]>[] = [];
+  const startJobs = (upTo: number): void => {
+    while (prepared.length < Math.min(jobs.length, upTo)) {
+      const p = ctx.pool.prepare(jobs[prepared.length]!, bs);
+      p.catch(() => undefined); // awaited in order below; one not reached after a failed send is dropped
+      prepared.push(p);
+    }
+  };
+  for (const it of items) {
+    if ("patch" in it) {
+      await ctx.send(it.patch, since);
+      continue;
+    }
+    startJobs(it.job + 1 + PREPARE_JOBS_AHEAD);
+    const blocks = (await prepared[it.job]!).slice(it.from, it.from + it.count).map(toWireBlock);
+    for (const m of blocksMessages(it.disk, it.offset, blocks, bs, ctx.maxBlocksPerFrame()))
+      await ctx.send(m, since);
   }
 }
 
