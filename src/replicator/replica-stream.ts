@@ -78,6 +78,8 @@ export class ReplicaStream {
   private framesSinceCommit = 0;
   private timer: NodeJS.Timeout | undefined;
   private committing: Promise<void> = Promise.resolve();
+  /** A checkpoint queued behind the running one and not started yet (commit). */
+  private nextCommit: Promise<void> | undefined;
   private closed = false;
   private failed = false;
   /** submit(): messages applied one after another, in the order submitted. */
@@ -298,24 +300,39 @@ export class ReplicaStream {
     }
   }
 
-  /** Checkpoints now (also used when the sender asks for an ACK, e.g. at the end of initial sync). */
+  /**
+   * Checkpoints now (also used when the sender asks for an ACK, e.g. at the
+   * end of initial sync). A checkpoint covers what is applied when it starts,
+   * not when it was asked for: under a steady stream the thresholds are
+   * reached again while one runs, and the next then takes all that arrived
+   * meanwhile (one checkpoint waiting to start serves every call until it
+   * does), so acknowledgements keep up with whatever rate checkpoints allow.
+   */
   async commit(): Promise<void> {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = undefined;
     }
-    const seq = this.appliedSeq;
     this.bytesSinceCommit = 0;
     this.framesSinceCommit = 0;
-    this.committing = this.committing.then(async () => {
-      if (seq <= this.durableSeq || this.closed) return;
-      await this.applier.checkpoint(seq);
-      this.durable(seq);
-    });
+    let job = this.nextCommit;
+    if (!job) {
+      job = this.committing.then(async () => {
+        this.nextCommit = undefined;
+        const seq = this.appliedSeq;
+        if (seq <= this.durableSeq || this.closed) return;
+        await this.applier.checkpoint(seq);
+        this.durable(seq);
+      });
+      this.nextCommit = job;
+      this.committing = job;
+    }
     try {
-      await this.committing;
+      await job;
     } catch (err) {
       const e = err instanceof Error ? err : new Error(String(err));
+      if (this.failed) throw e; // another caller of the same checkpoint reported it
+      this.nextCommit = undefined;
       this.committing = Promise.resolve(); // the next connection starts afresh from the head
       this.failed = true;
       this.shut(e);

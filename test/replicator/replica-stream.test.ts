@@ -131,6 +131,49 @@ void describe("replica stream", () => {
     assert.equal((await readHead(repo, "app01"))?.appliedSeq, 6);
   });
 
+  void it("under a steady stream, a checkpoint covers what arrived while the one before ran", async () => {
+    const repo = await newRepository({ dir: path.join(dir, "r4"), chunkSize: CHUNK });
+    const applier = await ReplicaApplier.open(repo, "app04", [
+      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+    ]);
+    const durable: number[] = [];
+    const stream = new ReplicaStream(applier, {
+      commitIntervalMs: 60_000, // only the size threshold commits
+      commitBytes: 2 * CHUNK, // every message reaches it
+      onDurable: (seq) => durable.push(seq),
+      onFailure: (err) => assert.fail(err),
+    });
+    const rand = prng(4);
+    const disk = Buffer.alloc(SIZE);
+    const messages = 24;
+    for (let seq = 1; seq <= messages; seq++) {
+      const offset = ((seq * 2) % 64) * CHUNK;
+      const blocks = [0, 1].map((i) => {
+        const b = randomBuffer(rand, CHUNK);
+        b.copy(disk, offset + i * CHUNK);
+        return { encoding: "raw" as const, sha256: sha(b), data: b };
+      });
+      await stream.apply({ type: "BLOCKS", disk: 0, offset, kind: "blocks", blocks }, seq);
+    }
+    for (let i = 0; i < 500 && durable.at(-1) !== messages; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(durable.at(-1), messages, "the last message became durable without a timer");
+    // Each message asked for a checkpoint; one that waited behind a running one took all that
+    // arrived meanwhile, instead of one checkpoint per message queueing up behind each other.
+    assert.ok(
+      durable.length < messages / 2,
+      `${durable.length} checkpoints for ${messages} messages: ${durable.join(", ")}`,
+    );
+    assert.deepEqual(
+      durable,
+      [...durable].sort((a, b) => a - b),
+      "durable positions only move forward",
+    );
+    await stream.close();
+    await applier.close();
+    const pitless = await readHead(repo, "app04");
+    assert.equal(pitless?.appliedSeq, messages);
+  });
+
   void it("refuses a message out of order", async () => {
     const repo = await newRepository({ chunkSize: CHUNK });
     const applier = await ReplicaApplier.open(repo, "app02", [
