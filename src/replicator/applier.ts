@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { randomBytes } from "node:crypto";
 import { LifeboatError } from "../base/index.js";
 import {
@@ -308,7 +307,7 @@ export class ReplicaApplier {
       (content) => {
         for (const p of patches) content.set(p.data, p.at);
       },
-      { check: (content) => onPatched(createHash("sha256").update(content).digest().equals(sha256)) },
+      { check: (id) => onPatched(id.equals(sha256)) },
     );
   }
 

@@ -10,10 +10,12 @@
  * latest version goes into `pending` (settled), so the writes take effect in
  * the order issued.
  */
+import { createHash } from "node:crypto";
 import {
   type BlockMapRef,
   type ChunkIngest,
   type Repository,
+  entryId,
   entryLocation,
   isZeroId,
   readEntry,
@@ -56,6 +58,14 @@ const PATCHES_IN_FLIGHT = 64;
 /** Patched chunks sent to a worker as one run at most (at 64 KiB, 2 MiB). */
 const PATCH_RUN_CHUNKS = 32;
 
+/**
+ * How long a patched chunk waits for others to share its run. Patches of
+ * scattered writes finish one by one (each waits for its chunk's read), and
+ * a run each would cost two worker round trips per chunk on the main
+ * thread; a few milliseconds are nothing against the checkpoint interval.
+ */
+const PATCH_RUN_WAIT_MS = 5;
+
 /** Calls `read` once, when first asked, and remembers its promise. */
 export function lazily(read: () => Promise<Buffer>): () => Promise<Buffer> {
   let p: Promise<Buffer> | undefined;
@@ -68,7 +78,7 @@ export class ChunkWrites {
   private readonly patchWaiters: (() => void)[] = [];
   /** Patched chunks waiting to go to a worker as one run (encodePatched). */
   private readonly encoding: { content: Buffer; resolve(e: Buffer): void; reject(e: unknown): void }[] = [];
-  private encodeTimer: NodeJS.Immediate | undefined;
+  private encodeTimer: NodeJS.Timeout | undefined;
   /** The version of the last write issued (track). */
   private nextVersion = 0;
 
@@ -100,14 +110,16 @@ export class ChunkWrites {
   /**
    * Issues a patch of one chunk (a patch slot taken): `patch` changes the
    * chunk's bytes as the writes issued before leave them (zeros when
-   * `whole`: it overwrites the chunk), then a worker encodes the result. In
-   * flight until the applier's settle() sees it done (inFlight).
+   * `whole`: it overwrites the chunk), then a worker encodes the result, and
+   * `check` gets the result's SHA-256 (the id the worker computed) before
+   * the entry can take effect. In flight until the applier's settle() sees
+   * it done (inFlight).
    */
   issuePatch(
     disk: TrackedDisk,
     index: number,
     patch: (content: Buffer) => void,
-    opts: { whole?: boolean; check?: (content: Buffer) => void },
+    opts: { whole?: boolean; check?: (sha256: Buffer) => void },
   ): void {
     const chunkLen = Math.min(
       this.repo.config.chunkSize,
@@ -129,8 +141,12 @@ export class ChunkWrites {
         else content.fill(0);
         patch(content);
         patched(content);
-        opts.check?.(content);
         const entry = await this.encodePatched(content);
+        if (opts.check) {
+          // An all-zero chunk has no hash in its entry (the zero id): hash its zeros here.
+          const id = entryId(entry);
+          opts.check(isZeroId(id) ? createHash("sha256").update(content).digest() : id);
+        }
         if (this.settled(disk, index, v, true)) disk.pending.set(index, entry);
       } catch (err) {
         failed(err);
@@ -162,12 +178,12 @@ export class ChunkWrites {
     return new Promise<Buffer>((resolve, reject) => {
       this.encoding.push({ content, resolve, reject });
       if (this.encoding.length >= PATCH_RUN_CHUNKS) this.encodeBatch();
-      else this.encodeTimer ??= setImmediate(() => this.encodeBatch());
+      else this.encodeTimer ??= setTimeout(() => this.encodeBatch(), PATCH_RUN_WAIT_MS);
     });
   }
 
   private encodeBatch(): void {
-    if (this.encodeTimer) clearImmediate(this.encodeTimer);
+    if (this.encodeTimer) clearTimeout(this.encodeTimer);
     this.encodeTimer = undefined;
     const items = this.encoding.splice(0);
     if (items.length === 0) return;
@@ -234,6 +250,12 @@ export class ChunkWrites {
     if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
     // A chunk written since the last checkpoint may sit in a pack not stored yet.
     if (this.ingest.packs.holds(entryLocation(entry).pack)) await this.ingest.finish();
-    return this.repo.readChunk(entry);
+    // Decrypted, decompressed and checked against its id on a worker, not on the main thread.
+    const id = entryId(entry);
+    return this.ingest.pool.decode(
+      this.repo.chunkName(id),
+      id,
+      await this.repo.getChunkObject(entryLocation(entry)),
+    );
   }
 }

@@ -326,7 +326,9 @@ export class WorkerPool {
   async decode(name: string, id: Uint8Array, data: Buffer): Promise<Buffer> {
     const req = this.nextReq++;
     const ab = transferable(data);
-    const r = await this.send(this.pick(), `req:${req}`, { type: "decode", req, name, id, data: ab }, [ab]);
+    // A copy of the id: a view would carry its whole underlying buffer across.
+    const msg: WorkerRequest = { type: "decode", req, name, id: new Uint8Array(id), data: ab };
+    const r = await this.send(this.pick(), `req:${req}`, msg, [ab]);
     return Buffer.from((r as { plain: ArrayBuffer }).plain);
   }
 
