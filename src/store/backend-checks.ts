@@ -44,6 +44,12 @@ export const backendChecks: readonly BackendCheck[] = [
     expectSize(await b.stat(`${p}one`), 1, `${p}one`);
   }),
 
+  check("a durable put (a head's) replaces an object and reads back at once", async (b, p) => {
+    await b.put(`${p}durable`, Buffer.from("first"));
+    await b.put(`${p}durable`, Buffer.from("second"), { durable: true });
+    expectBytes(await b.get(`${p}durable`), Buffer.from("second"), `get(${p}durable)`);
+  }),
+
   check("put and get a 5 MiB object", async (b, p) => {
     const data = randomBytes(5 * MiB);
     await b.put(`${p}big`, data);

@@ -40,9 +40,19 @@ export interface BackendProperties {
   localRoot?: string;
 }
 
+/** Options of one put. */
+export interface PutOptions {
+  /**
+   * The object is durable when the put resolves, as if flushed, without
+   * waiting for every other put to be (a small object written last, such
+   * as a head, after a flush made what it refers to durable).
+   */
+  durable?: boolean;
+}
+
 export interface Backend {
   readonly properties: BackendProperties;
-  put(name: string, data: Uint8Array): Promise<void>;
+  put(name: string, data: Uint8Array, opts?: PutOptions): Promise<void>;
   get(name: string, range?: { offset: number; length: number }): Promise<Buffer>;
   stat(name: string): Promise<ObjectInfo | undefined>;
   list(prefix: string): AsyncIterable<ObjectInfo>;

@@ -1,4 +1,5 @@
 import { LifeboatError } from "../base/index.js";
+import { ObjectKind } from "./codec.js";
 import { PREFIX } from "./names.js";
 import { type PitDisk, validateServerName } from "./pit.js";
 import type { Repository } from "./repository.js";
@@ -93,9 +94,10 @@ export async function writeHead(repo: Repository, head: Omit<Head, "format">): P
   const versions = await headVersions(repo, head.server);
   const newest = versions.at(-1)?.epoch ?? 0;
   if (newest > epoch) throw fenced(head.server, epoch, newest);
-  await repo.flush();
-  await repo.putMeta(headName(head.server, epoch), full);
-  await repo.flush();
+  await repo.flush(); // what the head refers to is durable before the head names it
+  // The head itself: its own file and directory synced, not the whole filesystem again (a
+  // checkpoint waited for a second syncfs, which also waits for the next one's pack writes).
+  await repo.putMeta(headName(head.server, epoch), full, ObjectKind.meta, { durable: true });
   for (const v of versions) if (v.epoch < epoch) await repo.backend.delete(v.name);
   return full;
 }

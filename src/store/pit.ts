@@ -72,8 +72,7 @@ export async function writePit(repo: Repository, draft: NewPit): Promise<Pit> {
     .slice(0, 24);
   const pit: Pit = { ...body, id };
   await repo.flush(); // everything the PIT names is durable before the PIT exists
-  await repo.putMeta(pitName(id), pit, ObjectKind.pit);
-  await repo.flush();
+  await repo.putMeta(pitName(id), pit, ObjectKind.pit, { durable: true });
   return pit;
 }
 

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { LifeboatError, type Clock, systemClock } from "../base/index.js";
-import type { Backend } from "./backend.js";
+import type { Backend, PutOptions } from "./backend.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
 import {
   DEFAULT_CHUNK_SIZE,
@@ -179,9 +179,14 @@ export class Repository {
     }
   }
 
-  async putMeta(name: string, value: unknown, kind: ObjectKind = ObjectKind.meta): Promise<void> {
+  async putMeta(
+    name: string,
+    value: unknown,
+    kind: ObjectKind = ObjectKind.meta,
+    opts?: PutOptions,
+  ): Promise<void> {
     const plain = Buffer.from(JSON.stringify(value));
-    await this.backend.put(name, this.codec.encode(name, kind, plain));
+    await this.backend.put(name, this.codec.encode(name, kind, plain), opts);
   }
 
   async getMeta<T>(name: string, kind: ObjectKind = ObjectKind.meta): Promise<T> {

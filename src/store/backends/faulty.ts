@@ -1,5 +1,5 @@
 import { LifeboatError } from "../../base/index.js";
-import type { Backend, ObjectInfo } from "../backend.js";
+import type { Backend, ObjectInfo, PutOptions } from "../backend.js";
 
 export type BackendVerb = "put" | "get" | "stat" | "list" | "delete";
 
@@ -108,10 +108,10 @@ export class FaultyBackend implements Backend {
     this.corruptions = [];
   }
 
-  async put(name: string, data: Uint8Array): Promise<void> {
+  async put(name: string, data: Uint8Array, opts?: PutOptions): Promise<void> {
     const fault = this.take("put", name);
     if (fault && !fault.afterCall) throw fault.error(name);
-    await this.inner.put(name, data);
+    await this.inner.put(name, data, opts);
     if (fault) throw fault.error(name);
   }
 

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
 import { LifeboatError, isRetryable } from "../../base/index.js";
-import type { Backend, ObjectInfo } from "../backend.js";
+import type { Backend, ObjectInfo, PutOptions } from "../backend.js";
 import { syncFileSystem } from "./fs-sync.js";
 import { PREFIX } from "../names.js";
 import { missing } from "./memory.js";
@@ -74,7 +74,8 @@ export class LocalBackend implements Backend {
     return { tmp: path.join(tmpDir, `${randomBytes(8).toString("hex")}.tmp`), target };
   }
 
-  async put(name: string, data: Uint8Array): Promise<void> {
+  async put(name: string, data: Uint8Array, opts: PutOptions = {}): Promise<void> {
+    const sync = opts.durable === true || this.opts.syncEachPut === true;
     let tmp: string | undefined;
     try {
       const t = await this.temporaryFor(name);
@@ -82,12 +83,12 @@ export class LocalBackend implements Backend {
       const fh = await fs.open(tmp, "wx", 0o640);
       try {
         await fh.writeFile(data);
-        if (this.opts.syncEachPut) await fh.sync();
+        if (sync) await fh.sync();
       } finally {
         await fh.close();
       }
       await fs.rename(tmp, t.target);
-      if (this.opts.syncEachPut) await syncDir(path.dirname(t.target));
+      if (sync) await syncDir(path.dirname(t.target));
     } catch (err) {
       if (tmp) await fs.rm(tmp, { force: true }).catch(() => undefined);
       throw wrap(err, `writing ${name}`, this.properties.location);

@@ -1,5 +1,5 @@
 import { LifeboatError, isRetryable, systemClock, type Clock } from "../../base/index.js";
-import type { Backend, ObjectInfo } from "../backend.js";
+import type { Backend, ObjectInfo, PutOptions } from "../backend.js";
 
 export interface RetryOptions {
   /** Tries per call, the first included. Default 5. */
@@ -84,8 +84,8 @@ class RetryingBackend implements Backend {
     return this.inner.properties;
   }
 
-  put(name: string, data: Uint8Array): Promise<void> {
-    return this.retry("put", name, () => this.inner.put(name, data));
+  put(name: string, data: Uint8Array, opts?: PutOptions): Promise<void> {
+    return this.retry("put", name, () => this.inner.put(name, data, opts));
   }
 
   get(name: string, range?: { offset: number; length: number }): Promise<Buffer> {
