@@ -35,6 +35,13 @@ interface DiskState extends TrackedDisk {
 }
 
 /**
+ * Single whole chunks written at once (scattered writes, apart from runs):
+ * each waits a few milliseconds to share a worker run with others (like
+ * patches), so the four run slots would throttle them.
+ */
+const SINGLES_IN_FLIGHT = 64;
+
+/**
  * Applies a server's replication stream to its replica in the repository:
  * whole chunks and byte ranges are written into the disks' block maps,
  * `checkpoint` makes everything applied so far durable as the server's head
@@ -54,6 +61,9 @@ export class ReplicaApplier {
   private failure: Error | undefined;
   private inFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
+  /** Single whole chunks in flight (writeChunks), apart from runs: each waits a little to share a run. */
+  private singles = 0;
+  private readonly singleWaiters: (() => void)[] = [];
   private readonly writes: ChunkWrites;
   private head: Head;
   private sessionToken: string;
@@ -193,27 +203,36 @@ export class ReplicaApplier {
       );
     }
     if (data.length === 0) return;
-    await this.slot();
-    let own: Buffer; // moves to a worker
-    if (
-      opts.owned &&
-      Buffer.isBuffer(data) &&
-      data.byteOffset === 0 &&
-      data.buffer.byteLength === data.length
-    )
-      own = data;
-    else {
-      own = Buffer.allocUnsafeSlow(data.length);
-      own.set(data);
-    }
-    // A copy of the last few chunks for patches that may follow (the buffer above is transferred).
+    const single = data.length === cs;
+    await (single ? this.singleSlot() : this.slot());
+    // A copy of the last few chunks for patches that may follow (the buffer below is transferred).
     const keep = Math.min(this.recentChunks, Math.ceil(data.length / cs)) * cs;
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
     const keptFrom = data.length - kept.length;
     const length = data.length; // `data` may be `own`, detached once it moves
     const first = offset / cs;
     const count = Math.ceil(length / cs);
-    const entries = this.ingest.run(own, opts.frames);
+    let entries: Promise<Buffer[]>;
+    if (single) {
+      // A single chunk (a scattered write) joins the run of others that arrive within a few
+      // milliseconds: two worker round trips per chunk cost the main thread more than compressing
+      // it again (its frame, if it came with one, is not used then).
+      entries = this.writes.encodeChunk(keptFrom === 0 ? kept : Buffer.from(data)).then((e) => [e]);
+    } else {
+      let own: Buffer; // moves to a worker
+      if (
+        opts.owned &&
+        Buffer.isBuffer(data) &&
+        data.byteOffset === 0 &&
+        data.buffer.byteLength === data.length
+      )
+        own = data;
+      else {
+        own = Buffer.allocUnsafeSlow(data.length);
+        own.set(data);
+      }
+      entries = this.ingest.run(own, opts.frames);
+    }
     entries.catch(() => undefined); // handled in the chain below
     const versions: number[] = new Array<number>(count);
     for (let i = 0; i < count; i++) {
@@ -233,7 +252,8 @@ export class ReplicaApplier {
             disk.pending.set(first + i, e);
         }
       } finally {
-        this.release();
+        if (single) this.releaseSingle();
+        else this.release();
       }
     });
   }
@@ -508,5 +528,15 @@ export class ReplicaApplier {
   private release(): void {
     this.inFlight--;
     this.slotWaiters.shift()?.();
+  }
+
+  private async singleSlot(): Promise<void> {
+    while (this.singles >= SINGLES_IN_FLIGHT) await new Promise<void>((r) => this.singleWaiters.push(r));
+    this.singles++;
+  }
+
+  private releaseSingle(): void {
+    this.singles--;
+    this.singleWaiters.shift()?.();
   }
 }

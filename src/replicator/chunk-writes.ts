@@ -11,6 +11,7 @@
  * the order issued.
  */
 import { createHash } from "node:crypto";
+import path from "node:path";
 import {
   type BlockMapRef,
   type ChunkIngest,
@@ -141,7 +142,7 @@ export class ChunkWrites {
         else content.fill(0);
         patch(content);
         patched(content);
-        const entry = await this.encodePatched(content);
+        const entry = await this.encodeChunk(content);
         if (opts.check) {
           // An all-zero chunk has no hash in its entry (the zero id): hash its zeros here.
           const id = entryId(entry);
@@ -162,12 +163,13 @@ export class ChunkWrites {
   }
 
   /**
-   * Stores a patched chunk (copied: `content` stays with the caller) and
-   * resolves to its entry. Patched chunks ready in the same turn of the
-   * event loop go to a worker as one run, so that scattered small writes do
-   * not cost a round trip to a worker each.
+   * Stores one chunk (copied: `content` stays with the caller) and resolves
+   * to its entry. Chunks that arrive within PATCH_RUN_WAIT_MS of each other
+   * (patched ones, and single whole chunks of scattered writes) go to a
+   * worker as one run, so that scattered writes do not cost two round trips
+   * to a worker each.
    */
-  private encodePatched(content: Buffer): Promise<Buffer> {
+  encodeChunk(content: Buffer): Promise<Buffer> {
     const cs = this.repo.config.chunkSize;
     if (content.length !== cs) {
       // A disk's short last chunk: a run of its own (a run's chunks are whole but for its last).
@@ -250,12 +252,25 @@ export class ChunkWrites {
     if (isZeroId(entry)) return Buffer.alloc(Math.min(cs, disk.meta.sizeBytes - index * cs));
     // A chunk written since the last checkpoint may sit in a pack not stored yet.
     if (this.ingest.packs.holds(entryLocation(entry).pack)) await this.ingest.finish();
-    // Decrypted, decompressed and checked against its id on a worker, not on the main thread.
+    // Read (from a local repository), decrypted, decompressed and checked against its id on a
+    // worker, not on the main thread.
     const id = entryId(entry);
-    return this.ingest.pool.decode(
-      this.repo.chunkName(id),
-      id,
-      await this.repo.getChunkObject(entryLocation(entry)),
-    );
+    const name = this.repo.chunkName(id);
+    const loc = entryLocation(entry);
+    const root = this.repo.backend.properties.localRoot;
+    if (root) {
+      const file = {
+        path: path.join(root, this.repo.packName(loc.pack)),
+        offset: loc.offset,
+        length: loc.length,
+      };
+      try {
+        return await this.ingest.pool.decodeFrom(file, name, id);
+      } catch (err) {
+        // A pack that GC moved to the trash meanwhile: the repository knows where to find it.
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+    }
+    return this.ingest.pool.decode(name, id, await this.repo.getChunkObject(loc));
   }
 }

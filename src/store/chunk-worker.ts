@@ -138,8 +138,16 @@ function handle(msg: WorkerRequest): void {
       return;
     }
     case "decode": {
+      let data: Uint8Array;
       try {
-        const plain = decodeChunk(msg.name, msg.id, new Uint8Array(msg.data));
+        data = msg.file ? readRange(msg.file) : new Uint8Array(msg.data!);
+      } catch (err) {
+        const { code, message } = err as NodeJS.ErrnoException;
+        reply({ type: "failed", req: msg.req, code: code ?? "EIO", message, hint: "", errno: true });
+        return;
+      }
+      try {
+        const plain = decodeChunk(msg.name, msg.id, data);
         const ab = transferable(plain);
         reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
       } catch (err) {
@@ -411,6 +419,18 @@ function decodeChunkInto(it: RunItem, data: Uint8Array, dest: Buffer): void {
         ? `decrypts to ${n} bytes where its place holds ${dest.length}`
         : `decrypts but does not match its id ${id.toString("hex")}`,
     );
+  }
+}
+
+/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
+function readRange(file: { path: string; offset: number; length: number }): Buffer {
+  const fd = fs.openSync(file.path, "r");
+  try {
+    const buf = Buffer.allocUnsafeSlow(file.length);
+    const n = fs.readSync(fd, buf, 0, file.length, file.offset);
+    return buf.subarray(0, n);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

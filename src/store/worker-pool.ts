@@ -32,7 +32,15 @@ export type WorkerRequest =
     }
   /** The chunks to encode, by index in the batch: the worker names them by the ids it computed. */
   | { type: "encode"; batch: number; indexes: number[] }
-  | { type: "decode"; req: number; name: string; id: Uint8Array; data: ArrayBuffer }
+  /** A chunk object to decode: its bytes, or where in a local pack file the worker reads them itself. */
+  | {
+      type: "decode";
+      req: number;
+      name: string;
+      id: Uint8Array;
+      data?: ArrayBuffer;
+      file?: { path: string; offset: number; length: number };
+    }
   | RestoreRunRequest;
 
 /**
@@ -329,6 +337,23 @@ export class WorkerPool {
     // A copy of the id: a view would carry its whole underlying buffer across.
     const msg: WorkerRequest = { type: "decode", req, name, id: new Uint8Array(id), data: ab };
     const r = await this.send(this.pick(), `req:${req}`, msg, [ab]);
+    return Buffer.from((r as { plain: ArrayBuffer }).plain);
+  }
+
+  /**
+   * Reads a chunk object from a pack file of a local repository (`length`
+   * bytes at `offset`), then decodes it as decode() does; the main thread
+   * does neither the read nor the allocation. A file that is not there
+   * rejects with its errno code (ENOENT), not as damage.
+   */
+  async decodeFrom(
+    file: { path: string; offset: number; length: number },
+    name: string,
+    id: Uint8Array,
+  ): Promise<Buffer> {
+    const req = this.nextReq++;
+    const msg: WorkerRequest = { type: "decode", req, name, id: new Uint8Array(id), file };
+    const r = await this.send(this.pick(), `req:${req}`, msg, []);
     return Buffer.from((r as { plain: ArrayBuffer }).plain);
   }
 

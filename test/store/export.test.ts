@@ -133,6 +133,27 @@ void describe("export from a local repository", () => {
     }
   });
 
+  void it("a worker reads a chunk from its pack and checks it; a missing pack is its errno, damage is damage", async () => {
+    const pool = new WorkerPool(repo.keys, repo.config.compression.level);
+    try {
+      const c = await locate(100);
+      const id = entryId((entries ??= await entriesOf(pit))[100]!);
+      const plain = await pool.decodeFrom({ path: c.file, offset: c.offset, length: c.length }, c.name, id);
+      assert.ok(createHash("sha256").update(plain).digest().equals(id), "the chunk's bytes, as its id says");
+      await assert.rejects(
+        pool.decodeFrom({ path: `${c.file}.gone`, offset: c.offset, length: c.length }, c.name, id),
+        (err: NodeJS.ErrnoException) => err.code === "ENOENT",
+      );
+      // One byte short of the object: the tag does not verify.
+      await assert.rejects(
+        pool.decodeFrom({ path: c.file, offset: c.offset, length: c.length - 1 }, c.name, id),
+        (err: NodeJS.ErrnoException) => typeof err.code === "string" && err.code.startsWith("STORE_"),
+      );
+    } finally {
+      await pool.close();
+    }
+  });
+
   void it("a flipped bit in a chunk fails the export naming disk, PIT and byte range; no file is left", async () => {
     // Chunk 100 lies in the second run (64 chunks a run), inside a random stripe (6-7 MiB).
     const victim = await locate(100);
