@@ -228,18 +228,25 @@ export async function updateBlockMap(
     const entries = isZeroId(id)
       ? Array.from({ length: count }, () => (level === 0 ? ZERO_ENTRY : ZERO_ID))
       : decodePage(await repo.getPage(id), fanout).entries.slice();
+    // The pages below are independent: written at once, not one after another (a checkpoint of
+    // scattered writes touches tens of leaves, and each write waits for the file system).
+    const below: Promise<void>[] = [];
     let j = 0;
     while (j < items.length) {
       const slot = Math.floor((items[j]![0] - start) / span);
       let k = j;
       while (k < items.length && Math.floor((items[k]![0] - start) / span) === slot) k++;
       const group = items.slice(j, k);
-      entries[slot] =
-        level === 0
-          ? leafOrZero(group[group.length - 1]![1])
-          : await rec(entries[slot]!, level - 1, start + slot * span, group);
+      if (level === 0) entries[slot] = leafOrZero(group[group.length - 1]![1]);
+      else
+        below.push(
+          rec(entries[slot]!, level - 1, start + slot * span, group).then((id) => {
+            entries[slot] = id;
+          }),
+        );
       j = k;
     }
+    await Promise.all(below);
     if (entries.every(isZeroId)) return ZERO_ID;
     // Cached: the next update (a replica's next checkpoint) starts from these pages.
     return repo.putPage(encodePage(level, entries), known, { cache: true });
