@@ -73,7 +73,7 @@ export interface ReplicationOptions {
   sizeCheckMs?: number;
   /** A step of the loop failed (a disk may have gone: the caller checks them sooner). */
   onStepFailed?(err: LifeboatError): void;
-  /** Wait between moving fresh writes to the settled set (default 200 ms). */
+  /** Wait between moving fresh writes to the settled set (DEFAULT_SETTLE_MS). */
   settleMs?: number;
   /**
    * Runs while the filesystems are frozen, after the dirty blocks were read
@@ -114,6 +114,12 @@ interface QueuedPoint {
 
 /** Thrown inside makePoint when lost trace events make the point unsound: it is made again after the rescan. */
 const RETRY_AFTER_RESCAN = new Error("retry the point after the rescan");
+/**
+ * Traced writes become due for shipping in batches this far apart; an idle
+ * loop wakes on the same period, so a write after a quiet spell is read
+ * within it too.
+ */
+const DEFAULT_SETTLE_MS = 200;
 const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
 
 export class Replication {
@@ -460,9 +466,12 @@ export class Replication {
     }
   }
 
+  private get settleMs(): number {
+    return this.opts.settleMs ?? DEFAULT_SETTLE_MS;
+  }
+
   private async idle(): Promise<void> {
-    const settle = this.opts.settleMs ?? 500;
-    await this.pauseFor(Math.max(10, this.lastRotate + settle - this.clock.now()));
+    await this.pauseFor(Math.max(10, this.lastRotate + this.settleMs - this.clock.now()));
   }
 
   private async pauseFor(ms: number): Promise<void> {
@@ -500,7 +509,7 @@ export class Replication {
   /** Every batching period, what the tracker marked becomes due for shipping. */
   private rotate(): void {
     const now = this.clock.now();
-    if (now - this.lastRotate < (this.opts.settleMs ?? 200)) return;
+    if (now - this.lastRotate < this.settleMs) return;
     this.lastRotate = now;
     for (const d of this.disks) if (!d.fresh.isEmpty) d.settled.merge(d.fresh.take());
   }
