@@ -315,7 +315,12 @@ export async function shipRuns(
     }
     if (wholeStart >= 0) addWhole(run, wholeStart, run.dirty.length);
   }
-  const prepared: Promise<PreparedBlock[]>[] = [];
+  // A job's blocks are let go once its last group is sent: memory holds the jobs ahead, not all.
+  const lastItem: number[] = [];
+  items.forEach((it, i) => {
+    if (!("patch" in it)) lastItem[it.job] = i;
+  });
+  const prepared: (Promise<PreparedBlock[]> | undefined)[] = [];
   const startJobs = (upTo: number): void => {
     while (prepared.length < Math.min(jobs.length, upTo)) {
       const p = ctx.pool.prepare(jobs[prepared.length]!, bs);
@@ -323,13 +328,14 @@ export async function shipRuns(
       prepared.push(p);
     }
   };
-  for (const it of items) {
+  for (const [i, it] of items.entries()) {
     if ("patch" in it) {
       await ctx.send(it.patch, since);
       continue;
     }
     startJobs(it.job + 1 + PREPARE_JOBS_AHEAD);
     const blocks = (await prepared[it.job]!).slice(it.from, it.from + it.count).map(toWireBlock);
+    if (lastItem[it.job] === i) prepared[it.job] = undefined;
     for (const m of blocksMessages(it.disk, it.offset, blocks, bs, ctx.maxBlocksPerFrame()))
       await ctx.send(m, since);
   }

@@ -245,17 +245,15 @@ export class ReplicaApplier {
           : lazily(async () => this.writes.readByEntry(disk, first + i, (await entries)[i]!)),
       );
     }
-    this.enqueue(async () => {
-      try {
+    this.enqueue(
+      async () => {
         for (const [i, e] of (await entries).entries()) {
           if (this.writes.settled(disk, first + i, versions[i]!, i * cs >= keptFrom))
             disk.pending.set(first + i, e);
         }
-      } finally {
-        if (single) this.releaseSingle();
-        else this.release();
-      }
-    });
+      },
+      () => (single ? this.releaseSingle() : this.release()),
+    );
   }
 
   /**
@@ -376,14 +374,13 @@ export class ReplicaApplier {
       index,
       lazily(async () => this.writes.readByEntry(disk, index, Buffer.from(await known))),
     );
-    this.enqueue(async () => {
-      try {
+    this.enqueue(
+      async () => {
         const entry = Buffer.from(await known);
         if (this.writes.settled(disk, index, v, false)) disk.pending.set(index, entry);
-      } finally {
-        this.release();
-      }
-    });
+      },
+      () => this.release(),
+    );
   }
 
   /**
@@ -501,13 +498,15 @@ export class ReplicaApplier {
     if (this.failure) throw this.failure;
   }
 
-  private enqueue(step: () => Promise<void>): void {
+  /** Runs `step` after the steps before it (skipped once a write failed); `always` runs either way. */
+  private enqueue(step: () => Promise<void>, always: () => void): void {
     this.chain = this.chain.then(async () => {
-      if (this.failure) return;
       try {
-        await step();
+        if (!this.failure) await step();
       } catch (err) {
         this.failure = err instanceof Error ? err : new Error(String(err));
+      } finally {
+        always();
       }
     });
   }

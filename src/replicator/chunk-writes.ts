@@ -12,6 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import path from "node:path";
+import { LifeboatError } from "../base/index.js";
 import {
   type BlockMapRef,
   type ChunkIngest,
@@ -267,8 +268,11 @@ export class ChunkWrites {
       try {
         return await this.ingest.pool.decodeFrom(file, name, id);
       } catch (err) {
-        // A pack that GC moved to the trash meanwhile: the repository knows where to find it.
-        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+        // The worker could not read the file (a pack that GC moved to the trash meanwhile, or a
+        // passing error): the repository reads it, from the trash if need be, with its retries.
+        // Damage is damage wherever it was read.
+        if (err instanceof LifeboatError || typeof (err as NodeJS.ErrnoException).code !== "string")
+          throw err;
       }
     }
     return this.ingest.pool.decode(name, id, await this.repo.getChunkObject(loc));

@@ -73,6 +73,13 @@ export interface ReplicaStreamOptions {
 export class ReplicaStream {
   private readonly dctx = new zstdBinding.DCtx();
   private appliedSeq: number;
+  /**
+   * The last message whose writes are issued (count): what a checkpoint may
+   * record. A POINT is applied before its PIT is made, and a checkpoint that
+   * recorded it first would let a crash in between lose the PIT (the sender
+   * resumes after what the head records and would not send it again).
+   */
+  private countedSeq: number;
   private durableSeq: number;
   private bytesSinceCommit = 0;
   private framesSinceCommit = 0;
@@ -99,6 +106,7 @@ export class ReplicaStream {
     private readonly opts: ReplicaStreamOptions,
   ) {
     this.appliedSeq = applier.appliedSeq;
+    this.countedSeq = applier.appliedSeq;
     this.durableSeq = applier.appliedSeq;
   }
 
@@ -134,6 +142,7 @@ export class ReplicaStream {
     if (this.appliedSeq !== this.durableSeq || this.bytesSinceCommit > 0)
       throw new Error("rebase() after messages were applied");
     this.appliedSeq = 0;
+    this.countedSeq = 0;
     this.durableSeq = 0;
   }
 
@@ -319,7 +328,7 @@ export class ReplicaStream {
     if (!job) {
       job = this.committing.then(async () => {
         this.nextCommit = undefined;
-        const seq = this.appliedSeq;
+        const seq = this.countedSeq;
         if (seq <= this.durableSeq || this.closed) return;
         await this.applier.checkpoint(seq);
         this.durable(seq);
@@ -349,6 +358,7 @@ export class ReplicaStream {
 
   private count(seq: number, bytes: number): void {
     this.appliedSeq = seq;
+    this.countedSeq = seq;
     this.bytesSinceCommit += bytes;
     this.framesSinceCommit++;
     if (

@@ -1,4 +1,5 @@
 import { LifeboatError } from "../base/index.js";
+import { Limiter } from "./limiter.js";
 import type { Repository } from "./repository.js";
 
 /**
@@ -26,6 +27,8 @@ export const ZERO_ID: Buffer = Buffer.alloc(ID_LEN);
 /** The leaf entry of a chunk of zeros. */
 export const ZERO_ENTRY: Buffer = Buffer.alloc(LEAF_ENTRY_LEN);
 const PAGE_HEADER = 8;
+/** Leaf pages an update reads and writes at once (a checkpoint of scattered writes touches many). */
+const LEAF_WRITES_AT_ONCE = 16;
 
 /** Page ids (latin1 strings) known to be stored: a Set, or the writer's compact set (known-index.ts). */
 export interface PageIdSet {
@@ -217,6 +220,7 @@ export async function updateBlockMap(
   }
   if (changes.size === 0 || ref.chunkCount === 0) return ref;
   const sorted = [...changes.entries()].sort((a, b) => a[0] - b[0]);
+  const leaves = new Limiter(LEAF_WRITES_AT_ONCE);
   const rec = async (
     id: Buffer,
     level: number,
@@ -238,15 +242,19 @@ export async function updateBlockMap(
       while (k < items.length && Math.floor((items[k]![0] - start) / span) === slot) k++;
       const group = items.slice(j, k);
       if (level === 0) entries[slot] = leafOrZero(group[group.length - 1]![1]);
-      else
+      else {
+        const child = () => rec(entries[slot]!, level - 1, start + slot * span, group);
         below.push(
-          rec(entries[slot]!, level - 1, start + slot * span, group).then((id) => {
+          (level === 1 ? leaves.run(child) : child()).then((id) => {
             entries[slot] = id;
           }),
         );
+      }
       j = k;
     }
-    await Promise.all(below);
+    // Every write below has ended before this page is written or the update fails.
+    const failed = (await Promise.allSettled(below)).find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
     if (entries.every(isZeroId)) return ZERO_ID;
     // Cached: the next update (a replica's next checkpoint) starts from these pages.
     return repo.putPage(encodePage(level, entries), known, { cache: true });

@@ -174,6 +174,46 @@ void describe("replica stream", () => {
     assert.equal(pitless?.appliedSeq, messages);
   });
 
+  void it("a checkpoint waiting while a POINT arrives never records the POINT before its PIT exists", async () => {
+    const repo = await newRepository({ dir: path.join(dir, "r5"), chunkSize: CHUNK });
+    const applier = await ReplicaApplier.open(repo, "app05", [
+      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+    ]);
+    // The PIT cannot be written (as on a full disk or a fenced replica).
+    applier.makePit = () => Promise.reject(new Error("no space for the PIT"));
+    const stream = new ReplicaStream(applier, {
+      commitIntervalMs: 60_000,
+      commitBytes: CHUNK, // every message asks for a checkpoint: one runs while the next waits
+      onDurable: () => undefined,
+      onFailure: () => undefined,
+    });
+    const rand = prng(5);
+    for (let seq = 1; seq <= 3; seq++) {
+      const b = randomBuffer(rand, CHUNK);
+      const msg: IncomingMessage = {
+        type: "BLOCKS",
+        disk: 0,
+        offset: seq * CHUNK,
+        kind: "blocks",
+        blocks: [{ encoding: "raw", sha256: sha(b), data: b }],
+      };
+      await stream.apply(msg, seq);
+    }
+    await assert.rejects(
+      stream.apply(
+        { type: "POINT", pointId: "p-5", consistency: "filesystem", takenAt: 1_700_000_000_000, disks: [] },
+        4,
+      ),
+      /no space for the PIT/,
+    );
+    // The sender resumes after what the head records: had it recorded the POINT, the point
+    // would never be sent again and its PIT never made.
+    const head = await readHead(repo, "app05");
+    assert.ok(head && head.appliedSeq >= 1 && head.appliedSeq <= 3, `head at ${head?.appliedSeq}`);
+    await stream.close();
+    await applier.close();
+  });
+
   void it("refuses a message out of order", async () => {
     const repo = await newRepository({ chunkSize: CHUNK });
     const applier = await ReplicaApplier.open(repo, "app02", [
