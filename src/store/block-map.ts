@@ -28,7 +28,7 @@ export const ZERO_ID: Buffer = Buffer.alloc(ID_LEN);
 export const ZERO_ENTRY: Buffer = Buffer.alloc(LEAF_ENTRY_LEN);
 const PAGE_HEADER = 8;
 /** Leaf pages an update reads and writes at once (a checkpoint of scattered writes touches many). */
-const LEAF_WRITES_AT_ONCE = 16;
+const LEAF_WRITES_AT_ONCE = 64;
 
 /** Page ids (latin1 strings) known to be stored: a Set, or the writer's compact set (known-index.ts). */
 export interface PageIdSet {
