@@ -25,16 +25,15 @@
  * its state: scan.ts reads a whole disk (initial syncs and rescans), ship.ts
  * reads dirty blocks and sends them (continuous shipping, and the reads and
  * sends of a consistency point), blocks-messages.ts puts whole blocks into
- * BLOCKS frames for both. This file keeps the loop, the disks, the session,
- * sending and its bandwidth cap, and consistency points.
+ * BLOCKS frames for both, and point.ts makes consistency points. This file
+ * keeps the loop, the disks, the session, sending and its bandwidth cap, and
+ * the queue of consistency points.
  */
-import { randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
 import {
   AgentSession,
   type Command,
-  type ConsistencyLevel,
   type PointDone,
   type SequencedMessage,
   type Welcome,
@@ -44,13 +43,20 @@ import { BlockPool } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { type DiskChange, applyDiskChange } from "./disk-changes.js";
 import { type DiskRun, closeDiskRun, openDiskRun } from "./disk-run.js";
-import type { DirtySet } from "./dirty-set.js";
-import { withFrozen } from "./freeze.js";
-import { type MountedFilesystem, mountedFilesystems } from "./mounted-filesystems.js";
+import {
+  type PointContext,
+  type PointRequest,
+  type PointResult,
+  RETRY_AFTER_RESCAN,
+  makePoint,
+} from "./point.js";
 import { DiskReader } from "./reader.js";
-import { type ScanContext, scanDisk, stampOf } from "./scan.js";
-import { type ReadRun, type ShipContext, readDirty, shipRuns, shipSettled, touchedBlocks } from "./ship.js";
+import { type ScanContext, scanDisk } from "./scan.js";
+import { type ShipContext, shipSettled } from "./ship.js";
 import type { AgentState, AgentStatus, DiskStatus } from "./status.js";
+import { within } from "./within.js";
+
+export type { PointRequest, PointResult } from "./point.js";
 
 export interface ReplicationOptions {
   serverId: string;
@@ -84,43 +90,18 @@ export interface ReplicationOptions {
   logger?: Logger;
 }
 
-export interface PointRequest {
-  /** Scheduled points are thinned out by retention; others (on demand) are kept longer. Default "demand". */
-  origin?: "scheduled" | "demand";
-  /** Lowest level the caller accepts; a point that reaches less fails with PIT_CONSISTENCY_TOO_LOW. */
-  consistency?: ConsistencyLevel;
-  /**
-   * For group PITs: called while frozen; resolves once every member is frozen
-   * (proceed, with the group's time) or the group gave up.
-   */
-  barrier?(): Promise<{ proceed: boolean; takenAt?: number }>;
-}
-
-export interface PointResult {
-  pointId: string;
-  /** Undefined only when the replicator's answer was lost to a reconnect. */
-  pitId: string | undefined;
-  seq: number;
-  takenAt: number;
-  consistency: ConsistencyLevel;
-  disks: { index: number; sizeBytes: number }[];
-}
-
 interface QueuedPoint {
   req: PointRequest;
   resolve(r: PointResult): void;
   reject(e: unknown): void;
 }
 
-/** Thrown inside makePoint when lost trace events make the point unsound: it is made again after the rescan. */
-const RETRY_AFTER_RESCAN = new Error("retry the point after the rescan");
 /**
  * Traced writes become due for shipping in batches this far apart; an idle
  * loop wakes on the same period, so a write after a quiet spell is read
  * within it too.
  */
 const DEFAULT_SETTLE_MS = 200;
-const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"];
 
 export class Replication {
   private wire: AgentSession | undefined;
@@ -152,6 +133,8 @@ export class Replication {
   readonly counters = { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 };
   /** What the scan and shipping passes use of the engine (scan.ts, ship.ts). */
   private readonly passes: ScanContext & ShipContext;
+  /** What consistency points use of the engine (point.ts). */
+  private readonly pointContext: PointContext;
 
   constructor(private readonly opts: ReplicationOptions) {
     this.clock = opts.clock ?? systemClock;
@@ -174,6 +157,29 @@ export class Replication {
       progressed: () => {
         this.lastProgress = this.clock.now();
       },
+    };
+    this.pointContext = {
+      disks: this.disks,
+      passes: this.passes,
+      settings: opts.settings,
+      blockSize: opts.blockSize,
+      clock: this.clock,
+      log: this.log,
+      counters: this.counters,
+      nextPointSeq: () => ++this.pointSeq,
+      setFrozen: (frozen) => {
+        this.frozen = frozen;
+      },
+      rotate: () => this.rotate(),
+      send: (msg, since) => this.send(msg, since),
+      whenAcked: (seq) => this.session.whenAcked(seq),
+      pointWaiters: this.pointWaiters,
+      committed: (r) => {
+        this.lastProgress = this.clock.now();
+        if (r.pitId !== undefined)
+          this.lastPit = { pitId: r.pitId, takenAt: r.takenAt, consistency: r.consistency };
+      },
+      ...(opts.whileFrozen ? { whileFrozen: (point) => opts.whileFrozen!(point) } : {}),
     };
   }
 
@@ -562,177 +568,13 @@ export class Replication {
 
   private async point(q: QueuedPoint): Promise<void> {
     try {
-      q.resolve(await this.makePoint(q.req));
+      q.resolve(await makePoint(q.req, this.pointContext));
     } catch (err) {
       // Trace events were lost while the point was made: what it read may miss writes. The
       // rescan that the loss asked for runs first, then the point is made again.
       if (err === RETRY_AFTER_RESCAN && !this.stopping) this.points.unshift(q);
       else q.reject(err);
     }
-  }
-
-  private async makePoint(req: PointRequest): Promise<PointResult> {
-    const lossesBefore = this.counters.traceLosses;
-    const pointId = `${req.origin === "scheduled" ? "s" : "d"}${this.clock.now().toString(36)}${(++this.pointSeq).toString(36)}${randomBytes(2).toString("hex")}`;
-    const s = this.opts.settings;
-    // Ship the backlog first, so that little is left to read while frozen.
-    for (let i = 0; i < 3; i++) {
-      this.rotate();
-      if (!this.disks.some((d) => !d.settled.isEmpty)) break;
-      await shipSettled(this.disks, this.passes);
-    }
-    const scanOnly = this.disks.filter((d) => !d.tracker);
-    const filesystems: MountedFilesystem[] = [];
-    for (const d of this.disks) if (d.tracker) filesystems.push(...(await mountedFilesystems(d.cfg.path)));
-    let level: ConsistencyLevel = "crash";
-    let hooksRan = false;
-    if (s.preHook) {
-      hooksRan = await this.runHook(s.preHook, "pre");
-    }
-    let takenAt = this.clock.now();
-    let runs: ReadRun[] = [];
-    const taken = new Map<DiskRun, DirtySet>();
-    /** Some of the dirty blocks were read while writes could land (no freeze, or the cap thawed early). */
-    let readUnfrozen = false;
-    const readTaken = async (): Promise<void> => {
-      const now = this.clock.now();
-      for (const d of this.disks) {
-        if (!d.tracker) continue;
-        await d.tracker.drain();
-        const set = d.settled.take();
-        set.merge(d.fresh.take());
-        taken.set(d, set);
-        // Unfrozen, a write may still be in flight: the read may return the bytes from before it
-        // (a state the disk held, so the point keeps them), but the replica must get the write
-        // too: its ranges stay dirty for continuous shipping. Frozen, nothing is in flight.
-        if (d.inFlight.size > 0)
-          for (const e of set.extents())
-            if (d.inFlight.overlaps(e.offset, e.length, now))
-              d.settled.add(e.offset, e.length, set.dirtySince ?? now);
-      }
-      for (const [d, set] of taken) runs.push(...(await readDirty(d, set, this.passes)));
-    };
-    try {
-      if (filesystems.length) {
-        this.frozen = true;
-        let proceed = true;
-        const r = await withFrozen(
-          filesystems,
-          async () => {
-            if (req.barrier) {
-              const b = await req.barrier();
-              proceed = b.proceed;
-              if (!proceed) return;
-              if (b.takenAt !== undefined) takenAt = b.takenAt;
-            } else takenAt = this.clock.now();
-            await readTaken();
-            await this.opts.whileFrozen?.({ pointId, takenAt });
-          },
-          { capMs: s.freezeCapMs, logger: this.log },
-        ).finally(() => (this.frozen = false));
-        if (!proceed) throw groupAborted();
-        if (r.capHit) {
-          // Thawed before the read was done: what was read may mix times. Crash-consistent only if nothing was written.
-          await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
-          level = this.disks.every((d) => d.fresh.isEmpty) ? "crash" : "none";
-          readUnfrozen = true;
-          this.log.warn({ frozenMs: r.frozenMs, level }, "freeze cap reached");
-        } else level = hooksRan ? "application" : "filesystem";
-      } else {
-        if (req.barrier) {
-          const b = await req.barrier();
-          if (!b.proceed) throw groupAborted();
-          if (b.takenAt !== undefined) takenAt = b.takenAt;
-        } else takenAt = this.clock.now();
-        await readTaken();
-        // Crash-consistent only if the trace saw no write while the dirty set was read.
-        await Promise.all(this.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
-        level = this.disks.filter((d) => d.tracker).every((d) => d.fresh.isEmpty) ? "crash" : "none";
-        readUnfrozen = true;
-        if (hooksRan && level === "crash") level = "application";
-      }
-    } catch (err) {
-      for (const [d, set] of taken) d.settled.merge(set);
-      runs = [];
-      throw err;
-    } finally {
-      if (s.postHook) await this.runHook(s.postHook, "post");
-    }
-    // Image files (scan mode) are read whole; unchanged size and mtime over the pass make it a crash-consistent image.
-    for (const d of scanOnly) {
-      d.owed = "rescan";
-      await scanDisk(d, this.passes);
-      if ((await stampOf(d.cfg.path)) !== d.imageStamp) level = "none";
-    }
-    // A block written during an unfrozen read may hold bytes outside its dirty ranges that the
-    // replica lacks: a patch of it would not match the hash of the block as read, so it goes whole.
-    const writtenDuringRead = new Map<number, Set<number>>();
-    if (readUnfrozen)
-      for (const d of this.disks)
-        if (!d.fresh.isEmpty)
-          writtenDuringRead.set(d.cfg.index, touchedBlocks([d.fresh], this.opts.blockSize));
-    try {
-      await shipRuns(
-        runs,
-        takenAt,
-        this.passes,
-        (disk, offset) => writtenDuringRead.get(disk)?.has(offset / this.opts.blockSize) ?? false,
-      );
-    } catch (err) {
-      for (const [d, set] of taken) d.settled.merge(set);
-      throw err;
-    }
-    if (req.consistency && LEVELS.indexOf(level) < LEVELS.indexOf(req.consistency))
-      this.log.warn({ wanted: req.consistency, reached: level }, "the point is less consistent than asked");
-    const disks = this.disks.map((d) => ({ index: d.cfg.index, sizeBytes: d.size }));
-    const done = new Promise<PointDone | undefined>((resolve) => {
-      this.pointWaiters.set(pointId, resolve);
-    });
-    if (this.counters.traceLosses !== lossesBefore && this.disks.some((d) => d.owed))
-      throw RETRY_AFTER_RESCAN;
-    const seq = await this.send({ type: "POINT", pointId, consistency: level, takenAt, disks }, takenAt);
-    await this.session.whenAcked(seq);
-    const answer = await within(done, 10_000);
-    this.pointWaiters.delete(pointId);
-    this.lastProgress = this.clock.now();
-    const result: PointResult = { pointId, pitId: answer?.pitId, seq, takenAt, consistency: level, disks };
-    if (answer) this.lastPit = { pitId: answer.pitId, takenAt, consistency: level };
-    this.log.info({ pointId, pitId: answer?.pitId, consistency: level }, "consistency point committed");
-    if (req.consistency && LEVELS.indexOf(level) < LEVELS.indexOf(req.consistency))
-      throw new LifeboatError(
-        "PIT_CONSISTENCY_TOO_LOW",
-        `the PIT ${answer?.pitId ?? pointId} is ${level}-consistent; ${req.consistency} was asked for`,
-        { hint: "the PIT was kept; see the agent's log for why the freeze or hooks fell short" },
-      );
-    return result;
-  }
-
-  /** Runs an operator hook (argv, no shell, 60 s cap); true when it succeeded. */
-  private async runHook(argv: string[], which: "pre" | "post"): Promise<boolean> {
-    const { execFile } = await import("node:child_process");
-    return new Promise((resolve) => {
-      execFile(argv[0]!, argv.slice(1), { timeout: 60_000 }, (err, _stdout, stderr) => {
-        if (err)
-          this.log.warn(
-            { hook: which, err: err.message, stderr: stderr.slice(0, 2000) },
-            `${which}-hook failed`,
-          );
-        resolve(!err);
-      });
-    });
-  }
-}
-
-/** `p`'s value, or undefined after `ms` (a timer that does not outlive the wait). */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms))),
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -742,12 +584,6 @@ async function sizeOf(file: string): Promise<number> {
   if (!st.isBlockDevice()) return st.size;
   const { major, minor } = deviceNumbers(st.rdev);
   return blockDeviceSizeBytes(major, minor);
-}
-
-function groupAborted(): LifeboatError {
-  return new LifeboatError("GROUP_PIT_ABORTED", "the consistency group did not freeze in time", {
-    hint: "check that every server of the group is connected (lifeboat servers list)",
-  });
 }
 
 function stoppedError(): LifeboatError {

@@ -1,7 +1,7 @@
 /**
  * Reading dirty blocks and sending them: continuous shipping of a disk's
  * settled set (shipSettled), and the reads and sends of a consistency point
- * (readDirty and shipRuns, which replication.ts calls while and after the
+ * (readDirty and shipRuns, which point.ts calls while and after the
  * filesystems are frozen).
  *
  * A dirty block is read whole. A block of which less than half is dirty goes
