@@ -5,7 +5,7 @@
  */
 import os from "node:os";
 import { Worker } from "node:worker_threads";
-import { stopWorker } from "../base/workers.js";
+import { WORKER_YOUNG_GENERATION_MB, stopWorker } from "../base/workers.js";
 
 /** @internal to the worker. */
 export interface BlockJob {
@@ -48,7 +48,10 @@ export class BlockPool {
     size = Math.max(1, Math.min(4, os.availableParallelism())),
   ) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL("./block-worker.js", import.meta.url), { workerData: { level } });
+      const w = new Worker(new URL("./block-worker.js", import.meta.url), {
+        resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+        workerData: { level },
+      });
       w.on("message", (r: BlockJobResult) => {
         const p = this.pending.get(r.id);
         this.pending.delete(r.id);

@@ -21,6 +21,7 @@ import {
   writeHead,
   writePit,
 } from "../store/index.js";
+import { Limiter } from "../store/limiter.js";
 import { ChunkWrites, RECENT_CHUNKS, type TrackedDisk, lazily } from "./chunk-writes.js";
 
 export interface ReplicaDisk {
@@ -59,11 +60,10 @@ export class ReplicaApplier {
   private chain: Promise<void> = Promise.resolve();
   private checkpointing: Promise<void> = Promise.resolve();
   private failure: Error | undefined;
-  private inFlight = 0;
-  private readonly slotWaiters: (() => void)[] = [];
+  /** Chunk runs and known-chunk writes in flight (`maxInFlight`). */
+  private readonly slots: Limiter;
   /** Single whole chunks in flight (writeChunks), apart from runs: each waits a little to share a run. */
-  private singles = 0;
-  private readonly singleWaiters: (() => void)[] = [];
+  private readonly singles = new Limiter(SINGLES_IN_FLIGHT);
   private readonly writes: ChunkWrites;
   private head: Head;
   private sessionToken: string;
@@ -75,11 +75,12 @@ export class ReplicaApplier {
     private readonly ingest: ChunkIngest,
     private readonly lock: RepositoryLock,
     head: Head,
-    private readonly maxInFlight: number,
+    maxInFlight: number,
     private readonly epoch: number,
     /** Settled chunks kept in each disk's `contents` (RECENT_CHUNKS unless opened with another number). */
     private readonly recentChunks: number,
   ) {
+    this.slots = new Limiter(maxInFlight);
     this.head = head;
     this.sessionToken = head.session;
     this.writes = new ChunkWrites(repo, ingest, recentChunks, (err) => {
@@ -204,7 +205,8 @@ export class ReplicaApplier {
     }
     if (data.length === 0) return;
     const single = data.length === cs;
-    await (single ? this.singleSlot() : this.slot());
+    const slots = single ? this.singles : this.slots;
+    await slots.acquire();
     // A copy of the last few chunks for patches that may follow (the buffer below is transferred).
     const keep = Math.min(this.recentChunks, Math.ceil(data.length / cs)) * cs;
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
@@ -252,7 +254,7 @@ export class ReplicaApplier {
             disk.pending.set(first + i, e);
         }
       },
-      () => (single ? this.releaseSingle() : this.release()),
+      () => slots.release(),
     );
   }
 
@@ -367,7 +369,7 @@ export class ReplicaApplier {
         { hint: "the sender must send the chunk's bytes; it resends them after reconnecting" },
       );
     }
-    await this.slot();
+    await this.slots.acquire();
     const index = offset / cs;
     const v = this.writes.track(
       disk,
@@ -379,7 +381,7 @@ export class ReplicaApplier {
         const entry = Buffer.from(await known);
         if (this.writes.settled(disk, index, v, false)) disk.pending.set(index, entry);
       },
-      () => this.release(),
+      () => this.slots.release(),
     );
   }
 
@@ -517,25 +519,5 @@ export class ReplicaApplier {
     // The patches issued by now; later ones (the stream goes on) belong to the next checkpoint.
     await Promise.all(this.writes.inFlight());
     this.check();
-  }
-
-  private async slot(): Promise<void> {
-    while (this.inFlight >= this.maxInFlight) await new Promise<void>((r) => this.slotWaiters.push(r));
-    this.inFlight++;
-  }
-
-  private release(): void {
-    this.inFlight--;
-    this.slotWaiters.shift()?.();
-  }
-
-  private async singleSlot(): Promise<void> {
-    while (this.singles >= SINGLES_IN_FLIGHT) await new Promise<void>((r) => this.singleWaiters.push(r));
-    this.singles++;
-  }
-
-  private releaseSingle(): void {
-    this.singles--;
-    this.singleWaiters.shift()?.();
   }
 }

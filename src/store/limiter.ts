@@ -9,14 +9,23 @@ export class Limiter {
     while (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
   }
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    while (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
+  /** Takes a slot, waiting for one; the caller gives it back with `release` exactly once. */
+  async acquire(): Promise<void> {
+    await this.waitForSlot();
     this.active++;
+  }
+
+  release(): void {
+    this.active--;
+    this.waiting.shift()?.();
+  }
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    await this.acquire();
     try {
       return await task();
     } finally {
-      this.active--;
-      this.waiting.shift()?.();
+      this.release();
     }
   }
 }

@@ -1,6 +1,6 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
-import { stopWorker } from "../base/workers.js";
+import { WORKER_YOUNG_GENERATION_MB, stopWorker } from "../base/workers.js";
 import { LifeboatError } from "../base/index.js";
 import { LEAF_ENTRY_LEN, entryLocation } from "./block-map.js";
 import type { RepositoryKeys } from "./keys.js";
@@ -162,16 +162,6 @@ export type WorkerResponse =
 
 /** Runs in flight per worker: while one is decoded, the reads of the next are under way. */
 export const RUNS_PER_WORKER = 3;
-
-/**
- * Young generation of a worker, MiB. Encoding and decoding allocate a few
- * buffers per chunk that die at once (the cipher's output among them), and
- * they are freed only when the worker collects garbage: a small young
- * generation collects often, so they do not pile up to tens of MiB per
- * worker (an export's peak RSS fell from about 300 to 250 MiB; its CPU time
- * stayed within the run-to-run noise).
- */
-const WORKER_YOUNG_GENERATION_MB = 2;
 
 interface Pending {
   resolve(v: WorkerResponse): void;
