@@ -106,6 +106,23 @@ export function encodePage(level: number, entries: readonly Uint8Array[]): Buffe
 }
 
 export function decodePage(page: Buffer, fanout: number): { level: number; entries: Buffer[] } {
+  const { count, len } = checkPage(page, fanout);
+  const entries: Buffer[] = [];
+  for (let i = 0; i < count; i++)
+    entries.push(page.subarray(PAGE_HEADER + i * len, PAGE_HEADER + (i + 1) * len));
+  return { level: page[1] ?? 0, entries };
+}
+
+/**
+ * Entry `k` of a page, or undefined past its last: a lookup of one chunk
+ * reads one entry per level, without a view of every entry (decodePage).
+ */
+export function pageEntry(page: Buffer, fanout: number, k: number): Buffer | undefined {
+  const { count, len } = checkPage(page, fanout);
+  return k < count ? page.subarray(PAGE_HEADER + k * len, PAGE_HEADER + (k + 1) * len) : undefined;
+}
+
+function checkPage(page: Buffer, fanout: number): { count: number; len: number } {
   const count = page.length >= PAGE_HEADER ? page.readUInt32LE(4) : -1;
   const len = entryLen(page[1] ?? 0);
   if (page[0] !== 1 || count < 0 || count > fanout || page.length !== PAGE_HEADER + count * len) {
@@ -113,10 +130,7 @@ export function decodePage(page: Buffer, fanout: number): { level: number; entri
       hint: "run `lifeboat store verify --read-data`",
     });
   }
-  const entries: Buffer[] = [];
-  for (let i = 0; i < count; i++)
-    entries.push(page.subarray(PAGE_HEADER + i * len, PAGE_HEADER + (i + 1) * len));
-  return { level: page[1] ?? 0, entries };
+  return { count, len };
 }
 
 /**
@@ -277,9 +291,8 @@ export async function readEntry(repo: Repository, ref: BlockMapRef, index: numbe
   const fanout = repo.config.pageFanout;
   let id: Buffer = Buffer.from(ref.root, "hex");
   for (let level = ref.depth - 1; ; level--) {
-    const { entries } = decodePage(await repo.getPage(id), fanout);
     const span = fanout ** level;
-    const e = entries[Math.floor(index / span) % fanout];
+    const e = pageEntry(await repo.getPage(id), fanout, Math.floor(index / span) % fanout);
     if (!e || isZeroId(e)) return ZERO_ENTRY;
     if (level === 0) return Buffer.from(e);
     id = e;
