@@ -30,7 +30,12 @@ export type IncomingMessage =
     };
 
 export interface ReplicaStreamOptions {
-  /** A checkpoint runs at most this long after the first write it covers (default 1 s). */
+  /**
+   * A checkpoint runs at most this long after the first write it covers
+   * (default 250 ms): the lag a write sees is about this wait plus one or two
+   * checkpoints. 1 s made it 1.3–2.5 s under a steady 20 MiB/s; 100 ms spent
+   * more on checkpoints than it saved.
+   */
   commitIntervalMs?: number;
   /** ...or as soon as this many bytes arrived since the last one (default 16 MiB)... */
   commitBytes?: number;
@@ -370,7 +375,7 @@ export class ReplicaStream {
       this.timer = setTimeout(() => {
         this.timer = undefined;
         void this.commit().catch(() => undefined);
-      }, this.opts.commitIntervalMs ?? 1000);
+      }, this.opts.commitIntervalMs ?? 250);
       this.timer.unref();
     }
   }
