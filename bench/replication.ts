@@ -5,8 +5,11 @@
  * benchmark's base image attached as a loop device and mounted, with restic,
  * borg and rsync backing up the same image file after each step.
  *
- *   sudo node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S] [--no-peers]
- *                                       [--results-dir DIR] [--keep]
+ *   sudo UV_THREADPOOL_SIZE=16 node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S]
+ *                                       [--no-peers] [--results-dir DIR] [--keep]
+ *
+ * UV_THREADPOOL_SIZE=16 as the agent's unit sets it (run.js passes it): the agent runs in this
+ * process, whose libuv pool is started before any line of it runs.
  *
  * Steps, in one run: initial sync (time until every block is acknowledged,
  * then until a first PIT is committed) and the peers' first backups; ~1%

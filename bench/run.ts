@@ -169,10 +169,16 @@ function writeAtomically(file: string, text: string): void {
   renameSync(file + ".tmp", file);
 }
 
-/** Runs another benchmark script of this directory as a child process; Ctrl-C there stops the run. */
+/**
+ * Runs another benchmark script of this directory as a child process; Ctrl-C there stops the run.
+ * With libuv's pool of 16 threads that the agent and server run with (bin/lifeboat.js, the agent's
+ * unit): the replication benchmark hosts the agent in its own process, and a script cannot set it
+ * for itself (the pool starts before its first line runs).
+ */
 function child(script: string, args: readonly string[], what: string): number {
   const r = spawnSync(process.execPath, [path.join(import.meta.dirname, script), ...args], {
     stdio: "inherit",
+    env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? "16" },
   });
   if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted(what, "SIGINT");
   return r.status ?? 1;

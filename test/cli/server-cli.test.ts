@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, it } from "node:test";
@@ -177,7 +177,7 @@ forEachDatabase("server CLI", (open, dialect) => {
     assert.ok(lines.includes(path.join(dir, "config.json")));
     const env: NodeJS.ProcessEnv = { HOME: tmp };
     for (const [k, v] of Object.entries(process.env))
-      if (!k.startsWith("LIFEBOAT_") && k !== "HOME") env[k] = v;
+      if (!k.startsWith("LIFEBOAT_") && k !== "HOME" && k !== "UV_THREADPOOL_SIZE") env[k] = v;
     const child = spawn(process.execPath, [BIN, "server", "start", "--data-dir", dir], { cwd: tmp, env });
     let stderr = "";
     const exited = new Promise<number | null>((resolve) => child.once("close", resolve));
@@ -195,6 +195,10 @@ forEachDatabase("server CLI", (open, dialect) => {
       assert.equal(health.status, "ok");
       assert.ok(Math.abs(health.time - Date.now()) < 60_000, "/healthz answers the server's time");
       assert.deepEqual(await fetchJson(d, `https://${address}/readyz`), { status: "ready" });
+      // bin/lifeboat.js sets UV_THREADPOOL_SIZE before libuv starts its pool (16 threads for file
+      // I/O, which fsyncs occupy); set too late, the pool keeps its default 4 and the process ~11.
+      const threads = (await readdir(`/proc/${child.pid}/task`)).length;
+      assert.ok(threads >= 18, `the server runs ${threads} threads: libuv's pool is not 16`);
     } finally {
       await d.close();
     }
