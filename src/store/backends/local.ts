@@ -82,7 +82,7 @@ export class LocalBackend implements Backend {
       tmp = t.tmp;
       const fh = await fs.open(tmp, "wx", 0o640);
       try {
-        await fh.writeFile(data);
+        await writeAll(fh, data);
         if (sync) await fh.sync();
       } finally {
         await fh.close();
@@ -100,7 +100,12 @@ export class LocalBackend implements Backend {
     try {
       const t = await this.temporaryFor(name);
       tmp = t.tmp;
-      await fs.writeFile(tmp, data, { mode: 0o640, flag: "wx" });
+      const fh = await fs.open(tmp, "wx", 0o640);
+      try {
+        await writeAll(fh, data);
+      } finally {
+        await fh.close();
+      }
       // link(2) fails when the target exists: the whole object appears at once, or not at all.
       await fs.link(tmp, t.target);
       return true;
@@ -287,4 +292,19 @@ function wrap(err: unknown, what: string, location: string): LifeboatError {
     cause: err,
     retryable: isRetryable(err),
   });
+}
+
+/**
+ * Writes all of `data` with as few write(2) calls as the kernel allows.
+ * FileHandle.writeFile writes in 512 KiB pieces, one trip through libuv's
+ * pool and the event loop each: a 16 MiB pack took 32, and on a busy event
+ * loop (a replicator applying a stream) each waited its turn, which made a
+ * checkpoint's pack writes take hundreds of milliseconds.
+ */
+async function writeAll(fh: fs.FileHandle, data: Uint8Array): Promise<void> {
+  for (let at = 0; at < data.length;) {
+    const { bytesWritten } = await fh.write(data, at, data.length - at);
+    if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
+    at += bytesWritten;
+  }
 }
