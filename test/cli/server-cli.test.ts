@@ -201,8 +201,8 @@ forEachDatabase("server CLI", (open, dialect) => {
       assert.ok(threads >= 18, `the server runs ${threads} threads: libuv's pool is not 16`);
     } finally {
       await d.close();
+      child.kill("SIGTERM"); // also when a check above failed: no server outlives the test
     }
-    child.kill("SIGTERM");
     assert.equal(await exited, 0, stderr);
     assert.match(stderr, /server stopped/);
     const secret = (await readFile(path.join(dir, "admin-api.key"), "utf8")).trim().split(".")[1]!;
