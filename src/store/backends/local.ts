@@ -80,13 +80,7 @@ export class LocalBackend implements Backend {
     try {
       const t = await this.temporaryFor(name);
       tmp = t.tmp;
-      const fh = await fs.open(tmp, "wx", 0o640);
-      try {
-        await writeAll(fh, data);
-        if (sync) await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await writeNew(tmp, data, sync);
       await fs.rename(tmp, t.target);
       if (sync) await syncDir(path.dirname(t.target));
     } catch (err) {
@@ -100,12 +94,7 @@ export class LocalBackend implements Backend {
     try {
       const t = await this.temporaryFor(name);
       tmp = t.tmp;
-      const fh = await fs.open(tmp, "wx", 0o640);
-      try {
-        await writeAll(fh, data);
-      } finally {
-        await fh.close();
-      }
+      await writeNew(tmp, data, false);
       // link(2) fails when the target exists: the whole object appears at once, or not at all.
       await fs.link(tmp, t.target);
       return true;
@@ -306,5 +295,16 @@ async function writeAll(fh: fs.FileHandle, data: Uint8Array): Promise<void> {
     const { bytesWritten } = await fh.write(data, at, data.length - at);
     if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
     at += bytesWritten;
+  }
+}
+
+/** Creates `file` (it must not exist) holding `data`, fsynced if `sync`. */
+async function writeNew(file: string, data: Uint8Array, sync: boolean): Promise<void> {
+  const fh = await fs.open(file, "wx", 0o640);
+  try {
+    await writeAll(fh, data);
+    if (sync) await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
