@@ -36,8 +36,14 @@ export interface PreparedBlock {
   plain: Buffer;
 }
 
+/** Run buffers kept for the next runs (release): as many as reads are prepared ahead, and one more. */
+const SPARE_RUNS = 4;
+
 export class BlockPool {
   private readonly workers: Worker[] = [];
+  /** The buffer each prepared run's blocks are views of, until released. */
+  private readonly runBuffers = new WeakMap<PreparedBlock[], ArrayBuffer>();
+  private readonly spare: ArrayBuffer[] = [];
   private readonly pending = new Map<number, { resolve(r: BlockJobResult): void; reject(e: Error): void }>();
   private next = 0;
   private failure: Error | undefined;
@@ -75,14 +81,17 @@ export class BlockPool {
    * Prepares the blocks of `data` (consecutive blocks of `blockSize`, the
    * last possibly short; or parts of whole blocks, one after another, of
    * which only the last may end in a short block). `data` is copied into a
-   * transferable buffer first, so the caller may reuse it at once.
+   * transferable buffer first, so the caller may reuse it at once. The
+   * blocks are views of that buffer: `release` them once sent, and it serves
+   * a later run (fresh memory per run costs page faults, and freed blocks of
+   * this size stay in the allocator's heaps).
    */
   async prepare(data: Buffer | Buffer[], blockSize: number, compress = true): Promise<PreparedBlock[]> {
     if (this.failure) throw this.failure;
     const parts = Array.isArray(data) ? data : [data];
     const length = parts.reduce((n, p) => n + p.length, 0);
     // A buffer of its own (not zero-filled first): it moves to the worker and back.
-    const own = Buffer.allocUnsafeSlow(length);
+    const own = Buffer.from(this.takeBuffer(length), 0, length);
     let at = 0;
     for (const p of parts) at += p.copy(own, at);
     const ab = own.buffer;
@@ -117,7 +126,27 @@ export class BlockPool {
         f += len;
       }
     }
+    this.runBuffers.set(out, r.buffer);
     return out;
+  }
+
+  /**
+   * Takes back the buffer of blocks `prepare` returned: the caller is done
+   * with them (a message that carried them is encoded: it holds a copy).
+   */
+  release(blocks: PreparedBlock[]): void {
+    const ab = this.runBuffers.get(blocks);
+    if (!ab) return;
+    this.runBuffers.delete(blocks);
+    if (this.spare.length < SPARE_RUNS) this.spare.push(ab);
+  }
+
+  /** The smallest spare buffer of at least `length` bytes, else a new one. */
+  private takeBuffer(length: number): ArrayBuffer {
+    let i = -1;
+    for (const [k, ab] of this.spare.entries())
+      if (ab.byteLength >= length && (i < 0 || ab.byteLength < this.spare[i]!.byteLength)) i = k;
+    return i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(length).buffer;
   }
 
   async close(): Promise<void> {

@@ -5,14 +5,20 @@
  */
 import { createHash } from "node:crypto";
 import { parentPort, workerData } from "node:worker_threads";
-import { Compressor } from "zstd-napi";
+import zstd from "zstd-napi/binding.js";
 import { serveMessages } from "../base/workers.js";
 import type { BlockJob, BlockJobResult } from "./block-pool.js";
 
 const { level } = workerData as { level: number };
-const compressor = level > 0 ? new Compressor() : null;
-compressor?.setParameters({ compressionLevel: level });
+const cctx = level > 0 ? new zstd.CCtx() : null;
 let zeros = Buffer.alloc(0);
+/**
+ * Where a job's blocks are compressed, one after another, reused by every
+ * job: a fresh output buffer per block (and one more to join them) was most
+ * of what this thread allocated, and freed blocks of those sizes stay in the
+ * allocator's heaps.
+ */
+let scratch = Buffer.alloc(0);
 
 serveMessages<BlockJob>((job) => {
   const data = Buffer.from(job.buffer, 0, job.length);
@@ -20,8 +26,10 @@ serveMessages<BlockJob>((job) => {
   if (zeros.length < job.blockSize) zeros = Buffer.alloc(job.blockSize);
   const hashes = Buffer.alloc(n * 32);
   const kinds = new Uint8Array(n);
-  const frames: Buffer[] = [];
   const lengths = new Uint32Array(n);
+  const bound = zstd.compressBound(job.blockSize);
+  if (job.compress && cctx && scratch.length < n * bound) scratch = Buffer.allocUnsafeSlow(n * bound);
+  let framed = 0;
   for (let i = 0; i < n; i++) {
     const block = data.subarray(i * job.blockSize, Math.min(job.length, (i + 1) * job.blockSize));
     if (block.equals(zeros.subarray(0, block.length))) {
@@ -32,18 +40,20 @@ serveMessages<BlockJob>((job) => {
       .update(block)
       .digest()
       .copy(hashes, i * 32);
-    if (job.compress && compressor) {
-      const z = compressor.compress(block);
-      if (z.length < block.length - (block.length >>> 4)) {
+    if (job.compress && cctx) {
+      // A zstd frame that declares its content size (the replicator checks it against the block's).
+      const z = cctx.compress(scratch.subarray(framed, framed + bound), block, level);
+      if (z < block.length - (block.length >>> 4)) {
         kinds[i] = 2;
-        frames.push(z);
-        lengths[i] = z.length;
+        lengths[i] = z;
+        framed += z;
         continue;
       }
     }
     kinds[i] = 1;
   }
-  const packed = Buffer.concat(frames);
+  const packed = Buffer.allocUnsafeSlow(framed);
+  scratch.copy(packed, 0, 0, framed);
   const out: BlockJobResult = {
     id: job.id,
     buffer: job.buffer,
@@ -53,8 +63,5 @@ serveMessages<BlockJob>((job) => {
     framesOffset: packed.byteOffset,
     lengths: lengths.buffer,
   };
-  // The frames move too when their buffer is theirs alone (a small one may share Node's pool).
-  const ownFrames = packed.byteOffset === 0 && packed.buffer.byteLength === packed.length;
-  const transfer = [job.buffer, out.hashes, out.kinds, out.lengths];
-  parentPort!.postMessage(out, ownFrames ? [...transfer, packed.buffer] : transfer);
+  parentPort!.postMessage(out, [job.buffer, out.hashes, out.kinds, out.lengths, packed.buffer]);
 });

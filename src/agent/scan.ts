@@ -7,7 +7,7 @@
 import { promises as fs } from "node:fs";
 import { type Clock, type Logger, isLifeboatError } from "../base/index.js";
 import type { Block, BlocksMessage, SequencedMessage } from "../wire/index.js";
-import type { BlockPool } from "./block-pool.js";
+import type { BlockPool, PreparedBlock } from "./block-pool.js";
 import { RUN_BLOCKS, blocksMessages, zeroHash } from "./blocks-messages.js";
 import type { DiskRun } from "./disk-run.js";
 
@@ -56,9 +56,11 @@ export async function scanDisk(d: DiskRun, ctx: ScanContext): Promise<void> {
     { disk: d.cfg.path, kind, sizeBytes: d.size },
     `${kind === "initial" ? "initial sync" : "rescan"} started`,
   );
-  const inflight: Promise<BlocksMessage[]>[] = [];
+  const inflight: Promise<{ messages: BlocksMessage[]; prepared: PreparedBlock[] }>[] = [];
   const flush = async (): Promise<void> => {
-    for (const m of await inflight.shift()!) await ctx.send(m, null);
+    const { messages, prepared } = await inflight.shift()!;
+    for (const m of messages) await ctx.send(m, null);
+    ctx.pool.release(prepared); // the messages are encoded: their blocks are copied
   };
   try {
     for (let offset = 0; offset < d.size && !ctx.stopping(); offset += runBytes) {
@@ -88,7 +90,7 @@ async function prepareScanRun(
   data: Buffer,
   kind: "initial" | "rescan",
   ctx: ScanContext,
-): Promise<BlocksMessage[]> {
+): Promise<{ messages: BlocksMessage[]; prepared: PreparedBlock[] }> {
   const prepared = await ctx.pool.prepare(data, ctx.blockSize);
   const nonZero = prepared.filter((b) => b.encoding !== "zero");
   const inRepo = nonZero.length
@@ -125,7 +127,7 @@ async function prepareScanRun(
     );
     i = j;
   }
-  return out;
+  return { messages: out, prepared };
 }
 
 /**

@@ -334,10 +334,13 @@ export async function shipRuns(
       continue;
     }
     startJobs(it.job + 1 + PREPARE_JOBS_AHEAD);
-    const blocks = (await prepared[it.job]!).slice(it.from, it.from + it.count).map(toWireBlock);
-    if (lastItem[it.job] === i) prepared[it.job] = undefined;
+    const job = await prepared[it.job]!;
+    const blocks = job.slice(it.from, it.from + it.count).map(toWireBlock);
+    const last = lastItem[it.job] === i;
+    if (last) prepared[it.job] = undefined;
     for (const m of blocksMessages(it.disk, it.offset, blocks, bs, ctx.maxBlocksPerFrame()))
       await ctx.send(m, since);
+    if (last) ctx.pool.release(job); // every message of the job is encoded: their blocks are copied
   }
 }
 

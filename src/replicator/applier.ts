@@ -22,7 +22,13 @@ import {
   writePit,
 } from "../store/index.js";
 import { Limiter } from "../store/limiter.js";
-import { ChunkWrites, RECENT_CHUNKS, type TrackedDisk, lazily } from "./chunk-writes.js";
+import {
+  ChunkWrites,
+  RECENT_CHUNKS,
+  RECENT_CHUNKS_OF_A_RUN,
+  type TrackedDisk,
+  lazily,
+} from "./chunk-writes.js";
 
 export interface ReplicaDisk {
   index: number;
@@ -178,11 +184,21 @@ export class ReplicaApplier {
   }
 
   /**
+   * A buffer for a run of whole chunks of `length` bytes, to fill and hand to
+   * writeChunks as `owned`: one back from a worker when one fits, so that a
+   * stream of runs allocates nothing per run.
+   */
+  runBuffer(length: number): Buffer {
+    return this.ingest.takeBuffer(length);
+  }
+
+  /**
    * Writes whole chunks: `data` starts at a chunk boundary and holds whole
    * chunks (the disk's last chunk may be short). Resolves once the write is
    * queued; errors surface on a later call or at the checkpoint. `owned`:
-   * `data` is a Buffer of its own (byteOffset 0, not pooled) that the caller
-   * hands over and never touches again; it moves to a worker without a copy.
+   * `data` is a Buffer at the start of memory of its own (runBuffer's, or
+   * not pooled) that the caller hands over and never touches again; it
+   * moves to a worker without a copy.
    * `frames`: the chunks' zstd frames as received, stored as they are
    * instead of compressed again (ChunkFrames; handed over too).
    */
@@ -208,7 +224,7 @@ export class ReplicaApplier {
     const slots = single ? this.singles : this.slots;
     await slots.acquire();
     // A copy of the last few chunks for patches that may follow (the buffer below is transferred).
-    const keep = Math.min(this.recentChunks, Math.ceil(data.length / cs)) * cs;
+    const keep = Math.min(this.recentChunks, RECENT_CHUNKS_OF_A_RUN, Math.ceil(data.length / cs)) * cs;
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
     const keptFrom = data.length - kept.length;
     const length = data.length; // `data` may be `own`, detached once it moves
@@ -222,13 +238,7 @@ export class ReplicaApplier {
       entries = this.writes.encodeChunk(keptFrom === 0 ? kept : Buffer.from(data)).then((e) => [e]);
     } else {
       let own: Buffer; // moves to a worker
-      if (
-        opts.owned &&
-        Buffer.isBuffer(data) &&
-        data.byteOffset === 0 &&
-        data.buffer.byteLength === data.length
-      )
-        own = data;
+      if (opts.owned && Buffer.isBuffer(data) && data.byteOffset === 0) own = data;
       else {
         own = Buffer.allocUnsafeSlow(data.length);
         own.set(data);

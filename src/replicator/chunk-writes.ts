@@ -54,6 +54,15 @@ interface ChunkContent {
 /** Settled chunks kept in each disk's `contents` (at 64 KiB, 16 MiB a disk). */
 export const RECENT_CHUNKS = 256;
 
+/**
+ * Chunks of one run of whole chunks whose bytes are kept (its last ones). A
+ * patch that follows a write soon mostly lands where a writer went on (the
+ * end of a run); copying every chunk of the long runs of an initial sync or
+ * a rescan cost the replicator's main thread more than all else it did with
+ * them. A patch to an older chunk reads it back by its entry.
+ */
+export const RECENT_CHUNKS_OF_A_RUN = 16;
+
 /** Patches in flight at once: each holds two copies of its chunk while a worker encodes it. */
 const PATCHES_IN_FLIGHT = 64;
 

@@ -260,7 +260,8 @@ export class ReplicaStream {
     const cs = this.applier.repo.config.chunkSize;
     const lengths = blocks.map((_, i) => this.chunkLength(disk, offset + i * cs));
     const total = lengths.reduce((a, b) => a + b, 0);
-    const out = Buffer.allocUnsafeSlow(total);
+    // A single chunk is copied again for its own encoding (writeChunks): it takes no run buffer.
+    const out = blocks.length > 1 ? this.applier.runBuffer(total) : Buffer.allocUnsafeSlow(total);
     let at = 0;
     for (const [i, b] of blocks.entries()) {
       const want = lengths[i]!;

@@ -156,13 +156,16 @@ export class ChunkIngest {
    */
   takeBuffer(length: number): Buffer {
     const room = length + Math.ceil(length / this.repo.config.chunkSize) * OBJECT_OVERHEAD;
-    const i = this.spare.findIndex((ab) => ab.byteLength >= room);
+    // The smallest that fits: runs of a few chunks leave the large buffers to large runs.
+    let i = -1;
+    for (const [k, ab] of this.spare.entries())
+      if (ab.byteLength >= room && (i < 0 || ab.byteLength < this.spare[i]!.byteLength)) i = k;
     const ab = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(room).buffer;
     this.lent++;
     return Buffer.from(ab, 0, length);
   }
 
-  /** Keeps a buffer back from a worker, but only as many as takeBuffer handed out (the replicator takes none). */
+  /** Keeps a buffer back from a worker, but only as many as takeBuffer handed out. */
   private giveBack(ab: ArrayBuffer): void {
     if (this.lent === 0) return;
     this.lent--;

@@ -27,7 +27,15 @@ const INDEX_ENTRY_LEN = ID_LEN + 8;
 /** A pack is sealed once it holds this many bytes (a chunk never straddles two packs). */
 export const DEFAULT_PACK_BYTES = 16 << 20;
 /** Pack buffers kept for reuse. */
-const SPARE_PACKS = 2;
+const SPARE_PACKS = 1;
+
+/**
+ * A pack's buffer starts this large and doubles as the pack grows, up to the
+ * target and this much more (the chunk that crosses the target, the index):
+ * a replicator's checkpoint seals packs well short of the target, and
+ * reserving the whole target for each held memory that was never used.
+ */
+const PACK_BUFFER_STEP = 1 << 20;
 
 export interface PackIndexEntry {
   id: Buffer;
@@ -103,11 +111,16 @@ export class PackWriter {
     if (this.failure !== undefined) throw this.failure;
   }
 
-  /** Makes room for `more` bytes after the pack's current end (one buffer per pack, grown rarely). */
+  /** Makes room for `more` bytes after the pack's current end (a stored pack's buffer, or one grown by doubling). */
   private reserve(more: number): void {
-    if (this.size + more <= this.buf.length) return;
-    const want = Math.max(this.targetBytes + 64 * 1024, 2 * this.buf.length, this.size + more);
-    const i = this.spare.findIndex((b) => b.length >= want);
+    const need = this.size + more;
+    if (need <= this.buf.length) return;
+    const cap = this.targetBytes + PACK_BUFFER_STEP;
+    const want =
+      need > cap
+        ? need + PACK_BUFFER_STEP
+        : Math.min(cap, Math.max(need, 2 * this.buf.length, PACK_BUFFER_STEP));
+    const i = this.spare.findIndex((b) => b.length >= need);
     const next = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(want);
     this.buf.copy(next, 0, 0, this.size);
     this.buf = next;
@@ -148,7 +161,9 @@ export class PackWriter {
           this.packs++;
           this.bytes += data.length;
           // Stored: a backend keeps no reference to the bytes of a put once it resolved.
-          if (this.spare.length < SPARE_PACKS) this.spare.push(whole);
+          // The largest are kept: a small one would only be grown again.
+          this.spare.push(whole);
+          this.spare.sort((a, b) => b.length - a.length).splice(SPARE_PACKS);
         },
         (err: unknown) => {
           this.failure ??= err instanceof Error ? err : new Error(String(err));

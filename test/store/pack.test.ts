@@ -52,6 +52,42 @@ void describe("packs", () => {
     );
   });
 
+  void it("holds a chunk larger than the pack target, and an index larger than the growth step, all readable", async () => {
+    const repo = await newRepository({ backend: new MemoryBackend() });
+    const packs = new PackWriter(repo, 256 * 1024);
+    const written: { id: Buffer; plain: Buffer; loc: Awaited<ReturnType<PackWriter["add"]>> }[] = [];
+    const add = async (plain: Buffer) => {
+      const id = createHash("sha256").update(plain).digest();
+      const loc = await packs.add(id, repo.codec.encode(repo.chunkName(id), ObjectKind.chunk, plain));
+      written.push({ id, plain, loc });
+    };
+    // A small chunk, then one of 3 MiB: its pack's buffer grows past the target and the step.
+    await add(randomBytes(1000));
+    await add(randomBytes(3 * MiB));
+    // Then a pack of 40,000 one-byte chunks under a target that they never reach before the end:
+    // its index (40 bytes an entry) is larger than the step the buffer grows by.
+    const tiny = new PackWriter(repo, 64 * MiB);
+    for (let i = 0; i < 40_000; i++) {
+      const plain = Buffer.from([i & 0xff, i >> 8, i >> 16]);
+      const id = createHash("sha256").update(plain).digest();
+      written.push({
+        id,
+        plain,
+        loc: await tiny.add(id, repo.codec.encode(repo.chunkName(id), ObjectKind.chunk, plain)),
+      });
+    }
+    await packs.finish();
+    await tiny.finish();
+    assert.equal(packs.packs, 1);
+    assert.equal(tiny.packs, 1);
+    for (const w of written) {
+      const data = await repo.getChunkObject(w.loc);
+      assert.deepEqual(repo.decodeVerified(repo.chunkName(w.id), ObjectKind.chunk, w.id, data), w.plain);
+    }
+    const index = await readPackIndex(repo, repo.packName(written.at(-1)!.loc.pack));
+    assert.equal(index.length, 40_000);
+  });
+
   void it("a chunk's bytes moved to another chunk's place fail authentication", async () => {
     const repo = await newRepository({ backend: new MemoryBackend() });
     const packs = new PackWriter(repo);
