@@ -10,6 +10,7 @@ import type { Block, BlocksMessage, SequencedMessage } from "../wire/index.js";
 import type { BlockPool, PreparedBlock } from "./block-pool.js";
 import { RUN_BLOCKS, blocksMessages, zeroHash } from "./blocks-messages.js";
 import type { DiskRun } from "./disk-run.js";
+import type { ByteRange } from "./reader.js";
 
 const PIPELINE = 3;
 /** How often a rescan asks again which blocks the replicator holds while the link is down. */
@@ -62,16 +63,28 @@ export async function scanDisk(d: DiskRun, ctx: ScanContext): Promise<void> {
     for (const m of messages) await ctx.send(m, null);
     ctx.pool.release(prepared); // the messages are encoded: their blocks are copied
   };
+  const runs: ByteRange[] = [];
+  for (let offset = 0; offset < d.size; offset += runBytes)
+    runs.push({ offset, length: Math.min(runBytes, d.size - offset) });
+  const stopped = new Error("stopping");
   try {
-    for (let offset = 0; offset < d.size && !ctx.stopping(); offset += runBytes) {
-      const len = Math.min(runBytes, d.size - offset);
-      const data = await d.reader.read(offset, len);
-      ctx.counters.bytesRead += len;
-      inflight.push(prepareScanRun(d, offset, data, kind, ctx));
-      inflight[inflight.length - 1]!.catch(() => undefined);
-      if (inflight.length >= PIPELINE) await flush();
-      d.pass.done = offset + len;
-    }
+    // The reader keeps its next read in flight while a run is prepared and sent: the device and
+    // the link work at once. Each piece it hands over is whole blocks (its buffers hold a power
+    // of two of them), and prepare copies it before it returns, so its buffer is free at once.
+    await d.reader
+      .readRanges(runs, async (offset, data) => {
+        if (ctx.stopping()) throw stopped;
+        if (offset % bs !== 0)
+          throw new Error(`internal: a read piece at ${offset} is not on a block boundary`);
+        ctx.counters.bytesRead += data.length;
+        inflight.push(prepareScanRun(d, offset, data, kind, ctx));
+        inflight[inflight.length - 1]!.catch(() => undefined);
+        d.pass!.done = offset + data.length;
+        if (inflight.length >= PIPELINE) await flush();
+      })
+      .catch((err: unknown) => {
+        if (err !== stopped) throw err;
+      });
     while (inflight.length) await flush();
   } catch (err) {
     await Promise.allSettled(inflight);

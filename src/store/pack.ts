@@ -30,10 +30,12 @@ export const DEFAULT_PACK_BYTES = 16 << 20;
 const SPARE_PACKS = 1;
 
 /**
- * A pack's buffer starts this large and doubles as the pack grows, up to the
- * target and this much more (the chunk that crosses the target, the index):
- * a replicator's checkpoint seals packs well short of the target, and
- * reserving the whole target for each held memory that was never used.
+ * A new pack's buffer (when no stored pack's is free) is as large as the
+ * last pack was, and at least this; it doubles as the pack grows, up to the
+ * target and this much more (the chunk that crosses the target, the index).
+ * A replicator's checkpoints seal packs well short of the target under a
+ * trickle of writes, and reserving the whole target for each held memory
+ * that was never used; a stream of full packs gets full buffers at once.
  */
 const PACK_BUFFER_STEP = 1 << 20;
 
@@ -65,6 +67,8 @@ export class PackWriter {
    * heaps fragmented (freed blocks of this size are not returned to the system).
    */
   private readonly spare: Buffer[] = [];
+  /** Bytes of the pack sealed last (reserve). */
+  private lastPackBytes = 0;
   private failure: Error | undefined;
   /** The seal under way, while it waits for a store slot (see add). */
   private sealing: Promise<void> | undefined;
@@ -116,10 +120,11 @@ export class PackWriter {
     const need = this.size + more;
     if (need <= this.buf.length) return;
     const cap = this.targetBytes + PACK_BUFFER_STEP;
+    const start = this.size === 0 ? this.lastPackBytes : 0;
     const want =
       need > cap
         ? need + PACK_BUFFER_STEP
-        : Math.min(cap, Math.max(need, 2 * this.buf.length, PACK_BUFFER_STEP));
+        : Math.min(cap, Math.max(need, 2 * this.buf.length, start, PACK_BUFFER_STEP));
     const i = this.spare.findIndex((b) => b.length >= need);
     const next = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(want);
     this.buf.copy(next, 0, 0, this.size);
@@ -147,6 +152,7 @@ export class PackWriter {
     trailer.copy(this.buf, this.size + index.length);
     const whole = this.buf;
     const data = whole.subarray(0, this.size + index.length + TRAILER_LEN);
+    this.lastPackBytes = data.length;
     this.buf = Buffer.alloc(0); // the next pack gets a buffer of its own: this one is being stored
     this.index = [];
     this.size = 0;
