@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtemp, mkdir, rm, utimes, writeFile } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
+import { mkdtemp, mkdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
@@ -113,5 +114,62 @@ void describe("LocalBackend ranged reads of packs", () => {
     // Stored again under the name (as GC's restore from the trash does), it reads as stored now.
     await backend.put(pack(1), bytesOf(2));
     assert.deepEqual(await backend.get(pack(1), { offset: 10, length: 5 }), bytesOf(2).subarray(10, 15));
+  });
+});
+
+void describe("LocalBackend durable directories", () => {
+  // A durable put is synced file and directory; a directory the put had to create must be synced
+  // into its own parent too, or a crash can lose the directory's entry and the object with it.
+  void it("a durable put into directories it creates syncs each new directory's parent (strace)", async (t) => {
+    const strace = spawnSync("strace", ["-V"]);
+    if (strace.error) {
+      t.skip("needs strace (Debian package strace) to watch which directories are synced");
+      return;
+    }
+    const dir = await tempDir();
+    try {
+      const log = path.join(dir, "strace.log");
+      const repo = path.join(dir, "repo");
+      await mkdir(repo);
+      const backend = new URL("../../src/store/backends/local.js", import.meta.url).href;
+      const script = [
+        `const { LocalBackend } = await import(${JSON.stringify(backend)});`,
+        `const b = new LocalBackend(${JSON.stringify(repo)});`,
+        `await b.put("heads/deep/x", Buffer.from("x"), { durable: true });`,
+        `await b.put("heads/deep/y", Buffer.from("y"), { durable: true });`,
+        `await b.close();`,
+      ].join("\n");
+      const r = spawnSync(
+        "strace",
+        [
+          "-f",
+          "-qq",
+          "-y",
+          "-e",
+          "trace=fsync",
+          "-o",
+          log,
+          process.execPath,
+          "--input-type=module",
+          "-e",
+          script,
+        ],
+        { encoding: "utf8" },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const synced = new Map<string, number>();
+      for (const m of (await readFile(log, "utf8")).matchAll(/fsync\(\d+<([^>]+)>/g))
+        synced.set(m[1]!, (synced.get(m[1]!) ?? 0) + 1);
+      // heads/ and heads/deep/ were created: the root holds heads/, heads/ holds deep/.
+      assert.ok(synced.has(repo), `the repository root is synced: ${[...synced.keys()].join(", ")}`);
+      assert.ok(synced.has(path.join(repo, "heads")), "heads/ is synced");
+      // deep/ holds the objects: synced after each rename.
+      assert.equal(synced.get(path.join(repo, "heads", "deep")), 2);
+      // The root is synced once for each directory made in it (tmp/ and heads/), not again for the second put.
+      assert.equal(synced.get(repo), 2);
+      assert.equal(synced.get(path.join(repo, "heads")), 1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

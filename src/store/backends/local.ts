@@ -33,7 +33,8 @@ interface OpenPack {
  */
 export class LocalBackend implements Backend {
   readonly properties;
-  private readonly knownDirs = new Set<string>();
+  /** Directories made (or found) by ensureDir, each once: a put waits until its directory is durable. */
+  private readonly knownDirs = new Map<string, Promise<void>>();
   /** Open pack files by path, least recently read first. */
   private readonly openPacks = new Map<string, OpenPack>();
 
@@ -59,10 +60,38 @@ export class LocalBackend implements Backend {
     return path.join(this.root, name);
   }
 
-  private async ensureDir(dir: string): Promise<void> {
-    if (this.knownDirs.has(dir)) return;
-    await fs.mkdir(dir, { recursive: true });
-    this.knownDirs.add(dir);
+  /**
+   * Creates `dir` (and its parents) if missing. A directory it creates is
+   * made durable at once: its parent is synced, so that an object renamed
+   * into it and synced (a durable put) is not lost with the directory's own
+   * entry after a crash. This happens once per directory, so it costs little.
+   */
+  private ensureDir(dir: string): Promise<void> {
+    let made = this.knownDirs.get(dir);
+    if (!made) {
+      made = (async () => {
+        const mkdir = () =>
+          fs.mkdir(dir).then(
+            () => true,
+            (err: NodeJS.ErrnoException) => {
+              if (err.code === "EEXIST") return false;
+              throw err;
+            },
+          );
+        let created: boolean;
+        try {
+          created = await mkdir();
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+          await this.ensureDir(path.dirname(dir)); // the parent first, durable before its child
+          created = await mkdir();
+        }
+        if (created) await syncDir(path.dirname(dir));
+      })();
+      this.knownDirs.set(dir, made);
+      made.catch(() => this.knownDirs.delete(dir)); // tried again by the next put
+    }
+    return made;
   }
 
   /** A fresh temporary name under tmp/ (its directory and the target's exist afterwards). */
