@@ -7,6 +7,16 @@ interface Cpu {
   serverCpuSeconds: number;
 }
 
+/** Thread roles of a CPU split (replication-site.ts, threadCpuSeconds), in the order reports list them. */
+export const THREAD_ROLES = ["main", "block workers", "chunk workers", "other threads"] as const;
+export type ThreadRole = (typeof THREAD_ROLES)[number];
+
+/** CPU seconds (user, system) of a step by thread role, on the agent's side and the server's. */
+export interface CpuSplit {
+  agent: Record<ThreadRole, { user: number; system: number }>;
+  server: Record<ThreadRole, { user: number; system: number }>;
+}
+
 export interface FioFigures {
   mbPerSec: number;
   iops: number;
@@ -43,6 +53,8 @@ export interface ReplicationResults {
     bytesRead: number;
     bytesSent: number;
     repoBytes: number;
+    /** Absent in results of runs before it was measured. */
+    threads?: CpuSplit;
   };
   /** Scattered 4 KiB writes, then a PIT: `pitSeconds` from the end of the writes until it is committed. */
   incremental: Cpu & {
@@ -259,6 +271,7 @@ export function renderReplication(r: ReplicationResults): string {
       `(asked for then) was committed ${c.pitSeconds.toFixed(2)} s after the last write ` +
       `(${c.totalSeconds.toFixed(1)} s from the first).`,
     "",
+    ...(i.threads ? [...cpuSplit(i.threads, i.seconds), ""] : []),
     `The change took ${c.framesSent} wire frames; while it shipped, up to ${c.windowFramesMax} frames were in flight ` +
       `(sent, not yet acknowledged), and ${Math.round(c.windowFullShare * 100)}% of the 20 ms samples were at that maximum.`,
     "",
@@ -349,4 +362,51 @@ export function renderReplication(r: ReplicationResults): string {
     "",
   ];
   return parts.join("\n");
+}
+
+/**
+ * The initial sync's CPU by thread, which is also by kind of work: on the
+ * agent, the main thread reads the disk, frames and encrypts (TLS) what it
+ * sends, and the block workers hash (SHA-256) and compress (zstd); on the
+ * server, the main thread decrypts (TLS), decompresses each block to check
+ * it and keeps the books (block maps, packs, checkpoints), and the chunk
+ * workers hash again (the writer trusts no id it is handed) and encrypt
+ * (AES-256-GCM).
+ */
+function cpuSplit(t: CpuSplit, seconds: number): string[] {
+  const work: Record<"agent" | "server", Record<ThreadRole, string>> = {
+    agent: {
+      main: "reading (O_DIRECT), framing, TLS encryption, sending",
+      "block workers": "zero detection, SHA-256, zstd compression",
+      "chunk workers": "",
+      "other threads": "libuv's I/O pool, V8's GC and compiler helpers",
+    },
+    server: {
+      main: "TLS decryption, zstd decompression (to check each block), block maps, packs, checkpoints",
+      "block workers": "",
+      "chunk workers": "SHA-256 again (ids are not trusted), AES-256-GCM encryption",
+      "other threads": "libuv's I/O pool (pack writes, fsync), V8's GC and compiler helpers",
+    },
+  };
+  const rows: string[][] = [];
+  for (const side of ["agent", "server"] as const)
+    for (const role of THREAD_ROLES) {
+      const { user, system } = t[side][role];
+      const s = user + system;
+      if (!work[side][role] && s < 0.05) continue;
+      rows.push([
+        side,
+        role,
+        s.toFixed(1),
+        system.toFixed(1),
+        `${Math.round((s / seconds) * 100)}%`,
+        work[side][role],
+      ]);
+    }
+  return [
+    "CPU of the initial sync by thread (from /proc/PID/task/TID/stat; the pools name their threads), " +
+      "and what each thread does:",
+    "",
+    table(["side", "threads", "CPU s", "of which system", "of the sync's wall time", "work"], rows),
+  ];
 }

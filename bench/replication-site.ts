@@ -6,11 +6,13 @@
  * token, as `agent install` would.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, readFileSync, writeFileSync } from "node:fs";
+import { createWriteStream, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Duplex } from "node:stream";
+import { BLOCK_THREAD_NAME, CHUNK_THREAD_NAME } from "../src/base/workers.js";
 import { createApiDispatcher, fetchJson, generateKeyAndCsr } from "../src/net/index.js";
 import { connectWire } from "../src/wire/index.js";
+import { THREAD_ROLES, type ThreadRole } from "./replication-report.js";
 import { ROOT, run } from "./sys.js";
 
 const CLI = path.join(ROOT, "bin", "lifeboat.js");
@@ -125,6 +127,43 @@ export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+/**
+ * CPU seconds (user and system) of the live threads of `pid` by role: the main
+ * thread (whose id is the pid), the agent's block workers and the
+ * repository's chunk workers (threads the pools name lifeboat-block and
+ * lifeboat-chunk), and every other thread (libuv's file I/O pool, V8's
+ * garbage-collection and compiler helpers). Differences of two readings give
+ * a step's split, as long as no thread of a role exits in between.
+ */
+export function threadCpuSeconds(pid: number): Record<ThreadRole, { user: number; system: number }> {
+  const out = Object.fromEntries(THREAD_ROLES.map((r) => [r, { user: 0, system: 0 }])) as Record<
+    ThreadRole,
+    { user: number; system: number }
+  >;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    let comm: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const role: ThreadRole =
+      tid === String(pid)
+        ? "main"
+        : comm === BLOCK_THREAD_NAME
+          ? "block workers"
+          : comm === CHUNK_THREAD_NAME
+            ? "chunk workers"
+            : "other threads";
+    out[role].user += Number(fields[11]) / CLK_TCK;
+    out[role].system += Number(fields[12]) / CLK_TCK;
+  }
+  return out;
 }
 
 /** Peak resident set of a running process (VmHWM), in MiB. */

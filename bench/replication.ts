@@ -43,9 +43,15 @@ import {
 import { ensureImages, sizeFromArgs } from "./make-image.js";
 import { makeSecrets, requireTimeBinary, round } from "./peers.js";
 import { machineFacts } from "./report.js";
-import { renderReplication, type FioFigures, type ReplicationResults } from "./replication-report.js";
+import {
+  THREAD_ROLES,
+  renderReplication,
+  type CpuSplit,
+  type FioFigures,
+  type ReplicationResults,
+} from "./replication-report.js";
 import { dropCachesAsync, replicationPeers, spawnAsync } from "./replication-peers.js";
-import { peakRssMiB, processCpuSeconds, startServerChild } from "./replication-site.js";
+import { peakRssMiB, processCpuSeconds, startServerChild, threadCpuSeconds } from "./replication-site.js";
 import { twinDisk } from "./twin-disk.js";
 import {
   GiB,
@@ -116,8 +122,26 @@ class Meter {
   private readonly wall = performance.now();
   private readonly agent = process.cpuUsage();
   private readonly server: number;
+  private readonly agentThreads = threadCpuSeconds(process.pid);
+  private readonly serverThreads: ReturnType<typeof threadCpuSeconds>;
   constructor(private readonly serverPid: number) {
     this.server = processCpuSeconds(serverPid);
+    this.serverThreads = threadCpuSeconds(serverPid);
+  }
+  /** CPU seconds by thread role since the meter started, on each side. */
+  threads(): CpuSplit {
+    type Reading = ReturnType<typeof threadCpuSeconds>;
+    const delta = (now: Reading, then: Reading) =>
+      Object.fromEntries(
+        THREAD_ROLES.map((r) => [
+          r,
+          { user: round(now[r].user - then[r].user, 2), system: round(now[r].system - then[r].system, 2) },
+        ]),
+      ) as CpuSplit["agent"];
+    return {
+      agent: delta(threadCpuSeconds(process.pid), this.agentThreads),
+      server: delta(threadCpuSeconds(this.serverPid), this.serverThreads),
+    };
   }
   read(): { seconds: number; agentCpuSeconds: number; serverCpuSeconds: number } {
     const a = process.cpuUsage(this.agent);
@@ -230,6 +254,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       3600_000,
     );
     const synced = meter.read();
+    const threads = meter.threads();
     const firstPoint = await agent.requestPoint();
     const withPit = meter.read();
     const initial = {
@@ -241,6 +266,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       bytesRead: agent.counters.bytesRead,
       bytesSent: agent.counters.bytesSent,
       repoBytes: dirBytes(server.repo),
+      threads,
     };
     log(
       `initial sync: ${initial.seconds} s (${initial.mbPerSec} MB/s), PIT after ${initial.pitSeconds} s; ` +

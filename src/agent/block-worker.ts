@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import { parentPort, workerData } from "node:worker_threads";
 import zstd from "zstd-napi/binding.js";
-import { serveMessages } from "../base/workers.js";
+import { BLOCK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import type { BlockJob, BlockJobResult } from "./block-pool.js";
 
 const { level } = workerData as { level: number };
@@ -64,4 +64,4 @@ serveMessages<BlockJob>((job) => {
     lengths: lengths.buffer,
   };
   parentPort!.postMessage(out, [job.buffer, out.hashes, out.kinds, out.lengths, packed.buffer]);
-});
+}, BLOCK_THREAD_NAME);

@@ -7,6 +7,7 @@
  * its port when it reaches that message (its modules are loaded by then),
  * and only a worker that has not exited after a grace period is terminated.
  */
+import { writeFileSync } from "node:fs";
 import { type Worker, parentPort } from "node:worker_threads";
 
 const STOP = "lifeboat:stop-worker";
@@ -21,8 +22,18 @@ const STOP = "lifeboat:stop-worker";
  */
 export const WORKER_YOUNG_GENERATION_MB = 2;
 
-/** In a worker: handles each message from the pool, and stops when asked. */
-export function serveMessages<T>(handle: (msg: T) => void): void {
+/** Thread names of the agent's block workers (hashing, compression) and the repository's chunk workers. */
+export const BLOCK_THREAD_NAME = "lifeboat-block";
+export const CHUNK_THREAD_NAME = "lifeboat-chunk";
+
+/**
+ * In a worker: handles each message from the pool, and stops when asked.
+ * `threadName` (at most 15 bytes) names the worker's thread for the kernel,
+ * so that `top -H`, `ps -L` and /proc/PID/task/TID/comm tell the pools'
+ * threads apart from the main thread and libuv's (all "node" otherwise).
+ */
+export function serveMessages<T>(handle: (msg: T) => void, threadName?: string): void {
+  if (threadName) nameThread(threadName);
   const port = parentPort!;
   port.on("message", (msg: T | { type: typeof STOP }) => {
     if ((msg as { type?: unknown })?.type === STOP) port.close();
@@ -48,4 +59,13 @@ export async function stopWorker(w: Worker, graceMs = 10_000): Promise<void> {
   });
   if ((await Promise.race([exited, late])) === "late") await w.terminate();
   clearTimeout(timer);
+}
+
+/** Names the calling thread (Linux; elsewhere, or where /proc is not mounted, nothing happens). */
+function nameThread(name: string): void {
+  try {
+    writeFileSync("/proc/thread-self/comm", name.slice(0, 15));
+  } catch {
+    // Not Linux, or no /proc: the thread keeps its name.
+  }
 }

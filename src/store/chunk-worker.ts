@@ -11,7 +11,7 @@ import { promisify } from "node:util";
 import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
-import { serveMessages } from "../base/workers.js";
+import { CHUNK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
 import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
 import zstd from "zstd-napi/binding.js";
@@ -452,4 +452,4 @@ function decodeChunk(name: string, id: Uint8Array, data: Uint8Array): Buffer {
   return plain;
 }
 
-serveMessages<WorkerRequest>(handle);
+serveMessages<WorkerRequest>(handle, CHUNK_THREAD_NAME);
