@@ -5,6 +5,7 @@
  */
 import os from "node:os";
 import { Worker } from "node:worker_threads";
+import { takeSpare } from "../base/spare.js";
 import { WORKER_YOUNG_GENERATION_MB, stopWorker } from "../base/workers.js";
 
 /** @internal to the worker. */
@@ -141,12 +142,9 @@ export class BlockPool {
     if (this.spare.length < SPARE_RUNS) this.spare.push(ab);
   }
 
-  /** The smallest spare buffer of at least `length` bytes, else a new one. */
+  /** A spare buffer of at least `length` bytes, else a new one. */
   private takeBuffer(length: number): ArrayBuffer {
-    let i = -1;
-    for (const [k, ab] of this.spare.entries())
-      if (ab.byteLength >= length && (i < 0 || ab.byteLength < this.spare[i]!.byteLength)) i = k;
-    return i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(length).buffer;
+    return takeSpare(this.spare, length) ?? Buffer.allocUnsafeSlow(length).buffer;
   }
 
   async close(): Promise<void> {

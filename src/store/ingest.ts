@@ -1,3 +1,4 @@
+import { takeSpare } from "../base/spare.js";
 import { ZERO_ENTRY, isZeroId, leafEntry, walkBlockMap, type BlockMapRef } from "./block-map.js";
 import { type ChunkClaim, KnownIds, type KnownIdsOptions } from "./known-index.js";
 import { OBJECT_OVERHEAD } from "./codec.js";
@@ -156,11 +157,7 @@ export class ChunkIngest {
    */
   takeBuffer(length: number): Buffer {
     const room = length + Math.ceil(length / this.repo.config.chunkSize) * OBJECT_OVERHEAD;
-    // The smallest that fits: runs of a few chunks leave the large buffers to large runs.
-    let i = -1;
-    for (const [k, ab] of this.spare.entries())
-      if (ab.byteLength >= room && (i < 0 || ab.byteLength < this.spare[i]!.byteLength)) i = k;
-    const ab = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(room).buffer;
+    const ab = takeSpare(this.spare, room) ?? Buffer.allocUnsafeSlow(room).buffer;
     this.lent++;
     return Buffer.from(ab, 0, length);
   }

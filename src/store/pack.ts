@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { LifeboatError } from "../base/index.js";
+import { takeSpare } from "../base/spare.js";
 import { type ChunkLocation, ID_LEN, PACK_ID_LEN } from "./block-map.js";
 import { ObjectKind } from "./codec.js";
 import { Limiter } from "./limiter.js";
@@ -125,8 +126,7 @@ export class PackWriter {
       need > cap
         ? need + PACK_BUFFER_STEP
         : Math.min(cap, Math.max(need, 2 * this.buf.length, start, PACK_BUFFER_STEP));
-    const i = this.spare.findIndex((b) => b.length >= need);
-    const next = i >= 0 ? this.spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(want);
+    const next = takeSpare(this.spare, need) ?? Buffer.allocUnsafeSlow(want);
     this.buf.copy(next, 0, 0, this.size);
     this.buf = next;
   }
