@@ -3,8 +3,9 @@
 //   node scripts/run-tests.js            every test under dist/test but dist/test/integration
 //   node scripts/run-tests.js --fast     leaves out test/e2e and files named *.slow.test.ts
 //   node scripts/run-tests.js --file P   one file; P may name the .ts source or the compiled .js
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
+import readline from "node:readline";
 import path from "node:path";
 
 const args = process.argv.slice(2);
@@ -51,9 +52,32 @@ const passthrough = args.filter((a, i) => a.startsWith("--test-") && i !== fileI
 const guards = ["--test-force-exit", "--test-timeout=600000"].filter(
   (g) => !passthrough.some((a) => a.startsWith(g.split("=")[0])),
 );
-const res = spawnSync(
+const child = spawn(
   process.execPath,
   ["--enable-source-maps", "--test", "--test-concurrency=2", ...guards, ...passthrough, ...files],
-  { stdio: "inherit", cwd: root },
+  { stdio: ["inherit", "pipe", "inherit"], cwd: root },
 );
-process.exit(res.status ?? 1);
+// The TAP report passes through unchanged (CI reads its summary). Each failed test's entry is
+// kept as well and repeated after the summary, so the end of a long log says which test failed
+// and why without a search through hundreds of entries.
+const failures = [];
+let open = null;
+for await (const line of readline.createInterface({ input: child.stdout, crlfDelay: Infinity })) {
+  process.stdout.write(`${line}\n`);
+  const notOk = /^(\s*)not ok \d+ - (.*)$/.exec(line);
+  if (notOk) {
+    open = { indent: notOk[1].length, lines: [line] };
+    failures.push(open);
+  } else if (open) {
+    if (line.trim() === "..." && line.length - line.trimStart().length === open.indent + 2) open = null;
+    else if (open.lines.length < 40) open.lines.push(line);
+  }
+}
+const status = await new Promise((resolve) => child.on("close", (code) => resolve(code ?? 1)));
+// A suite fails because its tests did: those entries say the most.
+const leaves = failures.filter((f) => !f.lines.some((l) => l.trim() === "failureType: 'subtestsFailed'"));
+if (leaves.length > 0) {
+  process.stdout.write(`# failing tests (${leaves.length}):\n`);
+  for (const f of leaves) process.stdout.write(`${f.lines.map((l) => `#   ${l.trim() ? l.slice(f.indent) : l}`).join("\n")}\n`);
+}
+process.exit(status);
