@@ -24,6 +24,7 @@
  * other runs write bench/work/results/; `--results-dir` overrides both.
  */
 import { mkdirSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
+import { Session } from "node:inspector/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -280,6 +281,24 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     const seq0 = agent.session.lastAcked;
     const repo0 = dirBytes(server.repo);
     meter = new Meter(server.pid);
+    // LIFEBOAT_BENCH_TIMELINE=FILE: a sample every 20 ms of the change step (ms since the writes began,
+    // backlog bytes, bytes sent, frames acknowledged, frames in flight, lag s), to see where it waits.
+    const timeline: string[] = [];
+    // LIFEBOAT_BENCH_AGENT_PROF=FILE: a V8 CPU profile of this process's main thread (the agent) for the change step.
+    const profiler = process.env.LIFEBOAT_BENCH_AGENT_PROF ? new Session() : undefined;
+    if (profiler) {
+      profiler.connect();
+      await profiler.post("Profiler.enable");
+      await profiler.post("Profiler.start");
+    }
+    const t0 = Date.now();
+    const timelineSampler = process.env.LIFEBOAT_BENCH_TIMELINE
+      ? setInterval(() => {
+          const st = agent.status();
+          const row = [Date.now() - t0, st?.backlogBytes ?? -1, agent.counters.bytesSent - sent0];
+          timeline.push([...row, agent.session.lastAcked - seq0, agent.session.inFlight.frames, st?.lagSeconds ?? -1].join(" "));
+        }, 20)
+      : undefined;
     const scatter = JSON.parse(
       (await spawnAsync(process.execPath, scatterArgs(mnt, opts.sizeBytes, SEED))).stdout,
     ) as { writes: number; writeSize: number; filesTouched: number };
@@ -312,6 +331,15 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       clearInterval(windowSampler);
     }
     const pit = pitMeter.read();
+    if (profiler) {
+      const { profile } = await profiler.post("Profiler.stop");
+      writeFileSync(process.env.LIFEBOAT_BENCH_AGENT_PROF!, JSON.stringify(profile));
+      profiler.disconnect();
+    }
+    if (timelineSampler) {
+      clearInterval(timelineSampler);
+      writeFileSync(process.env.LIFEBOAT_BENCH_TIMELINE!, `${timeline.join("\n")}\n`);
+    }
     const windowMax = Math.max(0, ...window);
     const all = meter.read();
     const bytesWritten = scatter.writes * scatter.writeSize;

@@ -34,6 +34,9 @@ export interface OpenDiskOptions {
 
 const PAGE = 4096;
 
+/** Reads in flight at once in readRanges, when pieces are small enough to share the buffers. */
+const MAX_READS_IN_FLIGHT = 16;
+
 export class DiskReader {
   private readonly bufs: Buffer[];
   private closed = false;
@@ -133,11 +136,14 @@ export class DiskReader {
   /**
    * Reads each range in order in pieces of at most `chunkSize` bytes, calling
    * `onData(offset, data)` for each piece, in order; ranges may have any
-   * alignment (the device is read aligned, the piece trimmed). Up to `depth`
-   * reads are in flight, so the device works while `onData` does. `data` is
-   * a view of one of the reader's buffers: it is valid until the promise
-   * `onData` returns settles, so copy what must outlive it. Ranges must lie
-   * inside the disk (checked before anything is read).
+   * alignment (the device is read aligned, the piece trimmed). Reads run
+   * ahead while `onData` works: large pieces one per buffer (`depth` in
+   * flight), small ones side by side in the buffers, up to
+   * MAX_READS_IN_FLIGHT (blocks scattered over a disk, read one or two at a
+   * time, would each wait for the device in turn). `data` is a view of one
+   * of the reader's buffers: it is valid until the promise `onData` returns
+   * settles, so copy what must outlive it. Ranges must lie inside the disk
+   * (checked before anything is read).
    */
   async readRanges(
     ranges: Iterable<ByteRange>,
@@ -153,21 +159,38 @@ export class DiskReader {
           { hint: "the disk may have shrunk; rescan its size" },
         );
     const pieces = this.pieces(list);
-    type Done = { piece: Piece; buf: Buffer; got: number };
+    const chunk = this.chunkSize;
+    type Done = { piece: Piece; buf: number; data: Buffer; got: number };
     const inflight: Promise<Done>[] = [];
-    let issued = 0;
-    const issue = (): void => {
-      const n = pieces.next();
-      if (n.done) return;
-      const buf = this.bufs[issued++ % this.bufs.length]!;
-      const p = this.readAt(buf, n.value.start, n.value.want).then((got) => ({ piece: n.value, buf, got }));
+    // Pieces are placed one after another in a buffer, then in the next once it is all consumed
+    // (pieces are consumed in the order read): `used` counts each buffer's pieces not consumed.
+    const used = this.bufs.map(() => 0);
+    let cur = 0;
+    let at = 0;
+    let next = pieces.next();
+    const issue = (): boolean => {
+      if (next.done || inflight.length >= MAX_READS_IN_FLIGHT) return false;
+      const piece = next.value;
+      if (at + piece.want > chunk) {
+        const following = (cur + 1) % this.bufs.length;
+        if (used[following]! > 0 || (following === cur && used[cur]! > 0)) return false;
+        cur = following;
+        at = 0;
+      }
+      const buf = cur;
+      const data = this.bufs[buf]!.subarray(at, at + piece.want);
+      at += piece.want;
+      used[buf]!++;
+      next = pieces.next();
+      const p = this.readAt(data, piece.start, piece.want).then((got) => ({ piece, buf, data, got }));
       p.catch(() => undefined); // awaited below; this only keeps an early failure from going unhandled
       inflight.push(p);
+      return true;
     };
     try {
-      for (let i = 0; i < this.bufs.length; i++) issue();
+      while (issue());
       while (inflight.length) {
-        const { piece, buf, got } = await inflight.shift()!;
+        const { piece, buf, data, got } = await inflight.shift()!;
         const from = piece.pos - piece.start;
         const to = piece.next - piece.start;
         if (got < to)
@@ -176,8 +199,9 @@ export class DiskReader {
             `disk ${this.path} ended at ${piece.start + got} bytes, before ${piece.end} (it shrank while being read?)`,
             { hint: "rescan the disk's size and read again" },
           );
-        await onData(piece.pos, buf.subarray(from, to));
-        issue();
+        await onData(piece.pos, data.subarray(from, to));
+        used[buf]!--;
+        while (issue());
       }
     } finally {
       await Promise.allSettled(inflight);

@@ -31,10 +31,13 @@ export interface ReceiverConnection {
  * queue never holds more than the window the receiver announced, so a peer
  * that ignores the window is refused rather than buffered.
  *
- * ACKs are cumulative and coalesced: one when the queue runs empty, and
- * while it does not, one every quarter window (of frames or of bytes,
- * whichever comes first), so a busy receiver never lets the sender's window
- * run dry waiting for an ACK.
+ * ACKs are cumulative and coalesced: one when the queue runs empty; while
+ * it does not, one once the messages that became durable together have been
+ * taken (a checkpoint makes hundreds durable at once: the ACK goes at the
+ * end of that turn of the event loop, not after the next ones), and at the
+ * latest one every quarter window (of frames or of bytes). Under a steady
+ * stream the queue never runs empty, and a sender whose frames waited for
+ * the quarter window ran its window full of frames long durable.
  */
 export class ReliableReceiver {
   private applied: number;
@@ -52,6 +55,8 @@ export class ReliableReceiver {
   private running: Promise<void> | undefined;
   private sinceAck = 0;
   private bytesSinceAck = 0;
+  /** An ACK of what is applied by the end of this turn of the event loop (drain). */
+  private ackSoon: NodeJS.Immediate | undefined;
   private readonly ackEvery: number;
   private readonly ackEveryBytes: number;
 
@@ -88,6 +93,8 @@ export class ReliableReceiver {
   detach(conn?: ReceiverConnection): void {
     if (conn && conn !== this.conn) return;
     this.conn = undefined;
+    if (this.ackSoon) clearImmediate(this.ackSoon);
+    this.ackSoon = undefined;
     this.queue.length = 0;
     this.queuedBytes = 0;
     this.queued = this.applied;
@@ -148,16 +155,28 @@ export class ReliableReceiver {
       }
       this.sinceAck++;
       this.bytesSinceAck += next.size;
+      if (!this.conn) continue;
       if (
-        this.conn &&
-        (this.queue.length === 0 ||
-          this.sinceAck >= this.ackEvery ||
-          this.bytesSinceAck >= this.ackEveryBytes)
+        this.queue.length === 0 ||
+        this.sinceAck >= this.ackEvery ||
+        this.bytesSinceAck >= this.ackEveryBytes
       ) {
-        this.sinceAck = 0;
-        this.bytesSinceAck = 0;
-        this.conn.ack(this.applied);
+        this.sendAck();
+      } else {
+        // Messages made durable together resolve in one turn; the next may wait a whole checkpoint.
+        this.ackSoon ??= setImmediate(() => {
+          this.ackSoon = undefined;
+          if (this.sinceAck > 0) this.sendAck();
+        });
       }
     }
+  }
+
+  private sendAck(): void {
+    if (this.ackSoon) clearImmediate(this.ackSoon);
+    this.ackSoon = undefined;
+    this.sinceAck = 0;
+    this.bytesSinceAck = 0;
+    this.conn?.ack(this.applied);
   }
 }
