@@ -157,6 +157,7 @@ export class Replication {
       progressed: () => {
         this.lastProgress = this.clock.now();
       },
+      bytesPerSecond: () => this.bandwidth.bytesPerSecond,
     };
     this.pointContext = {
       disks: this.disks,

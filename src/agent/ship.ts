@@ -30,7 +30,12 @@ export interface ReadRun {
 /** A run to read: its place on the disk instead of its bytes. */
 type PlannedRun = Omit<ReadRun, "data"> & { length: number };
 
-/** Continuous shipping reads and ships the dirty runs in batches of at most this many bytes... */
+/**
+ * Continuous shipping reads and ships the dirty runs in batches of at most
+ * this many bytes (under a bandwidth cap, at most what the cap sends in a
+ * second: a batch read far ahead of the link would wait in memory while its
+ * blocks are written again)...
+ */
 const SHIP_BATCH_BYTES = 16 * 1024 * 1024;
 /** ...and runs. */
 const SHIP_BATCH_RUNS = 512;
@@ -49,6 +54,8 @@ export interface ShipContext {
   shipping: Set<{ bytes: number; since: number | null }>;
   /** A disk's settled set was all sent. */
   progressed(): void;
+  /** The bandwidth cap in bytes per second, 0 for none. */
+  bytesPerSecond(): number;
 }
 
 /**
@@ -107,7 +114,11 @@ async function shipSet(
 ): Promise<number> {
   // In batches, each read while the one before is shipped: the device and the link work at
   // once, and memory holds two batches, however large the set.
-  const batches = batchRuns(planDirty(d, set, ctx, deferred));
+  const cap = ctx.bytesPerSecond();
+  const batches = batchRuns(
+    planDirty(d, set, ctx, deferred),
+    cap > 0 ? Math.min(SHIP_BATCH_BYTES, Math.max(ctx.blockSize, cap)) : SHIP_BATCH_BYTES,
+  );
   let reading = batches.length ? readRuns(d, batches[0]!, ctx) : undefined;
   try {
     for (let k = 0; k < batches.length; k++) {
@@ -191,13 +202,13 @@ function planDirty(d: DiskRun, set: DirtySet, ctx: ShipContext, deferTo?: DirtyS
   return runs;
 }
 
-/** Planned runs in batches of at most SHIP_BATCH_BYTES and SHIP_BATCH_RUNS (a larger run is a batch alone). */
-function batchRuns(runs: PlannedRun[]): PlannedRun[][] {
+/** Planned runs in batches of at most `maxBytes` and SHIP_BATCH_RUNS (a larger run is a batch alone). */
+function batchRuns(runs: PlannedRun[], maxBytes: number): PlannedRun[][] {
   const out: PlannedRun[][] = [];
   let bytes = 0;
   for (const run of runs) {
     const last = out.at(-1);
-    if (last && last.length < SHIP_BATCH_RUNS && bytes + run.length <= SHIP_BATCH_BYTES) {
+    if (last && last.length < SHIP_BATCH_RUNS && bytes + run.length <= maxBytes) {
       last.push(run);
       bytes += run.length;
     } else {

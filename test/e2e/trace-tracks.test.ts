@@ -15,7 +15,7 @@ import { Replication } from "../../src/agent/replication.js";
 import { requireCapability } from "../support/capabilities.js";
 import { type Site, startSite, agentSettings } from "../support/lifeboat-site.js";
 import { loopDiskForTest } from "../support/loop-disk.js";
-import { assertPitIsSnapshot, snapshotDevice, until } from "../support/pit-check.js";
+import { assertPitIsSnapshot, sleep, snapshotDevice, until } from "../support/pit-check.js";
 
 const MiB = 1024 * 1024;
 
@@ -97,6 +97,67 @@ void describe("trace mode tracks every change", () => {
         await assertPitIsSnapshot(site, who.serverName, point.pitId!, frozen, path.join(tmp, "pit.img"), {
           fsck: false,
         });
+      } finally {
+        await rep.stop();
+      }
+    },
+  );
+
+  void it(
+    "reads a backlog as fast as a bandwidth cap lets it through, not all ahead",
+    { timeout: 180_000 },
+    async (t) => {
+      if (!requireCapability(t, "root", "loop", "tracefs")) return;
+      const disk = await loopDiskForTest(t, { sizeMiB: 64, ext4: false });
+      const dev = disk.device;
+      spawnSync("dd", [`if=/dev/urandom`, `of=${dev}`, "bs=1M", "count=64", "oflag=direct", "status=none"]);
+      const who = await site.register("capped1");
+      const rep = new Replication({
+        serverId: who.serverId,
+        hostname: "capped1",
+        version: "test",
+        disks: [{ index: 0, path: dev, kind: "device", id: "loop-capped" }],
+        blockSize: 65536,
+        settings: agentSettings({ tracker: "trace" }),
+        connect: () => site.connect(who),
+      });
+      await rep.start();
+      try {
+        await until("initial sync", () => rep.status()?.state === "CONTINUOUS");
+        // 0.5 Mbit/s: some 15 patches of 4 KiB a second, each read as its 64 KiB block.
+        rep.setBandwidth(0.5);
+        const read0 = rep.counters.bytesRead;
+        const sent0 = rep.counters.bytesSent;
+        // 400 scattered 4 KiB writes, each in a block of its own: 25 MiB of blocks to read.
+        const blocks = 400;
+        for (let i = 0; i < blocks; i++)
+          spawnSync("dd", [
+            "if=/dev/urandom",
+            `of=${dev}`,
+            "bs=4k",
+            "count=1",
+            `seek=${i * 16 * 2 + 3}`,
+            "oflag=direct",
+            "conv=notrunc",
+            "status=none",
+          ]);
+        await until("the backlog to ship", () => rep.counters.bytesSent > sent0);
+        await sleep(3000);
+        const read = rep.counters.bytesRead - read0;
+        const sent = rep.counters.bytesSent - sent0;
+        t.diagnostic(`under 0.5 Mbit/s: read ${read} B, sent ${sent} B`);
+        assert.ok((rep.status()?.backlogBytes ?? 0) > 0, "the cap holds a backlog back");
+        // Shipping reads a batch and the one after it; a batch is at most a second of the cap.
+        assert.ok(read < 10 * MiB, `read ${read} B of the ${blocks * 64} KiB backlog in ~3 s at 62.5 kB/s`);
+        assert.ok(read >= 64 * 1024, `it still reads: ${read} B`);
+
+        // Lifting the cap ships the rest.
+        rep.setBandwidth(0);
+        await until(
+          "caught up",
+          () => rep.status()?.backlogBytes === 0 && rep.counters.bytesRead - read0 >= blocks * 65536,
+        );
+        assert.ok(rep.counters.bytesRead - read0 <= (blocks + 64) * 65536, "each block read about once");
       } finally {
         await rep.stop();
       }
