@@ -57,6 +57,8 @@ const child = spawn(
   ["--enable-source-maps", "--test", "--test-concurrency=2", ...guards, ...passthrough, ...files],
   { stdio: ["inherit", "pipe", "inherit"], cwd: root },
 );
+// Listened for before the output is read: "close" may come as soon as it ends.
+const status = new Promise((resolve) => child.on("close", (code) => resolve(code ?? 1)));
 // The TAP report passes through unchanged (CI reads its summary). Each failed test's entry is
 // kept as well and repeated after the summary, so the end of a long log says which test failed
 // and why without a search through hundreds of entries.
@@ -73,11 +75,12 @@ for await (const line of readline.createInterface({ input: child.stdout, crlfDel
     else if (open.lines.length < 40) open.lines.push(line);
   }
 }
-const status = await new Promise((resolve) => child.on("close", (code) => resolve(code ?? 1)));
+
 // A suite fails because its tests did: those entries say the most.
 const leaves = failures.filter((f) => !f.lines.some((l) => l.trim() === "failureType: 'subtestsFailed'"));
 if (leaves.length > 0) {
   process.stdout.write(`# failing tests (${leaves.length}):\n`);
-  for (const f of leaves) process.stdout.write(`${f.lines.map((l) => `#   ${l.trim() ? l.slice(f.indent) : l}`).join("\n")}\n`);
+  for (const f of leaves)
+    process.stdout.write(`${f.lines.map((l) => `#   ${l.trim() ? l.slice(f.indent) : l}`).join("\n")}\n`);
 }
-process.exit(status);
+process.exit(await status);
