@@ -296,7 +296,14 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       ? setInterval(() => {
           const st = agent.status();
           const row = [Date.now() - t0, st?.backlogBytes ?? -1, agent.counters.bytesSent - sent0];
-          timeline.push([...row, agent.session.lastAcked - seq0, agent.session.inFlight.frames, st?.lagSeconds ?? -1].join(" "));
+          timeline.push(
+            [
+              ...row,
+              agent.session.lastAcked - seq0,
+              agent.session.inFlight.frames,
+              st?.lagSeconds ?? -1,
+            ].join(" "),
+          );
         }, 20)
       : undefined;
     const scatter = JSON.parse(

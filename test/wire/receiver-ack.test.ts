@@ -2,7 +2,13 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ReliableReceiver, type SequencedMessage } from "../../src/wire/index.js";
 
-const msg = { type: "POINT", pointId: "p", consistency: "crash", takenAt: 0, disks: [] } as unknown as SequencedMessage;
+const msg = {
+  type: "POINT",
+  pointId: "p",
+  consistency: "crash",
+  takenAt: 0,
+  disks: [],
+} as unknown as SequencedMessage;
 
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 
