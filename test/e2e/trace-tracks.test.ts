@@ -10,7 +10,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { after, before, describe, it } from "node:test";
+import { after, before, describe, it, type TestContext } from "node:test";
 import { Replication } from "../../src/agent/replication.js";
 import { requireCapability } from "../support/capabilities.js";
 import { type Site, startSite, agentSettings } from "../support/lifeboat-site.js";
@@ -31,27 +31,38 @@ void describe("trace mode tracks every change", () => {
     await rm(tmp, { recursive: true, force: true });
   });
 
+  /** A 64 MiB loop device of random bytes, replicated in trace mode until CONTINUOUS. */
+  async function tracedDisk(t: TestContext, name: string) {
+    const disk = await loopDiskForTest(t, { sizeMiB: 64, ext4: false });
+    const dev = disk.device;
+    spawnSync("dd", [`if=/dev/urandom`, `of=${dev}`, "bs=1M", "count=64", "oflag=direct", "status=none"]);
+    const who = await site.register(`${name}1`);
+    const rep = new Replication({
+      serverId: who.serverId,
+      hostname: `${name}1`,
+      version: "test",
+      disks: [{ index: 0, path: dev, kind: "device", id: `loop-${name}` }],
+      blockSize: 65536,
+      settings: agentSettings({ tracker: "trace" }),
+      connect: () => site.connect(who),
+    });
+    await rep.start();
+    try {
+      await until("initial sync", () => rep.status()?.state === "CONTINUOUS");
+    } catch (err) {
+      await rep.stop();
+      throw err;
+    }
+    return { dev, who, rep };
+  }
+
   void it(
     "writes, discards and write-zeroes reach the replica; reads follow writes",
     { timeout: 180_000 },
     async (t) => {
       if (!requireCapability(t, "root", "loop", "tracefs")) return;
-      const disk = await loopDiskForTest(t, { sizeMiB: 64, ext4: false });
-      const dev = disk.device;
-      spawnSync("dd", [`if=/dev/urandom`, `of=${dev}`, "bs=1M", "count=64", "oflag=direct", "status=none"]);
-      const who = await site.register("tracks1");
-      const rep = new Replication({
-        serverId: who.serverId,
-        hostname: "tracks1",
-        version: "test",
-        disks: [{ index: 0, path: dev, kind: "device", id: "loop-tracks" }],
-        blockSize: 65536,
-        settings: agentSettings({ tracker: "trace" }),
-        connect: () => site.connect(who),
-      });
-      await rep.start();
+      const { dev, who, rep } = await tracedDisk(t, "tracks");
       try {
-        await until("initial sync", () => rep.status()?.state === "CONTINUOUS");
         assert.equal(rep.tracker, "trace");
         const read0 = rep.counters.bytesRead;
         const rescans0 = rep.counters.rescans;
@@ -108,22 +119,8 @@ void describe("trace mode tracks every change", () => {
     { timeout: 180_000 },
     async (t) => {
       if (!requireCapability(t, "root", "loop", "tracefs")) return;
-      const disk = await loopDiskForTest(t, { sizeMiB: 64, ext4: false });
-      const dev = disk.device;
-      spawnSync("dd", [`if=/dev/urandom`, `of=${dev}`, "bs=1M", "count=64", "oflag=direct", "status=none"]);
-      const who = await site.register("capped1");
-      const rep = new Replication({
-        serverId: who.serverId,
-        hostname: "capped1",
-        version: "test",
-        disks: [{ index: 0, path: dev, kind: "device", id: "loop-capped" }],
-        blockSize: 65536,
-        settings: agentSettings({ tracker: "trace" }),
-        connect: () => site.connect(who),
-      });
-      await rep.start();
+      const { dev, rep } = await tracedDisk(t, "capped");
       try {
-        await until("initial sync", () => rep.status()?.state === "CONTINUOUS");
         // 0.5 Mbit/s: some 15 patches of 4 KiB a second, each read as its 64 KiB block.
         rep.setBandwidth(0.5);
         const read0 = rep.counters.bytesRead;
