@@ -204,6 +204,31 @@ function medianFigures(rounds: readonly FioFigures[]): FioFigures {
   };
 }
 
+/**
+ * With a FILE, a sample every 20 ms until `stop()` writes them there, one line each: ms since the
+ * start, backlog bytes, bytes sent, frames acknowledged, frames and bytes in flight (sent, not yet
+ * acknowledged), lag in seconds. Shows where the agent waits: on the disk, the window or the replicator.
+ */
+function timeline(agent: Replication, file: string | undefined): { stop(): void } {
+  if (!file) return { stop() {} };
+  const rows: string[] = [];
+  const t0 = Date.now();
+  const sent0 = agent.counters.bytesSent;
+  const acked0 = agent.session.lastAcked;
+  const sampler = setInterval(() => {
+    const st = agent.status();
+    const { frames, bytes } = agent.session.inFlight;
+    const row = [Date.now() - t0, st?.backlogBytes ?? -1, agent.counters.bytesSent - sent0];
+    rows.push([...row, agent.session.lastAcked - acked0, frames, bytes, st?.lagSeconds ?? -1].join(" "));
+  }, 20);
+  return {
+    stop() {
+      clearInterval(sampler);
+      writeFileSync(file, `${rows.join("\n")}\n`);
+    },
+  };
+}
+
 /** How much worse `with` is than `without`, in %: positive when the agent costs the workload. */
 function costPercent(withAgent: number, without: number, higherIsBetter: boolean): number {
   const d = higherIsBetter ? without - withAgent : withAgent - without;
@@ -244,6 +269,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     const loadBefore = load1();
     let meter = new Meter(server.pid);
     await agent.start();
+    const syncTimeline = timeline(agent, process.env.LIFEBOAT_BENCH_TIMELINE_SYNC);
     let sawSync = false;
     await until(
       "the initial sync",
@@ -255,6 +281,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       3600_000,
     );
     const synced = meter.read();
+    syncTimeline.stop();
     const threads = meter.threads();
     const firstPoint = await agent.requestPoint();
     const withPit = meter.read();
@@ -281,9 +308,6 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     const seq0 = agent.session.lastAcked;
     const repo0 = dirBytes(server.repo);
     meter = new Meter(server.pid);
-    // LIFEBOAT_BENCH_TIMELINE=FILE: a sample every 20 ms of the change step (ms since the writes began,
-    // backlog bytes, bytes sent, frames acknowledged, frames in flight, lag s), to see where it waits.
-    const timeline: string[] = [];
     // LIFEBOAT_BENCH_AGENT_PROF=FILE: a V8 CPU profile of this process's main thread (the agent) for the change step.
     const profiler = process.env.LIFEBOAT_BENCH_AGENT_PROF ? new Session() : undefined;
     if (profiler) {
@@ -291,21 +315,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       await profiler.post("Profiler.enable");
       await profiler.post("Profiler.start");
     }
-    const t0 = Date.now();
-    const timelineSampler = process.env.LIFEBOAT_BENCH_TIMELINE
-      ? setInterval(() => {
-          const st = agent.status();
-          const row = [Date.now() - t0, st?.backlogBytes ?? -1, agent.counters.bytesSent - sent0];
-          timeline.push(
-            [
-              ...row,
-              agent.session.lastAcked - seq0,
-              agent.session.inFlight.frames,
-              st?.lagSeconds ?? -1,
-            ].join(" "),
-          );
-        }, 20)
-      : undefined;
+    const changeTimeline = timeline(agent, process.env.LIFEBOAT_BENCH_TIMELINE);
     const scatter = JSON.parse(
       (await spawnAsync(process.execPath, scatterArgs(mnt, opts.sizeBytes, SEED))).stdout,
     ) as { writes: number; writeSize: number; filesTouched: number };
@@ -343,10 +353,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       writeFileSync(process.env.LIFEBOAT_BENCH_AGENT_PROF!, JSON.stringify(profile));
       profiler.disconnect();
     }
-    if (timelineSampler) {
-      clearInterval(timelineSampler);
-      writeFileSync(process.env.LIFEBOAT_BENCH_TIMELINE!, `${timeline.join("\n")}\n`);
-    }
+    changeTimeline.stop();
     const windowMax = Math.max(0, ...window);
     const all = meter.read();
     const bytesWritten = scatter.writes * scatter.writeSize;

@@ -2,6 +2,7 @@ import zstdBinding from "zstd-napi/binding.js";
 import { LifeboatError } from "../base/index.js";
 import type { ChunkFrames, ConsistencyLevel, Pit } from "../store/index.js";
 import type { ReplicaApplier } from "./applier.js";
+import { RECENT_CHUNKS_OF_A_RUN } from "./chunk-writes.js";
 
 /** One whole block of a BLOCKS message: its bytes (raw or a zstd frame), or only its hash. */
 export interface IncomingBlock {
@@ -224,9 +225,15 @@ export class ReplicaStream {
       if (run === undefined) return;
       const { offset: from, blocks } = run;
       run = undefined;
-      const data = this.runContent(msg.disk, from, blocks);
+      // A long run (an initial sync, a rescan) is decompressed by the worker that hashes it; a short
+      // one here, so that its bytes are at hand for patches that follow (applier.writeChunks).
+      const inflate = blocks.length > RECENT_CHUNKS_OF_A_RUN;
+      const data = this.runContent(msg.disk, from, blocks, inflate);
       bytes += data.length; // before the write: it moves the buffer to a worker, which empties it here
-      await this.applier.writeChunks(msg.disk, from, data, { owned: true, frames: framesOf(blocks) });
+      await this.applier.writeChunks(msg.disk, from, data, {
+        owned: true,
+        frames: framesOf(blocks, inflate),
+      });
     };
     for (const b of msg.blocks) {
       if (this.diverged.size) this.diverged.delete(`${msg.disk}:${offset}`);
@@ -249,13 +256,16 @@ export class ReplicaStream {
 
   /**
    * The content of consecutive blocks from `offset`, in one buffer of its own:
-   * zero blocks as zeros, compressed ones decompressed in place. Each block
-   * must come out exactly as long as its chunk (the disk's last may be short).
+   * zero blocks as zeros, compressed ones decompressed in place — or, with
+   * `inflate`, left for the worker to decompress (ChunkFrames), once their
+   * frame header says they hold exactly their chunk. Each block must come out
+   * exactly as long as its chunk (the disk's last may be short).
    */
   private runContent(
     disk: number,
     offset: number,
     blocks: { encoding: string; data?: Uint8Array }[],
+    inflate = false,
   ): Buffer {
     const cs = this.applier.repo.config.chunkSize;
     const lengths = blocks.map((_, i) => this.chunkLength(disk, offset + i * cs));
@@ -273,7 +283,10 @@ export class ReplicaStream {
         got = want;
       } else if (b.encoding === "zstd") {
         const size = zstdBinding.getFrameContentSize(data);
-        got = size !== null && size !== want ? size : this.dctx.decompress(dest, data);
+        if (size !== null && size !== want) got = size;
+        else if (inflate && size !== null && zstdBinding.findFrameCompressedSize(data) === data.length)
+          got = want;
+        else got = this.dctx.decompress(dest, data);
       } else {
         if (data.length === want) dest.set(data);
         got = data.length;
@@ -421,9 +434,14 @@ function closedError(): LifeboatError {
  * The zstd frames of a run's compressed blocks, copied into one buffer (the
  * message's buffers are not the stream's to hand over), so that the
  * repository stores them as they came rather than compressing every block
- * again. runContent has checked that each decompresses to its whole block.
+ * again. runContent has checked that each decompresses to its whole block
+ * (or, with `inflate`, that its header says so: the worker decompresses it
+ * and checks).
  */
-function framesOf(blocks: { encoding: string; data?: Uint8Array }[]): ChunkFrames | undefined {
+function framesOf(
+  blocks: { encoding: string; data?: Uint8Array }[],
+  inflate: boolean,
+): ChunkFrames | undefined {
   let total = 0;
   for (const b of blocks) if (b.encoding === "zstd") total += b.data?.length ?? 0;
   if (total === 0) return undefined;
@@ -439,5 +457,5 @@ function framesOf(blocks: { encoding: string; data?: Uint8Array }[]): ChunkFrame
     spans.push(at, b.data.length);
     at += b.data.length;
   }
-  return { data, spans };
+  return { data, spans, ...(inflate ? { inflate } : {}) };
 }

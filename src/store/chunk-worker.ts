@@ -75,6 +75,34 @@ function frameOf(
   return frame;
 }
 
+const dctx = new zstd.DCtx();
+
+/** Decompresses each chunk's frame (ChunkFrames, `inflate`) into the chunk's place in the batch. */
+function inflate(
+  b: { data: Buffer; chunkSize: number; frames?: { data: Buffer; spans: number[] } },
+  n: number,
+) {
+  const f = b.frames!;
+  for (let i = 0; i < n; i++) {
+    const start = f.spans[2 * i] ?? -1;
+    if (start < 0) continue;
+    const chunk = chunkAt(b, i);
+    let got: number;
+    try {
+      got = dctx.decompress(chunk, f.data.subarray(start, start + f.spans[2 * i + 1]!));
+    } catch (err) {
+      throw badFrame(i, `does not decompress into its ${chunk.length} bytes (${(err as Error).message})`);
+    }
+    if (got !== chunk.length) throw badFrame(i, `decompresses to ${got} bytes, not ${chunk.length}`);
+  }
+}
+
+function badFrame(i: number, what: string): LifeboatError {
+  return new LifeboatError("STORE_BAD_FRAME", `the compressed form of chunk ${i} of the run ${what}`, {
+    hint: "the sender sent a damaged block; it resends from the last acknowledged message",
+  });
+}
+
 function handle(msg: WorkerRequest): void {
   switch (msg.type) {
     case "scan": {
@@ -89,9 +117,18 @@ function handle(msg: WorkerRequest): void {
         chunkSize: msg.chunkSize,
         ...(msg.frames ? { frames: { data: Buffer.from(msg.frames.data), spans: msg.frames.spans } } : {}),
       };
+      const n = Math.ceil(msg.length / msg.chunkSize);
+      if (msg.frames?.inflate) {
+        try {
+          inflate(batch, n);
+        } catch (err) {
+          const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_BAD_FRAME", String(err));
+          reply({ type: "failed", req: -1 - msg.batch, code: e.code, message: e.message, hint: e.hint });
+          return;
+        }
+      }
       batches.set(msg.batch, batch);
       if (zeros.length < msg.chunkSize) zeros = Buffer.alloc(msg.chunkSize);
-      const n = Math.ceil(msg.length / msg.chunkSize);
       const ids = new ArrayBuffer(n * 32);
       const view = Buffer.from(ids);
       for (let i = 0; i < n; i++) {

@@ -18,6 +18,13 @@ import { packName } from "./names.js";
 export interface ChunkFrames {
   data: Buffer;
   spans: number[];
+  /**
+   * The chunks that have a frame are not in the run's buffer yet: the worker
+   * decompresses each into its place before hashing (one that does not come
+   * out exactly the chunk's length fails the scan with STORE_BAD_FRAME), so
+   * that the writer's main thread neither decompresses nor copies them.
+   */
+  inflate?: boolean;
 }
 
 export type WorkerRequest =
@@ -28,7 +35,7 @@ export type WorkerRequest =
       length: number;
       chunkSize: number;
       /** zstd frames of some of the chunks (ChunkFrames), to store as they are. */
-      frames?: { data: ArrayBuffer; spans: number[] };
+      frames?: { data: ArrayBuffer; spans: number[]; inflate?: boolean };
     }
   /** The chunks to encode, by index in the batch: the worker names them by the ids it computed. */
   | { type: "encode"; batch: number; indexes: number[] }
@@ -281,12 +288,17 @@ export class WorkerPool {
     const ab = buffer.buffer as ArrayBuffer;
     if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length)
       throw new Error("scan needs a buffer of its own");
-    const f = frames && { data: transferable(frames.data), spans: frames.spans };
+    const f = frames && {
+      data: transferable(frames.data),
+      spans: frames.spans,
+      ...(frames.inflate ? { inflate: true } : {}),
+    };
     const r = await this.send(
       w,
       `scanned:${batch}`,
       { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize, ...(f ? { frames: f } : {}) },
       f ? [ab, f.data] : [ab],
+      `req:${-1 - batch}`,
     );
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }

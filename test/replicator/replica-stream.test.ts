@@ -269,4 +269,95 @@ void describe("replica stream", () => {
       assert.equal(await readHead(repo, "app03"), undefined, `${name}: nothing became durable`);
     }
   });
+
+  void it("decompresses a long run in a worker: stored right, a patch right after it reads its chunk back, a bad frame fails the stream", async () => {
+    const rand = prng(17);
+    const disk = Buffer.alloc(SIZE);
+    const N = 40; // more than the chunks of a run the stream keeps for patches
+    const list = [];
+    for (let i = 0; i < N; i++) {
+      const b = randomBuffer(rand, CHUNK);
+      if (i === 7) b.fill(0);
+      else if (i % 5 !== 0) b.fill(0x41, 0, (3 * CHUNK) / 4); // compresses
+      b.copy(disk, i * CHUNK);
+      if (i === 7) list.push({ encoding: "zero" as const, sha256: sha(b), data: Buffer.alloc(0) });
+      else if (i % 5 === 0) list.push({ encoding: "raw" as const, sha256: sha(b), data: b });
+      else list.push({ encoding: "zstd" as const, sha256: sha(b), data: new Compressor().compress(b) });
+    }
+    const run: IncomingMessage = { type: "BLOCKS", disk: 0, offset: 0, kind: "blocks", blocks: list };
+
+    const repo = await newRepository({ dir: path.join(dir, "long"), chunkSize: CHUNK });
+    const applier = await ReplicaApplier.open(repo, "app05", [
+      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+    ]);
+    const pits: Pit[] = [];
+    const stream = new ReplicaStream(applier, {
+      onDurable: () => undefined,
+      onPit: (_id, _seq, pit) => pits.push(pit),
+      onFailure: (err) => assert.fail(err),
+    });
+    await stream.apply(run, 1);
+    disk.write("patched", (N - 1) * CHUNK + 10);
+    await stream.apply(
+      {
+        type: "BLOCKS",
+        disk: 0,
+        offset: (N - 1) * CHUNK,
+        kind: "patch",
+        sha256: sha(disk.subarray((N - 1) * CHUNK, N * CHUNK)),
+        patches: [{ at: 10, data: Buffer.from("patched") }],
+      },
+      2,
+    );
+    await stream.apply(
+      { type: "POINT", pointId: "p", consistency: "crash", takenAt: 1_700_000_000_000, disks: [] },
+      3,
+    );
+    assert.equal(pits.length, 1);
+    const out = path.join(dir, "long.img");
+    await exportDisk(repo, pits[0]!, 0, out);
+    assert.ok((await fs.readFile(out)).equals(disk), "the PIT holds exactly what was sent and patched");
+    await stream.close();
+    await applier.close();
+
+    // A frame whose header declares its chunk's length but that holds less: only decompressing finds it.
+    const short = new Compressor().compress(Buffer.alloc(CHUNK - 16, 9));
+    const bad = {
+      ...run,
+      blocks: run.blocks.map((b, i) =>
+        i === 30 ? { ...b, encoding: "zstd" as const, data: declaring(short, CHUNK) } : b,
+      ),
+    };
+    const repo2 = await newRepository({ dir: path.join(dir, "long-bad"), chunkSize: CHUNK });
+    const applier2 = await ReplicaApplier.open(repo2, "app06", [
+      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+    ]);
+    const failures: Error[] = [];
+    const stream2 = new ReplicaStream(applier2, {
+      onDurable: () => undefined,
+      onFailure: (e) => failures.push(e),
+    });
+    await stream2.apply(bad, 1).catch((e: Error) => failures.push(e));
+    await stream2.commit().catch((e: Error) => failures.push(e));
+    assert.ok(failures.length > 0, "the stream failed");
+    assert.ok(
+      failures.some((e) => (e as LifeboatError).code === "STORE_BAD_FRAME"),
+      failures.map((e) => String(e)).join("; "),
+    );
+    assert.equal(stream2.hasFailed, true);
+    await stream2.close();
+    await applier2.close();
+    assert.equal(await readHead(repo2, "app06"), undefined, "nothing became durable");
+  });
 });
+
+/** `frame` with its header's content size set to `size` (what it holds stays as it was). */
+function declaring(frame: Buffer, size: number): Buffer {
+  const f = Buffer.from(frame);
+  const desc = f[4]!;
+  const at = 5 + ((desc >> 5) & 1 ? 0 : 1) + [0, 1, 2, 4][desc & 3]!;
+  if (desc >> 6 === 1) f.writeUInt16LE(size - 256, at);
+  else if (desc >> 6 === 2) f.writeUInt32LE(size, at);
+  else throw new Error(`frame header with content size flag ${desc >> 6}`);
+  return f;
+}
