@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { LifeboatError } from "../base/index.js";
 import {
+  type BlockMapRef,
   ChunkIngest,
   type ChunkFrames,
   type ConsistencyLevel,
@@ -436,12 +437,19 @@ export class ReplicaApplier {
       d.committing = d.pending;
       d.pending = new Map();
     }
-    await this.ingest.finish(); // stores every pack the taken entries lie in
+    // The packs the taken entries lie in and the block maps' new pages are stored at once: an
+    // entry names its pack from the start, and nothing names a page before the head below.
+    const refs = await settleAll([
+      this.ingest.finish().then(() => undefined),
+      ...ordered.map((d) =>
+        d.committing && d.committing.size > 0
+          ? updateBlockMap(this.repo, d.ref, d.committing, this.ingest.known.pages)
+          : Promise.resolve(d.ref),
+      ),
+    ]);
     const disks: PitDisk[] = [];
-    for (const d of ordered) {
-      if (d.committing && d.committing.size > 0) {
-        d.ref = await updateBlockMap(this.repo, d.ref, d.committing, this.ingest.known.pages);
-      }
+    for (const [k, d] of ordered.entries()) {
+      d.ref = refs[k + 1] as BlockMapRef;
       d.committing = undefined;
       disks.push({
         index: d.meta.index,
@@ -536,4 +544,12 @@ export class ReplicaApplier {
     await Promise.all(this.writes.inFlight());
     this.check();
   }
+}
+
+/** Like Promise.all, but rejects only once every promise has settled (nothing is left running). */
+async function settleAll<T>(promises: Promise<T>[]): Promise<T[]> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
+  return results.map((r) => (r as PromiseFulfilledResult<T>).value);
 }

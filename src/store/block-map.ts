@@ -235,6 +235,12 @@ export async function updateBlockMap(
   if (changes.size === 0 || ref.chunkCount === 0) return ref;
   const sorted = [...changes.entries()].sort((a, b) => a[0] - b[0]);
   const leaves = new Limiter(LEAF_WRITES_AT_ONCE);
+  // Every new page of the tree is stored at once, a parent no later than its children: a page's
+  // id is the hash of its content, so the parent can name a child before the child is stored,
+  // and the update waits for the file system once, not once per level. Nothing names the new
+  // root until the update has resolved, and it resolves only once every page is stored.
+  const writes = new Limiter(LEAF_WRITES_AT_ONCE);
+  const stored: Promise<void>[] = [];
   const rec = async (
     id: Buffer,
     level: number,
@@ -266,14 +272,23 @@ export async function updateBlockMap(
       }
       j = k;
     }
-    // Every write below has ended before this page is written or the update fails.
+    // Every page below is named before this one is made, or the update fails.
     const failed = (await Promise.allSettled(below)).find((r) => r.status === "rejected");
     if (failed) throw failed.reason;
     if (entries.every(isZeroId)) return ZERO_ID;
     // Cached: the next update (a replica's next checkpoint) starts from these pages.
-    return repo.putPage(encodePage(level, entries), known, { cache: true });
+    const page = repo.preparePage(encodePage(level, entries), known, { cache: true });
+    if (page.write) stored.push(writes.run(page.write));
+    return page.id;
   };
-  const root = await rec(ref.root ? Buffer.from(ref.root, "hex") : ZERO_ID, ref.depth - 1, 0, sorted);
+  // Once the root is named (or naming failed) every level has settled, so `stored` is complete;
+  // no write of this update may still run once it has resolved or rejected.
+  const named = await Promise.allSettled([
+    rec(ref.root ? Buffer.from(ref.root, "hex") : ZERO_ID, ref.depth - 1, 0, sorted),
+  ]);
+  const failed = [...named, ...(await Promise.allSettled(stored))].find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
+  const root = (named[0] as PromiseFulfilledResult<Buffer>).value;
   return { ...ref, root: isZeroId(root) ? null : root.toString("hex") };
 }
 

@@ -142,14 +142,33 @@ export class Repository {
 
   /** Stores a block-map page unless `known` says it is already there; returns its id. */
   async putPage(plain: Buffer, known?: PageIdSet, opts: { cache?: boolean } = {}): Promise<Buffer> {
+    const { id, write } = this.preparePage(plain, known, opts);
+    if (write) await write();
+    return id;
+  }
+
+  /**
+   * A page's id at once, and the write that stores it (none when `known`
+   * has it), so that a caller can name a page in its parent before the page
+   * is stored, and wait for every write of a tree together.
+   */
+  preparePage(
+    plain: Buffer,
+    known?: PageIdSet,
+    opts: { cache?: boolean } = {},
+  ): { id: Buffer; write?: () => Promise<void> } {
     const id = sha256(plain);
     const key = id.toString("latin1");
     if (opts.cache) this.cachePage(key, plain);
-    if (known?.has(key)) return id;
+    if (known?.has(key)) return { id };
     const name = this.pageName(id);
-    await this.backend.put(name, this.codec.encode(name, ObjectKind.page, plain));
-    known?.add(key);
-    return id;
+    return {
+      id,
+      write: async () => {
+        await this.backend.put(name, this.codec.encode(name, ObjectKind.page, plain));
+        known?.add(key);
+      },
+    };
   }
 
   async getPage(id: Uint8Array): Promise<Buffer> {

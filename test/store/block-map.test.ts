@@ -94,6 +94,64 @@ void describe("block map", () => {
     assert.ok(backend.puts.every((n) => n.startsWith("pages/")));
   });
 
+  void it("an update stores its new pages all at once and settles only once every one is stored", async () => {
+    // 64 chunks in pages of 4: 16 leaves, 4 pages above them, a root. A change in every leaf.
+    const held: { name: string; go(): void; fail(): void }[] = [];
+    let holding = false;
+    const inner = new MemoryBackend();
+    const backend = {
+      ...countingBackend(inner),
+      put: (name: string, data: Uint8Array) =>
+        holding && name.startsWith("pages/")
+          ? new Promise<void>((resolve, reject) =>
+              held.push({
+                name,
+                go: () => void inner.put(name, data).then(resolve, reject),
+                fail: () => reject(Object.assign(new Error("disk full"), { code: "ENOSPC" })),
+              }),
+            )
+          : inner.put(name, data),
+    };
+    const repo = await newRepository({ backend, pageFanout: 4 });
+    const model = Array.from({ length: 64 }, (_, i) => i + 1);
+    const base = await build(repo, model);
+    const changed = model.map((n, i) => (i % 4 === 1 ? n + 100 : n));
+    const changes = new Map(changed.flatMap((n, i) => (n !== model[i] ? [[i, id(n)] as const] : [])));
+    const until = async (what: string, ok: () => boolean) => {
+      for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 2));
+      assert.ok(ok(), `${what} (${held.length} held)`);
+    };
+
+    holding = true;
+    let settled = false;
+    const update = updateBlockMap(repo, base, changes).finally(() => (settled = true));
+    await until("all 21 new pages are being stored at once", () => held.length === 21);
+    assert.equal(settled, false, "the update waits for its pages");
+    for (const h of held.splice(0, 20)) h.go(); // the root's last
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(settled, false, "the update waits for its last page");
+    held.pop()!.go();
+    const next = await update;
+    holding = false;
+    assert.equal(next.root, (await build(repo, changed)).root, "the same map as built from scratch");
+    const seen: number[] = [];
+    await walkBlockMap(repo, next, (i) => void seen.push(i));
+    assert.equal(seen.length, 64, "every page of the new map can be read");
+
+    // A page that fails to store fails the update, once every other write of it has ended.
+    const again = new Map([...changes].map(([i]) => [i, id(i + 500)] as const));
+    settled = false;
+    holding = true;
+    const failing = updateBlockMap(repo, next, again).finally(() => (settled = true));
+    failing.catch(() => undefined);
+    await until("the second update's pages are being stored", () => held.length === 21);
+    held.shift()!.fail();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(settled, false, "no failure while other writes of the update still run");
+    for (const h of held.splice(0)) h.go();
+    await assert.rejects(failing, { code: "ENOSPC" });
+  });
+
   void it("the known set of two maps that share pages reads each shared page once, and misses nothing", async () => {
     const repo = await newRepository({ backend: new MemoryBackend(), chunkSize: 1 << 20 });
     const model = Array.from({ length: 1024 }, (_, i) => (i % 3 === 0 ? 0 : i + 1));
