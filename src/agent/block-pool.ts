@@ -1,30 +1,34 @@
 /**
  * The agent's CPU work on blocks, spread over one worker thread per core:
- * zero detection, SHA-256 and zstd. The main thread reads and sends; a run
- * of blocks moves to a worker and back by transfer, not copy.
+ * zero detection, SHA-256 and zstd. The main thread reads and sends; the
+ * workers read a run's blocks from, and write its frames into, a slab of
+ * shared memory that the pool keeps for later runs.
  */
 import os from "node:os";
 import { Worker } from "node:worker_threads";
-import { takeSpare } from "../base/spare.js";
+import zstd from "zstd-napi/binding.js";
 import { WORKER_YOUNG_GENERATION_MB, stopWorker } from "../base/workers.js";
 
 /** @internal to the worker. */
 export interface BlockJob {
   id: number;
-  buffer: ArrayBuffer;
+  /** The slab the run is in, at [0, length); its frames go at `framesAt`. */
+  slab: number;
+  /** The slab's memory, the first time this worker gets a job in it. */
+  memory?: SharedArrayBuffer;
+  /** Slabs the pool let go since this worker's last job: it forgets them. */
+  forget?: number[];
   length: number;
+  framesAt: number;
   blockSize: number;
   compress: boolean;
 }
 
-/** @internal from the worker. kinds: 0 zero, 1 raw, 2 zstd. */
+/** @internal from the worker. kinds: 0 zero, 1 raw, 2 zstd. Frames are in the job's slab, one after another. */
 export interface BlockJobResult {
   id: number;
-  buffer: ArrayBuffer;
   hashes: ArrayBuffer;
   kinds: ArrayBuffer;
-  frames: ArrayBuffer;
-  framesOffset: number;
   lengths: ArrayBuffer;
 }
 
@@ -37,16 +41,42 @@ export interface PreparedBlock {
   plain: Buffer;
 }
 
-/** Run buffers kept for the next runs (release): as many as reads are prepared ahead, and one more. */
-const SPARE_RUNS = 4;
+/**
+ * Slabs kept once released: as many as runs are prepared ahead and sent
+ * (two or three), and a few more. Memory that moves between threads by
+ * transfer arrives as new memory each time, and V8 collects garbage after
+ * every few tens of MiB of it: at the rate of an initial sync, several full
+ * collections a second. A slab is shared once with each worker and then
+ * named by its number.
+ */
+const SPARE_SLABS = 6;
+
+interface Slab {
+  id: number;
+  memory: SharedArrayBuffer;
+  /** Workers that have this slab's memory. */
+  known: Set<Worker>;
+}
+
+/** Room for a run of `length` bytes and, after it, the frames of its blocks (each at most compressBound). */
+function slabLayout(length: number, blockSize: number): { framesAt: number; size: number } {
+  const framesAt = Math.ceil(length / 4096) * 4096;
+  const n = Math.ceil(length / blockSize);
+  return { framesAt, size: framesAt + n * zstd.compressBound(blockSize) };
+}
 
 export class BlockPool {
   private readonly workers: Worker[] = [];
-  /** The buffer each prepared run's blocks are views of, until released. */
-  private readonly runBuffers = new WeakMap<PreparedBlock[], ArrayBuffer>();
-  private readonly spare: ArrayBuffer[] = [];
+  /** The slab each prepared run's blocks are views of, until released. */
+  private readonly runSlabs = new WeakMap<PreparedBlock[], Slab>();
+  private readonly spare: Slab[] = [];
+  /** Slabs let go, per worker that still has them. */
+  private readonly forgotten = new Map<Worker, number[]>();
+  /** A run never released (a failed send left it) gives its slab back once it is garbage. */
+  private readonly unreleased = new FinalizationRegistry<Slab>((slab) => this.giveBack(slab));
   private readonly pending = new Map<number, { resolve(r: BlockJobResult): void; reject(e: Error): void }>();
   private next = 0;
+  private nextSlab = 0;
   private failure: Error | undefined;
 
   /** `level` 0 sends blocks uncompressed. */
@@ -82,40 +112,51 @@ export class BlockPool {
    * Prepares the blocks of `data` (consecutive blocks of `blockSize`, the
    * last possibly short; or parts of whole blocks, one after another, of
    * which only the last may end in a short block). `data` is copied into a
-   * transferable buffer first, so the caller may reuse it at once. The
-   * blocks are views of that buffer: `release` them once sent, and it serves
-   * a later run (fresh memory per run costs page faults, and freed blocks of
-   * this size stay in the allocator's heaps).
+   * slab first, so the caller may reuse it at once. The blocks and their
+   * frames are views of that slab: `release` them once sent, and it serves a
+   * later run (fresh memory per run costs page faults and garbage
+   * collections, and freed blocks of this size stay in the allocator's heaps).
    */
   async prepare(data: Buffer | Buffer[], blockSize: number, compress = true): Promise<PreparedBlock[]> {
     if (this.failure) throw this.failure;
     const parts = Array.isArray(data) ? data : [data];
     const length = parts.reduce((n, p) => n + p.length, 0);
-    // A buffer of its own (not zero-filled first): it moves to the worker and back.
-    const own = Buffer.from(this.takeBuffer(length), 0, length);
+    const { framesAt, size } = slabLayout(length, blockSize);
+    const slab = this.takeSlab(size);
+    const mem = Buffer.from(slab.memory);
     let at = 0;
-    for (const p of parts) at += p.copy(own, at);
-    const ab = own.buffer;
+    for (const p of parts) at += p.copy(mem, at);
     const id = this.next++;
     const w = this.workers[id % this.workers.length]!;
-    const r = await new Promise<BlockJobResult>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      const job: BlockJob = {
-        id,
-        buffer: ab,
-        length,
-        blockSize,
-        compress: compress && this.level > 0,
-      };
-      w.postMessage(job, [ab]);
-    });
-    const plain = Buffer.from(r.buffer, 0, length);
+    let r: BlockJobResult;
+    try {
+      r = await new Promise<BlockJobResult>((resolve, reject) => {
+        this.pending.set(id, { resolve, reject });
+        const forget = this.forgotten.get(w);
+        this.forgotten.delete(w);
+        const job: BlockJob = {
+          id,
+          slab: slab.id,
+          ...(slab.known.has(w) ? {} : { memory: slab.memory }),
+          ...(forget ? { forget } : {}),
+          length,
+          framesAt,
+          blockSize,
+          compress: compress && this.level > 0,
+        };
+        slab.known.add(w);
+        w.postMessage(job);
+      });
+    } catch (err) {
+      this.giveBack(slab);
+      throw err;
+    }
+    const plain = mem.subarray(0, length);
     const hashes = Buffer.from(r.hashes);
     const kinds = new Uint8Array(r.kinds);
     const lengths = new Uint32Array(r.lengths);
-    const frames = Buffer.from(r.frames, r.framesOffset);
     const out: PreparedBlock[] = [];
-    let f = 0;
+    let f = framesAt;
     for (let i = 0; i < kinds.length; i++) {
       const block = plain.subarray(i * blockSize, Math.min(plain.length, (i + 1) * blockSize));
       const sha256 = hashes.subarray(i * 32, i * 32 + 32);
@@ -123,28 +164,52 @@ export class BlockPool {
       else if (kinds[i] === 1) out.push({ encoding: "raw", sha256, data: block, plain: block });
       else {
         const len = lengths[i]!;
-        out.push({ encoding: "zstd", sha256, data: frames.subarray(f, f + len), plain: block });
+        out.push({ encoding: "zstd", sha256, data: mem.subarray(f, f + len), plain: block });
         f += len;
       }
     }
-    this.runBuffers.set(out, r.buffer);
+    this.runSlabs.set(out, slab);
+    this.unreleased.register(out, slab, out);
     return out;
   }
 
   /**
-   * Takes back the buffer of blocks `prepare` returned: the caller is done
+   * Takes back the slab of blocks `prepare` returned: the caller is done
    * with them (a message that carried them is encoded: it holds a copy).
+   * The next run may be prepared in it at once.
    */
   release(blocks: PreparedBlock[]): void {
-    const ab = this.runBuffers.get(blocks);
-    if (!ab) return;
-    this.runBuffers.delete(blocks);
-    if (this.spare.length < SPARE_RUNS) this.spare.push(ab);
+    const slab = this.runSlabs.get(blocks);
+    if (!slab) return;
+    this.runSlabs.delete(blocks);
+    this.unreleased.unregister(blocks);
+    this.giveBack(slab);
   }
 
-  /** A spare buffer of at least `length` bytes, else a new one. */
-  private takeBuffer(length: number): ArrayBuffer {
-    return takeSpare(this.spare, length) ?? Buffer.allocUnsafeSlow(length).buffer;
+  /** The smallest spare slab of at least `size` bytes, else a new one. */
+  private takeSlab(size: number): Slab {
+    let best = -1;
+    for (const [i, s] of this.spare.entries())
+      if (
+        s.memory.byteLength >= size &&
+        (best < 0 || s.memory.byteLength < this.spare[best]!.memory.byteLength)
+      )
+        best = i;
+    if (best >= 0) return this.spare.splice(best, 1)[0]!;
+    return { id: this.nextSlab++, memory: new SharedArrayBuffer(size), known: new Set() };
+  }
+
+  private giveBack(slab: Slab): void {
+    this.spare.push(slab);
+    if (this.spare.length <= SPARE_SLABS) return;
+    // Too many: the smallest goes (a large one serves any run), and the workers forget it.
+    this.spare.sort((a, b) => b.memory.byteLength - a.memory.byteLength);
+    const dropped = this.spare.pop()!;
+    for (const w of dropped.known) {
+      const list = this.forgotten.get(w) ?? [];
+      list.push(dropped.id);
+      this.forgotten.set(w, list);
+    }
   }
 
   async close(): Promise<void> {

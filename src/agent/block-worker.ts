@@ -12,24 +12,23 @@ import type { BlockJob, BlockJobResult } from "./block-pool.js";
 const { level } = workerData as { level: number };
 const cctx = level > 0 ? new zstd.CCtx() : null;
 let zeros = Buffer.alloc(0);
-/**
- * Where a job's blocks are compressed, one after another, reused by every
- * job: a fresh output buffer per block (and one more to join them) was most
- * of what this thread allocated, and freed blocks of those sizes stay in the
- * allocator's heaps.
- */
-let scratch = Buffer.alloc(0);
+/** The pool's slabs this worker has been given, by number. */
+const slabs = new Map<number, Buffer>();
 
 serveMessages<BlockJob>((job) => {
-  const data = Buffer.from(job.buffer, 0, job.length);
+  for (const id of job.forget ?? []) slabs.delete(id);
+  if (job.memory) slabs.set(job.slab, Buffer.from(job.memory));
+  const slab = slabs.get(job.slab);
+  if (!slab) throw new Error(`block worker: slab ${job.slab} was never given`);
+  const data = slab.subarray(0, job.length);
   const n = Math.ceil(job.length / job.blockSize);
   if (zeros.length < job.blockSize) zeros = Buffer.alloc(job.blockSize);
   const hashes = Buffer.alloc(n * 32);
   const kinds = new Uint8Array(n);
   const lengths = new Uint32Array(n);
   const bound = zstd.compressBound(job.blockSize);
-  if (job.compress && cctx && scratch.length < n * bound) scratch = Buffer.allocUnsafeSlow(n * bound);
-  let framed = 0;
+  // Frames go into the slab after the run, one after another (the pool made room for n bounds).
+  let framed = job.framesAt;
   for (let i = 0; i < n; i++) {
     const block = data.subarray(i * job.blockSize, Math.min(job.length, (i + 1) * job.blockSize));
     if (block.equals(zeros.subarray(0, block.length))) {
@@ -42,7 +41,7 @@ serveMessages<BlockJob>((job) => {
       .copy(hashes, i * 32);
     if (job.compress && cctx) {
       // A zstd frame that declares its content size (the replicator checks it against the block's).
-      const z = cctx.compress(scratch.subarray(framed, framed + bound), block, level);
+      const z = cctx.compress(slab.subarray(framed, framed + bound), block, level);
       if (z < block.length - (block.length >>> 4)) {
         kinds[i] = 2;
         lengths[i] = z;
@@ -52,16 +51,11 @@ serveMessages<BlockJob>((job) => {
     }
     kinds[i] = 1;
   }
-  const packed = Buffer.allocUnsafeSlow(framed);
-  scratch.copy(packed, 0, 0, framed);
   const out: BlockJobResult = {
     id: job.id,
-    buffer: job.buffer,
     hashes: hashes.buffer,
     kinds: kinds.buffer,
-    frames: packed.buffer,
-    framesOffset: packed.byteOffset,
     lengths: lengths.buffer,
   };
-  parentPort!.postMessage(out, [job.buffer, out.hashes, out.kinds, out.lengths, packed.buffer]);
+  parentPort!.postMessage(out, [out.hashes, out.kinds, out.lengths]);
 }, BLOCK_THREAD_NAME);

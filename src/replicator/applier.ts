@@ -202,9 +202,9 @@ export class ReplicaApplier {
    * moves to a worker without a copy.
    * `frames`: the chunks' zstd frames as received, stored as they are
    * instead of compressed again (ChunkFrames; handed over too). With
-   * `inflate`, the chunks that have a frame are not in `data` yet (a worker
-   * decompresses them) and none of the run's bytes are kept for patches: a
-   * patch that follows reads its chunk back by its entry.
+   * `inflate`, the first chunks that have a frame are not in `data` yet (a
+   * worker decompresses them); the last few, kept for patches that may
+   * follow, must be.
    */
   async writeChunks(
     diskIndex: number,
@@ -224,14 +224,15 @@ export class ReplicaApplier {
       );
     }
     if (data.length === 0) return;
-    const inflate = opts.frames?.inflate === true;
-    const single = data.length === cs && !inflate;
+    const inflate = opts.frames?.inflate ?? 0;
+    const single = data.length === cs && inflate === 0;
     const slots = single ? this.singles : this.slots;
     await slots.acquire();
     // A copy of the last few chunks for patches that may follow (the buffer below is transferred).
-    const keep = inflate
-      ? 0
-      : Math.min(this.recentChunks, RECENT_CHUNKS_OF_A_RUN, Math.ceil(data.length / cs)) * cs;
+    const keep = Math.min(this.recentChunks, RECENT_CHUNKS_OF_A_RUN, Math.ceil(data.length / cs)) * cs;
+    if (inflate > Math.ceil(Math.max(0, data.length - keep) / cs)) {
+      throw new Error(`internal: ${inflate} chunks of a run are left to a worker, ${keep / cs} kept`);
+    }
     const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
     const keptFrom = data.length - kept.length;
     const length = data.length; // `data` may be `own`, detached once it moves

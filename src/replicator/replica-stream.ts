@@ -225,9 +225,10 @@ export class ReplicaStream {
       if (run === undefined) return;
       const { offset: from, blocks } = run;
       run = undefined;
-      // A long run (an initial sync, a rescan) is decompressed by the worker that hashes it; a short
-      // one here, so that its bytes are at hand for patches that follow (applier.writeChunks).
-      const inflate = blocks.length > RECENT_CHUNKS_OF_A_RUN;
+      // The worker that hashes a long run (an initial sync, a rescan) decompresses all of it but its
+      // last chunks, which are decompressed here: the applier keeps them for patches that follow (a
+      // patch to a chunk it does not keep reads it back, and waits for its pack to be stored).
+      const inflate = Math.max(0, blocks.length - RECENT_CHUNKS_OF_A_RUN);
       const data = this.runContent(msg.disk, from, blocks, inflate);
       bytes += data.length; // before the write: it moves the buffer to a worker, which empties it here
       await this.applier.writeChunks(msg.disk, from, data, {
@@ -256,16 +257,16 @@ export class ReplicaStream {
 
   /**
    * The content of consecutive blocks from `offset`, in one buffer of its own:
-   * zero blocks as zeros, compressed ones decompressed in place — or, with
-   * `inflate`, left for the worker to decompress (ChunkFrames), once their
-   * frame header says they hold exactly their chunk. Each block must come out
-   * exactly as long as its chunk (the disk's last may be short).
+   * zero blocks as zeros, compressed ones decompressed in place — or, the
+   * first `inflate` blocks, left for the worker to decompress (ChunkFrames)
+   * once their frame header says they hold exactly their chunk. Each block
+   * must come out exactly as long as its chunk (the disk's last may be short).
    */
   private runContent(
     disk: number,
     offset: number,
     blocks: { encoding: string; data?: Uint8Array }[],
-    inflate = false,
+    inflate = 0,
   ): Buffer {
     const cs = this.applier.repo.config.chunkSize;
     const lengths = blocks.map((_, i) => this.chunkLength(disk, offset + i * cs));
@@ -284,7 +285,7 @@ export class ReplicaStream {
       } else if (b.encoding === "zstd") {
         const size = zstdBinding.getFrameContentSize(data);
         if (size !== null && size !== want) got = size;
-        else if (inflate && size !== null && zstdBinding.findFrameCompressedSize(data) === data.length)
+        else if (i < inflate && size !== null && zstdBinding.findFrameCompressedSize(data) === data.length)
           got = want;
         else got = this.dctx.decompress(dest, data);
       } else {
@@ -435,12 +436,12 @@ function closedError(): LifeboatError {
  * message's buffers are not the stream's to hand over), so that the
  * repository stores them as they came rather than compressing every block
  * again. runContent has checked that each decompresses to its whole block
- * (or, with `inflate`, that its header says so: the worker decompresses it
- * and checks).
+ * (or, for the first `inflate`, that its header says so: the worker
+ * decompresses it and checks).
  */
 function framesOf(
   blocks: { encoding: string; data?: Uint8Array }[],
-  inflate: boolean,
+  inflate: number,
 ): ChunkFrames | undefined {
   let total = 0;
   for (const b of blocks) if (b.encoding === "zstd") total += b.data?.length ?? 0;

@@ -77,7 +77,7 @@ function frameOf(
 
 const dctx = new zstd.DCtx();
 
-/** Decompresses each chunk's frame (ChunkFrames, `inflate`) into the chunk's place in the batch. */
+/** Decompresses the frames of the first `n` chunks (ChunkFrames, `inflate`) into their places in the batch. */
 function inflate(
   b: { data: Buffer; chunkSize: number; frames?: { data: Buffer; spans: number[] } },
   n: number,
@@ -120,7 +120,7 @@ function handle(msg: WorkerRequest): void {
       const n = Math.ceil(msg.length / msg.chunkSize);
       if (msg.frames?.inflate) {
         try {
-          inflate(batch, n);
+          inflate(batch, Math.min(n, msg.frames.inflate));
         } catch (err) {
           const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_BAD_FRAME", String(err));
           reply({ type: "failed", req: -1 - msg.batch, code: e.code, message: e.message, hint: e.hint });

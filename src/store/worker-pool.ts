@@ -19,12 +19,12 @@ export interface ChunkFrames {
   data: Buffer;
   spans: number[];
   /**
-   * The chunks that have a frame are not in the run's buffer yet: the worker
-   * decompresses each into its place before hashing (one that does not come
-   * out exactly the chunk's length fails the scan with STORE_BAD_FRAME), so
-   * that the writer's main thread neither decompresses nor copies them.
+   * The chunks before this index that have a frame are not in the run's
+   * buffer yet: the worker decompresses each into its place before hashing
+   * (one that does not come out exactly the chunk's length fails the scan
+   * with STORE_BAD_FRAME), so that the writer's main thread does not.
    */
-  inflate?: boolean;
+  inflate?: number;
 }
 
 export type WorkerRequest =
@@ -35,7 +35,7 @@ export type WorkerRequest =
       length: number;
       chunkSize: number;
       /** zstd frames of some of the chunks (ChunkFrames), to store as they are. */
-      frames?: { data: ArrayBuffer; spans: number[]; inflate?: boolean };
+      frames?: { data: ArrayBuffer; spans: number[]; inflate?: number };
     }
   /** The chunks to encode, by index in the batch: the worker names them by the ids it computed. */
   | { type: "encode"; batch: number; indexes: number[] }
@@ -291,7 +291,7 @@ export class WorkerPool {
     const f = frames && {
       data: transferable(frames.data),
       spans: frames.spans,
-      ...(frames.inflate ? { inflate: true } : {}),
+      ...(frames.inflate ? { inflate: frames.inflate } : {}),
     };
     const r = await this.send(
       w,

@@ -50,25 +50,55 @@ void describe("block pool", () => {
     assert.equal(zstd.getFrameContentSize(z.data), BS);
   });
 
-  void it("reuses a released run's buffer, and never one whose blocks are still held", async () => {
+  void it("reuses a released run's slab, and never one whose blocks are still held", async () => {
     const a = run(2);
     const first = await pool.prepare(a, BS);
     const h = run(3);
-    const held = await pool.prepare(h, BS); // not released: its buffer is never handed out again
+    const held = await pool.prepare(h, BS); // not released: its slab is never handed out again
+    const heldCopy = held.map((b) => ({ data: Buffer.from(b.data), plain: Buffer.from(b.plain) }));
     pool.release(first);
     const b = run(4);
     const second = await pool.prepare(b, BS);
-    // The released buffer moved on with the next run: the old views are empty now, never another run's bytes.
-    assert.equal(first[0]!.plain.buffer.byteLength, 0, "the released buffer serves the next run");
+    assert.equal(second[0]!.plain.buffer, first[0]!.plain.buffer, "the released slab serves the next run");
     check(second, b);
     pool.release(second);
-    pool.release(second); // twice is harmless: the buffer is taken back once
+    pool.release(second); // twice is harmless: the slab is taken back once
     const c = run(5);
     const third = await pool.prepare(c, BS);
     const fourth = await pool.prepare(run(6), BS);
-    assert.equal(second[0]!.plain.buffer.byteLength, 0);
-    assert.equal(third[0]!.plain.buffer.byteLength > 0 && fourth[0]!.plain.buffer.byteLength > 0, true);
+    assert.notEqual(third[0]!.plain.buffer, fourth[0]!.plain.buffer, "two runs held at once, two slabs");
+    for (const r of [third, fourth]) assert.notEqual(r[0]!.plain.buffer, held[0]!.plain.buffer);
     check(third, c);
     check(held, h); // untouched by every run prepared since
+    assert.deepEqual(
+      held.map((x) => ({ data: x.data, plain: x.plain })),
+      heldCopy,
+      "frames too are untouched",
+    );
+    pool.release(third);
+    pool.release(fourth);
+    pool.release(held);
+  });
+
+  void it("keeps a bounded set of slabs over many runs of varying sizes, every run right", async () => {
+    const slabs = new Set<ArrayBufferLike>();
+    const ahead: { blocks: Promise<PreparedBlock[]>; data: Buffer }[] = [];
+    for (let i = 0; i < 60; i++) {
+      // Runs of 1 to 8 blocks of random bytes, three prepared ahead as the agent does.
+      const data = Buffer.concat([run(100 + i).subarray(BS, 2 * BS), randomBytes(((i % 7) + 1) * BS)]);
+      ahead.push({ blocks: pool.prepare(data, BS), data });
+      if (ahead.length < 3) continue;
+      const next = ahead.shift()!;
+      const blocks = await next.blocks;
+      for (const [k, blk] of blocks.entries()) {
+        const plain = next.data.subarray(k * BS, (k + 1) * BS);
+        assert.deepEqual(blk.sha256, createHash("sha256").update(plain).digest(), `run ${i - 2} block ${k}`);
+      }
+      slabs.add(blocks[0]!.plain.buffer);
+      pool.release(blocks);
+    }
+    for (const next of ahead) pool.release(await next.blocks);
+    // At most 3 runs held and 6 slabs spare at any time.
+    assert.ok(slabs.size <= 9, `${slabs.size} slabs for 60 runs`);
   });
 });
