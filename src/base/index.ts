@@ -6,3 +6,4 @@ export { LifeboatError, isLifeboatError, isRetryable } from "./errors.js";
 export { type Clock, systemClock, ManualClock } from "./clock.js";
 export { createLogger, silentLogger, type Logger } from "./log.js";
 export { writeFileAtomic, type WriteAtomicOptions } from "./files.js";
+export { settleAll } from "./settle.js";

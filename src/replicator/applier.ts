@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { LifeboatError } from "../base/index.js";
+import { LifeboatError, settleAll } from "../base/index.js";
 import {
   type BlockMapRef,
   ChunkIngest,
@@ -545,12 +545,4 @@ export class ReplicaApplier {
     await Promise.all(this.writes.inFlight());
     this.check();
   }
-}
-
-/** Like Promise.all, but rejects only once every promise has settled (nothing is left running). */
-async function settleAll<T>(promises: Promise<T>[]): Promise<T[]> {
-  const results = await Promise.allSettled(promises);
-  const failed = results.find((r) => r.status === "rejected");
-  if (failed) throw failed.reason;
-  return results.map((r) => (r as PromiseFulfilledResult<T>).value);
 }

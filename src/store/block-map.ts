@@ -1,4 +1,4 @@
-import { LifeboatError } from "../base/index.js";
+import { LifeboatError, settleAll } from "../base/index.js";
 import { Limiter } from "./limiter.js";
 import type { Repository } from "./repository.js";
 
@@ -273,8 +273,7 @@ export async function updateBlockMap(
       j = k;
     }
     // Every page below is named before this one is made, or the update fails.
-    const failed = (await Promise.allSettled(below)).find((r) => r.status === "rejected");
-    if (failed) throw failed.reason;
+    await settleAll(below);
     if (entries.every(isZeroId)) return ZERO_ID;
     // Cached: the next update (a replica's next checkpoint) starts from these pages.
     const page = repo.preparePage(encodePage(level, entries), known, { cache: true });
@@ -283,12 +282,12 @@ export async function updateBlockMap(
   };
   // Once the root is named (or naming failed) every level has settled, so `stored` is complete;
   // no write of this update may still run once it has resolved or rejected.
-  const named = await Promise.allSettled([
+  const [named] = await Promise.allSettled([
     rec(ref.root ? Buffer.from(ref.root, "hex") : ZERO_ID, ref.depth - 1, 0, sorted),
   ]);
-  const failed = [...named, ...(await Promise.allSettled(stored))].find((r) => r.status === "rejected");
-  if (failed) throw failed.reason;
-  const root = (named[0] as PromiseFulfilledResult<Buffer>).value;
+  await settleAll(stored);
+  if (named.status === "rejected") throw named.reason;
+  const root = named.value;
   return { ...ref, root: isZeroId(root) ? null : root.toString("hex") };
 }
 

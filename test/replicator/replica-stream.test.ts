@@ -6,7 +6,11 @@ import { after, before, describe, it } from "node:test";
 import { Compressor } from "zstd-napi";
 import type { LifeboatError } from "../../src/base/index.js";
 import { ReplicaApplier } from "../../src/replicator/applier.js";
-import { type IncomingMessage, ReplicaStream } from "../../src/replicator/replica-stream.js";
+import {
+  type IncomingMessage,
+  ReplicaStream,
+  type ReplicaStreamOptions,
+} from "../../src/replicator/replica-stream.js";
 import { type Pit, exportDisk, readHead } from "../../src/store/index.js";
 import { prng, randomBuffer } from "../support/images.js";
 import { newRepository, tempDir } from "../support/repo.js";
@@ -286,13 +290,19 @@ void describe("replica stream", () => {
     }
     const run: IncomingMessage = { type: "BLOCKS", disk: 0, offset: 0, kind: "blocks", blocks: list };
 
-    const repo = await newRepository({ dir: path.join(dir, "long"), chunkSize: CHUNK });
-    const applier = await ReplicaApplier.open(repo, "app05", [
-      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
-    ]);
+    const open = async (server: string, handlers: Omit<ReplicaStreamOptions, "onDurable">) => {
+      const repo = await newRepository({ dir: path.join(dir, server), chunkSize: CHUNK });
+      const applier = await ReplicaApplier.open(repo, server, [
+        { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
+      ]);
+      return {
+        repo,
+        applier,
+        stream: new ReplicaStream(applier, { onDurable: () => undefined, ...handlers }),
+      };
+    };
     const pits: Pit[] = [];
-    const stream = new ReplicaStream(applier, {
-      onDurable: () => undefined,
+    const { repo, applier, stream } = await open("app05", {
       onPit: (_id, _seq, pit) => pits.push(pit),
       onFailure: (err) => assert.fail(err),
     });
@@ -333,13 +343,12 @@ void describe("replica stream", () => {
         i === 10 ? { ...b, encoding: "zstd" as const, data: declaring(short, CHUNK) } : b,
       ),
     };
-    const repo2 = await newRepository({ dir: path.join(dir, "long-bad"), chunkSize: CHUNK });
-    const applier2 = await ReplicaApplier.open(repo2, "app06", [
-      { index: 0, sizeBytes: SIZE, source: "/dev/sdb" },
-    ]);
     const failures: Error[] = [];
-    const stream2 = new ReplicaStream(applier2, {
-      onDurable: () => undefined,
+    const {
+      repo: repo2,
+      applier: applier2,
+      stream: stream2,
+    } = await open("app06", {
       onFailure: (e) => failures.push(e),
     });
     await stream2.apply(bad, 1).catch((e: Error) => failures.push(e));
