@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
-import { existsSync, promises as fs } from "node:fs";
+import { promises as fs } from "node:fs";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { isLifeboatError } from "../../src/base/index.js";
 import { runCommandTarget } from "../../src/launch/targets/index.js";
+import { processRunning } from "../support/processes.js";
 import { targetRun } from "../support/target-run.js";
 
 async function script(dir: string, name: string, body: string): Promise<string> {
@@ -112,10 +113,7 @@ void describe("command target", () => {
     assert.ok(Date.now() - t0 < 15_000);
     const child = Number(await fs.readFile(pidFile, "utf8"));
     await new Promise((r) => setTimeout(r, 200));
-    assert.equal(
-      existsSync(`/proc/${child}`) && !(await fs.readFile(`/proc/${child}/stat`, "utf8")).includes(") Z"),
-      false,
-    );
+    assert.equal(await processRunning(child), false);
   });
 
   void it("stops the command when the launch is cancelled", async (t) => {

@@ -8,7 +8,7 @@
  * busybox, the tests skip, except under LIFEBOAT_TEST_STRICT=1.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, promises as fs, rmSync } from "node:fs";
+import { mkdtempSync, promises as fs, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
@@ -16,6 +16,7 @@ import { type LaunchedDisk, runQemuTarget, stopQemu } from "../../src/launch/tar
 import { makeBootInitramfs, makeRecoveredDisk } from "../support/boot-disk.js";
 import { debianKernel, staticBusybox, type BootKernel } from "../support/boot-kernel.js";
 import { missingCapabilities, strictCapabilities } from "../support/capabilities.js";
+import { processesMentioning, processRunning } from "../support/processes.js";
 import { targetRun } from "../support/target-run.js";
 
 interface Guest {
@@ -41,19 +42,6 @@ async function diskCopy(g: Guest, name: string): Promise<LaunchedDisk> {
   const p = path.join(work, name);
   await fs.copyFile(g.disk, p);
   return { index: 0, path: p, sizeBytes: g.sizeBytes };
-}
-
-/** Live QEMU processes whose command line mentions `dir` (the test's work directory). */
-async function qemuProcessesIn(dir: string): Promise<number[]> {
-  const found: number[] = [];
-  for (const pid of await fs.readdir("/proc")) {
-    if (!/^\d+$/.test(pid)) continue;
-    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => ") Z");
-    if (cmdline.includes("qemu-system") && cmdline.includes(dir) && !stat.includes(") Z"))
-      found.push(Number(pid));
-  }
-  return found;
 }
 
 const BOOT = {
@@ -104,7 +92,7 @@ void describe("QEMU target: booting a recovered disk", () => {
     assert.equal(out.details.running, false);
     assert.ok(run.lines.some((l) => l.message === "serial: LIFEBOAT-BOOTED web-1"));
     assert.match(await fs.readFile(path.join(run.workDir, "serial.log"), "utf8"), /LIFEBOAT-BOOTED web-1/);
-    assert.deepEqual(await qemuProcessesIn(run.workDir), []);
+    assert.deepEqual(await processesMentioning("qemu-system", run.workDir), []);
   });
 
   void it("keeps the machine running when asked, until stopQemu", async (t) => {
@@ -123,12 +111,9 @@ void describe("QEMU target: booting a recovered disk", () => {
     assert.equal(out.ok, true, out.message);
     assert.equal(out.details.running, true);
     assert.match(out.message, new RegExp(`QEMU keeps running as pid ${pid}$`));
-    assert.ok(existsSync(`/proc/${pid}`));
+    assert.equal(await processRunning(pid), true);
     assert.equal(await stopQemu(pid), true);
-    assert.equal(
-      existsSync(`/proc/${pid}`) && !(await fs.readFile(`/proc/${pid}/stat`, "utf8")).includes(") Z"),
-      false,
-    );
+    assert.equal(await processRunning(pid), false);
     assert.equal(await stopQemu(pid), false);
   });
 });

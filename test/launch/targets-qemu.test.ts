@@ -12,19 +12,8 @@ import { isLifeboatError } from "../../src/base/index.js";
 import { runQemuTarget } from "../../src/launch/targets/index.js";
 import { qemuArgs } from "../../src/launch/targets/qemu-args.js";
 import { requireCapability } from "../support/capabilities.js";
+import { processesMentioning } from "../support/processes.js";
 import { targetRun } from "../support/target-run.js";
-
-/** Processes whose command line mentions `text` (a test's unique work directory). */
-async function processesMentioning(text: string): Promise<number[]> {
-  const found: number[] = [];
-  for (const pid of await fs.readdir("/proc")) {
-    if (!/^\d+$/.test(pid)) continue;
-    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
-    if (cmdline.includes(text) && !stat.includes(") Z")) found.push(Number(pid));
-  }
-  return found;
-}
 
 async function blankDisk(dir: string, name: string): Promise<string> {
   const p = path.join(dir, name);
