@@ -7,17 +7,12 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
 import zstd from "zstd-napi/binding.js";
+import { type Slab, type SlabRef, Slabs } from "../base/slabs.js";
 import { WORKER_YOUNG_GENERATION_MB, stopWorker } from "../base/workers.js";
 
-/** @internal to the worker. */
-export interface BlockJob {
+/** @internal to the worker: the run is in the slab at [0, length); its frames go at `framesAt`. */
+export interface BlockJob extends SlabRef {
   id: number;
-  /** The slab the run is in, at [0, length); its frames go at `framesAt`. */
-  slab: number;
-  /** The slab's memory, the first time this worker gets a job in it. */
-  memory?: SharedArrayBuffer;
-  /** Slabs the pool let go since this worker's last job: it forgets them. */
-  forget?: number[];
   length: number;
   framesAt: number;
   blockSize: number;
@@ -41,22 +36,8 @@ export interface PreparedBlock {
   plain: Buffer;
 }
 
-/**
- * Slabs kept once released: as many as runs are prepared ahead and sent
- * (two or three), and a few more. Memory that moves between threads by
- * transfer arrives as new memory each time, and V8 collects garbage after
- * every few tens of MiB of it: at the rate of an initial sync, several full
- * collections a second. A slab is shared once with each worker and then
- * named by its number.
- */
+/** Slabs kept once released: as many as runs are prepared ahead and sent (two or three), and a few more. */
 const SPARE_SLABS = 6;
-
-interface Slab {
-  id: number;
-  memory: SharedArrayBuffer;
-  /** Workers that have this slab's memory. */
-  known: Set<Worker>;
-}
 
 /** Room for a run of `length` bytes and, after it, the frames of its blocks (each at most compressBound). */
 function slabLayout(length: number, blockSize: number): { framesAt: number; size: number } {
@@ -69,14 +50,11 @@ export class BlockPool {
   private readonly workers: Worker[] = [];
   /** The slab each prepared run's blocks are views of, until released. */
   private readonly runSlabs = new WeakMap<PreparedBlock[], Slab>();
-  private readonly spare: Slab[] = [];
-  /** Slabs let go, per worker that still has them. */
-  private readonly forgotten = new Map<Worker, number[]>();
+  private readonly slabs = new Slabs(SPARE_SLABS);
   /** A run never released (a failed send left it) gives its slab back once it is garbage. */
-  private readonly unreleased = new FinalizationRegistry<Slab>((slab) => this.giveBack(slab));
+  private readonly unreleased = new FinalizationRegistry<Slab>((slab) => this.slabs.giveBack(slab));
   private readonly pending = new Map<number, { resolve(r: BlockJobResult): void; reject(e: Error): void }>();
   private next = 0;
-  private nextSlab = 0;
   private failure: Error | undefined;
 
   /** `level` 0 sends blocks uncompressed. */
@@ -122,7 +100,7 @@ export class BlockPool {
     const parts = Array.isArray(data) ? data : [data];
     const length = parts.reduce((n, p) => n + p.length, 0);
     const { framesAt, size } = slabLayout(length, blockSize);
-    const slab = this.takeSlab(size);
+    const slab = this.slabs.take(size);
     const mem = Buffer.from(slab.memory);
     let at = 0;
     for (const p of parts) at += p.copy(mem, at);
@@ -132,23 +110,18 @@ export class BlockPool {
     try {
       r = await new Promise<BlockJobResult>((resolve, reject) => {
         this.pending.set(id, { resolve, reject });
-        const forget = this.forgotten.get(w);
-        this.forgotten.delete(w);
         const job: BlockJob = {
           id,
-          slab: slab.id,
-          ...(slab.known.has(w) ? {} : { memory: slab.memory }),
-          ...(forget ? { forget } : {}),
+          ...this.slabs.ref(slab, w),
           length,
           framesAt,
           blockSize,
           compress: compress && this.level > 0,
         };
-        slab.known.add(w);
         w.postMessage(job);
       });
     } catch (err) {
-      this.giveBack(slab);
+      this.slabs.giveBack(slab);
       throw err;
     }
     const plain = mem.subarray(0, length);
@@ -183,33 +156,7 @@ export class BlockPool {
     if (!slab) return;
     this.runSlabs.delete(blocks);
     this.unreleased.unregister(blocks);
-    this.giveBack(slab);
-  }
-
-  /** The smallest spare slab of at least `size` bytes, else a new one. */
-  private takeSlab(size: number): Slab {
-    let best = -1;
-    for (const [i, s] of this.spare.entries())
-      if (
-        s.memory.byteLength >= size &&
-        (best < 0 || s.memory.byteLength < this.spare[best]!.memory.byteLength)
-      )
-        best = i;
-    if (best >= 0) return this.spare.splice(best, 1)[0]!;
-    return { id: this.nextSlab++, memory: new SharedArrayBuffer(size), known: new Set() };
-  }
-
-  private giveBack(slab: Slab): void {
-    this.spare.push(slab);
-    if (this.spare.length <= SPARE_SLABS) return;
-    // Too many: the smallest goes (a large one serves any run), and the workers forget it.
-    this.spare.sort((a, b) => b.memory.byteLength - a.memory.byteLength);
-    const dropped = this.spare.pop()!;
-    for (const w of dropped.known) {
-      const list = this.forgotten.get(w) ?? [];
-      list.push(dropped.id);
-      this.forgotten.set(w, list);
-    }
+    this.slabs.giveBack(slab);
   }
 
   async close(): Promise<void> {

@@ -6,20 +6,17 @@
 import { createHash } from "node:crypto";
 import { parentPort, workerData } from "node:worker_threads";
 import zstd from "zstd-napi/binding.js";
+import { SlabTable } from "../base/slabs.js";
 import { BLOCK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import type { BlockJob, BlockJobResult } from "./block-pool.js";
 
 const { level } = workerData as { level: number };
 const cctx = level > 0 ? new zstd.CCtx() : null;
 let zeros = Buffer.alloc(0);
-/** The pool's slabs this worker has been given, by number. */
-const slabs = new Map<number, Buffer>();
+const slabs = new SlabTable();
 
 serveMessages<BlockJob>((job) => {
-  for (const id of job.forget ?? []) slabs.delete(id);
-  if (job.memory) slabs.set(job.slab, Buffer.from(job.memory));
-  const slab = slabs.get(job.slab);
-  if (!slab) throw new Error(`block worker: slab ${job.slab} was never given`);
+  const slab = slabs.open(job);
   const data = slab.subarray(0, job.length);
   const n = Math.ceil(job.length / job.blockSize);
   if (zeros.length < job.blockSize) zeros = Buffer.alloc(job.blockSize);

@@ -11,9 +11,10 @@ import { promisify } from "node:util";
 import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
+import { SlabTable } from "../base/slabs.js";
 import { CHUNK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
-import { ObjectCodec, ObjectKind, damaged } from "./codec.js";
+import { OBJECT_OVERHEAD, ObjectCodec, ObjectKind, damaged } from "./codec.js";
 import zstd from "zstd-napi/binding.js";
 import { stretchRange } from "./pack.js";
 import {
@@ -42,11 +43,19 @@ const { encryptionKey, namingKey, compressionLevel } = workerData as {
 };
 const codec = new ObjectCodec(Buffer.from(encryptionKey), compressionLevel);
 const nameKey = Buffer.from(namingKey);
-const batches = new Map<
-  number,
-  { data: Buffer; chunkSize: number; ids?: Buffer; frames?: { data: Buffer; spans: number[] } }
->();
+interface Batch {
+  /** The slab the batch is in: the run at its start, and its frames after it. */
+  slab: Buffer;
+  data: Buffer;
+  chunkSize: number;
+  ids?: Buffer;
+  frames?: { data: Buffer; spans: number[] };
+}
+const batches = new Map<number, Batch>();
+const slabs = new SlabTable();
 let zeros = Buffer.alloc(0);
+/** Where a batch's objects are encoded before they go back over its slab (grown to the largest batch). */
+let encoded = Buffer.alloc(0);
 
 function reply(msg: WorkerResponse, transfer: ArrayBuffer[] = []): void {
   parentPort!.postMessage(msg, transfer);
@@ -106,16 +115,12 @@ function badFrame(i: number, what: string): LifeboatError {
 function handle(msg: WorkerRequest): void {
   switch (msg.type) {
     case "scan": {
-      const data = Buffer.from(msg.buffer, 0, msg.length);
-      const batch: {
-        data: Buffer;
-        chunkSize: number;
-        ids?: Buffer;
-        frames?: { data: Buffer; spans: number[] };
-      } = {
-        data,
+      const slab = slabs.open(msg);
+      const batch: Batch = {
+        slab,
+        data: slab.subarray(0, msg.length),
         chunkSize: msg.chunkSize,
-        ...(msg.frames ? { frames: { data: Buffer.from(msg.frames.data), spans: msg.frames.spans } } : {}),
+        ...(msg.frames ? { frames: { data: slab, spans: msg.frames.spans } } : {}),
       };
       const n = Math.ceil(msg.length / msg.chunkSize);
       if (msg.frames?.inflate) {
@@ -147,31 +152,30 @@ function handle(msg: WorkerRequest): void {
       const batch = batches.get(msg.batch);
       batches.delete(msg.batch);
       if (!batch) throw new Error(`unknown batch ${msg.batch}`);
+      let room = 0;
+      for (const index of msg.indexes) room += chunkAt(batch, index).length + OBJECT_OVERHEAD;
+      if (encoded.length < room) encoded = Buffer.allocUnsafeSlow(room);
+      let at = 0;
       const objects = msg.indexes.map((index) => {
         const id = batch.ids!.subarray(index * 32, index * 32 + 32); // as this worker hashed it
         const h = createHmac("sha256", nameKey).update(id).digest("hex");
         const name = `chunks/${h.slice(0, 2)}/${h}`;
         const plain = chunkAt(batch, index);
-        return {
-          index,
-          name,
-          data: codec.encode(name, ObjectKind.chunk, plain, frameOf(batch, index, plain.length)),
-        };
+        const frame = frameOf(batch, index, plain.length);
+        const size = codec.encodeInto(name, ObjectKind.chunk, plain, encoded.subarray(at), frame);
+        at += size;
+        return { index, name, offset: at - size, size };
       });
-      // The objects go back in the batch's own buffer when they fit (its plaintext is no longer
-      // needed), so that buffer returns to the main thread for the next read: nothing is allocated
-      // per batch. Otherwise one buffer for them all: one transfer, one allocation to free.
-      const total = objects.reduce((n, o) => n + o.data.length, 0);
-      const own = batch.data.buffer as ArrayBuffer;
-      const all = total <= own.byteLength ? Buffer.from(own) : Buffer.allocUnsafeSlow(total);
-      let at = 0;
-      const placed = objects.map((o) => {
-        o.data.copy(all, at);
-        at += o.data.length;
-        return { index: o.index, name: o.name, offset: at - o.data.length, size: o.data.length };
-      });
-      const data = all.buffer;
-      reply({ type: "encoded", batch: msg.batch, objects: placed, data }, [data]);
+      // The objects go back over the batch's slab (its plaintext and frames are no longer needed),
+      // which the pool keeps for a later batch: nothing is allocated per batch. They fit unless
+      // the slab was made for a shorter run; then they travel in a buffer of their own.
+      if (at <= batch.slab.length) {
+        encoded.copy(batch.slab, 0, 0, at);
+        reply({ type: "encoded", batch: msg.batch, objects });
+      } else {
+        const data = encoded.buffer.slice(0, at);
+        reply({ type: "encoded", batch: msg.batch, objects, data }, [data]);
+      }
       return;
     }
     case "decode": {

@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, randomFillSync } from "node:crypto";
-import { Compressor, Decompressor } from "zstd-napi";
+import { Decompressor } from "zstd-napi";
 import zstd from "zstd-napi/binding.js";
 import { LifeboatError } from "../base/index.js";
 
@@ -29,7 +29,9 @@ export type ObjectKind = (typeof ObjectKind)[keyof typeof ObjectKind];
 
 /** One per thread: zstd contexts are reused across calls. */
 export class ObjectCodec {
-  private readonly compressor = new Compressor();
+  private readonly cctx = new zstd.CCtx();
+  /** Where encodeInto compresses (grown to the largest plaintext). */
+  private compressed = Buffer.alloc(0);
   private readonly decompressor = new Decompressor();
   private readonly dctx = new zstd.DCtx();
 
@@ -41,7 +43,7 @@ export class ObjectCodec {
     private readonly encryptionKey: Buffer,
     compressionLevel = 1,
   ) {
-    this.compressor.setParameters({ compressionLevel });
+    this.cctx.setParameter(zstd.CParameter.compressionLevel, compressionLevel);
   }
 
   /** A fresh random nonce, valid until the next call (encode copies it at once). */
@@ -61,26 +63,52 @@ export class ObjectCodec {
    * the chunk's id anyway.
    */
   encode(name: string, kind: ObjectKind, plaintext: Uint8Array, compressed?: Uint8Array): Buffer {
+    const out = Buffer.allocUnsafe(plaintext.length + OBJECT_OVERHEAD);
+    return out.subarray(0, this.encodeInto(name, kind, plaintext, out, compressed));
+  }
+
+  /**
+   * As encode, but the object goes into `dest` (at least the plaintext's
+   * length and OBJECT_OVERHEAD), which must not overlap the plaintext.
+   * Returns the object's length. Only the cipher's output is allocated.
+   */
+  encodeInto(
+    name: string,
+    kind: ObjectKind,
+    plaintext: Uint8Array,
+    dest: Uint8Array,
+    compressed?: Uint8Array,
+  ): number {
     let body: Uint8Array = plaintext;
     let flags = 0;
     if (plaintext.length > 0) {
-      const z = compressed ?? this.compressor.compress(plaintext);
+      let z = compressed;
+      if (!z) {
+        const bound = zstd.compressBound(plaintext.length);
+        if (this.compressed.length < bound) this.compressed = Buffer.allocUnsafeSlow(bound);
+        z = this.compressed.subarray(0, this.cctx.compress2(this.compressed, plaintext));
+      }
       if (z.length < plaintext.length) {
         body = z;
         flags |= FLAG_ZSTD;
       }
     }
-    const header = Buffer.from([...MAGIC, OBJECT_FORMAT_VERSION, kind, flags, 0]);
+    const size = HEADER_LEN + NONCE_LEN + body.length + TAG_LEN;
+    if (dest.length < size) throw new RangeError(`no room for object ${name}: ${size} bytes`);
+    const out = Buffer.from(dest.buffer, dest.byteOffset, size);
+    out.set(MAGIC, 0);
+    out[4] = OBJECT_FORMAT_VERSION;
+    out[5] = kind;
+    out[6] = flags;
+    out[7] = 0;
     const nonce = this.nonce();
-    const cipher = createCipheriv("aes-256-gcm", this.encryptionKey, nonce);
-    cipher.setAAD(Buffer.concat([header, Buffer.from(name, "utf8")]));
-    const out = Buffer.allocUnsafe(HEADER_LEN + NONCE_LEN + body.length + TAG_LEN);
-    header.copy(out, 0);
     nonce.copy(out, HEADER_LEN);
+    const cipher = createCipheriv("aes-256-gcm", this.encryptionKey, nonce);
+    cipher.setAAD(Buffer.concat([out.subarray(0, HEADER_LEN), Buffer.from(name, "utf8")]));
     const n = cipher.update(body).copy(out, HEADER_LEN + NONCE_LEN);
     cipher.final();
     cipher.getAuthTag().copy(out, HEADER_LEN + NONCE_LEN + n);
-    return out;
+    return size;
   }
 
   /** Decrypts and decompresses; throws STORE_OBJECT_* errors naming the object on any damage. */
