@@ -186,22 +186,22 @@ export class ReplicaApplier {
 
   /**
    * A buffer for a run of whole chunks of `length` bytes, to fill and hand to
-   * writeChunks as `owned` (with `framesBytes` of frames at most): a slab of
-   * the worker pool's, so that a stream of runs allocates nothing per run.
+   * writeChunks as `owned`: one back from a worker when one fits, so that a
+   * stream of runs allocates nothing per run.
    */
-  runBuffer(length: number, framesBytes = 0): Buffer {
-    return this.ingest.takeBuffer(length, framesBytes);
+  runBuffer(length: number): Buffer {
+    return this.ingest.takeBuffer(length);
   }
 
   /**
    * Writes whole chunks: `data` starts at a chunk boundary and holds whole
    * chunks (the disk's last chunk may be short). Resolves once the write is
    * queued; errors surface on a later call or at the checkpoint. `owned`:
-   * `data` is runBuffer's (or a Buffer at the start of memory of its own)
-   * that the caller hands over and never touches again; a worker reads
-   * runBuffer's without a copy.
+   * `data` is a Buffer at the start of memory of its own (runBuffer's, or
+   * not pooled) that the caller hands over and never touches again; it
+   * moves to a worker without a copy.
    * `frames`: the chunks' zstd frames as received, stored as they are
-   * instead of compressed again (ChunkFrames; copied). With
+   * instead of compressed again (ChunkFrames; handed over too). With
    * `inflate`, the first chunks that have a frame are not in `data` yet (a
    * worker decompresses them); the last few, kept for patches that may
    * follow, must be.
@@ -245,10 +245,10 @@ export class ReplicaApplier {
       // it again (its frame, if it came with one, is not used then).
       entries = this.writes.encodeChunk(keptFrom === 0 ? kept : Buffer.from(data)).then((e) => [e]);
     } else {
-      let own: Buffer; // goes to a worker
+      let own: Buffer; // moves to a worker
       if (opts.owned && Buffer.isBuffer(data) && data.byteOffset === 0) own = data;
       else {
-        own = this.ingest.takeBuffer(data.length);
+        own = Buffer.allocUnsafeSlow(data.length);
         own.set(data);
       }
       entries = this.ingest.run(own, opts.frames);

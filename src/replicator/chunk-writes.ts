@@ -183,7 +183,7 @@ export class ChunkWrites {
     const cs = this.repo.config.chunkSize;
     if (content.length !== cs) {
       // A disk's short last chunk: a run of its own (a run's chunks are whole but for its last).
-      const own = this.ingest.takeBuffer(content.length);
+      const own = Buffer.allocUnsafeSlow(content.length);
       content.copy(own);
       return this.ingest.run(own).then(([entry]) => entry!);
     }
@@ -200,7 +200,7 @@ export class ChunkWrites {
     const items = this.encoding.splice(0);
     if (items.length === 0) return;
     const cs = this.repo.config.chunkSize;
-    const run = this.ingest.takeBuffer(items.length * cs); // goes to a worker
+    const run = Buffer.allocUnsafeSlow(items.length * cs); // moves to a worker
     items.forEach((it, i) => it.content.copy(run, i * cs));
     this.ingest.run(run).then(
       (entries) => items.forEach((it, i) => it.resolve(entries[i]!)),

@@ -230,7 +230,7 @@ export class ReplicaStream {
       // patch to a chunk it does not keep reads it back, and waits for its pack to be stored).
       const inflate = Math.max(0, blocks.length - RECENT_CHUNKS_OF_A_RUN);
       const data = this.runContent(msg.disk, from, blocks, inflate);
-      bytes += data.length;
+      bytes += data.length; // before the write: it moves the buffer to a worker, which empties it here
       await this.applier.writeChunks(msg.disk, from, data, {
         owned: true,
         frames: framesOf(blocks, inflate),
@@ -272,10 +272,7 @@ export class ReplicaStream {
     const lengths = blocks.map((_, i) => this.chunkLength(disk, offset + i * cs));
     const total = lengths.reduce((a, b) => a + b, 0);
     // A single chunk is copied again for its own encoding (writeChunks): it takes no run buffer.
-    let framesBytes = 0;
-    for (const b of blocks) if (b.encoding === "zstd") framesBytes += b.data?.length ?? 0;
-    const out =
-      blocks.length > 1 ? this.applier.runBuffer(total, framesBytes) : Buffer.allocUnsafeSlow(total);
+    const out = blocks.length > 1 ? this.applier.runBuffer(total) : Buffer.allocUnsafeSlow(total);
     let at = 0;
     for (const [i, b] of blocks.entries()) {
       const want = lengths[i]!;
@@ -435,17 +432,31 @@ function closedError(): LifeboatError {
 }
 
 /**
- * The zstd frames of a run's compressed blocks (copied next to the run by
- * the repository's worker pool), so that the repository stores them as
- * they came rather than compressing every block again. runContent has
- * checked that each decompresses to its whole block (or, for the first
- * `inflate`, that its header says so: the worker decompresses it and checks).
+ * The zstd frames of a run's compressed blocks, copied into one buffer (the
+ * message's buffers are not the stream's to hand over), so that the
+ * repository stores them as they came rather than compressing every block
+ * again. runContent has checked that each decompresses to its whole block
+ * (or, for the first `inflate`, that its header says so: the worker
+ * decompresses it and checks).
  */
 function framesOf(
   blocks: { encoding: string; data?: Uint8Array }[],
   inflate: number,
 ): ChunkFrames | undefined {
-  if (!blocks.some((b) => b.encoding === "zstd" && b.data)) return undefined;
-  const frames = blocks.map((b) => (b.encoding === "zstd" ? b.data : undefined));
-  return { frames, ...(inflate ? { inflate } : {}) };
+  let total = 0;
+  for (const b of blocks) if (b.encoding === "zstd") total += b.data?.length ?? 0;
+  if (total === 0) return undefined;
+  const data = Buffer.allocUnsafeSlow(total);
+  const spans: number[] = [];
+  let at = 0;
+  for (const b of blocks) {
+    if (b.encoding !== "zstd" || !b.data) {
+      spans.push(-1, 0);
+      continue;
+    }
+    data.set(b.data, at);
+    spans.push(at, b.data.length);
+    at += b.data.length;
+  }
+  return { data, spans, ...(inflate ? { inflate } : {}) };
 }

@@ -11,7 +11,6 @@ import { promisify } from "node:util";
 import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
 import { LifeboatError } from "../base/index.js";
-import { SlabTable } from "../base/slabs.js";
 import { CHUNK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
 import { OBJECT_OVERHEAD, ObjectCodec, ObjectKind, damaged } from "./codec.js";
@@ -43,18 +42,12 @@ const { encryptionKey, namingKey, compressionLevel } = workerData as {
 };
 const codec = new ObjectCodec(Buffer.from(encryptionKey), compressionLevel);
 const nameKey = Buffer.from(namingKey);
-interface Batch {
-  /** The slab the batch is in: the run at its start, and its frames after it. */
-  slab: Buffer;
-  data: Buffer;
-  chunkSize: number;
-  ids?: Buffer;
-  frames?: { data: Buffer; spans: number[] };
-}
-const batches = new Map<number, Batch>();
-const slabs = new SlabTable();
+const batches = new Map<
+  number,
+  { data: Buffer; chunkSize: number; ids?: Buffer; frames?: { data: Buffer; spans: number[] } }
+>();
 let zeros = Buffer.alloc(0);
-/** Where a batch's objects are encoded before they go back over its slab (grown to the largest batch). */
+/** Where a batch's objects are encoded before they go back in its buffer (grown to the largest batch). */
 let encoded = Buffer.alloc(0);
 
 function reply(msg: WorkerResponse, transfer: ArrayBuffer[] = []): void {
@@ -115,12 +108,16 @@ function badFrame(i: number, what: string): LifeboatError {
 function handle(msg: WorkerRequest): void {
   switch (msg.type) {
     case "scan": {
-      const slab = slabs.open(msg);
-      const batch: Batch = {
-        slab,
-        data: slab.subarray(0, msg.length),
+      const data = Buffer.from(msg.buffer, 0, msg.length);
+      const batch: {
+        data: Buffer;
+        chunkSize: number;
+        ids?: Buffer;
+        frames?: { data: Buffer; spans: number[] };
+      } = {
+        data,
         chunkSize: msg.chunkSize,
-        ...(msg.frames ? { frames: { data: slab, spans: msg.frames.spans } } : {}),
+        ...(msg.frames ? { frames: { data: Buffer.from(msg.frames.data), spans: msg.frames.spans } } : {}),
       };
       const n = Math.ceil(msg.length / msg.chunkSize);
       if (msg.frames?.inflate) {
@@ -166,16 +163,14 @@ function handle(msg: WorkerRequest): void {
         at += size;
         return { index, name, offset: at - size, size };
       });
-      // The objects go back over the batch's slab (its plaintext and frames are no longer needed),
-      // which the pool keeps for a later batch: nothing is allocated per batch. They fit unless
-      // the slab was made for a shorter run; then they travel in a buffer of their own.
-      if (at <= batch.slab.length) {
-        encoded.copy(batch.slab, 0, 0, at);
-        reply({ type: "encoded", batch: msg.batch, objects });
-      } else {
-        const data = encoded.buffer.slice(0, at);
-        reply({ type: "encoded", batch: msg.batch, objects, data }, [data]);
-      }
+      // The objects go back in the batch's own buffer when they fit (its plaintext is no longer
+      // needed), so that buffer returns to the main thread for the next read: nothing is allocated
+      // per batch. Otherwise one buffer for them all: one transfer, one allocation to free.
+      const own = batch.data.buffer as ArrayBuffer;
+      const all = at <= own.byteLength ? Buffer.from(own) : Buffer.allocUnsafeSlow(at);
+      encoded.copy(all, 0, 0, at);
+      const data = all.buffer;
+      reply({ type: "encoded", batch: msg.batch, objects, data }, [data]);
       return;
     }
     case "decode": {

@@ -1,5 +1,7 @@
+import { takeSpare } from "../base/spare.js";
 import { ZERO_ENTRY, isZeroId, leafEntry, walkBlockMap, type BlockMapRef } from "./block-map.js";
 import { type ChunkClaim, KnownIds, type KnownIdsOptions } from "./known-index.js";
+import { OBJECT_OVERHEAD } from "./codec.js";
 import { PackWriter } from "./pack.js";
 import type { Pit } from "./pit.js";
 import type { Repository } from "./repository.js";
@@ -40,6 +42,9 @@ export async function loadKnownIds(
   return known;
 }
 
+/** Run buffers kept for reuse: enough for an import's reads in flight and a few more. */
+const MAX_SPARE_BUFFERS = 8;
+
 export interface IngestStats {
   /** Chunks seen, and the bytes of those that were all zero. */
   chunks: number;
@@ -69,6 +74,9 @@ export class ChunkIngest {
   readonly pool: WorkerPool;
   readonly packs: PackWriter;
   readonly stats = emptyIngestStats();
+  /** Run buffers back from the workers (takeBuffer). */
+  private readonly spare: ArrayBuffer[] = [];
+  private lent = 0;
 
   constructor(
     readonly repo: Repository,
@@ -81,9 +89,9 @@ export class ChunkIngest {
 
   /**
    * The leaf entries of the chunks in `buf` (consecutive chunks of a disk; the
-   * last may be short). The buffer goes to a worker (takeBuffer's without a
-   * copy): the caller must not touch it again. `frames`: compressed forms of
-   * some of the chunks, stored as they are (ChunkFrames).
+   * last may be short). The buffer moves to a worker: the caller must not
+   * touch it again; so do `frames` (compressed forms of some of the chunks,
+   * stored as they are: ChunkFrames).
    */
   async run(buf: Buffer, frames?: ChunkFrames): Promise<Buffer[]> {
     const chunkSize = this.repo.config.chunkSize;
@@ -113,22 +121,19 @@ export class ChunkIngest {
       toEncode.push({ index: i, id: Buffer.from(id), claim });
     }
     try {
-      const { objects, done } = await this.pool.encode(
+      const { objects, buffer } = await this.pool.encode(
         batch,
         toEncode.map(({ index }) => index),
       );
-      try {
-        for (const [k, o] of objects.entries()) {
-          const { index, id, claim } = toEncode[k]!;
-          const entry = leafEntry(id, await this.packs.add(id, o.data));
-          claim.resolve(entry);
-          entries[index] = entry;
-          stats.newChunks++;
-          stats.storedBytes += o.size;
-        }
-      } finally {
-        done(); // every object was copied into its pack (or will not be)
+      for (const [k, o] of objects.entries()) {
+        const { index, id, claim } = toEncode[k]!;
+        const entry = leafEntry(id, await this.packs.add(id, o.data));
+        claim.resolve(entry);
+        entries[index] = entry;
+        stats.newChunks++;
+        stats.storedBytes += o.size;
       }
+      this.giveBack(buffer); // every object was copied into its pack
     } catch (err) {
       for (const t of toEncode) t.claim.reject(err);
       throw err;
@@ -144,14 +149,24 @@ export class ChunkIngest {
   }
 
   /**
-   * A buffer for a run of `length` bytes, to fill and pass to `run` (with
-   * `framesBytes` of ChunkFrames at most): a slab of the worker pool's, so
-   * that reading a disk allocates nothing per run (fresh memory for every
-   * run costs page faults and garbage collections, and freed large blocks
-   * fragment the allocator's heaps).
+   * A buffer for a run of `length` bytes, to fill and pass to `run`: one that
+   * came back from a worker when one is large enough, so that reading a disk
+   * allocates nothing per run (fresh memory for every run costs page faults,
+   * and freed large blocks fragment the allocator's heaps). Its spare room
+   * (OBJECT_OVERHEAD per chunk) lets the run's encoded chunks come back in it.
    */
-  takeBuffer(length: number, framesBytes = 0): Buffer {
-    return this.pool.runBuffer(length, this.repo.config.chunkSize, framesBytes);
+  takeBuffer(length: number): Buffer {
+    const room = length + Math.ceil(length / this.repo.config.chunkSize) * OBJECT_OVERHEAD;
+    const ab = takeSpare(this.spare, room) ?? Buffer.allocUnsafeSlow(room).buffer;
+    this.lent++;
+    return Buffer.from(ab, 0, length);
+  }
+
+  /** Keeps a buffer back from a worker, but only as many as takeBuffer handed out. */
+  private giveBack(ab: ArrayBuffer): void {
+    if (this.lent === 0) return;
+    this.lent--;
+    if (this.spare.length < MAX_SPARE_BUFFERS) this.spare.push(ab);
   }
 
   /** Stores every pack still being filled; the entries returned so far are then valid (durable after a flush). */

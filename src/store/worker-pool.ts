@@ -2,9 +2,7 @@ import os from "node:os";
 import { Worker } from "node:worker_threads";
 import { WORKER_YOUNG_GENERATION_MB, stopWorker } from "../base/workers.js";
 import { LifeboatError } from "../base/index.js";
-import { type Slab, type SlabRef, Slabs } from "../base/slabs.js";
 import { LEAF_ENTRY_LEN, entryLocation } from "./block-map.js";
-import { OBJECT_OVERHEAD } from "./codec.js";
 import type { RepositoryKeys } from "./keys.js";
 import { Limiter } from "./limiter.js";
 import { packName } from "./names.js";
@@ -12,13 +10,14 @@ import { packName } from "./names.js";
 /**
  * Compressed forms of a run's chunks that a writer already has (the
  * replicator: the agent's zstd frames, which it decompressed to get the run),
- * so that they are encrypted as they are instead of compressed again.
- * `frames[i]` is chunk i's frame, if it has one; a frame is used only if it
- * is one zstd frame that declares exactly the chunk's length. The frames are
- * copied (next to the run, in its slab): the caller keeps them.
+ * so that they are encrypted as they are instead of compressed again. Chunk
+ * i's frame is `data[spans[2i], spans[2i] + spans[2i+1])`; a negative start:
+ * none. A frame is used only if it is one zstd frame that declares exactly
+ * the chunk's length; `data` moves to the worker.
  */
 export interface ChunkFrames {
-  frames: readonly (Uint8Array | undefined)[];
+  data: Buffer;
+  spans: number[];
   /**
    * The chunks before this index that have a frame are not in the run's
    * buffer yet: the worker decompresses each into its place before hashing
@@ -29,18 +28,15 @@ export interface ChunkFrames {
 }
 
 export type WorkerRequest =
-  | ({
+  | {
       type: "scan";
       batch: number;
-      /** The run is in the slab at [0, length). */
+      buffer: ArrayBuffer;
       length: number;
       chunkSize: number;
-      /**
-       * zstd frames of some of the chunks (ChunkFrames), to store as they are:
-       * chunk i's is slab bytes [spans[2i], spans[2i] + spans[2i+1]), none where the start is negative.
-       */
-      frames?: { spans: number[]; inflate?: number };
-    } & SlabRef)
+      /** zstd frames of some of the chunks (ChunkFrames), to store as they are. */
+      frames?: { data: ArrayBuffer; spans: number[]; inflate?: number };
+    }
   /** The chunks to encode, by index in the batch: the worker names them by the ids it computed. */
   | { type: "encode"; batch: number; indexes: number[] }
   /** A chunk object to decode: its bytes, or where in a local pack file the worker reads them itself. */
@@ -154,9 +150,9 @@ export type WorkerResponse =
   | {
       type: "encoded";
       batch: number;
-      /** Each object is bytes [offset, offset + size) of `data`, or of the batch's slab when there is no `data`. */
+      /** Each object is bytes [offset, offset + size) of `data`. */
       objects: { index: number; name: string; offset: number; size: number }[];
-      data?: ArrayBuffer;
+      data: ArrayBuffer;
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
   | { type: "restored"; req: number }
@@ -174,18 +170,6 @@ export type WorkerResponse =
 /** Runs in flight per worker: while one is decoded, the reads of the next are under way. */
 export const RUNS_PER_WORKER = 3;
 
-/** Slabs kept once released: the runs an import reads ahead or a replica has in flight, and a few more. */
-const SPARE_SLABS = 8;
-
-/**
- * Bytes of a slab for a run of `length` bytes: the run, then its frames;
- * the run's encoded chunks later go over both (each at most its chunk and
- * OBJECT_OVERHEAD).
- */
-function slabSize(length: number, chunkSize: number, framesBytes: number): number {
-  return length + Math.max(framesBytes, Math.ceil(length / chunkSize) * OBJECT_OVERHEAD);
-}
-
 interface Pending {
   resolve(v: WorkerResponse): void;
   reject(e: unknown): void;
@@ -194,10 +178,8 @@ interface Pending {
 /**
  * One chunk worker per core. A batch (a run of consecutive chunks read from a
  * disk) is scanned by one worker, which keeps it until the main thread says
- * which of its chunks are new and must be encoded. A batch is in a slab of
- * shared memory (src/base/slabs.ts) that the worker writes the encoded
- * chunks back into, kept for later batches; restores and single chunks move
- * between threads by transfer, never by copy.
+ * which of its chunks are new and must be encoded. Buffers move between
+ * threads by transfer, never by copy.
  */
 export class WorkerPool {
   private readonly workers: Worker[] = [];
@@ -207,11 +189,6 @@ export class WorkerPool {
   private readonly load = new Map<Worker, number>();
   /** Runs in flight across every export using the pool, so that sharing it does not multiply memory. */
   private readonly runSlots: Limiter;
-  private readonly slabs = new Slabs(SPARE_SLABS);
-  /** The slab of each buffer runBuffer handed out (by its memory), until it is scanned. */
-  private readonly lent = new WeakMap<ArrayBufferLike, Slab>();
-  /** The slab of each scanned batch, until it is encoded. */
-  private readonly batchSlabs = new Map<number, Slab>();
   private nextBatch = 0;
   private nextReq = 0;
   private rr = 0;
@@ -299,115 +276,59 @@ export class WorkerPool {
     return w;
   }
 
-  /**
-   * A buffer for a run of `length` bytes (consecutive chunks of `chunkSize`,
-   * the last possibly short) to fill and pass to scan: a view of a slab with
-   * room for `framesBytes` of ChunkFrames after the run, which scan then
-   * needs not copy. Reading a disk this way allocates nothing per run.
-   */
-  runBuffer(length: number, chunkSize: number, framesBytes = 0): Buffer {
-    const slab = this.slabs.take(slabSize(length, chunkSize, framesBytes));
-    this.lent.set(slab.memory, slab);
-    return Buffer.from(slab.memory, 0, length);
-  }
-
-  /**
-   * Hashes each chunk of `buffer`; zero chunks get the all-zero id. The
-   * caller must not touch the buffer again: one from runBuffer is the
-   * batch's own, any other is copied into a slab first.
-   */
+  /** Hashes each chunk of `buffer` (ownership moves to the worker); zero chunks get the all-zero id. */
   async scan(
     buffer: Buffer,
     chunkSize: number,
     frames?: ChunkFrames,
   ): Promise<{ batch: number; ids: Buffer }> {
-    if (this.failure) throw this.failure;
-    const length = buffer.length;
-    let framesBytes = 0;
-    for (const f of frames?.frames ?? []) framesBytes += f?.length ?? 0;
-    const size = slabSize(length, chunkSize, framesBytes);
-    let slab = buffer.byteOffset === 0 ? this.lent.get(buffer.buffer) : undefined;
-    if (slab) this.lent.delete(buffer.buffer);
-    if (!slab || slab.byteLength < size) {
-      const own = slab;
-      slab = this.slabs.take(size);
-      buffer.copy(Buffer.from(slab.memory));
-      if (own) this.slabs.giveBack(own);
-    }
-    let f: { spans: number[]; inflate?: number } | undefined;
-    if (frames && framesBytes > 0) {
-      const mem = Buffer.from(slab.memory);
-      const spans: number[] = [];
-      let at = length;
-      for (const frame of frames.frames) {
-        if (!frame) spans.push(-1, 0);
-        else {
-          mem.set(frame, at);
-          spans.push(at, frame.length);
-          at += frame.length;
-        }
-      }
-      f = { spans, ...(frames.inflate ? { inflate: frames.inflate } : {}) };
-    }
     const batch = this.nextBatch++;
     const w = this.pick();
-    let r: WorkerResponse;
-    try {
-      r = await this.send(
-        w,
-        `scanned:${batch}`,
-        { type: "scan", batch, ...this.slabs.ref(slab, w), length, chunkSize, ...(f ? { frames: f } : {}) },
-        [],
-        `req:${-1 - batch}`,
-      );
-    } catch (err) {
-      this.slabs.giveBack(slab);
-      throw err;
-    }
     this.owner.set(batch, w);
-    this.batchSlabs.set(batch, slab);
+    const ab = buffer.buffer as ArrayBuffer;
+    if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length)
+      throw new Error("scan needs a buffer of its own");
+    const f = frames && {
+      data: transferable(frames.data),
+      spans: frames.spans,
+      ...(frames.inflate ? { inflate: frames.inflate } : {}),
+    };
+    const r = await this.send(
+      w,
+      `scanned:${batch}`,
+      { type: "scan", batch, buffer: ab, length: buffer.length, chunkSize, ...(f ? { frames: f } : {}) },
+      f ? [ab, f.data] : [ab],
+      `req:${-1 - batch}`,
+    );
     return { batch, ids: Buffer.from((r as { ids: ArrayBuffer }).ids) };
   }
 
   /**
    * Compresses and encrypts the given chunks of a scanned batch (in order),
-   * and frees the batch. The objects are views of the batch's slab: call
-   * `done` once they are copied (into packs), and the slab serves a later run.
+   * and frees the batch. The objects come back in `buffer`: the batch's own
+   * buffer when they fit in it (so the caller may reuse it once done with
+   * the objects), else a new one.
    */
   async encode(
     batch: number,
     indexes: number[],
   ): Promise<{
     objects: { index: number; name: string; size: number; data: Buffer }[];
-    done: () => void;
+    buffer: ArrayBuffer;
   }> {
     const w = this.owner.get(batch)!;
-    const slab = this.batchSlabs.get(batch)!;
     this.owner.delete(batch);
-    this.batchSlabs.delete(batch);
-    let done = false;
-    const giveBack = () => {
-      if (!done) this.slabs.giveBack(slab);
-      done = true;
-    };
     const msg: WorkerRequest = { type: "encode", batch, indexes };
-    let r: Extract<WorkerResponse, { type: "encoded" }>;
-    try {
-      r = (await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`)) as typeof r;
-    } catch (err) {
-      giveBack();
-      throw err;
-    }
-    const data = r.data ? Buffer.from(r.data) : Buffer.from(slab.memory);
-    if (r.data) giveBack();
+    const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
+    const { objects, data } = r as Extract<WorkerResponse, { type: "encoded" }>;
     return {
-      objects: r.objects.map((o) => ({
+      objects: objects.map((o) => ({
         index: o.index,
         name: o.name,
         size: o.size,
-        data: data.subarray(o.offset, o.offset + o.size),
+        data: Buffer.from(data, o.offset, o.size),
       })),
-      done: giveBack,
+      buffer: data,
     };
   }
 

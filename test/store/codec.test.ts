@@ -18,6 +18,37 @@ void describe("object codec", () => {
     }
   });
 
+  void it("encodes objects one after another into a caller's buffer, and refuses one that has no room", () => {
+    const parts = [Buffer.alloc(50_000, 3), randomBytes(20_000), Buffer.alloc(0), Buffer.alloc(70_000, 9)];
+    const dest = Buffer.alloc(
+      parts.reduce((n, p) => n + p.length + OBJECT_OVERHEAD, 0),
+      0xee,
+    );
+    let at = 0;
+    const sizes = parts.map((p) => {
+      const size = codec.encodeInto(name, ObjectKind.chunk, p, dest.subarray(at));
+      at += size;
+      return size;
+    });
+    assert.equal(sizes[1], 20_000 + OBJECT_OVERHEAD, "incompressible: stored as it is");
+    assert.ok(sizes[3]! < 1000, "compressible: compressed");
+    let from = 0;
+    for (const [i, p] of parts.entries()) {
+      assert.deepEqual(codec.decode(name, ObjectKind.chunk, dest.subarray(from, from + sizes[i]!)), p);
+      from += sizes[i]!;
+    }
+    assert.ok(
+      dest.subarray(at).every((b) => b === 0xee),
+      "nothing written past the last object",
+    );
+    const small = Buffer.alloc(20_000 + OBJECT_OVERHEAD - 1, 0xee);
+    assert.throws(() => codec.encodeInto(name, ObjectKind.chunk, randomBytes(20_000), small), RangeError);
+    assert.ok(
+      small.every((b) => b === 0xee),
+      "a refused object writes nothing",
+    );
+  });
+
   void it("gives every object a nonce of its own, across refills of its nonce buffer", () => {
     const c = new ObjectCodec(randomBytes(32), 1);
     const plain = Buffer.from("the same plaintext every time");
