@@ -27,8 +27,12 @@ const TRAILER_LEN = 8;
 const INDEX_ENTRY_LEN = ID_LEN + 8;
 /** A pack is sealed once it holds this many bytes (a chunk never straddles two packs). */
 export const DEFAULT_PACK_BYTES = 16 << 20;
-/** Pack buffers kept for reuse. */
-const SPARE_PACKS = 1;
+/**
+ * Pack buffers kept for reuse: as many as packs are stored at once (the
+ * writer's default concurrency) and the one being filled, so that a stream
+ * of packs, ended at each replicator checkpoint, allocates none once it runs.
+ */
+const SPARE_PACKS = 3;
 
 /**
  * A new pack's buffer (when no stored pack's is free) is as large as the
@@ -126,9 +130,19 @@ export class PackWriter {
       need > cap
         ? need + PACK_BUFFER_STEP
         : Math.min(cap, Math.max(need, 2 * this.buf.length, start, PACK_BUFFER_STEP));
-    const next = takeSpare(this.spare, need) ?? Buffer.allocUnsafeSlow(want);
+    // A new pack takes the largest spare (it will grow); a growing one, the smallest that fits.
+    const largest = this.size === 0 && (this.spare[0]?.length ?? 0) >= need ? this.spare.shift() : undefined;
+    const next = largest ?? takeSpare(this.spare, need) ?? Buffer.allocUnsafeSlow(want);
     this.buf.copy(next, 0, 0, this.size);
+    this.keep(this.buf); // outgrown: it may serve a later, smaller pack
     this.buf = next;
+  }
+
+  /** Keeps a buffer no pack uses now for a later pack: the largest SPARE_PACKS, largest first. */
+  private keep(buf: Buffer): void {
+    if (buf.length === 0) return;
+    this.spare.push(buf);
+    this.spare.sort((a, b) => b.length - a.length).splice(SPARE_PACKS);
   }
 
   private seal(): Promise<void> {
@@ -168,8 +182,7 @@ export class PackWriter {
           this.bytes += data.length;
           // Stored: a backend keeps no reference to the bytes of a put once it resolved.
           // The largest are kept: a small one would only be grown again.
-          this.spare.push(whole);
-          this.spare.sort((a, b) => b.length - a.length).splice(SPARE_PACKS);
+          this.keep(whole);
         },
         (err: unknown) => {
           this.failure ??= err instanceof Error ? err : new Error(String(err));

@@ -5,6 +5,7 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { ObjectKind } from "../../src/store/codec.js";
 import {
+  type Backend,
   MemoryBackend,
   PackWriter,
   entryLocation,
@@ -22,6 +23,43 @@ void describe("packs", () => {
   let dir: string | undefined;
   after(async () => {
     if (dir) await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  void it("reuses stored packs' buffers under a stream of packs, two stored at once", async () => {
+    const inner = new MemoryBackend();
+    const buffers = new Set<ArrayBufferLike>();
+    const backend: Backend = {
+      properties: inner.properties,
+      // Stores that take a while, so that two overlap as they do on a disk.
+      put: async (n, d) => {
+        if (n.startsWith("packs/")) buffers.add(d.buffer);
+        await new Promise((r) => setTimeout(r, 5));
+        return inner.put(n, d);
+      },
+      get: (n, r) => inner.get(n, r),
+      stat: (n) => inner.stat(n),
+      list: (p) => inner.list(p),
+      delete: (n) => inner.delete(n),
+      close: () => inner.close(),
+    };
+    const repo = await newRepository({ backend });
+    const packs = new PackWriter(repo, 1 * MiB, 2);
+    const plain = randomBytes(64 * 1024);
+    // Rounds of 20 to 47 chunks, each ended as a replicator's checkpoint ends one (finish seals the
+    // pack being filled and waits for every store): full packs and a shorter last one each round.
+    let i = 0;
+    for (let round = 0; round < 12; round++) {
+      const end = i + 20 + ((round * 13) % 28);
+      for (; i < end; i++) {
+        const id = createHash("sha256").update(plain).update(String(i)).digest(); // distinct ids, same bytes
+        await packs.add(id, repo.codec.encode(repo.chunkName(id), ObjectKind.chunk, plain));
+      }
+      await packs.finish();
+    }
+    assert.ok(packs.packs >= 30, `${packs.packs} packs`);
+    // One pack filled while two are stored: three buffers serve them all, and one more at most
+    // while a store's buffer comes back.
+    assert.ok(buffers.size <= 4, `${buffers.size} buffers for ${packs.packs} packs`);
   });
 
   void it("holds many chunks per object, each readable at its location, with an index of its own", async () => {
