@@ -21,7 +21,7 @@
  * traced after the take land in the now-empty set: that is the consistency
  * pass's snapshot. If the pass fails, `merge()` puts the taken set back.
  */
-import type { ByteRange } from "./reader.js";
+import type { ByteRange } from "../store/disk-reader.js";
 
 export interface DirtySetOptions {
   /** Disk size in bytes. */

@@ -12,7 +12,7 @@
  * lets go of it and the detach the operator asked for happens.
  */
 import { promises as fs } from "node:fs";
-import { deviceNumbers, sysfsDir } from "./block-device.js";
+import { deviceNumbers, sysfsDir } from "../store/block-device.js";
 import type { AgentDisk } from "./config.js";
 
 export type DiskPresence =

@@ -8,7 +8,7 @@ import type { Clock, Logger } from "../base/index.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { DirtySet } from "./dirty-set.js";
 import { InFlight } from "./in-flight.js";
-import { DiskReader } from "./reader.js";
+import { DiskReader } from "../store/disk-reader.js";
 import { type TraceLoss, TraceTracker } from "./trace.js";
 
 export interface DiskRun {

@@ -13,7 +13,7 @@
 import { promises as fs } from "node:fs";
 import path from "node:path";
 import { type Clock, LifeboatError, systemClock } from "../base/index.js";
-import { deviceNumbers } from "./block-device.js";
+import { deviceNumbers } from "../store/block-device.js";
 import {
   type AgentConfig,
   type AgentDisk,

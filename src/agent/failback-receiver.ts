@@ -5,7 +5,7 @@ import { type Clock, LifeboatError, type Logger, writeFileAtomic } from "../base
 import { decodeChunkBatch } from "../wire/index.js";
 import type { AgentDisk } from "./config.js";
 import type { ControlClient, FailbackPass } from "./control-client.js";
-import { blockDeviceSizeBytes, deviceNumbers } from "./block-device.js";
+import { blockDeviceSizeBytes, deviceNumbers } from "../store/block-device.js";
 import { mountedFilesystems } from "./mounted-filesystems.js";
 
 /** Where a pass stands, kept in D/state/failback.json so a restart or a cut link resumes there. */

@@ -5,8 +5,8 @@
  * ranges from the kernel's block trace events; a *freeze* holds a disk's
  * filesystems still while a consistency point is read.
  */
-export { DiskReader, type ByteRange, type OpenDiskOptions } from "./reader.js";
-export { deviceNumbers, kernelDev, blockDeviceSizeBytes } from "./block-device.js";
+export { DiskReader, type ByteRange, type OpenDiskOptions } from "../store/disk-reader.js";
+export { deviceNumbers, kernelDev, blockDeviceSizeBytes } from "../store/block-device.js";
 export {
   TraceTracker,
   type TraceTrackerOptions,

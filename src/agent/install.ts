@@ -28,7 +28,7 @@ import {
   proxyFromEnvironment,
   sameFingerprint,
 } from "../net/index.js";
-import { blockDeviceSizeBytes, deviceNumbers } from "./block-device.js";
+import { blockDeviceSizeBytes, deviceNumbers } from "../store/block-device.js";
 import {
   type AgentConfig,
   type AgentDisk,

@@ -4,7 +4,7 @@
  */
 import { promises as fs } from "node:fs";
 import { LifeboatError } from "../base/index.js";
-import { deviceNumbers, partitionNumbers } from "./block-device.js";
+import { deviceNumbers, partitionNumbers } from "../store/block-device.js";
 
 /** A filesystem mounted from a disk or one of its partitions. */
 export interface MountedFilesystem {

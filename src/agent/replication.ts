@@ -38,7 +38,7 @@ import {
   type SequencedMessage,
   type Welcome,
 } from "../wire/index.js";
-import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "./block-device.js";
+import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "../store/block-device.js";
 import { BlockPool } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { type DiskChange, applyDiskChange } from "./disk-changes.js";
@@ -50,7 +50,7 @@ import {
   RETRY_AFTER_RESCAN,
   makePoint,
 } from "./point.js";
-import { DiskReader } from "./reader.js";
+import { DiskReader } from "../store/disk-reader.js";
 import { type ScanContext, scanDisk } from "./scan.js";
 import { type ShipContext, shipSettled } from "./ship.js";
 import type { AgentState, AgentStatus, DiskStatus } from "./status.js";

@@ -10,7 +10,7 @@ import type { Block, BlocksMessage, SequencedMessage } from "../wire/index.js";
 import type { BlockPool, PreparedBlock } from "./block-pool.js";
 import { RUN_BLOCKS, blocksMessages, zeroHash } from "./blocks-messages.js";
 import type { DiskRun } from "./disk-run.js";
-import type { ByteRange } from "./reader.js";
+import type { ByteRange } from "../store/disk-reader.js";
 
 const PIPELINE = 3;
 /** How often a rescan asks again which blocks the replicator holds while the link is down. */

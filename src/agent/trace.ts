@@ -32,7 +32,7 @@
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
 import { LifeboatError, silentLogger, systemClock, type Clock, type Logger } from "../base/index.js";
-import { deviceNumbers, kernelDev, partitionNumbers } from "./block-device.js";
+import { deviceNumbers, kernelDev, partitionNumbers } from "../store/block-device.js";
 import { decodePage, parseBioQueueFormat, type BioQueueLayout } from "./trace-page.js";
 import { parseCpuStats, removeInstance, tracingRoot, writeControl, type CpuLossCounters } from "./tracefs.js";
 

@@ -1,13 +1,7 @@
 import { createHash } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
-import { createRequire } from "node:module";
+import { PAGE, alignedBuffer } from "../base/aligned.js";
 import { LifeboatError } from "../base/index.js";
-
-const require = createRequire(import.meta.url);
-const directIo = require("@ronomon/direct-io") as {
-  getAlignedBuffer(size: number, alignment: number): Buffer;
-};
-const PAGE = 4096;
 
 /** Bytes per read, and reads kept in flight ahead of the hash. */
 const PIECE = 8 << 20;
@@ -29,7 +23,7 @@ export async function hashPrefix(file: string, size: number, signal?: AbortSigna
   const direct = await fs.open(file, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
   const pieces = Math.ceil(size / PIECE);
   const buffers = Array.from({ length: Math.min(AHEAD, pieces) }, () =>
-    directIo.getAlignedBuffer(Math.ceil(Math.min(PIECE, size) / PAGE) * PAGE, PAGE),
+    alignedBuffer(Math.ceil(Math.min(PIECE, size) / PAGE) * PAGE),
   );
   const reads: Promise<Buffer>[] = [];
   const start = (i: number) => {

@@ -8,8 +8,8 @@ import { createHash, createHmac } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
+import { PAGE, alignedBuffer } from "../base/aligned.js";
 import { LifeboatError } from "../base/index.js";
 import { CHUNK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
@@ -27,10 +27,6 @@ import {
   transferable,
 } from "./worker-pool.js";
 
-const require = createRequire(import.meta.url);
-const directIo = require("@ronomon/direct-io") as {
-  getAlignedBuffer(size: number, alignment: number): Buffer;
-};
 const openFile = promisify(fs.open);
 const read = promisify(fs.read);
 const write = promisify(fs.write);
@@ -202,7 +198,6 @@ function handle(msg: WorkerRequest): void {
 /** Read stretches merge across gaps up to this size: one larger read costs less than two. */
 const MAX_GAP = 256 << 10;
 /** Run buffers are page-aligned, as O_DIRECT writes need. */
-const PAGE = 4096;
 
 /**
  * Buffers kept for reuse: fresh memory costs a page fault per 4 KiB, every
@@ -224,7 +219,7 @@ class BufferPool {
       if (n >= size && (best < 0 || n < this.spare[best]!.length)) best = i;
     }
     if (best >= 0) return this.spare.splice(best, 1)[0]!;
-    return directIo.getAlignedBuffer(Math.max(1, Math.ceil(size / this.step)) * this.step, PAGE);
+    return alignedBuffer(Math.max(1, Math.ceil(size / this.step)) * this.step);
   }
 
   give(b: Buffer): void {

@@ -2,7 +2,7 @@ import { constants, promises as fs } from "node:fs";
 import path from "node:path";
 import { LifeboatError } from "../base/index.js";
 import { LEAF_ENTRY_LEN, walkBlockMap } from "./block-map.js";
-import { blockDeviceSize } from "./disk-source.js";
+import { blockDeviceSizeBytes, deviceNumbers } from "./block-device.js";
 import { HashThread } from "./hash-thread.js";
 import { Limiter } from "./limiter.js";
 import { OrderedHash, SharedBuffers } from "./ordered-hash.js";
@@ -175,7 +175,8 @@ export async function exportDisk(
 
   try {
     if (toDevice) {
-      const size = (await fh.stat()).size || (await blockDeviceSize(st!.rdev));
+      const { major, minor } = deviceNumbers(st!.rdev);
+      const size = (await fh.stat()).size || (await blockDeviceSizeBytes(major, minor));
       if (size < disk.sizeBytes) {
         throw new LifeboatError(
           "EXPORT_TARGET_TOO_SMALL",

@@ -1,7 +1,7 @@
 import path from "node:path";
 import { LifeboatError } from "../base/index.js";
 import { BlockMapBuilder } from "./block-map.js";
-import { openDiskSource } from "./disk-source.js";
+import { DiskReader } from "./disk-reader.js";
 import { acquireLock } from "./locks.js";
 import {
   type ConsistencyLevel,
@@ -63,11 +63,12 @@ export async function importDisks(
   if (opts.disks.length === 0) {
     throw new LifeboatError("USAGE", "no disk given", { hint: "give --disk PATH (repeatable)", exitCode: 2 });
   }
-  const sources = [];
+  const sources: DiskReader[] = [];
   try {
-    for (const p of opts.disks) sources.push(await openDiskSource(p));
+    for (const p of opts.disks)
+      sources.push(await DiskReader.open(p, readerOptions(opts, repo.config.chunkSize)));
   } catch (err) {
-    await Promise.all(sources.map((s) => s.handle.close()));
+    await Promise.all(sources.map((s) => s.close()));
     throw err;
   }
   const lock = await acquireLock(repo, "writer", `import ${opts.server}`);
@@ -107,53 +108,46 @@ export async function importDisks(
     return { pit, stats: { bytesRead, ...ingest.stats, packs: ingest.packs.packs } };
   } finally {
     await ingest?.close();
-    await Promise.all(sources.map((s) => s.handle.close()));
+    await Promise.all(sources.map((s) => s.close()));
     await lock.release();
   }
 }
 
-async function importOne(
-  ingest: ChunkIngest,
-  src: Awaited<ReturnType<typeof openDiskSource>>,
-  index: number,
-  opts: ImportOptions,
-) {
+/**
+ * Each disk is read in runs of whole chunks (`batchBytes`, rounded), `readAhead`
+ * at once, bypassing the page cache where it can.
+ */
+function readerOptions(opts: ImportOptions, chunkSize: number): { chunkSize: number; depth: number } {
+  const run = Math.max(chunkSize, Math.floor((opts.batchBytes ?? 4 << 20) / chunkSize) * chunkSize);
+  return { chunkSize: run, depth: opts.readAhead ?? 4 };
+}
+
+async function importOne(ingest: ChunkIngest, src: DiskReader, index: number, opts: ImportOptions) {
   const { repo } = ingest;
   const chunkSize = repo.config.chunkSize;
   const chunkCount = Math.ceil(src.size / chunkSize);
   const builder = new BlockMapBuilder(repo, chunkCount, ingest.known.pages);
-  const batchBytes = Math.max(chunkSize, Math.floor((opts.batchBytes ?? 4 << 20) / chunkSize) * chunkSize);
-  const readAhead = opts.readAhead ?? 4;
-  // Each batch resolves to the leaf entries of its chunks, in order.
+  // Runs are whole chunks (the reader's buffers are rounded up to its alignment: at least a run).
+  const { chunkSize: runBytes, depth: readAhead } = readerOptions(opts, chunkSize);
+  // Each run resolves to the leaf entries of its chunks, in order.
   const inflight: Promise<Buffer[]>[] = [];
   const drainOne = async () => {
     for (const entry of await inflight.shift()!) await builder.push(entry);
   };
-
-  for (let offset = 0; offset < src.size;) {
+  const ranges = [];
+  for (let offset = 0; offset < src.size; offset += runBytes)
+    ranges.push({ offset, length: Math.min(runBytes, src.size - offset) });
+  // The reader's buffers are aligned for O_DIRECT and cannot move to a worker: each run is copied
+  // into a buffer that can (one the workers gave back, so nothing is allocated per run).
+  await src.readRanges(ranges, async (offset, data) => {
     while (inflight.length >= readAhead) await drainOne();
-    const length = Math.min(batchBytes, src.size - offset);
-    const buf = ingest.takeBuffer(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await src.handle.read(buf, got, length - got, offset + got);
-      if (bytesRead === 0) {
-        throw new LifeboatError(
-          "DISK_UNREADABLE",
-          `disk ${src.path} ended at byte ${offset + got}, expected ${src.size}`,
-          {
-            hint: "the disk shrank while it was read; retry",
-          },
-        );
-      }
-      got += bytesRead;
-    }
-    offset += length;
+    const buf = ingest.takeBuffer(data.length);
+    data.copy(buf);
     const p = ingest.run(buf);
     p.catch(() => undefined); // awaited in order by drainOne; this only avoids an unhandled rejection meanwhile
     inflight.push(p);
-    opts.onProgress?.({ disk: index, path: src.path, bytesDone: offset, bytesTotal: src.size });
-  }
+    opts.onProgress?.({ disk: index, path: src.path, bytesDone: offset + data.length, bytesTotal: src.size });
+  });
   while (inflight.length > 0) await drainOne();
   await ingest.finish();
   return builder.finish();

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { alignedBuffer } from "../base/aligned.js";
 import { LifeboatError } from "../base/index.js";
 import { takeSpare } from "../base/spare.js";
 import { type ChunkLocation, ID_LEN, PACK_ID_LEN } from "./block-map.js";
@@ -70,6 +71,8 @@ export class PackWriter {
    * Buffers of stored packs, for the next ones: a pack buffer is large, and
    * allocating one per pack costs page faults and leaves the allocator's
    * heaps fragmented (freed blocks of this size are not returned to the system).
+   * They are page-aligned, so that a local repository writes them to disk
+   * directly instead of through the page cache (backends/local.ts).
    */
   private readonly spare: Buffer[] = [];
   /** Bytes of the pack sealed last (reserve). */
@@ -132,7 +135,7 @@ export class PackWriter {
         : Math.min(cap, Math.max(need, 2 * this.buf.length, start, PACK_BUFFER_STEP));
     // A new pack takes the largest spare (it will grow); a growing one, the smallest that fits.
     const largest = this.size === 0 && (this.spare[0]?.length ?? 0) >= need ? this.spare.shift() : undefined;
-    const next = largest ?? takeSpare(this.spare, need) ?? Buffer.allocUnsafeSlow(want);
+    const next = largest ?? takeSpare(this.spare, need) ?? alignedBuffer(want);
     this.buf.copy(next, 0, 0, this.size);
     this.keep(this.buf); // outgrown: it may serve a later, smaller pack
     this.buf = next;

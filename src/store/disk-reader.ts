@@ -1,22 +1,18 @@
 /**
- * Reads a source disk the way the agent must: with O_DIRECT, into aligned
- * buffers, bypassing the page cache. A mounted device read through the page
- * cache can return blocks older than what the filesystem has written
- * (DESIGN.md, "Facts"); an O_DIRECT read goes to the device.
+ * Reads a disk (a block device or an image file) the way the agent must:
+ * with O_DIRECT, into aligned buffers, bypassing the page cache. A mounted
+ * device read through the page cache can return blocks older than what the
+ * filesystem has written (DESIGN.md, "Facts"); an O_DIRECT read goes to the
+ * device. `store import` reads through it too: a disk read once gains
+ * nothing from the cache, and filling it costs more than the copy out of it.
  *
  * Memory is bounded: `depth` aligned buffers of `chunkSize` bytes per
  * reader (8 MiB by default), reused for every read.
  */
 import { constants, promises as fs } from "node:fs";
-import { createRequire } from "node:module";
+import { PAGE, alignedBuffer } from "../base/aligned.js";
 import { LifeboatError, silentLogger, type Logger } from "../base/index.js";
 import { blockDeviceSizeBytes, deviceNumbers, logicalBlockSize, statDisk } from "./block-device.js";
-
-const require = createRequire(import.meta.url);
-const directIo = require("@ronomon/direct-io") as {
-  getAlignedBuffer(size: number, alignment: number): Buffer;
-  O_DIRECT: number;
-};
 
 /** A byte range of a disk. */
 export interface ByteRange {
@@ -31,8 +27,6 @@ export interface OpenDiskOptions {
   depth?: number;
   logger?: Logger;
 }
-
-const PAGE = 4096;
 
 /** Reads in flight at once in readRanges, when pieces are small enough to share the buffers. */
 const MAX_READS_IN_FLIGHT = 16;
@@ -56,9 +50,7 @@ export class DiskReader {
     chunkSize: number,
     depth: number,
   ) {
-    this.bufs = Array.from({ length: depth }, () =>
-      directIo.getAlignedBuffer(chunkSize, Math.max(alignment, PAGE)),
-    );
+    this.bufs = Array.from({ length: depth }, () => alignedBuffer(chunkSize, Math.max(alignment, PAGE)));
   }
 
   /**
@@ -85,7 +77,7 @@ export class DiskReader {
     let handle: fs.FileHandle;
     let bufferedReason: string | null = null;
     try {
-      handle = await fs.open(path, constants.O_RDONLY | directIo.O_DIRECT);
+      handle = await fs.open(path, constants.O_RDONLY | constants.O_DIRECT);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== "EINVAL") throw unreadable(path, err);

@@ -64,13 +64,16 @@ export async function statDisk(path: string): Promise<Stats> {
     return await fs.stat(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new LifeboatError(
-      "DISK_UNREADABLE",
-      `cannot read disk ${path}: ${code ?? (err as Error).message}`,
-      {
-        hint: "check the path; block devices need root",
-        cause: err,
-      },
-    );
+    const why =
+      code === "ENOENT"
+        ? "no such file or device"
+        : code === "EACCES"
+          ? "permission denied"
+          : (code ?? (err as Error).message);
+    throw new LifeboatError("DISK_UNREADABLE", `cannot read disk ${path}: ${why}`, {
+      hint: "check the path; block devices need root",
+      cause: err,
+      exitCode: code === "ENOENT" ? 2 : 1,
+    });
   }
 }
