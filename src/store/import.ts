@@ -37,7 +37,7 @@ export interface ImportOptions {
   consistency?: ConsistencyLevel;
   labels?: Record<string, string>;
   onProgress?: (p: ImportProgress) => void;
-  /** Reads in flight; each is `batchBytes` of memory (default 4). */
+  /** Runs in flight through the workers; each is `batchBytes` of memory (default 4). */
   readAhead?: number;
   batchBytes?: number;
   /** Pack stores in flight (default 2); each holds up to `packBytes` of memory. */
@@ -114,12 +114,13 @@ export async function importDisks(
 }
 
 /**
- * Each disk is read in runs of whole chunks (`batchBytes`, rounded), `readAhead`
- * at once, bypassing the page cache where it can.
+ * Each disk is read in runs of whole chunks (`batchBytes`, rounded), bypassing
+ * the page cache where it can, two reads in flight (each run is copied out at
+ * once: more buffers only cost memory).
  */
 function readerOptions(opts: ImportOptions, chunkSize: number): { chunkSize: number; depth: number } {
   const run = Math.max(chunkSize, Math.floor((opts.batchBytes ?? 4 << 20) / chunkSize) * chunkSize);
-  return { chunkSize: run, depth: opts.readAhead ?? 4 };
+  return { chunkSize: run, depth: 2 };
 }
 
 async function importOne(ingest: ChunkIngest, src: DiskReader, index: number, opts: ImportOptions) {
@@ -128,7 +129,8 @@ async function importOne(ingest: ChunkIngest, src: DiskReader, index: number, op
   const chunkCount = Math.ceil(src.size / chunkSize);
   const builder = new BlockMapBuilder(repo, chunkCount, ingest.known.pages);
   // Runs are whole chunks (the reader's buffers are rounded up to its alignment: at least a run).
-  const { chunkSize: runBytes, depth: readAhead } = readerOptions(opts, chunkSize);
+  const runBytes = readerOptions(opts, chunkSize).chunkSize;
+  const readAhead = opts.readAhead ?? 4;
   // Each run resolves to the leaf entries of its chunks, in order.
   const inflight: Promise<Buffer[]>[] = [];
   const drainOne = async () => {
