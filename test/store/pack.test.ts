@@ -5,7 +5,6 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { ObjectKind } from "../../src/store/codec.js";
 import {
-  type Backend,
   MemoryBackend,
   PackWriter,
   entryLocation,
@@ -26,22 +25,12 @@ void describe("packs", () => {
   });
 
   void it("reuses stored packs' buffers under a stream of packs, two stored at once", async () => {
-    const inner = new MemoryBackend();
     const buffers = new Set<ArrayBufferLike>();
-    const backend: Backend = {
-      properties: inner.properties,
-      // Stores that take a while, so that two overlap as they do on a disk.
-      put: async (n, d) => {
-        if (n.startsWith("packs/")) buffers.add(d.buffer);
-        await new Promise((r) => setTimeout(r, 5));
-        return inner.put(n, d);
-      },
-      get: (n, r) => inner.get(n, r),
-      stat: (n) => inner.stat(n),
-      list: (p) => inner.list(p),
-      delete: (n) => inner.delete(n),
-      close: () => inner.close(),
-    };
+    // Stores that take a while, so that two overlap as they do on a disk.
+    const backend = countingBackend(new MemoryBackend(), async (n, d) => {
+      if (n.startsWith("packs/")) buffers.add(d.buffer);
+      await new Promise((r) => setTimeout(r, 5));
+    });
     const repo = await newRepository({ backend });
     const packs = new PackWriter(repo, 1 * MiB, 2);
     const plain = randomBytes(64 * 1024);

@@ -28,12 +28,20 @@ export async function newRepository(
 }
 
 /** Wraps a backend and counts puts by name prefix. */
-export function countingBackend(inner: Backend): Backend & { puts: string[] } {
+export function countingBackend(
+  inner: Backend,
+  /** Runs before each put reaches `inner` (to see its bytes, or to delay it). */
+  beforePut?: (name: string, data: Uint8Array) => void | Promise<void>,
+): Backend & { puts: string[] } {
   const puts: string[] = [];
   return {
     properties: inner.properties,
     puts,
-    put: (n, d) => (puts.push(n), inner.put(n, d)),
+    put: async (n, d) => {
+      puts.push(n);
+      await beforePut?.(n, d);
+      return inner.put(n, d);
+    },
     get: (n, r) => inner.get(n, r),
     stat: (n) => inner.stat(n),
     list: (p) => inner.list(p),
