@@ -14,7 +14,7 @@ const directIo = require("@ronomon/direct-io") as {
 /** The unit of alignment used everywhere: a page, a multiple of every logical block size seen. */
 export const PAGE = 4096;
 
-/** A buffer of `size` bytes whose address is a multiple of `alignment` (default a page); not zeroed. */
+/** A zero-filled buffer of `size` bytes whose address is a multiple of `alignment` (default a page). */
 export function alignedBuffer(size: number, alignment = PAGE): Buffer {
   return directIo.getAlignedBuffer(size, alignment);
 }
