@@ -29,13 +29,6 @@ const INDEX_ENTRY_LEN = ID_LEN + 8;
 /** A pack is sealed once it holds this many bytes (a chunk never straddles two packs). */
 export const DEFAULT_PACK_BYTES = 16 << 20;
 /**
- * Pack buffers kept for reuse: as many as packs are stored at once (the
- * writer's default concurrency) and the one being filled, so that a stream
- * of packs, ended at each replicator checkpoint, allocates none once it runs.
- */
-const SPARE_PACKS = 3;
-
-/**
  * A new pack's buffer (when no stored pack's is free) is as large as the
  * last pack was, and at least this; it doubles as the pack grows, up to the
  * target and this much more (the chunk that crosses the target, the index).
@@ -65,6 +58,12 @@ export class PackWriter {
   private size = 0;
   private packId = randomBytes(PACK_ID_LEN);
   private readonly stores: Limiter;
+  /**
+   * Pack buffers kept for reuse: as many as packs are stored at once and the
+   * one being filled, so that a stream of packs, ended at each replicator
+   * checkpoint, allocates none once it runs.
+   */
+  private readonly spares: number;
   private readonly running = new Set<Promise<void>>();
   private readonly storing = new Set<string>();
   /**
@@ -90,6 +89,7 @@ export class PackWriter {
     concurrency = 2,
   ) {
     this.stores = new Limiter(concurrency);
+    this.spares = concurrency + 1;
   }
 
   async add(id: Uint8Array, encoded: Buffer): Promise<ChunkLocation> {
@@ -141,11 +141,11 @@ export class PackWriter {
     this.buf = next;
   }
 
-  /** Keeps a buffer no pack uses now for a later pack: the largest SPARE_PACKS, largest first. */
+  /** Keeps a buffer no pack uses now for a later pack: the largest `spares`, largest first. */
   private keep(buf: Buffer): void {
     if (buf.length === 0) return;
     this.spare.push(buf);
-    this.spare.sort((a, b) => b.length - a.length).splice(SPARE_PACKS);
+    this.spare.sort((a, b) => b.length - a.length).splice(this.spares);
   }
 
   private seal(): Promise<void> {
