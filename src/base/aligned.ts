@@ -18,3 +18,8 @@ export const PAGE = 4096;
 export function alignedBuffer(size: number, alignment = PAGE): Buffer {
   return directIo.getAlignedBuffer(size, alignment);
 }
+
+/** `n` rounded up to a multiple of `step`. */
+export function roundUp(n: number, step: number): number {
+  return Math.ceil(n / step) * step;
+}

@@ -193,6 +193,11 @@ export class ReplicaApplier {
     return this.ingest.takeBuffer(length);
   }
 
+  /** A buffer for a run's ChunkFrames, to hand to writeChunks like runBuffer's (reused likewise). */
+  framesBuffer(length: number): Buffer {
+    return this.ingest.takeFramesBuffer(length);
+  }
+
   /**
    * Writes whole chunks: `data` starts at a chunk boundary and holds whole
    * chunks (the disk's last chunk may be short). Resolves once the write is

@@ -231,10 +231,10 @@ export class ReplicaStream {
       const inflate = Math.max(0, blocks.length - RECENT_CHUNKS_OF_A_RUN);
       const data = this.runContent(msg.disk, from, blocks, inflate);
       bytes += data.length; // before the write: it moves the buffer to a worker, which empties it here
-      await this.applier.writeChunks(msg.disk, from, data, {
-        owned: true,
-        frames: framesOf(blocks, inflate),
-      });
+      // A single chunk is encoded again on its own (writeChunks), so its frame would go unused.
+      const frames =
+        blocks.length > 1 ? framesOf(blocks, inflate, (n) => this.applier.framesBuffer(n)) : undefined;
+      await this.applier.writeChunks(msg.disk, from, data, { owned: true, ...(frames ? { frames } : {}) });
     };
     for (const b of msg.blocks) {
       if (this.diverged.size) this.diverged.delete(`${msg.disk}:${offset}`);
@@ -432,8 +432,8 @@ function closedError(): LifeboatError {
 }
 
 /**
- * The zstd frames of a run's compressed blocks, copied into one buffer (the
- * message's buffers are not the stream's to hand over), so that the
+ * The zstd frames of a run's compressed blocks, copied into one buffer from
+ * `buffer` (the message's buffers are not the stream's to hand over), so that the
  * repository stores them as they came rather than compressing every block
  * again. runContent has checked that each decompresses to its whole block
  * (or, for the first `inflate`, that its header says so: the worker
@@ -442,11 +442,12 @@ function closedError(): LifeboatError {
 function framesOf(
   blocks: { encoding: string; data?: Uint8Array }[],
   inflate: number,
+  buffer: (length: number) => Buffer,
 ): ChunkFrames | undefined {
   let total = 0;
   for (const b of blocks) if (b.encoding === "zstd") total += b.data?.length ?? 0;
   if (total === 0) return undefined;
-  const data = Buffer.allocUnsafeSlow(total);
+  const data = buffer(total);
   const spans: number[] = [];
   let at = 0;
   for (const b of blocks) {
@@ -458,5 +459,5 @@ function framesOf(
     spans.push(at, b.data.length);
     at += b.data.length;
   }
-  return { data, spans, ...(inflate ? { inflate } : {}) };
+  return { data, spans, own: true, ...(inflate ? { inflate } : {}) };
 }

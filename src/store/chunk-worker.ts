@@ -166,7 +166,12 @@ function handle(msg: WorkerRequest): void {
       const all = at <= own.byteLength ? Buffer.from(own) : Buffer.allocUnsafeSlow(at);
       encoded.copy(all, 0, 0, at);
       const data = all.buffer;
-      reply({ type: "encoded", batch: msg.batch, objects, data }, [data]);
+      // The frames are copied into `data` too: their buffer goes back for the writer's next run.
+      const frames = batch.frames?.data.buffer as ArrayBuffer | undefined;
+      reply(
+        { type: "encoded", batch: msg.batch, objects, data, ...(frames ? { frames } : {}) },
+        frames ? [data, frames] : [data],
+      );
       return;
     }
     case "decode": {

@@ -10,7 +10,7 @@
  * reader (8 MiB by default), reused for every read.
  */
 import { constants, promises as fs } from "node:fs";
-import { PAGE, alignedBuffer } from "../base/aligned.js";
+import { PAGE, alignedBuffer, roundUp } from "../base/aligned.js";
 import { LifeboatError, silentLogger, type Logger } from "../base/index.js";
 import { blockDeviceSizeBytes, deviceNumbers, logicalBlockSize, statDisk } from "./block-device.js";
 
@@ -249,10 +249,6 @@ interface Piece {
   pos: number;
   next: number;
   end: number;
-}
-
-function roundUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }
 
 function unreadable(path: string, err: unknown, where = ""): LifeboatError {

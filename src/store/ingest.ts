@@ -1,3 +1,4 @@
+import { roundUp } from "../base/aligned.js";
 import { takeSpare } from "../base/spare.js";
 import { ZERO_ENTRY, isZeroId, leafEntry, walkBlockMap, type BlockMapRef } from "./block-map.js";
 import { type ChunkClaim, KnownIds, type KnownIdsOptions } from "./known-index.js";
@@ -77,6 +78,9 @@ export class ChunkIngest {
   /** Run buffers back from the workers (takeBuffer). */
   private readonly spare: ArrayBuffer[] = [];
   private lent = 0;
+  /** ChunkFrames buffers back from the workers (takeFramesBuffer). */
+  private readonly spareFrames: ArrayBuffer[] = [];
+  private framesLent = 0;
 
   constructor(
     readonly repo: Repository,
@@ -121,7 +125,11 @@ export class ChunkIngest {
       toEncode.push({ index: i, id: Buffer.from(id), claim });
     }
     try {
-      const { objects, buffer } = await this.pool.encode(
+      const {
+        objects,
+        buffer,
+        frames: framesBack,
+      } = await this.pool.encode(
         batch,
         toEncode.map(({ index }) => index),
       );
@@ -134,6 +142,7 @@ export class ChunkIngest {
         stats.storedBytes += o.size;
       }
       this.giveBack(buffer); // every object was copied into its pack
+      if (framesBack) this.giveBackFrames(framesBack);
     } catch (err) {
       for (const t of toEncode) t.claim.reject(err);
       throw err;
@@ -160,6 +169,26 @@ export class ChunkIngest {
     const ab = takeSpare(this.spare, room) ?? Buffer.allocUnsafeSlow(room).buffer;
     this.lent++;
     return Buffer.from(ab, 0, length);
+  }
+
+  /**
+   * A buffer for a run's ChunkFrames of `length` bytes: one that came back
+   * from a worker when one is large enough (the replicator copies every
+   * received frame into one, and fresh memory per run costs page faults and,
+   * counted against the heap, a full garbage collection every few dozen
+   * megabytes). Sizes are rounded up to whole MiB so that buffers fit
+   * later runs.
+   */
+  takeFramesBuffer(length: number): Buffer {
+    const ab = takeSpare(this.spareFrames, length) ?? Buffer.allocUnsafeSlow(roundUp(length, 1 << 20)).buffer;
+    this.framesLent++;
+    return Buffer.from(ab, 0, length);
+  }
+
+  private giveBackFrames(ab: ArrayBuffer): void {
+    if (this.framesLent === 0) return;
+    this.framesLent--;
+    if (this.spareFrames.length < MAX_SPARE_BUFFERS) this.spareFrames.push(ab);
   }
 
   /** Keeps a buffer back from a worker, but only as many as takeBuffer handed out. */

@@ -19,6 +19,11 @@ export interface ChunkFrames {
   data: Buffer;
   spans: number[];
   /**
+   * `data` starts an ArrayBuffer of its own (ChunkIngest.takeFramesBuffer's),
+   * which moves whole, spare room and all, instead of being copied out.
+   */
+  own?: boolean;
+  /**
    * The chunks before this index that have a frame are not in the run's
    * buffer yet: the worker decompresses each into its place before hashing
    * (one that does not come out exactly the chunk's length fails the scan
@@ -153,6 +158,8 @@ export type WorkerResponse =
       /** Each object is bytes [offset, offset + size) of `data`. */
       objects: { index: number; name: string; offset: number; size: number }[];
       data: ArrayBuffer;
+      /** The batch's ChunkFrames buffer, handed back for reuse (every frame is in `data` now). */
+      frames?: ArrayBuffer;
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
   | { type: "restored"; req: number }
@@ -289,7 +296,10 @@ export class WorkerPool {
     if (buffer.byteOffset !== 0 || ab.byteLength < buffer.length)
       throw new Error("scan needs a buffer of its own");
     const f = frames && {
-      data: transferable(frames.data),
+      data:
+        frames.own && frames.data.byteOffset === 0
+          ? (frames.data.buffer as ArrayBuffer)
+          : transferable(frames.data),
       spans: frames.spans,
       ...(frames.inflate ? { inflate: frames.inflate } : {}),
     };
@@ -307,7 +317,8 @@ export class WorkerPool {
    * Compresses and encrypts the given chunks of a scanned batch (in order),
    * and frees the batch. The objects come back in `buffer`: the batch's own
    * buffer when they fit in it (so the caller may reuse it once done with
-   * the objects), else a new one.
+   * the objects), else a new one. The batch's ChunkFrames buffer, if it had
+   * one, comes back too (`frames`), for the caller to reuse.
    */
   async encode(
     batch: number,
@@ -315,12 +326,13 @@ export class WorkerPool {
   ): Promise<{
     objects: { index: number; name: string; size: number; data: Buffer }[];
     buffer: ArrayBuffer;
+    frames?: ArrayBuffer;
   }> {
     const w = this.owner.get(batch)!;
     this.owner.delete(batch);
     const msg: WorkerRequest = { type: "encode", batch, indexes };
     const r = await this.send(w, `encoded:${batch}`, msg, [], `req:${-1 - batch}`);
-    const { objects, data } = r as Extract<WorkerResponse, { type: "encoded" }>;
+    const { objects, data, frames } = r as Extract<WorkerResponse, { type: "encoded" }>;
     return {
       objects: objects.map((o) => ({
         index: o.index,
@@ -329,6 +341,7 @@ export class WorkerPool {
         data: Buffer.from(data, o.offset, o.size),
       })),
       buffer: data,
+      ...(frames ? { frames } : {}),
     };
   }
 

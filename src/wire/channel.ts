@@ -5,6 +5,7 @@ import { connectionClosed, peerDead, protocolError, remoteError } from "./errors
 import { FLAG_RESENT, type Frame, encodeHeader, frameTypeName, payloadCrc } from "./frame.js";
 import { FrameDecoder } from "./frame-decoder.js";
 import type { WireMessage } from "./messages.js";
+import type { PayloadPool } from "./payload-pool.js";
 import type { OutgoingFrame } from "./sender.js";
 
 export type WireRole = "agent" | "replicator";
@@ -37,7 +38,7 @@ export interface ChannelHandlers {
  * nothing about sequencing: the sessions on top do.
  */
 export class FrameChannel {
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder: FrameDecoder;
   private lastHeard: number;
   private timer: NodeJS.Timeout | undefined;
   private nonce = 0;
@@ -51,7 +52,10 @@ export class FrameChannel {
     private readonly handlers: ChannelHandlers,
     private readonly clock: Clock,
     heartbeat: HeartbeatSettings,
+    /** Buffers for large payloads, given back by whoever is done with the messages (PayloadPool). */
+    payloads?: PayloadPool,
   ) {
+    this.decoder = new FrameDecoder(payloads);
     this.lastHeard = clock.now();
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => this.finish(connectionClosed("the peer closed the connection")));

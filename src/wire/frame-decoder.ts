@@ -13,6 +13,7 @@ import {
   frameTypeName,
   isFrameType,
 } from "./frame.js";
+import type { PayloadPool } from "./payload-pool.js";
 
 /**
  * Turns a byte stream cut at arbitrary points into frames. It holds at most
@@ -31,6 +32,9 @@ export class FrameDecoder {
   private payload: Buffer | undefined;
   private payloadFill = 0;
   private failure: LifeboatError | undefined;
+
+  /** `payloads`: where the buffers of large payloads come from (else each is a new allocation). */
+  constructor(private readonly payloads?: PayloadPool) {}
 
   /** Bytes held now (header and payload so far); never more than one maximal frame. */
   get bufferedBytes(): number {
@@ -62,7 +66,7 @@ export class FrameDecoder {
             out.push(this.finish(p));
             continue;
           }
-          this.payload = Buffer.allocUnsafe(this.pending.length);
+          this.payload = this.payloads?.take(this.pending.length) ?? Buffer.allocUnsafe(this.pending.length);
         }
         const payload = this.payload!;
         const take = Math.min(payload.length - this.payloadFill, chunk.length - at);

@@ -6,6 +6,7 @@ import { checkBlocks } from "./check-blocks.js";
 import { protocolError, sessionClosed, shuttingDown } from "./errors.js";
 import type { Command, Hello, PointDone, SequencedMessage, Welcome } from "./messages.js";
 import { PROTOCOL_VERSIONS, chooseVersion } from "./negotiate.js";
+import { PayloadPool } from "./payload-pool.js";
 import { type ReceiverConnection, ReliableReceiver } from "./receiver.js";
 import type { WindowLimits } from "./sender.js";
 import { MAX_BLOCKS_PER_FRAME, MAX_PENDING_QUERIES } from "./frame.js";
@@ -109,6 +110,8 @@ export class WireServer {
   private readonly log: Logger;
   private readonly window: WindowLimits;
   private readonly heartbeat: HeartbeatSettings;
+  /** The buffers of large BLOCKS payloads, shared by every connection; a message's goes back once it is durable. */
+  private readonly payloads = new PayloadPool();
 
   constructor(private readonly opts: WireServerOptions) {
     this.clock = opts.clock ?? systemClock;
@@ -228,6 +231,7 @@ export class WireServer {
       },
       this.clock,
       this.heartbeat,
+      this.payloads,
     );
     this.channels.add(channel);
     const conn: ServerConnection = {
@@ -308,10 +312,14 @@ export class WireServer {
       peerId,
       handlers,
       current: undefined,
-      receiver: new ReliableReceiver((msg, seq) => stream.handlers.apply(msg, seq), this.window, {
-        pipelined: handlers.pipelined ?? false,
-        ...(persisted ? { lastApplied: persisted.lastApplied } : {}),
-      }),
+      receiver: new ReliableReceiver(
+        (msg, seq) => stream.handlers.apply(msg, seq).then(() => this.payloads.giveBack(msg)),
+        this.window,
+        {
+          pipelined: handlers.pipelined ?? false,
+          ...(persisted ? { lastApplied: persisted.lastApplied } : {}),
+        },
+      ),
     };
     this.streams.set(token, stream);
     this.byPeer.set(peerId, token);

@@ -76,4 +76,36 @@ void describe("ingest with the writer's own zstd frames", () => {
       await ingest.close();
     }
   });
+
+  void it("moves a frames buffer of its own to the worker and lends the same memory again", async () => {
+    const repo = await newRepository({ chunkSize: CHUNK });
+    const ingest = new ChunkIngest(repo, await loadKnownIds(repo, []));
+    try {
+      const plain = [chunk(11), chunk(12), chunk(13)];
+      const frames = plain.map((p) => zstd(p, 19));
+      const all = Buffer.concat(frames);
+      const data = ingest.takeBuffer(plain.length * CHUNK);
+      plain.forEach((p, i) => p.copy(data, i * CHUNK));
+      const f = ingest.takeFramesBuffer(all.length);
+      all.copy(f);
+      const spans: number[] = [];
+      let at = 0;
+      for (const fr of frames) {
+        spans.push(at, fr.length);
+        at += fr.length;
+      }
+      const entries = await ingest.run(data, { data: f, spans, own: true });
+      assert.equal(f.buffer.byteLength, 0, "the buffer moved to the worker: no copy was made");
+      const next = ingest.takeFramesBuffer(all.length);
+      assert.ok(next.equals(all), "the next frames buffer is the same memory, back from the worker");
+      await ingest.finish();
+      await repo.flush();
+      for (const [i, e] of entries.entries()) {
+        assert.equal(entryLocation(e).length, OBJECT_OVERHEAD + frames[i]!.length, `chunk ${i}: its frame`);
+        assert.deepEqual(await repo.readChunk(e), plain[i], `chunk ${i} reads back`);
+      }
+    } finally {
+      await ingest.close();
+    }
+  });
 });
