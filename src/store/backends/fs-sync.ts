@@ -24,9 +24,15 @@ export async function syncFileSystem(dir: string): Promise<void> {
   return syncer().request(dir);
 }
 
-// One answer line per request: the exit status, then what sync said, on one line.
-const SCRIPT =
-  'while IFS= read -r d; do o=$(sync --file-system -- "$d" 2>&1); s=$?; printf "%s %s\\n" "$s" "$(printf %s "$o" | tr "\\n" " " | head -c 2000)"; done';
+/**
+ * Each request is answered by what sync said, if anything, then a line of
+ * STATUS and its exit status. Only `sync` itself is forked: capturing its
+ * words in the shell would fork a subshell and a pipeline per request too.
+ */
+const STATUS = "lifeboat-sync-status";
+const SCRIPT = `while IFS= read -r d; do sync --file-system -- "$d" 2>&1; echo "${STATUS} $?"; done`;
+/** What sync said about one request is cut to this many characters. */
+const MAX_SAID = 2000;
 
 interface Waiter {
   dir: string;
@@ -38,6 +44,8 @@ class Syncer {
   private child: ChildProcessWithoutNullStreams | undefined;
   private readonly waiting: Waiter[] = [];
   private out = "";
+  /** What sync said since the last status line. */
+  private said = "";
 
   request(dir: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
@@ -61,14 +69,17 @@ class Syncer {
       while ((nl = this.out.indexOf("\n")) >= 0) {
         const line = this.out.slice(0, nl);
         this.out = this.out.slice(nl + 1);
+        if (!line.startsWith(`${STATUS} `)) {
+          this.said = `${this.said} ${line}`.slice(0, MAX_SAID);
+          continue;
+        }
+        const status = line.slice(STATUS.length + 1);
+        const said = this.said.trim();
+        this.said = "";
         const w = this.waiting.shift();
         if (w === undefined) continue;
-        const [status = "", ...said] = line.split(" ");
         if (status === "0") w.resolve();
-        else
-          w.reject(
-            new Error(`sync --file-system ${w.dir} failed (status ${status}): ${said.join(" ").trim()}`),
-          );
+        else w.reject(new Error(`sync --file-system ${w.dir} failed (status ${status}): ${said}`));
       }
       if (this.waiting.length === 0) (child.stdout as Socket).unref();
     });
@@ -76,6 +87,7 @@ class Syncer {
       if (this.child !== child) return;
       this.child = undefined;
       this.out = "";
+      this.said = "";
       for (const w of this.waiting.splice(0)) w.reject(new Error(`sync --file-system ${w.dir}: ${why}`));
     };
     child.on("error", (e) => gone(e.message));
