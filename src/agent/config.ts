@@ -239,3 +239,20 @@ export async function saveAgentConfig(dir: string, config: AgentConfig): Promise
   await fs.chmod(dir, 0o700);
   await writeFileAtomic(p.config, `${JSON.stringify(agentConfigSchema.parse(config), null, 2)}\n`);
 }
+
+/** host and port of the replicator: the configured data address, else the endpoint's. */
+export function dataAddressOf(config: AgentConfig): { host: string; port: number } {
+  if (config.dataAddress) return parseAddress(config.dataAddress);
+  const u = new URL(config.endpoint);
+  return { host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 443) };
+}
+
+/** `host:port` or `[v6]:port`. */
+export function parseAddress(address: string): { host: string; port: number } {
+  const m = /^\[?(.*?)\]?:(\d+)$/.exec(address);
+  if (!m)
+    throw new LifeboatError("AGENT_CONFIG_INVALID", `data address ${address} is not host:port`, {
+      hint: "fix dataAddress in config.json (or the replicator's registered address)",
+    });
+  return { host: m[1]!, port: Number(m[2]) };
+}

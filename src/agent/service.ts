@@ -25,12 +25,14 @@ import {
 import { assertPrivateFile, proxyFromEnvironment } from "../net/index.js";
 import { connectWire } from "../wire/index.js";
 import { BootWatcher } from "./boot-watcher.js";
-import { type AgentConfig, agentPaths, loadAgentConfig } from "./config.js";
+import { type AgentConfig, agentPaths, dataAddressOf, loadAgentConfig, parseAddress } from "./config.js";
+import { runCommand } from "./commands.js";
 import { type AgentCommand, type AgentMode, ControlClient } from "./control-client.js";
 import { DiskMonitor } from "./disk-changes.js";
 import type { BlockDeviceInfo } from "./discovery.js";
 import { FailbackReceiver, pendingFailback } from "./failback-receiver.js";
-import { type PointRequest, Replication, type ReplicationOptions } from "./replication.js";
+import { Replication, type ReplicationOptions } from "./replication.js";
+import { type DiskGeneration, readGenerations, readSessionToken } from "./state-files.js";
 import { type AgentStatus, writeAgentStatus } from "./status.js";
 
 export const AGENT_VERSION = "0.1.0";
@@ -592,44 +594,14 @@ export class AgentService {
         continue;
       }
       // Each runs on its own: a PIT waits for the engine, a rescan does not.
-      for (const c of list) void this.run(c);
-    }
-  }
-
-  private async run(c: AgentCommand): Promise<void> {
-    try {
-      let result: Record<string, unknown> = {};
-      if (c.kind === "make-pit" || c.kind === "group-pit") {
-        const req: PointRequest = {};
-        const wanted = c.params.consistency;
-        if (typeof wanted === "string") req.consistency = wanted as NonNullable<PointRequest["consistency"]>;
-        if (c.kind === "group-pit") req.barrier = () => this.control.frozen(c.id);
-        const pit = await this.replication.requestPoint(req);
-        result = {
-          pitId: pit.pitId ?? pit.pointId,
-          seq: pit.seq,
-          takenAt: pit.takenAt,
-          consistency: pit.consistency,
-          disks: pit.disks,
-        };
-      } else if (c.kind === "rescan") {
-        const disks = Array.isArray(c.params.disks) ? (c.params.disks as number[]) : undefined;
-        this.replication.requestRescan(disks);
-      } else if (c.kind === "set-bandwidth") {
-        this.replication.setBandwidth(Number(c.params.mbps ?? 0));
-      } else if (c.kind === "failback") {
-        // The mode changed (a failback started, ended or was cancelled): read it now.
-        const { mode } = await this.control.settings();
-        if (mode) await this.applyMode(mode);
+      for (const c of list) {
+        void runCommand(c, {
+          control: this.control,
+          replication: this.replication,
+          applyMode: (m) => this.applyMode(m),
+          log: this.log,
+        });
       }
-      await this.control.complete(c.id, { ok: true, result });
-    } catch (err) {
-      const e =
-        err instanceof LifeboatError ? err : new LifeboatError("AGENT_IO", String(err), { cause: err });
-      this.log.warn({ command: c.kind, id: c.id, code: e.code, err: e.message }, "command failed");
-      await this.control
-        .complete(c.id, { ok: false, code: e.code, message: e.message })
-        .catch(() => undefined);
     }
   }
 
@@ -644,93 +616,4 @@ export class AgentService {
       this.log.warn({ err: String(err) }, "certificate renewal failed; retrying in an hour");
     }
   }
-}
-
-/** The resume token kept in D/state/session.json, if it is there and sound. */
-type DiskGeneration = { index: number; generation: string };
-
-async function readGenerations(file: string): Promise<DiskGeneration[]> {
-  try {
-    const v = JSON.parse(await fs.readFile(file, "utf8")) as unknown;
-    return Array.isArray(v)
-      ? v.filter(
-          (g): g is DiskGeneration =>
-            typeof (g as DiskGeneration).index === "number" &&
-            typeof (g as DiskGeneration).generation === "string",
-        )
-      : [];
-  } catch {
-    return [];
-  }
-}
-
-async function readSessionToken(file: string): Promise<string | undefined> {
-  try {
-    const v = (JSON.parse(await fs.readFile(file, "utf8")) as { resumeToken?: unknown }).resumeToken;
-    return typeof v === "string" && /^[A-Za-z0-9_-]{16,64}$/.test(v) ? v : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** host and port of the replicator: the configured data address, else the endpoint's. */
-function dataAddressOf(config: AgentConfig): { host: string; port: number } {
-  if (config.dataAddress) return parseAddress(config.dataAddress);
-  const u = new URL(config.endpoint);
-  return { host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 443) };
-}
-
-function parseAddress(address: string): { host: string; port: number } {
-  const m = /^\[?(.*?)\]?:(\d+)$/.exec(address);
-  if (!m)
-    throw new LifeboatError("AGENT_CONFIG_INVALID", `data address ${address} is not host:port`, {
-      hint: "fix dataAddress in config.json (or the replicator's registered address)",
-    });
-  return { host: m[1]!, port: Number(m[2]) };
-}
-
-/** Runs the agent until SIGTERM or SIGINT (or `signal`), then stops it cleanly. */
-export async function runAgent(opts: {
-  configDir: string;
-  logger?: Logger;
-  signal?: AbortSignal;
-  /** Receive a failback only, and return once it ends: with true when it ended ready. */
-  failbackOnly?: boolean;
-}): Promise<boolean> {
-  let ended: string | undefined;
-  let endWait: () => void = () => undefined;
-  const svc = await AgentService.start({
-    configDir: opts.configDir,
-    ...(opts.logger ? { logger: opts.logger } : {}),
-    ...(opts.failbackOnly
-      ? {
-          failbackOnly: true,
-          onFailbackEnd: (state: string) => {
-            ended = state;
-            endWait();
-          },
-        }
-      : {}),
-  });
-  // `agent rescan` and `agent disks add|remove` signal: a rescan request, or config.json's disks changed.
-  const onUsr2 = () => {
-    void svc.readRescanRequest();
-    svc.checkDisks();
-  };
-  process.on("SIGUSR2", onUsr2);
-  try {
-    await new Promise<void>((resolve) => {
-      const done = () => resolve();
-      endWait = done;
-      if (ended !== undefined) done(); // it ended while the service was starting
-      process.once("SIGTERM", done);
-      process.once("SIGINT", done);
-      opts.signal?.addEventListener("abort", done);
-    });
-  } finally {
-    process.off("SIGUSR2", onUsr2);
-    await svc.stop();
-  }
-  if (ended !== undefined) opts.logger?.info({ state: ended }, "failback ended; the agent exits");
-  return ended === "ready";
 }

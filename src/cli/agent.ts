@@ -82,7 +82,7 @@ export function agentCommand(): Command {
       action<{ configDir: string; failbackOnly?: boolean }>(async (ctx, o) => {
         // A launched copy of a protected server must never connect as that server.
         await refuseLaunchedCopy(o.configDir);
-        const { runAgent } = await import("../agent/service.js");
+        const { runAgent } = await import("../agent/run-agent.js");
         const ready = await runAgent({
           configDir: o.configDir,
           logger: ctx.logger,
