@@ -1,5 +1,5 @@
 import { roundUp } from "../base/aligned.js";
-import { takeSpare } from "../base/spare.js";
+import { SpareBuffers } from "../base/spare.js";
 import { ZERO_ENTRY, isZeroId, leafEntry, walkBlockMap, type BlockMapRef } from "./block-map.js";
 import { type ChunkClaim, KnownIds, type KnownIdsOptions } from "./known-index.js";
 import { OBJECT_OVERHEAD } from "./codec.js";
@@ -76,11 +76,9 @@ export class ChunkIngest {
   readonly packs: PackWriter;
   readonly stats = emptyIngestStats();
   /** Run buffers back from the workers (takeBuffer). */
-  private readonly spare: ArrayBuffer[] = [];
-  private lent = 0;
+  private readonly runBuffers = new SpareBuffers(MAX_SPARE_BUFFERS);
   /** ChunkFrames buffers back from the workers (takeFramesBuffer). */
-  private readonly spareFrames: ArrayBuffer[] = [];
-  private framesLent = 0;
+  private readonly framesBuffers = new SpareBuffers(MAX_SPARE_BUFFERS);
 
   constructor(
     readonly repo: Repository,
@@ -141,8 +139,8 @@ export class ChunkIngest {
         stats.newChunks++;
         stats.storedBytes += o.size;
       }
-      this.giveBack(buffer); // every object was copied into its pack
-      if (framesBack) this.giveBackFrames(framesBack);
+      this.runBuffers.giveBack(buffer); // every object was copied into its pack
+      if (framesBack) this.framesBuffers.giveBack(framesBack);
     } catch (err) {
       for (const t of toEncode) t.claim.reject(err);
       throw err;
@@ -166,9 +164,7 @@ export class ChunkIngest {
    */
   takeBuffer(length: number): Buffer {
     const room = length + Math.ceil(length / this.repo.config.chunkSize) * OBJECT_OVERHEAD;
-    const ab = takeSpare(this.spare, room) ?? Buffer.allocUnsafeSlow(room).buffer;
-    this.lent++;
-    return Buffer.from(ab, 0, length);
+    return Buffer.from(this.runBuffers.take(room), 0, length);
   }
 
   /**
@@ -180,22 +176,7 @@ export class ChunkIngest {
    * later runs.
    */
   takeFramesBuffer(length: number): Buffer {
-    const ab = takeSpare(this.spareFrames, length) ?? Buffer.allocUnsafeSlow(roundUp(length, 1 << 20)).buffer;
-    this.framesLent++;
-    return Buffer.from(ab, 0, length);
-  }
-
-  private giveBackFrames(ab: ArrayBuffer): void {
-    if (this.framesLent === 0) return;
-    this.framesLent--;
-    if (this.spareFrames.length < MAX_SPARE_BUFFERS) this.spareFrames.push(ab);
-  }
-
-  /** Keeps a buffer back from a worker, but only as many as takeBuffer handed out. */
-  private giveBack(ab: ArrayBuffer): void {
-    if (this.lent === 0) return;
-    this.lent--;
-    if (this.spare.length < MAX_SPARE_BUFFERS) this.spare.push(ab);
+    return Buffer.from(this.framesBuffers.take(length, roundUp(length, 1 << 20)), 0, length);
   }
 
   /** Stores every pack still being filled; the entries returned so far are then valid (durable after a flush). */
