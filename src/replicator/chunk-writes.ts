@@ -137,6 +137,7 @@ export class ChunkWrites {
       disk.meta.sizeBytes - index * this.repo.config.chunkSize,
     );
     const base = opts.whole ? undefined : this.contentOf(disk, index);
+    // A chunk read back for this patch alone is patched in place; bytes another write left are copied.
     let patched!: (b: Buffer) => void;
     let failed!: (e: unknown) => void;
     const bytes = new Promise<Buffer>((resolve, reject) => {
@@ -147,9 +148,13 @@ export class ChunkWrites {
     const v = this.track(disk, index, () => bytes);
     const run = async (): Promise<void> => {
       try {
-        const content = Buffer.allocUnsafeSlow(chunkLen);
-        if (base) (await base()).copy(content);
-        else content.fill(0);
+        let content: Buffer;
+        if (base?.own) content = await base.bytes();
+        else {
+          content = Buffer.allocUnsafeSlow(chunkLen);
+          if (base) (await base.bytes()).copy(content);
+          else content.fill(0);
+        }
         patch(content);
         patched(content);
         const entry = await this.encodeChunk(content);
@@ -200,7 +205,7 @@ export class ChunkWrites {
     const items = this.encoding.splice(0);
     if (items.length === 0) return;
     const cs = this.repo.config.chunkSize;
-    const run = Buffer.allocUnsafeSlow(items.length * cs); // moves to a worker
+    const run = this.ingest.takeBuffer(items.length * cs); // moves to a worker, and comes back
     items.forEach((it, i) => it.content.copy(run, i * cs));
     this.ingest.run(run).then(
       (entries) => items.forEach((it, i) => it.resolve(entries[i]!)),
@@ -242,18 +247,19 @@ export class ChunkWrites {
 
   /**
    * The bytes of a chunk as every write issued so far leaves it, taken now
-   * and read when asked (a write issued later does not change them).
+   * and read when asked (a write issued later does not change them); `own`
+   * when they were read back for the caller alone, who may change them.
    */
-  private contentOf(disk: TrackedDisk, index: number): () => Promise<Buffer> {
+  private contentOf(disk: TrackedDisk, index: number): { bytes: () => Promise<Buffer>; own: boolean } {
     const c = disk.contents.get(index);
-    if (c) return c.bytes;
+    if (c) return { bytes: c.bytes, own: false };
     // No write to it in flight: its entry is the one applied last.
     const applied = disk.pending.get(index) ?? disk.committing?.get(index);
     const read = (applied ? Promise.resolve(applied) : readEntry(this.repo, disk.ref, index)).then((e) =>
       this.readByEntry(disk, index, e),
     );
     read.catch(() => undefined); // surfaces where it is awaited
-    return () => read;
+    return { bytes: () => read, own: true };
   }
 
   /** The bytes of the chunk that `entry` names. */

@@ -30,6 +30,7 @@ import {
 const openFile = promisify(fs.open);
 const read = promisify(fs.read);
 const write = promisify(fs.write);
+const closeFile = promisify(fs.close);
 
 const { encryptionKey, namingKey, compressionLevel } = workerData as {
   encryptionKey: Uint8Array;
@@ -175,22 +176,20 @@ function handle(msg: WorkerRequest): void {
       return;
     }
     case "decode": {
-      let data: Uint8Array;
-      try {
-        data = msg.file ? readRange(msg.file) : new Uint8Array(msg.data!);
-      } catch (err) {
-        const { code, message } = err as NodeJS.ErrnoException;
-        reply({ type: "failed", req: msg.req, code: code ?? "EIO", message, hint: "", errno: true });
+      if (!msg.file) {
+        decodeAndReply(msg, new Uint8Array(msg.data!));
         return;
       }
-      try {
-        const plain = decodeChunk(msg.name, msg.id, data);
-        const ab = transferable(plain);
-        reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
-      } catch (err) {
-        const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
-        reply({ type: "failed", req: msg.req, code: e.code, message: e.message, hint: e.hint });
-      }
+      // Read without blocking the thread: the chunks a replicator reads back to patch are mostly
+      // not in the page cache, and a worker that waited for each read in turn would keep one read
+      // in flight where the disk serves dozens.
+      readRange(msg.file).then(
+        (data) => decodeAndReply(msg, data),
+        (err: unknown) => {
+          const { code, message } = err as NodeJS.ErrnoException;
+          reply({ type: "failed", req: msg.req, code: code ?? "EIO", message, hint: "", errno: true });
+        },
+      );
       return;
     }
     case "restoreRun": {
@@ -459,14 +458,72 @@ function decodeChunkInto(it: RunItem, data: Uint8Array, dest: Buffer): void {
 }
 
 /** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
-function readRange(file: { path: string; offset: number; length: number }): Buffer {
-  const fd = fs.openSync(file.path, "r");
+function decodeAndReply(msg: { req: number; name: string; id: Uint8Array }, data: Uint8Array): void {
+  try {
+    const plain = decodeChunk(msg.name, msg.id, data);
+    const ab = transferable(plain);
+    reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
+  } catch (err) {
+    const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
+    reply({ type: "failed", req: msg.req, code: e.code, message: e.message, hint: e.hint });
+  }
+}
+
+/**
+ * Pack files kept open for readRange, most recently used last. Packs never
+ * change once stored, so a descriptor stays good; one that GC has moved or
+ * deleted since still reads the same bytes, until it leaves the cache.
+ */
+interface OpenPack {
+  fd: Promise<number>;
+  /** Reads in flight on it: an evicted pack is closed when the last one ends. */
+  users: number;
+  evicted: boolean;
+}
+const openPacks = new Map<string, OpenPack>();
+const OPEN_PACKS = 32;
+
+function release(p: OpenPack): void {
+  if (--p.users === 0 && p.evicted) p.fd.then((fd) => closeFile(fd)).catch(() => undefined);
+}
+
+/** Takes a pack out of use: it closes now, or when its last read ends. */
+function evict(p: OpenPack): void {
+  p.evicted = true;
+  p.users++;
+  release(p);
+}
+
+/** Evicts every open pack (each closes once its reads are done): the worker is stopping. */
+function closeOpenPacks(): void {
+  for (const p of openPacks.values()) evict(p);
+  openPacks.clear();
+}
+
+async function readRange(file: { path: string; offset: number; length: number }): Promise<Buffer> {
+  let p = openPacks.get(file.path);
+  if (p) openPacks.delete(file.path);
+  else {
+    p = { fd: openFile(file.path, "r"), users: 0, evicted: false };
+    const failed = p;
+    p.fd.catch(() => {
+      failed.evicted = true;
+      if (openPacks.get(file.path) === failed) openPacks.delete(file.path);
+    });
+    for (const [name, old] of openPacks) {
+      if (openPacks.size < OPEN_PACKS) break;
+      openPacks.delete(name);
+      evict(old);
+    }
+  }
+  openPacks.set(file.path, p);
+  p.users++;
   try {
     const buf = Buffer.allocUnsafeSlow(file.length);
-    const n = fs.readSync(fd, buf, 0, file.length, file.offset);
-    return buf.subarray(0, n);
+    const { bytesRead } = await read(await p.fd, buf, 0, file.length, file.offset);
+    return buf.subarray(0, bytesRead);
   } finally {
-    fs.closeSync(fd);
+    release(p);
   }
 }
 
@@ -489,3 +546,4 @@ function decodeChunk(name: string, id: Uint8Array, data: Uint8Array): Buffer {
 }
 
 serveMessages<WorkerRequest>(handle, CHUNK_THREAD_NAME);
+parentPort!.once("close", closeOpenPacks);

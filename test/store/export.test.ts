@@ -154,6 +154,49 @@ void describe("export from a local repository", () => {
     }
   });
 
+  void it("a worker keeps at most 32 packs open, and reads a pack moved away while it is open", async () => {
+    const pool = new WorkerPool(repo.keys, repo.config.compression.level, 1);
+    const links = path.join(dir, "links");
+    await fs.mkdir(links, { recursive: true });
+    const openOnes = async () => {
+      let n = 0;
+      for (const fd of await fs.readdir("/proc/self/fd"))
+        if ((await fs.readlink(`/proc/self/fd/${fd}`).catch(() => "")).startsWith(links)) n++;
+      return n;
+    };
+    try {
+      const c = await locate(100);
+      const id = entryId((entries ??= await entriesOf(pit))[100]!);
+      const at = (p: string) => ({ path: p, offset: c.offset, length: c.length });
+      const first = path.join(links, "first");
+      await fs.copyFile(c.file, first);
+      const plain = await pool.decodeFrom(at(first), c.name, id);
+      // GC moves a pack to the trash: a descriptor still open reads the same bytes.
+      await fs.rename(first, `${first}.trash`);
+      assert.ok((await pool.decodeFrom(at(first), c.name, id)).equals(plain));
+      for (let i = 0; i < 40; i++) {
+        const link = path.join(links, `p${i}`);
+        await fs.link(c.file, link);
+        assert.ok((await pool.decodeFrom(at(link), c.name, id)).equals(plain));
+      }
+      assert.equal(await openOnes(), 32, "the 32 packs read last stay open");
+      // The moved pack left the cache with its descriptor: its old name is gone now.
+      await assert.rejects(
+        pool.decodeFrom(at(first), c.name, id),
+        (err: NodeJS.ErrnoException) => err.code === "ENOENT",
+      );
+      // Many reads of one pack at once share its descriptor.
+      const burst = await Promise.all(
+        Array.from({ length: 64 }, () => pool.decodeFrom(at(path.join(links, "p0")), c.name, id)),
+      );
+      assert.ok(burst.every((b) => b.equals(plain)));
+      assert.equal(await openOnes(), 32);
+    } finally {
+      await pool.close();
+    }
+    assert.equal(await openOnes(), 0, "a closed pool leaves no pack open");
+  });
+
   void it("a flipped bit in a chunk fails the export naming disk, PIT and byte range; no file is left", async () => {
     // Chunk 100 lies in the second run (64 chunks a run), inside a random stripe (6-7 MiB).
     const victim = await locate(100);
