@@ -76,6 +76,8 @@ export interface ReplicationResults {
     windowFramesMax: number;
     windowFullShare: number;
     repoDeltaBytes: number;
+    /** From the first write to the committed PIT; absent in results of runs before it was measured. */
+    threads?: CpuSplit;
   };
   peers: StepResult[];
   comparisons: {
@@ -271,7 +273,8 @@ export function renderReplication(r: ReplicationResults): string {
       `(asked for then) was committed ${c.pitSeconds.toFixed(2)} s after the last write ` +
       `(${c.totalSeconds.toFixed(1)} s from the first).`,
     "",
-    ...(i.threads ? [...cpuSplit(i.threads, i.seconds), ""] : []),
+    ...(i.threads ? [...cpuSplit(i.threads, i.seconds, "sync"), ""] : []),
+    ...(c.threads ? [...cpuSplit(c.threads, c.totalSeconds, "change"), ""] : []),
     `The change took ${c.framesSent} wire frames; while it shipped, up to ${c.windowFramesMax} frames were in flight ` +
       `(sent, not yet acknowledged), and ${Math.round(c.windowFullShare * 100)}% of the 20 ms samples were at that maximum.`,
     "",
@@ -373,19 +376,28 @@ export function renderReplication(r: ReplicationResults): string {
  * workers hash again (the writer trusts no id it is handed) and encrypt
  * (AES-256-GCM).
  */
-function cpuSplit(t: CpuSplit, seconds: number): string[] {
+function cpuSplit(t: CpuSplit, seconds: number, step: "sync" | "change"): string[] {
+  const sync = step === "sync";
   const work: Record<"agent" | "server", Record<ThreadRole, string>> = {
     agent: {
-      main: "reading (O_DIRECT), framing, TLS encryption, sending",
-      "block workers": "zero detection, SHA-256, zstd compression",
+      main: sync
+        ? "reading (O_DIRECT), framing, TLS encryption, sending"
+        : "trace events, dirty set, reading dirty blocks whole (O_DIRECT), SHA-256 of each, patch frames, TLS, sending",
+      "block workers": sync
+        ? "zero detection, SHA-256, zstd compression"
+        : "blocks that go whole: zero detection, SHA-256, zstd compression",
       "chunk workers": "",
       "other threads": "libuv's I/O pool, V8's GC and compiler helpers",
     },
     server: {
-      main: "TLS decryption, zstd decompression (to check each block), block maps, packs, checkpoints",
+      main: sync
+        ? "TLS decryption, zstd decompression (to check each block), block maps, packs, checkpoints"
+        : "TLS decryption, patches, block maps, packs, checkpoints, the PIT",
       "block workers": "",
-      "chunk workers": "SHA-256 again (ids are not trusted), AES-256-GCM encryption",
-      "other threads": "libuv's I/O pool (pack writes, fsync), V8's GC and compiler helpers",
+      "chunk workers": sync
+        ? "SHA-256 again (ids are not trusted), AES-256-GCM encryption"
+        : "each patched chunk read back (AES-256-GCM, zstd, SHA-256), then stored again (SHA-256, zstd, AES-256-GCM)",
+      "other threads": "libuv's I/O pool (pack reads and writes, fsync), V8's GC and compiler helpers",
     },
   };
   const rows: string[][] = [];
@@ -404,9 +416,11 @@ function cpuSplit(t: CpuSplit, seconds: number): string[] {
       ]);
     }
   return [
-    "CPU of the initial sync by thread (from /proc/PID/task/TID/stat; the pools name their threads), " +
-      "and what each thread does:",
+    sync
+      ? "CPU of the initial sync by thread (from /proc/PID/task/TID/stat; the pools name their threads), " +
+        "and what each thread does:"
+      : "CPU of the change by thread, from the first write to the committed PIT:",
     "",
-    table(["side", "threads", "CPU s", "of which system", "of the sync's wall time", "work"], rows),
+    table(["side", "threads", "CPU s", "of which system", `of the ${step}'s wall time`, "work"], rows),
   ];
 }

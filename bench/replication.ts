@@ -356,6 +356,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     changeTimeline.stop();
     const windowMax = Math.max(0, ...window);
     const all = meter.read();
+    const changeThreads = meter.threads();
     const bytesWritten = scatter.writes * scatter.writeSize;
     const bytesSent = agent.counters.bytesSent - sent0;
     const incremental = {
@@ -376,6 +377,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       repoDeltaBytes: dirBytes(server.repo) - repo0,
       agentCpuSeconds: all.agentCpuSeconds,
       serverCpuSeconds: all.serverCpuSeconds,
+      threads: changeThreads,
     };
     log(
       `incremental: ${scatter.writes} writes in ${incremental.writeSeconds} s; PIT ${incremental.pitSeconds} s after ` +
