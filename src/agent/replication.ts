@@ -53,7 +53,7 @@ import {
 import { DiskReader } from "../store/disk-reader.js";
 import { type ScanContext, scanDisk } from "./scan.js";
 import { type ShipContext, shipSettled } from "./ship.js";
-import type { AgentState, AgentStatus, DiskStatus } from "./status.js";
+import { type AgentStatus, agentState, diskStatus } from "./status.js";
 import { within } from "./within.js";
 
 export type { PointRequest, PointResult } from "./point.js";
@@ -292,46 +292,21 @@ export class Replication {
       backlog += x.bytes;
       if (x.since !== null) oldest = oldest === null ? x.since : Math.min(oldest, x.since);
     }
-    const disks: DiskStatus[] = this.disks.map((d) => {
-      const dirtyBytes = d.fresh.dirtyBytes() + d.settled.dirtyBytes();
-      backlog += dirtyBytes;
-      for (const s of [d.fresh.dirtySince, d.settled.dirtySince])
-        if (s !== null) oldest = oldest === null ? s : Math.min(oldest, s);
-      const st: DiskStatus = {
-        index: d.cfg.index,
-        path: d.cfg.path,
-        sizeBytes: d.size,
-        // A pass that is owed counts as running: the disk is not continuous until it is done.
-        state:
-          (d.pass?.kind ?? d.owed) === "initial"
-            ? "INITIAL_SYNC"
-            : (d.pass?.kind ?? d.owed) === "rescan"
-              ? "RESCAN"
-              : "CONTINUOUS",
-        dirtyBytes,
-      };
-      if (d.pass) {
-        const secs = Math.max(0.001, (now - d.pass.started) / 1000);
-        const rate = d.pass.done / secs;
-        backlog += d.size - d.pass.done;
-        st.progress = {
-          doneBytes: d.pass.done,
-          totalBytes: d.size,
-          bytesPerSecond: Math.round(rate),
-          etaSeconds: rate > 0 ? Math.round((d.size - d.pass.done) / rate) : null,
-        };
-      }
-      return st;
+    const disks = this.disks.map((d) => {
+      const one = diskStatus(d, now);
+      backlog += one.backlogBytes;
+      if (one.oldest !== null) oldest = oldest === null ? one.oldest : Math.min(oldest, one.oldest);
+      return one.status;
     });
     const lagSeconds = oldest === null ? 0 : Math.max(0, (now - oldest) / 1000);
-    const s = this.opts.settings;
-    let state: AgentState;
-    if (disks.some((d) => d.state === "INITIAL_SYNC")) state = "INITIAL_SYNC";
-    else if (disks.some((d) => d.state === "RESCAN")) state = "RESCAN";
-    else if (backlog > 0 && now - this.lastProgress > s.stallSeconds * 1000) state = "STALLED";
-    else if (lagSeconds > s.lagThresholdSeconds) state = "BACKLOG";
-    else state = "CONTINUOUS";
-    if (!this.welcome) state = "INITIATING";
+    const state = agentState({
+      welcomed: this.welcome !== undefined,
+      disks,
+      backlogBytes: backlog,
+      lagSeconds,
+      msSinceProgress: now - this.lastProgress,
+      settings: this.opts.settings,
+    });
     return {
       state,
       tracker: this.tracker,

@@ -60,6 +60,76 @@ export interface AgentStatus {
   lastError?: { code: string; message: string; at: number };
 }
 
+/** What diskStatus reads of a disk being replicated (DiskRun). */
+export interface DiskProgress {
+  cfg: { index: number; path: string };
+  size: number;
+  fresh: { dirtyBytes(): number; dirtySince: number | null };
+  settled: { dirtyBytes(): number; dirtySince: number | null };
+  owed: "initial" | "rescan" | undefined;
+  pass: { kind: "initial" | "rescan"; done: number; started: number } | undefined;
+}
+
+/**
+ * One disk's line of the status at `now`, the bytes it still has to ship
+ * (dirty, and the rest of a running pass), and when its oldest dirty write
+ * happened (null when none).
+ */
+export function diskStatus(
+  d: DiskProgress,
+  now: number,
+): { status: DiskStatus; backlogBytes: number; oldest: number | null } {
+  const dirtyBytes = d.fresh.dirtyBytes() + d.settled.dirtyBytes();
+  let backlogBytes = dirtyBytes;
+  let oldest: number | null = null;
+  for (const s of [d.fresh.dirtySince, d.settled.dirtySince])
+    if (s !== null) oldest = oldest === null ? s : Math.min(oldest, s);
+  // A pass that is owed counts as running: the disk is not continuous until it is done.
+  const kind = d.pass?.kind ?? d.owed;
+  const status: DiskStatus = {
+    index: d.cfg.index,
+    path: d.cfg.path,
+    sizeBytes: d.size,
+    state: kind === "initial" ? "INITIAL_SYNC" : kind === "rescan" ? "RESCAN" : "CONTINUOUS",
+    dirtyBytes,
+  };
+  if (d.pass) {
+    const secs = Math.max(0.001, (now - d.pass.started) / 1000);
+    const rate = d.pass.done / secs;
+    backlogBytes += d.size - d.pass.done;
+    status.progress = {
+      doneBytes: d.pass.done,
+      totalBytes: d.size,
+      bytesPerSecond: Math.round(rate),
+      etaSeconds: rate > 0 ? Math.round((d.size - d.pass.done) / rate) : null,
+    };
+  }
+  return { status, backlogBytes, oldest };
+}
+
+/**
+ * The agent's state from its disks and its backlog: INITIATING until the
+ * replicator has welcomed it, then a pass over any disk wins (INITIAL_SYNC
+ * before RESCAN), then STALLED when a backlog has not moved for
+ * `stallSeconds`, BACKLOG when the lag passes its threshold, else CONTINUOUS.
+ */
+export function agentState(o: {
+  welcomed: boolean;
+  disks: DiskStatus[];
+  backlogBytes: number;
+  lagSeconds: number;
+  /** Since the replicator last acknowledged something. */
+  msSinceProgress: number;
+  settings: { stallSeconds: number; lagThresholdSeconds: number };
+}): AgentState {
+  if (!o.welcomed) return "INITIATING";
+  if (o.disks.some((d) => d.state === "INITIAL_SYNC")) return "INITIAL_SYNC";
+  if (o.disks.some((d) => d.state === "RESCAN")) return "RESCAN";
+  if (o.backlogBytes > 0 && o.msSinceProgress > o.settings.stallSeconds * 1000) return "STALLED";
+  if (o.lagSeconds > o.settings.lagThresholdSeconds) return "BACKLOG";
+  return "CONTINUOUS";
+}
+
 export async function writeAgentStatus(file: string, status: AgentStatus): Promise<void> {
   // Not fsynced: it is rewritten every second and a lost one costs nothing.
   await writeFileAtomic(file, `${JSON.stringify(status)}\n`, { mode: 0o600, durable: false });
