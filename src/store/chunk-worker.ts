@@ -457,7 +457,7 @@ function decodeChunkInto(it: RunItem, data: Uint8Array, dest: Buffer): void {
   }
 }
 
-/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
+/** Decodes a chunk object and replies with its bytes, or with why it is damaged. */
 function decodeAndReply(msg: { req: number; name: string; id: Uint8Array }, data: Uint8Array): void {
   try {
     const plain = decodeChunk(msg.name, msg.id, data);
@@ -500,6 +500,7 @@ function closeOpenPacks(): void {
   openPacks.clear();
 }
 
+/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
 async function readRange(file: { path: string; offset: number; length: number }): Promise<Buffer> {
   let p = openPacks.get(file.path);
   if (p) openPacks.delete(file.path);
