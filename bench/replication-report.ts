@@ -368,13 +368,15 @@ export function renderReplication(r: ReplicationResults): string {
 }
 
 /**
- * The initial sync's CPU by thread, which is also by kind of work: on the
+ * A step's CPU by thread, which is also by kind of work. In the initial sync, on the
  * agent, the main thread reads the disk, frames and encrypts (TLS) what it
  * sends, and the block workers hash (SHA-256) and compress (zstd); on the
  * server, the main thread decrypts (TLS), decompresses each block to check
  * it and keeps the books (block maps, packs, checkpoints), and the chunk
  * workers hash again (the writer trusts no id it is handed) and encrypt
- * (AES-256-GCM).
+ * (AES-256-GCM). For the 1% change (`step` "change") the same split, with
+ * the work of a change: patches on both sides, each patched chunk read back
+ * and stored again by the server's chunk workers.
  */
 function cpuSplit(t: CpuSplit, seconds: number, step: "sync" | "change"): string[] {
   const sync = step === "sync";
