@@ -243,23 +243,6 @@ class BufferPool {
 const runBuffers = new BufferPool(RUNS_PER_WORKER);
 const readBuffers = new BufferPool(RUNS_PER_WORKER);
 
-/**
- * Open packs, kept while runs are being restored (a 16 MiB pack feeds several
- * runs) and closed when the worker has none left.
- */
-const packFds = new Map<string, Promise<number>>();
-let running = 0;
-
-function packFd(root: string, name: string): Promise<number> {
-  let fd = packFds.get(name);
-  if (!fd) {
-    fd = openPack(root, name);
-    packFds.set(name, fd);
-    fd.catch(() => packFds.delete(name));
-  }
-  return fd;
-}
-
 /** A pack of a local repository, or its copy in the trash (see gc.ts). */
 async function openPack(root: string, name: string): Promise<number> {
   try {
@@ -277,27 +260,25 @@ async function openPack(root: string, name: string): Promise<number> {
   }
 }
 
-function closePacks(): void {
-  for (const fd of packFds.values())
-    void fd.then(
-      (n) => fs.close(n, () => undefined),
-      () => undefined,
-    );
-  packFds.clear();
-}
-
 /** Reads up to `length` bytes of a pack at `offset` into `into`; fewer only at the pack's end. */
 async function readPack(root: string, name: string, offset: number, into: Buffer): Promise<Buffer> {
-  const fd = await packFd(root, name);
-  let got = 0;
-  while (got < into.length) {
-    const { bytesRead } = await read(fd, into, got, into.length - got, offset + got).catch((err: unknown) => {
-      throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
-    });
-    if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
-    got += bytesRead;
-  }
-  return into.subarray(0, got);
+  return withPack(
+    path.join(root, name),
+    () => openPack(root, name),
+    async (fd) => {
+      let got = 0;
+      while (got < into.length) {
+        const { bytesRead } = await read(fd, into, got, into.length - got, offset + got).catch(
+          (err: unknown) => {
+            throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
+          },
+        );
+        if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
+        got += bytesRead;
+      }
+      return into.subarray(0, got);
+    },
+  );
 }
 
 /**
@@ -307,7 +288,6 @@ async function readPack(root: string, name: string, offset: number, into: Buffer
  * when all of them are good writes the run out. Buffers are reused across runs.
  */
 async function restoreRun(msg: RestoreRunRequest): Promise<void> {
-  running++;
   const out = runBuffers.take(msg.length);
   let stored: Buffer | undefined;
   let failed: { err: unknown; slot: number } | undefined;
@@ -364,7 +344,6 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
   } finally {
     if (stored) readBuffers.give(stored);
     runBuffers.give(out);
-    if (--running === 0) closePacks();
   }
   if (failed?.err instanceof TargetError) {
     const { code, message } = failed.err.cause as NodeJS.ErrnoException;
@@ -470,9 +449,11 @@ function decodeAndReply(msg: { req: number; name: string; id: Uint8Array }, data
 }
 
 /**
- * Pack files kept open for readRange, most recently used last. Packs never
- * change once stored, so a descriptor stays good; one that GC has moved or
- * deleted since still reads the same bytes, until it leaves the cache.
+ * Pack files kept open, most recently used last, for restored runs and for
+ * single chunks read back: at most OPEN_PACKS, and none once no read has
+ * been in flight for IDLE_CLOSE_MS, so that a pack GC deletes does not keep
+ * its disk space for long. Packs never change once stored, so a descriptor
+ * stays good; one to a pack that GC has moved since reads the same bytes.
  */
 interface OpenPack {
   fd: Promise<number>;
@@ -482,6 +463,9 @@ interface OpenPack {
 }
 const openPacks = new Map<string, OpenPack>();
 const OPEN_PACKS = 32;
+const IDLE_CLOSE_MS = 2000;
+let readsInFlight = 0;
+let idleTimer: NodeJS.Timeout | undefined;
 
 function release(p: OpenPack): void {
   if (--p.users === 0 && p.evicted) p.fd.then((fd) => closeFile(fd)).catch(() => undefined);
@@ -494,22 +478,28 @@ function evict(p: OpenPack): void {
   release(p);
 }
 
-/** Evicts every open pack (each closes once its reads are done): the worker is stopping. */
+/** Evicts every open pack (each closes once its reads are done). */
 function closeOpenPacks(): void {
   for (const p of openPacks.values()) evict(p);
   openPacks.clear();
 }
 
-/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
-async function readRange(file: { path: string; offset: number; length: number }): Promise<Buffer> {
-  let p = openPacks.get(file.path);
-  if (p) openPacks.delete(file.path);
+/** Runs `use` with the pack at `file` open (opened with `open` unless it is open already). */
+async function withPack<T>(
+  file: string,
+  open: () => Promise<number>,
+  use: (fd: number) => Promise<T>,
+): Promise<T> {
+  clearTimeout(idleTimer);
+  readsInFlight++;
+  let p = openPacks.get(file);
+  if (p) openPacks.delete(file);
   else {
-    p = { fd: openFile(file.path, "r"), users: 0, evicted: false };
-    const failed = p;
+    p = { fd: open(), users: 0, evicted: false };
+    const opened = p;
     p.fd.catch(() => {
-      failed.evicted = true;
-      if (openPacks.get(file.path) === failed) openPacks.delete(file.path);
+      opened.evicted = true;
+      if (openPacks.get(file) === opened) openPacks.delete(file);
     });
     for (const [name, old] of openPacks) {
       if (openPacks.size < OPEN_PACKS) break;
@@ -517,15 +507,27 @@ async function readRange(file: { path: string; offset: number; length: number })
       evict(old);
     }
   }
-  openPacks.set(file.path, p);
+  openPacks.set(file, p);
   p.users++;
   try {
-    const buf = Buffer.allocUnsafeSlow(file.length);
-    const { bytesRead } = await read(await p.fd, buf, 0, file.length, file.offset);
-    return buf.subarray(0, bytesRead);
+    return await use(await p.fd);
   } finally {
     release(p);
+    if (--readsInFlight === 0) idleTimer = setTimeout(closeOpenPacks, IDLE_CLOSE_MS).unref();
   }
+}
+
+/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
+function readRange(file: { path: string; offset: number; length: number }): Promise<Buffer> {
+  return withPack(
+    file.path,
+    () => openFile(file.path, "r"),
+    async (fd) => {
+      const buf = Buffer.allocUnsafeSlow(file.length);
+      const { bytesRead } = await read(fd, buf, 0, file.length, file.offset);
+      return buf.subarray(0, bytesRead);
+    },
+  );
 }
 
 function chunkName(id: Uint8Array): string {

@@ -154,7 +154,7 @@ void describe("export from a local repository", () => {
     }
   });
 
-  void it("a worker keeps at most 32 packs open, and reads a pack moved away while it is open", async () => {
+  void it("a worker keeps at most 32 packs open, none when idle, and reads a pack moved away while open", async () => {
     const pool = new WorkerPool(repo.keys, repo.config.compression.level, 1);
     const links = path.join(dir, "links");
     await fs.mkdir(links, { recursive: true });
@@ -191,6 +191,11 @@ void describe("export from a local repository", () => {
       );
       assert.ok(burst.every((b) => b.equals(plain)));
       assert.equal(await openOnes(), 32);
+      // Idle for two seconds: every pack closes, so that one GC deletes frees its space.
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.equal(await openOnes(), 0, "an idle worker keeps no pack open");
+      assert.ok((await pool.decodeFrom(at(path.join(links, "p1")), c.name, id)).equals(plain));
+      assert.equal(await openOnes(), 1);
     } finally {
       await pool.close();
     }
