@@ -53,7 +53,7 @@ import {
 import { DiskReader } from "../store/disk-reader.js";
 import { type ScanContext, scanDisk } from "./scan.js";
 import { type ShipContext, shipSettled } from "./ship.js";
-import { type AgentStatus, agentState, diskStatus } from "./status.js";
+import { type AgentStatus, agentState, diskStatus, earliest } from "./status.js";
 import { within } from "./within.js";
 
 export type { PointRequest, PointResult } from "./point.js";
@@ -290,12 +290,12 @@ export class Replication {
     let oldest: number | null = this.outstanding[0]?.since ?? null;
     for (const x of this.shipping) {
       backlog += x.bytes;
-      if (x.since !== null) oldest = oldest === null ? x.since : Math.min(oldest, x.since);
+      oldest = earliest(oldest, x.since);
     }
     const disks = this.disks.map((d) => {
       const one = diskStatus(d, now);
       backlog += one.backlogBytes;
-      if (one.oldest !== null) oldest = oldest === null ? one.oldest : Math.min(oldest, one.oldest);
+      oldest = earliest(oldest, one.oldest);
       return one.status;
     });
     const lagSeconds = oldest === null ? 0 : Math.max(0, (now - oldest) / 1000);

@@ -60,6 +60,11 @@ export interface AgentStatus {
   lastError?: { code: string; message: string; at: number };
 }
 
+/** The earlier of two times, either of which may be null (none). */
+export function earliest(a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.min(a, b);
+}
+
 /** What diskStatus reads of a disk being replicated (DiskRun). */
 export interface DiskProgress {
   cfg: { index: number; path: string };
@@ -81,9 +86,7 @@ export function diskStatus(
 ): { status: DiskStatus; backlogBytes: number; oldest: number | null } {
   const dirtyBytes = d.fresh.dirtyBytes() + d.settled.dirtyBytes();
   let backlogBytes = dirtyBytes;
-  let oldest: number | null = null;
-  for (const s of [d.fresh.dirtySince, d.settled.dirtySince])
-    if (s !== null) oldest = oldest === null ? s : Math.min(oldest, s);
+  const oldest = earliest(d.fresh.dirtySince, d.settled.dirtySince);
   // A pass that is owed counts as running: the disk is not continuous until it is done.
   const kind = d.pass?.kind ?? d.owed;
   const status: DiskStatus = {

@@ -265,20 +265,22 @@ async function readPack(root: string, name: string, offset: number, into: Buffer
   return withPack(
     path.join(root, name),
     () => openPack(root, name),
-    async (fd) => {
-      let got = 0;
-      while (got < into.length) {
-        const { bytesRead } = await read(fd, into, got, into.length - got, offset + got).catch(
-          (err: unknown) => {
-            throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
-          },
-        );
-        if (bytesRead === 0) break; // a truncated pack: the chunks past its end fail to decode
-        got += bytesRead;
-      }
-      return into.subarray(0, got);
-    },
+    (fd) =>
+      readAt(fd, into, offset).catch((err: unknown) => {
+        throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
+      }),
   );
+}
+
+/** Reads up to `into.length` bytes at `offset`; fewer only at the file's end (a truncated pack's chunks then fail to decode). */
+async function readAt(fd: number, into: Buffer, offset: number): Promise<Buffer> {
+  let got = 0;
+  while (got < into.length) {
+    const { bytesRead } = await read(fd, into, got, into.length - got, offset + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return into.subarray(0, got);
 }
 
 /**
@@ -522,11 +524,7 @@ function readRange(file: { path: string; offset: number; length: number }): Prom
   return withPack(
     file.path,
     () => openFile(file.path, "r"),
-    async (fd) => {
-      const buf = Buffer.allocUnsafeSlow(file.length);
-      const { bytesRead } = await read(fd, buf, 0, file.length, file.offset);
-      return buf.subarray(0, bytesRead);
-    },
+    (fd) => readAt(fd, Buffer.allocUnsafeSlow(file.length), file.offset),
   );
 }
 
