@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { LifeboatError } from "../base/index.js";
-import { type FetchJsonOptions, createApiDispatcher, fetchJson } from "../net/index.js";
+import type { FetchJsonOptions } from "../net/index.js";
 import { type CliContext, requireOption } from "./context.js";
 
 /** The client-side options of the operator contract, shared by every command that talks to the API. */
@@ -56,6 +56,9 @@ export async function withApi<T>(
     })
   ).trim();
   const caPem = o.caFile === undefined ? undefined : await readFile(o.caFile, "utf8");
+  // Loaded here, not at the top: the HTTP client and certificate code are hundreds of modules,
+  // and commands that take --repo instead of --endpoint (`pits list`) start faster without them.
+  const { createApiDispatcher, fetchJson } = await import("../net/index.js");
   const dispatcher = createApiDispatcher({
     ...(caPem !== undefined ? { caPem } : {}),
     ...(o.caFingerprint !== undefined ? { caFingerprint: o.caFingerprint } : {}),
