@@ -79,6 +79,7 @@ export async function importDisks(
     const known = await loadKnownIds(repo, await listPits(repo, { damaged: [] }), opts.known);
     try {
       ingest = new ChunkIngest(repo, known, {
+        fullPacks: true,
         ...(opts.packBytes ? { packBytes: opts.packBytes } : {}),
         ...(opts.writeConcurrency ? { writeConcurrency: opts.writeConcurrency } : {}),
       });

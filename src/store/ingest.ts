@@ -83,10 +83,10 @@ export class ChunkIngest {
   constructor(
     readonly repo: Repository,
     readonly known: KnownIds,
-    opts: { packBytes?: number; writeConcurrency?: number } = {},
+    opts: { packBytes?: number; writeConcurrency?: number; fullPacks?: boolean } = {},
   ) {
     this.pool = new WorkerPool(repo.keys, repo.config.compression.level);
-    this.packs = new PackWriter(repo, opts.packBytes, opts.writeConcurrency ?? 2);
+    this.packs = new PackWriter(repo, opts.packBytes, opts.writeConcurrency ?? 2, opts.fullPacks ?? false);
   }
 
   /**

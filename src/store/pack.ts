@@ -83,13 +83,20 @@ export class PackWriter {
   packs = 0;
   bytes = 0;
 
+  /**
+   * `fullPacks`: the chunks come as one stream that fills pack after pack
+   * (an import), so the first pack's buffer is reserved whole rather than
+   * grown from a MiB by doubling, which would allocate and copy twice its size.
+   */
   constructor(
     private readonly repo: Repository,
     private readonly targetBytes = DEFAULT_PACK_BYTES,
     concurrency = 2,
+    fullPacks = false,
   ) {
     this.stores = new Limiter(concurrency);
     this.spares = concurrency + 1;
+    if (fullPacks) this.lastPackBytes = targetBytes + PACK_BUFFER_STEP;
   }
 
   async add(id: Uint8Array, encoded: Buffer): Promise<ChunkLocation> {
