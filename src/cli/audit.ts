@@ -1,5 +1,7 @@
 import { Command } from "commander";
-import { DEFAULT_DATA_DIR, dataPaths, loadConfig, openDatabase, verifyAudit } from "../control/index.js";
+// The config module alone: the rest of the control plane (its HTTP server, both database
+// drivers) is loaded by the action below, so that `--help` does not wait a second for it.
+import { DEFAULT_DATA_DIR, dataPaths, loadConfig } from "../control/config.js";
 import { printJson, printLines } from "./output.js";
 import { action } from "./store.js";
 
@@ -14,6 +16,7 @@ export function auditCommand(): Command {
     .action(
       action<{ dataDir: string; config?: string }>(async (ctx, o) => {
         const config = await loadConfig(o.config ?? dataPaths(o.dataDir).config);
+        const { openDatabase, verifyAudit } = await import("../control/index.js");
         const database = await openDatabase(config.databaseUrl, { logger: ctx.logger });
         try {
           const r = await verifyAudit(database);

@@ -1,0 +1,37 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { describe, it } from "node:test";
+
+/**
+ * Packages that take a command hundreds of milliseconds to load (the HTTP
+ * client and server, certificate code, database drivers), and that commands
+ * working on a repository or an image never use.
+ */
+const HEAVY = /node_modules\/(undici|fastify|@peculiar\/[^/]+|pg|better-sqlite3|@aws-sdk\/[^/]+)\//;
+
+/** The heavy packages loaded by importing the command module `name` (its file in src/cli) in a fresh node. */
+function heavyLoadedBy(name: string): string[] {
+  const url = new URL(`../../src/cli/${name}.js`, import.meta.url).href;
+  const script =
+    `await import(${JSON.stringify(url)});` +
+    "const { createRequire } = await import('node:module');" +
+    "console.log(JSON.stringify(Object.keys(createRequire(process.cwd() + '/').cache)));";
+  const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8" });
+  const loaded = JSON.parse(out) as string[];
+  return [...new Set(loaded.map((f) => HEAVY.exec(f)?.[1]).filter((p): p is string => p !== undefined))];
+}
+
+void describe("CLI start-up", () => {
+  // `pits list --repo`, `inspect IMAGE`, `audit verify` and every `store` command load their
+  // heavy dependencies only when they use them (an API call, a database, an S3 repository).
+  for (const name of ["store", "pits", "inspect", "audit"]) {
+    void it(`the ${name} command loads no HTTP, certificate, database or S3 package until it needs one`, () => {
+      assert.deepEqual(heavyLoadedBy(name), []);
+    });
+  }
+
+  void it("the check sees a heavy package when a command does load one", () => {
+    // server start needs them all: the check would catch a regression in the commands above.
+    assert.ok(heavyLoadedBy("server").includes("fastify"));
+  });
+});
