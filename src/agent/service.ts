@@ -116,23 +116,10 @@ export class AgentService {
     const clock = opts.clock ?? systemClock;
     const config = await loadAgentConfig(opts.configDir);
     const p = agentPaths(opts.configDir);
-    await assertPrivateFile(p.key, "agent private key");
-    const [keyPem, certPem, caPem] = await Promise.all([
-      fs.readFile(p.key, "utf8"),
-      fs.readFile(p.cert, "utf8"),
-      fs.readFile(p.ca, "utf8"),
-    ]);
+    const creds = await readCredentials(p);
     await fs.mkdir(p.state, { recursive: true, mode: 0o700 });
     const data = dataAddressOf(config);
-    const control = new ControlClient({
-      endpoint: config.endpoint,
-      caPem,
-      certPem,
-      keyPem,
-      clock,
-      logger: log,
-    });
-    const identity = { certPem };
+    const control = new ControlClient({ endpoint: config.endpoint, ...creds, clock, logger: log });
     const ref: { svc?: AgentService } = {};
     const disks = new DiskMonitor({
       configDir: opts.configDir,
@@ -153,85 +140,17 @@ export class AgentService {
     });
     // A configured disk that is gone at start is missing, not a reason not to start.
     await disks.probeAtStart();
-    const engine = async (): Promise<Replication> => {
-      const resumeToken = await readSessionToken(p.session);
-      return new Replication({
-        ...(resumeToken ? { resumeToken } : {}),
-        generations: () => ref.svc?.generations,
-        // The replicator went away: it may have been replaced (pool failover), so read the settings now.
-        onDisconnect: () => ref.svc?.wakeSettings(),
-        serverId: config.serverId,
-        hostname: config.hostname,
-        version: AGENT_VERSION,
-        disks: disks.wanted(),
-        blockSize: config.blockSize,
-        settings: config.settings,
-        // Sizes and the disk set are checked at the same cadence.
-        sizeCheckMs: disks.intervalMs,
-        onStepFailed: () => ref.svc?.disks.soon(),
-        // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
-        connect: () => {
-          const proxy = proxyFromEnvironment(data.host, data.port);
-          return connectWire({
-            host: data.host,
-            port: data.port,
-            caPem,
-            certPem: identity.certPem,
-            keyPem,
-            clock,
-            ...(proxy ? { proxy } : {}),
-          });
-        },
-        ...(opts.whileFrozen ? { whileFrozen: opts.whileFrozen } : {}),
-        clock,
-        logger: log,
-      });
-    };
+    const engine = (): Promise<Replication> =>
+      newEngine({ config, disks, data, creds, ref, opts, clock, log, sessionFile: p.session });
     const replication = await engine();
     const svc = new AgentService(config, replication, control, opts, log, clock, data);
     ref.svc = svc;
     svc.disks = disks;
     svc.makeReplication = engine;
     svc.generations = await readGenerations(path.join(p.state, "generations.json"));
-    await writeAgentStatus(p.status, {
-      state: "INITIATING",
-      tracker: "scan",
-      lagSeconds: 0,
-      backlogBytes: 0,
-      disks: [],
-      serverId: config.serverId,
-      pid: process.pid,
-      updatedAt: clock.now(),
-      connected: false,
-      counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
-    });
-    // The replicator this server is assigned to, and whether to replicate at all, before the first connection.
-    let mode: AgentMode | undefined;
+    await writeAgentStatus(p.status, startingStatus(config.serverId, clock.now()));
     try {
-      const s = await control.settings();
-      if (s.dataAddress) Object.assign(data, parseAddress(s.dataAddress));
-      mode = s.mode;
-      // The site's bandwidth cap holds from the first block, not from the first settings poll.
-      const mbps = s.replication.bandwidthMbps ?? 0;
-      config.settings = { ...config.settings, bandwidthMbps: mbps };
-      replication.setBandwidth(mbps);
-    } catch (err) {
-      log.warn(
-        { err: String(err) },
-        "cannot read the replication settings; using the configured data address",
-      );
-    }
-    // A failback being received when the agent stopped goes on (the control plane confirms it at once).
-    const receiving = await pendingFailback(p.state);
-    if (!mode && receiving) mode = { mode: "receive", failbackId: receiving };
-    try {
-      if (mode && mode.mode !== "replicate") await svc.applyMode(mode);
-      else if (opts.failbackOnly) log.info({}, "failback only: waiting for a failback to receive");
-      else {
-        await svc.adoptGenerations(mode?.generations);
-        await replication.start();
-        svc.replicating = true;
-      }
+      await svc.begin(await svc.modeAtStart(p.state));
     } catch (err) {
       await control.close();
       throw err;
@@ -242,12 +161,52 @@ export class AgentService {
     );
     svc.every(opts.statusIntervalMs ?? 1000, () => svc.writeStatus());
     svc.schedulePits(config.settings.pitIntervalSeconds);
-    svc.every(3600_000, () => void svc.renew(identity));
+    svc.every(3600_000, () => void svc.renew(creds));
     svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings(), svc.boot.check()];
     svc.every(opts.bootCheckIntervalMs ?? 60_000, () => void svc.boot.check());
     svc.every(disks.intervalMs, () => void disks.tick());
     await svc.readRescanRequest();
     return svc;
+  }
+
+  /**
+   * The replicator this server is assigned to (its data address), the
+   * site's bandwidth cap and what the control plane wants of the agent, read
+   * before the first connection; a failback being received when the agent
+   * stopped goes on (the control plane confirms it at once). Undefined when
+   * the control plane cannot be reached and no failback was under way: the
+   * agent replicates to the configured data address.
+   */
+  private async modeAtStart(stateDir: string): Promise<AgentMode | undefined> {
+    let mode: AgentMode | undefined;
+    try {
+      const s = await this.control.settings();
+      if (s.dataAddress) Object.assign(this.data, parseAddress(s.dataAddress));
+      mode = s.mode;
+      // The site's bandwidth cap holds from the first block, not from the first settings poll.
+      const mbps = s.replication.bandwidthMbps ?? 0;
+      this.config.settings = { ...this.config.settings, bandwidthMbps: mbps };
+      this.replication.setBandwidth(mbps);
+    } catch (err) {
+      this.log.warn(
+        { err: String(err) },
+        "cannot read the replication settings; using the configured data address",
+      );
+    }
+    const receiving = await pendingFailback(stateDir);
+    if (!mode && receiving) mode = { mode: "receive", failbackId: receiving };
+    return mode;
+  }
+
+  /** Enters the mode the control plane asked for at start: replicating unless it said otherwise. */
+  private async begin(mode: AgentMode | undefined): Promise<void> {
+    if (mode && mode.mode !== "replicate") await this.applyMode(mode);
+    else if (this.opts.failbackOnly) this.log.info({}, "failback only: waiting for a failback to receive");
+    else {
+      await this.adoptGenerations(mode?.generations);
+      await this.replication.start();
+      this.replicating = true;
+    }
   }
 
   /** Reads and removes D/state/rescan-request.json (written by `agent rescan`), and rescans. */
@@ -471,6 +430,11 @@ export class AgentService {
     receiver.start();
   }
 
+  /** The disks' generation ids, for the engine's HELLO (they change with a failback). */
+  currentGenerations(): DiskGeneration[] {
+    return this.generations;
+  }
+
   /** Keeps the control plane's generations when the agent has none yet (a failback's replace them: saveGenerations). */
   async adoptGenerations(g: DiskGeneration[] | undefined): Promise<void> {
     if (!g || g.length === 0 || this.generations.length > 0) return;
@@ -605,6 +569,7 @@ export class AgentService {
     }
   }
 
+  /** Renews the client certificate when it is due; the next wire connection presents the new one. */
   private async renew(identity: { certPem: string }): Promise<void> {
     try {
       const pem = await this.control.renewIfDue();
@@ -616,4 +581,84 @@ export class AgentService {
       this.log.warn({ err: String(err) }, "certificate renewal failed; retrying in an hour");
     }
   }
+}
+
+/** The agent's key (checked 0600), certificate and the CA it trusts, from the configuration directory. */
+async function readCredentials(
+  p: ReturnType<typeof agentPaths>,
+): Promise<{ keyPem: string; certPem: string; caPem: string }> {
+  await assertPrivateFile(p.key, "agent private key");
+  const [keyPem, certPem, caPem] = await Promise.all([
+    fs.readFile(p.key, "utf8"),
+    fs.readFile(p.cert, "utf8"),
+    fs.readFile(p.ca, "utf8"),
+  ]);
+  return { keyPem, certPem, caPem };
+}
+
+/**
+ * A replication engine for the configured disks, resuming the last wire
+ * session. Made at start and again after receive mode or a fence. The
+ * certificate is read from `creds` at each connection (renew replaces it).
+ */
+async function newEngine(o: {
+  config: AgentConfig;
+  disks: DiskMonitor;
+  data: { host: string; port: number };
+  creds: { keyPem: string; certPem: string; caPem: string };
+  ref: { svc?: AgentService };
+  opts: AgentServiceOptions;
+  clock: Clock;
+  log: Logger;
+  sessionFile: string;
+}): Promise<Replication> {
+  const { config, disks, data, creds, ref, clock } = o;
+  const resumeToken = await readSessionToken(o.sessionFile);
+  return new Replication({
+    ...(resumeToken ? { resumeToken } : {}),
+    generations: () => ref.svc?.currentGenerations(),
+    // The replicator went away: it may have been replaced (pool failover), so read the settings now.
+    onDisconnect: () => ref.svc?.wakeSettings(),
+    serverId: config.serverId,
+    hostname: config.hostname,
+    version: AGENT_VERSION,
+    disks: disks.wanted(),
+    blockSize: config.blockSize,
+    settings: config.settings,
+    // Sizes and the disk set are checked at the same cadence.
+    sizeCheckMs: disks.intervalMs,
+    onStepFailed: () => disks.soon(),
+    // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
+    connect: () => {
+      const proxy = proxyFromEnvironment(data.host, data.port);
+      return connectWire({
+        host: data.host,
+        port: data.port,
+        caPem: creds.caPem,
+        certPem: creds.certPem,
+        keyPem: creds.keyPem,
+        clock,
+        ...(proxy ? { proxy } : {}),
+      });
+    },
+    ...(o.opts.whileFrozen ? { whileFrozen: o.opts.whileFrozen } : {}),
+    clock,
+    logger: o.log,
+  });
+}
+
+/** The status file an agent writes as it starts, before its engine reports anything. */
+function startingStatus(serverId: string, now: number): AgentStatus {
+  return {
+    state: "INITIATING",
+    tracker: "scan",
+    lagSeconds: 0,
+    backlogBytes: 0,
+    disks: [],
+    serverId,
+    pid: process.pid,
+    updatedAt: now,
+    connected: false,
+    counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
+  };
 }
