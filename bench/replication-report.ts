@@ -39,6 +39,11 @@ export interface ReplicationResults {
     /** Whether restic, borg and rsync ran inside this benchmark. */
     peers: boolean;
     blockSize: number;
+    /**
+     * UV_THREADPOOL_SIZE and GLIBC_TUNABLES of the agent (this process) and the server (its child),
+     * as the agent's wrapper and docs/operations.md's unit set them. Absent in older results.
+     */
+    environment?: Record<string, string>;
   };
   machine: MachineFacts;
   imageUsedPercent: number;
@@ -352,6 +357,15 @@ export function renderReplication(r: ReplicationResults): string {
     "- The page cache is dropped before the initial sync and before every peer step; peers read the agent's " +
       "image file (what the loop device holds) right after lifeboat's step, restic and borg on stdin as " +
       "`disk0.img`, rsync to a copy (`--inplace`, then `--no-whole-file`). Peer timing includes a final `sync`.",
+    ...(r.options.environment
+      ? [
+          "- Both sides run with " +
+            Object.entries(r.options.environment)
+              .map(([k, v]) => `\`${k}=${v}\``)
+              .join(", ") +
+            ", as the agent's wrapper (install.sh) and the service unit of docs/operations.md set them.",
+        ]
+      : []),
     "- CPU: the agent side is `process.cpuUsage()` of the benchmark process (all threads, including the " +
       "agent's block workers), the server side utime+stime from `/proc/<pid>/stat`.",
     "- Rate-capped fio MiB/s is fio's (2^20 bytes); every MB in the tables is 10^6 bytes.",

@@ -175,10 +175,15 @@ function writeAtomically(file: string, text: string): void {
  * unit): the replication benchmark hosts the agent in its own process, and a script cannot set it
  * for itself (the pool starts before its first line runs).
  */
-function child(script: string, args: readonly string[], what: string): number {
+function child(
+  script: string,
+  args: readonly string[],
+  what: string,
+  env: Record<string, string> = {},
+): number {
   const r = spawnSync(process.execPath, [path.join(import.meta.dirname, script), ...args], {
     stdio: "inherit",
-    env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? "16" },
+    env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? "16", ...env },
   });
   if (r.signal === "SIGINT" || r.status === 130) throw new Interrupted(what, "SIGINT");
   return r.status ?? 1;
@@ -209,7 +214,11 @@ function apiBench(opts: Options, dir: string, notes: string[]): number {
  */
 function replicationBench(opts: Options, dir: string, peers: boolean): number {
   const args = [...sizeArgs(opts), "--results-dir", dir, ...(peers ? [] : ["--no-peers"])];
-  return child("replication.js", [...args, ...(opts.keep ? ["--keep"] : [])], "the replication benchmark");
+  // The agent and the server run with glibc's huge-page tunable, as the agent's wrapper and the
+  // server's unit set it (install.sh, docs/operations.md); CLI commands elsewhere run without it.
+  return child("replication.js", [...args, ...(opts.keep ? ["--keep"] : [])], "the replication benchmark", {
+    GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? "glibc.malloc.hugetlb=1",
+  });
 }
 
 /** The launch benchmark (bench/launch.ts): with `repos`, it restores from the peers section's repositories. */

@@ -92,6 +92,13 @@ void describe("install.sh end to end", () => {
       await sleep(250);
       s = await status();
     }
+    // The wrapper gives the agent glibc's huge-page tunable (install.sh).
+    const pid = (await readFile(path.join(prefix, "agent.pid"), "utf8")).trim();
+    const environ = (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0");
+    assert.ok(
+      environ.includes("GLIBC_TUNABLES=glibc.malloc.hugetlb=1"),
+      `agent environment: ${environ.join(" ")}`,
+    );
 
     const caFile = path.join(dir, "ca.pem");
     await writeFile(caFile, site.caPem);
