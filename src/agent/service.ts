@@ -33,7 +33,7 @@ import type { BlockDeviceInfo } from "./discovery.js";
 import { FailbackReceiver, pendingFailback } from "./failback-receiver.js";
 import { Replication, type ReplicationOptions } from "./replication.js";
 import { type DiskGeneration, readGenerations, readSessionToken } from "./state-files.js";
-import { type AgentStatus, writeAgentStatus } from "./status.js";
+import { type AgentStatus, startingStatus, writeAgentStatus } from "./status.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -645,20 +645,4 @@ async function newEngine(o: {
     clock,
     logger: o.log,
   });
-}
-
-/** The status file an agent writes as it starts, before its engine reports anything. */
-function startingStatus(serverId: string, now: number): AgentStatus {
-  return {
-    state: "INITIATING",
-    tracker: "scan",
-    lagSeconds: 0,
-    backlogBytes: 0,
-    disks: [],
-    serverId,
-    pid: process.pid,
-    updatedAt: now,
-    connected: false,
-    counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
-  };
 }

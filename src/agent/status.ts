@@ -133,6 +133,22 @@ export function agentState(o: {
   return "CONTINUOUS";
 }
 
+/** The status file an agent writes as it starts, before its engine reports anything. */
+export function startingStatus(serverId: string, now: number): AgentStatus {
+  return {
+    state: "INITIATING",
+    tracker: "scan",
+    lagSeconds: 0,
+    backlogBytes: 0,
+    disks: [],
+    serverId,
+    pid: process.pid,
+    updatedAt: now,
+    connected: false,
+    counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
+  };
+}
+
 export async function writeAgentStatus(file: string, status: AgentStatus): Promise<void> {
   // Not fsynced: it is rewritten every second and a lost one costs nothing.
   await writeFileAtomic(file, `${JSON.stringify(status)}\n`, { mode: 0o600, durable: false });

@@ -1,6 +1,6 @@
 import { Command } from "commander";
-// The config module alone: the rest of the control plane (its HTTP server, both database
-// drivers) is loaded by the action below, so that `--help` does not wait a second for it.
+// The config module alone: the database code is loaded by the action below, and the rest of the
+// control plane (its HTTP server) never, so that `--help` does not wait a second for it.
 import { DEFAULT_DATA_DIR, dataPaths, loadConfig } from "../control/config.js";
 import { printJson, printLines } from "./output.js";
 import { action } from "./store.js";
@@ -16,7 +16,10 @@ export function auditCommand(): Command {
     .action(
       action<{ dataDir: string; config?: string }>(async (ctx, o) => {
         const config = await loadConfig(o.config ?? dataPaths(o.dataDir).config);
-        const { openDatabase, verifyAudit } = await import("../control/index.js");
+        const [{ openDatabase }, { verifyAudit }] = await Promise.all([
+          import("../control/db/index.js"),
+          import("../control/audit.js"),
+        ]);
         const database = await openDatabase(config.databaseUrl, { logger: ctx.logger });
         try {
           const r = await verifyAudit(database);
