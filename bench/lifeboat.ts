@@ -1,13 +1,13 @@
 /**
  * Lifeboat's side of the benchmark, through its CLI exactly as an operator
  * would run it: `store init`, `store import` of the base then the changed
- * image as two PITs of one server, `store export` of the latest PIT, and
- * `store stats --json` after each import.
+ * image as two PITs of one server, `store export` of the latest PIT,
+ * `store verify --read-data`, and `store stats --json` after each import.
  */
 import { mkdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { step, sameContent, timed, type StepResult, type SuiteContext } from "./peers.js";
-import { ROOT, log, run } from "./sys.js";
+import { ROOT, dirBytes, log, run } from "./sys.js";
 
 const CLI = path.join(ROOT, "bin", "lifeboat.js");
 const SERVER = "bench";
@@ -94,6 +94,8 @@ export function lifeboatSuite(ctx: SuiteContext): LifeboatOutcome {
     ),
   );
   rmSync(outDir, { recursive: true, force: true });
+  const checked = timed(node, lifeboatArgs(["store", "verify", ...common, "--read-data"]), opts);
+  steps.push(step("lifeboat", "check", "lifeboat store verify --read-data", checked, dirBytes(repo), repo));
   return { steps, stats: { initial: statsInitial, changed: statsChanged } };
 }
 

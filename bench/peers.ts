@@ -17,7 +17,8 @@ const TIME = "/usr/bin/time";
 /** Name of the disk inside every peer's backup. */
 export const DISK_NAME = "disk0.img";
 
-export type Phase = "initial" | "changed" | "restore";
+/** `check`: every stored byte read back and checked (restic check --read-data, borg check --verify-data, lifeboat store verify --read-data). */
+export type Phase = "initial" | "changed" | "restore" | "check";
 
 export interface StepResult {
   tool: string;
@@ -27,7 +28,7 @@ export interface StepResult {
   seconds: number;
   /** Part of `seconds` spent flushing what the tool left in the page cache. */
   syncSeconds: number;
-  /** Image bytes processed per second, 1 MB = 10^6 bytes. */
+  /** Image bytes processed per second (for a check, repository bytes), 1 MB = 10^6 bytes. */
   mbPerSec: number;
   peakRssMiB: number;
   /** Repository (or copy) size after the step, `du -sb`. */
@@ -225,6 +226,8 @@ export function resticSuite(ctx: SuiteContext): StepResult[] {
     }),
   );
   rmSync(target, { recursive: true, force: true });
+  const checked = timed("restic", ["check", "--read-data"], opts);
+  results.push(step("restic", "check", "restic check --read-data", checked, dirBytes(repo), repo));
   return results;
 }
 
@@ -280,6 +283,14 @@ export function borgSuite(ctx: SuiteContext, variant: { name: string; chunker?: 
       cmd,
       timedWithInput("borg", create("changed"), ctx.changed, opts),
       ctx.imageBytes,
+      repo,
+    ),
+    step(
+      variant.name,
+      "check",
+      "borg check --verify-data REPO",
+      timed("borg", ["check", "--verify-data", repo], opts),
+      dirBytes(repo),
       repo,
     ),
   ];

@@ -72,6 +72,7 @@ export const METHOD = [
   "Several rounds (--rounds, default 3), each into fresh repositories: a step's figures are those of its median round by seconds, and the last column lists every round's seconds.",
   "MB/s = image bytes / seconds, 1 MB = 10^6 bytes. Repository sizes are `du -sb` after the step.",
   "Restores (lifeboat export, restic restore, casync extract) write the latest snapshot to a file, then cmp it with changed.img (not timed).",
+  "Checks (lifeboat `store verify --read-data`, restic `check --read-data`, borg `check --verify-data`) read back every stored byte of both backups, decrypt it and check it against its hash; their MB/s is repository bytes / seconds, and the headline compares seconds. casync has no such check.",
   "restic: repository format 2 (zstd, auto). borg: repokey-blake2, default lz4 compression; default buzhash chunker and fixed 4 MiB chunks.",
   "casync: `make --compression=zstd` with its default content-defined chunks (64 KiB average) into a directory store, no encryption; it reads the image file itself. Its restore (`extract`) punches holes for zero chunks (its default), so the output is sparse.",
 ];

@@ -128,6 +128,7 @@ function headline(r: SummaryInput): string[] {
     ["repository size after the first backup", ...peers.map(size("initial"))],
     ["repository size after both (dedup)", ...peers.map(size("changed"))],
     ["restore of the changed image, peers section (seconds)", ...peers.map(speed("restore"))],
+    ["check of every stored byte of both backups (seconds)", ...peers.map(speed("check"))],
   ];
   const launch = r.launch;
   if (launch) {
@@ -190,7 +191,8 @@ function ingestSection(p: BenchResults): string[] {
     "",
     `Cache: ${p.options.cache === "cold" ? "cold (page cache dropped before every step)" : "warm"}. ` +
       "Each tool backs up base.img (initial), then changed.img (changed), into one repository; restores write " +
-      "the changed image back to a file and are checked with cmp. " +
+      "the changed image back to a file and are checked with cmp; checks read back every stored byte of both " +
+      "backups (MB/s: repository bytes per second). " +
       (p.steps.some((s) => (s.roundSeconds?.length ?? 0) > 1)
         ? "Each step's figures are its median round's (fresh repositories every round), with every round's " +
           "seconds in the last column; the restore medians of the launch section are over rounds of their own."
@@ -257,7 +259,7 @@ function replicationSection(r: ReplicationResults, peers: BenchResults | null): 
   const peerRows: string[][] = [];
   const steps = r.peers.length > 0 ? r.peers : (peers?.steps ?? []);
   for (const s of steps) {
-    if (s.tool === "lifeboat" || s.phase === "restore") continue;
+    if (s.tool === "lifeboat" || s.phase === "restore" || s.phase === "check") continue;
     const lbSeconds = s.phase === "initial" ? i.seconds : c.pitSeconds;
     peerRows.push([s.phase, s.tool, lbSeconds.toFixed(1), s.seconds.toFixed(1), x(s.seconds / lbSeconds)]);
   }

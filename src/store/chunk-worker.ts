@@ -17,6 +17,9 @@ import { OBJECT_OVERHEAD, ObjectCodec, ObjectKind, damaged } from "./codec.js";
 import zstd from "zstd-napi/binding.js";
 import { stretchRange } from "./pack.js";
 import {
+  CHECK_BYTES,
+  type CheckFailure,
+  type CheckRequest,
   RUNS_PER_WORKER,
   type RestoreRunRequest,
   type RunItem,
@@ -196,7 +199,55 @@ function handle(msg: WorkerRequest): void {
       void restoreRun(msg);
       return;
     }
+    case "check": {
+      void checkStretch(msg);
+      return;
+    }
   }
+}
+
+/** Checks the chunk objects of a stretch (CheckRequest) and replies with those that failed. */
+async function checkStretch(msg: CheckRequest): Promise<void> {
+  let stored: Buffer | undefined;
+  try {
+    let data: Buffer;
+    if (msg.file) {
+      const { root, pack, offset, length } = msg.file;
+      stored = readBuffers.take(length, readTypical(CHECK_BYTES));
+      try {
+        data = await readPack(root, pack, offset, stored.subarray(0, length));
+      } catch (err) {
+        const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_IO", String(err));
+        reply({ type: "failed", req: msg.req, code: e.code, message: e.message, hint: e.hint });
+        return;
+      }
+    } else data = Buffer.from(msg.data!);
+    const failed: CheckFailure[] = [];
+    msg.chunks.forEach((c, index) => {
+      try {
+        checkChunk(c.name, c.id, data.subarray(c.offset, c.offset + c.length));
+      } catch (err) {
+        const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
+        failed.push({ index, code: e.code, message: e.message, hint: e.hint });
+      }
+    });
+    reply({ type: "checked", req: msg.req, failed });
+  } finally {
+    if (stored) readBuffers.give(stored);
+  }
+}
+
+/** Where checkChunk decodes (grown to the largest chunk): a check keeps no plaintext. */
+let checked = Buffer.alloc(0);
+
+/** Decodes a chunk object into this thread's buffer and checks it against its id; throws why it is damaged. */
+function checkChunk(name: string, id: Uint8Array, data: Uint8Array): void {
+  let n = codec.decodeInto(name, ObjectKind.chunk, data, checked);
+  if (n > checked.length) {
+    checked = Buffer.allocUnsafeSlow(n);
+    n = codec.decodeInto(name, ObjectKind.chunk, data, checked);
+  }
+  matchId(name, id, checked.subarray(0, n));
 }
 
 /** Read stretches merge across gaps up to this size: one larger read costs less than two. */
@@ -547,15 +598,19 @@ function chunkName(id: Uint8Array): string {
 
 function decodeChunk(name: string, id: Uint8Array, data: Uint8Array): Buffer {
   const plain = codec.decode(name, ObjectKind.chunk, data);
-  const got = createHash("sha256").update(plain).digest();
-  if (!got.equals(Buffer.from(id))) {
+  matchId(name, id, plain);
+  return plain;
+}
+
+/** Throws STORE_CHUNK_MISMATCH unless `plain` hashes to `id`. */
+function matchId(name: string, id: Uint8Array, plain: Uint8Array): void {
+  if (!createHash("sha256").update(plain).digest().equals(id)) {
     throw damaged(
       "STORE_CHUNK_MISMATCH",
       name,
       `decrypts but does not match its id ${Buffer.from(id).toString("hex")}`,
     );
   }
-  return plain;
 }
 
 serveMessages<WorkerRequest>(handle, CHUNK_THREAD_NAME);

@@ -7,7 +7,7 @@ import { PREFIX, packName } from "./names.js";
 import { packStretches, readPackIndex, stretchRange } from "./pack.js";
 import { type Pit, type PitDisk, readPit } from "./pit.js";
 import type { Repository } from "./repository.js";
-import { WorkerPool } from "./worker-pool.js";
+import { CHECK_BYTES, RUNS_PER_WORKER, WorkerPool } from "./worker-pool.js";
 
 export interface Affected {
   pit: string;
@@ -217,7 +217,9 @@ export async function verifyRepository(
   // Pass 2: read every referenced chunk, a pack at a time, and every referenced pack's index.
   if (opts.readData) {
     const pool = new WorkerPool(repo.keys, repo.config.compression.level);
-    const limiter = new Limiter(4);
+    const root = repo.backend.properties.localRoot;
+    // Packs checked at once: enough to keep every worker's slots (RUNS_PER_WORKER) busy.
+    const limiter = new Limiter(RUNS_PER_WORKER * pool.size);
     let done = 0;
     const failedChunks = new Map<string, unknown>();
     const byPack = new Map<string, ChunkRef[]>();
@@ -227,23 +229,49 @@ export async function verifyRepository(
       list.push(ref);
       byPack.set(ref.pack, list);
     }
-    const checkChunk = async (ref: ChunkRef, data: Buffer | undefined) => {
-      const attempt = async (bytes: Buffer | undefined) => {
-        const obj = bytes ?? (await repo.getObject(ref.pack, { offset: ref.offset, length: ref.length }));
-        report.bytesRead += obj.length;
-        await pool.decode(ref.name, ref.id, obj);
-      };
+    // A chunk read and checked alone (the bytes of one object, as a replicator reads it back).
+    const alone = async (ref: ChunkRef) => {
+      const obj = await repo.getObject(ref.pack, { offset: ref.offset, length: ref.length });
+      report.bytesRead += obj.length;
+      await pool.decode(ref.name, ref.id, obj);
+    };
+    // A chunk that failed is read again alone: if it then checks out, the first read was transient.
+    const again = async (ref: ChunkRef, first: unknown) => {
       try {
-        await attempt(data);
-      } catch (first) {
-        try {
-          await attempt(undefined); // read it alone, afresh
-          report.transientErrors++;
-        } catch {
-          failedChunks.set(ref.key, first);
-        }
+        await alone(ref);
+        report.transientErrors++;
+      } catch {
+        failedChunks.set(ref.key, first);
       }
-      opts.onProgress?.(++done, referenced.size);
+    };
+    // Each stretch is read whole and its chunks checked by one worker, which sends back only what failed;
+    // when the stretch cannot be read, each chunk is read alone.
+    const checkStretch = async (pack: string, group: ChunkRef[]) => {
+      const span = stretchRange(group);
+      const chunks = group.map((ref) => ({
+        name: ref.name,
+        id: new Uint8Array(ref.id),
+        offset: ref.offset - span.offset,
+        length: ref.length,
+      }));
+      const failures = await (
+        root
+          ? pool.check({ root, pack, ...span }, chunks)
+          : repo.getObject(pack, span).then((data) => pool.check(data, chunks))
+      ).catch(() => undefined);
+      let failed: { ref: ChunkRef; err: unknown }[] = [];
+      if (!failures) {
+        for (const ref of group) await alone(ref).catch((err: unknown) => failed.push({ ref, err }));
+      } else {
+        report.bytesRead += group.reduce((n, ref) => n + ref.length, 0);
+        failed = failures.map((f) => ({
+          ref: group[f.index]!,
+          err: new LifeboatError(f.code, f.message, { hint: f.hint }),
+        }));
+      }
+      for (const { ref, err } of failed) await again(ref, err);
+      done += group.length;
+      opts.onProgress?.(done, referenced.size);
     };
     try {
       await Promise.all(
@@ -257,17 +285,8 @@ export async function verifyRepository(
                 () => addDamage(pack, "pack", first),
               );
             }
-            for (const group of packStretches(refs)) {
-              const span = stretchRange(group);
-              // On a failed read each chunk is then read alone.
-              const data = await repo.getObject(pack, span).catch(() => undefined);
-              await Promise.all(
-                group.map((ref) => {
-                  const at = ref.offset - span.offset;
-                  return checkChunk(ref, data?.subarray(at, at + ref.length));
-                }),
-              );
-            }
+            for (const group of packStretches(refs))
+              for (const part of splitStretch(group, CHECK_BYTES)) await checkStretch(pack, part);
           }),
         ),
       );
@@ -292,6 +311,21 @@ export async function verifyRepository(
   report.damage = [...damaged.values()];
   report.ok = report.damage.length === 0;
   return report;
+}
+
+/** A stretch of neighbouring chunk objects cut into consecutive parts of about `bytes` (at least one object each). */
+function splitStretch<T extends { offset: number; length: number }>(group: T[], bytes: number): T[][] {
+  const parts: T[][] = [];
+  let start = -1;
+  for (const it of group) {
+    const part = parts.at(-1);
+    if (part && it.offset + it.length - start <= bytes) part.push(it);
+    else {
+      parts.push([it]);
+      start = it.offset;
+    }
+  }
+  return parts;
 }
 
 interface ChunkRef {

@@ -53,7 +53,42 @@ export type WorkerRequest =
       data?: ArrayBuffer;
       file?: { path: string; offset: number; length: number };
     }
-  | RestoreRunRequest;
+  | RestoreRunRequest
+  | CheckRequest;
+
+/**
+ * Checks stored chunk objects (verify --read-data): each is bytes
+ * [offset, offset + length) of a stretch of a pack, decrypted and
+ * decompressed in the worker and hashed against its id. No plaintext comes
+ * back, only what failed. The stretch is `data`, or where the worker reads
+ * it itself in a local repository (into a buffer it reuses).
+ */
+export interface CheckRequest {
+  type: "check";
+  req: number;
+  data?: ArrayBuffer;
+  file?: { root: string; pack: string; offset: number; length: number };
+  chunks: CheckChunk[];
+}
+
+/** Bytes of a pack that one CheckRequest covers at most, besides its last object. */
+export const CHECK_BYTES = 4 << 20;
+
+/** A chunk object of a CheckRequest: its keyed name, its id, where it lies in the stretch. */
+export interface CheckChunk {
+  name: string;
+  id: Uint8Array;
+  offset: number;
+  length: number;
+}
+
+/** A chunk object that failed a check: its index in the request, and why. */
+export interface CheckFailure {
+  index: number;
+  code: string;
+  message: string;
+  hint: string;
+}
 
 /**
  * Restores a run of consecutive chunks of a disk: the worker gets the stored
@@ -163,6 +198,7 @@ export type WorkerResponse =
     }
   | { type: "decoded"; req: number; plain: ArrayBuffer }
   | { type: "restored"; req: number }
+  | { type: "checked"; req: number; failed: CheckFailure[] }
   | {
       type: "failed";
       req: number;
@@ -192,9 +228,9 @@ export class WorkerPool {
   private readonly workers: Worker[] = [];
   private readonly pending = new Map<string, Pending>();
   private readonly owner = new Map<number, Worker>();
-  /** Runs being restored by each worker. */
+  /** Runs being restored and stretches being checked by each worker. */
   private readonly load = new Map<Worker, number>();
-  /** Runs in flight across every export using the pool, so that sharing it does not multiply memory. */
+  /** Runs and stretches in flight across every export or verify using the pool, so that sharing it does not multiply memory. */
   private readonly runSlots: Limiter;
   private nextBatch = 0;
   private nextReq = 0;
@@ -372,6 +408,45 @@ export class WorkerPool {
     return Buffer.from((r as { plain: ArrayBuffer }).plain);
   }
 
+  /**
+   * Checks the chunk objects of a stretch of a pack (CheckRequest): its
+   * bytes (which move to the worker unless they are a view of a larger
+   * buffer, then copied), or where in a local repository the worker reads
+   * them. Resolves with the chunks that failed; rejects when the stretch
+   * cannot be read.
+   */
+  async check(
+    stretch: Buffer | NonNullable<CheckRequest["file"]>,
+    chunks: CheckChunk[],
+  ): Promise<CheckFailure[]> {
+    const ab = Buffer.isBuffer(stretch) ? transferable(stretch) : undefined;
+    const where = ab ? { data: ab } : { file: stretch as NonNullable<CheckRequest["file"]> };
+    const r = await this.onLeastLoaded((w, req) =>
+      this.send(w, `req:${req}`, { type: "check", req, chunks, ...where }, ab ? [ab] : []),
+    );
+    return (r as Extract<WorkerResponse, { type: "checked" }>).failed;
+  }
+
+  /**
+   * Sends a request of the kinds that read packs (a run to restore, a
+   * stretch to check) to the worker with the fewest in hand, once one of the
+   * pool's slots for them is free: RUNS_PER_WORKER per worker, whose buffers
+   * the worker keeps for the next.
+   */
+  private onLeastLoaded(send: (w: Worker, req: number) => Promise<WorkerResponse>): Promise<WorkerResponse> {
+    return this.runSlots.run(async () => {
+      const req = this.nextReq++;
+      let w = this.workers[0]!;
+      for (const c of this.workers) if ((this.load.get(c) ?? 0) < (this.load.get(w) ?? 0)) w = c;
+      this.load.set(w, (this.load.get(w) ?? 0) + 1);
+      try {
+        return await send(w, req);
+      } finally {
+        this.load.set(w, this.load.get(w)! - 1);
+      }
+    });
+  }
+
   /** Workers in the pool. */
   get size(): number {
     return this.workers.length;
@@ -383,20 +458,12 @@ export class WorkerPool {
    * run's first bad chunk, its `slot` set.
    */
   async restoreRun(msg: Omit<RestoreRunRequest, "type" | "req">): Promise<void> {
-    return this.runSlots.run(async () => {
-      const req = this.nextReq++;
-      let w = this.workers[0]!;
-      for (const c of this.workers) if ((this.load.get(c) ?? 0) < (this.load.get(w) ?? 0)) w = c;
-      this.load.set(w, (this.load.get(w) ?? 0) + 1);
-      try {
-        await this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
-          msg.entries,
-          ...(msg.stretches ?? []),
-        ]);
-      } finally {
-        this.load.set(w, this.load.get(w)! - 1);
-      }
-    });
+    await this.onLeastLoaded((w, req) =>
+      this.send(w, `req:${req}`, { type: "restoreRun", req, ...msg }, [
+        msg.entries,
+        ...(msg.stretches ?? []),
+      ]),
+    );
   }
 
   async close(): Promise<void> {
