@@ -285,8 +285,11 @@ export async function verifyRepository(
                 () => addDamage(pack, "pack", first),
               );
             }
+            // A worker reads a local pack a few MiB at a time into buffers it keeps; from object
+            // storage a stretch is one request, however long (requests are what it charges for).
             for (const group of packStretches(refs))
-              for (const part of splitStretch(group, CHECK_BYTES)) await checkStretch(pack, part);
+              for (const part of root ? splitStretch(group, CHECK_BYTES) : [group])
+                await checkStretch(pack, part);
           }),
         ),
       );
