@@ -42,6 +42,9 @@ export interface VerifyReport {
   damage: Damage[];
 }
 
+/** Records damage to an object (once per object), and where it is used. */
+type AddDamage = (object: string, kind: Damage["kind"], err: unknown, where?: Occurrence) => void;
+
 interface Occurrence {
   pit: Pit;
   disk: PitDisk;
@@ -75,7 +78,7 @@ export async function verifyRepository(
     damage: [],
   };
   const damaged = new Map<string, Damage>();
-  const addDamage = (object: string, kind: Damage["kind"], err: unknown, where?: Occurrence) => {
+  const addDamage: AddDamage = (object, kind, err, where) => {
     let d = damaged.get(object);
     if (!d) {
       const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_IO", String(err));
@@ -85,6 +88,54 @@ export async function verifyRepository(
     if (where) addRange(d, where);
   };
 
+  const roots = await readRoots(repo, report, addDamage);
+  // The objects are listed after the roots (PITs, heads): a writer stores what a root names before the
+  // root, so everything a root read above references is in this listing, even while replicators write.
+  const sizes = await listObjects(repo, report);
+  // Pass 1: walk every tree; check pages fully and chunks structurally.
+  const { referenced, referencedNames } = await walkTrees(repo, roots, sizes, report, addDamage);
+  report.referencedChunks = referenced.size;
+  report.unreferencedObjects = [...sizes.keys()].filter((n) => !referencedNames.has(n)).length;
+
+  // Pass 2: read every referenced chunk, a pack at a time, and every referenced pack's index.
+  if (opts.readData) {
+    const byPack = new Map<string, ChunkRef[]>();
+    for (const ref of referenced.values()) {
+      if (damaged.has(ref.pack)) continue;
+      const list = byPack.get(ref.pack) ?? [];
+      list.push(ref);
+      byPack.set(ref.pack, list);
+    }
+    const progress = opts.onProgress && ((done: number) => opts.onProgress!(done, referenced.size));
+    const failedChunks = await readData(
+      repo,
+      byPack,
+      report,
+      (pack, err) => addDamage(pack, "pack", err),
+      progress,
+    );
+    // Pass 3: find where the damaged chunks are used.
+    if (failedChunks.size > 0) {
+      for (const pit of roots) {
+        for (const disk of pit.disks) {
+          await walkChunks(repo, disk, (index, entry) => {
+            const ref = chunkRef(repo, entry);
+            const err = failedChunks.get(ref.key);
+            if (err !== undefined) {
+              addDamage(ref.name, "chunk", located(err, ref), { pit, disk, start: index, span: 1 });
+            }
+          });
+        }
+      }
+    }
+  }
+  report.damage = [...damaged.values()];
+  report.ok = report.damage.length === 0;
+  return report;
+}
+
+/** Every PIT, and every replica's head as a root of its own (`head:SERVER`); a PIT that cannot be read is damage. */
+async function readRoots(repo: Repository, report: VerifyReport, addDamage: AddDamage): Promise<Pit[]> {
   const pits: Pit[] = [];
   for await (const o of repo.backend.list(PREFIX.pits)) {
     const id = o.name.slice(PREFIX.pits.length);
@@ -117,9 +168,11 @@ export async function verifyRepository(
       labels: {},
     });
   }
+  return roots;
+}
 
-  // The objects are listed after the roots (PITs, heads): a writer stores what a root names before the
-  // root, so everything a root read above references is in this listing, even while replicators write.
+/** The size of every pack and page, by name, those in GC's trash included. */
+async function listObjects(repo: Repository, report: VerifyReport): Promise<Map<string, number>> {
   const sizes = new Map<string, number>();
   let packs = 0;
   let pages = 0;
@@ -141,8 +194,22 @@ export async function verifyRepository(
   report.packs = packs;
   report.pages = pages;
   report.inTrash = inTrash;
+  return sizes;
+}
 
-  // Pass 1: walk every tree; check pages fully and chunks structurally.
+/**
+ * Pass 1 of verify: walks every root's trees, reading each page whole and
+ * checking that each chunk lies inside a pack of the listing (`sizes`).
+ * Returns the chunks referenced, by key (pack@offset), and the names of the
+ * packs and pages referenced.
+ */
+async function walkTrees(
+  repo: Repository,
+  roots: Pit[],
+  sizes: Map<string, number>,
+  report: VerifyReport,
+  addDamage: AddDamage,
+): Promise<{ referenced: Map<string, ChunkRef>; referencedNames: Set<string> }> {
   const referenced = new Map<string, ChunkRef>(); // chunk key (pack@offset) -> where and what
   const referencedNames = new Set<string>(); // packs and pages
   const checkStructure = (name: string, kind: Damage["kind"], where: Occurrence, need = 1): boolean => {
@@ -211,109 +278,96 @@ export async function verifyRepository(
       await walk(Buffer.from(disk.root, "hex"), disk.depth - 1, 0);
     }
   }
-  report.referencedChunks = referenced.size;
-  report.unreferencedObjects = [...sizes.keys()].filter((n) => !referencedNames.has(n)).length;
+  return { referenced, referencedNames };
+}
 
-  // Pass 2: read every referenced chunk, a pack at a time, and every referenced pack's index.
-  if (opts.readData) {
-    const pool = new WorkerPool(repo.keys, repo.config.compression.level);
-    const root = repo.backend.properties.localRoot;
-    // Packs checked at once: enough to keep every worker's slots (RUNS_PER_WORKER) busy.
-    const limiter = new Limiter(RUNS_PER_WORKER * pool.size);
-    let done = 0;
-    const failedChunks = new Map<string, unknown>();
-    const byPack = new Map<string, ChunkRef[]>();
-    for (const ref of referenced.values()) {
-      if (damaged.has(ref.pack)) continue;
-      const list = byPack.get(ref.pack) ?? [];
-      list.push(ref);
-      byPack.set(ref.pack, list);
-    }
-    // A chunk read and checked alone (the bytes of one object, as a replicator reads it back).
-    const alone = async (ref: ChunkRef) => {
-      const obj = await repo.getObject(ref.pack, { offset: ref.offset, length: ref.length });
-      report.bytesRead += obj.length;
-      await pool.decode(ref.name, ref.id, obj);
-    };
-    // A chunk that failed is read again alone: if it then checks out, the first read was transient.
-    const again = async (ref: ChunkRef, first: unknown) => {
-      try {
-        await alone(ref);
-        report.transientErrors++;
-      } catch {
-        failedChunks.set(ref.key, first);
-      }
-    };
-    // Each stretch is read whole and its chunks checked by one worker, which sends back only what failed;
-    // when the stretch cannot be read, each chunk is read alone.
-    const checkStretch = async (pack: string, group: ChunkRef[]) => {
-      const span = stretchRange(group);
-      const chunks = group.map((ref) => ({
-        name: ref.name,
-        id: new Uint8Array(ref.id),
-        offset: ref.offset - span.offset,
-        length: ref.length,
-      }));
-      const failures = await (
-        root
-          ? pool.check({ root, pack, ...span }, chunks)
-          : repo.getObject(pack, span).then((data) => pool.check(data, chunks))
-      ).catch(() => undefined);
-      let failed: { ref: ChunkRef; err: unknown }[] = [];
-      if (!failures) {
-        for (const ref of group) await alone(ref).catch((err: unknown) => failed.push({ ref, err }));
-      } else {
-        report.bytesRead += group.reduce((n, ref) => n + ref.length, 0);
-        failed = failures.map((f) => ({
-          ref: group[f.index]!,
-          err: new LifeboatError(f.code, f.message, { hint: f.hint }),
-        }));
-      }
-      for (const { ref, err } of failed) await again(ref, err);
-      done += group.length;
-      opts.onProgress?.(done, referenced.size);
-    };
+/**
+ * Pass 2 of verify: reads every chunk of `byPack` and each pack's own index.
+ * Returns the chunks that failed, by key, with their first error; counts the
+ * bytes read and the transient errors in `report`. A pack whose index cannot
+ * be read goes to `packDamage`.
+ */
+async function readData(
+  repo: Repository,
+  byPack: Map<string, ChunkRef[]>,
+  report: VerifyReport,
+  packDamage: (pack: string, err: unknown) => void,
+  onProgress?: (done: number) => void,
+): Promise<Map<string, unknown>> {
+  const pool = new WorkerPool(repo.keys, repo.config.compression.level);
+  const root = repo.backend.properties.localRoot;
+  // Packs checked at once: enough to keep every worker's slots (RUNS_PER_WORKER) busy.
+  const limiter = new Limiter(RUNS_PER_WORKER * pool.size);
+  const failedChunks = new Map<string, unknown>();
+  let done = 0;
+  // A chunk read and checked alone (the bytes of one object, as a replicator reads it back).
+  const alone = async (ref: ChunkRef) => {
+    const obj = await repo.getObject(ref.pack, { offset: ref.offset, length: ref.length });
+    report.bytesRead += obj.length;
+    await pool.decode(ref.name, ref.id, obj);
+  };
+  // A chunk that failed is read again alone: if it then checks out, the first read was transient.
+  const again = async (ref: ChunkRef, first: unknown) => {
     try {
-      await Promise.all(
-        [...byPack].map(([pack, refs]) =>
-          limiter.run(async () => {
-            try {
-              await readPackIndex(repo, pack);
-            } catch (first) {
-              await readPackIndex(repo, pack).then(
-                () => void report.transientErrors++,
-                () => addDamage(pack, "pack", first),
-              );
-            }
-            // A worker reads a local pack a few MiB at a time into buffers it keeps; from object
-            // storage a stretch is one request, however long (requests are what it charges for).
-            for (const group of packStretches(refs))
-              for (const part of root ? splitStretch(group, CHECK_BYTES) : [group])
-                await checkStretch(pack, part);
-          }),
-        ),
-      );
-    } finally {
-      await pool.close();
+      await alone(ref);
+      report.transientErrors++;
+    } catch {
+      failedChunks.set(ref.key, first);
     }
-    if (failedChunks.size > 0) {
-      // Pass 3: find where the damaged chunks are used.
-      for (const pit of roots) {
-        for (const disk of pit.disks) {
-          await walkChunks(repo, disk, (index, entry) => {
-            const ref = chunkRef(repo, entry);
-            const err = failedChunks.get(ref.key);
-            if (err !== undefined) {
-              addDamage(ref.name, "chunk", located(err, ref), { pit, disk, start: index, span: 1 });
-            }
-          });
-        }
-      }
+  };
+  // Each stretch is read whole and its chunks checked by one worker, which sends back only what failed;
+  // when the stretch cannot be read, each chunk is read alone.
+  const checkStretch = async (pack: string, group: ChunkRef[]) => {
+    const span = stretchRange(group);
+    const chunks = group.map((ref) => ({
+      name: ref.name,
+      id: new Uint8Array(ref.id),
+      offset: ref.offset - span.offset,
+      length: ref.length,
+    }));
+    const failures = await (
+      root
+        ? pool.check({ root, pack, ...span }, chunks)
+        : repo.getObject(pack, span).then((data) => pool.check(data, chunks))
+    ).catch(() => undefined);
+    let failed: { ref: ChunkRef; err: unknown }[] = [];
+    if (!failures) {
+      for (const ref of group) await alone(ref).catch((err: unknown) => failed.push({ ref, err }));
+    } else {
+      report.bytesRead += group.reduce((n, ref) => n + ref.length, 0);
+      failed = failures.map((f) => ({
+        ref: group[f.index]!,
+        err: new LifeboatError(f.code, f.message, { hint: f.hint }),
+      }));
     }
+    for (const { ref, err } of failed) await again(ref, err);
+    done += group.length;
+    onProgress?.(done);
+  };
+  try {
+    await Promise.all(
+      [...byPack].map(([pack, refs]) =>
+        limiter.run(async () => {
+          try {
+            await readPackIndex(repo, pack);
+          } catch (first) {
+            await readPackIndex(repo, pack).then(
+              () => void report.transientErrors++,
+              () => packDamage(pack, first),
+            );
+          }
+          // A worker reads a local pack a few MiB at a time into buffers it keeps; from object
+          // storage a stretch is one request, however long (requests are what it charges for).
+          for (const group of packStretches(refs))
+            for (const part of root ? splitStretch(group, CHECK_BYTES) : [group])
+              await checkStretch(pack, part);
+        }),
+      ),
+    );
+  } finally {
+    await pool.close();
   }
-  report.damage = [...damaged.values()];
-  report.ok = report.damage.length === 0;
-  return report;
+  return failedChunks;
 }
 
 /** A stretch of neighbouring chunk objects cut into consecutive parts of about `bytes` (at least one object each). */
