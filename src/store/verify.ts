@@ -370,7 +370,7 @@ async function readData(
   return failedChunks;
 }
 
-/** A stretch of neighbouring chunk objects cut into consecutive parts of about `bytes` (at least one object each). */
+/** A stretch of neighbouring chunk objects cut into consecutive parts of at most `bytes` (or one object, where that is larger). */
 function splitStretch<T extends { offset: number; length: number }>(group: T[], bytes: number): T[][] {
   const parts: T[][] = [];
   let start = -1;

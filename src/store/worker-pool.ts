@@ -71,7 +71,7 @@ export interface CheckRequest {
   chunks: CheckChunk[];
 }
 
-/** Bytes of a local pack that one CheckRequest has a worker read, at most, besides its last object. */
+/** Bytes of a local pack that one CheckRequest has a worker read: at most this, or one object where that is larger. */
 export const CHECK_BYTES = 4 << 20;
 
 /** A chunk object of a CheckRequest: its keyed name, its id, where it lies in the stretch. */
