@@ -6,16 +6,16 @@
  */
 import { createHash, createHmac } from "node:crypto";
 import fs from "node:fs";
-import path from "node:path";
 import { promisify } from "node:util";
 import { parentPort, workerData } from "node:worker_threads";
-import { PAGE, alignedBuffer } from "../base/aligned.js";
+import { PAGE } from "../base/aligned.js";
 import { LifeboatError } from "../base/index.js";
 import { CHUNK_THREAD_NAME, serveMessages } from "../base/workers.js";
 import { ID_LEN } from "./block-map.js";
 import { OBJECT_OVERHEAD, ObjectCodec, ObjectKind, damaged } from "./codec.js";
 import zstd from "zstd-napi/binding.js";
 import { stretchRange } from "./pack.js";
+import { BufferPool, closeOpenPacks, readPack, readRange } from "./pack-files.js";
 import {
   CHECK_BYTES,
   type CheckFailure,
@@ -30,10 +30,7 @@ import {
   transferable,
 } from "./worker-pool.js";
 
-const openFile = promisify(fs.open);
-const read = promisify(fs.read);
 const write = promisify(fs.write);
-const closeFile = promisify(fs.close);
 
 const { encryptionKey, namingKey, compressionLevel } = workerData as {
   encryptionKey: Uint8Array;
@@ -49,6 +46,12 @@ const batches = new Map<
 let zeros = Buffer.alloc(0);
 /** Where a batch's objects are encoded before they go back in its buffer (grown to the largest batch). */
 let encoded = Buffer.alloc(0);
+
+/** An error as a "failed" reply carries it; one that is not a LifeboatError gets `code`. */
+function described(err: unknown, code: string): { code: string; message: string; hint: string } {
+  const e = err instanceof LifeboatError ? err : new LifeboatError(code, String(err));
+  return { code: e.code, message: e.message, hint: e.hint };
+}
 
 function reply(msg: WorkerResponse, transfer: ArrayBuffer[] = []): void {
   parentPort!.postMessage(msg, transfer);
@@ -124,8 +127,7 @@ function handle(msg: WorkerRequest): void {
         try {
           inflate(batch, Math.min(n, msg.frames.inflate));
         } catch (err) {
-          const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_BAD_FRAME", String(err));
-          reply({ type: "failed", req: -1 - msg.batch, code: e.code, message: e.message, hint: e.hint });
+          reply({ type: "failed", req: -1 - msg.batch, ...described(err, "STORE_BAD_FRAME") });
           return;
         }
       }
@@ -217,8 +219,7 @@ async function checkStretch(msg: CheckRequest): Promise<void> {
       try {
         data = await readPack(root, pack, offset, stored.subarray(0, length));
       } catch (err) {
-        const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_IO", String(err));
-        reply({ type: "failed", req: msg.req, code: e.code, message: e.message, hint: e.hint });
+        reply({ type: "failed", req: msg.req, ...described(err, "STORE_IO") });
         return;
       }
     } else data = Buffer.from(msg.data!);
@@ -227,8 +228,7 @@ async function checkStretch(msg: CheckRequest): Promise<void> {
       try {
         checkChunk(c.name, c.id, data.subarray(c.offset, c.offset + c.length));
       } catch (err) {
-        const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
-        failed.push({ index, code: e.code, message: e.message, hint: e.hint });
+        failed.push({ index, ...described(err, "STORE_OBJECT_CORRUPT") });
       }
     });
     reply({ type: "checked", req: msg.req, failed });
@@ -252,45 +252,6 @@ function checkChunk(name: string, id: Uint8Array, data: Uint8Array): void {
 
 /** Read stretches merge across gaps up to this size: one larger read costs less than two. */
 const MAX_GAP = 256 << 10;
-/** Run buffers are page-aligned, as O_DIRECT writes need. */
-
-/**
- * Buffers kept for reuse: fresh memory costs a page fault per 4 KiB, every
- * time (about 15 ms per 4 MiB on these machines). Sizes are rounded up to a
- * multiple of `step`, so that one buffer serves many runs.
- */
-class BufferPool {
-  private readonly spare: Buffer[] = [];
-
-  constructor(
-    private readonly keep: number,
-    private readonly step = 4 << 20,
-  ) {}
-
-  /** A buffer of at least `size` bytes; a new one has at least `typical`, so that it serves the sizes that follow. */
-  take(size: number, typical = 0): Buffer {
-    let best = -1;
-    for (let i = 0; i < this.spare.length; i++) {
-      const n = this.spare[i]!.length;
-      if (n >= size && (best < 0 || n < this.spare[best]!.length)) best = i;
-    }
-    if (best >= 0) return this.spare.splice(best, 1)[0]!;
-    return alignedBuffer(Math.max(1, Math.ceil(Math.max(size, typical) / this.step)) * this.step);
-  }
-
-  give(b: Buffer): void {
-    if (this.spare.length < this.keep) {
-      this.spare.push(b);
-      return;
-    }
-    // Keep the larger ones.
-    let smallest = 0;
-    for (let i = 1; i < this.spare.length; i++)
-      if (this.spare[i]!.length < this.spare[smallest]!.length) smallest = i;
-    if (this.spare[smallest]!.length < b.length) this.spare[smallest] = b;
-  }
-}
-
 /**
  * A run's output (its bytes as they go to the disk), and the chunk objects it
  * read: their stretches, with the gaps that reads span (MAX_GAP). A run's
@@ -302,46 +263,6 @@ class BufferPool {
 const runBuffers = new BufferPool(RUNS_PER_WORKER);
 const readBuffers = new BufferPool(RUNS_PER_WORKER, 1 << 20);
 const readTypical = (runLength: number) => runLength + (runLength >> 1);
-
-/** A pack of a local repository, or its copy in the trash (see gc.ts). */
-async function openPack(root: string, name: string): Promise<number> {
-  try {
-    return await openFile(path.join(root, name), "r");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT")
-      throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
-  }
-  try {
-    return await openFile(path.join(root, "trash", name), "r");
-  } catch {
-    throw new LifeboatError("STORE_OBJECT_MISSING", `object ${name} is missing from ${root}`, {
-      hint: "run `lifeboat store verify` to see which PITs are affected",
-    });
-  }
-}
-
-/** Reads up to `length` bytes of a pack at `offset` into `into`; fewer only at the pack's end. */
-async function readPack(root: string, name: string, offset: number, into: Buffer): Promise<Buffer> {
-  return withPack(
-    path.join(root, name),
-    () => openPack(root, name),
-    (fd) =>
-      readAt(fd, into, offset).catch((err: unknown) => {
-        throw new LifeboatError("STORE_IO", `reading ${name}: ${String(err)}`);
-      }),
-  );
-}
-
-/** Reads up to `into.length` bytes at `offset`; fewer only at the file's end (a truncated pack's chunks then fail to decode). */
-async function readAt(fd: number, into: Buffer, offset: number): Promise<Buffer> {
-  let got = 0;
-  while (got < into.length) {
-    const { bytesRead } = await read(fd, into, got, into.length - got, offset + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
-  }
-  return into.subarray(0, got);
-}
 
 /**
  * Restores a run (worker-pool.ts, RestoreRunRequest): reads each stretch of
@@ -414,16 +335,10 @@ async function restoreRun(msg: RestoreRunRequest): Promise<void> {
     const { code, message } = failed.err.cause as NodeJS.ErrnoException;
     reply({ type: "failed", req: msg.req, code: code ?? "EIO", message, hint: "", errno: true });
   } else if (failed) {
-    const e =
-      failed.err instanceof LifeboatError
-        ? failed.err
-        : new LifeboatError("STORE_OBJECT_CORRUPT", String(failed.err));
     reply({
       type: "failed",
       req: msg.req,
-      code: e.code,
-      message: e.message,
-      hint: e.hint,
+      ...described(failed.err, "STORE_OBJECT_CORRUPT"),
       slot: failed.slot,
     });
   } else reply({ type: "restored", req: msg.req });
@@ -508,87 +423,8 @@ function decodeAndReply(msg: { req: number; name: string; id: Uint8Array }, data
     const ab = transferable(plain);
     reply({ type: "decoded", req: msg.req, plain: ab }, [ab]);
   } catch (err) {
-    const e = err instanceof LifeboatError ? err : new LifeboatError("STORE_OBJECT_CORRUPT", String(err));
-    reply({ type: "failed", req: msg.req, code: e.code, message: e.message, hint: e.hint });
+    reply({ type: "failed", req: msg.req, ...described(err, "STORE_OBJECT_CORRUPT") });
   }
-}
-
-/**
- * Pack files kept open, most recently used last, for restored runs and for
- * single chunks read back: at most OPEN_PACKS, and none once no read has
- * been in flight for IDLE_CLOSE_MS, so that a pack GC deletes does not keep
- * its disk space for long. Packs never change once stored, so a descriptor
- * stays good; one to a pack that GC has moved since reads the same bytes.
- */
-interface OpenPack {
-  fd: Promise<number>;
-  /** Reads in flight on it: an evicted pack is closed when the last one ends. */
-  users: number;
-  evicted: boolean;
-}
-const openPacks = new Map<string, OpenPack>();
-const OPEN_PACKS = 32;
-const IDLE_CLOSE_MS = 2000;
-let readsInFlight = 0;
-let idleTimer: NodeJS.Timeout | undefined;
-
-function release(p: OpenPack): void {
-  if (--p.users === 0 && p.evicted) p.fd.then((fd) => closeFile(fd)).catch(() => undefined);
-}
-
-/** Takes a pack out of use: it closes now, or when its last read ends. */
-function evict(p: OpenPack): void {
-  p.evicted = true;
-  p.users++;
-  release(p);
-}
-
-/** Evicts every open pack (each closes once its reads are done). */
-function closeOpenPacks(): void {
-  for (const p of openPacks.values()) evict(p);
-  openPacks.clear();
-}
-
-/** Runs `use` with the pack at `file` open (opened with `open` unless it is open already). */
-async function withPack<T>(
-  file: string,
-  open: () => Promise<number>,
-  use: (fd: number) => Promise<T>,
-): Promise<T> {
-  clearTimeout(idleTimer);
-  readsInFlight++;
-  let p = openPacks.get(file);
-  if (p) openPacks.delete(file);
-  else {
-    p = { fd: open(), users: 0, evicted: false };
-    const opened = p;
-    p.fd.catch(() => {
-      opened.evicted = true;
-      if (openPacks.get(file) === opened) openPacks.delete(file);
-    });
-    for (const [name, old] of openPacks) {
-      if (openPacks.size < OPEN_PACKS) break;
-      openPacks.delete(name);
-      evict(old);
-    }
-  }
-  openPacks.set(file, p);
-  p.users++;
-  try {
-    return await use(await p.fd);
-  } finally {
-    release(p);
-    if (--readsInFlight === 0) idleTimer = setTimeout(closeOpenPacks, IDLE_CLOSE_MS).unref();
-  }
-}
-
-/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
-function readRange(file: { path: string; offset: number; length: number }): Promise<Buffer> {
-  return withPack(
-    file.path,
-    () => openFile(file.path, "r"),
-    (fd) => readAt(fd, Buffer.allocUnsafeSlow(file.length), file.offset),
-  );
 }
 
 function chunkName(id: Uint8Array): string {
