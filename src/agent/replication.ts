@@ -39,6 +39,7 @@ import {
   type Welcome,
 } from "../wire/index.js";
 import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "../store/block-device.js";
+import { SpareBuffers } from "../base/spare.js";
 import { BlockPool } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { type DiskChange, applyDiskChange } from "./disk-changes.js";
@@ -158,6 +159,7 @@ export class Replication {
         this.lastProgress = this.clock.now();
       },
       bytesPerSecond: () => this.bandwidth.bytesPerSecond,
+      batchBuffers: new SpareBuffers(2),
     };
     this.pointContext = {
       disks: this.disks,

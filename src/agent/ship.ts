@@ -12,6 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Clock } from "../base/index.js";
+import type { SpareBuffers } from "../base/spare.js";
 import type { Patch, SequencedMessage } from "../wire/index.js";
 import type { BlockPool, PreparedBlock } from "./block-pool.js";
 import { RUN_BLOCKS, blocksMessages, toWireBlock } from "./blocks-messages.js";
@@ -56,6 +57,13 @@ export interface ShipContext {
   progressed(): void;
   /** The bandwidth cap in bytes per second, 0 for none. */
   bytesPerSecond(): number;
+  /**
+   * Memory for continuous shipping's batches, kept for the next (two are in
+   * use at a time: one read, one sent). A new buffer per read run instead,
+   * tens of MB a second under steady writes, left the agent's heap holding
+   * hundreds of MB that the collector had freed.
+   */
+  batchBuffers: SpareBuffers;
 }
 
 /**
@@ -119,11 +127,17 @@ async function shipSet(
     planDirty(d, set, ctx, deferred),
     cap > 0 ? Math.min(SHIP_BATCH_BYTES, Math.max(ctx.blockSize, cap)) : SHIP_BATCH_BYTES,
   );
-  let reading = batches.length ? readRuns(d, batches[0]!, ctx) : undefined;
+  const memory = batches.map(() => undefined as ArrayBuffer | undefined);
+  const read = (k: number): Promise<ReadRun[]> => {
+    const bytes = batches[k]!.reduce((n, r) => n + r.length, 0);
+    memory[k] = ctx.batchBuffers.take(bytes, Math.ceil(bytes / BATCH_BUFFER_STEP) * BATCH_BUFFER_STEP);
+    return readRuns(d, batches[k]!, ctx, memory[k]);
+  };
+  let reading = batches.length ? read(0) : undefined;
   try {
     for (let k = 0; k < batches.length; k++) {
       const runs = await reading!;
-      reading = k + 1 < batches.length ? readRuns(d, batches[k + 1]!, ctx) : undefined;
+      reading = k + 1 < batches.length ? read(k + 1) : undefined;
       reading?.catch(() => undefined); // awaited in the next round, or below after a failure
       // A patch carries the hash of the block as read, which must equal the replica's copy plus
       // the patch. A write the read saw but this set does not hold breaks that: blocks that the
@@ -139,6 +153,8 @@ async function shipSet(
         (_disk, offset) =>
           touched.has(offset / ctx.blockSize) || d.inFlight.overlaps(offset, ctx.blockSize, now),
       );
+      // Sent: every whole block was copied to a worker's slab, every patch out of the block.
+      ctx.batchBuffers.giveBack(memory[k]!);
     }
   } catch (err) {
     await reading?.catch(() => undefined); // the reader is free again before anything else reads
@@ -146,6 +162,9 @@ async function shipSet(
   }
   return batches.reduce((n, b) => n + b.length, 0);
 }
+
+/** New batch buffers are a multiple of this, so that one serves batches of other sizes. */
+const BATCH_BUFFER_STEP = 1 << 20;
 
 /** Reads the whole blocks that hold `set`'s dirty bytes (planDirty, then readRuns). */
 export async function readDirty(d: DiskRun, set: DirtySet, ctx: ShipContext): Promise<ReadRun[]> {
@@ -223,11 +242,19 @@ function batchRuns(runs: PlannedRun[], maxBytes: number): PlannedRun[][] {
  * Reads planned runs in one pass over the disk: the reader keeps a read in
  * flight while the last one is copied (runs scattered over the disk are
  * small, and read one at a time each would wait for the device in turn).
+ * The runs' bytes go one after another into `memory` when given (large
+ * enough for them all), else into a buffer of their own.
  */
-async function readRuns(d: DiskRun, planned: PlannedRun[], ctx: ShipContext): Promise<ReadRun[]> {
+async function readRuns(
+  d: DiskRun,
+  planned: PlannedRun[],
+  ctx: ShipContext,
+  memory?: ArrayBuffer,
+): Promise<ReadRun[]> {
+  let at = 0;
   const runs: ReadRun[] = planned.map(({ length, ...run }) => ({
     ...run,
-    data: Buffer.allocUnsafe(length),
+    data: memory ? Buffer.from(memory, (at += length) - length, length) : Buffer.allocUnsafe(length),
   }));
   let r = 0;
   await d.reader.readRanges(
