@@ -86,6 +86,40 @@ export async function exportDisk(
   opts: ExportOptions = {},
 ): Promise<ExportResult> {
   const disk = pitDisk(pit, index);
+  const target = await openTarget(out, disk, opts.overwrite ?? false);
+  const pool = opts.pool ?? new WorkerPool(repo.keys, repo.config.compression.level);
+  const runs = new RunRestorer(repo, pit, disk, target, pool, opts);
+  try {
+    await walkRuns(repo, disk, runs.perRun, target.toDevice, runs);
+    const result = await runs.finish();
+    await target.commit();
+    return result;
+  } catch (err) {
+    await runs.settle();
+    await target.abort();
+    throw err;
+  } finally {
+    await runs.close();
+    if (!opts.pool) await pool.close();
+  }
+}
+
+/** Where an export writes: a block device, or a new file under a temporary name until it is complete. */
+interface ExportTarget {
+  /** The final path. */
+  path: string;
+  toDevice: boolean;
+  fh: fs.FileHandle;
+  /** The same file opened with O_DIRECT, where the filesystem allows it. */
+  direct: fs.FileHandle | undefined;
+  /** Syncs and closes; a file is renamed to its final name, durably. */
+  commit(): Promise<void>;
+  /** Closes; a file is removed. */
+  abort(): Promise<void>;
+}
+
+/** Checks `out` (a new file, or with `overwrite` an existing file or a block device large enough) and opens it. */
+async function openTarget(out: string, disk: PitDisk, overwrite: boolean): Promise<ExportTarget> {
   const st = await fs.stat(out).catch(() => undefined);
   const toDevice = st?.isBlockDevice() ?? false;
   if (st && !toDevice && !st.isFile()) {
@@ -94,41 +128,191 @@ export async function exportDisk(
       exitCode: 2,
     });
   }
-  if (st && !opts.overwrite) {
+  if (st && !overwrite) {
     throw new LifeboatError("EXPORT_TARGET_EXISTS", `${out} exists; export would overwrite it`, {
       hint: "choose a new path, or add --force to overwrite it (all data on it is replaced)",
       exitCode: 2,
     });
   }
-  const target = toDevice ? out : `${out}.lifeboat-partial`;
-  const fh = await fs.open(target, toDevice ? "r+" : "w", 0o600);
+  const file = toDevice ? out : `${out}.lifeboat-partial`;
+  const fh = await fs.open(file, toDevice ? "r+" : "w", 0o600);
   // Writes of whole pages bypass the page cache where the filesystem allows it (not tmpfs).
-  const direct = await fs.open(target, constants.O_WRONLY | constants.O_DIRECT).catch(() => undefined);
-  const pool = opts.pool ?? new WorkerPool(repo.keys, repo.config.compression.level);
-  const root = repo.backend.properties.localRoot;
-  const fetches = new Limiter(opts.concurrency ?? 32);
-  const runs = new Limiter(RUNS_PER_WORKER * pool.size);
-  const result: ExportResult = { path: out, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
-  const tasks = new Set<Promise<void>>();
-  let failure: Error | undefined;
-  // The disk's hash runs on a thread of its own, fed in disk order from the main thread.
-  const hashThread = opts.sha256
-    ? new HashThread((err) => {
-        failure ??= err;
-        hashBuffers?.fail(err);
-      })
-    : undefined;
-  const hash = hashThread ? new OrderedHash(hashThread) : undefined;
-  const cs = disk.chunkSize;
-  const perRun = Math.max(1, Math.floor(RUN_BYTES / cs));
-  // With sha256, each run's chunks come back through one of these (taken in disk order, given back once
-  // hashed): as many runs again as are in flight may wait for the hash, so that a hash running behind
-  // (it is one thread) does not hold up the workers at once; no more (2 cores: 16 × 4 MiB per disk).
-  const hashBuffers = hash ? new SharedBuffers(2 * RUNS_PER_WORKER * pool.size + 4, perRun * cs) : undefined;
-  let done = 0;
+  const direct = await fs.open(file, constants.O_WRONLY | constants.O_DIRECT).catch(() => undefined);
+  const target: ExportTarget = {
+    path: out,
+    toDevice,
+    fh,
+    direct,
+    async commit() {
+      await direct?.close();
+      await fh.sync();
+      await fh.close();
+      if (!toDevice) {
+        await fs.rename(file, out);
+        await syncDir(path.dirname(out));
+      }
+    },
+    async abort() {
+      await direct?.close().catch(() => undefined);
+      await fh.close().catch(() => undefined);
+      if (!toDevice) await fs.rm(file, { force: true });
+    },
+  };
+  try {
+    if (!toDevice) await fh.truncate(disk.sizeBytes);
+    else {
+      const { major, minor } = deviceNumbers(st!.rdev);
+      const size = (await fh.stat()).size || (await blockDeviceSizeBytes(major, minor));
+      if (size < disk.sizeBytes) {
+        throw new LifeboatError(
+          "EXPORT_TARGET_TOO_SMALL",
+          `${out} holds ${size} bytes, the disk needs ${disk.sizeBytes}`,
+          { exitCode: 2 },
+        );
+      }
+    }
+  } catch (err) {
+    await target.abort();
+    throw err;
+  }
+  return target;
+}
 
-  const restoreRun = async (first: number, records: Buffer, count: number, copy?: SharedArrayBuffer) => {
-    const length = Math.min(perRun * cs, disk.sizeBytes - first * cs);
+/** What walkRuns hands its runs to. */
+interface RunSink {
+  /** A run of chunks from `first`, with one record (slot, leaf entry) per stored chunk; `records` is the sink's. */
+  run(first: number, records: Buffer, count: number): Promise<void>;
+  /** A range of the disk that holds no stored chunk, and was not given as a run. */
+  zeros(position: number, length: number): void;
+}
+
+/**
+ * Walks a disk's block map in runs of `perRun` chunks: every run that holds a
+ * stored chunk goes to `sink.run` (every run, with `everyRun`: a device's
+ * zeros must be written too), the others to `sink.zeros`.
+ */
+async function walkRuns(
+  repo: Repository,
+  disk: PitDisk,
+  perRun: number,
+  everyRun: boolean,
+  sink: RunSink,
+): Promise<void> {
+  const cs = disk.chunkSize;
+  let runStart = 0;
+  let records = Buffer.alloc(perRun * RUN_RECORD_LEN);
+  let count = 0;
+  const flushUntil = async (index: number) => {
+    // Hand on every run before the one holding `index`.
+    while (index >= runStart + perRun) {
+      if (count > 0 || everyRun) {
+        await sink.run(runStart, records, count);
+        records = Buffer.alloc(perRun * RUN_RECORD_LEN);
+      } else sink.zeros(runStart * cs, Math.min(perRun * cs, disk.sizeBytes - runStart * cs));
+      count = 0;
+      runStart += perRun;
+    }
+  };
+  await walkBlockMap(repo, disk, async (i, entry) => {
+    await flushUntil(i);
+    const at = count++ * RUN_RECORD_LEN;
+    records.writeUInt32LE(i - runStart, at);
+    records.set(entry.subarray(0, LEAF_ENTRY_LEN), at + 4);
+  });
+  await flushUntil(disk.chunkCount);
+  if (count > 0 || (everyRun && runStart < disk.chunkCount)) await sink.run(runStart, records, count);
+  else if (runStart < disk.chunkCount) sink.zeros(runStart * cs, disk.sizeBytes - runStart * cs);
+}
+
+/**
+ * Restores the runs walkRuns hands it on the worker pool, several at once,
+ * and feeds the disk's hash (with the sha256 option) in disk order.
+ */
+class RunRestorer implements RunSink {
+  /** Chunks per run. */
+  readonly perRun: number;
+  private readonly root: string | undefined;
+  private readonly fetches: Limiter;
+  private readonly runs: Limiter;
+  private readonly result: ExportResult;
+  private readonly tasks = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private readonly hashThread: HashThread | undefined;
+  private readonly hash: OrderedHash | undefined;
+  /**
+   * With sha256, each run's chunks come back through one of these (taken in
+   * disk order, given back once hashed): as many runs again as are in flight
+   * may wait for the hash, so that a hash running behind (it is one thread)
+   * does not hold up the workers at once; no more (2 cores: 16 × 4 MiB per
+   * disk).
+   */
+  private readonly hashBuffers: SharedBuffers | undefined;
+  private done = 0;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly pit: Pit,
+    private readonly disk: PitDisk,
+    private readonly target: ExportTarget,
+    private readonly pool: WorkerPool,
+    private readonly opts: ExportOptions,
+  ) {
+    this.perRun = Math.max(1, Math.floor(RUN_BYTES / disk.chunkSize));
+    this.root = repo.backend.properties.localRoot;
+    this.fetches = new Limiter(opts.concurrency ?? 32);
+    this.runs = new Limiter(RUNS_PER_WORKER * pool.size);
+    this.result = { path: target.path, sizeBytes: disk.sizeBytes, dataBytes: 0, chunks: 0 };
+    // The disk's hash runs on a thread of its own, fed in disk order from the main thread.
+    this.hashThread = opts.sha256 ? new HashThread((err) => this.fail(err)) : undefined;
+    this.hash = this.hashThread ? new OrderedHash(this.hashThread) : undefined;
+    this.hashBuffers = this.hash
+      ? new SharedBuffers(2 * RUNS_PER_WORKER * pool.size + 4, this.perRun * disk.chunkSize)
+      : undefined;
+  }
+
+  async run(first: number, records: Buffer, count: number): Promise<void> {
+    if (this.failure) throw this.failure;
+    this.opts.signal?.throwIfAborted();
+    const copy = count > 0 ? await this.hashBuffers?.take() : undefined;
+    await this.runs.waitForSlot();
+    const task = this.runs
+      .run(() => this.restore(first, records, count, copy))
+      .catch((err: unknown) => this.fail(chunkError(err, this.pit, this.disk, first, records, count)))
+      .finally(() => this.tasks.delete(task));
+    this.tasks.add(task);
+  }
+
+  zeros(position: number, length: number): void {
+    this.hash?.zeros(position, length);
+  }
+
+  /** Waits for every run; the result, with the disk's hash. */
+  async finish(): Promise<ExportResult> {
+    await this.settle();
+    if (this.failure) throw this.failure;
+    this.opts.signal?.throwIfAborted();
+    if (this.hash) this.result.sha256 = await this.hash.digest(this.disk.sizeBytes);
+    return this.result;
+  }
+
+  /** Waits for the runs in flight (after a failure: nothing writes to the target any more). */
+  async settle(): Promise<void> {
+    await Promise.all(this.tasks);
+  }
+
+  async close(): Promise<void> {
+    await this.hashThread?.close();
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    this.hashBuffers?.fail(this.failure);
+  }
+
+  private async restore(first: number, records: Buffer, count: number, copy?: SharedArrayBuffer) {
+    const { disk, repo, root, target } = this;
+    const cs = disk.chunkSize;
+    const length = Math.min(this.perRun * cs, disk.sizeBytes - first * cs);
     const entries = transferable(records.subarray(0, count * RUN_RECORD_LEN));
     const items = runItems(new Uint8Array(entries));
     let stretches: ArrayBuffer[] | undefined;
@@ -136,104 +320,29 @@ export async function exportDisk(
       // One ranged read per stretch of neighbouring chunk objects, in the order the worker expects.
       stretches = await Promise.all(
         runStretches(items, 0).map((group) =>
-          fetches.run(async () => transferable(await repo.getObject(group[0]!.pack, stretchRange(group)))),
+          this.fetches.run(async () =>
+            transferable(await repo.getObject(group[0]!.pack, stretchRange(group))),
+          ),
         ),
       );
     }
     const run = {
-      fd: fh.fd,
-      ...(direct ? { directFd: direct.fd } : {}),
+      fd: target.fh.fd,
+      ...(target.direct ? { directFd: target.direct.fd } : {}),
       position: first * cs,
       length,
       chunkSize: cs,
       entries,
-      fill: toDevice,
+      fill: target.toDevice,
       ...(copy ? { hashCopy: copy } : {}),
     };
-    await pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
-    if (hash) hashRun(hash, first * cs, length, cs, items, copy, () => hashBuffers!.give(copy!));
-    result.chunks += items.length;
-    result.dataBytes += items.reduce((n, it) => n + Math.min(cs, length - it.slot * cs), 0);
-    done += length;
-    opts.onProgress?.({ bytesDone: done, bytesTotal: disk.sizeBytes });
-  };
-
-  const dispatch = async (first: number, records: Buffer, count: number) => {
-    if (failure) throw failure;
-    opts.signal?.throwIfAborted();
-    const copy = count > 0 ? await hashBuffers?.take() : undefined;
-    await runs.waitForSlot();
-    const task = runs
-      .run(() => restoreRun(first, records, count, copy))
-      .catch((err: unknown) => {
-        failure ??= chunkError(err, pit, disk, first, records, count);
-        hashBuffers?.fail(failure);
-      })
-      .finally(() => tasks.delete(task));
-    tasks.add(task);
-  };
-
-  try {
-    if (toDevice) {
-      const { major, minor } = deviceNumbers(st!.rdev);
-      const size = (await fh.stat()).size || (await blockDeviceSizeBytes(major, minor));
-      if (size < disk.sizeBytes) {
-        throw new LifeboatError(
-          "EXPORT_TARGET_TOO_SMALL",
-          `${out} holds ${size} bytes, the disk needs ${disk.sizeBytes}`,
-          {
-            exitCode: 2,
-          },
-        );
-      }
-    } else {
-      await fh.truncate(disk.sizeBytes);
-    }
-    // The run being collected: one record (slot, leaf entry) per stored chunk.
-    let runStart = 0;
-    let records = Buffer.alloc(perRun * RUN_RECORD_LEN);
-    let count = 0;
-    const flushUntil = async (index: number) => {
-      // Dispatch every run before the one holding `index` (empty runs matter only on devices).
-      while (index >= runStart + perRun) {
-        if (count > 0 || toDevice) {
-          await dispatch(runStart, records, count);
-          records = Buffer.alloc(perRun * RUN_RECORD_LEN);
-        } else hash?.zeros(runStart * cs, Math.min(perRun * cs, disk.sizeBytes - runStart * cs));
-        count = 0;
-        runStart += perRun;
-      }
-    };
-    await walkBlockMap(repo, disk, async (i, entry) => {
-      await flushUntil(i);
-      const at = count++ * RUN_RECORD_LEN;
-      records.writeUInt32LE(i - runStart, at);
-      records.set(entry.subarray(0, LEAF_ENTRY_LEN), at + 4);
-    });
-    await flushUntil(disk.chunkCount);
-    if (count > 0 || (toDevice && runStart < disk.chunkCount)) await dispatch(runStart, records, count);
-    else if (runStart < disk.chunkCount) hash?.zeros(runStart * cs, disk.sizeBytes - runStart * cs);
-    await Promise.all(tasks);
-    if (failure) throw failure;
-    opts.signal?.throwIfAborted();
-    if (hash) result.sha256 = await hash.digest(disk.sizeBytes);
-    await direct?.close();
-    await fh.sync();
-    await fh.close();
-    if (!toDevice) {
-      await fs.rename(target, out);
-      await syncDir(path.dirname(out));
-    }
-    return result;
-  } catch (err) {
-    await Promise.all(tasks);
-    await direct?.close().catch(() => undefined);
-    await fh.close().catch(() => undefined);
-    if (!toDevice) await fs.rm(target, { force: true });
-    throw err;
-  } finally {
-    await hashThread?.close();
-    if (!opts.pool) await pool.close();
+    await this.pool.restoreRun(root ? { ...run, root } : { ...run, stretches });
+    if (this.hash)
+      hashRun(this.hash, first * cs, length, cs, items, copy, () => this.hashBuffers!.give(copy!));
+    this.result.chunks += items.length;
+    this.result.dataBytes += items.reduce((n, it) => n + Math.min(cs, length - it.slot * cs), 0);
+    this.done += length;
+    this.opts.onProgress?.({ bytesDone: this.done, bytesTotal: disk.sizeBytes });
   }
 }
 
