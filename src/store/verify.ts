@@ -344,6 +344,8 @@ async function readData(
     done += group.length;
     onProgress?.(done);
   };
+  // The total is known before the first read: a terminal shows it at once.
+  onProgress?.(0);
   try {
     await Promise.all(
       [...byPack].map(([pack, refs]) =>

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { promises as fs } from "node:fs";
+import { mkdirSync, promises as fs, renameSync, rmSync } from "node:fs";
 import path from "node:path";
 import { after, before, it } from "node:test";
 import {
@@ -97,4 +97,72 @@ void it("verify --read-data of a local repository names each damaged chunk of a 
     ]);
   }
   assert.equal(report.transientErrors, 0, "a chunk damaged on disk is damaged when read again");
+});
+
+void it("verify --read-data reads a pack that GC moves to the trash while it runs, and names the chunks of one deleted meanwhile", async () => {
+  const own = path.join(dir, "moving");
+  await fs.mkdir(own);
+  const moving = await newRepository({ dir: path.join(own, "repo"), chunkSize: CHUNK });
+  const root = moving.backend.properties.localRoot!;
+  // Three imports of different disks: each stores a pack of its own at least.
+  const chunks: Stored[] = [];
+  for (const seed of [11, 12, 13]) {
+    const image = path.join(own, `disk-${seed}.img`);
+    await writeMixedImage(image, 8 << 20, seed, 1 << 20);
+    const { pit: p } = await importDisks(moving, { server: `app${seed}`, disks: [image] });
+    await walkBlockMap(moving, p.disks[0]!, (index, e) => {
+      const loc = entryLocation(e);
+      chunks.push({
+        index,
+        name: moving.chunkName(entryId(e)),
+        pack: moving.packName(loc.pack),
+        offset: loc.offset,
+        length: loc.length,
+      });
+    });
+  }
+  const packs = [...new Set(chunks.map((c) => c.pack))].sort();
+  assert.ok(packs.length >= 3, `${packs.length} packs`);
+  const gone = packs.at(-1)!;
+
+  // Once the objects are listed and the trees walked, before any chunk is read, every pack moves
+  // to the trash (as a GC run moves what it found unreferenced) but one, which is deleted.
+  let moved = false;
+  const report = await verifyRepository(moving, {
+    readData: true,
+    onProgress: (done) => {
+      if (done > 0 || moved) return;
+      moved = true;
+      for (const pack of packs) {
+        const from = path.join(root, pack);
+        if (pack === gone) rmSync(from);
+        else {
+          const to = path.join(root, "trash", pack);
+          mkdirSync(path.dirname(to), { recursive: true });
+          renameSync(from, to);
+        }
+      }
+    },
+  });
+  assert.ok(moved);
+  const lost = chunks.filter((c) => c.pack === gone);
+  assert.deepEqual(
+    report.damage.map((d) => d.object).sort(),
+    [...new Set(lost.map((c) => c.name)), gone].sort(),
+    "only the deleted pack and its chunks are damage",
+  );
+  for (const d of report.damage) {
+    assert.equal(d.code, "STORE_OBJECT_MISSING", `${d.object}: ${d.message}`);
+    assert.equal(d.kind, d.object === gone ? "pack" : "chunk");
+    if (d.kind === "chunk") assert.equal(d.affects.length, 1, `${d.object} is used by one PIT`);
+  }
+  const inTrash = new Map(
+    chunks.filter((c) => c.pack !== gone).map((c) => [`${c.pack}@${c.offset}`, c.length]),
+  );
+  assert.equal(
+    report.bytesRead,
+    [...inTrash.values()].reduce((n, l) => n + l, 0),
+    "every chunk of the packs in the trash was read, and checked out",
+  );
+  assert.equal(report.transientErrors, 0);
 });
