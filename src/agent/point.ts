@@ -91,7 +91,6 @@ const LEVELS: ConsistencyLevel[] = ["none", "crash", "filesystem", "application"
 export async function makePoint(req: PointRequest, ctx: PointContext): Promise<PointResult> {
   const lossesBefore = ctx.counters.traceLosses;
   const pointId = `${req.origin === "scheduled" ? "s" : "d"}${ctx.clock.now().toString(36)}${ctx.nextPointSeq().toString(36)}${randomBytes(2).toString("hex")}`;
-  const s = ctx.settings;
   // Ship the backlog first, so that little is left to read while frozen.
   for (let i = 0; i < 3; i++) {
     ctx.rotate();
@@ -99,105 +98,15 @@ export async function makePoint(req: PointRequest, ctx: PointContext): Promise<P
     await shipSettled(ctx.disks, ctx.passes);
   }
   const scanOnly = ctx.disks.filter((d) => !d.tracker);
-  const filesystems: MountedFilesystem[] = [];
-  for (const d of ctx.disks) if (d.tracker) filesystems.push(...(await mountedFilesystems(d.cfg.path)));
-  let level: ConsistencyLevel = "crash";
-  let hooksRan = false;
-  if (s.preHook) {
-    hooksRan = await runHook(s.preHook, "pre", ctx.log);
-  }
-  let takenAt = ctx.clock.now();
-  let runs: ReadRun[] = [];
-  const taken = new Map<DiskRun, DirtySet>();
-  /** Some of the dirty blocks were read while writes could land (no freeze, or the cap thawed early). */
-  let readUnfrozen = false;
-  const readTaken = async (): Promise<void> => {
-    const now = ctx.clock.now();
-    for (const d of ctx.disks) {
-      if (!d.tracker) continue;
-      await d.tracker.drain();
-      const set = d.settled.take();
-      set.merge(d.fresh.take());
-      taken.set(d, set);
-      // Unfrozen, a write may still be in flight: the read may return the bytes from before it
-      // (a state the disk held, so the point keeps them), but the replica must get the write
-      // too: its ranges stay dirty for continuous shipping. Frozen, nothing is in flight.
-      if (d.inFlight.size > 0)
-        for (const e of set.extents())
-          if (d.inFlight.overlaps(e.offset, e.length, now))
-            d.settled.add(e.offset, e.length, set.dirtySince ?? now);
-    }
-    for (const [d, set] of taken) runs.push(...(await readDirty(d, set, ctx.passes)));
-  };
-  try {
-    if (filesystems.length) {
-      ctx.setFrozen(true);
-      let proceed = true;
-      const r = await withFrozen(
-        filesystems,
-        async () => {
-          if (req.barrier) {
-            const b = await req.barrier();
-            proceed = b.proceed;
-            if (!proceed) return;
-            if (b.takenAt !== undefined) takenAt = b.takenAt;
-          } else takenAt = ctx.clock.now();
-          await readTaken();
-          await ctx.whileFrozen?.({ pointId, takenAt });
-        },
-        { capMs: s.freezeCapMs, logger: ctx.log },
-      ).finally(() => ctx.setFrozen(false));
-      if (!proceed) throw groupAborted();
-      if (r.capHit) {
-        // Thawed before the read was done: what was read may mix times. Crash-consistent only if nothing was written.
-        await Promise.all(ctx.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
-        level = ctx.disks.every((d) => d.fresh.isEmpty) ? "crash" : "none";
-        readUnfrozen = true;
-        ctx.log.warn({ frozenMs: r.frozenMs, level }, "freeze cap reached");
-      } else level = hooksRan ? "application" : "filesystem";
-    } else {
-      if (req.barrier) {
-        const b = await req.barrier();
-        if (!b.proceed) throw groupAborted();
-        if (b.takenAt !== undefined) takenAt = b.takenAt;
-      } else takenAt = ctx.clock.now();
-      await readTaken();
-      // Crash-consistent only if the trace saw no write while the dirty set was read.
-      await Promise.all(ctx.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
-      level = ctx.disks.filter((d) => d.tracker).every((d) => d.fresh.isEmpty) ? "crash" : "none";
-      readUnfrozen = true;
-      if (hooksRan && level === "crash") level = "application";
-    }
-  } catch (err) {
-    for (const [d, set] of taken) d.settled.merge(set);
-    runs = [];
-    throw err;
-  } finally {
-    if (s.postHook) await runHook(s.postHook, "post", ctx.log);
-  }
+  const read = await freezeAndRead(pointId, req, ctx);
+  let level = read.level;
   // Image files (scan mode) are read whole; unchanged size and mtime over the pass make it a crash-consistent image.
   for (const d of scanOnly) {
     d.owed = "rescan";
     await scanDisk(d, ctx.passes);
     if ((await stampOf(d.cfg.path)) !== d.imageStamp) level = "none";
   }
-  // A block written during an unfrozen read may hold bytes outside its dirty ranges that the
-  // replica lacks: a patch of it would not match the hash of the block as read, so it goes whole.
-  const writtenDuringRead = new Map<number, Set<number>>();
-  if (readUnfrozen)
-    for (const d of ctx.disks)
-      if (!d.fresh.isEmpty) writtenDuringRead.set(d.cfg.index, touchedBlocks([d.fresh], ctx.blockSize));
-  try {
-    await shipRuns(
-      runs,
-      takenAt,
-      ctx.passes,
-      (disk, offset) => writtenDuringRead.get(disk)?.has(offset / ctx.blockSize) ?? false,
-    );
-  } catch (err) {
-    for (const [d, set] of taken) d.settled.merge(set);
-    throw err;
-  }
+  await shipRead(read, ctx);
   if (req.consistency && LEVELS.indexOf(level) < LEVELS.indexOf(req.consistency))
     ctx.log.warn({ wanted: req.consistency, reached: level }, "the point is less consistent than asked");
   const disks = ctx.disks.map((d) => ({ index: d.cfg.index, sizeBytes: d.size }));
@@ -205,6 +114,7 @@ export async function makePoint(req: PointRequest, ctx: PointContext): Promise<P
     ctx.pointWaiters.set(pointId, resolve);
   });
   if (ctx.counters.traceLosses !== lossesBefore && ctx.disks.some((d) => d.owed)) throw RETRY_AFTER_RESCAN;
+  const { takenAt } = read;
   const seq = await ctx.send({ type: "POINT", pointId, consistency: level, takenAt, disks }, takenAt);
   await ctx.whenAcked(seq);
   const answer = await within(done, 10_000);
@@ -219,6 +129,131 @@ export async function makePoint(req: PointRequest, ctx: PointContext): Promise<P
       { hint: "the PIT was kept; see the agent's log for why the freeze or hooks fell short" },
     );
   return result;
+}
+
+/** What a point took from the traced disks: their dirty sets, and those blocks as read at `takenAt`. */
+interface PointRead {
+  level: ConsistencyLevel;
+  takenAt: number;
+  /** The dirty set taken from each traced disk; merged back if the point fails before they are sent. */
+  taken: Map<DiskRun, DirtySet>;
+  runs: ReadRun[];
+  /** Some of the dirty blocks were read while writes could land (no freeze, or the cap thawed early). */
+  readUnfrozen: boolean;
+}
+
+/**
+ * Runs the hooks around reading the traced disks' dirty blocks: frozen where
+ * they hold mounted filesystems (up to the freeze cap), else while writes may
+ * land; the level is what that reached.
+ */
+async function freezeAndRead(pointId: string, req: PointRequest, ctx: PointContext): Promise<PointRead> {
+  const s = ctx.settings;
+  const filesystems: MountedFilesystem[] = [];
+  for (const d of ctx.disks) if (d.tracker) filesystems.push(...(await mountedFilesystems(d.cfg.path)));
+  const hooksRan = s.preHook ? await runHook(s.preHook, "pre", ctx.log) : false;
+  const c: PointRead = {
+    level: "crash",
+    takenAt: ctx.clock.now(),
+    taken: new Map(),
+    runs: [],
+    readUnfrozen: false,
+  };
+  const atBarrier = async (): Promise<boolean> => {
+    if (!req.barrier) {
+      c.takenAt = ctx.clock.now();
+      return true;
+    }
+    const b = await req.barrier();
+    if (b.proceed && b.takenAt !== undefined) c.takenAt = b.takenAt;
+    return b.proceed;
+  };
+  try {
+    if (filesystems.length) {
+      ctx.setFrozen(true);
+      let proceed = true;
+      const r = await withFrozen(
+        filesystems,
+        async () => {
+          proceed = await atBarrier();
+          if (!proceed) return;
+          c.runs = await readTaken(ctx, c.taken);
+          await ctx.whileFrozen?.({ pointId, takenAt: c.takenAt });
+        },
+        { capMs: s.freezeCapMs, logger: ctx.log },
+      ).finally(() => ctx.setFrozen(false));
+      if (!proceed) throw groupAborted();
+      if (r.capHit) {
+        // Thawed before the read was done: what was read may mix times. Crash-consistent only if nothing was written.
+        await drainTrackers(ctx);
+        c.level = ctx.disks.every((d) => d.fresh.isEmpty) ? "crash" : "none";
+        c.readUnfrozen = true;
+        ctx.log.warn({ frozenMs: r.frozenMs, level: c.level }, "freeze cap reached");
+      } else c.level = hooksRan ? "application" : "filesystem";
+    } else {
+      if (!(await atBarrier())) throw groupAborted();
+      c.runs = await readTaken(ctx, c.taken);
+      // Crash-consistent only if the trace saw no write while the dirty set was read.
+      await drainTrackers(ctx);
+      c.level = ctx.disks.filter((d) => d.tracker).every((d) => d.fresh.isEmpty) ? "crash" : "none";
+      c.readUnfrozen = true;
+      if (hooksRan && c.level === "crash") c.level = "application";
+    }
+  } catch (err) {
+    for (const [d, set] of c.taken) d.settled.merge(set);
+    throw err;
+  } finally {
+    if (s.postHook) await runHook(s.postHook, "post", ctx.log);
+  }
+  return c;
+}
+
+/** Takes every traced disk's dirty set (into `taken`) and reads its blocks. */
+async function readTaken(ctx: PointContext, taken: Map<DiskRun, DirtySet>): Promise<ReadRun[]> {
+  const now = ctx.clock.now();
+  for (const d of ctx.disks) {
+    if (!d.tracker) continue;
+    await d.tracker.drain();
+    const set = d.settled.take();
+    set.merge(d.fresh.take());
+    taken.set(d, set);
+    // Unfrozen, a write may still be in flight: the read may return the bytes from before it
+    // (a state the disk held, so the point keeps them), but the replica must get the write
+    // too: its ranges stay dirty for continuous shipping. Frozen, nothing is in flight.
+    if (d.inFlight.size > 0)
+      for (const e of set.extents())
+        if (d.inFlight.overlaps(e.offset, e.length, now))
+          d.settled.add(e.offset, e.length, set.dirtySince ?? now);
+  }
+  const runs: ReadRun[] = [];
+  for (const [d, set] of taken) runs.push(...(await readDirty(d, set, ctx.passes)));
+  return runs;
+}
+
+/** Reads every traced write so far into the disks' fresh sets. */
+function drainTrackers(ctx: PointContext): Promise<unknown> {
+  return Promise.all(ctx.disks.map((d) => d.tracker?.drain()));
+}
+
+/** Sends what the point read; on failure its dirty sets go back to be shipped again. */
+async function shipRead(c: PointRead, ctx: PointContext): Promise<void> {
+  // A block written during an unfrozen read may hold bytes outside its dirty ranges that the
+  // replica lacks: a patch of it would not match the hash of the block as read, so it goes whole.
+  const writtenDuringRead = new Map<number, Set<number>>();
+  if (c.readUnfrozen)
+    for (const d of ctx.disks)
+      if (!d.fresh.isEmpty) writtenDuringRead.set(d.cfg.index, touchedBlocks([d.fresh], ctx.blockSize));
+  try {
+    await shipRuns(
+      c.runs,
+      c.takenAt,
+      ctx.passes,
+      (disk, offset) => writtenDuringRead.get(disk)?.has(offset / ctx.blockSize) ?? false,
+    );
+  } catch (err) {
+    for (const [d, set] of c.taken) d.settled.merge(set);
+    throw err;
+  }
 }
 
 /** Runs an operator hook (argv, no shell, 60 s cap); true when it succeeded. */
