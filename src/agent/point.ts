@@ -231,8 +231,8 @@ async function readTaken(ctx: PointContext, taken: Map<DiskRun, DirtySet>): Prom
 }
 
 /** Reads every traced write so far into the disks' fresh sets. */
-function drainTrackers(ctx: PointContext): Promise<unknown> {
-  return Promise.all(ctx.disks.map((d) => d.tracker?.drain()));
+async function drainTrackers(ctx: PointContext): Promise<void> {
+  await Promise.all(ctx.disks.map((d) => d.tracker?.drain() ?? Promise.resolve()));
 }
 
 /** Sends what the point read; on failure its dirty sets go back to be shipped again. */
