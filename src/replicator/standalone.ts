@@ -15,12 +15,11 @@
 import { promises as fs } from "node:fs";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
-import { createServer } from "node:tls";
+import { type Server, createServer } from "node:tls";
 import type { Agent } from "undici";
 import {
   type Clock,
   LifeboatError,
-  isLifeboatError,
   type Logger,
   silentLogger,
   systemClock,
@@ -35,12 +34,8 @@ import {
 } from "../net/index.js";
 import { openRepository } from "../store/index.js";
 import { attachWire, wireConnectionHandler } from "../wire/index.js";
+import { type ControlCall, ControlLink } from "./control-link.js";
 import { Replicator } from "./service.js";
-
-/** PITs one heartbeat reports (the control plane reads each from the repository). */
-const PITS_PER_HEARTBEAT = 20;
-/** PITs kept for a control plane that does not answer; older ones wait for `store reindex`. */
-const MAX_PENDING_PITS = 1000;
 
 export interface StandaloneOptions {
   /** The control plane, https://host:port. */
@@ -86,27 +81,10 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
     identity: path.join(D, "replicator.json"),
     repoKey: path.join(D, "keys", "repo.key"),
   };
-  const m = /^\[?(.*?)\]?:(\d+)$/.exec(opts.listen);
-  if (!m)
-    throw new LifeboatError("USAGE", `--listen ${opts.listen} is not host:port`, {
-      hint: "e.g. 0.0.0.0:8443",
-      exitCode: 2,
-    });
-
   // Listen first: the address registered must carry the port actually bound. Handshakes
   // fail until the server certificate is set below.
-  const server = createServer({
-    minVersion: "TLSv1.3",
-    requestCert: true,
-    rejectUnauthorized: false,
-    ca: opts.caPem,
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(Number(m[2]), m[1], () => resolve());
-  });
-  const port = (server.address() as AddressInfo).port;
-  const address = opts.address ?? `${m[1] === "0.0.0.0" ? "127.0.0.1" : m[1]}:${port}`;
+  const { server, host, port } = await listenTls(opts.listen, opts.caPem);
+  const address = opts.address ?? `${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
 
   let identity: Identity;
   let keyPem: string;
@@ -123,8 +101,7 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
     clientKeyPem: keyPem,
     clock,
   });
-  const call = <T>(p: string, o: { method?: "GET" | "POST"; body?: unknown } = {}) =>
-    fetchJson<T>(dispatcher, `${endpoint}${p}`, o);
+  const call: ControlCall = (p, o = {}) => fetchJson(dispatcher, `${endpoint}${p}`, o);
   const config = await call<{
     repository: string;
     repositoryKey: string;
@@ -140,40 +117,13 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
   });
   const repo = await openRepository(config.repository, { keyFile: files.repoKey, clock });
 
-  const assigned = new Map<string, string>();
-  const refresh = async () => {
-    const r = await call<{ servers: { id: string; name: string }[] }>("/api/v1/replicator/assignments");
-    assigned.clear();
-    for (const s of r.servers) assigned.set(s.id, s.name);
-  };
-  await refresh();
-  // PITs made here go to the control plane's catalog with the next heartbeat, which a PIT
-  // brings forward; a heartbeat that fails keeps them for the one after (at most MAX_PENDING_PITS).
-  const pendingPits = new Map<string, string>(); // PIT id -> server id
-  let wake: (() => void) | undefined;
-  let newPit = false;
-  // A control plane older than these reports refuses them (REQUEST_INVALID): heartbeats go on without.
-  let plain = false;
-  const startedAt = new Date(clock.now()).toISOString();
+  const link = new ControlLink(call, address, clock, log);
+  await link.refresh();
   const replicator = new Replicator({
     repo,
     clock,
     logger: log,
-    onPit: (server, pit) => {
-      const serverId = [...assigned].find(([, name]) => name === server)?.[0];
-      if (serverId === undefined || plain) return;
-      if (pendingPits.size >= MAX_PENDING_PITS) {
-        const oldest = pendingPits.keys().next().value!;
-        pendingPits.delete(oldest);
-        log.warn(
-          { pit: oldest },
-          "the control plane has not taken this PIT: `lifeboat store reindex` catalogs it",
-        );
-      }
-      pendingPits.set(pit.id, serverId);
-      newPit = true;
-      wake?.();
-    },
+    onPit: (serverName, pit) => link.pitMade(serverName, pit),
     serverName: async (peer, hello) => {
       const [role, serverId] = peer.id.split(":", 2);
       if (role !== "agent" || !serverId || hello.agent.serverId !== serverId)
@@ -185,8 +135,8 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
             retryable: false,
           },
         );
-      if (!assigned.has(serverId)) await refresh();
-      const name = assigned.get(serverId);
+      if (!link.assigned.has(serverId)) await link.refresh();
+      const name = link.assigned.get(serverId);
       if (!name)
         throw new LifeboatError(
           "REPLICATOR_NOT_ASSIGNED",
@@ -218,85 +168,49 @@ export async function startStandaloneReplicator(opts: StandaloneOptions): Promis
     return { id: `${id.role}:${id.subjectId}` };
   });
   attachWire(server, onSocket);
-
   // Heartbeats keep it online and the assignments fresh.
-  let stopped = false;
-  let every = 15;
-  const beat = async (): Promise<void> => {
-    while (!stopped) {
-      newPit = false;
-      let progressed = false;
-      try {
-        const pits = [...pendingPits]
-          .slice(0, PITS_PER_HEARTBEAT)
-          .map(([pitId, serverId]) => ({ pitId, serverId }));
-        const r = await call<{ heartbeatSeconds: number; servers: string[]; pitsRecorded?: string[] }>(
-          "/api/v1/replicator/heartbeat",
-          {
-            method: "POST",
-            body: {
-              state: "ACTIVE",
-              address,
-              ...(plain ? {} : { ingest: { startedAt, ...replicator.ingestCounters() } }),
-              ...(pits.length > 0 && !plain ? { pits } : {}),
-            },
-          },
-        );
-        every = r.heartbeatSeconds;
-        for (const id of r.pitsRecorded ?? []) progressed = pendingPits.delete(id) || progressed;
-        if (r.servers.some((id) => !assigned.has(id)) || r.servers.length !== assigned.size) {
-          await refresh();
-          // Streams of servers assigned elsewhere (a drain, the pool's rebalance) end here.
-          const names = new Set(assigned.values());
-          for (const server of replicator.servers()) if (!names.has(server)) await replicator.release(server);
-        }
-      } catch (err) {
-        if (!plain && isLifeboatError(err) && err.code === "REQUEST_INVALID") {
-          plain = true;
-          pendingPits.clear();
-          log.warn(
-            { err: String(err) },
-            "the control plane takes no ingest or PIT reports (older version): its catalog learns this replicator's PITs at `lifeboat store reindex`",
-          );
-          continue;
-        }
-        if (!stopped) log.warn({ err: String(err) }, "replicator heartbeat failed");
-      }
-      // A PIT made meanwhile, or more than one heartbeat carries: the next one goes at once.
-      if (!stopped && (newPit || (progressed && pendingPits.size > 0))) continue;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, every * 1000);
-        t.unref();
-        wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-        stopping.then(() => {
-          clearTimeout(t);
-          resolve();
-        }, resolve);
-      });
-      wake = undefined;
-    }
-  };
-  let stop!: () => void;
-  const stopping = new Promise<void>((r) => (stop = r));
-  const beating = beat();
-  log.info({ replicatorId: identity.replicatorId, address, servers: assigned.size }, "replicator started");
+  link.start(replicator);
+  log.info(
+    { replicatorId: identity.replicatorId, address, servers: link.assigned.size },
+    "replicator started",
+  );
   return {
     replicatorId: identity.replicatorId,
     address,
     port,
     async close() {
-      stopped = true;
-      stop();
+      const ending = link.close();
       server.close();
       await replicator.close();
-      await beating;
+      await ending;
       await repo.close();
       await dispatcher.close();
     },
   };
+}
+
+/** A TLS server listening on `listen` (host:port) for agents' mutual TLS; its own certificate comes later. */
+async function listenTls(
+  listen: string,
+  caPem: string,
+): Promise<{ server: Server; host: string; port: number }> {
+  const m = /^\[?(.*?)\]?:(\d+)$/.exec(listen);
+  if (!m)
+    throw new LifeboatError("USAGE", `--listen ${listen} is not host:port`, {
+      hint: "e.g. 0.0.0.0:8443",
+      exitCode: 2,
+    });
+  const server = createServer({
+    minVersion: "TLSv1.3",
+    requestCert: true,
+    rejectUnauthorized: false,
+    ca: caPem,
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(Number(m[2]), m[1], () => resolve());
+  });
+  return { server, host: m[1]!, port: (server.address() as AddressInfo).port };
 }
 
 /** The identity in D, registering first with the install token when there is none. */
