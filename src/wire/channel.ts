@@ -2,7 +2,7 @@ import type { Duplex } from "node:stream";
 import { type Clock, LifeboatError } from "../base/index.js";
 import { decodeMessage, encodeMessage } from "./codec.js";
 import { connectionClosed, peerDead, protocolError, remoteError } from "./errors.js";
-import { FLAG_RESENT, type Frame, encodeHeader, frameTypeName, payloadCrc } from "./frame.js";
+import { FLAG_RESENT, type Frame, HEADER_BYTES, encodeHeader, frameTypeName, payloadCrc } from "./frame.js";
 import { FrameDecoder } from "./frame-decoder.js";
 import type { WireMessage } from "./messages.js";
 import type { PayloadPool } from "./payload-pool.js";
@@ -86,7 +86,16 @@ export class FrameChannel {
   /** Sends a sequenced frame kept by a ReliableSender. */
   sendSequenced(f: OutgoingFrame, resent: boolean): void {
     if (this.done) return;
-    this.write(encodeHeader(f.type, f.seq, resent ? FLAG_RESENT : 0, f.payload.length, f.crc), f.payload);
+    const flags = resent ? FLAG_RESENT : 0;
+    if (!f.headroom) {
+      this.write(encodeHeader(f.type, f.seq, flags, f.payload.length, f.crc), f.payload);
+      return;
+    }
+    const { buffer, byteOffset, length } = f.payload;
+    const frame = Buffer.from(buffer, byteOffset - HEADER_BYTES, HEADER_BYTES + length);
+    encodeHeader(f.type, f.seq, flags, length, f.crc, frame);
+    this.bytesOut += frame.length;
+    this.socket.write(frame);
   }
 
   /** Tells the peer why (an ERROR frame), closes the connection and reports `err`. */

@@ -55,10 +55,16 @@ export interface EncodedMessage {
   payload: Buffer;
 }
 
-export function encodeMessage(msg: WireMessage): EncodedMessage {
+/**
+ * A message's frame type and payload. `alloc`, when given, supplies the
+ * buffer of a BLOCKS payload (the sender lends them from a pool: payloads
+ * are kept until acknowledged, and a new buffer for each would outlive V8's
+ * young generation and cost full collections); other types allocate.
+ */
+export function encodeMessage(msg: WireMessage, alloc?: (size: number) => Buffer): EncodedMessage {
   switch (msg.type) {
     case "BLOCKS":
-      return { type: FrameType.BLOCKS, payload: encodeBlocks(msg) };
+      return { type: FrameType.BLOCKS, payload: encodeBlocks(msg, alloc) };
     case "HAVE_QUERY": {
       const b = Buffer.allocUnsafe(6 + 32 * msg.hashes.length);
       b.writeUInt32BE(msg.id, 0);
@@ -156,32 +162,38 @@ function decodeJson(type: FrameType, payload: Buffer): WireMessage {
   return { ...(parsed.data as object), type: name } as WireMessage;
 }
 
-function encodeBlocks(msg: BlocksMessage): Buffer {
-  const parts: Buffer[] = [];
-  const head = Buffer.allocUnsafe(10);
-  head.writeUInt8(msg.disk, 0);
-  head.writeBigUInt64BE(BigInt(msg.offset), 1);
-  head.writeUInt8(msg.kind === "blocks" ? 0 : 1, 9);
-  parts.push(head);
+/** A BLOCKS payload written straight into one buffer (`alloc`'s, or a new one). */
+function encodeBlocks(
+  msg: BlocksMessage,
+  alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
+): Buffer {
+  const parts: readonly { data: Buffer }[] = msg.kind === "blocks" ? msg.blocks : msg.patches;
+  const perPart = msg.kind === "blocks" ? 37 : 8;
+  let size = 10 + (msg.kind === "blocks" ? 2 : 34);
+  for (const p of parts) size += perPart + p.data.length;
+  const b = alloc(size);
+  b.writeUInt8(msg.disk, 0);
+  b.writeBigUInt64BE(BigInt(msg.offset), 1);
+  b.writeUInt8(msg.kind === "blocks" ? 0 : 1, 9);
+  let at = 10;
   if (msg.kind === "blocks") {
-    parts.push(u16(msg.blocks.length));
-    for (const b of msg.blocks) {
-      const h = Buffer.allocUnsafe(37);
-      h.writeUInt8(ENCODINGS.indexOf(b.encoding), 0);
-      checkHash(b.sha256).copy(h, 1);
-      h.writeUInt32BE(b.data.length, 33);
-      parts.push(h, b.data);
+    at = b.writeUInt16BE(msg.blocks.length, at);
+    for (const blk of msg.blocks) {
+      at = b.writeUInt8(ENCODINGS.indexOf(blk.encoding), at);
+      at += checkHash(blk.sha256).copy(b, at);
+      at = b.writeUInt32BE(blk.data.length, at);
+      at += blk.data.copy(b, at);
     }
   } else {
-    parts.push(checkHash(msg.sha256), u16(msg.patches.length));
+    at += checkHash(msg.sha256).copy(b, at);
+    at = b.writeUInt16BE(msg.patches.length, at);
     for (const p of msg.patches) {
-      const h = Buffer.allocUnsafe(8);
-      h.writeUInt32BE(p.at, 0);
-      h.writeUInt32BE(p.data.length, 4);
-      parts.push(h, p.data);
+      at = b.writeUInt32BE(p.at, at);
+      at = b.writeUInt32BE(p.data.length, at);
+      at += p.data.copy(b, at);
     }
   }
-  return Buffer.concat(parts);
+  return b;
 }
 
 function decodeBlocks(r: Reader): BlocksMessage {
@@ -268,12 +280,6 @@ class Reader {
     if (this.at !== this.buf.length)
       throw protocolError(`${this.what} payload has ${this.buf.length - this.at} bytes too many`);
   }
-}
-
-function u16(n: number): Buffer {
-  const b = Buffer.allocUnsafe(2);
-  b.writeUInt16BE(n, 0);
-  return b;
 }
 
 function u64(n: number): Buffer {

@@ -117,8 +117,9 @@ export function encodeHeader(
   flags: number,
   payloadLength: number,
   crc: number,
+  into: Buffer = Buffer.allocUnsafe(HEADER_BYTES),
 ): Buffer {
-  const h = Buffer.allocUnsafe(HEADER_BYTES);
+  const h = into.subarray(0, HEADER_BYTES);
   h.writeUInt16BE(FRAME_MAGIC, 0);
   h.writeUInt8(FRAME_FORMAT, 2);
   h.writeUInt8(type, 3);

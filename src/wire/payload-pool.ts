@@ -9,11 +9,13 @@ const MIN_POOLED_BYTES = 256 << 10;
 const STEP = 1 << 20;
 
 /**
- * Buffers for the payloads of large frames, which the frame decoder fills
- * from many socket reads: a replicator receiving an initial sync got a new
- * buffer for every frame (about 650 MB for the 2 GiB benchmark disk), and
- * V8 answers that much new memory with a full garbage collection every few
- * dozen megabytes. A payload goes back (`giveBack`) once its message is durable:
+ * Buffers for the payloads of large frames: those the frame decoder fills
+ * from many socket reads, and those a sender encodes and keeps until they
+ * are acknowledged. A replicator receiving an initial sync got a new buffer
+ * for every frame (about 650 MB for the 2 GiB benchmark disk), and so did
+ * the agent sending it; V8 answers that much new memory, kept past its young
+ * generation, with a full garbage collection every few dozen megabytes. A
+ * payload goes back (`giveBack`, `release`) once its message is durable:
  * nothing reads a message's bytes after that. A buffer the pool did not
  * lend, or one already given back, is ignored, so a caller may give back
  * any message.
@@ -25,20 +27,36 @@ export class PayloadPool {
   /** `keep`: spare buffers held at most (each up to a BLOCKS frame's limit, rounded up to a MiB). */
   constructor(private readonly keep = 16) {}
 
-  /** A buffer of exactly `length` bytes, or undefined when the payload is too small to pool. */
-  take(length: number): Buffer | undefined {
+  /**
+   * A buffer of exactly `length` bytes, or undefined when the payload is too
+   * small to pool. With `headroom`, the buffer starts that many bytes into
+   * the pool's, and those bytes are the caller's too (a frame's header).
+   */
+  take(length: number, headroom = 0): Buffer | undefined {
     if (length < MIN_POOLED_BYTES) return undefined;
-    const ab = takeSpare(this.spare, length) ?? Buffer.allocUnsafeSlow(roundUp(length, STEP)).buffer;
+    const size = headroom + length;
+    const ab = takeSpare(this.spare, size) ?? Buffer.allocUnsafeSlow(roundUp(size, STEP)).buffer;
     this.lent.add(ab);
-    return Buffer.from(ab, 0, length);
+    return Buffer.from(ab, headroom, length);
+  }
+
+  /** Whether `bytes` lie in a buffer the pool lent and has not taken back. */
+  lends(bytes: Uint8Array): boolean {
+    return this.lent.has(bytes.buffer);
   }
 
   /** Takes back the payload that `msg`'s bytes lie in, if the pool lent it. */
   giveBack(msg: SequencedMessage): void {
     if (msg.type !== "BLOCKS") return;
     // Every part of a BLOCKS message is a view of its payload: the first hash names the buffer.
-    const ab = (msg.kind === "patch" ? msg.sha256 : msg.blocks[0]?.sha256)?.buffer;
-    if (!ab || !this.lent.has(ab)) return;
+    const part = msg.kind === "patch" ? msg.sha256 : msg.blocks[0]?.sha256;
+    if (part) this.release(part);
+  }
+
+  /** Takes back the buffer `bytes` lie in, if the pool lent it. */
+  release(bytes: Uint8Array): void {
+    const ab = bytes.buffer;
+    if (!this.lent.has(ab)) return;
     this.lent.delete(ab);
     if (this.spare.length < this.keep) this.spare.push(ab as ArrayBuffer);
   }

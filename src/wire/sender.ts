@@ -1,8 +1,9 @@
 import type { LifeboatError } from "../base/index.js";
 import { encodeMessage } from "./codec.js";
 import { protocolError, streamReset } from "./errors.js";
-import { type FrameType, payloadCrc } from "./frame.js";
+import { type FrameType, HEADER_BYTES, payloadCrc } from "./frame.js";
 import type { SequencedMessage } from "./messages.js";
+import { PayloadPool } from "./payload-pool.js";
 
 /** How much may be sent and not yet acknowledged. */
 export interface WindowLimits {
@@ -17,6 +18,12 @@ export interface OutgoingFrame {
   payload: Buffer;
   /** payloadCrc(payload), computed once however often the frame is sent. */
   crc: number;
+  /**
+   * The HEADER_BYTES before `payload` in its buffer are the frame's, so that
+   * header and payload go out as one write (TLS copies a frame written in
+   * two pieces into a new buffer first).
+   */
+  headroom: boolean;
 }
 
 /** Writes one frame to the current connection; `resent` is set on frames sent again after a reconnect. */
@@ -51,6 +58,10 @@ export class ReliableSender {
   /** Frames and bytes sent again after reconnects, for tests and metrics. */
   resentFrames = 0;
   resentBytes = 0;
+  /** Large payloads are encoded into these, and come back once acknowledged. */
+  private readonly payloads = new PayloadPool();
+  private readonly alloc = (size: number): Buffer =>
+    this.payloads.take(size, HEADER_BYTES) ?? Buffer.allocUnsafe(size);
 
   constructor(private limits: WindowLimits) {}
 
@@ -81,8 +92,8 @@ export class ReliableSender {
    */
   send(msg: SequencedMessage): Promise<number> {
     if (this.failure) return Promise.reject(this.failure);
-    const { type, payload } = encodeMessage(msg);
-    const frame = { type, payload, crc: payloadCrc(payload) };
+    const { type, payload } = encodeMessage(msg, this.alloc);
+    const frame = { type, payload, crc: payloadCrc(payload), headroom: this.payloads.lends(payload) };
     if (this.waiters.length === 0 && this.fits(payload.length)) return Promise.resolve(this.admit(frame));
     return new Promise((resolve, reject) => this.waiters.push({ frame, resolve, reject }));
   }
@@ -103,7 +114,10 @@ export class ReliableSender {
     if (seq > this.lastSeq) throw protocolError(`ACK for seq ${seq}, but only ${this.lastSeq} were sent`);
     if (seq <= this.acked) return;
     while (this.kept.length > 0 && this.kept[0]!.seq <= seq) {
-      this.keptBytes -= this.kept.shift()!.payload.length;
+      const { payload } = this.kept.shift()!;
+      this.keptBytes -= payload.length;
+      // Acknowledged, so written out on some connection: the buffer is free for the next frames.
+      this.payloads.release(payload);
     }
     this.acked = seq;
     for (const [s, list] of this.ackWaiters) {

@@ -1,10 +1,16 @@
 import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { Writable } from "node:stream";
 import { describe, it } from "node:test";
-import { LifeboatError, isLifeboatError } from "../../src/base/index.js";
+import { LifeboatError, isLifeboatError, systemClock } from "../../src/base/index.js";
 import {
+  FLAG_RESENT,
+  FrameChannel,
+  FrameDecoder,
   type OutgoingFrame,
   ReliableSender,
   type SequencedMessage,
+  decodeMessage,
   encodeMessage,
 } from "../../src/wire/index.js";
 
@@ -120,5 +126,75 @@ void describe("reliable sender", () => {
     await assert.rejects(blocked, (e) => isLifeboatError(e, "WIRE_SESSION_CLOSED"));
     await assert.rejects(acked, (e) => isLifeboatError(e, "WIRE_SESSION_CLOSED"));
     await assert.rejects(s.send(point(3)), (e) => isLifeboatError(e, "WIRE_SESSION_CLOSED"));
+  });
+
+  void it("sends large frames from payloads it takes back once acknowledged, header and payload in one write", async () => {
+    // A socket that keeps a copy of every write as it was at write time, one entry per write.
+    const writes: Buffer[] = [];
+    const socket = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        writes.push(Buffer.from(chunk));
+        done();
+      },
+    });
+    const channel = new FrameChannel(
+      socket as never,
+      "agent",
+      { onMessage() {}, onClose() {} },
+      systemClock,
+      { intervalMs: 60_000, misses: 3 },
+    );
+    const blocks = (first: number): SequencedMessage => ({
+      type: "BLOCKS",
+      disk: 0,
+      offset: first * 65536,
+      kind: "blocks",
+      blocks: Array.from({ length: 8 }, () => {
+        const data = randomBytes(65536);
+        return { encoding: "raw" as const, sha256: createHash("sha256").update(data).digest(), data };
+      }),
+    });
+    /** Decodes one socket write: exactly one frame, whose message must equal `msg`. */
+    const check = (write: Buffer, msg: SequencedMessage, seq: number, flags = 0) => {
+      const frames = new FrameDecoder().push(write);
+      assert.equal(frames.length, 1, "one frame per write");
+      assert.equal(frames[0]!.seq, seq);
+      assert.equal(frames[0]!.flags, flags);
+      assert.deepEqual(decodeMessage(frames[0]!.type, frames[0]!.payload), msg);
+    };
+    const s = new ReliableSender({ frames: 10, bytes: 64 << 20 });
+    const kept: OutgoingFrame[] = [];
+    s.attach((f, resent) => {
+      kept.push(f);
+      channel.sendSequenced(f, resent);
+    }, 0);
+    const sent = [blocks(0), blocks(8), blocks(16)];
+    for (const m of sent) await s.send(m);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(writes.length, 3);
+    sent.forEach((m, i) => check(writes[i]!, m, i + 1));
+    assert.ok(kept.every((f) => f.headroom));
+    const buffers = kept.map((f) => f.payload.buffer);
+    assert.equal(new Set(buffers).size, 3, "three frames in flight, three buffers");
+
+    s.ack(1);
+    const fourth = blocks(24);
+    await s.send(fourth);
+    assert.equal(kept[3]!.payload.buffer, buffers[0], "the acknowledged frame's buffer is reused");
+    for (const [i, f] of kept.slice(1, 3).entries())
+      assert.deepEqual(
+        decodeMessage(f.type, f.payload),
+        sent[i + 1],
+        `frame ${i + 2}, not acknowledged, still holds its bytes`,
+      );
+
+    // A new connection: the kept frames go out again, flagged as resent, still one write each.
+    writes.length = 0;
+    s.detach();
+    s.attach((f, resent) => channel.sendSequenced(f, resent), 1);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(writes.length, 3);
+    [sent[1]!, sent[2]!, fourth].forEach((m, i) => check(writes[i]!, m, i + 2, FLAG_RESENT));
+    channel.close(new LifeboatError("WIRE_SESSION_CLOSED", "done"));
   });
 });
