@@ -122,8 +122,15 @@ void describe("kill -9 of the replicator during a write burst", () => {
         const resent0 = rep.session.resent;
         const connections = rep.session.connections;
 
-        // Kill while the burst is being shipped: frames are in flight.
-        await until("frames in flight", () => rep.session.inFlight.frames > 0, 30_000);
+        // Kill while the burst is being shipped: frames are in flight, after a checkpoint has made the
+        // stream durable (an acknowledgement says so). A replicator killed before its first checkpoint
+        // holds nothing of the stream, and the agent must then rescan; on a loaded machine that
+        // checkpoint can come seconds after the agent reports CONTINUOUS.
+        await until(
+          "a durable checkpoint, then frames in flight",
+          () => rep.session.lastAcked > 0 && rep.session.inFlight.frames > 0,
+          60_000,
+        );
         server.child.kill("SIGKILL");
         await server.exited;
         await until("the agent to see the server gone", () => rep.status()?.connected === false, 30_000);
