@@ -5,6 +5,7 @@
  * freezes them (a black hole: sockets stay open, nothing passes), for resume
  * and half-open tests.
  */
+import { createHash, randomBytes } from "node:crypto";
 import { type Socket, type Server as NetServer, connect as netConnect, createServer } from "node:net";
 import type { TLSSocket } from "node:tls";
 import Fastify, { type FastifyInstance } from "fastify";
@@ -23,6 +24,7 @@ import {
   type AgentSessionOptions,
   type DiskInfo,
   type HeartbeatSettings,
+  type SequencedMessage,
   type ServerConnection,
   type StreamHandlers,
   type WindowLimits,
@@ -108,6 +110,20 @@ export async function startWireServer(opts: {
 }
 
 export const DISK: DiskInfo = { index: 0, id: "vda", sizeBytes: 64 << 20, blockSize: 65536 };
+
+/** A BLOCKS message of `n` raw blocks of DISK's size, of random bytes, at block `first`. */
+export function randomBlocks(first: number, n: number): SequencedMessage {
+  return {
+    type: "BLOCKS",
+    disk: 0,
+    offset: first * DISK.blockSize,
+    kind: "blocks",
+    blocks: Array.from({ length: n }, () => {
+      const data = randomBytes(DISK.blockSize);
+      return { encoding: "raw" as const, sha256: createHash("sha256").update(data).digest(), data };
+    }),
+  };
+}
 
 export function agentSession(
   server: TestWireServer,

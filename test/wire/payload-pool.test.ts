@@ -5,7 +5,6 @@
  * WireServer over TLS, whose socket reads cut every large frame.
  */
 import assert from "node:assert/strict";
-import { createHash, randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
@@ -18,26 +17,12 @@ import {
 } from "../../src/wire/index.js";
 import {
   type Credentials,
-  DISK,
   type TestWireServer,
   agentCredentials,
   agentSession,
+  randomBlocks as blocks,
   startWireServer,
 } from "./fixtures.js";
-
-/** A BLOCKS message of `n` raw 64 KiB blocks of random bytes, at block `first`. */
-function blocks(first: number, n: number): SequencedMessage {
-  return {
-    type: "BLOCKS",
-    disk: 0,
-    offset: first * DISK.blockSize,
-    kind: "blocks",
-    blocks: Array.from({ length: n }, () => {
-      const data = randomBytes(DISK.blockSize);
-      return { encoding: "raw" as const, sha256: createHash("sha256").update(data).digest(), data };
-    }),
-  };
-}
 
 /** The message's bytes as received, copied: what it must still hold until it is durable. */
 function snapshot(msg: SequencedMessage): Buffer {

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { createHash, randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { LifeboatError, isLifeboatError, systemClock } from "../../src/base/index.js";
@@ -13,6 +12,7 @@ import {
   decodeMessage,
   encodeMessage,
 } from "../../src/wire/index.js";
+import { randomBlocks } from "./fixtures.js";
 
 function point(n: number, pad = 0): SequencedMessage {
   return {
@@ -144,16 +144,7 @@ void describe("reliable sender", () => {
       systemClock,
       { intervalMs: 60_000, misses: 3 },
     );
-    const blocks = (first: number): SequencedMessage => ({
-      type: "BLOCKS",
-      disk: 0,
-      offset: first * 65536,
-      kind: "blocks",
-      blocks: Array.from({ length: 8 }, () => {
-        const data = randomBytes(65536);
-        return { encoding: "raw" as const, sha256: createHash("sha256").update(data).digest(), data };
-      }),
-    });
+    const blocks = (first: number) => randomBlocks(first, 8);
     /** Decodes one socket write: exactly one frame, whose message must equal `msg`. */
     const check = (write: Buffer, msg: SequencedMessage, seq: number, flags = 0) => {
       const frames = new FrameDecoder().push(write);
