@@ -11,34 +11,33 @@
  * `pitIntervalSeconds`. SIGUSR2 (sent by `agent rescan` and `agent disks`)
  * makes it read D/state/rescan-request.json and check its disks at once
  * (they are checked every `diskCheckSeconds` anyway: disk-changes.ts).
+ *
+ * This file starts the parts and stops them; each lives in a file of its
+ * own: the mode (replicating, receiving a failback or fenced) and the engine
+ * it owns in mode-switch.ts, the settings poll and the scheduled PITs in
+ * settings-follower.ts, heartbeats and the command poll in control-loops.ts,
+ * the status file in status-writer.ts, the engine's making in new-engine.ts.
  */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import {
-  type Clock,
-  LifeboatError,
-  type Logger,
-  silentLogger,
-  systemClock,
-  writeFileAtomic,
-} from "../base/index.js";
-import { assertPrivateFile, proxyFromEnvironment } from "../net/index.js";
-import { connectWire } from "../wire/index.js";
+import { type Clock, type Logger, silentLogger, systemClock } from "../base/index.js";
 import { BootWatcher } from "./boot-watcher.js";
-import { type AgentConfig, agentPaths, dataAddressOf, loadAgentConfig, parseAddress } from "./config.js";
-import { runCommand } from "./commands.js";
-import { type AgentCommand, type AgentMode, ControlClient } from "./control-client.js";
+import { type AgentConfig, agentPaths, dataAddressOf, loadAgentConfig } from "./config.js";
+import { type AgentMode, ControlClient } from "./control-client.js";
+import { ControlLoops } from "./control-loops.js";
+import { type AgentCredentials, readCredentials, renewCertificate } from "./credentials.js";
 import { DiskMonitor } from "./disk-changes.js";
+import { DiskGenerations } from "./disk-generations.js";
 import type { BlockDeviceInfo } from "./discovery.js";
-import { FailbackReceiver, pendingFailback } from "./failback-receiver.js";
-import { Replication, type ReplicationOptions } from "./replication.js";
-import { type DiskGeneration, readGenerations, readSessionToken } from "./state-files.js";
+import { ModeSwitch } from "./mode-switch.js";
+import { newEngine } from "./new-engine.js";
+import type { Replication, ReplicationOptions } from "./replication.js";
+import { SettingsFollower } from "./settings-follower.js";
+import type { DiskGeneration } from "./state-files.js";
 import { type AgentStatus, startingStatus, writeAgentStatus } from "./status.js";
+import { StatusWriter } from "./status-writer.js";
 
-export const AGENT_VERSION = "0.1.0";
-
-/** What the control plane answers to a heartbeat body it will never take (http-error.ts). */
-const REFUSED_BODY = new Set(["REQUEST_INVALID", "REQUEST_TOO_LARGE"]);
+export { AGENT_VERSION } from "./new-engine.js";
 
 export interface AgentServiceOptions {
   configDir: string;
@@ -65,50 +64,76 @@ export interface AgentServiceOptions {
 }
 
 export class AgentService {
-  private stopping = false;
   private readonly timers: NodeJS.Timeout[] = [];
+  /** Aborted when the agent stops: every loop ends, and every wait. */
   private readonly abort = new AbortController();
   private loops: Promise<unknown>[] = [];
-  private statusWrite: Promise<void> = Promise.resolve();
-  private savedToken: string | undefined;
-  private pitTimer: NodeJS.Timeout | undefined;
-  private pitSeconds = 0;
-  /** Ends the heartbeat loop's wait early (a new boot inventory to send). */
-  private wakeHeartbeat: (() => void) | undefined;
   private readonly boot: BootWatcher;
-  /** What the control plane wants (failback.ts): replicate, receive a failback, or stay fenced. */
-  private mode: "replicate" | "receive" | "fenced" = "replicate";
-  private fenceReason = "";
-  /** Whether `replication` was started (and not stopped since). */
-  private replicating = false;
-  private receiver: FailbackReceiver | undefined;
-  private modeChain: Promise<void> = Promise.resolve();
-  /** Ends the settings poll's wait early (wakeSettings). */
-  private settingsWake: (() => void) | undefined;
-  private lastSettingsWake = 0;
-  /** The disks' generation ids (D/state/generations.json), named in every HELLO. */
-  private generations: DiskGeneration[] = [];
-  /** Disks that come and go (disk-changes.ts); set in start(). */
-  private disks!: DiskMonitor;
-  /** Makes a fresh engine (after receive mode or a fence, the old one is stopped). */
-  private makeReplication: () => Promise<Replication> = () => Promise.resolve(this.replication);
+  /** Replicating, receiving a failback or fenced (mode-switch.ts): it owns the engine. */
+  private readonly modes: ModeSwitch;
+  /** The control plane's replication settings, followed live (settings-follower.ts). */
+  private readonly settings: SettingsFollower;
+  /** Heartbeats and the command poll (control-loops.ts). */
+  private readonly controlLoops: ControlLoops;
+  private readonly statusFile: StatusWriter;
 
   private constructor(
     readonly config: AgentConfig,
-    public replication: Replication,
     private readonly control: ControlClient,
     private readonly opts: AgentServiceOptions,
     private readonly log: Logger,
-    private readonly clock: Clock,
+    clock: Clock,
     /** Where the wire connects; a change applies from the next connection. */
-    private readonly data: { host: string; port: number },
+    data: { host: string; port: number },
+    /** Disks that come and go (disk-changes.ts). */
+    private readonly disks: DiskMonitor,
+    /** The disks' generation ids (D/state/generations.json), named in every HELLO. */
+    private readonly generations: DiskGenerations,
+    engine: { replication: Replication; make: () => Promise<Replication> },
   ) {
+    const p = agentPaths(opts.configDir);
+    const signal = this.abort.signal;
     this.boot = new BootWatcher({
       root: config.bootRoot ?? "/",
       clock,
       logger: log,
-      onChange: () => this.wakeHeartbeat?.(),
+      onChange: () => this.controlLoops.heartbeatNow(),
     });
+    this.modes = new ModeSwitch({
+      control,
+      config,
+      disks,
+      generations,
+      replication: engine.replication,
+      makeReplication: engine.make,
+      stateDir: p.state,
+      failbackOnly: opts.failbackOnly,
+      failbackBatchChunks: opts.failbackBatchChunks,
+      onFailbackEnd: opts.onFailbackEnd,
+      signal,
+      log,
+      clock,
+    });
+    this.settings = new SettingsFollower({
+      control,
+      config,
+      data,
+      modes: this.modes,
+      intervalMs: opts.settingsIntervalMs ?? 30_000,
+      signal,
+      log,
+      clock,
+    });
+    this.controlLoops = new ControlLoops({
+      control,
+      boot: this.boot,
+      signal,
+      status: () => this.modes.status(),
+      replication: () => this.modes.replication,
+      applyMode: (m) => this.modes.apply(m),
+      log,
+    });
+    this.statusFile = new StatusWriter(p, log);
   }
 
   static async start(opts: AgentServiceOptions): Promise<AgentService> {
@@ -124,7 +149,7 @@ export class AgentService {
     const disks = new DiskMonitor({
       configDir: opts.configDir,
       config,
-      engine: () => (ref.svc?.replicating ? ref.svc.replication : undefined),
+      engine: () => ref.svc?.modes.running(),
       // The running agent's copy follows config.json's disks (a failback receives onto them).
       onConfig: (c) =>
         Object.assign(config, {
@@ -133,24 +158,37 @@ export class AgentService {
           diskSelection: c.diskSelection,
         }),
       // The control plane's inventory follows at once, not at the next heartbeat.
-      onChange: () => ref.svc?.wakeHeartbeat?.(),
+      onChange: () => ref.svc?.controlLoops.heartbeatNow(),
       ...(opts.discoverDisks ? { discover: opts.discoverDisks } : {}),
       clock,
       logger: log,
     });
     // A configured disk that is gone at start is missing, not a reason not to start.
     await disks.probeAtStart();
-    const engine = (): Promise<Replication> =>
-      newEngine({ config, disks, data, creds, ref, opts, clock, log, sessionFile: p.session });
-    const replication = await engine();
-    const svc = new AgentService(config, replication, control, opts, log, clock, data);
+    const make = (): Promise<Replication> =>
+      newEngine({
+        config,
+        disks,
+        data,
+        creds,
+        sessionFile: p.session,
+        generations: () => ref.svc?.currentGenerations(),
+        // The replicator went away: it may have been replaced (pool failover), so read the settings now.
+        onDisconnect: () => ref.svc?.wakeSettings(),
+        whileFrozen: opts.whileFrozen,
+        clock,
+        log,
+      });
+    const replication = await make();
+    const generations = await DiskGenerations.load(p.state);
+    const svc = new AgentService(config, control, opts, log, clock, data, disks, generations, {
+      replication,
+      make,
+    });
     ref.svc = svc;
-    svc.disks = disks;
-    svc.makeReplication = engine;
-    svc.generations = await readGenerations(path.join(p.state, "generations.json"));
     await writeAgentStatus(p.status, startingStatus(config.serverId, clock.now()));
     try {
-      await svc.begin(await svc.modeAtStart(p.state));
+      await svc.modes.begin(await svc.settings.atStart(p.state));
     } catch (err) {
       await control.close();
       throw err;
@@ -159,54 +197,35 @@ export class AgentService {
       { serverId: config.serverId, disks: config.disks.length, tracker: replication.tracker },
       "agent started",
     );
-    svc.every(opts.statusIntervalMs ?? 1000, () => svc.writeStatus());
-    svc.schedulePits(config.settings.pitIntervalSeconds);
-    svc.every(3600_000, () => void svc.renew(creds));
-    svc.loops = [svc.heartbeats(), svc.commands(), svc.followSettings(), svc.boot.check()];
-    svc.every(opts.bootCheckIntervalMs ?? 60_000, () => void svc.boot.check());
-    svc.every(disks.intervalMs, () => void disks.tick());
+    svc.run(creds);
     await svc.readRescanRequest();
     return svc;
   }
 
-  /**
-   * The replicator this server is assigned to (its data address), the
-   * site's bandwidth cap and what the control plane wants of the agent, read
-   * before the first connection; a failback being received when the agent
-   * stopped goes on (the control plane confirms it at once). Undefined when
-   * the control plane cannot be reached and no failback was under way: the
-   * agent replicates to the configured data address.
-   */
-  private async modeAtStart(stateDir: string): Promise<AgentMode | undefined> {
-    let mode: AgentMode | undefined;
-    try {
-      const s = await this.control.settings();
-      if (s.dataAddress) Object.assign(this.data, parseAddress(s.dataAddress));
-      mode = s.mode;
-      // The site's bandwidth cap holds from the first block, not from the first settings poll.
-      const mbps = s.replication.bandwidthMbps ?? 0;
-      this.config.settings = { ...this.config.settings, bandwidthMbps: mbps };
-      this.replication.setBandwidth(mbps);
-    } catch (err) {
-      this.log.warn(
-        { err: String(err) },
-        "cannot read the replication settings; using the configured data address",
-      );
-    }
-    const receiving = await pendingFailback(stateDir);
-    if (!mode && receiving) mode = { mode: "receive", failbackId: receiving };
-    return mode;
+  /** Starts what runs beside the engine until stop: the loops, the scheduled PITs and the periodic checks. */
+  private run(creds: AgentCredentials): void {
+    const { opts, control, log } = this;
+    this.every(opts.statusIntervalMs ?? 1000, () => this.writeStatus());
+    this.settings.schedulePits(this.config.settings.pitIntervalSeconds);
+    const certFile = agentPaths(opts.configDir).cert;
+    this.every(3600_000, () => void renewCertificate(control, certFile, creds, log));
+    this.loops = [
+      this.controlLoops.heartbeats(),
+      this.controlLoops.commands(),
+      this.settings.follow(),
+      this.boot.check(),
+    ];
+    this.every(opts.bootCheckIntervalMs ?? 60_000, () => void this.boot.check());
+    this.every(this.disks.intervalMs, () => void this.disks.tick());
   }
 
-  /** Enters the mode the control plane asked for at start: replicating unless it said otherwise. */
-  private async begin(mode: AgentMode | undefined): Promise<void> {
-    if (mode && mode.mode !== "replicate") await this.applyMode(mode);
-    else if (this.opts.failbackOnly) this.log.info({}, "failback only: waiting for a failback to receive");
-    else {
-      await this.adoptGenerations(mode?.generations);
-      await this.replication.start();
-      this.replicating = true;
-    }
+  /** The engine: the one replicating, or the last one (stopped while receiving a failback or fenced). */
+  get replication(): Replication {
+    return this.modes.replication;
+  }
+
+  private get stopping(): boolean {
+    return this.abort.signal.aborted;
   }
 
   /** Reads and removes D/state/rescan-request.json (written by `agent rescan`), and rescans. */
@@ -237,78 +256,17 @@ export class AgentService {
 
   async stop(): Promise<void> {
     if (this.stopping) return;
-    this.stopping = true;
     for (const t of this.timers) clearInterval(t);
-    if (this.pitTimer) clearInterval(this.pitTimer);
+    this.settings.stopPits();
     this.abort.abort();
     await this.boot.close();
-    await this.modeChain;
-    await this.receiver?.stop();
-    if (this.replicating) await this.replication.stop();
+    await this.modes.stop();
     // After the engine: a check waiting on it (a disk change) ends once it stopped.
     await this.disks.idle();
     await Promise.allSettled(this.loops);
-    await this.statusWrite;
-    const s = this.replication.status();
-    if (s)
-      await writeAgentStatus(agentPaths(this.opts.configDir).status, {
-        ...s,
-        state: "STOPPED",
-        connected: false,
-      });
+    await this.statusFile.stopped(this.replication);
     await this.control.close();
     this.log.info({}, "agent stopped");
-  }
-
-  /** (Re)starts the scheduled PITs: every `seconds` (0: none). */
-  private schedulePits(seconds: number): void {
-    if (this.pitTimer) clearInterval(this.pitTimer);
-    this.pitTimer = undefined;
-    this.pitSeconds = seconds;
-    if (seconds <= 0) return;
-    this.pitTimer = setInterval(() => {
-      if (!this.replicating) return;
-      this.replication
-        .requestPoint({ origin: "scheduled" })
-        .catch((err: unknown) => this.log.warn({ err: String(err) }, "scheduled PIT failed"));
-    }, seconds * 1000);
-    this.pitTimer.unref();
-  }
-
-  /**
-   * Polls the control plane's replication settings and applies what changed
-   * live: the bandwidth cap and the PIT interval. They override the
-   * installation's defaults in config.json.
-   */
-  private async followSettings(): Promise<void> {
-    let bandwidth = this.config.settings.bandwidthMbps;
-    while (!this.stopping) {
-      try {
-        const { replication: r, dataAddress, mode } = await this.control.settings();
-        if (mode) await this.applyMode(mode);
-        const address = dataAddress ? parseAddress(dataAddress) : dataAddressOf(this.config);
-        if (address.host !== this.data.host || address.port !== this.data.port) {
-          this.log.info({ dataAddress: `${address.host}:${address.port}` }, "replicator address set");
-          this.data.host = address.host;
-          this.data.port = address.port;
-        }
-        const mbps = r.bandwidthMbps ?? 0;
-        if (mbps !== bandwidth) {
-          this.replication.setBandwidth(mbps);
-          this.log.info({ mbps }, "bandwidth cap set");
-          bandwidth = mbps;
-        }
-        const seconds = r.pitIntervalMinutes * 60;
-        if (seconds !== this.pitSeconds) {
-          this.schedulePits(seconds);
-          this.log.info({ seconds }, "PIT interval set");
-        }
-      } catch (err) {
-        if (!this.stopping) this.log.warn({ err: String(err) }, "cannot read the replication settings");
-      }
-      await this.sleep(this.opts.settingsIntervalMs ?? 30_000, (wake) => (this.settingsWake = wake));
-      this.settingsWake = undefined;
-    }
   }
 
   private every(ms: number, fn: () => void): void {
@@ -319,330 +277,27 @@ export class AgentService {
 
   /** What `agent status` shows (undefined while filesystems are frozen). */
   status(): AgentStatus | undefined {
-    return this.currentStatus();
+    return this.modes.status();
   }
 
-  /** The engine's status (with the missing disks) while replicating; otherwise what receive mode or the fence says. */
-  private currentStatus(): AgentStatus | undefined {
-    if (this.replicating) {
-      const s = this.replication.status();
-      if (!s) return undefined;
-      const missing = this.disks.missingStatus();
-      if (missing.length) s.disks = [...s.disks, ...missing].sort((a, b) => a.index - b.index);
-      return s;
-    }
-    return {
-      state: this.mode === "receive" ? "RECEIVING" : "FENCED",
-      tracker: "scan",
-      lagSeconds: 0,
-      backlogBytes: 0,
-      disks: [],
-      serverId: this.config.serverId,
-      pid: process.pid,
-      updatedAt: this.clock.now(),
-      connected: false,
-      counters: { bytesRead: 0, bytesSent: 0, blocksSent: 0, rescans: 0, traceLosses: 0 },
-      ...(this.mode === "receive" && this.receiver
-        ? { failback: { status: this.receiver.status, ...this.receiver.counters } }
-        : {}),
-      ...(this.mode === "fenced" ? { fence: this.fenceReason } : {}),
-    };
-  }
-
-  /**
-   * Switches to what the control plane wants, one switch at a time:
-   * replicate (starting a fresh engine if the last one was stopped), receive
-   * a failback (the engine stops first: a disk being written is not a
-   * source), or stay fenced (no engine, no receiver).
-   */
+  /** Switches between replicating, receiving a failback and fenced, one switch at a time (mode-switch.ts). */
   applyMode(m: AgentMode): Promise<void> {
-    const next = this.modeChain.then(() => this.switchMode(m));
-    this.modeChain = next.catch(() => undefined);
-    return next;
-  }
-
-  private async switchMode(m: AgentMode): Promise<void> {
-    if (this.stopping) return;
-    if (m.mode === "replicate") {
-      if (this.receiver) {
-        await this.receiver.stop();
-        this.receiver = undefined;
-      }
-      await this.adoptGenerations(m.generations);
-      if (this.replicating || this.opts.failbackOnly) return;
-      this.mode = "replicate";
-      this.log.info({}, "replicating");
-      this.replication = await this.makeReplication();
-      try {
-        await this.replication.start();
-        this.replicating = true;
-      } catch (err) {
-        this.log.error({ err: String(err) }, "cannot start replicating; the next settings poll tries again");
-      }
-      return;
-    }
-    if (this.replicating) {
-      this.replicating = false;
-      await this.replication.stop();
-    }
-    if (m.mode === "fenced") {
-      if (this.receiver) {
-        await this.receiver.stop();
-        this.receiver = undefined;
-      }
-      if (this.mode !== "fenced" || this.fenceReason !== m.reason)
-        this.log.warn(
-          { reason: m.reason },
-          "fenced by the control plane: not replicating (the server's data lives elsewhere; see `lifeboat failback`)",
-        );
-      this.mode = "fenced";
-      this.fenceReason = m.reason;
-      return;
-    }
-    this.mode = "receive";
-    if (this.receiver?.failbackId === m.failbackId) return;
-    await this.receiver?.stop();
-    const p = agentPaths(this.opts.configDir);
-    this.log.info({ failbackId: m.failbackId }, "receiving a failback onto this server's disks");
-    const receiver = new FailbackReceiver({
-      failbackId: m.failbackId,
-      control: this.control,
-      disks: this.config.disks,
-      stateDir: p.state,
-      log: this.log,
-      clock: this.clock,
-      ...(this.opts.failbackBatchChunks ? { batchChunks: this.opts.failbackBatchChunks } : {}),
-      onEnd: async (end) => {
-        if (end.state === "ready" && end.generations) await this.saveGenerations(end.generations);
-        if (this.opts.onFailbackEnd) return this.opts.onFailbackEnd(end.state);
-        // Re-read the mode off the receiver's own loop (switching stops the receiver, which waits for that loop).
-        setImmediate(() => {
-          this.control
-            .settings()
-            .then(({ mode }) => (mode ? this.applyMode(mode) : undefined))
-            .catch((err: unknown) =>
-              this.log.warn({ err: String(err) }, "cannot read the mode after the failback"),
-            );
-        });
-      },
-    });
-    this.receiver = receiver;
-    receiver.start();
+    return this.modes.apply(m);
   }
 
   /** The disks' generation ids, for the engine's HELLO (they change with a failback). */
   currentGenerations(): DiskGeneration[] {
-    return this.generations;
+    return this.generations.current();
   }
 
-  /** Keeps the control plane's generations when the agent has none yet (a failback's replace them: saveGenerations). */
-  async adoptGenerations(g: DiskGeneration[] | undefined): Promise<void> {
-    if (!g || g.length === 0 || this.generations.length > 0) return;
-    await this.saveGenerations(g);
-  }
-
-  private async saveGenerations(g: DiskGeneration[]): Promise<void> {
-    const file = path.join(agentPaths(this.opts.configDir).state, "generations.json");
-    await writeFileAtomic(file, `${JSON.stringify(g)}\n`, { mode: 0o600 });
-    this.generations = g;
+  /** Reads the settings soon instead of at the next poll (at most once a second; settings-follower.ts). */
+  wakeSettings(): void {
+    this.settings.wake();
   }
 
   private writeStatus(): void {
-    const s = this.currentStatus();
+    const s = this.modes.status();
     if (!s || this.stopping) return;
-    const token = this.replicating ? this.replication.session.resumeToken : undefined;
-    const p = agentPaths(this.opts.configDir);
-    this.statusWrite = this.statusWrite
-      .then(async () => {
-        await writeAgentStatus(p.status, s);
-        if (token && token !== this.savedToken) {
-          await writeFileAtomic(p.session, `${JSON.stringify({ resumeToken: token })}\n`, { mode: 0o600 });
-          this.savedToken = token;
-        }
-      })
-      .catch((err: unknown) => this.log.warn({ err: String(err) }, "cannot write the status file"));
+    this.statusFile.write(s, this.modes.running()?.session.resumeToken);
   }
-
-  /** Waits `ms`, or less when stopping or when the `wakeable` handle it hands out is called. */
-  private async sleep(ms: number, wakeable?: (wake: () => void) => void): Promise<void> {
-    if (this.stopping) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(t);
-        this.abort.signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const t = setTimeout(done, ms);
-      this.abort.signal.addEventListener("abort", done);
-      wakeable?.(done);
-    });
-  }
-
-  /**
-   * Reads the settings soon instead of at the next poll (at most once a
-   * second): after a lost connection the server may have a new replicator.
-   */
-  wakeSettings(): void {
-    const now = this.clock.now();
-    if (now - this.lastSettingsWake < 1000) return;
-    this.lastSettingsWake = now;
-    this.settingsWake?.();
-  }
-
-  private async heartbeats(): Promise<void> {
-    let every = 15;
-    while (!this.stopping) {
-      const s = this.currentStatus();
-      if (s) {
-        // The boot inventory only when it changed: heartbeats stay small.
-        const boot = this.boot.pending();
-        try {
-          const r = await this.control.heartbeat({
-            state: s.state,
-            lagSeconds: s.lagSeconds,
-            backlogBytes: s.backlogBytes,
-            inventory: {
-              disks: s.disks.map((d) => ({
-                index: d.index,
-                path: d.path,
-                sizeBytes: d.sizeBytes,
-                state: d.state,
-                // Initial sync and rescan progress, for the console's disks table.
-                ...(d.progress ? { progress: d.progress } : {}),
-                ...(d.missingSince !== undefined ? { missingSince: d.missingSince } : {}),
-              })),
-              tracker: s.tracker,
-              ...(boot ? { boot } : {}),
-            },
-          });
-          if (boot) this.boot.sent(boot);
-          every = r.heartbeatSeconds;
-        } catch (err) {
-          if (!this.stopping) this.log.warn({ err: String(err) }, "heartbeat failed");
-          // Refused for good (a 4xx): the inventory must not keep every later heartbeat out.
-          if (boot && err instanceof LifeboatError && REFUSED_BODY.has(err.code)) {
-            this.boot.sent(boot);
-            this.log.warn({ code: err.code }, "the control plane refused the boot inventory; not sent again");
-          }
-        }
-      }
-      await this.heartbeatPause(every * 1000);
-    }
-  }
-
-  /** Waits `ms`, or less when stopping or when a new boot inventory is to be sent. */
-  private heartbeatPause(ms: number): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(t);
-        this.abort.signal.removeEventListener("abort", done);
-        this.wakeHeartbeat = undefined;
-        resolve();
-      };
-      const t = setTimeout(done, ms);
-      this.abort.signal.addEventListener("abort", done);
-      this.wakeHeartbeat = done;
-    });
-  }
-
-  private async commands(): Promise<void> {
-    while (!this.stopping) {
-      let list: AgentCommand[];
-      try {
-        list = await this.control.nextCommands({ waitSeconds: 25, signal: this.abort.signal });
-      } catch (err) {
-        if (this.stopping) return;
-        this.log.warn({ err: String(err) }, "cannot fetch commands; retrying");
-        await this.sleep(5000);
-        continue;
-      }
-      // Each runs on its own: a PIT waits for the engine, a rescan does not.
-      for (const c of list) {
-        void runCommand(c, {
-          control: this.control,
-          replication: this.replication,
-          applyMode: (m) => this.applyMode(m),
-          log: this.log,
-        });
-      }
-    }
-  }
-
-  /** Renews the client certificate when it is due; the next wire connection presents the new one. */
-  private async renew(identity: { certPem: string }): Promise<void> {
-    try {
-      const pem = await this.control.renewIfDue();
-      if (!pem) return;
-      await writeFileAtomic(agentPaths(this.opts.configDir).cert, pem, { mode: 0o600 });
-      identity.certPem = pem;
-      this.log.info({}, "client certificate renewed");
-    } catch (err) {
-      this.log.warn({ err: String(err) }, "certificate renewal failed; retrying in an hour");
-    }
-  }
-}
-
-/** The agent's key (checked 0600), certificate and the CA it trusts, from the configuration directory. */
-async function readCredentials(
-  p: ReturnType<typeof agentPaths>,
-): Promise<{ keyPem: string; certPem: string; caPem: string }> {
-  await assertPrivateFile(p.key, "agent private key");
-  const [keyPem, certPem, caPem] = await Promise.all([
-    fs.readFile(p.key, "utf8"),
-    fs.readFile(p.cert, "utf8"),
-    fs.readFile(p.ca, "utf8"),
-  ]);
-  return { keyPem, certPem, caPem };
-}
-
-/**
- * A replication engine for the configured disks, resuming the last wire
- * session. Made at start and again after receive mode or a fence. The
- * certificate is read from `creds` at each connection (renew replaces it).
- */
-async function newEngine(o: {
-  config: AgentConfig;
-  disks: DiskMonitor;
-  data: { host: string; port: number };
-  creds: { keyPem: string; certPem: string; caPem: string };
-  ref: { svc?: AgentService };
-  opts: AgentServiceOptions;
-  clock: Clock;
-  log: Logger;
-  sessionFile: string;
-}): Promise<Replication> {
-  const { config, disks, data, creds, ref, clock } = o;
-  const resumeToken = await readSessionToken(o.sessionFile);
-  return new Replication({
-    ...(resumeToken ? { resumeToken } : {}),
-    generations: () => ref.svc?.currentGenerations(),
-    // The replicator went away: it may have been replaced (pool failover), so read the settings now.
-    onDisconnect: () => ref.svc?.wakeSettings(),
-    serverId: config.serverId,
-    hostname: config.hostname,
-    version: AGENT_VERSION,
-    disks: disks.wanted(),
-    blockSize: config.blockSize,
-    settings: config.settings,
-    // Sizes and the disk set are checked at the same cadence.
-    sizeCheckMs: disks.intervalMs,
-    onStepFailed: () => disks.soon(),
-    // Through the HTTPS proxy of the environment (HTTPS_PROXY, NO_PROXY) when one applies, like the API.
-    connect: () => {
-      const proxy = proxyFromEnvironment(data.host, data.port);
-      return connectWire({
-        host: data.host,
-        port: data.port,
-        caPem: creds.caPem,
-        certPem: creds.certPem,
-        keyPem: creds.keyPem,
-        clock,
-        ...(proxy ? { proxy } : {}),
-      });
-    },
-    ...(o.opts.whileFrozen ? { whileFrozen: o.opts.whileFrozen } : {}),
-    clock,
-    logger: o.log,
-  });
 }
