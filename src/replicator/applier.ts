@@ -1,53 +1,25 @@
 import { randomBytes } from "node:crypto";
-import { LifeboatError, settleAll } from "../base/index.js";
+import { LifeboatError } from "../base/index.js";
 import {
-  type BlockMapRef,
-  ChunkIngest,
+  type ChunkIngest,
   type ChunkFrames,
   type ConsistencyLevel,
   type Head,
-  type KnownIds,
   type Pit,
-  type PitDisk,
   type Repository,
   type RepositoryLock,
-  acquireLock,
   assertNotFenced,
-  listPits,
-  loadKnownIds,
   readEntry,
-  readHead,
-  resizeBlockMap,
-  updateBlockMap,
   writeHead,
   writePit,
 } from "../store/index.js";
-import { Limiter } from "../store/limiter.js";
-import {
-  ChunkWrites,
-  RECENT_CHUNKS,
-  RECENT_CHUNKS_OF_A_RUN,
-  type TrackedDisk,
-  lazily,
-} from "./chunk-writes.js";
+import { ChunkWrites, RECENT_CHUNKS } from "./chunk-writes.js";
+import { commitDisks } from "./commit-disks.js";
+import { type DiskState, type ReplicaDisk, openReplica } from "./open-replica.js";
+import { PatchWrites } from "./patch-writes.js";
+import { RunWrites } from "./run-writes.js";
 
-export interface ReplicaDisk {
-  index: number;
-  sizeBytes: number;
-  /** Device path or image file on the source server. */
-  source: string;
-}
-
-interface DiskState extends TrackedDisk {
-  meta: ReplicaDisk;
-}
-
-/**
- * Single whole chunks written at once (scattered writes, apart from runs):
- * each waits a few milliseconds to share a worker run with others (like
- * patches), so the four run slots would throttle them.
- */
-const SINGLES_IN_FLIGHT = 64;
+export type { ReplicaDisk } from "./open-replica.js";
 
 /**
  * Applies a server's replication stream to its replica in the repository:
@@ -61,17 +33,18 @@ const SINGLES_IN_FLIGHT = 64;
  * they were issued. Nothing is durable, and nothing may be acknowledged to
  * the sender, before the checkpoint that follows it has resolved. Writes
  * to single chunks (versions, contents, patches) are kept by ChunkWrites
- * (chunk-writes.ts).
+ * (chunk-writes.ts). Whole chunks are written by RunWrites (run-writes.ts),
+ * byte ranges and patches by PatchWrites (patch-writes.ts); open-replica.ts
+ * finds the state a replica starts from, and a checkpoint puts the entries
+ * written into the block maps with commitDisks (commit-disks.ts).
  */
 export class ReplicaApplier {
   private chain: Promise<void> = Promise.resolve();
   private checkpointing: Promise<void> = Promise.resolve();
   private failure: Error | undefined;
-  /** Chunk runs and known-chunk writes in flight (`maxInFlight`). */
-  private readonly slots: Limiter;
-  /** Single whole chunks in flight (writeChunks), apart from runs: each waits a little to share a run. */
-  private readonly singles = new Limiter(SINGLES_IN_FLIGHT);
   private readonly writes: ChunkWrites;
+  private readonly runs: RunWrites;
+  private readonly patches: PatchWrites;
   private head: Head;
   private sessionToken: string;
 
@@ -85,14 +58,18 @@ export class ReplicaApplier {
     maxInFlight: number,
     private readonly epoch: number,
     /** Settled chunks kept in each disk's `contents` (RECENT_CHUNKS unless opened with another number). */
-    private readonly recentChunks: number,
+    recentChunks: number,
   ) {
-    this.slots = new Limiter(maxInFlight);
     this.head = head;
     this.sessionToken = head.session;
     this.writes = new ChunkWrites(repo, ingest, recentChunks, (err) => {
       this.failure ??= err instanceof Error ? err : new Error(String(err));
     });
+    const usable = (diskIndex: number) => this.usable(diskIndex);
+    this.runs = new RunWrites(repo, ingest, this.writes, recentChunks, maxInFlight, usable, (step, always) =>
+      this.enqueue(step, always),
+    );
+    this.patches = new PatchWrites(repo, this.writes, usable);
   }
 
   /**
@@ -116,57 +93,18 @@ export class ReplicaApplier {
     disks: ReplicaDisk[],
     opts: { packBytes?: number; maxInFlight?: number; epoch?: number; recentChunks?: number } = {},
   ): Promise<ReplicaApplier> {
-    const lock = await acquireLock(repo, "writer", `replica of ${server}`);
-    lock.keepAlive();
-    let known: KnownIds | undefined;
-    try {
-      const pits = await listPits(repo, { damaged: [] });
-      const head = await readHead(repo, server);
-      const epoch = opts.epoch ?? 0;
-      if ((head?.epoch ?? 0) > epoch) await assertNotFenced(repo, server, epoch);
-      const latest = pits.filter((p) => p.server === server).at(-1);
-      const base: PitDisk[] = head?.disks ?? latest?.disks ?? [];
-      known = await loadKnownIds(repo, [...pits, ...(head ? [head.disks] : [])]);
-      const chunkSize = repo.config.chunkSize;
-      const states = new Map<number, DiskState>();
-      for (const d of disks) {
-        const chunkCount = Math.ceil(d.sizeBytes / chunkSize);
-        const prior = base.find((b) => b.index === d.index && b.chunkSize === chunkSize);
-        const ref = prior
-          ? await resizeBlockMap(repo, prior, chunkCount, known.pages)
-          : await resizeBlockMap(repo, { root: null, depth: 0, chunkCount: 0 }, chunkCount, known.pages);
-        states.set(d.index, {
-          meta: d,
-          ref,
-          pending: new Map(),
-          contents: new Map(),
-        });
-      }
-      const ingest = new ChunkIngest(repo, known, opts.packBytes ? { packBytes: opts.packBytes } : {});
-      const start: Head = head ?? {
-        format: 1,
-        server,
-        disks: [],
-        appliedSeq: 0,
-        timeMs: repo.clock.now(),
-        session: "",
-      };
-      return new ReplicaApplier(
-        repo,
-        server,
-        states,
-        ingest,
-        lock,
-        start,
-        opts.maxInFlight ?? 4,
-        epoch,
-        opts.recentChunks ?? RECENT_CHUNKS,
-      );
-    } catch (err) {
-      known?.close();
-      await lock.release();
-      throw err;
-    }
+    const opened = await openReplica(repo, server, disks, opts);
+    return new ReplicaApplier(
+      repo,
+      server,
+      opened.disks,
+      opened.ingest,
+      opened.lock,
+      opened.head,
+      opts.maxInFlight ?? 4,
+      opened.epoch,
+      opts.recentChunks ?? RECENT_CHUNKS,
+    );
   }
 
   /** The replication stream the durable head belongs to ("" when none yet): its resume token. */
@@ -211,74 +149,13 @@ export class ReplicaApplier {
    * worker decompresses them); the last few, kept for patches that may
    * follow, must be.
    */
-  async writeChunks(
+  writeChunks(
     diskIndex: number,
     offset: number,
     data: Uint8Array,
     opts: { owned?: boolean; frames?: ChunkFrames } = {},
   ): Promise<void> {
-    this.check();
-    const disk = this.disk(diskIndex);
-    const cs = this.repo.config.chunkSize;
-    const end = offset + data.length;
-    if (offset % cs !== 0 || (end % cs !== 0 && end !== disk.meta.sizeBytes) || end > disk.meta.sizeBytes) {
-      throw new LifeboatError(
-        "REPLICA_BAD_WRITE",
-        `a write of ${data.length} bytes at ${offset} is not whole chunks of disk ${diskIndex}`,
-        { hint: "the sender must write whole chunks here; send partial chunks as byte ranges" },
-      );
-    }
-    if (data.length === 0) return;
-    const inflate = opts.frames?.inflate ?? 0;
-    const single = data.length === cs && inflate === 0;
-    const slots = single ? this.singles : this.slots;
-    await slots.acquire();
-    // A copy of the last few chunks for patches that may follow (the buffer below is transferred).
-    const keep = Math.min(this.recentChunks, RECENT_CHUNKS_OF_A_RUN, Math.ceil(data.length / cs)) * cs;
-    if (inflate > Math.ceil(Math.max(0, data.length - keep) / cs)) {
-      throw new Error(`internal: ${inflate} chunks of a run are left to a worker, ${keep / cs} kept`);
-    }
-    const kept = Buffer.from(data.subarray(Math.max(0, data.length - keep)));
-    const keptFrom = data.length - kept.length;
-    const length = data.length; // `data` may be `own`, detached once it moves
-    const first = offset / cs;
-    const count = Math.ceil(length / cs);
-    let entries: Promise<Buffer[]>;
-    if (single) {
-      // A single chunk (a scattered write) joins the run of others that arrive within a few
-      // milliseconds: two worker round trips per chunk cost the main thread more than compressing
-      // it again (its frame, if it came with one, is not used then).
-      entries = this.writes.encodeChunk(keptFrom === 0 ? kept : Buffer.from(data)).then((e) => [e]);
-    } else {
-      let own: Buffer; // moves to a worker
-      if (opts.owned && Buffer.isBuffer(data) && data.byteOffset === 0) own = data;
-      else {
-        own = Buffer.allocUnsafeSlow(data.length);
-        own.set(data);
-      }
-      entries = this.ingest.run(own, opts.frames);
-    }
-    entries.catch(() => undefined); // handled in the chain below
-    const versions: number[] = new Array<number>(count);
-    for (let i = 0; i < count; i++) {
-      const at = i * cs;
-      versions[i] = this.writes.track(
-        disk,
-        first + i,
-        at >= keptFrom
-          ? lazily(() => Promise.resolve(kept.subarray(at - keptFrom, Math.min(at + cs, length) - keptFrom)))
-          : lazily(async () => this.writes.readByEntry(disk, first + i, (await entries)[i]!)),
-      );
-    }
-    this.enqueue(
-      async () => {
-        for (const [i, e] of (await entries).entries()) {
-          if (this.writes.settled(disk, first + i, versions[i]!, i * cs >= keptFrom))
-            disk.pending.set(first + i, e);
-        }
-      },
-      () => slots.release(),
-    );
+    return this.runs.write(diskIndex, offset, data, opts);
   }
 
   /**
@@ -286,30 +163,8 @@ export class ReplicaApplier {
    * chunk it touches is read, patched and stored again, so only the range
    * itself needs to travel. Resolves once the write is issued, like writeChunks.
    */
-  async writeBytes(diskIndex: number, offset: number, data: Uint8Array): Promise<void> {
-    this.check();
-    const disk = this.disk(diskIndex);
-    if (offset < 0 || offset + data.length > disk.meta.sizeBytes) {
-      throw new LifeboatError(
-        "REPLICA_BAD_WRITE",
-        `a write of ${data.length} bytes at ${offset} runs past the end of disk ${diskIndex} (${disk.meta.sizeBytes} bytes)`,
-        { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
-      );
-    }
-    const cs = this.repo.config.chunkSize;
-    for (let pos = offset; pos < offset + data.length;) {
-      const index = Math.floor(pos / cs);
-      const chunkStart = index * cs;
-      const chunkLen = Math.min(cs, disk.meta.sizeBytes - chunkStart);
-      const until = Math.min(chunkStart + chunkLen, offset + data.length);
-      const piece = Buffer.from(data.subarray(pos - offset, until - offset)); // the caller may reuse `data`
-      const at = pos - chunkStart;
-      await this.writes.patchSlot();
-      this.writes.issuePatch(disk, index, (content) => piece.copy(content, at), {
-        whole: at === 0 && piece.length === chunkLen,
-      });
-      pos = until;
-    }
+  writeBytes(diskIndex: number, offset: number, data: Uint8Array): Promise<void> {
+    return this.patches.writeBytes(diskIndex, offset, data);
   }
 
   /**
@@ -321,37 +176,14 @@ export class ReplicaApplier {
    * meanwhile. `onPatched` runs before a checkpoint can cover the patch; if
    * it throws, the applier fails (nothing after is checkpointed).
    */
-  async patchChunk(
+  patchChunk(
     diskIndex: number,
     offset: number,
     patches: { at: number; data: Uint8Array }[],
     sha256: Uint8Array,
     onPatched: (same: boolean) => void,
   ): Promise<void> {
-    this.check();
-    const disk = this.disk(diskIndex);
-    const cs = this.repo.config.chunkSize;
-    const chunkLen = Math.min(cs, disk.meta.sizeBytes - offset);
-    if (
-      offset % cs !== 0 ||
-      chunkLen <= 0 ||
-      patches.some((p) => p.at < 0 || p.at + p.data.length > chunkLen)
-    ) {
-      throw new LifeboatError(
-        "REPLICA_BAD_WRITE",
-        `a patch at ${offset} does not lie inside one chunk of disk ${diskIndex} (${disk.meta.sizeBytes} bytes)`,
-        { hint: "the sender's idea of the disk size is out of date; it must report the new size first" },
-      );
-    }
-    await this.writes.patchSlot();
-    this.writes.issuePatch(
-      disk,
-      offset / cs,
-      (content) => {
-        for (const p of patches) content.set(p.data, p.at);
-      },
-      { check: (id) => onPatched(id.equals(sha256)) },
-    );
+    return this.patches.patchChunk(diskIndex, offset, patches, (id) => onPatched(id.equals(sha256)));
   }
 
   /** Resolves once every write issued so far has taken effect; rejects if one failed. */
@@ -373,39 +205,8 @@ export class ReplicaApplier {
    * Writes the chunk at a chunk-aligned offset as a copy of a chunk the
    * replica already holds (see `holds`): nothing but the id travels.
    */
-  async writeKnownChunk(diskIndex: number, offset: number, id: Uint8Array): Promise<void> {
-    this.check();
-    const disk = this.disk(diskIndex);
-    const cs = this.repo.config.chunkSize;
-    if (offset % cs !== 0 || offset >= disk.meta.sizeBytes) {
-      throw new LifeboatError(
-        "REPLICA_BAD_WRITE",
-        `a chunk reference at ${offset} is not at a chunk of disk ${diskIndex}`,
-        { hint: "the sender must refer to whole chunks" },
-      );
-    }
-    const known = this.ingest.known.chunks.get(id);
-    if (!known) {
-      throw new LifeboatError(
-        "REPLICA_UNKNOWN_CHUNK",
-        `the sender referred to chunk ${Buffer.from(id).toString("hex")}, which this replica does not hold`,
-        { hint: "the sender must send the chunk's bytes; it resends them after reconnecting" },
-      );
-    }
-    await this.slots.acquire();
-    const index = offset / cs;
-    const v = this.writes.track(
-      disk,
-      index,
-      lazily(async () => this.writes.readByEntry(disk, index, Buffer.from(await known))),
-    );
-    this.enqueue(
-      async () => {
-        const entry = Buffer.from(await known);
-        if (this.writes.settled(disk, index, v, false)) disk.pending.set(index, entry);
-      },
-      () => this.slots.release(),
-    );
+  writeKnownChunk(diskIndex: number, offset: number, id: Uint8Array): Promise<void> {
+    return this.runs.writeKnown(diskIndex, offset, id);
   }
 
   /**
@@ -437,34 +238,7 @@ export class ReplicaApplier {
 
   private async checkpointNow(seq: number): Promise<Head> {
     await this.settle();
-    // What is applied now goes into this head; writes that arrive meanwhile wait for the next one.
-    const ordered = [...this.disks.values()].sort((a, b) => a.meta.index - b.meta.index);
-    for (const d of ordered) {
-      d.committing = d.pending;
-      d.pending = new Map();
-    }
-    // The packs the taken entries lie in and the block maps' new pages are stored at once: an
-    // entry names its pack from the start, and nothing names a page before the head below.
-    const refs = await settleAll([
-      this.ingest.finish().then(() => undefined),
-      ...ordered.map((d) =>
-        d.committing && d.committing.size > 0
-          ? updateBlockMap(this.repo, d.ref, d.committing, this.ingest.known.pages)
-          : Promise.resolve(d.ref),
-      ),
-    ]);
-    const disks: PitDisk[] = [];
-    for (const [k, d] of ordered.entries()) {
-      d.ref = refs[k + 1] as BlockMapRef;
-      d.committing = undefined;
-      disks.push({
-        index: d.meta.index,
-        source: d.meta.source,
-        sizeBytes: d.meta.sizeBytes,
-        chunkSize: this.repo.config.chunkSize,
-        ...d.ref,
-      });
-    }
+    const disks = await commitDisks(this.repo, this.ingest, this.disks.values());
     this.head = await writeHead(this.repo, {
       server: this.server,
       disks,
@@ -528,6 +302,12 @@ export class ReplicaApplier {
 
   private check(): void {
     if (this.failure) throw this.failure;
+  }
+
+  /** The disk a write goes to, once the applier is known not to have failed. */
+  private usable(diskIndex: number): DiskState {
+    this.check();
+    return this.disk(diskIndex);
   }
 
   /** Runs `step` after the steps before it (skipped once a write failed); `always` runs either way. */
