@@ -11,6 +11,12 @@ import { InFlight } from "./in-flight.js";
 import { DiskReader } from "../store/disk-reader.js";
 import { type TraceLoss, TraceTracker } from "./trace.js";
 
+/** A pass whose frames are all sent, up to `seq`. */
+export interface SentPass {
+  kind: "initial" | "rescan";
+  seq: number;
+}
+
 export interface DiskRun {
   cfg: AgentDisk;
   reader: DiskReader;
@@ -25,6 +31,8 @@ export interface DiskRun {
   /** Another rescan was asked for while one ran. */
   rescanAgain: boolean;
   pass: { kind: "initial" | "rescan"; done: number; started: number } | undefined;
+  /** The last pass once all of it is sent: its kind and the sequence number of its last frame. */
+  sentPass: SentPass | undefined;
   /** An image file's size and mtime when a scan-mode pass started. */
   imageStamp?: string;
 }
@@ -60,6 +68,7 @@ export async function openDiskRun(cfg: AgentDisk, ctx: OpenDiskContext): Promise
     owed: "rescan",
     rescanAgain: false,
     pass: undefined,
+    sentPass: undefined,
   };
   if (settings.tracker === "scan" || !reader.isBlockDevice) return run;
   try {

@@ -295,7 +295,7 @@ export class Replication {
       oldest = earliest(oldest, x.since);
     }
     const disks = this.disks.map((d) => {
-      const one = diskStatus(d, now);
+      const one = diskStatus(d, now, this.session.lastAcked);
       backlog += one.backlogBytes;
       oldest = earliest(oldest, one.oldest);
       return one.status;

@@ -47,6 +47,8 @@ export async function scanDisk(d: DiskRun, ctx: ScanContext): Promise<void> {
   d.owed = undefined;
   d.rescanAgain = false;
   d.pass = { kind, done: 0, started: ctx.clock.now() };
+  d.sentPass = undefined;
+  let lastSeq = 0;
   if (kind === "rescan") ctx.counters.rescans++;
   const bs = ctx.blockSize;
   const runBytes = bs * RUN_BLOCKS;
@@ -60,7 +62,7 @@ export async function scanDisk(d: DiskRun, ctx: ScanContext): Promise<void> {
   const inflight: Promise<{ messages: BlocksMessage[]; prepared: PreparedBlock[] }>[] = [];
   const flush = async (): Promise<void> => {
     const { messages, prepared } = await inflight.shift()!;
-    for (const m of messages) await ctx.send(m, null);
+    for (const m of messages) lastSeq = await ctx.send(m, null);
     ctx.pool.release(prepared); // the messages are encoded: their blocks are copied
   };
   const runs: ByteRange[] = [];
@@ -93,6 +95,7 @@ export async function scanDisk(d: DiskRun, ctx: ScanContext): Promise<void> {
     throw err;
   }
   d.pass = undefined;
+  if (lastSeq > 0) d.sentPass = { kind, seq: lastSeq };
   if (d.rescanAgain) ctx.owe(d, "rescan");
   ctx.log.info({ disk: d.cfg.path, kind }, `${kind === "initial" ? "initial sync" : "rescan"} done`);
 }

@@ -73,22 +73,28 @@ export interface DiskProgress {
   settled: { dirtyBytes(): number; dirtySince: number | null };
   owed: "initial" | "rescan" | undefined;
   pass: { kind: "initial" | "rescan"; done: number; started: number } | undefined;
+  sentPass?: { kind: "initial" | "rescan"; seq: number } | undefined;
 }
 
 /**
  * One disk's line of the status at `now`, the bytes it still has to ship
  * (dirty, and the rest of a running pass), and when its oldest dirty write
- * happened (null when none).
+ * happened (null when none). A pass that is all sent keeps its state
+ * (INITIAL_SYNC, RESCAN) until the replicator has acknowledged its last
+ * frame (`lastAcked`, the highest sequence number acknowledged; all when not given): until then
+ * the replica may hold none of it.
  */
 export function diskStatus(
   d: DiskProgress,
   now: number,
+  lastAcked = Infinity,
 ): { status: DiskStatus; backlogBytes: number; oldest: number | null } {
   const dirtyBytes = d.fresh.dirtyBytes() + d.settled.dirtyBytes();
   let backlogBytes = dirtyBytes;
   const oldest = earliest(d.fresh.dirtySince, d.settled.dirtySince);
   // A pass that is owed counts as running: the disk is not continuous until it is done.
-  const kind = d.pass?.kind ?? d.owed;
+  const unacked = d.sentPass && d.sentPass.seq > lastAcked ? d.sentPass.kind : undefined;
+  const kind = d.pass?.kind ?? d.owed ?? unacked;
   const status: DiskStatus = {
     index: d.cfg.index,
     path: d.cfg.path,

@@ -48,6 +48,17 @@ void describe("agent status", () => {
     assert.equal(r.backlogBytes, GiB);
   });
 
+  void it("a pass all sent keeps its state until the replicator acknowledges its last frame", () => {
+    const sent = disk({ sentPass: { kind: "initial", seq: 120 } });
+    assert.equal(diskStatus(sent, 1, 0).status.state, "INITIAL_SYNC");
+    assert.equal(diskStatus(sent, 1, 119).status.state, "INITIAL_SYNC");
+    assert.equal(diskStatus(sent, 1, 120).status.state, "CONTINUOUS");
+    const rescan = disk({ sentPass: { kind: "rescan", seq: 7 } });
+    assert.equal(diskStatus(rescan, 1, 3).status.state, "RESCAN");
+    // A pass owed again wins over the one sent before it.
+    assert.equal(diskStatus({ ...sent, owed: "rescan" }, 1, 0).status.state, "RESCAN");
+  });
+
   void it("state: INITIATING until welcomed, a pass first, then STALLED, BACKLOG, CONTINUOUS", () => {
     const line = (state: "INITIAL_SYNC" | "RESCAN" | "CONTINUOUS") =>
       diskStatus(disk(state === "CONTINUOUS" ? {} : { owed: state === "RESCAN" ? "rescan" : "initial" }), 0)
