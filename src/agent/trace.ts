@@ -34,7 +34,7 @@ import path from "node:path";
 import { LifeboatError, silentLogger, systemClock, type Clock, type Logger } from "../base/index.js";
 import { deviceNumbers, kernelDev, partitionNumbers } from "../store/block-device.js";
 import { decodePage, parseBioQueueFormat, type BioQueueLayout } from "./trace-page.js";
-import { parseCpuStats, removeInstance, tracingRoot, writeControl, type CpuLossCounters } from "./tracefs.js";
+import { readCpuStats, removeInstance, tracingRoot, writeControl, type CpuLossCounters } from "./tracefs.js";
 
 export type TracedOp = "write" | "discard" | "write-zeroes";
 
@@ -87,12 +87,16 @@ interface CpuReader {
 /** Pages read from one CPU in one pass of the loop before it looks at the others again. */
 const PAGES_PER_PASS = 64;
 
+/** Room for a CPU's `stats` file (about 250 bytes). */
+const STATS_BYTES = 4096;
+
 export class TraceTracker {
   private stopping = false;
   private loopDone: Promise<void> = Promise.resolve();
   private chain: Promise<unknown> = Promise.resolve();
   private wake: (() => void) | null = null;
   private readonly page: Buffer;
+  private readonly statsScratch = Buffer.alloc(STATS_BYTES);
   private counts = { events: 0, pages: 0, losses: 0 };
 
   private constructor(
@@ -171,7 +175,7 @@ export class TraceTracker {
         );
         cpus.push({ cpu: Number(m[1]), handle, statsPath, counters: { overrun: 0, dropped: 0 } });
       }
-      for (const c of cpus) c.counters = parseCpuStats(await fs.readFile(c.statsPath, "utf8"));
+      for (const c of cpus) c.counters = await readCpuStats(c.statsPath, Buffer.alloc(STATS_BYTES));
       await writeControl(root, dir, `${ev}/enable`, "1");
       if (opts.onCompleted) await writeControl(root, dir, `${done}/enable`, "1");
       await writeControl(root, dir, "tracing_on", "1");
@@ -293,7 +297,7 @@ export class TraceTracker {
 
   private async checkCounters(): Promise<void> {
     for (const c of this.cpus) {
-      const now = parseCpuStats(await fs.readFile(c.statsPath, "utf8"));
+      const now = await readCpuStats(c.statsPath, this.statsScratch);
       if (now.overrun > c.counters.overrun)
         this.lost({ reason: "overrun", cpu: c.cpu, count: now.overrun - c.counters.overrun });
       if (now.dropped > c.counters.dropped)
