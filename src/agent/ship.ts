@@ -11,6 +11,7 @@
  * again since the read, or a write to it is in flight) goes whole.
  */
 import { createHash } from "node:crypto";
+import { roundUp } from "../base/aligned.js";
 import type { Clock } from "../base/index.js";
 import type { SpareBuffers } from "../base/spare.js";
 import type { Patch, SequencedMessage } from "../wire/index.js";
@@ -123,14 +124,13 @@ async function shipSet(
   // In batches, each read while the one before is shipped: the device and the link work at
   // once, and memory holds two batches, however large the set.
   const cap = ctx.bytesPerSecond();
-  const batches = batchRuns(
-    planDirty(d, set, ctx, deferred),
-    cap > 0 ? Math.min(SHIP_BATCH_BYTES, Math.max(ctx.blockSize, cap)) : SHIP_BATCH_BYTES,
-  );
+  const batchBytes = cap > 0 ? Math.min(SHIP_BATCH_BYTES, Math.max(ctx.blockSize, cap)) : SHIP_BATCH_BYTES;
+  const batches = batchRuns(planDirty(d, set, ctx, deferred), batchBytes);
   const memory = batches.map(() => undefined as ArrayBuffer | undefined);
   const read = (k: number): Promise<ReadRun[]> => {
     const bytes = batches[k]!.reduce((n, r) => n + r.length, 0);
-    memory[k] = ctx.batchBuffers.take(bytes, Math.ceil(bytes / BATCH_BUFFER_STEP) * BATCH_BUFFER_STEP);
+    // A new buffer holds a whole batch, however full this one is, so that it serves every later one.
+    memory[k] = ctx.batchBuffers.take(bytes, roundUp(Math.max(bytes, batchBytes), BATCH_BUFFER_STEP));
     return readRuns(d, batches[k]!, ctx, memory[k]);
   };
   let reading = batches.length ? read(0) : undefined;
@@ -337,8 +337,9 @@ export async function shipRuns(
       if (wholeStart >= 0) addWhole(run, wholeStart, i);
       wholeStart = -1;
       const patches: Patch[] = [];
+      // Views of the run, not copies: sending encodes the message, and the run outlives the sends.
       for (let k = 0; k < pairs.length; k += 2)
-        patches.push({ at: pairs[k]!, data: Buffer.from(block.subarray(pairs[k], pairs[k + 1])) });
+        patches.push({ at: pairs[k]!, data: block.subarray(pairs[k], pairs[k + 1]) });
       const sha256 = createHash("sha256").update(block).digest();
       items.push({
         patch: {

@@ -8,7 +8,7 @@
  * by its number.
  */
 import type { Worker } from "node:worker_threads";
-import { takeSpare } from "./spare.js";
+import { keepSpare, takeSpare } from "./spare.js";
 
 export interface Slab {
   readonly id: number;
@@ -51,11 +51,9 @@ export class Slabs {
 
   /** A slab the caller is done with: it serves a later run, or is forgotten when too many wait. */
   giveBack(slab: Slab): void {
-    this.spare.push(slab);
-    if (this.spare.length <= this.maxSpare) return;
     // Too many: the smallest goes (a large one serves any run), and the workers forget it.
-    this.spare.sort((a, b) => b.byteLength - a.byteLength);
-    const dropped = this.spare.pop()!;
+    const dropped = keepSpare(this.spare, slab, this.maxSpare);
+    if (!dropped) return;
     for (const w of dropped.known) {
       const list = this.forgotten.get(w) ?? [];
       list.push(dropped.id);

@@ -164,7 +164,7 @@ export class ChunkIngest {
    */
   takeBuffer(length: number): Buffer {
     const room = length + Math.ceil(length / this.repo.config.chunkSize) * OBJECT_OVERHEAD;
-    return Buffer.from(this.runBuffers.take(room), 0, length);
+    return Buffer.from(this.runBuffers.take(room, roundUp(room, 1 << 20)), 0, length);
   }
 
   /**

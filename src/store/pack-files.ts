@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { alignedBuffer } from "../base/aligned.js";
+import { keepSpare, takeSpare } from "../base/spare.js";
 import { LifeboatError } from "../base/index.js";
 
 const openFile = promisify(fs.open);
@@ -28,25 +29,15 @@ export class BufferPool {
 
   /** A buffer of at least `size` bytes; a new one has at least `typical`, so that it serves the sizes that follow. */
   take(size: number, typical = 0): Buffer {
-    let best = -1;
-    for (let i = 0; i < this.spare.length; i++) {
-      const n = this.spare[i]!.length;
-      if (n >= size && (best < 0 || n < this.spare[best]!.length)) best = i;
-    }
-    if (best >= 0) return this.spare.splice(best, 1)[0]!;
-    return alignedBuffer(Math.max(1, Math.ceil(Math.max(size, typical) / this.step)) * this.step);
+    return (
+      takeSpare(this.spare, size) ??
+      alignedBuffer(Math.max(1, Math.ceil(Math.max(size, typical) / this.step)) * this.step)
+    );
   }
 
+  /** Keeps `b` for a later take (the larger ones, when too many wait). */
   give(b: Buffer): void {
-    if (this.spare.length < this.keep) {
-      this.spare.push(b);
-      return;
-    }
-    // Keep the larger ones.
-    let smallest = 0;
-    for (let i = 1; i < this.spare.length; i++)
-      if (this.spare[i]!.length < this.spare[smallest]!.length) smallest = i;
-    if (this.spare[smallest]!.length < b.length) this.spare[smallest] = b;
+    keepSpare(this.spare, b, this.keep);
   }
 }
 
@@ -159,11 +150,18 @@ async function withPack<T>(
   }
 }
 
-/** `length` bytes of a file at `offset` (a chunk object in a pack); a short read is damage, reported as such by the decode. */
-export function readRange(file: { path: string; offset: number; length: number }): Promise<Buffer> {
+/**
+ * `length` bytes of a file at `offset` (a chunk object in a pack), into
+ * `into` (at least that long) when given; a short read is damage, reported
+ * as such by the decode.
+ */
+export function readRange(
+  file: { path: string; offset: number; length: number },
+  into?: Buffer,
+): Promise<Buffer> {
   return withPack(
     file.path,
     () => openFile(file.path, "r"),
-    (fd) => readAt(fd, Buffer.allocUnsafeSlow(file.length), file.offset),
+    (fd) => readAt(fd, into?.subarray(0, file.length) ?? Buffer.allocUnsafeSlow(file.length), file.offset),
   );
 }

@@ -25,6 +25,7 @@ export {
   encodeFrame,
 } from "./frame.js";
 export { FrameDecoder } from "./frame-decoder.js";
+export { PayloadArena } from "./payload-arena.js";
 export { PayloadPool } from "./payload-pool.js";
 export { decodeMessage, encodeMessage, type EncodedMessage } from "./codec.js";
 export { checkBlocks } from "./check-blocks.js";

@@ -1,5 +1,5 @@
 import { roundUp } from "../base/aligned.js";
-import { takeSpare } from "../base/spare.js";
+import { keepSpare, takeSpare } from "../base/spare.js";
 import type { SequencedMessage } from "./messages.js";
 
 /** Payloads smaller than this are allocated as before: the pool is for the large BLOCKS frames. */
@@ -24,7 +24,7 @@ export class PayloadPool {
   private readonly spare: ArrayBuffer[] = [];
   private readonly lent = new WeakSet<ArrayBufferLike>();
 
-  /** `keep`: spare buffers held at most (each up to a BLOCKS frame's limit, rounded up to a MiB). */
+  /** `keep`: spare buffers held at most, the largest (each up to a BLOCKS frame's limit, rounded up to a MiB). */
   constructor(private readonly keep = 16) {}
 
   /**
@@ -58,6 +58,6 @@ export class PayloadPool {
     const ab = bytes.buffer;
     if (!this.lent.has(ab)) return;
     this.lent.delete(ab);
-    if (this.spare.length < this.keep) this.spare.push(ab as ArrayBuffer);
+    keepSpare(this.spare, ab as ArrayBuffer, this.keep);
   }
 }

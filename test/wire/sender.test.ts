@@ -24,6 +24,33 @@ function point(n: number, pad = 0): SequencedMessage {
   };
 }
 
+/** A channel over a socket that keeps a copy of every write as it was at write time, one entry per write. */
+function recordingChannel(): { writes: Buffer[]; channel: FrameChannel } {
+  const writes: Buffer[] = [];
+  const socket = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      writes.push(Buffer.from(chunk));
+      done();
+    },
+  });
+  const channel = new FrameChannel(socket as never, "agent", { onMessage() {}, onClose() {} }, systemClock, {
+    intervalMs: 60_000,
+    misses: 3,
+  });
+  return { writes, channel };
+}
+
+/** A sender of up to `frames` frames (64 MiB) in flight, writing to `channel`, and the frames it wrote. */
+function attachedSender(channel: FrameChannel, frames: number): { s: ReliableSender; kept: OutgoingFrame[] } {
+  const s = new ReliableSender({ frames, bytes: 64 << 20 });
+  const kept: OutgoingFrame[] = [];
+  s.attach((f, resent) => {
+    kept.push(f);
+    channel.sendSequenced(f, resent);
+  }, 0);
+  return { s, kept };
+}
+
 /** Lets queued continuations run. */
 const settle = () => new Promise((r) => setImmediate(r));
 
@@ -129,21 +156,7 @@ void describe("reliable sender", () => {
   });
 
   void it("sends large frames from payloads it takes back once acknowledged, header and payload in one write", async () => {
-    // A socket that keeps a copy of every write as it was at write time, one entry per write.
-    const writes: Buffer[] = [];
-    const socket = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        writes.push(Buffer.from(chunk));
-        done();
-      },
-    });
-    const channel = new FrameChannel(
-      socket as never,
-      "agent",
-      { onMessage() {}, onClose() {} },
-      systemClock,
-      { intervalMs: 60_000, misses: 3 },
-    );
+    const { writes, channel } = recordingChannel();
     const blocks = (first: number) => randomBlocks(first, 8);
     /** Decodes one socket write: exactly one frame, whose message must equal `msg`. */
     const check = (write: Buffer, msg: SequencedMessage, seq: number, flags = 0) => {
@@ -153,12 +166,7 @@ void describe("reliable sender", () => {
       assert.equal(frames[0]!.flags, flags);
       assert.deepEqual(decodeMessage(frames[0]!.type, frames[0]!.payload), msg);
     };
-    const s = new ReliableSender({ frames: 10, bytes: 64 << 20 });
-    const kept: OutgoingFrame[] = [];
-    s.attach((f, resent) => {
-      kept.push(f);
-      channel.sendSequenced(f, resent);
-    }, 0);
+    const { s, kept } = attachedSender(channel, 10);
     const sent = [blocks(0), blocks(8), blocks(16)];
     for (const m of sent) await s.send(m);
     await new Promise((r) => setImmediate(r));
@@ -186,6 +194,40 @@ void describe("reliable sender", () => {
     await new Promise((r) => setImmediate(r));
     assert.equal(writes.length, 3);
     [sent[1]!, sent[2]!, fourth].forEach((m, i) => check(writes[i]!, m, i + 2, FLAG_RESENT));
+    channel.close(new LifeboatError("WIRE_SESSION_CLOSED", "done"));
+  });
+
+  void it("sends small frames from shared blocks, each keeping its bytes until acknowledged", async () => {
+    const { writes, channel } = recordingChannel();
+    const { s, kept } = attachedSender(channel, 1000);
+    // One block of 64 KiB a frame: well under the pool's size, so from the arena's blocks of a MiB.
+    const sent = Array.from({ length: 40 }, (_, i) => randomBlocks(i, 1));
+    for (const m of sent.slice(0, 20)) await s.send(m);
+    await settle();
+    assert.ok(
+      kept.every((f) => f.headroom),
+      "the header goes in front of each payload",
+    );
+    assert.ok(new Set(kept.map((f) => f.payload.buffer)).size < 5, "twenty frames in a few blocks");
+    // The first 15 come back; the next 20 are carved while frames 16-20 are still out.
+    s.ack(15);
+    for (const m of sent.slice(20)) await s.send(m);
+    await settle();
+    kept.forEach((f, i) => {
+      if (i < 15) return;
+      const frames = new FrameDecoder().push(writes[i]!);
+      assert.equal(frames.length, 1, "one frame per write");
+      assert.deepEqual(
+        decodeMessage(frames[0]!.type, frames[0]!.payload),
+        sent[i],
+        `frame ${i + 1} as written`,
+      );
+      assert.deepEqual(
+        decodeMessage(f.type, f.payload),
+        sent[i],
+        `frame ${i + 1}, kept, still holds its bytes`,
+      );
+    });
     channel.close(new LifeboatError("WIRE_SESSION_CLOSED", "done"));
   });
 });
