@@ -32,6 +32,21 @@ export function keepSpare<T extends { byteLength: number }>(spare: T[], item: T,
   return dropped;
 }
 
+/** Puts `item` among the spares, then leaves out the smallest until they hold at most `maxBytes`. */
+export function keepSpareBytes<T extends { byteLength: number }>(
+  spare: T[],
+  item: T,
+  maxBytes: number,
+): void {
+  spare.push(item);
+  let bytes = spare.reduce((n, b) => n + b.byteLength, 0);
+  while (bytes > maxBytes) {
+    let smallest = 0;
+    for (const [i, b] of spare.entries()) if (b.byteLength < spare[smallest]!.byteLength) smallest = i;
+    bytes -= spare.splice(smallest, 1)[0]!.byteLength;
+  }
+}
+
 /**
  * Buffers lent out to be handed back later (from a worker thread, say),
  * kept for reuse: at most `max` spare (the largest), and never more given

@@ -1,5 +1,5 @@
 import { roundUp } from "../base/aligned.js";
-import { keepSpare, takeSpare } from "../base/spare.js";
+import { keepSpareBytes, takeSpare } from "../base/spare.js";
 import type { SequencedMessage } from "./messages.js";
 
 /** Payloads smaller than this are allocated as before: the pool is for the large BLOCKS frames. */
@@ -24,8 +24,11 @@ export class PayloadPool {
   private readonly spare: ArrayBuffer[] = [];
   private readonly lent = new WeakSet<ArrayBufferLike>();
 
-  /** `keep`: spare buffers held at most, the largest (each up to a BLOCKS frame's limit, rounded up to a MiB). */
-  constructor(private readonly keep = 16) {}
+  /**
+   * `keepBytes`: spare buffers held at most, in bytes, the largest kept (each
+   * up to a BLOCKS frame's limit, rounded up to a MiB).
+   */
+  constructor(private readonly keepBytes = 80 << 20) {}
 
   /**
    * A buffer of exactly `length` bytes, or undefined when the payload is too
@@ -58,6 +61,6 @@ export class PayloadPool {
     const ab = bytes.buffer;
     if (!this.lent.has(ab)) return;
     this.lent.delete(ab);
-    keepSpare(this.spare, ab as ArrayBuffer, this.keep);
+    keepSpareBytes(this.spare, ab as ArrayBuffer, this.keepBytes);
   }
 }

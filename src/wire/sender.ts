@@ -28,15 +28,14 @@ export interface OutgoingFrame {
 }
 
 /**
- * Spare payload buffers are kept up to about a window's bytes of each kind
- * (of large frames, counted at this size; of small ones, arena blocks of a
- * MiB): acknowledgements free a checkpoint's worth of frames at once, and a
- * pool that kept fewer made new buffers again for the next frames (the
- * arena, keeping 4 blocks, made 307 of them in one replication benchmark
- * run), while one that kept a fixed 16 large buffers held 80 MiB through
- * workloads of small frames.
+ * Spare payload buffers are kept up to about a window's bytes (and half as
+ * much again for the large frames' buffers, rounded up to a MiB each; small
+ * frames are carved from arena blocks of a MiB): an acknowledgement frees a
+ * checkpoint's worth of frames at once, and the next frames need as many
+ * again. Keeping 4 arena blocks made 307 new ones in one replication
+ * benchmark run, and 4 or 8 large buffers made 310 to 423; a fixed 16 large
+ * ones held 80 MiB through workloads of small frames.
  */
-const LARGE_PAYLOAD_BYTES = 4 << 20;
 const ARENA_BLOCK_BYTES = 1 << 20;
 
 /** Writes one frame to the current connection; `resent` is set on frames sent again after a reconnect. */
@@ -78,7 +77,7 @@ export class ReliableSender {
     this.payloads.take(size, HEADER_BYTES) ?? this.arena.take(size, HEADER_BYTES) ?? Buffer.allocUnsafe(size);
 
   constructor(private limits: WindowLimits) {
-    this.payloads = new PayloadPool(Math.ceil(limits.bytes / LARGE_PAYLOAD_BYTES));
+    this.payloads = new PayloadPool(limits.bytes * 1.5);
     this.arena = new PayloadArena(Math.ceil(limits.bytes / ARENA_BLOCK_BYTES), ARENA_BLOCK_BYTES);
   }
 
