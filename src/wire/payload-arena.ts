@@ -67,7 +67,13 @@ export class PayloadArena {
     return this.blocks.get(bytes.buffer)?.live.has(bytes.byteOffset) ?? false;
   }
 
-  /** Takes back a payload `take` returned (the same view); anything else, or a payload given back already, is ignored. */
+  /**
+   * Takes back a payload `take` returned (the same view), once; anything the
+   * arena did not lend is ignored. A second release of one payload is
+   * ignored only while its block is not reused: after that it would free
+   * the place of another payload, so a caller gives each back exactly once
+   * (the sender does, when an acknowledgement first covers its frame).
+   */
   release(bytes: Uint8Array): void {
     const b = this.blocks.get(bytes.buffer);
     if (!b?.live.delete(bytes.byteOffset)) return;
