@@ -26,7 +26,7 @@
  * reads dirty blocks and sends them (continuous shipping, and the reads and
  * sends of a consistency point), blocks-messages.ts puts whole blocks into
  * BLOCKS frames for both, and point.ts makes consistency points. This file
- * keeps the loop, the disks, the session, sending and its bandwidth cap, and
+ * keeps the loop, the disks, the session, sending (under bandwidth-cap.ts), and
  * the queue of consistency points.
  */
 import type { Duplex } from "node:stream";
@@ -40,6 +40,7 @@ import {
 } from "../wire/index.js";
 import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "../store/block-device.js";
 import { SpareBuffers } from "../base/spare.js";
+import { BandwidthCap } from "./bandwidth-cap.js";
 import { BlockPool } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { type DiskChange, applyDiskChange } from "./disk-changes.js";
@@ -127,7 +128,7 @@ export class Replication {
   private lastProgress = 0;
   private lastPit: AgentStatus["lastPit"];
   private lastError: AgentStatus["lastError"];
-  private bandwidth: { bytesPerSecond: number; available: number; at: number };
+  private readonly bandwidth: BandwidthCap;
   private pointSeq = 0;
   /** Changes of the disk set waiting for the loop (changeDisks). */
   private readonly diskChanges: DiskChange[] = [];
@@ -141,8 +142,7 @@ export class Replication {
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? silentLogger;
     this.pool = new BlockPool(opts.compressionLevel ?? 1);
-    this.bandwidth = { bytesPerSecond: 0, available: 0, at: 0 };
-    this.setBandwidth(opts.settings.bandwidthMbps);
+    this.bandwidth = new BandwidthCap(this.clock, opts.settings.bandwidthMbps);
     this.passes = {
       blockSize: opts.blockSize,
       pool: this.pool,
@@ -276,11 +276,7 @@ export class Replication {
 
   /** Caps what the agent sends, in Mbit/s (0: no cap); takes effect at once. */
   setBandwidth(mbps: number): void {
-    this.bandwidth = {
-      bytesPerSecond: mbps > 0 ? (mbps * 1_000_000) / 8 : 0,
-      available: 0,
-      at: this.clock.now(),
-    };
+    this.bandwidth.set(mbps);
   }
 
   /** What `agent status` shows, or null while filesystems are frozen (nothing may be written then). */
@@ -517,29 +513,12 @@ export class Replication {
         : msg.kind === "patch"
           ? msg.patches.reduce((n, p) => n + p.data.length + 8, 40)
           : msg.blocks.reduce((n, b) => n + b.data.length + 34, 16);
-    await this.throttle(bytes);
+    await this.bandwidth.take(bytes);
     const seq = await this.session.send(msg);
     this.counters.bytesSent += bytes;
     if (msg.type === "BLOCKS" && msg.kind === "blocks") this.counters.blocksSent += msg.blocks.length;
     this.outstanding.push({ seq, since: since ?? this.clock.now() });
     return seq;
-  }
-
-  private async throttle(bytes: number): Promise<void> {
-    for (;;) {
-      const b = this.bandwidth;
-      if (b.bytesPerSecond === 0) return;
-      const now = this.clock.now();
-      // At most one second's worth of credit accumulates.
-      b.available = Math.min(b.bytesPerSecond, b.available + ((now - b.at) / 1000) * b.bytesPerSecond);
-      b.at = now;
-      if (b.available >= bytes || b.available >= b.bytesPerSecond) {
-        b.available -= bytes;
-        return;
-      }
-      // In short steps: a cap raised or removed meanwhile (setBandwidth) applies at once.
-      await this.clock.sleep(Math.min(250, Math.ceil(((bytes - b.available) / b.bytesPerSecond) * 1000)));
-    }
   }
 
   // ---- consistency points ----------------------------------------------------
