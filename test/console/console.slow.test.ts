@@ -159,6 +159,9 @@ void describe("web console in Chromium", missing ? { skip: missing } : {}, () =>
     // Locators, not waitForFunction: the page's CSP forbids evaluating strings, as it should.
     await row.locator('td.lag:not([data-lag=""])').waitFor({ timeout: 20_000 });
     assert.match((await row.locator("td.lag").textContent()) ?? "", /^\d+(\.\d)? (ms|s)$/);
+    // The disk turns Continuous once the replicator has acknowledged the end of the initial sync,
+    // which a heartbeat reports a moment later: the row changes live.
+    await row.getByText("Continuous").waitFor({ timeout: 20_000 });
     assert.match((await row.textContent()) ?? "", /Continuous/);
     await shot(page, "02-servers");
 
