@@ -36,8 +36,13 @@ export interface PreparedBlock {
   plain: Buffer;
 }
 
-/** Slabs kept once released: as many as runs are prepared ahead and sent (two or three), and a few more. */
-const SPARE_SLABS = 6;
+/**
+ * Released slabs kept, in bytes: what a scan holds beyond the run in hand
+ * (it prepares three ahead; a reader's 8 MiB piece and its frames take 17
+ * MiB), and more than the jobs a ship prepares ahead (ship.ts: nine of 3
+ * MiB at most).
+ */
+const SPARE_SLAB_BYTES = 40 << 20;
 
 /** Room for a run of `length` bytes and, after it, the frames of its blocks (each at most compressBound). */
 function slabLayout(length: number, blockSize: number): { framesAt: number; size: number } {
@@ -50,7 +55,7 @@ export class BlockPool {
   private readonly workers: Worker[] = [];
   /** The slab each prepared run's blocks are views of, until released. */
   private readonly runSlabs = new WeakMap<PreparedBlock[], Slab>();
-  private readonly slabs = new Slabs(SPARE_SLABS);
+  private readonly slabs = new Slabs(SPARE_SLAB_BYTES);
   /** A run never released (a failed send left it) gives its slab back once it is garbage. */
   private readonly unreleased = new FinalizationRegistry<Slab>((slab) => this.slabs.giveBack(slab));
   private readonly pending = new Map<number, { resolve(r: BlockJobResult): void; reject(e: Error): void }>();

@@ -296,7 +296,12 @@ export async function shipRuns(
   const jobs: Buffer[][] = [];
   let jobBytes = 0;
   let jobBlocks = 0;
-  const addWhole = (run: ReadRun, start: number, end: number): void => {
+  const addWhole = (run: ReadRun, from: number, to: number): void => {
+    // A long stretch goes in pieces of at most a job: the slabs jobs take stay small and alike.
+    const most = Math.max(1, Math.floor(PREPARE_JOB_BYTES / bs));
+    for (let start = from; start < to; start += most) addPiece(run, start, Math.min(to, start + most));
+  };
+  const addPiece = (run: ReadRun, start: number, end: number): void => {
     const slice = run.data.subarray(start * bs, Math.min(end * bs, run.data.length));
     if (!jobs.length || (jobBytes > 0 && jobBytes + slice.length > PREPARE_JOB_BYTES)) {
       jobs.push([]);

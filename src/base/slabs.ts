@@ -8,7 +8,8 @@
  * by its number.
  */
 import type { Worker } from "node:worker_threads";
-import { keepSpare, takeSpare } from "./spare.js";
+import { roundUp } from "./aligned.js";
+import { takeSpare } from "./spare.js";
 
 export interface Slab {
   readonly id: number;
@@ -27,37 +28,61 @@ export interface SlabRef {
   forget?: number[];
 }
 
+/**
+ * New slabs are whole multiples of this: runs of varying length then fit
+ * the slabs that earlier runs left, instead of each wanting a new one.
+ */
+export const SLAB_STEP = 1 << 20;
+
 /** The main thread's side: slabs in use are the caller's; released ones wait here for the next run. */
 export class Slabs {
   private readonly spare: Slab[] = [];
+  private spareBytes = 0;
   /** Slabs let go, per worker that still has them. */
   private readonly forgotten = new Map<Worker, number[]>();
   private next = 0;
 
-  /** `maxSpare`: slabs kept once released (as many as runs in flight, and a few more). */
-  constructor(private readonly maxSpare: number) {}
+  /**
+   * `maxSpareBytes`: released slabs kept, in bytes. At least what the
+   * callers hold at once, or every round of runs makes new slabs: a new
+   * slab is freed only once every thread that saw it has collected its
+   * garbage, and a worker that allocates little collects rarely (an agent
+   * that kept 6 slabs for 9 held at once made 1,065 new ones, 1.7 GB, in
+   * one replication benchmark run, and its resident memory grew to 800 MiB).
+   */
+  constructor(private readonly maxSpareBytes: number) {}
 
   /** The smallest spare slab of at least `size` bytes, else a new one. */
   take(size: number): Slab {
-    return (
-      takeSpare(this.spare, size) ?? {
-        id: this.next++,
-        memory: new SharedArrayBuffer(size),
-        byteLength: size,
-        known: new Set(),
-      }
-    );
+    const spare = takeSpare(this.spare, size);
+    if (spare) {
+      this.spareBytes -= spare.byteLength;
+      return spare;
+    }
+    const bytes = roundUp(size, SLAB_STEP);
+    return { id: this.next++, memory: new SharedArrayBuffer(bytes), byteLength: bytes, known: new Set() };
   }
 
-  /** A slab the caller is done with: it serves a later run, or is forgotten when too many wait. */
+  /**
+   * A slab the caller is done with: it serves a later run. Past the budget,
+   * the largest spares go (and the workers forget them): they are the ones
+   * a burst of large runs left (an initial sync's), which later runs need
+   * least.
+   */
   giveBack(slab: Slab): void {
-    // Too many: the smallest goes (a large one serves any run), and the workers forget it.
-    const dropped = keepSpare(this.spare, slab, this.maxSpare);
-    if (!dropped) return;
-    for (const w of dropped.known) {
-      const list = this.forgotten.get(w) ?? [];
-      list.push(dropped.id);
-      this.forgotten.set(w, list);
+    this.spare.push(slab);
+    this.spareBytes += slab.byteLength;
+    while (this.spareBytes > this.maxSpareBytes) {
+      let largest = 0;
+      for (const [i, b] of this.spare.entries())
+        if (b.byteLength > this.spare[largest]!.byteLength) largest = i;
+      const [dropped] = this.spare.splice(largest, 1);
+      this.spareBytes -= dropped!.byteLength;
+      for (const w of dropped!.known) {
+        const list = this.forgotten.get(w) ?? [];
+        list.push(dropped!.id);
+        this.forgotten.set(w, list);
+      }
     }
   }
 
