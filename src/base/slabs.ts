@@ -47,8 +47,8 @@ export class Slabs {
    * callers hold at once, or every round of runs makes new slabs: a new
    * slab is freed only once every thread that saw it has collected its
    * garbage, and a worker that allocates little collects rarely (an agent
-   * that kept 6 slabs for 9 held at once made 1,065 new ones, 1.7 GB, in
-   * one replication benchmark run, and its resident memory grew to 800 MiB).
+   * that kept 6 slabs for 9 held at once made 548 new ones, 1 GB, in one
+   * replication benchmark run, and its resident memory grew to 788 MiB).
    */
   constructor(private readonly maxSpareBytes: number) {}
 
