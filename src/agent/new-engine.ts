@@ -6,7 +6,7 @@
  * wire session of the last run to resume. AGENT_VERSION is the version each
  * HELLO names.
  */
-import type { Clock, Logger } from "../base/index.js";
+import { type Clock, LIFEBOAT_VERSION, type Logger } from "../base/index.js";
 import { proxyFromEnvironment } from "../net/index.js";
 import { connectWire } from "../wire/index.js";
 import type { AgentConfig } from "./config.js";
@@ -15,7 +15,7 @@ import type { DiskMonitor } from "./disk-changes.js";
 import { Replication, type ReplicationOptions } from "./replication.js";
 import { type DiskGeneration, readSessionToken } from "./state-files.js";
 
-export const AGENT_VERSION = "0.1.0";
+export const AGENT_VERSION = LIFEBOAT_VERSION;
 
 export interface NewEngineOptions {
   config: AgentConfig;

@@ -7,3 +7,4 @@ export { type Clock, systemClock, ManualClock } from "./clock.js";
 export { createLogger, silentLogger, type Logger } from "./log.js";
 export { writeFileAtomic, type WriteAtomicOptions } from "./files.js";
 export { settleAll } from "./settle.js";
+export { LIFEBOAT_VERSION } from "./version.js";

@@ -16,7 +16,7 @@ export async function agentMain(argv: string[]): Promise<number> {
   process.env.UV_THREADPOOL_SIZE ??= "16";
   const program = new Command("lifeboat-agent")
     .description("Lifeboat agent: replicates this server's disks to the recovery site")
-    .version(AGENT_VERSION)
+    .version(AGENT_VERSION, "-V, --version", "print the agent's version")
     .option("--json", "print one JSON document on stdout")
     .option("--debug", "show stack traces and debug logs")
     .showHelpAfterError();

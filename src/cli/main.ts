@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { LIFEBOAT_VERSION } from "../base/version.js";
 import { allCommands, runProgram } from "./run-program.js";
 
 /**
@@ -54,6 +55,7 @@ export function commandIn(argv: string[]): string | undefined {
 export async function lifeboatProgram(only?: string): Promise<Command> {
   const program = new Command("lifeboat")
     .description("Lifeboat: disaster recovery for servers you cannot afford to lose")
+    .version(LIFEBOAT_VERSION, "-V, --version", "print Lifeboat's version")
     .option("--json", "print one JSON document on stdout")
     .option("--debug", "show stack traces and debug logs")
     .showHelpAfterError();

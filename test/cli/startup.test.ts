@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
+import { LIFEBOAT_VERSION } from "../../src/base/version.js";
 
 /**
  * Packages that take a command hundreds of milliseconds to load (the HTTP
@@ -33,5 +35,17 @@ void describe("CLI start-up", () => {
   void it("the check sees a heavy package when a command does load one", () => {
     // server start needs them all: the check would catch a regression in the commands above.
     assert.ok(heavyLoadedBy("server").includes("fastify"));
+  });
+});
+
+void describe("lifeboat --version", () => {
+  void it("prints the package's version and exits 0", () => {
+    const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as {
+      version: string;
+    };
+    assert.equal(LIFEBOAT_VERSION, pkg.version, "src/base/version.ts must follow package.json");
+    const bin = new URL("../../../bin/lifeboat.js", import.meta.url).pathname;
+    for (const flag of ["--version", "-V"])
+      assert.equal(execFileSync(process.execPath, [bin, flag], { encoding: "utf8" }).trim(), pkg.version);
   });
 });
