@@ -3,8 +3,7 @@
  * configured disks that are present, the wire to the replicator at the
  * current data address (through the environment's HTTPS proxy when one
  * applies), the client certificate as it is at each connection, and the
- * wire session of the last run to resume. AGENT_VERSION is the version each
- * HELLO names.
+ * wire session of the last run to resume. Each HELLO names LIFEBOAT_VERSION.
  */
 import { type Clock, LIFEBOAT_VERSION, type Logger } from "../base/index.js";
 import { proxyFromEnvironment } from "../net/index.js";
@@ -14,8 +13,6 @@ import type { AgentCredentials } from "./credentials.js";
 import type { DiskMonitor } from "./disk-changes.js";
 import { Replication, type ReplicationOptions } from "./replication.js";
 import { type DiskGeneration, readSessionToken } from "./state-files.js";
-
-export const AGENT_VERSION = LIFEBOAT_VERSION;
 
 export interface NewEngineOptions {
   config: AgentConfig;
@@ -49,7 +46,7 @@ export async function newEngine(o: NewEngineOptions): Promise<Replication> {
     onDisconnect: o.onDisconnect,
     serverId: config.serverId,
     hostname: config.hostname,
-    version: AGENT_VERSION,
+    version: LIFEBOAT_VERSION,
     disks: disks.wanted(),
     blockSize: config.blockSize,
     settings: config.settings,

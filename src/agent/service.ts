@@ -37,8 +37,6 @@ import type { DiskGeneration } from "./state-files.js";
 import { type AgentStatus, startingStatus, writeAgentStatus } from "./status.js";
 import { StatusWriter } from "./status-writer.js";
 
-export { AGENT_VERSION } from "./new-engine.js";
-
 export interface AgentServiceOptions {
   configDir: string;
   logger?: Logger;

@@ -9,7 +9,7 @@
  */
 import type { Worker } from "node:worker_threads";
 import { roundUp } from "./aligned.js";
-import { takeSpare } from "./spare.js";
+import { keepSpareBytes, takeSpare } from "./spare.js";
 
 export interface Slab {
   readonly id: number;
@@ -37,7 +37,6 @@ export const SLAB_STEP = 1 << 20;
 /** The main thread's side: slabs in use are the caller's; released ones wait here for the next run. */
 export class Slabs {
   private readonly spare: Slab[] = [];
-  private spareBytes = 0;
   /** Slabs let go, per worker that still has them. */
   private readonly forgotten = new Map<Worker, number[]>();
   private next = 0;
@@ -55,10 +54,7 @@ export class Slabs {
   /** The smallest spare slab of at least `size` bytes, else a new one. */
   take(size: number): Slab {
     const spare = takeSpare(this.spare, size);
-    if (spare) {
-      this.spareBytes -= spare.byteLength;
-      return spare;
-    }
+    if (spare) return spare;
     const bytes = roundUp(size, SLAB_STEP);
     return { id: this.next++, memory: new SharedArrayBuffer(bytes), byteLength: bytes, known: new Set() };
   }
@@ -70,17 +66,10 @@ export class Slabs {
    * least.
    */
   giveBack(slab: Slab): void {
-    this.spare.push(slab);
-    this.spareBytes += slab.byteLength;
-    while (this.spareBytes > this.maxSpareBytes) {
-      let largest = 0;
-      for (const [i, b] of this.spare.entries())
-        if (b.byteLength > this.spare[largest]!.byteLength) largest = i;
-      const [dropped] = this.spare.splice(largest, 1);
-      this.spareBytes -= dropped!.byteLength;
-      for (const w of dropped!.known) {
+    for (const dropped of keepSpareBytes(this.spare, slab, this.maxSpareBytes, true)) {
+      for (const w of dropped.known) {
         const list = this.forgotten.get(w) ?? [];
-        list.push(dropped!.id);
+        list.push(dropped.id);
         this.forgotten.set(w, list);
       }
     }

@@ -32,19 +32,31 @@ export function keepSpare<T extends { byteLength: number }>(spare: T[], item: T,
   return dropped;
 }
 
-/** Puts `item` among the spares, then leaves out the smallest until they hold at most `maxBytes`. */
+/**
+ * Puts `item` among the spares, then leaves out spares until they hold at
+ * most `maxBytes`: the smallest first, or with `largestFirst` the largest.
+ * Returns those left out.
+ */
 export function keepSpareBytes<T extends { byteLength: number }>(
   spare: T[],
   item: T,
   maxBytes: number,
-): void {
+  largestFirst = false,
+): T[] {
   spare.push(item);
   let bytes = spare.reduce((n, b) => n + b.byteLength, 0);
+  const dropped: T[] = [];
   while (bytes > maxBytes) {
-    let smallest = 0;
-    for (const [i, b] of spare.entries()) if (b.byteLength < spare[smallest]!.byteLength) smallest = i;
-    bytes -= spare.splice(smallest, 1)[0]!.byteLength;
+    let at = 0;
+    for (const [i, b] of spare.entries()) {
+      const size = spare[at]!.byteLength;
+      if (largestFirst ? b.byteLength > size : b.byteLength < size) at = i;
+    }
+    const [out] = spare.splice(at, 1);
+    bytes -= out!.byteLength;
+    dropped.push(out!);
   }
+  return dropped;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { Command } from "commander";
-import { AGENT_VERSION } from "../agent/service.js";
+import { LIFEBOAT_VERSION } from "../base/version.js";
 import { agentCommand } from "./agent.js";
 import { buildDoctorCommand } from "./doctor-command.js";
 import { runProgram } from "./run-program.js";
@@ -16,7 +16,7 @@ export async function agentMain(argv: string[]): Promise<number> {
   process.env.UV_THREADPOOL_SIZE ??= "16";
   const program = new Command("lifeboat-agent")
     .description("Lifeboat agent: replicates this server's disks to the recovery site")
-    .version(AGENT_VERSION, "-V, --version", "print the agent's version")
+    .version(LIFEBOAT_VERSION, "-V, --version", "print the agent's version")
     .option("--json", "print one JSON document on stdout")
     .option("--debug", "show stack traces and debug logs")
     .showHelpAfterError();
