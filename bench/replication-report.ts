@@ -112,7 +112,8 @@ export interface ReplicationResults {
   };
   /**
    * Uncapped 4 KiB random writes: rounds on the replicated disk (trace mode) with the agent shipping
-   * ("with") and with its shipping held ("held": tracing only), rotated with an untracked twin.
+   * ("with") and with its shipping held ("held": tracing only), rotated with rounds on the same file
+   * with no agent ("without": stopped for the round, a new one started after it).
    */
   overhead: {
     roundSeconds: number;
@@ -129,7 +130,7 @@ export interface ReplicationResults {
     load1With: number;
     load1Held: number;
     load1Without: number;
-    /** How much worse than on the untracked twin, in % (positive: the agent costs the workload). */
+    /** How much worse than with no agent, in % (positive: the agent costs the workload). */
     iopsCostPercent: number;
     latencyMeanCostPercent: number;
     latencyP99CostPercent: number;
@@ -140,6 +141,10 @@ export interface ReplicationResults {
     serverCpuPercentOfCore: number;
     heldAgentCpuPercentOfCore: number;
     traceLosses: number;
+    /** Seconds waited for a quiet machine before each round, in the order run (replication.ts quiet()). */
+    quietWaits?: number[];
+    /** Seconds a new agent took to catch up (rescan) after each round without one. */
+    restartSeconds?: number[];
   };
   rss: { agentMaxRssMiB: number; serverVmHwmMiB: number };
   counters: Record<string, number>;
@@ -176,11 +181,18 @@ export function renderOverhead(r: ReplicationResults): string[] {
       `${o.rounds} rounds of each kind, rotated: on the replicated ext4 with the agent tracking it in trace mode ` +
       "(tracefs block events) and shipping while fio writes; the same with the agent's shipping held (a " +
       `bandwidth cap of ${o.heldMbps} Mbit/s: it reads the trace and keeps its dirty set, and sends at most a ` +
-      "frame a second), which is the cost of tracking alone; and on an untracked twin (an ext4 on its own loop " +
-      "device, --direct-io=on, backed by the same host filesystem), so every kind sees the same background " +
-      "load. The agent catches up after each of its rounds, outside them. The server (control plane and " +
-      "replicator) runs on the same two cores here; at a site it runs elsewhere. Medians of the rounds; load " +
-      "= mean 1-minute load average before the rounds.",
+      "frame a second), which is the cost of tracking alone; and with no agent: stopped for the round, a " +
+      "new one started after it, which rescans the disk and catches up outside the rounds" +
+      (o.restartSeconds ? ` (${o.restartSeconds.join(", ")} s)` : "") +
+      ". Every kind writes the same file of the same disk (two disks, even two copies of one image on one " +
+      "host filesystem, differed here by 10-20% in these IOPS with no agent at all). The agent catches up " +
+      "after each of its rounds, outside them. The server (control plane and replicator) runs on the same " +
+      "two cores here; at a site it runs elsewhere. " +
+      (o.quietWaits
+        ? "Every round starts on a quiet machine: after a `sync`, once both CPUs are under 10% busy for two " +
+          `250 ms samples in a row (waits of ${o.quietWaits.join(", ")} s, in the order run). `
+        : "") +
+      "Medians of the rounds; load = mean 1-minute load average before the rounds.",
     "",
     table(
       ["run", "IOPS", "MB/s", "latency mean µs", "p50 µs", "p99 µs", "IOPS per round", "load before"],
@@ -195,14 +207,14 @@ export function renderOverhead(r: ReplicationResults): string[] {
           rounds(o.heldRounds),
           String(o.load1Held),
         ],
-        [...fioRow("untracked twin, no agent", o.without), rounds(o.withoutRounds), String(o.load1Without)],
+        [...fioRow("replicated disk, no agent", o.without), rounds(o.withoutRounds), String(o.load1Without)],
       ],
     ),
     "",
-    `Cost of tracking alone (held vs twin; positive = worse with the agent): IOPS ${signed(o.heldIopsCostPercent)}, ` +
+    `Cost of tracking alone (held vs no agent; positive = worse with the agent): IOPS ${signed(o.heldIopsCostPercent)}, ` +
       `mean latency ${signed(o.heldLatencyMeanCostPercent)}, p99 latency ${signed(o.heldLatencyP99CostPercent)}; ` +
       `the agent used ${o.heldAgentCpuPercentOfCore}% of a core. ` +
-      `Tracking and shipping (with vs twin): IOPS ${signed(o.iopsCostPercent)}, ` +
+      `Tracking and shipping (with vs no agent): IOPS ${signed(o.iopsCostPercent)}, ` +
       `mean latency ${signed(o.latencyMeanCostPercent)}, p99 latency ${signed(o.latencyP99CostPercent)}; ` +
       `the agent used ${o.agentCpuPercentOfCore}% of a core and the server ${o.serverCpuPercentOfCore}%. ` +
       `Trace losses: ${o.traceLosses}.`,

@@ -19,13 +19,14 @@
  * PIT holding them is committed, and the peers' second backups; lag under a
  * steady 20 MiB/s random-write fio workload (RPO); the trace-mode overhead:
  * uncapped 4 KiB random writes, IOPS and latency on the replicated disk with
- * the agent replicating, alternating with the same on an untracked twin disk; CPU and peak RSS of both sides. `--no-peers` leaves
+ * the agent shipping, with its shipping held, and with no agent, rotated;
+ * CPU and peak RSS of both sides. `--no-peers` leaves
  * the peers out (run.js does: its peers section backs up the same image).
  *
  * A full-size run (2 GiB, default durations) writes bench/results/replication.{json,md};
  * other runs write bench/work/results/; `--results-dir` overrides both.
  */
-import { mkdirSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
@@ -55,7 +56,6 @@ import {
 } from "./replication-report.js";
 import { dropCachesAsync, replicationPeers, spawnAsync } from "./replication-peers.js";
 import { peakRssMiB, processCpuSeconds, startServerChild, threadCpuSeconds } from "./replication-site.js";
-import { twinDisk } from "./twin-disk.js";
 import {
   GiB,
   Interrupted,
@@ -78,6 +78,10 @@ const BLOCK_SIZE = 64 * 1024;
 const FIO_RATE_MIB = 20;
 /** Rounds of the trace-overhead workload, with the agent and without. */
 const OVERHEAD_ROUNDS = 3;
+/** Busy share of the CPUs under which the machine counts as quiet before an overhead round (quiet()). */
+const QUIET_BUSY = 0.1;
+/** The longest quiet() waits (a machine that never calms down still gets measured). */
+const QUIET_MAX_MS = 20_000;
 /** The bandwidth cap (Mbit/s) that holds the agent's shipping in the tracing-only overhead rounds. */
 const HELD_MBPS = 0.01;
 /** The RPO run's length by default: two minutes of steady writes, as the RPO target is stated. */
@@ -169,6 +173,37 @@ function caughtUp(s: AgentStatus | null): boolean {
   return s !== null && s.state === "CONTINUOUS" && s.backlogBytes === 0;
 }
 
+/** Busy share of every CPU (0..1) over `ms`, from /proc/stat. */
+async function cpuBusy(ms: number): Promise<number> {
+  const sample = (): { busy: number; all: number } => {
+    const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const all = f.reduce((a, b) => a + b, 0);
+    return { busy: all - (f[3] ?? 0) - (f[4] ?? 0), all }; // idle and iowait are not busy
+  };
+  const a = sample();
+  await sleep(ms);
+  const b = sample();
+  return (b.busy - a.busy) / Math.max(1, b.all - a.all);
+}
+
+/**
+ * Waits until the machine is quiet before a timed round: written pages flushed
+ * (`sync`), and the CPUs under QUIET_BUSY for two samples in a row (the
+ * replicator stores and checkpoints what a catch-up sent for a while after
+ * the agent sees it acknowledged, and its garbage collection follows). A
+ * round that started in that wake measured the wake, not the tracking.
+ * Returns the seconds waited.
+ */
+async function quiet(): Promise<number> {
+  const start = performance.now();
+  await spawnAsync("sync", []);
+  let calm = 0;
+  while (calm < 2 && performance.now() - start < QUIET_MAX_MS) {
+    calm = (await cpuBusy(250)) < QUIET_BUSY ? calm + 1 : 0;
+  }
+  return round((performance.now() - start) / 1000, 1);
+}
+
 /** 1-minute load average: other work on the machine slows every step. */
 function load1(): number {
   return round(loadavg()[0] ?? 0, 1);
@@ -246,24 +281,27 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     const peers = opts.peers
       ? replicationPeers(path.join(work, "repos"), makeSecrets(path.join(work, "secrets")), opts.sizeBytes)
       : null;
-    rep = new Replication({
-      serverId: who.serverId,
-      hostname: "bench-replication",
-      version: "bench",
-      disks: [{ index: 0, path: device, kind: "device", id: "bench-loop" }],
-      blockSize: BLOCK_SIZE,
-      settings: {
-        pitIntervalSeconds: 0,
-        freezeCapMs: 5000,
-        lagThresholdSeconds: 30,
-        stallSeconds: 300,
-        bandwidthMbps: 0,
-        tracker: "trace",
-      },
-      connect: () => server.connect(who),
-      logger: createLogger(process.env.LIFEBOAT_BENCH_LOG ?? "silent", "agent"),
-    });
-    const agent = rep;
+    const newAgent = (): Replication =>
+      new Replication({
+        serverId: who.serverId,
+        hostname: "bench-replication",
+        version: "bench",
+        disks: [{ index: 0, path: device, kind: "device", id: "bench-loop" }],
+        blockSize: BLOCK_SIZE,
+        settings: {
+          pitIntervalSeconds: 0,
+          freezeCapMs: 5000,
+          lagThresholdSeconds: 30,
+          stallSeconds: 300,
+          bandwidthMbps: 0,
+          tracker: "trace",
+        },
+        connect: () => server.connect(who),
+        logger: createLogger(process.env.LIFEBOAT_BENCH_LOG ?? "silent", "agent"),
+      });
+    // The overhead step stops the agent for its rounds without one and starts a new one after.
+    let agent = newAgent();
+    rep = agent;
 
     // 1. Initial sync.
     log("initial sync");
@@ -435,59 +473,70 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     };
     log(`RPO: lag p50 ${rpo.lagP50} s, p95 ${rpo.lagP95} s, max ${rpo.lagMax} s over ${lags.length} samples`);
 
-    // 4. Trace-mode overhead: uncapped 4 KiB random writes on the replicated disk in two kinds of
-    // round: with the agent tracing and shipping them, and with the agent tracing while its shipping
-    // is held (a bandwidth cap of HELD_MBPS: it still reads the trace and keeps its dirty set, and
-    // sends a frame a second at most), rotated with the same workload on an untracked twin disk, so
-    // every kind of round sees the same background load. The agent catches up after each of its
-    // rounds, outside the rounds, so each starts from the same state.
+    // 4. Trace-mode overhead: uncapped 4 KiB random writes on the file of the RPO step, in three
+    // kinds of round, rotated: with the agent tracing and shipping them; with the agent tracing while
+    // its shipping is held (a bandwidth cap of HELD_MBPS: it still reads the trace and keeps its
+    // dirty set, and sends a frame a second at most); and with no agent (stopped for the round, a new
+    // one started after it, which rescans the disk). Every kind writes the same file of the same
+    // disk: two disks, even two copies of one image on one host filesystem, differed here by 10-20%
+    // in these IOPS with no agent at all, more than the cost to measure. Each round starts on a
+    // quiet machine, with the agent caught up.
     log(
       `trace overhead: ${OVERHEAD_ROUNDS} × ${opts.overheadSeconds} s of 4 KiB random writes with the agent ` +
-        "shipping, with its shipping held, and on an untracked twin disk, rotated",
+        "shipping, with its shipping held, and with no agent, rotated",
     );
-    const twin = twinDisk(path.join(work, "twin"), fioMiB + 64);
-    const rounds = { ship: [] as FioFigures[], held: [] as FioFigures[], twin: [] as FioFigures[] };
-    const loads = { ship: [] as number[], held: [] as number[], twin: [] as number[] };
+    const rounds = { ship: [] as FioFigures[], held: [] as FioFigures[], off: [] as FioFigures[] };
+    const loads = { ship: [] as number[], held: [] as number[], off: [] as number[] };
+    const quietWaits: number[] = [];
+    const restartSeconds: number[] = [];
+    // Trace losses of the agents stopped for the rounds without one.
+    let retiredLosses = 0;
     const losses1 = agent.counters.traceLosses;
     const cpu = {
       ship: { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 },
       held: { seconds: 0, agentCpuSeconds: 0, serverCpuSeconds: 0 },
     };
-    try {
-      const twinFile = path.join(twin.mnt, "fio-workload.dat");
-      await fioLayout(twinFile, fioMiB);
-      const kinds = ["ship", "held", "twin"] as const;
-      for (let r = 0; r < OVERHEAD_ROUNDS; r++) {
-        for (let k = 0; k < kinds.length; k++) {
-          const kind = kinds[(k + r) % kinds.length]!;
-          loads[kind].push(load1());
-          if (kind === "twin") {
-            rounds.twin.push(fioFigures(await fioRandom4k(twinFile, fioMiB, opts.overheadSeconds)));
-            continue;
-          }
-          if (kind === "held") agent.setBandwidth(HELD_MBPS);
-          const m = new Meter(server.pid);
-          try {
-            rounds[kind].push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
-          } finally {
-            agent.setBandwidth(0);
-          }
-          const used = m.read();
-          const c = cpu[kind];
-          c.seconds += used.seconds;
-          c.agentCpuSeconds += used.agentCpuSeconds;
-          c.serverCpuSeconds += used.serverCpuSeconds;
+    const kinds = ["ship", "held", "off"] as const;
+    for (let r = 0; r < OVERHEAD_ROUNDS; r++) {
+      for (let k = 0; k < kinds.length; k++) {
+        const kind = kinds[(k + r) % kinds.length]!;
+        if (kind === "off") {
+          retiredLosses += agent.counters.traceLosses;
+          await agent.stop();
+          rep = undefined;
+        }
+        quietWaits.push(await quiet());
+        loads[kind].push(load1());
+        if (kind === "off") {
+          rounds.off.push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+          const restart = performance.now();
+          agent = newAgent();
+          rep = agent;
+          await agent.start();
           await until(
-            "the agent to catch up after an overhead round",
+            "a new agent to catch up after a round without one",
             () => caughtUp(agent.status()),
             600_000,
           );
+          restartSeconds.push(round(since(restart), 1));
+          continue;
         }
+        if (kind === "held") agent.setBandwidth(HELD_MBPS);
+        const m = new Meter(server.pid);
+        try {
+          rounds[kind].push(fioFigures(await fioRandom4k(fioFile, fioMiB, opts.overheadSeconds)));
+        } finally {
+          agent.setBandwidth(0);
+        }
+        const used = m.read();
+        const c = cpu[kind];
+        c.seconds += used.seconds;
+        c.agentCpuSeconds += used.agentCpuSeconds;
+        c.serverCpuSeconds += used.serverCpuSeconds;
+        await until("the agent to catch up after an overhead round", () => caughtUp(agent.status()), 600_000);
       }
-    } finally {
-      twin.dispose();
     }
-    const overheadLosses = agent.counters.traceLosses - losses1;
+    const overheadLosses = retiredLosses + agent.counters.traceLosses - losses1;
     const finalPoint = await agent.requestPoint();
     const counters = { ...agent.counters };
     await agent.stop();
@@ -496,7 +545,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length), 1);
     const ship = medianFigures(rounds.ship);
     const held = medianFigures(rounds.held);
-    const wo = medianFigures(rounds.twin);
+    const wo = medianFigures(rounds.off);
     const percentOfCore = (used: number, of: number): number => round((used / Math.max(0.001, of)) * 100, 1);
     const overhead = {
       roundSeconds: opts.overheadSeconds,
@@ -505,13 +554,13 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       heldMbps: HELD_MBPS,
       withRounds: rounds.ship,
       heldRounds: rounds.held,
-      withoutRounds: rounds.twin,
+      withoutRounds: rounds.off,
       with: ship,
       held,
       without: wo,
       load1With: meanLoad(loads.ship),
       load1Held: meanLoad(loads.held),
-      load1Without: meanLoad(loads.twin),
+      load1Without: meanLoad(loads.off),
       iopsCostPercent: costPercent(ship.iops, wo.iops, true),
       latencyMeanCostPercent: costPercent(ship.clatMeanUs, wo.clatMeanUs, false),
       latencyP99CostPercent: costPercent(ship.clatP99Us, wo.clatP99Us, false),
@@ -522,13 +571,16 @@ async function measure(opts: Options, device: string, mnt: string, image: string
       serverCpuPercentOfCore: percentOfCore(cpu.ship.serverCpuSeconds, cpu.ship.seconds),
       heldAgentCpuPercentOfCore: percentOfCore(cpu.held.agentCpuSeconds, cpu.held.seconds),
       traceLosses: overheadLosses,
+      quietWaits,
+      restartSeconds,
     };
     log(
       `trace overhead: ${ship.iops} IOPS with the agent shipping, ${held.iops} tracing only, ${wo.iops} without ` +
         `(${overhead.iopsCostPercent}% and ${overhead.heldIopsCostPercent}% fewer)`,
     );
-    if (counters.traceLosses > 0)
-      notes.push(`The tracker reported ${counters.traceLosses} trace losses (each one costs a rescan).`);
+    const traceLosses = retiredLosses + counters.traceLosses;
+    if (traceLosses > 0)
+      notes.push(`The trackers reported ${traceLosses} trace losses (each one costs a rescan).`);
     if (!finalPoint.pitId) notes.push("The last PIT's id was lost to a reconnect.");
     const rss = {
       agentMaxRssMiB: round(process.resourceUsage().maxRSS / 1024, 1),
