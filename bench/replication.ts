@@ -77,7 +77,7 @@ const SEED = "lifeboat-bench-replication-v1";
 const BLOCK_SIZE = 64 * 1024;
 const FIO_RATE_MIB = 20;
 /** Rounds of the trace-overhead workload, with the agent and without. */
-const OVERHEAD_ROUNDS = 3;
+const OVERHEAD_ROUNDS = 5;
 /** Busy share of the CPUs under which the machine counts as quiet before an overhead round (quiet()). */
 const QUIET_BUSY = 0.1;
 /** The longest quiet() waits (a machine that never calms down still gets measured). */
