@@ -252,7 +252,7 @@ void test("the report writer turns a run's figures into a well-formed RESULTS.md
     assert.ok(md.includes("| 0.50 | 1.50 | 2.00 | 3.00 |"), "RPO percentiles");
     assert.ok(md.includes("IOPS +10.0%"), "trace-mode IOPS overhead");
     assert.ok(
-      md.includes("Cost of tracking alone (held vs twin; positive = worse with the agent): IOPS +2.0%"),
+      md.includes("Cost of tracking alone (held vs no agent; positive = worse with the agent): IOPS +2.0%"),
       "tracking alone",
     );
     assert.ok(!existsSync(file + ".tmp"));
