@@ -146,7 +146,10 @@ export interface ReplicationResults {
     /** Seconds a new agent took to catch up (rescan) after each round without one. */
     restartSeconds?: number[];
   };
+  /** Peak RSS through the initial sync, the change and the RPO step (one agent). */
   rss: { agentMaxRssMiB: number; serverVmHwmMiB: number };
+  /** The same at the end of the run, after the overhead step started new agents in the benchmark process. */
+  rssWithOverhead?: { agentMaxRssMiB: number; serverVmHwmMiB: number };
   counters: Record<string, number>;
   repoBytes: number;
   notes: string[];
@@ -360,9 +363,15 @@ export function renderReplication(r: ReplicationResults): string {
     "",
     "## Memory",
     "",
-    `Peak RSS: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} MiB (the benchmark process's maxRSS, which holds the ` +
-      `agent; the harness itself is small), server ${r.rss.serverVmHwmMiB.toFixed(0)} MiB (VmHWM of the ` +
-      "`server start` process). Peers' peak RSS is in the steps table.",
+    `Peak RSS through the initial sync, the change and the RPO step: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} ` +
+      "MiB (the benchmark process's maxRSS, which holds the agent; the harness itself is small), server " +
+      `${r.rss.serverVmHwmMiB.toFixed(0)} MiB (VmHWM of the \`server start\` process). ` +
+      (r.rssWithOverhead
+        ? `At the end of the run, after the overhead step had started ${r.overhead.rounds} new agents in the ` +
+          `benchmark process: ${r.rssWithOverhead.agentMaxRssMiB.toFixed(0)} and ` +
+          `${r.rssWithOverhead.serverVmHwmMiB.toFixed(0)} MiB. `
+        : "") +
+      "Peers' peak RSS is in the steps table.",
     "",
     "## Method",
     "",

@@ -301,7 +301,8 @@ function replicationSection(r: ReplicationResults, peers: BenchResults | null): 
     "",
     table(["step", "peer", "lifeboat s", "peer s", "ratio"], peerRows),
     "",
-    `Peak RSS: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} MiB, server ${r.rss.serverVmHwmMiB.toFixed(0)} MiB.`,
+    `Peak RSS through the initial sync, the change and the RPO step: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} ` +
+      `MiB, server ${r.rss.serverVmHwmMiB.toFixed(0)} MiB.`,
   ];
 }
 

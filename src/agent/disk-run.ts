@@ -44,6 +44,8 @@ export interface OpenDiskContext {
   log: Logger;
   /** Trace events of the disk were lost: it owes a rescan. */
   onLost(run: DiskRun, loss: TraceLoss): void;
+  /** The tracker marked writes in `fresh`. */
+  onWrites?(): void;
 }
 
 /**
@@ -81,6 +83,7 @@ export async function openDiskRun(cfg: AgentDisk, ctx: OpenDiskContext): Promise
           run.fresh.addSectors(r.sector, r.sectors, at);
           run.inFlight.queued(r.sector, r.sectors, at);
         }
+        ctx.onWrites?.();
       },
       onCompleted: (ranges) => {
         const at = clock.now();

@@ -11,12 +11,12 @@
  *  3. continuous shipping of traced writes.
  *
  * Traced writes land first in a disk's `fresh` set, which moves into
- * `settled` every `settleMs` (batching). The trace sees a write when it is
- * queued, not when it completes, and a block read while a write to it is in
- * flight returns the bytes from before it: continuous shipping skips blocks
- * that InFlight says have writes in flight and comes back to them. A
- * consistency point reads both sets while the filesystems are frozen, when
- * every write has completed.
+ * `settled` every `settleMs` (batching), or at once when nothing is being
+ * shipped. The trace sees a write when it is queued, not when it completes,
+ * and a block read while a write to it is in flight returns the bytes from
+ * before it: continuous shipping skips blocks that InFlight says have writes
+ * in flight and comes back to them. A consistency point reads both sets
+ * while the filesystems are frozen, when every write has completed.
  *
  * Nothing here writes to a file while filesystems are frozen: the status
  * callback is skipped and log records wait until the thaw.
@@ -99,9 +99,10 @@ interface QueuedPoint {
 }
 
 /**
- * Traced writes become due for shipping in batches this far apart; an idle
- * loop wakes on the same period, so a write after a quiet spell is read
- * within it too.
+ * Traced writes become due for shipping in batches this far apart while
+ * shipping goes on. After a quiet spell the tracker's next events wake the
+ * idle loop and are due at once (rotate); the idle loop also wakes on this
+ * period for its other checks.
  */
 const DEFAULT_SETTLE_MS = 200;
 
@@ -361,6 +362,9 @@ export class Replication {
           this.log.warn({ disk: cfg.path, ...loss, error: undefined }, "trace events lost; rescanning");
         this.owe(run, "rescan");
       },
+      onWrites: () => {
+        if (this.wake && this.sendingIdle()) this.wake();
+      },
     });
   }
 
@@ -486,12 +490,26 @@ export class Replication {
     if (changed) this.session.reconnect("a disk changed size");
   }
 
-  /** Every batching period, what the tracker marked becomes due for shipping. */
+  /**
+   * What the tracker marked becomes due for shipping: every batching period
+   * while shipping goes on, and at once when nothing is being shipped (the
+   * first writes after a quiet spell need not wait for a batch to form: the
+   * next ones gather while these are on their way).
+   */
   private rotate(): void {
     const now = this.clock.now();
-    if (now - this.lastRotate < this.settleMs) return;
+    if (now - this.lastRotate < this.settleMs && !this.sendingIdle()) return;
     this.lastRotate = now;
     for (const d of this.disks) if (!d.fresh.isEmpty) d.settled.merge(d.fresh.take());
+  }
+
+  /** Nothing is due, being read or sent, or waiting for its acknowledgement. */
+  private sendingIdle(): boolean {
+    return (
+      this.shipping.size === 0 &&
+      (this.wire?.inFlight.frames ?? 0) === 0 &&
+      this.disks.every((d) => d.settled.isEmpty)
+    );
   }
 
   private ackProgress(): void {

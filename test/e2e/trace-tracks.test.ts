@@ -32,7 +32,7 @@ void describe("trace mode tracks every change", () => {
   });
 
   /** A 64 MiB loop device of random bytes, replicated in trace mode until CONTINUOUS. */
-  async function tracedDisk(t: TestContext, name: string) {
+  async function tracedDisk(t: TestContext, name: string, opts: { settleMs?: number } = {}) {
     const disk = await loopDiskForTest(t, { sizeMiB: 64, ext4: false });
     const dev = disk.device;
     spawnSync("dd", [`if=/dev/urandom`, `of=${dev}`, "bs=1M", "count=64", "oflag=direct", "status=none"]);
@@ -45,6 +45,7 @@ void describe("trace mode tracks every change", () => {
       blockSize: 65536,
       settings: agentSettings({ tracker: "trace" }),
       connect: () => site.connect(who),
+      ...opts,
     });
     await rep.start();
     try {
@@ -108,6 +109,36 @@ void describe("trace mode tracks every change", () => {
         await assertPitIsSnapshot(site, who.serverName, point.pitId!, frozen, path.join(tmp, "pit.img"), {
           fsck: false,
         });
+      } finally {
+        await rep.stop();
+      }
+    },
+  );
+
+  void it(
+    "a write after a quiet spell ships at once, without waiting for a batch to form",
+    { timeout: 180_000 },
+    async (t) => {
+      if (!requireCapability(t, "root", "loop", "tracefs")) return;
+      // Batches two minutes apart: a write that waited for the next one would wait that long.
+      const { dev, rep } = await tracedDisk(t, "quiet", { settleMs: 120_000 });
+      try {
+        await until("caught up", () => rep.status()?.backlogBytes === 0);
+        await sleep(1000);
+        const sent0 = rep.counters.bytesSent;
+        const start = Date.now();
+        const dd = spawnSync(
+          "dd",
+          ["if=/dev/urandom", `of=${dev}`, "bs=4k", "count=1", "seek=777", "oflag=direct", "conv=notrunc"],
+          { encoding: "utf8" },
+        );
+        assert.equal(dd.status, 0, dd.stderr);
+        await until(
+          "the write to be acknowledged",
+          () => rep.counters.bytesSent > sent0 && rep.status()?.backlogBytes === 0,
+          20_000,
+        );
+        t.diagnostic(`acknowledged ${Date.now() - start} ms after the write`);
       } finally {
         await rep.stop();
       }
