@@ -25,22 +25,16 @@
  * its state: scan.ts reads a whole disk (initial syncs and rescans), ship.ts
  * reads dirty blocks and sends them (continuous shipping, and the reads and
  * sends of a consistency point), blocks-messages.ts puts whole blocks into
- * BLOCKS frames for both, and point.ts makes consistency points. This file
- * keeps the loop, the disks, the session, sending (under bandwidth-cap.ts), and
- * the queue of consistency points.
+ * BLOCKS frames for both, point.ts makes consistency points, and sender.ts
+ * sends under the bandwidth cap and keeps what is sent and not yet
+ * acknowledged. This file keeps the loop, the disks, the session and the
+ * queue of consistency points.
  */
 import type { Duplex } from "node:stream";
 import { type Clock, LifeboatError, type Logger, silentLogger, systemClock } from "../base/index.js";
-import {
-  AgentSession,
-  type Command,
-  type PointDone,
-  type SequencedMessage,
-  type Welcome,
-} from "../wire/index.js";
+import { AgentSession, type Command, type PointDone, type Welcome } from "../wire/index.js";
 import { blockDeviceSizeBytes, deviceNumbers, statDisk } from "../store/block-device.js";
 import { SpareBuffers } from "../base/spare.js";
-import { BandwidthCap } from "./bandwidth-cap.js";
 import { BlockPool } from "./block-pool.js";
 import type { AgentDisk, AgentSettings } from "./config.js";
 import { type DiskChange, applyDiskChange } from "./disk-changes.js";
@@ -54,6 +48,7 @@ import {
 } from "./point.js";
 import { DiskReader } from "../store/disk-reader.js";
 import { type ScanContext, scanDisk } from "./scan.js";
+import { Sender } from "./sender.js";
 import { type ShipContext, shipSettled } from "./ship.js";
 import { type AgentStatus, agentState, diskStatus, earliest } from "./status.js";
 import { within } from "./within.js";
@@ -114,8 +109,6 @@ export class Replication {
   private readonly log: Logger;
   private readonly points: QueuedPoint[] = [];
   private readonly pointWaiters = new Map<string, (done: PointDone) => void>();
-  /** Sent and not yet acknowledged: the oldest write each message carries. */
-  private readonly outstanding: { seq: number; since: number }[] = [];
   private welcome: Welcome | undefined;
   private connected = false;
   private stopping = false;
@@ -124,12 +117,10 @@ export class Replication {
   private loopDone: Promise<void> = Promise.resolve();
   private lastRotate = 0;
   private lastSizeCheck = 0;
-  /** Dirty sets taken and not yet all sent: part of the backlog until they are. */
-  private readonly shipping = new Set<{ bytes: number; since: number | null }>();
-  private lastProgress = 0;
   private lastPit: AgentStatus["lastPit"];
   private lastError: AgentStatus["lastError"];
-  private readonly bandwidth: BandwidthCap;
+  /** Sending under the cap, and what is sent and not yet acknowledged (sender.ts). */
+  private readonly sender: Sender;
   private pointSeq = 0;
   /** Changes of the disk set waiting for the loop (changeDisks). */
   private readonly diskChanges: DiskChange[] = [];
@@ -143,7 +134,7 @@ export class Replication {
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? silentLogger;
     this.pool = new BlockPool(opts.compressionLevel ?? 1);
-    this.bandwidth = new BandwidthCap(this.clock, opts.settings.bandwidthMbps);
+    this.sender = new Sender(this.clock, opts.settings.bandwidthMbps, this.counters, () => this.session);
     this.passes = {
       blockSize: opts.blockSize,
       pool: this.pool,
@@ -153,13 +144,11 @@ export class Replication {
       stopping: () => this.stopping,
       maxBlocksPerFrame: () => this.welcome?.limits.maxBlocksPerFrame,
       have: (hashes) => this.session.have(hashes),
-      send: (msg, since) => this.send(msg, since),
+      send: (msg, since) => this.sender.send(msg, since),
       owe: (d, kind) => this.owe(d, kind),
-      shipping: this.shipping,
-      progressed: () => {
-        this.lastProgress = this.clock.now();
-      },
-      bytesPerSecond: () => this.bandwidth.bytesPerSecond,
+      shipping: this.sender.shipping,
+      progressed: () => this.sender.progressed(),
+      bytesPerSecond: () => this.sender.bandwidth.bytesPerSecond,
       batchBuffers: new SpareBuffers(2),
     };
     this.pointContext = {
@@ -175,11 +164,11 @@ export class Replication {
         this.frozen = frozen;
       },
       rotate: () => this.rotate(),
-      send: (msg, since) => this.send(msg, since),
+      send: (msg, since) => this.sender.send(msg, since),
       whenAcked: (seq) => this.session.whenAcked(seq),
       pointWaiters: this.pointWaiters,
       committed: (r) => {
-        this.lastProgress = this.clock.now();
+        this.sender.progressed();
         if (r.pitId !== undefined)
           this.lastPit = { pitId: r.pitId, takenAt: r.takenAt, consistency: r.consistency };
       },
@@ -277,20 +266,14 @@ export class Replication {
 
   /** Caps what the agent sends, in Mbit/s (0: no cap); takes effect at once. */
   setBandwidth(mbps: number): void {
-    this.bandwidth.set(mbps);
+    this.sender.bandwidth.set(mbps);
   }
 
   /** What `agent status` shows, or null while filesystems are frozen (nothing may be written then). */
   status(): AgentStatus | null {
     if (this.frozen || !this.wire) return null;
     const now = this.clock.now();
-    this.ackProgress();
-    let backlog = this.session.inFlight.bytes;
-    let oldest: number | null = this.outstanding[0]?.since ?? null;
-    for (const x of this.shipping) {
-      backlog += x.bytes;
-      oldest = earliest(oldest, x.since);
-    }
+    let { bytes: backlog, oldest } = this.sender.backlog();
     const disks = this.disks.map((d) => {
       const one = diskStatus(d, now, this.session.lastAcked);
       backlog += one.backlogBytes;
@@ -303,7 +286,7 @@ export class Replication {
       disks,
       backlogBytes: backlog,
       lagSeconds,
-      msSinceProgress: now - this.lastProgress,
+      msSinceProgress: now - this.sender.lastProgress,
       settings: this.opts.settings,
     });
     return {
@@ -396,7 +379,7 @@ export class Replication {
     const first = !this.welcome;
     this.welcome = w;
     this.connected = true;
-    this.lastProgress = this.clock.now();
+    this.sender.progressed();
     if (first) {
       // The replica has nothing of a disk whose lastAcked is 0: initial sync. Otherwise a rescan,
       // since nothing tracked the writes made while the agent was not running.
@@ -407,7 +390,7 @@ export class Replication {
     } else if (!w.resumed) {
       // The replicator lost the stream: what it had not made durable is gone.
       this.log.warn({}, "the replicator did not know the stream; rescanning every disk");
-      this.outstanding.length = 0;
+      this.sender.forgetOutstanding();
       for (const d of this.disks) this.owe(d, "rescan");
     }
     this.wake?.();
@@ -505,38 +488,7 @@ export class Replication {
 
   /** Nothing is due, being read or sent, or waiting for its acknowledgement. */
   private sendingIdle(): boolean {
-    return (
-      this.shipping.size === 0 &&
-      (this.wire?.inFlight.frames ?? 0) === 0 &&
-      this.disks.every((d) => d.settled.isEmpty)
-    );
-  }
-
-  private ackProgress(): void {
-    const acked = this.session.lastAcked;
-    let moved = false;
-    while (this.outstanding.length && this.outstanding[0]!.seq <= acked) {
-      this.outstanding.shift();
-      moved = true;
-    }
-    if (moved || this.session.inFlight.frames === 0) this.lastProgress = this.clock.now();
-  }
-
-  // ---- sending -------------------------------------------------------------
-
-  private async send(msg: SequencedMessage, since: number | null): Promise<number> {
-    const bytes =
-      msg.type !== "BLOCKS"
-        ? 256
-        : msg.kind === "patch"
-          ? msg.patches.reduce((n, p) => n + p.data.length + 8, 40)
-          : msg.blocks.reduce((n, b) => n + b.data.length + 34, 16);
-    await this.bandwidth.take(bytes);
-    const seq = await this.session.send(msg);
-    this.counters.bytesSent += bytes;
-    if (msg.type === "BLOCKS" && msg.kind === "blocks") this.counters.blocksSent += msg.blocks.length;
-    this.outstanding.push({ seq, since: since ?? this.clock.now() });
-    return seq;
+    return this.wire !== undefined && this.sender.idle && this.disks.every((d) => d.settled.isEmpty);
   }
 
   // ---- consistency points ----------------------------------------------------

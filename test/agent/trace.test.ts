@@ -131,10 +131,12 @@ void describe("TraceTracker", { timeout: 300_000 }, () => {
     for (const e of extents)
       for (let s = e.offset / SECTOR; s < (e.offset + e.length) / SECTOR; s++)
         assert.equal(cov[s], 1, `sector ${s} of the deleted file was not discarded while frozen`);
+    // Besides the discards, only the freeze's own superblock write (block 0: sectors 0-7), which
+    // came in after 200 ms once more on a loaded machine: no write to anything else while frozen.
     assert.deepEqual(
-      ranges.filter((r) => r.op !== "discard"),
+      ranges.filter((r) => r.op !== "discard" && !(r.op === "write" && r.sector + r.sectors <= 8)),
       [],
-      "nothing but discards while frozen",
+      "nothing but discards (and the superblock) while frozen",
     );
   });
 
