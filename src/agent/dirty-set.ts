@@ -59,6 +59,8 @@ export class DirtySet {
   /** log2(granule / blockSize). */
   private level = 0;
   private bits: Uint8Array;
+  /** Some bit of `bits` may be set (bits are only ever set, and cleared all at once by take). */
+  private anyBits = false;
   /** Block index → sorted, disjoint, non-adjacent [start, end) pairs relative to the block. */
   private partial = new Map<number, number[]>();
   private readonly limits: Limits;
@@ -87,9 +89,9 @@ export class DirtySet {
     return this.blockSize * 2 ** this.level;
   }
 
-  /** True when nothing is dirty. */
+  /** True when nothing is dirty (at once: the agent asks often, and a large disk's bitmap has megabytes). */
   get isEmpty(): boolean {
-    return this.partial.size === 0 && this.bits.every((b) => b === 0);
+    return this.partial.size === 0 && !this.anyBits;
   }
 
   /**
@@ -182,9 +184,11 @@ export class DirtySet {
     const taken = new DirtySet(this.options);
     taken.level = this.level;
     taken.bits = this.bits;
+    taken.anyBits = this.anyBits;
     taken.partial = this.partial;
     taken.since = this.since;
     this.bits = new Uint8Array(this.bits.length);
+    this.anyBits = false;
     this.partial = new Map();
     this.since = null;
     return taken;
@@ -224,6 +228,7 @@ export class DirtySet {
     const s = new DirtySet({ ...opts, maxBitmapBytes: Infinity });
     s.level = state.level;
     s.bits = state.bits;
+    s.anyBits = state.bits.some((b) => b !== 0);
     s.partial = state.partial;
     s.since = state.since;
     const capped = new DirtySet(opts);
@@ -250,6 +255,7 @@ export class DirtySet {
   private markBlocks(first: number, last: number): void {
     const g0 = this.granuleOf(first);
     const g1 = this.granuleOf(last);
+    this.anyBits = true;
     for (let g = g0; g <= g1; g++) {
       if ((g & 7) === 0 && g + 7 <= g1) {
         this.bits[g >>> 3] = 0xff;
@@ -276,6 +282,7 @@ export class DirtySet {
       for (const b of this.partial.keys()) {
         if (this.partial.size <= keep) break;
         setBit(this.bits, this.granuleOf(b));
+        this.anyBits = true;
         this.partial.delete(b);
       }
     }

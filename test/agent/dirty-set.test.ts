@@ -125,6 +125,7 @@ void describe("DirtySet", () => {
             }
           }
           assertCovers(set, model, op.kind);
+          assert.equal(set.isEmpty, set.extents().length === 0, `${op.kind}: isEmpty says what extents hold`);
           assert.equal(set.dirtySince, since, `${op.kind}: the oldest write's time`);
         }
         // Writes after a take never reach the taken set, and the taken set keeps what it had.
