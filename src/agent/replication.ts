@@ -114,6 +114,8 @@ export class Replication {
   private stopping = false;
   private frozen = false;
   private wake: (() => void) | undefined;
+  /** The loop waits in idle() (not after a failed step, nor for writes in flight to complete). */
+  private idling = false;
   private loopDone: Promise<void> = Promise.resolve();
   private lastRotate = 0;
   private lastSizeCheck = 0;
@@ -346,7 +348,7 @@ export class Replication {
         this.owe(run, "rescan");
       },
       onWrites: () => {
-        if (this.wake && this.sendingIdle()) this.wake();
+        if (this.idling && this.sendingIdle()) this.wake?.();
       },
     });
   }
@@ -438,7 +440,12 @@ export class Replication {
   }
 
   private async idle(): Promise<void> {
-    await this.pauseFor(Math.max(10, this.lastRotate + this.settleMs - this.clock.now()));
+    this.idling = true;
+    try {
+      await this.pauseFor(Math.max(10, this.lastRotate + this.settleMs - this.clock.now()));
+    } finally {
+      this.idling = false;
+    }
   }
 
   private async pauseFor(ms: number): Promise<void> {
