@@ -5,12 +5,12 @@
  * benchmark's base image attached as a loop device and mounted, with restic,
  * borg and rsync backing up the same image file after each step.
  *
- *   sudo UV_THREADPOOL_SIZE=16 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S]
+ *   sudo UV_THREADPOOL_SIZE=16 GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576 node dist/bench/replication.js [--quick | --size-gib N] [--rpo-seconds S]
  *                                       [--no-peers] [--results-dir DIR] [--keep]
  *
- * UV_THREADPOOL_SIZE=16 as the agent's unit sets it, and GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as
- * its wrapper does (run.js passes both): the agent runs in this process, whose libuv pool and
- * allocator are set up before any line of it runs. The server, a child, inherits them (the
+ * UV_THREADPOOL_SIZE=16 as the agent's unit sets it, and GLIBC_TUNABLES as its wrapper does (run.js
+ * passes both): the agent runs in this process, whose libuv pool and allocator are set up before any
+ * line of it runs. The server, a child, inherits them (the
  * service unit of docs/operations.md sets the same).
  *
  * Steps, in one run: initial sync (time until every block is acknowledged,

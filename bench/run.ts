@@ -214,10 +214,11 @@ function apiBench(opts: Options, dir: string, notes: string[]): number {
  */
 function replicationBench(opts: Options, dir: string, peers: boolean): number {
   const args = [...sizeArgs(opts), "--results-dir", dir, ...(peers ? [] : ["--no-peers"])];
-  // The agent and the server run with glibc's huge-page tunable, as the agent's wrapper and the
-  // server's unit set it (install.sh, docs/operations.md); CLI commands elsewhere run without it.
+  // The agent and the server run with glibc's tunables as the agent's wrapper and the server's unit
+  // set them (install.sh, docs/operations.md); CLI commands elsewhere run without them.
   return child("replication.js", [...args, ...(opts.keep ? ["--keep"] : [])], "the replication benchmark", {
-    GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? "glibc.malloc.hugetlb=1",
+    GLIBC_TUNABLES:
+      process.env.GLIBC_TUNABLES ?? "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576",
   });
 }
 

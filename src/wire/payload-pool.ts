@@ -28,7 +28,7 @@ export class PayloadPool {
    * `keepBytes`: spare buffers held at most, in bytes, the largest kept (each
    * up to a BLOCKS frame's limit, rounded up to a MiB).
    */
-  constructor(private readonly keepBytes = 80 << 20) {}
+  constructor(private readonly keepBytes: number) {}
 
   /**
    * A buffer of exactly `length` bytes, or undefined when the payload is too

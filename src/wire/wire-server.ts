@@ -111,12 +111,14 @@ export class WireServer {
   private readonly window: WindowLimits;
   private readonly heartbeat: HeartbeatSettings;
   /** The buffers of large BLOCKS payloads, shared by every connection; a message's goes back once it is durable. */
-  private readonly payloads = new PayloadPool();
+  private readonly payloads: PayloadPool;
 
   constructor(private readonly opts: WireServerOptions) {
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? silentLogger;
     this.window = opts.window ?? DEFAULT_SERVER_WINDOW;
+    // Spares for about one and a half windows: a checkpoint frees its frames at once, the next need as many.
+    this.payloads = new PayloadPool(this.window.bytes * 1.5);
     this.heartbeat = opts.heartbeat ?? { intervalMs: 5000, misses: 3 };
   }
 

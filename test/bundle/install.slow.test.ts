@@ -92,11 +92,11 @@ void describe("install.sh end to end", () => {
       await sleep(250);
       s = await status();
     }
-    // The wrapper gives the agent glibc's huge-page tunable (install.sh).
+    // The wrapper gives the agent glibc's tunables: huge pages, and large buffers mapped apart (install.sh).
     const pid = (await readFile(path.join(prefix, "agent.pid"), "utf8")).trim();
     const environ = (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0");
     assert.ok(
-      environ.includes("GLIBC_TUNABLES=glibc.malloc.hugetlb=1"),
+      environ.includes("GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576"),
       `agent environment: ${environ.join(" ")}`,
     );
 

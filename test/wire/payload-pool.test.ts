@@ -47,7 +47,7 @@ function decodePieces(d: FrameDecoder, msg: SequencedMessage, seq: number): Sequ
 
 void describe("payload pool", () => {
   void it("lends large payloads, takes each back once, and leaves small ones alone", () => {
-    const pool = new PayloadPool();
+    const pool = new PayloadPool(64 << 20);
     const d = new FrameDecoder(pool);
     const sent1 = blocks(0, 8);
     const m1 = decodePieces(d, sent1, 1);
