@@ -147,7 +147,8 @@ export interface ReplicationResults {
     restartSeconds?: number[];
   };
   /** Peak RSS through the initial sync, the change and the RPO step (one agent). */
-  rss: { agentMaxRssMiB: number; serverVmHwmMiB: number };
+  /** `beforeAgentMiB`: the benchmark process's RSS before the agent was made (absent in older results). */
+  rss: { agentMaxRssMiB: number; serverVmHwmMiB: number; beforeAgentMiB?: number };
   /** The same at the end of the run, after the overhead step started new agents in the benchmark process. */
   rssWithOverhead?: { agentMaxRssMiB: number; serverVmHwmMiB: number };
   counters: Record<string, number>;
@@ -364,7 +365,11 @@ export function renderReplication(r: ReplicationResults): string {
     "## Memory",
     "",
     `Peak RSS through the initial sync, the change and the RPO step: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} ` +
-      "MiB (the benchmark process's maxRSS, which holds the agent; the harness itself is small), server " +
+      "MiB (the benchmark process's maxRSS, which holds the agent" +
+      (r.rss.beforeAgentMiB !== undefined
+        ? `; the process held ${r.rss.beforeAgentMiB.toFixed(0)} MiB before the agent was made`
+        : "") +
+      "), server " +
       `${r.rss.serverVmHwmMiB.toFixed(0)} MiB (VmHWM of the \`server start\` process). ` +
       (r.rssWithOverhead
         ? `At the end of the run, after the overhead step had started ${r.overhead.rounds} new agents in the ` +

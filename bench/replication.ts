@@ -299,6 +299,9 @@ async function measure(opts: Options, device: string, mnt: string, image: string
         connect: () => server.connect(who),
         logger: createLogger(process.env.LIFEBOAT_BENCH_LOG ?? "silent", "agent"),
       });
+    // What the benchmark process holds before any agent exists (node, the harness, the modules loaded):
+    // the agent side's peak below counts it too.
+    const beforeAgentMiB = round(process.memoryUsage().rss / 1048576, 1);
     // The overhead step stops the agent for its rounds without one and starts a new one after.
     let agent = newAgent();
     rep = agent;
@@ -478,6 +481,7 @@ async function measure(opts: Options, device: string, mnt: string, image: string
     const rss = {
       agentMaxRssMiB: round(process.resourceUsage().maxRSS / 1024, 1),
       serverVmHwmMiB: round(peakRssMiB(server.pid), 1),
+      beforeAgentMiB,
     };
 
     // 4. Trace-mode overhead: uncapped 4 KiB random writes on the file of the RPO step, in three

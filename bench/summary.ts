@@ -302,7 +302,11 @@ function replicationSection(r: ReplicationResults, peers: BenchResults | null): 
     table(["step", "peer", "lifeboat s", "peer s", "ratio"], peerRows),
     "",
     `Peak RSS through the initial sync, the change and the RPO step: agent side ${r.rss.agentMaxRssMiB.toFixed(0)} ` +
-      `MiB, server ${r.rss.serverVmHwmMiB.toFixed(0)} MiB` +
+      "MiB" +
+      (r.rss.beforeAgentMiB !== undefined
+        ? ` (the benchmark process, which held ${r.rss.beforeAgentMiB.toFixed(0)} MiB before the agent was made)`
+        : "") +
+      `, server ${r.rss.serverVmHwmMiB.toFixed(0)} MiB` +
       (r.rssWithOverhead
         ? `; ${r.rssWithOverhead.agentMaxRssMiB.toFixed(0)} and ${r.rssWithOverhead.serverVmHwmMiB.toFixed(0)} ` +
           `MiB at the end of the run, after the overhead step (heavier writes, and ${r.overhead.rounds} new agents ` +

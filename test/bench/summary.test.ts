@@ -195,7 +195,7 @@ const replication = {
     heldAgentCpuPercentOfCore: 8,
     traceLosses: 0,
   },
-  rss: { agentMaxRssMiB: 300, serverVmHwmMiB: 400 },
+  rss: { agentMaxRssMiB: 300, serverVmHwmMiB: 400, beforeAgentMiB: 80 },
   counters: {},
   repoBytes: 7e8,
   notes: [],
@@ -254,6 +254,10 @@ void test("the report writer turns a run's figures into a well-formed RESULTS.md
     assert.ok(
       md.includes("Cost of tracking alone (held vs no agent; positive = worse with the agent): IOPS +2.0%"),
       "tracking alone",
+    );
+    assert.ok(
+      md.includes("agent side 300 MiB (the benchmark process, which held 80 MiB before the agent was made)"),
+      "peak RSS with what the process held before the agent",
     );
     assert.ok(!existsSync(file + ".tmp"));
   } finally {
