@@ -92,12 +92,16 @@ void describe("install.sh end to end", () => {
       await sleep(250);
       s = await status();
     }
-    // The wrapper gives the agent glibc's tunables: huge pages, and large buffers mapped apart (install.sh).
+    // The wrapper gives the agent glibc's tunables: huge pages, and large buffers mapped apart
+    // (install.sh). glibc 2.36 parses GLIBC_TUNABLES in the process's original environment block and
+    // leaves a NUL where each ':' was (the process itself reads a whole copy), so /proc/PID/environ
+    // shows the tunables after the first as entries of their own.
     const pid = (await readFile(path.join(prefix, "agent.pid"), "utf8")).trim();
-    const environ = (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0");
-    assert.ok(
-      environ.includes("GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576"),
-      `agent environment: ${environ.join(" ")}`,
+    const environ = await readFile(`/proc/${pid}/environ`, "utf8");
+    assert.match(
+      environ,
+      /(^|\0)GLIBC_TUNABLES=glibc\.malloc\.hugetlb=1[:\0]glibc\.malloc\.mmap_threshold=1048576(\0|$)/,
+      `agent environment: ${environ.split("\0").join(" ")}`,
     );
 
     const caFile = path.join(dir, "ca.pem");
