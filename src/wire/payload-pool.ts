@@ -31,6 +31,17 @@ export class PayloadPool {
   constructor(private readonly keepBytes: number) {}
 
   /**
+   * A pool for the frames of one window of `bytes` (a sender's, or a
+   * replicator's shared by its connections): spares up to one and a half
+   * windows, since an acknowledgement frees a checkpoint's worth of frames at
+   * once and the next frames need as many again (sender.ts says what smaller
+   * budgets cost).
+   */
+  static forWindow(bytes: number): PayloadPool {
+    return new PayloadPool(bytes * 1.5);
+  }
+
+  /**
    * A buffer of exactly `length` bytes, or undefined when the payload is too
    * small to pool. With `headroom`, the buffer starts that many bytes into
    * the pool's, and those bytes are the caller's too (a frame's header).

@@ -77,7 +77,7 @@ export class ReliableSender {
     this.payloads.take(size, HEADER_BYTES) ?? this.arena.take(size, HEADER_BYTES) ?? Buffer.allocUnsafe(size);
 
   constructor(private limits: WindowLimits) {
-    this.payloads = new PayloadPool(limits.bytes * 1.5);
+    this.payloads = PayloadPool.forWindow(limits.bytes);
     this.arena = new PayloadArena(Math.ceil(limits.bytes / ARENA_BLOCK_BYTES), ARENA_BLOCK_BYTES);
   }
 

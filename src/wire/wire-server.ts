@@ -117,8 +117,7 @@ export class WireServer {
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? silentLogger;
     this.window = opts.window ?? DEFAULT_SERVER_WINDOW;
-    // Spares for about one and a half windows: a checkpoint frees its frames at once, the next need as many.
-    this.payloads = new PayloadPool(this.window.bytes * 1.5);
+    this.payloads = PayloadPool.forWindow(this.window.bytes);
     this.heartbeat = opts.heartbeat ?? { intervalMs: 5000, misses: 3 };
   }
 
